@@ -1,0 +1,203 @@
+//! The command line: `deputy serve`, `deputy validate`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bundle::{Bundle, LoadOptions, WatchOptions};
+use crate::config::*;
+use crate::http::HttpConfig;
+use crate::server::{self, ServeConfig};
+use crate::telemetry::{self, LogFormat};
+
+/// Exit code for bad input (sysexits EX_USAGE / EX_DATAERR family).
+pub const EXIT_BAD_INPUT: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(name = "deputy", version, about = "A Cedar policy decision point sidecar for AI agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the decision API on localhost, hot-reloading the bundle.
+    Serve(ServeArgs),
+    /// Load and strictly validate a bundle; list every problem as `file:line: message`.
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BundleArgs {
+    /// The bundle directory (schema/, policies/, entities/).
+    #[arg(long, env = ENV_BUNDLE, default_value = DEFAULT_BUNDLE)]
+    pub bundle: PathBuf,
+    /// Serve plain Cedar authorization: do not require the agent model (`Agent`,
+    /// `Action::"delegate"`) in the schema. Delegation is unavailable.
+    #[arg(long)]
+    pub authorize_only: bool,
+    /// Do not validate policies against the schema. For conformance testing and migrations
+    /// only: a production bundle is always validated.
+    #[arg(long)]
+    pub skip_validation: bool,
+}
+
+impl BundleArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            validate: !self.skip_validation,
+            require_agent_model: !self.authorize_only,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Address to listen on.
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Allow listening on a non-loopback address (the API is meant for the pod's own agent).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Log format.
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Most items in one batch request.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds between digest checks of the bundle, in addition to file events.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL.as_secs())]
+    pub poll_interval_secs: u64,
+    /// Do not watch the bundle for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate(args) => validate(&args),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
+        Ok(b) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "policy_version": b.version, "files": b.files})
+                );
+            } else {
+                println!(
+                    "bundle `{}` is valid: {} policies, {} templates, version {}",
+                    args.bundle.bundle.display(),
+                    b.policies.policies().count(),
+                    b.policies.templates().count(),
+                    b.version
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::json!({"valid": false, "problems": e.problems}));
+            } else {
+                for p in &e.problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("bundle `{}` is invalid: {} problem(s)", args.bundle.bundle.display(), e.problems.len());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        eprintln!(
+            "error: refusing to listen on non-loopback address `{}`; pass --allow-remote if the \
+             API must be reachable from outside the pod",
+            args.listen
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let config = ServeConfig {
+        bundle: args.bundle.bundle.clone(),
+        listen: args.listen,
+        load: args.bundle.load_options(),
+        http: HttpConfig {
+            max_body_bytes: args.max_body_bytes,
+            max_batch: args.max_batch,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: args.max_connections,
+        },
+        watch: (!args.no_watch).then(|| WatchOptions {
+            debounce: DEFAULT_RELOAD_DEBOUNCE,
+            poll_interval: std::time::Duration::from_secs(args.poll_interval_secs.max(1)),
+        }),
+        drain: DEFAULT_DRAIN,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match server::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining connections");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,279 @@
+//! Routing and handlers. Each request loads the serving bundle once and decides against it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::authorize::{self, build_request, parse_uid, Decision, Fields, RequestError};
+use crate::authzen;
+use crate::bundle::Bundle;
+
+const REQUEST_ID: &str = "x-request-id";
+const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
+/// How long a client may take to send its whole body once headers are in.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = Full<Bytes>;
+
+pub async fn handle(
+    state: Arc<AppState>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
+    let _enter = span.enter();
+    let mut response = match route(&state, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    tracing::debug!(status = response.status().as_u16(), "answered");
+    Ok(response)
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (path.as_str(), &method) {
+        ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ("/readyz", &Method::GET) => readyz(state),
+        ("/v1/status", &Method::GET) => Ok(status(state)),
+        ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
+        ("/v1/authorize", &Method::POST) => {
+            let (bundle, body) = decision_input(state, req).await?;
+            let decision = authorize_one(&bundle, &body, "")?;
+            Ok(decision_response(&bundle, &decision))
+        }
+        ("/v1/authorize/batch", &Method::POST) => {
+            let (bundle, body) = decision_input(state, req).await?;
+            authorize_batch(&bundle, &body, state.config.max_batch)
+        }
+        ("/access/v1/evaluation", &Method::POST) => {
+            let (bundle, body) = decision_input(state, req).await?;
+            let eval = authzen::evaluate(&bundle, &body)?;
+            Ok(with_version(json_response(StatusCode::OK, &eval), &bundle))
+        }
+        ("/access/v1/evaluations", &Method::POST) => {
+            let (bundle, body) = decision_input(state, req).await?;
+            let response = match authzen::evaluate_batch(&bundle, &body, state.config.max_batch)? {
+                authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
+                authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
+            };
+            Ok(with_version(response, &bundle))
+        }
+        (
+            "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" | "/v1/authorize"
+            | "/v1/authorize/batch" | "/access/v1/evaluation" | "/access/v1/evaluations",
+            _,
+        ) => Err(ApiError::method_not_allowed(&method, &path)),
+        _ => Err(ApiError::not_found(&path)),
+    }
+}
+
+/// Reads a JSON body and the serving bundle. The bundle is loaded once, here, and the request
+/// is decided against that one `Arc` whatever reloads happen meanwhile.
+async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc<Bundle>, Value), ApiError> {
+    let body = read_json(req, state.config.max_body_bytes).await?;
+    let bundle = state.store.current().ok_or_else(ApiError::no_bundle)?;
+    Ok((bundle, body))
+}
+
+async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(RequestError::new(
+                "unsupported_media_type",
+                format!("`Content-Type` is `{essence}`; send `application/json`"),
+            )
+            .into());
+        }
+    }
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await;
+    let bytes = match collected {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {}s", BODY_READ_TIMEOUT.as_secs()),
+            ))
+        }
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return Err(ApiError::body_too_large(limit));
+            }
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", format!("cannot read the request body: {e}")));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::new("malformed_json", "the request body is empty; send a JSON object").into());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        RequestError::new(
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+        .into()
+    })
+}
+
+/// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.
+fn authorize_one(bundle: &Bundle, body: &Value, path: &str) -> Result<Decision, RequestError> {
+    let f = Fields::of(body, path)?;
+    let principal = parse_uid(&f.require_object("principal")?)?;
+    let action = parse_uid(&f.require_object("action")?)?;
+    let resource = parse_uid(&f.require_object("resource")?)?;
+    let context_field = f.field_path("context");
+    let request = build_request(bundle, principal, action, resource, f.get("context").cloned(), &context_field)?;
+    Ok(authorize::authorize(bundle, &request))
+}
+
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    decision: &'static str,
+    reasons: &'a [String],
+    errors: &'a [authorize::PolicyError],
+    policy_version: &'a str,
+}
+
+fn decision_body<'a>(bundle: &'a Bundle, d: &'a Decision) -> DecisionBody<'a> {
+    DecisionBody {
+        decision: if d.allow { "Allow" } else { "Deny" },
+        reasons: &d.reasons,
+        errors: &d.errors,
+        policy_version: &bundle.version,
+    }
+}
+
+fn decision_response(bundle: &Bundle, d: &Decision) -> Response<Body> {
+    with_version(json_response(StatusCode::OK, &decision_body(bundle, d)), bundle)
+}
+
+fn authorize_batch(bundle: &Bundle, body: &Value, max: usize) -> Result<Response<Body>, ApiError> {
+    let top = Fields::of(body, "")?;
+    let items = top
+        .array("requests")?
+        .ok_or_else(|| RequestError::missing("requests"))?;
+    if items.len() > max {
+        return Err(RequestError::new(
+            "batch_too_large",
+            format!("`requests` has {} items; the limit is {max}", items.len()),
+        )
+        .into());
+    }
+    let mut decisions = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("requests[{i}]");
+        decisions.push(authorize_one(bundle, item, &path));
+    }
+    let responses: Vec<Value> = decisions
+        .iter()
+        .map(|d| match d {
+            Ok(d) => serde_json::to_value(decision_body(bundle, d)).unwrap_or(Value::Null),
+            Err(e) => json!({
+                "decision": "Deny",
+                "error": { "code": e.code, "message": e.message, "help": e.help },
+                "policy_version": bundle.version,
+            }),
+        })
+        .collect();
+    Ok(with_version(
+        json_response(StatusCode::OK, &json!({ "responses": responses, "policy_version": bundle.version })),
+        bundle,
+    ))
+}
+
+fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
+    match state.store.current() {
+        Some(b) => Ok(json_response(StatusCode::OK, &json!({"status": "ready", "policy_version": b.version}))),
+        None => Err(ApiError::no_bundle()),
+    }
+}
+
+fn status(state: &AppState) -> Response<Body> {
+    let current = state.store.current();
+    let (ok, failed) = state.store.reload_counts();
+    let body = json!({
+        "ready": current.is_some(),
+        "bundle": current.as_ref().map(|b| json!({
+            "dir": state.store.dir().display().to_string(),
+            "policy_version": b.version,
+            "revision": b.revision,
+            "loaded_at": state.store.loaded_at(),
+            "validated": b.validated,
+            "policies": b.policies.policies().count(),
+            "templates": b.policies.templates().count(),
+            "files": b.files,
+        })),
+        "last_reload": state.store.last_reload(),
+        "reloads": { "ok": ok, "failed": failed },
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn authzen_configuration(req: &Request<Incoming>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let base = format!("http://{host}");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "policy_decision_point": base,
+            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+        }),
+    )
+}
+
+fn with_version(mut r: Response<Body>, bundle: &Bundle) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&bundle.version) {
+        r.headers_mut().insert(POLICY_VERSION_HEADER, v);
+    }
+    r
+}
+
+pub(super) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&ApiError::internal(e)),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let bytes = serde_json::to_vec(e).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = e.status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,77 @@
+//! Assembling the sidecar: load the bundle, start the watcher, bind, serve. Used by
+//! `deputy serve` and by the tests, which start real servers on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
+use crate::http::{self, AppState, HttpConfig};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bundle: PathBuf,
+    pub listen: SocketAddr,
+    pub load: LoadOptions,
+    pub http: HttpConfig,
+    pub watch: Option<WatchOptions>,
+    pub drain: Duration,
+}
+
+/// A running sidecar.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<BundleStore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains open connections, and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless the runtime shuts down).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the bundle (an invalid one is reported and the server starts not ready, waiting for a
+/// fix), binds the listener and starts serving.
+pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
+    let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
+    let s = Arc::clone(&store);
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
+        Err(e) => tracing::error!(error = %e, "bundle load task failed"),
+    }
+    let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
+    let listener = http::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, bundle = %config.bundle.display(), "deputy listening");
+    let state = Arc::new(AppState {
+        store: Arc::clone(&store),
+        config: config.http.clone(),
+    });
+    let (tx, rx) = oneshot::channel::<()>();
+    let drain = config.drain;
+    let task = tokio::spawn(async move {
+        let _watcher = watcher;
+        http::serve(listener, state, async { let _ = rx.await; }, drain).await;
+    });
+    Ok(Running {
+        addr,
+        store,
+        shutdown: Some(tx),
+        task,
+    })
+}
