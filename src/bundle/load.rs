@@ -439,38 +439,52 @@ fn parser_index(id: &PolicyId) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Parses all entity files as one store (Cedar adds the schema's action entities). When that
+/// fails, each file is parsed alone to say which file is at fault.
 fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<Entities> {
-    // Action entities come from the schema, so requests can use action groups.
-    let mut entities = match schema.action_entities() {
-        Ok(actions) => actions,
-        Err(e) => {
-            problems.push(Problem::new("schema_invalid", e.to_string()).in_file(SCHEMA_DIR));
-            return None;
-        }
-    };
+    let mut all = Vec::new();
     let mut ok = true;
     for file in files {
-        let value: serde_json::Value = match serde_json::from_str(&file.text) {
-            Ok(v) => v,
+        match serde_json::from_str::<serde_json::Value>(&file.text) {
+            Ok(serde_json::Value::Array(items)) => all.extend(items),
+            Ok(_) => {
+                ok = false;
+                problems.push(
+                    Problem::new("entities_invalid", "expected a JSON array of entities")
+                        .in_file(&file.rel)
+                        .with_help("Cedar's entity format: [{\"uid\": {\"type\", \"id\"}, \"attrs\": {}, \"parents\": []}]"),
+                );
+            }
             Err(e) => {
                 ok = false;
                 problems.push(
                     Problem::new("entities_json", format!("not valid JSON: {e}"))
                         .in_file(&file.rel)
-                        .at(e.line(), e.column()),
+                        .at(e.line(), e.column().max(1)),
                 );
-                continue;
-            }
-        };
-        match entities.clone().add_entities_from_json_value(value, Some(schema)) {
-            Ok(e) => entities = e,
-            Err(e) => {
-                ok = false;
-                problems.extend(Problem::from_diagnostic("entities_invalid", &e, Some(&file.rel), None));
             }
         }
     }
-    ok.then_some(entities)
+    if !ok {
+        return None;
+    }
+    match Entities::from_json_value(serde_json::Value::Array(all), Some(schema)) {
+        Ok(entities) => Some(entities),
+        Err(combined) => {
+            let before = problems.len();
+            for file in files {
+                let value = serde_json::from_str(&file.text).unwrap_or(serde_json::Value::Null);
+                if let Err(e) = Entities::from_json_value(value, Some(schema)) {
+                    problems.extend(Problem::from_diagnostic("entities_invalid", &e, Some(&file.rel), None));
+                }
+            }
+            if problems.len() == before {
+                // Each file is fine alone: the files disagree (e.g. one entity in two files).
+                problems.extend(Problem::from_diagnostic("entities_invalid", &combined, Some(ENTITIES_DIR), None));
+            }
+            None
+        }
+    }
 }
 
 fn validate(
