@@ -12,14 +12,17 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-const BODY: &[u8] = br#"{"decision":"Allow","reasons":["agents-read-repo"],"errors":[],"policy_version":"0000000000000000"}"#;
+const BODY: &[u8] =
+    br#"{"decision":"Allow","reasons":["agents-read-repo"],"errors":[],"policy_version":"0000000000000000"}"#;
 
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body like deputy does, so the floor pays the same I/O.
     let _ = req.into_body().collect().await;
     let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     Ok(r)
 }
 

@@ -8,12 +8,12 @@
 //!   `context.subject`, `context.resource` and `context.action`. They never change the entity
 //!   store, so a caller cannot rewrite what the bundle says about an entity.
 
-use cedar_policy::Request;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::authorize::{self, build_request, parse_uid, EntityRef, Fields, RequestError};
+use crate::authorize::{self, parse_uid, EntityRef, Fields, Parts as CedarParts, RequestError};
 use crate::bundle::Bundle;
+use crate::snapshot::Snapshot;
 
 /// How a batch stops early (AuthZEN `options.evaluations_semantic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,19 +49,19 @@ pub enum Batch {
 }
 
 /// Decides `POST /access/v1/evaluation`.
-pub fn evaluate(bundle: &Bundle, body: &Value) -> Result<Evaluation, RequestError> {
+pub fn evaluate(snap: &Snapshot, body: &Value, now: i64) -> Result<Evaluation, RequestError> {
     let top = Fields::of(body, "")?;
-    let request = to_cedar(bundle, &Parts::from_fields(&top, None)?)?;
-    Ok(decide(bundle, &request))
+    let parts = to_cedar(&snap.bundle, &Parts::from_fields(&top, None)?)?;
+    decide(snap, parts, now)
 }
 
 /// Decides `POST /access/v1/evaluations`; `max_items` bounds the batch.
-pub fn evaluate_batch(bundle: &Bundle, body: &Value, max_items: usize) -> Result<Batch, RequestError> {
+pub fn evaluate_batch(snap: &Snapshot, body: &Value, max_items: usize, now: i64) -> Result<Batch, RequestError> {
     let top = Fields::of(body, "")?;
     let items = top.array("evaluations")?;
     let semantic = semantic(&top)?;
     let Some(items) = items.filter(|i| !i.is_empty()) else {
-        return evaluate(bundle, body).map(Batch::Single);
+        return evaluate(snap, body, now).map(Batch::Single);
     };
     if items.len() > max_items {
         return Err(RequestError::new(
@@ -75,8 +75,9 @@ pub fn evaluate_batch(bundle: &Bundle, body: &Value, max_items: usize) -> Result
         let path = format!("evaluations[{i}]");
         let eval = Fields::of(item, &path)
             .and_then(|f| Parts::from_fields(&f, Some(&defaults)))
-            .and_then(|parts| to_cedar(bundle, &parts))
-            .map_or_else(|e| Evaluation::error(&e), |req| decide(bundle, &req));
+            .and_then(|parts| to_cedar(&snap.bundle, &parts))
+            .and_then(|parts| decide(snap, parts, now))
+            .unwrap_or_else(|e| Evaluation::error(&e));
         let stop = match semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !eval.decision,
@@ -108,11 +109,11 @@ fn semantic(top: &Fields<'_>) -> Result<Semantic, RequestError> {
     }
 }
 
-fn decide(bundle: &Bundle, request: &Request) -> Evaluation {
-    Evaluation {
-        decision: authorize::authorize(bundle, request).allow,
+fn decide(snap: &Snapshot, parts: CedarParts, now: i64) -> Result<Evaluation, RequestError> {
+    Ok(Evaluation {
+        decision: authorize::decide(snap, parts, now)?.decision.allow,
         context: None,
-    }
+    })
 }
 
 /// The subject, action, resource and context of one evaluation, each with its field path.
@@ -140,9 +141,13 @@ impl<'a> Parts<'a> {
     }
 }
 
-fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<Request, RequestError> {
+fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<CedarParts, RequestError> {
     let missing = |key: &str| {
-        let field = if parts.path.is_empty() { key.to_owned() } else { format!("{}.{key}", parts.path) };
+        let field = if parts.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", parts.path)
+        };
         RequestError::missing(&field)
     };
     let subject = parts.subject.as_ref().ok_or_else(|| missing("subject"))?;
@@ -161,19 +166,33 @@ fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<Request, RequestError>
     for (key, part) in [("subject", subject), ("resource", resource), ("action", action)] {
         let Some(props) = part.get("properties") else { continue };
         if !props.is_object() {
-            return Err(RequestError::wrong_type(&part.field_path("properties"), "a JSON object"));
+            return Err(RequestError::wrong_type(
+                &part.field_path("properties"),
+                "a JSON object",
+            ));
         }
         if context.contains_key(key) {
             return Err(RequestError::new(
                 "context_conflict",
-                format!("`context.{key}` is set, and so is `{}`: they would collide", part.field_path("properties")),
+                format!(
+                    "`context.{key}` is set, and so is `{}`: they would collide",
+                    part.field_path("properties")
+                ),
             )
-            .with_help(format!("{key} properties are passed to Cedar as `context.{key}`; rename the context field")));
+            .with_help(format!(
+                "{key} properties are passed to Cedar as `context.{key}`; rename the context field"
+            )));
         }
         context.insert(key.to_owned(), props.clone());
     }
     let context_field = parts.context.as_ref().map_or("context", |(_, p)| p.as_str()).to_owned();
-    build_request(bundle, principal, action_ref, resource_ref, Some(Value::Object(context)), &context_field)
+    Ok(CedarParts {
+        principal,
+        action: action_ref,
+        resource: resource_ref,
+        context: Some(Value::Object(context)),
+        context_field,
+    })
 }
 
 fn action_uid(bundle: &Bundle, action: &Fields<'_>) -> Result<EntityRef, RequestError> {
@@ -185,11 +204,17 @@ fn action_uid(bundle: &Bundle, action: &Fields<'_>) -> Result<EntityRef, Request
         }),
         Some(None) => Err(RequestError::new(
             "unknown_action",
-            format!("field `{}`: action `{name}` is declared in more than one namespace", action.field_path("name")),
+            format!(
+                "field `{}`: action `{name}` is declared in more than one namespace",
+                action.field_path("name")
+            ),
         )),
         None => Err(RequestError::new(
             "unknown_action",
-            format!("field `{}`: action `{name}` is not declared in the schema", action.field_path("name")),
+            format!(
+                "field `{}`: action `{name}` is not declared in the schema",
+                action.field_path("name")
+            ),
         )),
     }
 }

@@ -16,7 +16,11 @@ use crate::telemetry::{self, LogFormat};
 pub const EXIT_BAD_INPUT: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "deputy", version, about = "A Cedar policy decision point sidecar for AI agents")]
+#[command(
+    name = "deputy",
+    version,
+    about = "A Cedar policy decision point sidecar for AI agents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -126,7 +130,11 @@ fn validate(args: &ValidateArgs) -> ExitCode {
                 for p in &e.problems {
                     eprintln!("{p}");
                 }
-                eprintln!("bundle `{}` is invalid: {} problem(s)", args.bundle.bundle.display(), e.problems.len());
+                eprintln!(
+                    "bundle `{}` is invalid: {} problem(s)",
+                    args.bundle.bundle.display(),
+                    e.problems.len()
+                );
             }
             ExitCode::from(1)
         }

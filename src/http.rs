@@ -35,17 +35,13 @@ pub struct HttpConfig {
 /// Shared state of the server.
 pub struct AppState {
     pub store: Arc<BundleStore>,
+    pub live: Arc<crate::snapshot::Live>,
     pub config: HttpConfig,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains open connections for up to
 /// `drain` before returning.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>, drain: Duration) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections.max(1)));
     tokio::pin!(shutdown);

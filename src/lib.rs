@@ -7,6 +7,8 @@ pub mod authzen;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod delegation;
 pub mod http;
 pub mod server;
+pub mod snapshot;
 pub mod telemetry;

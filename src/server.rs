@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
 use crate::http::{self, AppState, HttpConfig};
+use crate::snapshot::Live;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -25,6 +26,7 @@ pub struct ServeConfig {
 pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<BundleStore>,
+    pub live: Arc<Live>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,6 +50,9 @@ impl Running {
 /// fix), binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
+    let live = Arc::new(Live::default());
+    let l = Arc::clone(&live);
+    store.on_loaded(move |bundle| l.bundle_loaded(bundle));
     let s = Arc::clone(&store);
     match tokio::task::spawn_blocking(move || s.reload()).await {
         Ok(Ok(_)) => {}
@@ -60,17 +65,27 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     tracing::info!(%addr, bundle = %config.bundle.display(), "deputy listening");
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
+        live: Arc::clone(&live),
         config: config.http.clone(),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let drain = config.drain;
     let task = tokio::spawn(async move {
         let _watcher = watcher;
-        http::serve(listener, state, async { let _ = rx.await; }, drain).await;
+        http::serve(
+            listener,
+            state,
+            async {
+                let _ = rx.await;
+            },
+            drain,
+        )
+        .await;
     });
     Ok(Running {
         addr,
         store,
+        live,
         shutdown: Some(tx),
         task,
     })

@@ -25,9 +25,7 @@ fn cedar_dir() -> PathBuf {
 /// `*.entities.json`, which are entity files named by the tests.
 fn test_files(root: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
-        for entry in
-            fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())) {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if path.is_dir() {
@@ -56,9 +54,7 @@ fn build_bundle(root: &Path, test: &Value) -> tempfile::TempDir {
         ("schema", "schema", "schema.cedarschema"),
         ("entities", "entities", "entities.json"),
     ] {
-        let rel = test[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("test has no `{key}` path"));
+        let rel = test[key].as_str().unwrap_or_else(|| panic!("test has no `{key}` path"));
         fs::create_dir_all(dir.path().join(sub)).unwrap();
         fs::copy(root.join(rel), dir.path().join(sub).join(name))
             .unwrap_or_else(|e| panic!("cannot copy `{rel}`: {e}"));
@@ -73,11 +69,7 @@ fn unwrap_entity(v: &Value) -> Value {
 
 fn string_set(v: &Value) -> BTreeSet<String> {
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
 }
 
@@ -106,11 +98,7 @@ struct Tally {
 fn cedar_integration_tests_pass_through_http() {
     let root = cedar_dir();
     let files = test_files(&root);
-    assert!(
-        !files.is_empty(),
-        "no Cedar conformance tests under {}",
-        root.display()
-    );
+    assert!(!files.is_empty(), "no Cedar conformance tests under {}", root.display());
     let mut tally = Tally::default();
     for file in &files {
         run_test(&root, file, &mut tally);
@@ -140,20 +128,13 @@ fn cedar_integration_tests_pass_through_http() {
 }
 
 fn run_test(root: &Path, file: &Path, tally: &mut Tally) {
-    let rel = file
-        .strip_prefix(root)
-        .unwrap_or(file)
-        .display()
-        .to_string();
-    let test: Value = serde_json::from_str(&fs::read_to_string(file).unwrap())
-        .unwrap_or_else(|e| panic!("{rel}: not JSON: {e}"));
+    let rel = file.strip_prefix(root).unwrap_or(file).display().to_string();
+    let test: Value =
+        serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap_or_else(|e| panic!("{rel}: not JSON: {e}"));
     let requests = test["requests"].as_array().cloned().unwrap_or_default();
     tally.tests += 1;
     tally.requests += requests.len();
-    tally.erring_requests += requests
-        .iter()
-        .filter(|r| !string_set(&r["errors"]).is_empty())
-        .count();
+    tally.erring_requests += requests.iter().filter(|r| !string_set(&r["errors"]).is_empty()).count();
     let should_validate = test["shouldValidate"]
         .as_bool()
         .unwrap_or_else(|| panic!("{rel}: no `shouldValidate`"));
@@ -168,9 +149,9 @@ fn run_test(root: &Path, file: &Path, tally: &mut Tally) {
         },
     );
     match (&strict, should_validate) {
-        (Ok(_), false) => tally.failures.push(format!(
-            "{rel}: strict validation passed but `shouldValidate` is false"
-        )),
+        (Ok(_), false) => tally
+            .failures
+            .push(format!("{rel}: strict validation passed but `shouldValidate` is false")),
         (Err(e), true) => tally.failures.push(format!(
             "{rel}: strict validation failed but `shouldValidate` is true: {}",
             problems(e)
@@ -252,10 +233,7 @@ fn check_request(server: &TestServer, req: &Value) -> Outcome {
         other => return Outcome::Failed(format!("unknown expected decision {other:?}")),
     };
     if got["decision"] != want_decision {
-        problems.push(format!(
-            "decision {} (want {want_decision})",
-            got["decision"]
-        ));
+        problems.push(format!("decision {} (want {want_decision})", got["decision"]));
     }
     let want_reasons = string_set(&req["reason"]);
     let got_reasons = string_set(&got["reasons"]);
@@ -272,9 +250,7 @@ fn check_request(server: &TestServer, req: &Value) -> Outcome {
         })
         .unwrap_or_default();
     if got_errors != want_errors {
-        problems.push(format!(
-            "errors {got_errors:?} (want {want_errors:?}); response {got}"
-        ));
+        problems.push(format!("errors {got_errors:?} (want {want_errors:?}); response {got}"));
     }
 
     if problems.is_empty() {

@@ -44,8 +44,7 @@ fn decision(s: &TestServer) -> (String, String) {
     )
 }
 
-const FORBID_README: &str =
-    r#"@id("no-readme") forbid(principal, action, resource == File::"repo/README.md");"#;
+const FORBID_README: &str = r#"@id("no-readme") forbid(principal, action, resource == File::"repo/README.md");"#;
 
 #[test]
 fn editing_adding_and_deleting_files_reload() {
@@ -61,11 +60,7 @@ fn editing_adding_and_deleting_files_reload() {
     );
 
     // Edit it.
-    fs::write(
-        dir.path().join("policies/extra.cedar"),
-        "// nothing here any more\n",
-    )
-    .unwrap();
+    fs::write(dir.path().join("policies/extra.cedar"), "// nothing here any more\n").unwrap();
     assert!(
         wait_until(RELOAD_WITHIN, || decision(&s).0 == "Allow"),
         "editing a policy file did not reload"
@@ -109,8 +104,7 @@ fn a_broken_edit_keeps_the_last_good_bundle_and_reports_it() {
     )
     .unwrap();
     assert!(
-        wait_until(RELOAD_WITHIN, || s.get("/v1/status").json()["last_reload"]
-            ["outcome"]
+        wait_until(RELOAD_WITHIN, || s.get("/v1/status").json()["last_reload"]["outcome"]
             == "failed"),
         "the broken edit was not noticed"
     );
@@ -189,11 +183,7 @@ fn a_git_sync_symlink_swap_reloads() {
         copy_dir(&repo_root().join(sub), &rev2.join(sub));
     }
     fs::write(rev2.join("policies/extra.cedar"), FORBID_README).unwrap();
-    fs::write(
-        rev2.join("REVISION"),
-        "0123456789abcdef0123456789abcdef01234567\n",
-    )
-    .unwrap();
+    fs::write(rev2.join("REVISION"), "0123456789abcdef0123456789abcdef01234567\n").unwrap();
     symlink("rev2", root.path().join("current.tmp")).unwrap();
     fs::rename(root.path().join("current.tmp"), &link).unwrap();
     assert!(
@@ -201,10 +191,7 @@ fn a_git_sync_symlink_swap_reloads() {
         "the git-sync swap was missed"
     );
     let status = s.get("/v1/status").json();
-    assert_eq!(
-        status["bundle"]["revision"],
-        "0123456789abcdef0123456789abcdef01234567"
-    );
+    assert_eq!(status["bundle"]["revision"], "0123456789abcdef0123456789abcdef01234567");
 }
 
 #[test]
@@ -246,12 +233,7 @@ fn reloads_under_load_never_fail_or_mix() {
                         &[("Content-Type", "application/json")],
                         Some(&body),
                     );
-                    assert_eq!(
-                        r.status,
-                        200,
-                        "a request failed during a reload: {}",
-                        r.text()
-                    );
+                    assert_eq!(r.status, 200, "a request failed during a reload: {}", r.text());
                     let b = r.json();
                     seen.push((
                         b["decision"].as_str().unwrap().to_owned(),
@@ -280,16 +262,10 @@ fn reloads_under_load_never_fail_or_mix() {
             if version == allow_version {
                 assert_eq!(decision, "Allow", "version {version} answered {decision}");
             } else {
-                assert!(
-                    deny_versions.contains(&version),
-                    "unknown version {version}"
-                );
+                assert!(deny_versions.contains(&version), "unknown version {version}");
                 assert_eq!(decision, "Deny", "version {version} answered {decision}");
             }
         }
     }
-    assert!(
-        total > 100,
-        "too few requests ran during the reloads: {total}"
-    );
+    assert!(total > 100, "too few requests ran during the reloads: {total}");
 }

@@ -21,7 +21,10 @@ fn authz(p: (&str, &str), a: &str, r: (&str, &str)) -> serde_json::Value {
 #[test]
 fn example_bundle_allows_and_denies_with_reasons() {
     let s = example();
-    let r = s.post("/v1/authorize", &authz(("Agent", "coder-1"), "read", ("File", "repo/src/main.rs")));
+    let r = s.post(
+        "/v1/authorize",
+        &authz(("Agent", "coder-1"), "read", ("File", "repo/src/main.rs")),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     assert_eq!(body["decision"], "Allow");
@@ -29,13 +32,19 @@ fn example_bundle_allows_and_denies_with_reasons() {
     assert_eq!(body["policy_version"].as_str(), s.version().as_deref());
 
     // coder-1's ceiling is 1; payroll.rs is CONFIDENTIAL (2).
-    let r = s.post("/v1/authorize", &authz(("Agent", "coder-1"), "read", ("File", "repo/src/payroll.rs")));
+    let r = s.post(
+        "/v1/authorize",
+        &authz(("Agent", "coder-1"), "read", ("File", "repo/src/payroll.rs")),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["decision"], "Deny");
     assert_eq!(r.json()["reasons"], json!(["ceiling"]));
 
     // Nothing permits an agent to write outside repo/src: deny with no reasons.
-    let r = s.post("/v1/authorize", &authz(("Agent", "orchestrator"), "write", ("Folder", "repo/docs")));
+    let r = s.post(
+        "/v1/authorize",
+        &authz(("Agent", "orchestrator"), "write", ("Folder", "repo/docs")),
+    );
     assert_eq!(r.json()["decision"], "Deny");
     assert_eq!(r.json()["reasons"], json!([]));
 }
@@ -58,15 +67,17 @@ fn context_is_checked_against_the_schema() {
     let r = s.post("/v1/authorize", &req);
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "invalid_context");
-    assert!(r.json()["message"].as_str().unwrap().contains("surprise"), "{}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("surprise"),
+        "{}",
+        r.text()
+    );
 }
 
 #[test]
 fn delegation_rules_are_plain_cedar() {
     let s = example();
-    let ctx = |depth: i64, ttl: i64, ceiling: i64, taint: i64| {
-        json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": "run tests"})
-    };
+    let ctx = |depth: i64, ttl: i64, ceiling: i64, taint: i64| json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": "run tests"});
     let mut req = authz(("Agent", "orchestrator"), "delegate", ("Agent", "child"));
     req["context"] = ctx(1, 3600, 1, 0);
     assert_eq!(s.post("/v1/authorize", &req).json()["decision"], "Allow");
@@ -80,7 +91,10 @@ fn delegation_rules_are_plain_cedar() {
     req["context"] = ctx(4, 3600, 1, 0);
     assert_eq!(s.post("/v1/authorize", &req).json()["reasons"], json!(["max-depth"]));
     req["context"] = ctx(1, 3600, 1, 2);
-    assert_eq!(s.post("/v1/authorize", &req).json()["reasons"], json!(["taint-within-ceiling"]));
+    assert_eq!(
+        s.post("/v1/authorize", &req).json()["reasons"],
+        json!(["taint-within-ceiling"])
+    );
 }
 
 #[test]
@@ -110,7 +124,11 @@ fn health_readiness_and_status() {
     let status = s.get("/v1/status").json();
     assert_eq!(status["ready"], true);
     assert_eq!(status["last_reload"]["outcome"], "loaded");
-    assert!(status["bundle"]["files"].as_array().unwrap().iter().any(|f| f == "policies/agents.cedar"));
+    assert!(status["bundle"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "policies/agents.cedar"));
 }
 
 #[test]
@@ -131,13 +149,20 @@ fn request_id_is_echoed_or_generated() {
 #[test]
 fn an_invalid_bundle_at_start_serves_not_ready_and_denies() {
     let dir = common::copy_bundle(&repo_root());
-    std::fs::write(dir.path().join("policies/broken.cedar"), "permit(principal, action, resource) when {").unwrap();
+    std::fs::write(
+        dir.path().join("policies/broken.cedar"),
+        "permit(principal, action, resource) when {",
+    )
+    .unwrap();
     let s = TestServer::start(dir.path(), Options::default());
     assert_eq!(s.get("/healthz").status, 200);
     let r = s.get("/readyz");
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "no_bundle");
-    let r = s.post("/v1/authorize", &authz(("Agent", "coder-1"), "read", ("File", "repo/README.md")));
+    let r = s.post(
+        "/v1/authorize",
+        &authz(("Agent", "coder-1"), "read", ("File", "repo/README.md")),
+    );
     assert_eq!(r.status, 503);
     let status = s.get("/v1/status").json();
     assert_eq!(status["ready"], false);

@@ -38,12 +38,7 @@ impl RequestError {
         Self::new("invalid_field", format!("field `{field}` must be {expected}"))
     }
 
-    pub(crate) fn from_validation(
-        e: &RequestValidationError,
-        principal: &str,
-        action: &str,
-        resource: &str,
-    ) -> Self {
+    pub(crate) fn from_validation(e: &RequestValidationError, principal: &str, action: &str, resource: &str) -> Self {
         let (code, field) = match e {
             RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
                 ("unknown_action", action)
@@ -106,7 +101,8 @@ impl<'a> Fields<'a> {
     }
 
     pub fn require_object(&self, key: &str) -> Result<Fields<'a>, RequestError> {
-        self.object(key)?.ok_or_else(|| RequestError::missing(&self.field_path(key)))
+        self.object(key)?
+            .ok_or_else(|| RequestError::missing(&self.field_path(key)))
     }
 
     pub fn string(&self, key: &str) -> Result<Option<&'a str>, RequestError> {
@@ -118,7 +114,8 @@ impl<'a> Fields<'a> {
     }
 
     pub fn require_string(&self, key: &str) -> Result<&'a str, RequestError> {
-        self.string(key)?.ok_or_else(|| RequestError::missing(&self.field_path(key)))
+        self.string(key)?
+            .ok_or_else(|| RequestError::missing(&self.field_path(key)))
     }
 
     pub fn array(&self, key: &str) -> Result<Option<&'a Vec<Value>>, RequestError> {
@@ -145,7 +142,10 @@ pub fn parse_uid(fields: &Fields<'_>) -> Result<EntityRef, RequestError> {
     let type_name = EntityTypeName::from_str(ty).map_err(|e| {
         RequestError::new(
             "invalid_field",
-            format!("field `{}` is not a Cedar entity type name: `{ty}`: {e}", fields.field_path("type")),
+            format!(
+                "field `{}` is not a Cedar entity type name: `{ty}`: {e}",
+                fields.field_path("type")
+            ),
         )
     })?;
     Ok(EntityRef {

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Entities, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template,
-    ValidationMode, Validator,
+    Entities, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -51,16 +50,24 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     if !dir.is_dir() {
         return Err(fail(vec![Problem::new(
             "bundle_not_found",
-            format!("bundle directory `{}` does not exist or is not a directory", dir.display()),
+            format!(
+                "bundle directory `{}` does not exist or is not a directory",
+                dir.display()
+            ),
         )
-        .with_help("pass --bundle DIR pointing at a directory with schema/, policies/ and entities/")]));
+        .with_help(
+            "pass --bundle DIR pointing at a directory with schema/, policies/ and entities/",
+        )]));
     }
 
     let [schema_files, policy_files, entity_files] = read_files(dir, &mut problems);
     if schema_files.is_empty() && problems.is_empty() {
         problems.push(
-            Problem::new("schema_missing", "the bundle has no schema: `schema/*.cedarschema` is empty")
-                .with_help("every bundle is validated strictly, so it needs a Cedar schema"),
+            Problem::new(
+                "schema_missing",
+                "the bundle has no schema: `schema/*.cedarschema` is empty",
+            )
+            .with_help("every bundle is validated strictly, so it needs a Cedar schema"),
         );
     }
     let revision = read_revision(dir);
@@ -165,8 +172,7 @@ fn collect(
         Ok(entries) => entries,
         Err(e) => {
             problems.push(
-                Problem::new("file_unreadable", format!("cannot read directory: {e}"))
-                    .in_file(relative(root, at)),
+                Problem::new("file_unreadable", format!("cannot read directory: {e}")).in_file(relative(root, at)),
             );
             return;
         }
@@ -243,9 +249,8 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
     let mut ok = true;
     for file in files {
         let parsed = if file.rel.ends_with(".json") {
-            SchemaFragment::from_json_str(&file.text).map_err(|e| {
-                Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text))
-            })
+            SchemaFragment::from_json_str(&file.text)
+                .map_err(|e| Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text)))
         } else {
             SchemaFragment::from_cedarschema_str(&file.text)
                 .map(|(fragment, _warnings)| fragment)
@@ -265,8 +270,15 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
     match Schema::from_schema_fragments(fragments) {
         Ok(schema) => Some(schema),
         Err(e) => {
-            let file = (files.len() == 1).then(|| files.first().map(|f| f.rel.as_str())).flatten();
-            problems.extend(Problem::from_diagnostic("schema_invalid", &e, file.or(Some(SCHEMA_DIR)), None));
+            let file = (files.len() == 1)
+                .then(|| files.first().map(|f| f.rel.as_str()))
+                .flatten();
+            problems.extend(Problem::from_diagnostic(
+                "schema_invalid",
+                &e,
+                file.or(Some(SCHEMA_DIR)),
+                None,
+            ));
             None
         }
     }
@@ -276,7 +288,10 @@ fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
     let probe = match Policy::parse(None, AGENT_MODEL_PROBE) {
         Ok(p) => p,
         Err(e) => {
-            problems.push(Problem::new("internal", format!("agent model probe does not parse: {e}")));
+            problems.push(Problem::new(
+                "internal",
+                format!("agent model probe does not parse: {e}"),
+            ));
             return;
         }
     };
@@ -291,7 +306,9 @@ fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
                 "schema_lacks_agent_model",
                 format!(
                     "the schema does not declare what deputy's agent model needs: {}",
-                    err.to_string().split_once(", ").map_or(err.to_string(), |(_, rest)| rest.to_owned())
+                    err.to_string()
+                        .split_once(", ")
+                        .map_or(err.to_string(), |(_, rest)| rest.to_owned())
                 ),
             )
             .in_file(SCHEMA_DIR)
@@ -307,10 +324,7 @@ fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
 
 /// Parses every policy file, giving each policy its `@id` or the next `policyN`, and records
 /// where each came from so validation errors can name the file and line.
-fn parse_policies(
-    files: &[SourceFile],
-    problems: &mut Vec<Problem>,
-) -> (PolicySet, HashMap<PolicyId, PolicySource>) {
+fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicySet, HashMap<PolicyId, PolicySource>) {
     let mut set = PolicySet::new();
     let mut sources: HashMap<PolicyId, PolicySource> = HashMap::new();
     let mut counter = 0usize;
@@ -318,7 +332,12 @@ fn parse_policies(
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
             Err(e) => {
-                problems.extend(Problem::from_diagnostic("policy_parse", &e, Some(&file.rel), Some(&file.text)));
+                problems.extend(Problem::from_diagnostic(
+                    "policy_parse",
+                    &e,
+                    Some(&file.rel),
+                    Some(&file.text),
+                ));
                 continue;
             }
         };
@@ -341,10 +360,13 @@ fn parse_policies(
             let (line, _) = super::problem::line_col(&file.text, offset);
             if let Some(prev) = sources.get(&id) {
                 problems.push(
-                    Problem::new("policy_id_duplicate", format!("policy id `{id}` is already used at {}:{}", prev.file, prev.line))
-                        .in_file(&file.rel)
-                        .at(line, 1)
-                        .with_help("give each policy a unique @id(\"...\") annotation"),
+                    Problem::new(
+                        "policy_id_duplicate",
+                        format!("policy id `{id}` is already used at {}:{}", prev.file, prev.line),
+                    )
+                    .in_file(&file.rel)
+                    .at(line, 1)
+                    .with_help("give each policy a unique @id(\"...\") annotation"),
                 );
                 continue;
             }
@@ -452,7 +474,9 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
                 problems.push(
                     Problem::new("entities_invalid", "expected a JSON array of entities")
                         .in_file(&file.rel)
-                        .with_help("Cedar's entity format: [{\"uid\": {\"type\", \"id\"}, \"attrs\": {}, \"parents\": []}]"),
+                        .with_help(
+                            "Cedar's entity format: [{\"uid\": {\"type\", \"id\"}, \"attrs\": {}, \"parents\": []}]",
+                        ),
                 );
             }
             Err(e) => {
@@ -480,7 +504,12 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
             }
             if problems.len() == before {
                 // Each file is fine alone: the files disagree (e.g. one entity in two files).
-                problems.extend(Problem::from_diagnostic("entities_invalid", &combined, Some(ENTITIES_DIR), None));
+                problems.extend(Problem::from_diagnostic(
+                    "entities_invalid",
+                    &combined,
+                    Some(ENTITIES_DIR),
+                    None,
+                ));
             }
             None
         }

@@ -47,7 +47,11 @@ pub struct BundleStore {
     reloads_failed: std::sync::atomic::AtomicU64,
     /// Fingerprint of the files at the last load attempt, good or bad.
     attempted: Mutex<Option<String>>,
+    /// Called (on the loading thread) with every newly loaded bundle.
+    on_loaded: Mutex<Option<LoadedHook>>,
 }
+
+type LoadedHook = Box<dyn Fn(Arc<Bundle>) + Send + Sync>;
 
 impl BundleStore {
     pub fn new(dir: PathBuf, opts: LoadOptions) -> Self {
@@ -60,6 +64,18 @@ impl BundleStore {
             reloads_ok: 0.into(),
             reloads_failed: 0.into(),
             attempted: Mutex::new(None),
+            on_loaded: Mutex::new(None),
+        }
+    }
+
+    /// Registers the hook called with every newly loaded bundle (and at once with the current
+    /// one, if any).
+    pub fn on_loaded(&self, hook: impl Fn(Arc<Bundle>) + Send + Sync + 'static) {
+        if let Some(b) = self.current() {
+            hook(b);
+        }
+        if let Ok(mut h) = self.on_loaded.lock() {
+            *h = Some(Box::new(hook));
         }
     }
 
@@ -95,7 +111,13 @@ impl BundleStore {
                     ReloadOutcome::Unchanged
                 } else {
                     tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
-                    self.current.store(Some(Arc::new(bundle)));
+                    let bundle = Arc::new(bundle);
+                    if let Ok(hook) = self.on_loaded.lock() {
+                        if let Some(hook) = hook.as_ref() {
+                            hook(Arc::clone(&bundle));
+                        }
+                    }
+                    self.current.store(Some(bundle));
                     if let Ok(mut l) = self.loaded_at.lock() {
                         *l = Some(at.clone());
                     }

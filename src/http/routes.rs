@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::authorize::{self, build_request, parse_uid, Decision, Fields, RequestError};
+use crate::authorize::{self, parse_uid, Decision, Fields, Outcome, Parts, RequestError};
 use crate::authzen;
-use crate::bundle::Bundle;
+use crate::snapshot::Snapshot;
 
 const REQUEST_ID: &str = "x-request-id";
 const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
@@ -60,30 +60,39 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ("/v1/status", &Method::GET) => Ok(status(state)),
         ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
         ("/v1/authorize", &Method::POST) => {
-            let (bundle, body) = decision_input(state, req).await?;
-            let decision = authorize_one(&bundle, &body, "")?;
-            Ok(decision_response(&bundle, &decision))
+            let (snap, body) = decision_input(state, req).await?;
+            let outcome = authorize_one(&snap, &body, "")?;
+            Ok(with_version(
+                json_response(StatusCode::OK, &decision_body(&snap, &outcome)),
+                &snap,
+            ))
         }
         ("/v1/authorize/batch", &Method::POST) => {
-            let (bundle, body) = decision_input(state, req).await?;
-            authorize_batch(&bundle, &body, state.config.max_batch)
+            let (snap, body) = decision_input(state, req).await?;
+            authorize_batch(&snap, &body, state.config.max_batch)
         }
         ("/access/v1/evaluation", &Method::POST) => {
-            let (bundle, body) = decision_input(state, req).await?;
-            let eval = authzen::evaluate(&bundle, &body)?;
-            Ok(with_version(json_response(StatusCode::OK, &eval), &bundle))
+            let (snap, body) = decision_input(state, req).await?;
+            let eval = authzen::evaluate(&snap, &body, now())?;
+            Ok(with_version(json_response(StatusCode::OK, &eval), &snap))
         }
         ("/access/v1/evaluations", &Method::POST) => {
-            let (bundle, body) = decision_input(state, req).await?;
-            let response = match authzen::evaluate_batch(&bundle, &body, state.config.max_batch)? {
+            let (snap, body) = decision_input(state, req).await?;
+            let response = match authzen::evaluate_batch(&snap, &body, state.config.max_batch, now())? {
                 authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
                 authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
             };
-            Ok(with_version(response, &bundle))
+            Ok(with_version(response, &snap))
         }
         (
-            "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" | "/v1/authorize"
-            | "/v1/authorize/batch" | "/access/v1/evaluation" | "/access/v1/evaluations",
+            "/healthz"
+            | "/readyz"
+            | "/v1/status"
+            | "/.well-known/authzen-configuration"
+            | "/v1/authorize"
+            | "/v1/authorize/batch"
+            | "/access/v1/evaluation"
+            | "/access/v1/evaluations",
             _,
         ) => Err(ApiError::method_not_allowed(&method, &path)),
         _ => Err(ApiError::not_found(&path)),
@@ -92,10 +101,17 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
 
 /// Reads a JSON body and the serving bundle. The bundle is loaded once, here, and the request
 /// is decided against that one `Arc` whatever reloads happen meanwhile.
-async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc<Bundle>, Value), ApiError> {
+async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc<Snapshot>, Value), ApiError> {
     let body = read_json(req, state.config.max_body_bytes).await?;
-    let bundle = state.store.current().ok_or_else(ApiError::no_bundle)?;
-    Ok((bundle, body))
+    let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
+    Ok((snap, body))
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
@@ -116,38 +132,42 @@ async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiErr
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
-                format!("the request body did not arrive within {}s", BODY_READ_TIMEOUT.as_secs()),
+                format!(
+                    "the request body did not arrive within {}s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
             ))
         }
         Ok(Err(e)) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 return Err(ApiError::body_too_large(limit));
             }
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", format!("cannot read the request body: {e}")));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("cannot read the request body: {e}"),
+            ));
         }
         Ok(Ok(c)) => c.to_bytes(),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(RequestError::new("malformed_json", "the request body is empty; send a JSON object").into());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        RequestError::new(
-            "malformed_json",
-            format!("the request body is not valid JSON: {e}"),
-        )
-        .into()
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RequestError::new("malformed_json", format!("the request body is not valid JSON: {e}")).into())
 }
 
 /// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.
-fn authorize_one(bundle: &Bundle, body: &Value, path: &str) -> Result<Decision, RequestError> {
+fn authorize_one(snap: &Snapshot, body: &Value, path: &str) -> Result<Outcome, RequestError> {
     let f = Fields::of(body, path)?;
-    let principal = parse_uid(&f.require_object("principal")?)?;
-    let action = parse_uid(&f.require_object("action")?)?;
-    let resource = parse_uid(&f.require_object("resource")?)?;
-    let context_field = f.field_path("context");
-    let request = build_request(bundle, principal, action, resource, f.get("context").cloned(), &context_field)?;
-    Ok(authorize::authorize(bundle, &request))
+    let parts = Parts {
+        principal: parse_uid(&f.require_object("principal")?)?,
+        action: parse_uid(&f.require_object("action")?)?,
+        resource: parse_uid(&f.require_object("resource")?)?,
+        context: f.get("context").cloned(),
+        context_field: f.field_path("context"),
+    };
+    authorize::decide(snap, parts, now())
 }
 
 #[derive(Serialize)]
@@ -155,23 +175,23 @@ struct DecisionBody<'a> {
     decision: &'static str,
     reasons: &'a [String],
     errors: &'a [authorize::PolicyError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied_by: Option<&'a crate::delegation::DeniedBy>,
     policy_version: &'a str,
 }
 
-fn decision_body<'a>(bundle: &'a Bundle, d: &'a Decision) -> DecisionBody<'a> {
+fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
+    let d: &Decision = &o.decision;
     DecisionBody {
         decision: if d.allow { "Allow" } else { "Deny" },
         reasons: &d.reasons,
         errors: &d.errors,
-        policy_version: &bundle.version,
+        denied_by: o.denied_by.as_ref(),
+        policy_version: &snap.bundle.version,
     }
 }
 
-fn decision_response(bundle: &Bundle, d: &Decision) -> Response<Body> {
-    with_version(json_response(StatusCode::OK, &decision_body(bundle, d)), bundle)
-}
-
-fn authorize_batch(bundle: &Bundle, body: &Value, max: usize) -> Result<Response<Body>, ApiError> {
+fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response<Body>, ApiError> {
     let top = Fields::of(body, "")?;
     let items = top
         .array("requests")?
@@ -186,28 +206,34 @@ fn authorize_batch(bundle: &Bundle, body: &Value, max: usize) -> Result<Response
     let mut decisions = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("requests[{i}]");
-        decisions.push(authorize_one(bundle, item, &path));
+        decisions.push(authorize_one(snap, item, &path));
     }
     let responses: Vec<Value> = decisions
         .iter()
         .map(|d| match d {
-            Ok(d) => serde_json::to_value(decision_body(bundle, d)).unwrap_or(Value::Null),
+            Ok(d) => serde_json::to_value(decision_body(snap, d)).unwrap_or(Value::Null),
             Err(e) => json!({
                 "decision": "Deny",
                 "error": { "code": e.code, "message": e.message, "help": e.help },
-                "policy_version": bundle.version,
+                "policy_version": snap.bundle.version,
             }),
         })
         .collect();
     Ok(with_version(
-        json_response(StatusCode::OK, &json!({ "responses": responses, "policy_version": bundle.version })),
-        bundle,
+        json_response(
+            StatusCode::OK,
+            &json!({ "responses": responses, "policy_version": snap.bundle.version }),
+        ),
+        snap,
     ))
 }
 
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
     match state.store.current() {
-        Some(b) => Ok(json_response(StatusCode::OK, &json!({"status": "ready", "policy_version": b.version}))),
+        Some(b) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "policy_version": b.version}),
+        )),
         None => Err(ApiError::no_bundle()),
     }
 }
@@ -250,8 +276,8 @@ fn authzen_configuration(req: &Request<Incoming>) -> Response<Body> {
     )
 }
 
-fn with_version(mut r: Response<Body>, bundle: &Bundle) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(&bundle.version) {
+fn with_version(mut r: Response<Body>, snap: &Snapshot) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&snap.bundle.version) {
         r.headers_mut().insert(POLICY_VERSION_HEADER, v);
     }
     r

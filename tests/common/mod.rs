@@ -114,7 +114,9 @@ impl TestServer {
 
     /// The policy version now serving, from /v1/status.
     pub fn version(&self) -> Option<String> {
-        self.get("/v1/status").json()["bundle"]["policy_version"].as_str().map(str::to_owned)
+        self.get("/v1/status").json()["bundle"]["policy_version"]
+            .as_str()
+            .map(str::to_owned)
     }
 }
 

@@ -1,0 +1,92 @@
+//! Run-time authority of an agent: the admin policies AND every grant along its chain, each
+//! linked to the acting agent. A deny says which bound denied it.
+
+use cedar_policy::{Entities, PolicySet, Request};
+use serde::Serialize;
+
+use super::registry::LiveAgent;
+use crate::authorize::{evaluate, Decision};
+
+/// Which bound denied a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "bound", rename_all = "snake_case")]
+pub enum DeniedBy {
+    /// The admin maximum (the bundle's policies): forbidden by `policies`, or nothing permits.
+    Admin { policies: Vec<String> },
+    /// A grant along the chain: `agent`'s grant (the acting agent's own when `own`).
+    Grant {
+        agent: String,
+        own: bool,
+        policies: Vec<String>,
+    },
+    /// The agent was revoked (or its task completed).
+    Revoked,
+    /// The agent's lifetime ended.
+    Expired,
+}
+
+/// A decision for an agent, with the bound that denied it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainDecision {
+    #[serde(flatten)]
+    pub decision: Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<DeniedBy>,
+}
+
+/// Decides `request` for a deputy-managed agent: admin first, then each hop root to leaf;
+/// the first bound that denies answers.
+pub fn decide(admin: &PolicySet, entities: &Entities, agent: &LiveAgent, request: &Request, now: i64) -> ChainDecision {
+    if agent.is_revoked() {
+        return denied(DeniedBy::Revoked);
+    }
+    if agent.is_expired(now) {
+        return denied(DeniedBy::Expired);
+    }
+    let admin_decision = evaluate(admin, entities, request);
+    if !admin_decision.allow {
+        return ChainDecision {
+            denied_by: Some(DeniedBy::Admin {
+                policies: admin_decision.reasons.clone(),
+            }),
+            decision: admin_decision,
+        };
+    }
+    let mut allowed = admin_decision;
+    for hop in &agent.hops {
+        let d = evaluate(&hop.policies, entities, request);
+        if !d.allow {
+            let mut errors = allowed.errors;
+            errors.extend(d.errors.iter().cloned());
+            return ChainDecision {
+                denied_by: Some(DeniedBy::Grant {
+                    agent: hop.agent.clone(),
+                    own: hop.agent == agent.row.id,
+                    policies: d.reasons.clone(),
+                }),
+                decision: Decision {
+                    allow: false,
+                    reasons: d.reasons,
+                    errors,
+                },
+            };
+        }
+        allowed.reasons.extend(d.reasons);
+        allowed.errors.extend(d.errors);
+    }
+    ChainDecision {
+        decision: allowed,
+        denied_by: None,
+    }
+}
+
+fn denied(by: DeniedBy) -> ChainDecision {
+    ChainDecision {
+        decision: Decision {
+            allow: false,
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        },
+        denied_by: Some(by),
+    }
+}
