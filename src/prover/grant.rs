@@ -1,0 +1,234 @@
+//! Grants: parsing, the delegable view, digests and strict validation.
+//!
+//! A grant is kept as the list of its policies (templates over `?principal`, or static
+//! policies) in source order, each with a display id and the line it starts on, so every
+//! later error or piece of evidence can point back at the user's text.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator,
+};
+use cedar_policy_core::ast;
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use super::error::{GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
+
+/// Annotation that withholds a permit from the delegable view.
+pub const DELEGABLE_ANNOTATION: &str = "delegable";
+
+/// One policy of a grant.
+#[derive(Debug, Clone)]
+pub(crate) struct GrantPolicy {
+    /// Display id: the `@id("...")` annotation when present, else Cedar's `policyN`.
+    pub(crate) name: String,
+    /// 1-based line where the policy starts in the grant source.
+    pub(crate) line: usize,
+    /// The policy as a template (static policies are templates without slots).
+    pub(crate) template: Template,
+    /// The original policy when it has no slots (it is added to policy sets as is).
+    pub(crate) static_policy: Option<Policy>,
+}
+
+impl GrantPolicy {
+    pub(crate) fn effect(&self) -> Effect {
+        self.template.effect()
+    }
+
+    pub(crate) fn core(&self) -> &ast::Template {
+        self.template.as_ref()
+    }
+
+    fn delegable(&self) -> bool {
+        self.template.annotation(DELEGABLE_ANNOTATION) != Some("false")
+    }
+
+    pub(crate) fn label(&self) -> String {
+        format!("`{}` (line {})", self.name, self.line)
+    }
+}
+
+/// The authority of one agent: Cedar policy templates over `?principal`.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    src: Arc<str>,
+    policies: Vec<GrantPolicy>,
+}
+
+impl Grant {
+    /// Parses a grant from Cedar policy text.
+    ///
+    /// Templates may use `?principal` only; static policies are accepted as they are.
+    pub fn parse(src: &str) -> Result<Grant, GrantError> {
+        let set = PolicySet::from_str(src).map_err(|e| {
+            GrantError::Parse(ParseGrant {
+                role: GrantRole::Grant,
+                message: render_parse_error(src, &e),
+            })
+        })?;
+        let src: Arc<str> = Arc::from(src);
+        let mut policies: Vec<(Template, Option<Policy>)> = Vec::new();
+        for template in set.templates() {
+            policies.push((template.clone(), None));
+        }
+        for policy in set.policies() {
+            // INVARIANT: a freshly parsed set holds no template-linked policies.
+            let core: &ast::Policy = policy.as_ref();
+            policies.push((Template::from(core.template().clone()), Some(policy.clone())));
+        }
+        let mut out: Vec<GrantPolicy> = policies
+            .into_iter()
+            .map(|(template, static_policy)| {
+                let line = line_of(&src, template_offset(&template));
+                let name = template
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| template.id().to_string());
+                GrantPolicy {
+                    name,
+                    line,
+                    template,
+                    static_policy,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| (p.line, template_offset(&p.template)));
+        for p in &out {
+            if p.core()
+                .slots()
+                .any(|s| s.id == ast::SlotId::resource())
+            {
+                return Err(GrantError::ResourceSlot(ResourceSlot {
+                    policy: p.name.clone(),
+                    line: p.line,
+                }));
+            }
+        }
+        Ok(Grant { src, policies: out })
+    }
+
+    /// The part of this grant its holder may pass on: every policy except the permits
+    /// annotated `@delegable("false")`. Forbids are never withheld.
+    pub fn delegable_view(&self) -> Grant {
+        Grant {
+            src: Arc::clone(&self.src),
+            policies: self
+                .policies
+                .iter()
+                .filter(|p| p.effect() == Effect::Forbid || p.delegable())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// A stable hex SHA-256 digest of the grant's policies (in canonical Cedar form).
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for p in &self.policies {
+            hasher.update(p.template.to_string().as_bytes());
+            hasher.update(b"\n");
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// The grant's source text.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Number of policies in the grant.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// True when the grant holds no policy (it allows nothing).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub(crate) fn policies(&self) -> &[GrantPolicy] {
+        &self.policies
+    }
+
+    fn policy_set(&self) -> Result<PolicySet, GrantError> {
+        let mut set = PolicySet::new();
+        for p in &self.policies {
+            let added = match &p.static_policy {
+                Some(policy) => set.add(policy.clone()),
+                None => set.add_template(p.template.clone()),
+            };
+            added.map_err(|e| GrantError::internal(format!("cannot rebuild grant: {e}")))?;
+        }
+        Ok(set)
+    }
+
+    fn policy_by_id(&self, id: &PolicyId) -> Option<&GrantPolicy> {
+        self.policies.iter().find(|p| p.template.id() == id)
+    }
+}
+
+/// Validates a grant strictly against the schema (Cedar's `Validator`, `ValidationMode::Strict`).
+///
+/// Every error names the policy and the line it is on.
+pub fn validate_grant(grant: &Grant, schema: &Schema) -> Result<(), GrantError> {
+    validate_with(grant, &Validator::new(schema.clone()), GrantRole::Grant)
+}
+
+pub(crate) fn validate_with(
+    grant: &Grant,
+    validator: &Validator,
+    role: GrantRole,
+) -> Result<(), GrantError> {
+    let set = grant.policy_set()?;
+    let result = validator.validate(&set, ValidationMode::Strict);
+    if result.validation_passed() {
+        return Ok(());
+    }
+    let issues = result
+        .validation_errors()
+        .map(|e| {
+            let policy = grant.policy_by_id(e.policy_id());
+            let line = e
+                .labels()
+                .and_then(|mut labels| labels.next())
+                .map(|label| line_of(&grant.src, label.offset()))
+                .or(policy.map(|p| p.line))
+                .unwrap_or(0);
+            ValidationIssue {
+                policy: policy
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| e.policy_id().to_string()),
+                line,
+                message: e.to_string(),
+                help: e.help().map(|h| h.to_string()),
+            }
+        })
+        .collect();
+    Err(GrantError::Invalid(InvalidGrant { role, issues }))
+}
+
+fn template_offset(template: &Template) -> usize {
+    let core: &ast::Template = template.as_ref();
+    core.loc().map(|l| l.span.offset()).unwrap_or(usize::MAX)
+}
+
+/// 1-based line number of a byte offset.
+pub(crate) fn line_of(src: &str, offset: usize) -> usize {
+    let end = offset.min(src.len());
+    src.as_bytes()
+        .get(..end)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+fn render_parse_error(src: &str, e: &cedar_policy::ParseErrors) -> String {
+    e.iter()
+        .map(|err| match err.labels().and_then(|mut l| l.next()) {
+            Some(label) => format!("line {}: {err}", line_of(src, label.offset())),
+            None => err.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

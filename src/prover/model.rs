@@ -1,0 +1,370 @@
+//! Turning a satisfying assignment into a concrete request and entities, and replaying it
+//! through Cedar's own `Authorizer`.
+//!
+//! Only a replayed request is ever reported as a counterexample: whatever the encoding
+//! abstracted away, Cedar has the last word.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
+    SlotId,
+};
+use cedar_policy_core::ast::{Eid, EntityType, EntityUID};
+use serde_json::{json, Value as Json};
+
+use super::encode::{Atom, Encoding, Lit, Ty, CONTEXT, PRINCIPAL, RESOURCE};
+use super::error::GrantError;
+use super::grant::GrantPolicy;
+use super::solve::{Known, Theory};
+use super::verdict::Counterexample;
+
+/// A concrete request built from a model.
+pub(crate) struct Candidate {
+    pub(crate) principal: EntityUID,
+    pub(crate) action: EntityUID,
+    pub(crate) resource: EntityUID,
+    pub(crate) context: Json,
+    pub(crate) entities: Vec<Json>,
+}
+
+struct Builder<'a, 'e, 'w> {
+    enc: &'e Encoding<'w>,
+    theory: Theory<'e, 'w>,
+    a: &'a [Option<bool>],
+    known: Vec<Known<'w>>,
+    uids: HashMap<usize, EntityUID>,
+    taken: HashSet<EntityUID>,
+    pending: Vec<usize>,
+    emitted: BTreeMap<String, Json>,
+}
+
+pub(crate) fn concretize(enc: &Encoding<'_>, a: &[Option<bool>]) -> Option<Candidate> {
+    let theory = Theory::new(enc);
+    let known = theory.known(a);
+    let mut b = Builder {
+        enc,
+        theory,
+        a,
+        known,
+        uids: HashMap::new(),
+        taken: HashSet::new(),
+        pending: Vec::new(),
+        emitted: BTreeMap::new(),
+    };
+    let principal = b.uid_of(PRINCIPAL)?;
+    let resource = b.uid_of(RESOURCE)?;
+    let context = b.value(Some(CONTEXT), &enc.env.context.clone())?;
+    while let Some(t) = b.pending.pop() {
+        b.emit(t)?;
+    }
+    Some(Candidate {
+        principal,
+        action: enc.env.action.clone(),
+        resource,
+        context,
+        entities: b.emitted.into_values().collect(),
+    })
+}
+
+fn uid_json(u: &EntityUID) -> Json {
+    json!({"type": u.entity_type().to_string(), "id": AsRef::<str>::as_ref(u.eid())})
+}
+
+fn lit_json(l: &Lit) -> Json {
+    match l {
+        Lit::Bool(b) => json!(b),
+        Lit::Long(k) => json!(k),
+        Lit::Str(s) => json!(s),
+        Lit::Entity(u) => json!({ "__entity": uid_json(u) }),
+    }
+}
+
+fn ext_default(name: &str) -> Option<Json> {
+    let (f, arg) = match name {
+        "decimal" => ("decimal", "0.0"),
+        "ipaddr" => ("ip", "127.0.0.1"),
+        "datetime" => ("datetime", "1970-01-01"),
+        "duration" => ("duration", "0ms"),
+        _ => return None,
+    };
+    Some(json!({"__extn": {"fn": f, "arg": arg}}))
+}
+
+impl Builder<'_, '_, '_> {
+    fn assigned(&self, atom: &Atom) -> Option<bool> {
+        let id = self.enc.atom_id(atom)?;
+        self.a.get(id).copied().flatten()
+    }
+
+    fn fresh_uid(&mut self, et: &EntityType, hint: &str) -> EntityUID {
+        let world = self.enc.world;
+        let mut n = 0usize;
+        loop {
+            let eid = if n == 0 {
+                hint.to_owned()
+            } else {
+                format!("{hint}-{n}")
+            };
+            let uid = EntityUID::from_components(et.clone(), Eid::new(eid), None);
+            if world.stored(&uid).is_none() && !self.taken.contains(&uid) {
+                self.taken.insert(uid.clone());
+                return uid;
+            }
+            n += 1;
+        }
+    }
+
+    fn uid_of(&mut self, t: usize) -> Option<EntityUID> {
+        if let Some(u) = self.uids.get(&t) {
+            return Some(u.clone());
+        }
+        let Ty::Entity(et) = self.enc.ty(t).clone() else {
+            return None;
+        };
+        let uid = match self.known.get(t).cloned().unwrap_or(Known::Free) {
+            Known::Entity(uid) => {
+                if self.enc.world.stored(&uid).is_none() {
+                    self.taken.insert(uid.clone());
+                    self.pending.push(t);
+                }
+                uid
+            }
+            Known::Free => {
+                let hint = match t {
+                    PRINCIPAL => "cx-principal".to_owned(),
+                    RESOURCE => "cx-resource".to_owned(),
+                    n => format!("cx-{n}"),
+                };
+                let uid = self.fresh_uid(&et, &hint);
+                self.pending.push(t);
+                uid
+            }
+            Known::Absent | Known::Value(_) => return None,
+        };
+        self.uids.insert(t, uid.clone());
+        Some(uid)
+    }
+
+    /// Adds the entity a fresh term denotes, unless the model says it must not exist.
+    fn emit(&mut self, t: usize) -> Option<()> {
+        let uid = self.uid_of(t)?;
+        let key = uid.to_string();
+        if self.emitted.contains_key(&key) {
+            return Some(());
+        }
+        if self.assigned(&Atom::Exists(t)) == Some(false) {
+            return Some(());
+        }
+        let Ty::Entity(et) = self.enc.ty(t).clone() else {
+            return None;
+        };
+        let fields = self.enc.world.entity_fields(&et);
+        if fields
+            .iter()
+            .any(|f| f.required && self.assigned(&Atom::Has(t, f.name.clone())) == Some(false))
+        {
+            return Some(());
+        }
+        let mut attrs = serde_json::Map::new();
+        for f in &fields {
+            let present =
+                f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
+            if present {
+                let child = self.enc.child_term(t, &f.name);
+                attrs.insert(f.name.clone(), self.value(child, &f.ty)?);
+            }
+        }
+        let parents: Vec<Json> = self
+            .theory
+            .atoms_of(t, self.a)
+            .filter_map(|(atom, v)| match atom {
+                Atom::EntIn(_, e) if v && *e != uid => Some(uid_json(e)),
+                _ => None,
+            })
+            .collect();
+        self.emitted.insert(
+            key,
+            json!({"uid": uid_json(&uid), "attrs": attrs, "parents": parents}),
+        );
+        Some(())
+    }
+
+    fn value(&mut self, t: Option<usize>, ty: &Ty) -> Option<Json> {
+        Some(match ty {
+            Ty::Long => json!(match t {
+                Some(t) => self.theory.long_for(t, self.a)?,
+                None => 0,
+            }),
+            Ty::Str => json!(match t {
+                Some(t) => self.theory.string_for(t, self.a)?,
+                None => "x".to_owned(),
+            }),
+            Ty::Bool => json!(t
+                .and_then(|t| self.assigned(&Atom::BoolVal(t)))
+                .unwrap_or(false)),
+            Ty::Entity(et) => {
+                let uid = match t {
+                    Some(t) => self.uid_of(t)?,
+                    None => self.fresh_uid(et, "cx-filler"),
+                };
+                json!({ "__entity": uid_json(&uid) })
+            }
+            Ty::Set(_) => {
+                let items: Vec<Json> = match t {
+                    Some(t) => self
+                        .theory
+                        .atoms_of(t, self.a)
+                        .filter_map(|(atom, v)| match atom {
+                            Atom::Contains(_, lit) if v => Some(lit_json(lit)),
+                            _ => None,
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Json::Array(items)
+            }
+            Ty::Record(fields) => {
+                let mut obj = serde_json::Map::new();
+                for f in fields {
+                    let present = f.required
+                        || t.is_some_and(|t| {
+                            self.assigned(&Atom::Has(t, f.name.clone())) == Some(true)
+                        });
+                    if present {
+                        let child = t.and_then(|t| self.enc.child_term(t, &f.name));
+                        obj.insert(f.name.clone(), self.value(child, &f.ty)?);
+                    }
+                }
+                Json::Object(obj)
+            }
+            Ty::Ext(name) => ext_default(name)?,
+            Ty::Unknown => return None,
+        })
+    }
+}
+
+/// The two policy sets a candidate is replayed against, linked to one child principal.
+pub(crate) struct Replayer {
+    child_principal: EntityUid,
+    /// Child permits and forbids plus the parent's forbids.
+    child_side: PolicySet,
+    /// The parent's delegable view (its permits and forbids).
+    parent_side: PolicySet,
+    names: HashMap<PolicyId, String>,
+}
+
+impl Replayer {
+    pub(crate) fn new(
+        child: &[GrantPolicy],
+        parent_forbids: &[GrantPolicy],
+        parent_view: &[GrantPolicy],
+        child_principal: EntityUid,
+    ) -> Result<Replayer, GrantError> {
+        let mut names = HashMap::new();
+        let mut child_side = PolicySet::new();
+        let mut parent_side = PolicySet::new();
+        link_into(&mut child_side, child, "child", &child_principal, &mut names)?;
+        link_into(
+            &mut child_side,
+            parent_forbids,
+            "parent-forbid",
+            &child_principal,
+            &mut names,
+        )?;
+        link_into(&mut parent_side, parent_view, "parent", &child_principal, &mut names)?;
+        Ok(Replayer {
+            child_principal,
+            child_side,
+            parent_side,
+            names,
+        })
+    }
+
+    fn name(&self, id: &PolicyId) -> String {
+        self.names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("`{id}`"))
+    }
+
+    /// Replays a candidate; `Some` only when the child side allows and the parent denies.
+    pub(crate) fn replay(
+        &self,
+        cand: &Candidate,
+        schema: &Schema,
+        store: &Entities,
+    ) -> Option<Counterexample> {
+        let action = EntityUid::from(cand.action.clone());
+        let context = Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
+        let request = Request::new(
+            EntityUid::from(cand.principal.clone()),
+            action,
+            EntityUid::from(cand.resource.clone()),
+            context,
+            Some(schema),
+        )
+        .ok()?;
+        let extra = Json::Array(cand.entities.clone());
+        let entities = store
+            .clone()
+            .add_entities_from_json_value(extra.clone(), Some(schema))
+            .ok()?;
+        let authorizer = Authorizer::new();
+        let child = authorizer.is_authorized(&request, &self.child_side, &entities);
+        if child.decision() != Decision::Allow {
+            return None;
+        }
+        let parent = authorizer.is_authorized(&request, &self.parent_side, &entities);
+        if parent.decision() != Decision::Deny {
+            return None;
+        }
+        Some(Counterexample {
+            principal: cand.principal.to_string(),
+            action: cand.action.to_string(),
+            resource: cand.resource.to_string(),
+            context: cand.context.clone(),
+            entities: extra,
+            child_principal: self.child_principal.to_string(),
+            allowed_by: child.diagnostics().reason().map(|id| self.name(id)).collect(),
+            denied_by: parent.diagnostics().reason().map(|id| self.name(id)).collect(),
+            parent_errors: parent
+                .diagnostics()
+                .errors()
+                .map(|e| {
+                    let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
+                    match self.names.get(pe.policy_id()) {
+                        Some(n) => format!("{n}: {}", pe.inner()),
+                        None => e.to_string(),
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+fn link_into(
+    set: &mut PolicySet,
+    policies: &[GrantPolicy],
+    prefix: &str,
+    child: &EntityUid,
+    names: &mut HashMap<PolicyId, String>,
+) -> Result<(), GrantError> {
+    let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
+    for (i, p) in policies.iter().enumerate() {
+        let id = PolicyId::new(format!("{prefix}.{i}"));
+        let label = format!("{prefix} {}", p.label());
+        match &p.static_policy {
+            Some(policy) => set.add(policy.new_id(id.clone())).map_err(|e| fail(&e))?,
+            None => {
+                let tid = PolicyId::new(format!("{prefix}.{i}.template"));
+                set.add_template(p.template.new_id(tid.clone()))
+                    .map_err(|e| fail(&e))?;
+                let vals = HashMap::from([(SlotId::principal(), child.clone())]);
+                set.link(tid, id.clone(), vals).map_err(|e| fail(&e))?;
+            }
+        }
+        names.insert(id, label);
+    }
+    Ok(())
+}
