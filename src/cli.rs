@@ -32,6 +32,24 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load and strictly validate a bundle; list every problem as `file:line: message`.
     Validate(ValidateArgs),
+    /// Prove a child grant within a parent grant's delegable view, against a bundle.
+    /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
+    Prove(ProveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProveArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// The parent's grant: Cedar policy templates over `?principal`.
+    #[arg(long)]
+    pub parent: PathBuf,
+    /// The child's grant.
+    #[arg(long)]
+    pub child: PathBuf,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,7 +119,30 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
+        Command::Prove(args) => prove(&args),
     }
+}
+
+fn prove(args: &ProveArgs) -> ExitCode {
+    let bundle = match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
+        Ok(b) => b,
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            eprintln!("bundle `{}` is invalid: {} problem(s)", args.bundle.bundle.display(), e.problems.len());
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| eprintln!("error: cannot read `{}`: {e}", path.display()))
+    };
+    let (Ok(parent), Ok(child)) = (read(&args.parent), read(&args.child)) else {
+        return ExitCode::from(EXIT_BAD_INPUT);
+    };
+    let mut out = std::io::stdout();
+    let code = crate::prover::run_prove(&bundle.schema, &bundle.entities, &parent, &child, args.json, &mut out);
+    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT))
 }
 
 fn validate(args: &ValidateArgs) -> ExitCode {
