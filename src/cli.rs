@@ -104,6 +104,30 @@ pub struct ServeArgs {
     /// Do not watch the bundle for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// Directory of the durable delegation state (agents, grants, credentials, audit).
+    #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
+    pub state: PathBuf,
+    /// File holding the admin credential (else `DEPUTY_ADMIN_TOKEN`). Without either, no root
+    /// agents can be created and the audit trail cannot be read over HTTP.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// The admin token from a file or the environment; never logged.
+fn read_admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --admin-token-file `{}`: {e}", path.display()))?,
+        ),
+        None => std::env::var(ENV_ADMIN_TOKEN).ok(),
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(format!(
+            "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+        )),
+        other => Ok(other),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -130,7 +154,11 @@ fn prove(args: &ProveArgs) -> ExitCode {
             for p in &e.problems {
                 eprintln!("{p}");
             }
-            eprintln!("bundle `{}` is invalid: {} problem(s)", args.bundle.bundle.display(), e.problems.len());
+            eprintln!(
+                "bundle `{}` is invalid: {} problem(s)",
+                args.bundle.bundle.display(),
+                e.problems.len()
+            );
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -192,6 +220,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_BAD_INPUT);
     }
+    let admin_token = match read_admin_token(args.admin_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let config = ServeConfig {
         bundle: args.bundle.bundle.clone(),
         listen: args.listen,
@@ -207,6 +242,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             poll_interval: std::time::Duration::from_secs(args.poll_interval_secs.max(1)),
         }),
         drain: DEFAULT_DRAIN,
+        state: (!args.bundle.authorize_only).then(|| args.state.clone()),
+        admin_token,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -17,6 +17,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// How long open connections may finish after a shutdown signal.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 
+/// Where delegation state lives unless told otherwise (relative to the working directory).
+pub const DEFAULT_STATE: &str = ".deputy-state";
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+pub const ENV_STATE: &str = "DEPUTY_STATE";
+pub const ENV_ADMIN_TOKEN: &str = "DEPUTY_ADMIN_TOKEN";
 pub const ENV_BUNDLE: &str = "DEPUTY_BUNDLE";
 pub const ENV_LISTEN: &str = "DEPUTY_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "DEPUTY_LOG_FORMAT";

@@ -7,8 +7,10 @@
 mod chain;
 pub mod credential;
 mod registry;
+mod service;
 mod store;
 
 pub use chain::{decide, ChainDecision, DeniedBy};
 pub use registry::{agent_uid, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
+pub use service::{Caller, Delegation, DelegationError, SpawnOutcome, SpawnRequest, STATE_FILE};
 pub use store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};

@@ -2,6 +2,7 @@
 //! time, graceful drain on shutdown. Routing and handlers live in `routes`; errors become
 //! responses only in `error`.
 
+mod delegations;
 mod error;
 mod routes;
 
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::bundle::BundleStore;
 
 pub use error::ApiError;
+pub use routes::now;
 
 /// Limits and settings of the HTTP API.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct HttpConfig {
 pub struct AppState {
     pub store: Arc<BundleStore>,
     pub live: Arc<crate::snapshot::Live>,
+    /// Delegation, when the sidecar keeps state (not with `--authorize-only`).
+    pub delegation: Option<Arc<crate::delegation::Delegation>>,
     pub config: HttpConfig,
 }
 

@@ -22,15 +22,10 @@ mod world;
 use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{Effect, Entities, EntityUid, Schema, Validator};
-use cedar_policy_core::ast::{
-    Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint,
-};
+use cedar_policy_core::ast::{Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
 
 pub use cli::run_prove;
-pub use error::{
-    GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot,
-    ValidationIssue,
-};
+pub use error::{GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
 
@@ -120,19 +115,9 @@ fn scope_target(c: &PrincipalOrResourceConstraint) -> Option<&EntityUID> {
 }
 
 impl<'a> Prover<'a> {
-    fn new(
-        child: &Grant,
-        parent: &Grant,
-        schema: &'a Schema,
-        entities: &'a Entities,
-        opts: &'a ProveOptions,
-    ) -> Self {
+    fn new(child: &Grant, parent: &Grant, schema: &'a Schema, entities: &'a Entities, opts: &'a ProveOptions) -> Self {
         let split = |g: &Grant, effect: Effect| -> Vec<GrantPolicy> {
-            g.policies()
-                .iter()
-                .filter(|p| p.effect() == effect)
-                .cloned()
-                .collect()
+            g.policies().iter().filter(|p| p.effect() == effect).cloned().collect()
         };
         let view = parent.delegable_view();
         Prover {
@@ -348,8 +333,7 @@ impl<'a> Prover<'a> {
         let mut found = None;
         let mut search = Search::new(enc, constraints, max_steps, max_candidates);
         let outcome = search.run(&mut |enc, assignment| {
-            let replayed = concretize(enc, assignment)
-                .and_then(|cand| replayer.replay(&cand, schema, entities));
+            let replayed = concretize(enc, assignment).and_then(|cand| replayer.replay(&cand, schema, entities));
             match replayed {
                 Some(cx) => {
                     found = Some(cx);
@@ -408,9 +392,7 @@ impl<'a> Prover<'a> {
 
     fn evidence(&self, acc: Vec<Acc>) -> Evidence {
         let label = |ps: &[GrantPolicy], i: usize, role: &str| {
-            ps.get(i)
-                .map(|p| format!("{role} {}", p.label()))
-                .unwrap_or_default()
+            ps.get(i).map(|p| format!("{role} {}", p.label())).unwrap_or_default()
         };
         Evidence {
             permits: self

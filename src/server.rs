@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
+use crate::delegation::Delegation;
 use crate::http::{self, AppState, HttpConfig};
 use crate::snapshot::Live;
 
@@ -20,6 +21,10 @@ pub struct ServeConfig {
     pub http: HttpConfig,
     pub watch: Option<WatchOptions>,
     pub drain: Duration,
+    /// Where delegation state lives; `None` disables delegation (authorize only).
+    pub state: Option<PathBuf>,
+    /// The admin credential, for creating root agents and reading the audit trail.
+    pub admin_token: Option<String>,
 }
 
 /// A running sidecar.
@@ -59,6 +64,19 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
         Err(e) => tracing::error!(error = %e, "bundle load task failed"),
     }
+    let delegation = match &config.state {
+        Some(dir) if config.load.require_agent_model => {
+            let (dir, l, token) = (dir.clone(), Arc::clone(&live), config.admin_token.clone());
+            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token))
+                .await
+                .map_err(std::io::Error::other)?;
+            Some(Arc::new(opened.map_err(std::io::Error::other)?))
+        }
+        _ => None,
+    };
+    if let Some(d) = &delegation {
+        tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
+    }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
     let listener = http::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -66,6 +84,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         live: Arc::clone(&live),
+        delegation,
         config: config.http.clone(),
     });
     let (tx, rx) = oneshot::channel::<()>();
@@ -89,4 +108,19 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         shutdown: Some(tx),
         task,
     })
+}
+
+/// How often expired agents are recorded and revoked. Expired agents are denied at once
+/// regardless; the sweep writes the audit record and cascades.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn sweep_expired(delegation: Arc<Delegation>, live: Arc<Live>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(snap) = live.current() else { continue };
+        let d = Arc::clone(&delegation);
+        let now = crate::http::now();
+        let _ = tokio::task::spawn_blocking(move || d.sweep_expired(&snap, now)).await;
+    }
 }

@@ -118,6 +118,24 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| RequestError::missing(&self.field_path(key)))
     }
 
+    pub fn i64(&self, key: &str) -> Result<Option<i64>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| RequestError::wrong_type(&self.field_path(key), "an integer")),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(RequestError::wrong_type(&self.field_path(key), "a boolean")),
+        }
+    }
+
     pub fn array(&self, key: &str) -> Result<Option<&'a Vec<Value>>, RequestError> {
         match self.get(key) {
             None => Ok(None),

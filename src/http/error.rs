@@ -14,6 +14,21 @@ pub struct ApiError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    /// Further fields of the error body (a counterexample, the policies that denied).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<crate::delegation::DelegationError> for ApiError {
+    fn from(e: crate::delegation::DelegationError) -> Self {
+        Self {
+            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: e.code,
+            message: e.message,
+            help: e.help,
+            details: e.details,
+        }
+    }
 }
 
 impl ApiError {
@@ -23,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             help: None,
+            details: serde_json::Map::new(),
         }
     }
 
@@ -83,6 +99,7 @@ impl From<RequestError> for ApiError {
             code: e.code,
             message: e.message,
             help: e.help,
+            details: serde_json::Map::new(),
         }
     }
 }

@@ -13,12 +13,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{delegations, ApiError, AppState};
 use crate::authorize::{self, parse_uid, Decision, Fields, Outcome, Parts, RequestError};
 use crate::authzen;
 use crate::snapshot::Snapshot;
 
 const REQUEST_ID: &str = "x-request-id";
+const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
 const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +63,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ("/v1/authorize", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
             let outcome = authorize_one(&snap, &body, "")?;
+            persist_taint(state, &outcome);
             Ok(with_version(
                 json_response(StatusCode::OK, &decision_body(&snap, &outcome)),
                 &snap,
@@ -84,6 +86,23 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             };
             Ok(with_version(response, &snap))
         }
+        ("/v1/delegations", &Method::POST) => delegations::create(state, req).await,
+        ("/v1/audit", &Method::GET) => delegations::audit(state, req).await,
+        (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
+            let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
+            match (rest.split_once('/'), m) {
+                (None, &Method::DELETE) if !rest.is_empty() => delegations::revoke(state, req, rest, false).await,
+                (None, &Method::GET) if !rest.is_empty() => delegations::show(state, &req, &rest),
+                (Some((id, "complete")), &Method::POST) => {
+                    let id = id.to_owned();
+                    delegations::revoke(state, req, id, true).await
+                }
+                (None, _) | (Some((_, "complete")), _) if !rest.is_empty() => {
+                    Err(ApiError::method_not_allowed(&method, &path))
+                }
+                _ => Err(ApiError::not_found(&path)),
+            }
+        }
         (
             "/healthz"
             | "/readyz"
@@ -92,7 +111,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | "/v1/authorize"
             | "/v1/authorize/batch"
             | "/access/v1/evaluation"
-            | "/access/v1/evaluations",
+            | "/access/v1/evaluations"
+            | "/v1/delegations"
+            | "/v1/audit",
             _,
         ) => Err(ApiError::method_not_allowed(&method, &path)),
         _ => Err(ApiError::not_found(&path)),
@@ -107,14 +128,23 @@ async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc
     Ok((snap, body))
 }
 
+/// Writes a raised taint to the state store in the background; the in-memory taint already
+/// holds for every later decision.
+fn persist_taint(state: &AppState, outcome: &Outcome) {
+    if let (Some(level), Some(agent), Some(svc)) = (outcome.taint_raised_to, &outcome.agent, &state.delegation) {
+        let (svc, id) = (Arc::clone(svc), agent.row.id.clone());
+        tokio::task::spawn_blocking(move || svc.persist_taint(&id, level));
+    }
+}
+
 /// Seconds since the Unix epoch.
-pub(crate) fn now() -> i64 {
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
+pub(super) async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();

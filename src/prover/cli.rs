@@ -41,9 +41,8 @@ pub fn run_prove(
                 Verdict::Inconclusive(_) => EXIT_INCONCLUSIVE,
             };
             let text = if json {
-                serde_json::to_string_pretty(&verdict).unwrap_or_else(|e| {
-                    format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
-                })
+                serde_json::to_string_pretty(&verdict)
+                    .unwrap_or_else(|e| format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}"))
             } else {
                 verdict.render()
             };
@@ -71,7 +70,10 @@ fn render_error(e: &GrantError, json: bool) -> String {
         GrantError::Invalid(inv) => {
             let mut s = format!("error[{}]: {} is not valid against the schema\n", e.code(), inv.role);
             for i in &inv.issues {
-                s.push_str(&format!("  --> policy `{}`, line {}\n   = {}\n", i.policy, i.line, i.message));
+                s.push_str(&format!(
+                    "  --> policy `{}`, line {}\n   = {}\n",
+                    i.policy, i.line, i.message
+                ));
                 if let Some(h) = &i.help {
                     s.push_str(&format!("   = help: {h}\n"));
                 }

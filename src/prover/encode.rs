@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cedar_policy_core::ast::{
-    ActionConstraint, BinaryOp, EntityReference, EntityType, EntityUID, Expr, ExprKind, Literal,
-    PatternElem, PrincipalOrResourceConstraint, UnaryOp, Var,
+    ActionConstraint, BinaryOp, EntityReference, EntityType, EntityUID, Expr, ExprKind, Literal, PatternElem,
+    PrincipalOrResourceConstraint, UnaryOp, Var,
 };
 use cedar_policy_core::validator::types::{EntityKind, Type};
 
@@ -263,17 +263,12 @@ impl<'w> Encoding<'w> {
         let t = p.core();
         let action_ok = self.action_matches(t.action_constraint());
         let type_ok = |c: &PrincipalOrResourceConstraint, ty: &EntityType| match c {
-            PrincipalOrResourceConstraint::Is(et) | PrincipalOrResourceConstraint::IsIn(et, _) => {
-                et.as_ref() == ty
-            }
+            PrincipalOrResourceConstraint::Is(et) | PrincipalOrResourceConstraint::IsIn(et, _) => et.as_ref() == ty,
             PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => u.entity_type() == ty,
             _ => true,
         };
         action_ok
-            && type_ok(
-                t.principal_constraint().as_inner(),
-                &self.env.principal_type,
-            )
+            && type_ok(t.principal_constraint().as_inner(), &self.env.principal_type)
             && type_ok(t.resource_constraint().as_inner(), &self.env.resource_type)
     }
 
@@ -314,9 +309,7 @@ impl<'w> Encoding<'w> {
         match c {
             ActionConstraint::Any => true,
             ActionConstraint::Eq(a) => a.as_ref() == &self.env.action,
-            ActionConstraint::In(list) => list
-                .iter()
-                .any(|a| self.world.action_in(&self.env.action, a)),
+            ActionConstraint::In(list) => list.iter().any(|a| self.world.action_in(&self.env.action, a)),
         }
     }
 
@@ -424,13 +417,10 @@ impl<'w> Encoding<'w> {
     fn operand(&mut self, e: &Expr) -> Operand {
         match e.expr_kind() {
             ExprKind::Lit(l) => literal(l).map_or(Operand::Other, Operand::Lit),
-            ExprKind::UnaryApp {
-                op: UnaryOp::Neg,
-                arg,
-            } => match arg.expr_kind() {
-                ExprKind::Lit(Literal::Long(k)) => k
-                    .checked_neg()
-                    .map_or(Operand::Other, |v| Operand::Lit(Lit::Long(v))),
+            ExprKind::UnaryApp { op: UnaryOp::Neg, arg } => match arg.expr_kind() {
+                ExprKind::Lit(Literal::Long(k)) => {
+                    k.checked_neg().map_or(Operand::Other, |v| Operand::Lit(Lit::Long(v)))
+                }
                 _ => Operand::Other,
             },
             ExprKind::Set(elems) => {
@@ -468,10 +458,7 @@ impl<'w> Encoding<'w> {
                 i
             }
         };
-        (
-            self.lit(Atom::Opaque(idx, true)),
-            self.lit(Atom::Opaque(idx, false)),
-        )
+        (self.lit(Atom::Opaque(idx, true)), self.lit(Atom::Opaque(idx, false)))
     }
 
     /// Compiles a boolean expression into (evaluates to true, evaluates to false).
@@ -488,10 +475,7 @@ impl<'w> Encoding<'w> {
                 let (rt, rf) = self.bool_expr(right);
                 (lt.or(lf.clone().and(rt)), lf.and(rf))
             }
-            ExprKind::UnaryApp {
-                op: UnaryOp::Not,
-                arg,
-            } => {
+            ExprKind::UnaryApp { op: UnaryOp::Not, arg } => {
                 let (t, f) = self.bool_expr(arg);
                 (f, t)
             }
@@ -503,19 +487,14 @@ impl<'w> Encoding<'w> {
                 let (ct, cf) = self.bool_expr(test_expr);
                 let (at, af) = self.bool_expr(then_expr);
                 let (bt, bf) = self.bool_expr(else_expr);
-                (
-                    ct.clone().and(at).or(cf.clone().and(bt)),
-                    ct.and(af).or(cf.and(bf)),
-                )
+                (ct.clone().and(at).or(cf.clone().and(bt)), ct.and(af).or(cf.and(bf)))
             }
             ExprKind::BinaryApp { op, arg1, arg2 } => match op {
                 BinaryOp::Eq => self.equality(e, arg1, arg2),
                 BinaryOp::Less => self.compare(e, Cmp::Lt, arg1, arg2),
                 BinaryOp::LessEq => self.compare(e, Cmp::Le, arg1, arg2),
                 BinaryOp::In => self.membership(e, arg1, arg2),
-                BinaryOp::Contains | BinaryOp::ContainsAll | BinaryOp::ContainsAny => {
-                    self.set_op(e, *op, arg1, arg2)
-                }
+                BinaryOp::Contains | BinaryOp::ContainsAll | BinaryOp::ContainsAny => self.set_op(e, *op, arg1, arg2),
                 _ => self.opaque(e),
             },
             ExprKind::HasAttr { expr, attr } => self.has(e, expr, &[attr.to_string()]),
@@ -609,17 +588,14 @@ impl<'w> Encoding<'w> {
 
     fn equality(&mut self, e: &Expr, a: &Expr, b: &Expr) -> Tf {
         match (self.operand(a), self.operand(b)) {
-            (Operand::Lit(x), Operand::Lit(y)) => {
-                (Formula::constant(x == y), Formula::constant(x != y))
-            }
+            (Operand::Lit(x), Operand::Lit(y)) => (Formula::constant(x == y), Formula::constant(x != y)),
             (Operand::Term(t, d), Operand::Lit(v)) | (Operand::Lit(v), Operand::Term(t, d)) => {
                 match self.eq_lit(t, &v) {
                     Some(x) => guarded(d, x),
                     None => self.opaque(e),
                 }
             }
-            (Operand::Action, Operand::Lit(Lit::Entity(u)))
-            | (Operand::Lit(Lit::Entity(u)), Operand::Action) => {
+            (Operand::Action, Operand::Lit(Lit::Entity(u))) | (Operand::Lit(Lit::Entity(u)), Operand::Action) => {
                 let b = u == self.env.action;
                 (Formula::constant(b), Formula::constant(!b))
             }
@@ -690,9 +666,7 @@ impl<'w> Encoding<'w> {
 
     fn set_op(&mut self, e: &Expr, op: BinaryOp, a: &Expr, b: &Expr) -> Tf {
         match (op, self.operand(a), self.operand(b)) {
-            (BinaryOp::Contains, Operand::Term(t, d), Operand::Lit(v))
-                if matches!(self.ty(t), Ty::Set(_)) =>
-            {
+            (BinaryOp::Contains, Operand::Term(t, d), Operand::Lit(v)) if matches!(self.ty(t), Ty::Set(_)) => {
                 let x = self.lit(Atom::Contains(t, v));
                 guarded(d, x)
             }
@@ -713,10 +687,7 @@ impl<'w> Encoding<'w> {
             (BinaryOp::ContainsAll | BinaryOp::ContainsAny, Operand::Term(t, d), Operand::LitSet(vs))
                 if matches!(self.ty(t), Ty::Set(_)) =>
             {
-                let parts: Vec<Formula> = vs
-                    .into_iter()
-                    .map(|v| self.lit(Atom::Contains(t, v)))
-                    .collect();
+                let parts: Vec<Formula> = vs.into_iter().map(|v| self.lit(Atom::Contains(t, v))).collect();
                 let x = if op == BinaryOp::ContainsAll {
                     Formula::all(parts)
                 } else {

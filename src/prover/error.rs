@@ -61,7 +61,9 @@ impl GrantError {
         match self {
             GrantError::Parse(_) => Some("a grant is a list of Cedar policies or templates over `?principal`"),
             GrantError::ResourceSlot(_) => Some("name the resource in the scope, e.g. `resource in Folder::\"repo\"`"),
-            GrantError::Invalid(_) => Some("fix the policies so that `cedar validate --validation-mode strict` accepts them"),
+            GrantError::Invalid(_) => {
+                Some("fix the policies so that `cedar validate --validation-mode strict` accepts them")
+            }
             GrantError::Internal(_) => None,
         }
     }

@@ -7,9 +7,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{
-    Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator,
-};
+use cedar_policy::{Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator};
 use cedar_policy_core::ast;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -96,10 +94,7 @@ impl Grant {
             .collect();
         out.sort_by_key(|p| (p.line, template_offset(&p.template)));
         for p in &out {
-            if p.core()
-                .slots()
-                .any(|s| s.id == ast::SlotId::resource())
-            {
+            if p.core().slots().any(|s| s.id == ast::SlotId::resource()) {
                 return Err(GrantError::ResourceSlot(ResourceSlot {
                     policy: p.name.clone(),
                     line: p.line,
@@ -176,11 +171,7 @@ pub fn validate_grant(grant: &Grant, schema: &Schema) -> Result<(), GrantError> 
     validate_with(grant, &Validator::new(schema.clone()), GrantRole::Grant)
 }
 
-pub(crate) fn validate_with(
-    grant: &Grant,
-    validator: &Validator,
-    role: GrantRole,
-) -> Result<(), GrantError> {
+pub(crate) fn validate_with(grant: &Grant, validator: &Validator, role: GrantRole) -> Result<(), GrantError> {
     let set = grant.policy_set()?;
     let result = validator.validate(&set, ValidationMode::Strict);
     if result.validation_passed() {

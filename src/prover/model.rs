@@ -6,10 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
-    SlotId,
-};
+use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId};
 use cedar_policy_core::ast::{Eid, EntityType, EntityUID};
 use serde_json::{json, Value as Json};
 
@@ -101,11 +98,7 @@ impl Builder<'_, '_, '_> {
         let world = self.enc.world;
         let mut n = 0usize;
         loop {
-            let eid = if n == 0 {
-                hint.to_owned()
-            } else {
-                format!("{hint}-{n}")
-            };
+            let eid = if n == 0 { hint.to_owned() } else { format!("{hint}-{n}") };
             let uid = EntityUID::from_components(et.clone(), Eid::new(eid), None);
             if world.stored(&uid).is_none() && !self.taken.contains(&uid) {
                 self.taken.insert(uid.clone());
@@ -168,8 +161,7 @@ impl Builder<'_, '_, '_> {
         }
         let mut attrs = serde_json::Map::new();
         for f in &fields {
-            let present =
-                f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
+            let present = f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
             if present {
                 let child = self.enc.child_term(t, &f.name);
                 attrs.insert(f.name.clone(), self.value(child, &f.ty)?);
@@ -183,10 +175,8 @@ impl Builder<'_, '_, '_> {
                 _ => None,
             })
             .collect();
-        self.emitted.insert(
-            key,
-            json!({"uid": uid_json(&uid), "attrs": attrs, "parents": parents}),
-        );
+        self.emitted
+            .insert(key, json!({"uid": uid_json(&uid), "attrs": attrs, "parents": parents}));
         Some(())
     }
 
@@ -200,9 +190,7 @@ impl Builder<'_, '_, '_> {
                 Some(t) => self.theory.string_for(t, self.a)?,
                 None => "x".to_owned(),
             }),
-            Ty::Bool => json!(t
-                .and_then(|t| self.assigned(&Atom::BoolVal(t)))
-                .unwrap_or(false)),
+            Ty::Bool => json!(t.and_then(|t| self.assigned(&Atom::BoolVal(t))).unwrap_or(false)),
             Ty::Entity(et) => {
                 let uid = match t {
                     Some(t) => self.uid_of(t)?,
@@ -227,10 +215,8 @@ impl Builder<'_, '_, '_> {
             Ty::Record(fields) => {
                 let mut obj = serde_json::Map::new();
                 for f in fields {
-                    let present = f.required
-                        || t.is_some_and(|t| {
-                            self.assigned(&Atom::Has(t, f.name.clone())) == Some(true)
-                        });
+                    let present =
+                        f.required || t.is_some_and(|t| self.assigned(&Atom::Has(t, f.name.clone())) == Some(true));
                     if present {
                         let child = t.and_then(|t| self.enc.child_term(t, &f.name));
                         obj.insert(f.name.clone(), self.value(child, &f.ty)?);
@@ -282,19 +268,11 @@ impl Replayer {
     }
 
     fn name(&self, id: &PolicyId) -> String {
-        self.names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| format!("`{id}`"))
+        self.names.get(id).cloned().unwrap_or_else(|| format!("`{id}`"))
     }
 
     /// Replays a candidate; `Some` only when the child side allows and the parent denies.
-    pub(crate) fn replay(
-        &self,
-        cand: &Candidate,
-        schema: &Schema,
-        store: &Entities,
-    ) -> Option<Counterexample> {
+    pub(crate) fn replay(&self, cand: &Candidate, schema: &Schema, store: &Entities) -> Option<Counterexample> {
         let action = EntityUid::from(cand.action.clone());
         let context = Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
         let request = Request::new(
@@ -358,8 +336,7 @@ fn link_into(
             Some(policy) => set.add(policy.new_id(id.clone())).map_err(|e| fail(&e))?,
             None => {
                 let tid = PolicyId::new(format!("{prefix}.{i}.template"));
-                set.add_template(p.template.new_id(tid.clone()))
-                    .map_err(|e| fail(&e))?;
+                set.add_template(p.template.new_id(tid.clone())).map_err(|e| fail(&e))?;
                 let vals = HashMap::from([(SlotId::principal(), child.clone())]);
                 set.link(tid, id.clone(), vals).map_err(|e| fail(&e))?;
             }

@@ -30,6 +30,9 @@ pub struct Options {
     pub poll_interval: Duration,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Delegation state directory; `None` disables delegation.
+    pub state: Option<PathBuf>,
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +44,8 @@ impl Default for Options {
             poll_interval: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            state: None,
+            admin_token: None,
         }
     }
 }
@@ -85,6 +90,8 @@ impl TestServer {
                 poll_interval: opts.poll_interval,
             }),
             drain: Duration::from_secs(1),
+            state: opts.state.clone(),
+            admin_token: opts.admin_token.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {

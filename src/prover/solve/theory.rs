@@ -76,19 +76,11 @@ impl<'e, 'w> Theory<'e, 'w> {
         Theory { enc, by_term }
     }
 
-    fn assigned<'a>(
-        &'a self,
-        t: usize,
-        a: &'a [Option<bool>],
-    ) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
-        self.by_term
-            .get(t)
-            .into_iter()
-            .flatten()
-            .filter_map(move |id| {
-                let v = a.get(*id).copied().flatten()?;
-                Some((self.enc.atoms.get(*id)?, v))
-            })
+    fn assigned<'a>(&'a self, t: usize, a: &'a [Option<bool>]) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
+        self.by_term.get(t).into_iter().flatten().filter_map(move |id| {
+            let v = a.get(*id).copied().flatten()?;
+            Some((self.enc.atoms.get(*id)?, v))
+        })
     }
 
     /// What the store fixes about each term (indexed by term id).
@@ -277,9 +269,7 @@ fn str_constraints<'a>(atoms: impl Iterator<Item = (&'a Atom, bool)>) -> StrCons
 }
 
 /// The interval and excluded points of a Long term; `None` when empty.
-fn long_interval<'a>(
-    atoms: impl Iterator<Item = (&'a Atom, bool)>,
-) -> Option<(i128, i128, BTreeSet<i128>)> {
+fn long_interval<'a>(atoms: impl Iterator<Item = (&'a Atom, bool)>) -> Option<(i128, i128, BTreeSet<i128>)> {
     let mut lo = i128::from(i64::MIN);
     let mut hi = i128::from(i64::MAX);
     let mut excluded = BTreeSet::new();
