@@ -237,3 +237,14 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A request with `Authorization: Bearer <token>`.
+pub fn get_as(s: &TestServer, token: &str, path: &str) -> Resp {
+    let auth = format!("Bearer {token}");
+    s.request("GET", path, &[("Authorization", &auth)], None)
+}
+
+pub fn delete_as(s: &TestServer, token: &str, path: &str) -> Resp {
+    let auth = format!("Bearer {token}");
+    s.request("DELETE", path, &[("Authorization", &auth)], None)
+}
