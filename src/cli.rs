@@ -32,9 +32,23 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load and strictly validate a bundle; list every problem as `file:line: message`.
     Validate(ValidateArgs),
+    /// Check the delegation audit trail's hash chain: exit 0 intact, 1 tampered (names the
+    /// first bad record), 64 when the state cannot be opened.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Prove a child grant within a parent grant's delegable view, against a bundle.
     /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
     Prove(ProveArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the hash chain of the audit trail in a state directory.
+    Verify {
+        /// The state directory (as given to `deputy serve --state`).
+        #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -144,6 +158,37 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
+        Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn audit_verify(state: &std::path::Path) -> ExitCode {
+    let path = state.join(crate::delegation::STATE_FILE);
+    if !path.exists() {
+        eprintln!("error: no state database at `{}`", path.display());
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let store = match crate::delegation::Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match store.verify_audit() {
+        Ok(None) => {
+            let n = store.audit_records(None, None, usize::MAX).map_or(0, |r| r.len());
+            println!("audit trail intact: {n} record(s) chained");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(problem)) => {
+            println!("audit trail TAMPERED: {problem}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
     }
 }
 
