@@ -1,8 +1,29 @@
-//! Logging through `tracing-subscriber`: readable text by default, JSON lines on request.
+//! Telemetry: logs through `tracing-subscriber`, traces over OTLP when the standard `OTEL_*`
+//! variables ask for them, Prometheus metrics, and the decision log. See docs/OBSERVABILITY.md.
+//!
+//! The HTTP layer opens one span per request (joined to the caller's `traceparent`) and sets a
+//! per-request scope; the decision path, delegation and reloads add child spans and feed the
+//! metrics and the decision log held by `Observability`, which lives in the server's state.
 
-use tracing_subscriber::EnvFilter;
+mod decision;
+mod decision_log;
+mod metrics;
+mod otel;
 
+use std::sync::Arc;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::bundle::BundleStore;
 use crate::config::ENV_LOG;
+use crate::snapshot::Live;
+
+pub use decision::{decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, scoped, Api};
+pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
+pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
+pub use otel::{http_done, http_span, Telemetry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -10,15 +31,51 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. The filter comes from `DEPUTY_LOG` (e.g. `deputy=debug`),
-/// defaulting to `info`. Logs go to stderr so stdout stays free for command output.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: logs to stderr (so stdout stays free for command output),
+/// filtered by `DEPUTY_LOG` (e.g. `deputy=debug`, default `info`), and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, deputy's
+/// spans exported over OTLP/HTTP. The trace filter is separate from the log filter, so quieter
+/// logs do not thin out traces. Keep the returned guard alive: dropping it flushes the spans.
+pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otel::provider_from_env()?;
+    let traces = provider.as_ref().map(otel::layer);
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces)
+        .try_init();
+    Ok(Telemetry::new(provider))
+}
+
+/// What to observe beyond logs and traces: where decisions are logged.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveConfig {
+    pub decision_log: Option<DecisionLogConfig>,
+}
+
+/// The server's telemetry state: its metrics and, when configured, the decision log.
+pub struct Observability {
+    pub metrics: Arc<Metrics>,
+    pub decision_log: Option<DecisionLog>,
+}
+
+impl Observability {
+    /// Sets up metrics over the serving bundle and agents, and opens the decision log.
+    pub fn new(config: &ObserveConfig, store: Arc<BundleStore>, live: Arc<Live>) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new(Some((store, live))));
+        let decision_log = config
+            .decision_log
+            .as_ref()
+            .map(|c| DecisionLog::open(c, &metrics))
+            .transpose()?;
+        Ok(Self { metrics, decision_log })
+    }
 }

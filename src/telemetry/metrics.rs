@@ -1,0 +1,240 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format. Counters and
+//! histograms are updated on the decision, delegation and proof paths; the bundle's reloads
+//! and version and the live agents are read from the live state at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::Api;
+use crate::bundle::BundleStore;
+use crate::snapshot::Live;
+
+/// The `Content-Type` of `GET /metrics`.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the decision latency buckets, in seconds: 10µs to 1s.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Upper bounds of the proof duration buckets, in seconds: 1ms to 30s.
+const PROOF_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+type HistogramFamily = Family<Labels1, Histogram, fn() -> Histogram>;
+
+/// Every metric deputy keeps, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<Labels2, Counter>,
+    decision_seconds: HistogramFamily,
+    delegations: Family<Labels1, Counter>,
+    revocations: Family<Labels1, Counter>,
+    proofs: Family<Labels1, Counter>,
+    proof_seconds: Histogram,
+    pub(super) log_dropped: Counter,
+    pub(super) log_errors: Counter,
+}
+
+fn decision_histogram() -> Histogram {
+    Histogram::new(DECISION_BUCKETS.iter().copied())
+}
+
+impl Metrics {
+    /// The metrics, reading reloads, the bundle version and live agents from `serving` (when
+    /// given) at each scrape.
+    pub fn new(serving: Option<(Arc<BundleStore>, Arc<Live>)>) -> Self {
+        let mut registry = Registry::default();
+        let decisions = Family::<Labels2, Counter>::default();
+        registry.register(
+            "deputy_decisions",
+            "Authorization decisions by API (authorize, authzen) and outcome (allow, deny, error)",
+            decisions.clone(),
+        );
+        let decision_seconds: HistogramFamily = Family::new_with_constructor(decision_histogram);
+        registry.register_with_unit(
+            "deputy_decision_duration",
+            "Time to decide one request against the serving bundle, by API",
+            Unit::Seconds,
+            decision_seconds.clone(),
+        );
+        let delegations = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_delegations",
+            "Delegation (agent creation) requests by outcome (applied, pending, rejected, error)",
+            delegations.clone(),
+        );
+        let revocations = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_revocations",
+            "Agents revoked, cascades included, by reason (revoked, completed, expired)",
+            revocations.clone(),
+        );
+        let proofs = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_proofs",
+            "Containment proofs by verdict (within, exceeds, inconclusive, error)",
+            proofs.clone(),
+        );
+        let proof_seconds = Histogram::new(PROOF_BUCKETS.iter().copied());
+        registry.register_with_unit(
+            "deputy_proof_duration",
+            "Time to prove a child grant within its parent's",
+            Unit::Seconds,
+            proof_seconds.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "deputy_decision_log_dropped",
+            "Decision log lines dropped because the writer's queue was full",
+            log_dropped.clone(),
+        );
+        let log_errors = Counter::default();
+        registry.register(
+            "deputy_decision_log_write_errors",
+            "Decision log lines that could not be written",
+            log_errors.clone(),
+        );
+        if let Some((store, live)) = serving {
+            registry.register_collector(Box::new(Serving { store, live }));
+        }
+        Self {
+            registry,
+            decisions,
+            decision_seconds,
+            delegations,
+            revocations,
+            proofs,
+            proof_seconds,
+            log_dropped,
+            log_errors,
+        }
+    }
+
+    /// The exposition, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    pub fn decided(&self, api: Api, outcome: &'static str, took: Duration) {
+        let api = api.as_str();
+        self.decisions
+            .get_or_create(&[("api", api), ("outcome", outcome)])
+            .inc();
+        self.decision_seconds
+            .get_or_create(&[("api", api)])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn delegated(&self, outcome: &'static str) {
+        self.delegations.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn revoked(&self, reason: &'static str, agents: usize) {
+        self.revocations
+            .get_or_create(&[("reason", reason)])
+            .inc_by(u64::try_from(agents).unwrap_or(u64::MAX));
+    }
+
+    pub fn proved(&self, verdict: &'static str, took: Duration) {
+        self.proofs.get_or_create(&[("verdict", verdict)]).inc();
+        self.proof_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// What is read from the live state at scrape time.
+struct Serving {
+    store: Arc<BundleStore>,
+    live: Arc<Live>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Serving {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (ok, failed) = self.store.reload_counts();
+        let mut reloads = encoder.encode_descriptor(
+            "deputy_bundle_reloads",
+            "Bundle load attempts by outcome (ok: loaded or unchanged; failed: rejected, the last good bundle keeps serving)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(ok).encode(reloads.encode_family(&[("outcome", "ok")])?)?;
+        ConstCounter::new(failed).encode(reloads.encode_family(&[("outcome", "failed")])?)?;
+
+        let bundle = self.store.current();
+        let ready = ConstGauge::new(i64::from(bundle.is_some()));
+        ready.encode(encoder.encode_descriptor(
+            "deputy_bundle_ready",
+            "1 when a valid bundle is serving",
+            None,
+            ready.metric_type(),
+        )?)?;
+        if let Some(bundle) = bundle {
+            let mut info = encoder.encode_descriptor(
+                "deputy_bundle_info",
+                "The serving bundle; its version is the `version` label",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1).encode(info.encode_family(&[("version", bundle.version.as_str())])?)?;
+        }
+
+        let now = crate::http::now();
+        let live = self
+            .live
+            .current()
+            .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count());
+        let agents = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
+        agents.encode(encoder.encode_descriptor(
+            "deputy_agents_live",
+            "Agents neither revoked nor expired",
+            None,
+            agents.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::new(None);
+        m.decided(Api::Authorize, "allow", Duration::from_micros(30));
+        m.delegated("applied");
+        m.proved("within", Duration::from_millis(3));
+        let text = m.render();
+        assert!(
+            text.contains(r#"deputy_decisions_total{api="authorize",outcome="allow"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"deputy_delegations_total{outcome="applied"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("deputy_proof_duration_seconds_count 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
