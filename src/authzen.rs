@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::authorize::{self, parse_uid, EntityRef, Fields, Parts as CedarParts, RequestError};
+use crate::authorize::{parse_uid, EntityRef, Fields, Parts as CedarParts, RequestError};
 use crate::bundle::Bundle;
 use crate::snapshot::Snapshot;
 
@@ -111,7 +111,9 @@ fn semantic(top: &Fields<'_>) -> Result<Semantic, RequestError> {
 
 fn decide(snap: &Snapshot, parts: CedarParts, now: i64) -> Result<Evaluation, RequestError> {
     Ok(Evaluation {
-        decision: authorize::decide(snap, parts, now)?.decision.allow,
+        decision: crate::telemetry::decide(snap, parts, now, crate::telemetry::Api::AuthZen)?
+            .decision
+            .allow,
         context: None,
     })
 }

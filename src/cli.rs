@@ -125,6 +125,28 @@ pub struct ServeArgs {
     /// agents can be created and the audit trail cannot be read over HTTP.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Write one JSON line per decision to FILE (appended to), or to stdout with `-`.
+    #[arg(long, env = ENV_DECISION_LOG, value_name = "FILE")]
+    pub decision_log: Option<String>,
+    /// Write this context field's value as `***` in the decision log (`a.b` for a nested
+    /// field). Repeatable.
+    #[arg(long, value_name = "FIELD", requires = "decision_log")]
+    pub decision_log_mask: Vec<String>,
+    /// Leave allowed decisions out of the decision log.
+    #[arg(long, requires = "decision_log")]
+    pub decision_log_drop_allows: bool,
+}
+
+impl ServeArgs {
+    fn observe_config(&self) -> telemetry::ObserveConfig {
+        telemetry::ObserveConfig {
+            decision_log: self.decision_log.as_deref().map(|target| telemetry::DecisionLogConfig {
+                mask: self.decision_log_mask.clone(),
+                drop_allows: self.decision_log_drop_allows,
+                ..telemetry::DecisionLogConfig::new(telemetry::DecisionLogTarget::parse(target))
+            }),
+        }
+    }
 }
 
 /// The admin token from a file or the environment; never logged.
@@ -256,7 +278,13 @@ fn validate(args: &ValidateArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(args.log_format);
+    let _telemetry = match telemetry::init(args.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         eprintln!(
             "error: refusing to listen on non-loopback address `{}`; pass --allow-remote if the \
@@ -289,6 +317,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         drain: DEFAULT_DRAIN,
         state: (!args.bundle.authorize_only).then(|| args.state.clone()),
         admin_token,
+        observe: args.observe_config(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -301,7 +330,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let running = match server::start(config).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+                eprintln!("error: cannot start serving on `{}`: {e}", args.listen);
                 return ExitCode::FAILURE;
             }
         };

@@ -28,3 +28,4 @@ pub const ENV_BUNDLE: &str = "DEPUTY_BUNDLE";
 pub const ENV_LISTEN: &str = "DEPUTY_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "DEPUTY_LOG_FORMAT";
 pub const ENV_LOG: &str = "DEPUTY_LOG";
+pub const ENV_DECISION_LOG: &str = "DEPUTY_DECISION_LOG";

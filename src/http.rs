@@ -41,6 +41,8 @@ pub struct AppState {
     /// Delegation, when the sidecar keeps state (not with `--authorize-only`).
     pub delegation: Option<Arc<crate::delegation::Delegation>>,
     pub config: HttpConfig,
+    /// Metrics and the decision log.
+    pub obs: Arc<crate::telemetry::Observability>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains open connections for up to

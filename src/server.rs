@@ -12,6 +12,7 @@ use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
 use crate::delegation::Delegation;
 use crate::http::{self, AppState, HttpConfig};
 use crate::snapshot::Live;
+use crate::telemetry::Observability;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -25,6 +26,8 @@ pub struct ServeConfig {
     pub state: Option<PathBuf>,
     /// The admin credential, for creating root agents and reading the audit trail.
     pub admin_token: Option<String>,
+    /// Metrics and the decision log.
+    pub observe: crate::telemetry::ObserveConfig,
 }
 
 /// A running sidecar.
@@ -64,13 +67,19 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
         Err(e) => tracing::error!(error = %e, "bundle load task failed"),
     }
+    let obs = Arc::new(Observability::new(
+        &config.observe,
+        Arc::clone(&store),
+        Arc::clone(&live),
+    )?);
     let delegation = match &config.state {
         Some(dir) if config.load.require_agent_model => {
             let (dir, l, token) = (dir.clone(), Arc::clone(&live), config.admin_token.clone());
             let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token))
                 .await
                 .map_err(std::io::Error::other)?;
-            Some(Arc::new(opened.map_err(std::io::Error::other)?))
+            let metrics = Arc::clone(&obs.metrics);
+            Some(Arc::new(opened.map_err(std::io::Error::other)?.with_metrics(metrics)))
         }
         _ => None,
     };
@@ -86,6 +95,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         live: Arc::clone(&live),
         delegation,
         config: config.http.clone(),
+        obs,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let drain = config.drain;

@@ -91,6 +91,8 @@ impl BundleStore {
     /// Loads the bundle from disk and swaps it in if it is valid and different.
     /// Blocking: call from `spawn_blocking` or a plain thread.
     pub fn reload(&self) -> Result<ReloadOutcome, BundleError> {
+        let span = crate::telemetry::reload_span();
+        let _entered = span.enter();
         let result = Bundle::load(&self.dir, &self.opts);
         if let Ok(mut a) = self.attempted.lock() {
             *a = Some(match &result {
@@ -150,6 +152,7 @@ impl BundleStore {
                 )
             }
         };
+        crate::telemetry::reload_done(&span, &status);
         if let Ok(mut last) = self.last.lock() {
             *last = Some(status);
         }

@@ -133,6 +133,7 @@ pub struct Delegation {
     store: Store,
     live: Arc<Live>,
     admin_token: Option<String>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl Delegation {
@@ -147,7 +148,14 @@ impl Delegation {
             store,
             live,
             admin_token,
+            metrics: None,
         })
+    }
+
+    /// Counts proofs and revocations in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Identifies the caller from a bearer credential. Never from a name the caller states.
@@ -279,8 +287,10 @@ impl Delegation {
             child_principal: Some(child_uid.clone()),
             ..ProveOptions::default()
         };
-        let verdict = prover::prove(&grant, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
-            .map_err(|e| grant_error(&e))?;
+        let verdict = crate::telemetry::prove_observed(self.metrics.as_deref(), || {
+            prover::prove(&grant, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
+        })
+        .map_err(|e| grant_error(&e))?;
         let proof = serde_json::to_value(&verdict).unwrap_or(Value::Null);
         audit_base["proof"] = json!(verdict.name());
         match (&verdict, ask) {
@@ -487,6 +497,9 @@ impl Delegation {
         self.store
             .revoke(&ids, now, reason, event, &caller.name(), &details)
             .map_err(DelegationError::state)?;
+        if let Some(m) = &self.metrics {
+            m.revoked(event, ids.len());
+        }
         for i in &ids {
             if let Some(a) = snap.agents.get(i) {
                 a.mark_revoked();
@@ -507,10 +520,14 @@ impl Delegation {
             let ids = snap.agents.subtree(&id);
             let details = json!({"root": id, "cascade": ids});
             match self.store.revoke(&ids, now, "expired", "expired", "deputy", &details) {
-                Ok(_) => ids
-                    .iter()
-                    .filter_map(|i| snap.agents.get(i))
-                    .for_each(|a| a.mark_revoked()),
+                Ok(_) => {
+                    if let Some(m) = &self.metrics {
+                        m.revoked("expired", ids.len());
+                    }
+                    ids.iter()
+                        .filter_map(|i| snap.agents.get(i))
+                        .for_each(|a| a.mark_revoked());
+                }
                 Err(e) => tracing::error!(error = %e, "cannot record an expiry"),
             }
         }

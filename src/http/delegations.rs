@@ -61,7 +61,15 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
     let ctx = context(state, token.as_deref())?;
     let body = read_json(req, state.config.max_body_bytes).await?;
     let spawn = spawn_request(&body)?;
-    let outcome = blocking(move || Ok(ctx.svc.spawn(&ctx.snap, &ctx.caller, spawn, now())?)).await?;
+    let span = crate::telemetry::delegation_span();
+    let inner = span.clone();
+    let outcome = blocking(move || {
+        let _entered = inner.enter();
+        Ok(ctx.svc.spawn(&ctx.snap, &ctx.caller, spawn, now())?)
+    })
+    .await;
+    crate::telemetry::delegation_done(&state.obs, &span, &outcome);
+    let outcome = outcome?;
     let status = match outcome {
         SpawnOutcome::Applied { .. } => StatusCode::CREATED,
         SpawnOutcome::Pending { .. } => StatusCode::ACCEPTED,

@@ -12,11 +12,13 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::{delegations, ApiError, AppState};
 use crate::authorize::{self, parse_uid, Decision, Fields, Outcome, Parts, RequestError};
 use crate::authzen;
 use crate::snapshot::Snapshot;
+use crate::telemetry::{self, Api};
 
 const REQUEST_ID: &str = "x-request-id";
 const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
@@ -37,18 +39,16 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
-    let _enter = span.enter();
-    let mut response = match route(&state, req).await {
+    let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers());
+    let routed = telemetry::scoped(&state.obs, trace_id, route(&state, req));
+    let mut response = match routed.instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    tracing::debug!(status = response.status().as_u16(), "answered");
+    telemetry::http_done(&span, response.status());
     Ok(response)
 }
 
@@ -58,6 +58,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
     match (path.as_str(), &method) {
         ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/readyz", &Method::GET) => readyz(state),
+        ("/metrics", &Method::GET) => Ok(metrics(state)),
         ("/v1/status", &Method::GET) => Ok(status(state)),
         ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
         ("/v1/authorize", &Method::POST) => {
@@ -106,6 +107,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         (
             "/healthz"
             | "/readyz"
+            | "/metrics"
             | "/v1/status"
             | "/.well-known/authzen-configuration"
             | "/v1/authorize"
@@ -197,7 +199,7 @@ fn authorize_one(snap: &Snapshot, body: &Value, path: &str) -> Result<Outcome, R
         context: f.get("context").cloned(),
         context_field: f.field_path("context"),
     };
-    authorize::decide(snap, parts, now())
+    telemetry::decide(snap, parts, now(), Api::Authorize)
 }
 
 #[derive(Serialize)]
@@ -287,6 +289,13 @@ fn status(state: &AppState) -> Response<Body> {
         "reloads": { "ok": ok, "failed": failed },
     });
     json_response(StatusCode::OK, &body)
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(state.obs.metrics.render())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(telemetry::METRICS_CONTENT_TYPE));
+    r
 }
 
 fn authzen_configuration(req: &Request<Incoming>) -> Response<Body> {
