@@ -12,6 +12,7 @@ mod otel;
 
 use std::sync::Arc;
 
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -24,6 +25,11 @@ pub use decision::{decide, delegation_done, delegation_span, prove_observed, rel
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use otel::{http_done, http_span, Telemetry};
+
+/// The target of spans that exist for traces only (one per decision, delegation, proof and
+/// reload): never logged, and not even created unless traces are exported, so a decision pays
+/// nothing for them by default.
+const TRACE_ONLY: &str = "deputy::trace";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -48,8 +54,9 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     };
     let provider = otel::provider_from_env()?;
     let traces = provider.as_ref().map(otel::layer);
+    let logged = filter.and(filter_fn(|m| m.target() != TRACE_ONLY));
     let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
+        .with(fmt.with_filter(logged))
         .with(traces)
         .try_init();
     Ok(Telemetry::new(provider))

@@ -253,3 +253,80 @@ fn an_agents_line_carries_its_chain_with_grant_digests() {
     assert_eq!(got[1]["denied_by"]["bound"], "grant", "{}", got[1]);
     assert_eq!(got[1]["denied_by"]["agent"], child_id);
 }
+
+/// `deputy serve --decision-log -` writes the lines to stdout (logs stay on stderr), with the
+/// mask and drop flags from the command line.
+#[test]
+fn the_binary_logs_decisions_to_stdout() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let b = bundle();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--no-watch",
+            "--authorize-only",
+        ])
+        .args([
+            "--decision-log",
+            "-",
+            "--decision-log-mask",
+            "patient.name",
+            "--decision-log-drop-allows",
+        ])
+        .arg("--state")
+        .arg(state.path())
+        .arg("--bundle")
+        .arg(b.path())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "deputy listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start");
+    for who in ["alice", "bob"] {
+        let body = serde_json::to_vec(&view(who)).unwrap();
+        let r = common::send(
+            addr,
+            "POST",
+            "/v1/authorize",
+            &[("Content-Type", "application/json")],
+            Some(&body),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {out}");
+    let got: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), 1, "only the deny: {out}");
+    assert_eq!(got[0]["principal"], r#"User::"bob""#);
+    assert_eq!(
+        got[0]["trace_id"],
+        Value::Null,
+        "no traceparent, no exporter: no trace id"
+    );
+    assert_eq!(got[0]["context"]["patient"]["name"], "***");
+    assert_eq!(got[0]["context"]["ssn"], "123-45-6789");
+}

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 const DEPUTY: &str = env!("CARGO_BIN_EXE_deputy");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const ADMIN: &str = "admin-token-for-otel-tests-0123";
 
 /// What the receiver got: every span, with its resource's attributes.
 #[derive(Default)]
@@ -138,6 +139,7 @@ fn serve(otlp: SocketAddr, state: &std::path::Path) -> Sidecar {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
         .env("OTEL_SERVICE_NAME", "deputy-under-test")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("DEPUTY_ADMIN_TOKEN", ADMIN)
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_SDK_DISABLED")
         .env_remove("OTEL_TRACES_EXPORTER")
@@ -202,6 +204,32 @@ fn request_and_decision_spans_join_the_callers_trace() {
     assert_eq!(r.json()["decision"], "Allow");
     let version = r.json()["policy_version"].as_str().unwrap().to_owned();
 
+    // A delegation: a root agent (no proof needed) and a child (proved within).
+    let delegate = |token: &str, grant: &str| {
+        let body = serde_json::to_vec(
+            &json!({"grant": grant, "ttl_seconds": 600, "ceiling": 1, "can_delegate": true, "task": "t"}),
+        )
+        .unwrap();
+        let auth = format!("Bearer {token}");
+        let r = common::send(
+            sidecar.addr,
+            "POST",
+            "/v1/delegations",
+            &[("Content-Type", "application/json"), ("Authorization", &auth)],
+            Some(&body),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    };
+    let root = delegate(
+        ADMIN,
+        r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+    );
+    delegate(
+        root["credential"].as_str().unwrap(),
+        r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#,
+    );
+
     // A request without a traceparent starts a trace of its own.
     let r = common::send(sidecar.addr, "GET", "/healthz", &[], None);
     assert_eq!(r.status, 200);
@@ -257,6 +285,30 @@ fn request_and_decision_spans_join_the_callers_trace() {
     let (_, health) = got.spans.iter().find(|(_, s)| s.name == "GET /healthz").unwrap();
     assert_ne!(health.trace_id, trace_id, "an unrelated request has its own trace");
     assert!(health.parent_span_id.is_empty());
+
+    // Delegation spans under their request spans; the child's proof under its delegation.
+    let delegations: Vec<&Span> = got
+        .spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name == "delegation")
+        .collect();
+    assert_eq!(delegations.len(), 2, "{names:?}");
+    for d in &delegations {
+        assert_eq!(attr_str(&d.attributes, "deputy.delegation.outcome"), Some("applied"));
+        let parent = got
+            .spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.span_id == d.parent_span_id)
+            .unwrap();
+        assert_eq!(parent.name, "POST /v1/delegations");
+    }
+    let (_, proof) = got.spans.iter().find(|(_, s)| s.name == "proof").unwrap();
+    assert_eq!(attr_str(&proof.attributes, "deputy.proof.verdict"), Some("within"));
+    assert!(attr(&proof.attributes, "deputy.proof.duration_ms").is_some());
+    let proved = delegations.iter().find(|d| d.span_id == proof.parent_span_id).unwrap();
+    assert_eq!(attr_str(&proved.attributes, "deputy.proof.verdict"), Some("within"));
 
     // The initial bundle load is traced too, with the version it loaded.
     let (_, reload) = got

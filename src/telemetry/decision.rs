@@ -12,7 +12,7 @@ use serde_json::Value;
 use tracing::field::Empty;
 use tracing::Span;
 
-use super::Observability;
+use super::{Observability, TRACE_ONLY};
 use crate::authorize::{self, Outcome, Parts, PolicyError, RequestError};
 use crate::bundle::{ReloadOutcome, ReloadStatus};
 use crate::delegation::{DeniedBy, SpawnOutcome};
@@ -64,6 +64,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
     let principal = parts.principal.uid.to_string();
     let action = parts.action.uid.to_string();
     let span = tracing::info_span!(
+        target: TRACE_ONLY,
         "authorize",
         deputy.api = api.as_str(),
         deputy.principal = principal.as_str(),
@@ -212,6 +213,7 @@ fn bound(d: &DeniedBy) -> &'static str {
 /// The span of one delegation request; the proof's span nests under it.
 pub fn delegation_span() -> Span {
     tracing::info_span!(
+        target: TRACE_ONLY,
         "delegation",
         deputy.delegation.outcome = Empty,
         deputy.proof.verdict = Empty,
@@ -245,7 +247,7 @@ pub fn prove_observed<E>(
     metrics: Option<&super::Metrics>,
     prove: impl FnOnce() -> Result<Verdict, E>,
 ) -> Result<Verdict, E> {
-    let span = tracing::info_span!("proof", deputy.proof.verdict = Empty, deputy.proof.duration_ms = Empty);
+    let span = tracing::info_span!(target: TRACE_ONLY, "proof", deputy.proof.verdict = Empty, deputy.proof.duration_ms = Empty);
     let _entered = span.enter();
     let started = Instant::now();
     let result = prove();
@@ -261,7 +263,7 @@ pub fn prove_observed<E>(
 
 /// The span of one bundle load attempt.
 pub fn reload_span() -> Span {
-    tracing::info_span!("reload", deputy.reload.outcome = Empty, deputy.policy_version = Empty)
+    tracing::info_span!(target: TRACE_ONLY, "reload", deputy.reload.outcome = Empty, deputy.policy_version = Empty)
 }
 
 /// Records a load attempt's outcome and the version it produced or that keeps serving.
