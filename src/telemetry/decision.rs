@@ -61,14 +61,13 @@ pub async fn scoped<F: Future>(obs: &Arc<Observability>, trace_id: Option<String
 /// `authorize::decide`, observed: an `authorize` span with the decision's attributes, the
 /// decision metrics and, when configured, a decision log line.
 pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outcome, RequestError> {
-    let principal = parts.principal.uid.to_string();
-    let action = parts.action.uid.to_string();
+    // Field values are only evaluated when the span is enabled (traces are exported).
     let span = tracing::info_span!(
         target: TRACE_ONLY,
         "authorize",
         deputy.api = api.as_str(),
-        deputy.principal = principal.as_str(),
-        deputy.action = action.as_str(),
+        deputy.principal = %parts.principal.uid,
+        deputy.action = %parts.action.uid,
         "deputy.resource.type" = %parts.resource.uid.type_name(),
         deputy.policy_version = snap.bundle.version.as_str(),
         deputy.decision = Empty,
@@ -80,7 +79,12 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
     let _entered = span.enter();
     let scope = REQUEST.try_with(Clone::clone).ok();
     let log = scope.as_ref().and_then(|s| s.obs.decision_log.as_ref());
-    let logged = log.map(|l| (parts.resource.uid.to_string(), l.masked(parts.context.as_ref())));
+    let logged = log.map(|l| Logged {
+        principal: parts.principal.uid.to_string(),
+        action: parts.action.uid.to_string(),
+        resource: parts.resource.uid.to_string(),
+        context: l.masked(parts.context.as_ref()),
+    });
 
     let started = Instant::now();
     let result = authorize::decide(snap, parts, now);
@@ -107,7 +111,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
     }
     let Some(scope) = &scope else { return result };
     scope.obs.metrics.decided(api, outcome, took);
-    if let (Some(log), Some((resource, context))) = (log, logged) {
+    if let (Some(log), Some(logged)) = (log, logged) {
         if !(log.drops_allows() && outcome == "allow") {
             let id = uuid::Uuid::new_v4().to_string();
             span.record("deputy.decision_id", id.as_str());
@@ -116,11 +120,11 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
                 time: now_rfc3339(),
                 trace_id: scope.trace_id.as_deref(),
                 api: api.as_str(),
-                principal: &principal,
+                principal: &logged.principal,
                 chain: result.as_ref().ok().and_then(|o| chain(snap, o)),
-                action: &action,
-                resource: &resource,
-                context,
+                action: &logged.action,
+                resource: &logged.resource,
+                context: logged.context,
                 decision: outcome,
                 reasons: result.as_ref().map_or(&[][..], |o| &o.decision.reasons[..]),
                 errors: result.as_ref().map_or(&[][..], |o| &o.decision.errors[..]),
@@ -139,6 +143,14 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
         }
     }
     result
+}
+
+/// What the decision log needs from the request, taken before it is consumed.
+struct Logged {
+    principal: String,
+    action: String,
+    resource: String,
+    context: Option<Value>,
 }
 
 /// One decision log line (docs/OBSERVABILITY.md).

@@ -55,6 +55,8 @@ impl DecisionLogConfig {
     }
 }
 
+type Writer = Box<dyn Write + Send>;
+
 pub struct DecisionLog {
     tx: Option<SyncSender<String>>,
     writer: Option<JoinHandle<()>>,
@@ -66,7 +68,7 @@ pub struct DecisionLog {
 impl DecisionLog {
     /// Opens the target (a file is created if missing and appended to) and starts the writer.
     pub fn open(config: &DecisionLogConfig, metrics: &Metrics) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match &config.target {
+        let out: Writer = match &config.target {
             DecisionLogTarget::Stdout => Box::new(std::io::stdout()),
             DecisionLogTarget::File(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -76,6 +78,10 @@ impl DecisionLog {
                     .map_err(|e| std::io::Error::new(e.kind(), format!("decision log `{}`: {e}", path.display())))?,
             ),
         };
+        Self::start(out, config, metrics)
+    }
+
+    fn start(out: Writer, config: &DecisionLogConfig, metrics: &Metrics) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue.max(1));
         let errors = metrics.log_errors.clone();
         let writer = std::thread::Builder::new()
@@ -146,9 +152,9 @@ fn mask_path(value: &mut Value, path: &[String]) {
 }
 
 /// Writes lines as they come, flushing whenever the queue runs empty.
-fn write_lines(rx: &Receiver<String>, mut out: Box<dyn Write + Send>, errors: &Counter) {
+fn write_lines(rx: &Receiver<String>, mut out: Writer, errors: &Counter) {
     let mut failing = false;
-    let mut write = |out: &mut Box<dyn Write + Send>, line: &str| {
+    let mut write = |out: &mut Writer, line: &str| {
         let result = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n"));
         if let Err(e) = result {
             errors.inc();
@@ -185,6 +191,46 @@ mod tests {
         mask_path(&mut v, &["user".to_owned(), "email".to_owned()]);
         mask_path(&mut v, &["absent".to_owned(), "x".to_owned()]);
         assert_eq!(v, json!({"ssn": "***", "user": {"email": "***", "name": "A"}, "n": 1}));
+    }
+
+    /// A writer that blocks until released, as a stuck disk would.
+    struct Stuck(std::sync::mpsc::Receiver<()>, std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            self.1.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let metrics = Metrics::new(None);
+        let (release, stuck) = std::sync::mpsc::channel();
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = DecisionLogConfig {
+            queue: 2,
+            ..DecisionLogConfig::new(DecisionLogTarget::Stdout)
+        };
+        let log = DecisionLog::start(Box::new(Stuck(stuck, written.clone())), &config, &metrics).unwrap();
+        // The writer takes the first line and blocks on it; two more fill the queue.
+        for i in 0..10 {
+            log.send(format!("{i}"));
+        }
+        let dropped = log.dropped.get();
+        assert!((7..=8).contains(&dropped), "{dropped}");
+        drop(release);
+        drop(log);
+        assert!(metrics
+            .render()
+            .contains(&format!("deputy_decision_log_dropped_total {dropped}")));
+        let lines = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(lines.lines().count() as u64, 10 - dropped);
     }
 
     #[test]
