@@ -134,6 +134,7 @@ fn every_decision_is_a_line_with_its_fields_and_masked_context() {
     assert_eq!(first["reasons"], json!(["alice-views"]));
     assert_eq!(first["policy_version"], version.as_str());
     assert_eq!(first["trace_id"], TRACE_ID);
+    assert!(!first["request_id"].as_str().unwrap().is_empty());
     assert!(
         first.get("chain").is_none(),
         "no chain for a principal that is not an agent"

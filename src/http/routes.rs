@@ -40,7 +40,7 @@ pub async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers());
-    let routed = telemetry::scoped(&state.obs, trace_id, route(&state, req));
+    let routed = telemetry::scoped(&state.obs, trace_id, &request_id, route(&state, req));
     let mut response = match routed.instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => error_response(&e),

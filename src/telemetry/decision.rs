@@ -42,18 +42,25 @@ impl Api {
 struct RequestScope {
     obs: Arc<Observability>,
     trace_id: Option<Arc<str>>,
+    request_id: Arc<str>,
 }
 
 tokio::task_local! {
     static REQUEST: RequestScope;
 }
 
-/// Runs one request's handling with the server's observability and the request's trace id in
-/// reach of `decide`.
-pub async fn scoped<F: Future>(obs: &Arc<Observability>, trace_id: Option<String>, fut: F) -> F::Output {
+/// Runs one request's handling with the server's observability and the request's trace id and
+/// `x-request-id` in reach of `decide`.
+pub async fn scoped<F: Future>(
+    obs: &Arc<Observability>,
+    trace_id: Option<String>,
+    request_id: &str,
+    fut: F,
+) -> F::Output {
     let scope = RequestScope {
         obs: Arc::clone(obs),
         trace_id: trace_id.map(Arc::from),
+        request_id: Arc::from(request_id),
     };
     REQUEST.scope(scope, fut).await
 }
@@ -119,6 +126,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
                 decision_id: &id,
                 time: now_rfc3339(),
                 trace_id: scope.trace_id.as_deref(),
+                request_id: &scope.request_id,
                 api: api.as_str(),
                 principal: &logged.principal,
                 chain: result.as_ref().ok().and_then(|o| chain(snap, o)),
@@ -159,6 +167,7 @@ struct Line<'a> {
     decision_id: &'a str,
     time: String,
     trace_id: Option<&'a str>,
+    request_id: &'a str,
     api: &'static str,
     principal: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,9 @@ const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// The service name when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
 const DEFAULT_SERVICE_NAME: &str = "deputy";
+/// How long exiting waits for the last spans to be exported (a collector that is down must not
+/// hold up a pod's shutdown).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The instrumentation scope of deputy's spans.
 const SCOPE: &str = "deputy";
 
@@ -47,7 +50,7 @@ impl Telemetry {
     /// Exports the spans still queued and stops the exporter. Blocking.
     pub fn shutdown(&mut self) {
         if let Some(p) = self.provider.take() {
-            if let Err(e) = p.shutdown() {
+            if let Err(e) = p.shutdown_with_timeout(FLUSH_TIMEOUT) {
                 eprintln!("warning: flushing traces at shutdown failed: {e}");
             }
         }
