@@ -1,6 +1,7 @@
 //! The decision path: turn a request into a Cedar `Request` checked against the bundle's schema,
 //! and decide it against one immutable bundle. Pure and synchronous; the HTTP layer calls it.
 
+mod capabilities;
 mod request;
 
 use std::sync::LazyLock;
@@ -14,6 +15,7 @@ use crate::bundle::Bundle;
 use crate::delegation::{DeniedBy, LiveAgent, AGENT_TYPE};
 use crate::snapshot::Snapshot;
 
+pub use capabilities::{capabilities, Capabilities};
 pub use request::{parse_context, parse_uid, EntityRef, Fields, RequestError};
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
@@ -81,6 +83,19 @@ pub struct Outcome {
     pub agent: Option<Arc<LiveAgent>>,
     /// The agent's session taint after this decision, when it went up.
     pub taint_raised_to: Option<i64>,
+    /// For a deny of a managed agent: the permission that would allow it.
+    pub needed: Option<Needed>,
+}
+
+/// What a denied agent would need, as a grant it could request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Needed {
+    /// A Cedar template over `?principal` allowing exactly the denied request.
+    pub template: String,
+    /// False when the admin maximum denies it: no grant can give it.
+    pub requestable: bool,
+    /// Where to send `POST /v1/permission-requests` (the agent's grantor, or a human).
+    pub approver: String,
 }
 
 /// The context attribute deputy supplies for managed agents: the session's taint.
@@ -94,6 +109,11 @@ pub const CLASSIFICATION_ATTR: &str = "classification";
 /// decided against the admin policies AND its whole chain, with `context.taint` supplied by
 /// deputy; anyone else against the admin policies alone.
 pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, RequestError> {
+    decide_with(snap, parts, now, true)
+}
+
+/// `decide`, optionally without raising the agent's taint (for "what could I do" questions).
+pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
     let bundle = &snap.bundle;
     let agent = (parts.principal.uid.type_name().to_string() == AGENT_TYPE)
         .then(|| snap.agents.get(parts.principal.uid.id().unescaped()))
@@ -113,6 +133,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
             denied_by: None,
             agent: None,
             taint_raised_to: None,
+            needed: None,
         });
     };
     let mut context = match parts.context {
@@ -133,6 +154,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
     context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
     let action_id = parts.action.uid.id().unescaped().to_owned();
     let resource_uid = parts.resource.uid.clone();
+    let action_uid = parts.action.uid.clone();
     let request = match build_request(
         bundle,
         parts.principal.clone(),
@@ -155,18 +177,31 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
     };
     let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, now);
     let mut taint_raised_to = None;
-    if chain.decision.allow && TAINTING_ACTIONS.contains(&action_id.as_str()) {
+    if raise_taint && chain.decision.allow && TAINTING_ACTIONS.contains(&action_id.as_str()) {
         if let Some(level) = classification(snap.entities(), &resource_uid) {
             if agent.raise_taint(level) {
                 taint_raised_to = Some(level);
             }
         }
     }
+    let needed = match &chain.denied_by {
+        Some(DeniedBy::Admin { .. }) | Some(DeniedBy::Grant { .. }) => Some(Needed {
+            template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
+            requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
+            approver: agent
+                .row
+                .parent
+                .clone()
+                .unwrap_or_else(|| crate::delegation::ADMIN_APPROVER.to_owned()),
+        }),
+        _ => None,
+    };
     Ok(Outcome {
         decision: chain.decision,
         denied_by: chain.denied_by,
         agent: Some(agent),
         taint_raised_to,
+        needed,
     })
 }
 

@@ -53,7 +53,7 @@ pub struct DelegationError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     #[serde(flatten)]
-    pub details: serde_json::Map<String, Value>,
+    pub details: Box<serde_json::Map<String, Value>>,
 }
 
 impl DelegationError {
@@ -63,7 +63,7 @@ impl DelegationError {
             code,
             message: message.into(),
             help: None,
-            details: serde_json::Map::new(),
+            details: Box::default(),
         }
     }
 
@@ -130,9 +130,11 @@ pub enum SpawnOutcome {
 }
 
 pub struct Delegation {
-    store: Store,
-    live: Arc<Live>,
+    pub(super) store: Store,
+    pub(super) live: Arc<Live>,
     admin_token: Option<String>,
+    /// Woken whenever a permission request changes, for long polls.
+    pub(super) requests_changed: tokio::sync::Notify,
 }
 
 impl Delegation {
@@ -147,6 +149,7 @@ impl Delegation {
             store,
             live,
             admin_token,
+            requests_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -487,11 +490,8 @@ impl Delegation {
         self.store
             .revoke(&ids, now, reason, event, &caller.name(), &details)
             .map_err(DelegationError::state)?;
-        for i in &ids {
-            if let Some(a) = snap.agents.get(i) {
-                a.mark_revoked();
-            }
-        }
+        self.mark_revoked(&ids);
+        self.close_requests_of(&ids, now, event);
         Ok(ids)
     }
 
@@ -507,11 +507,22 @@ impl Delegation {
             let ids = snap.agents.subtree(&id);
             let details = json!({"root": id, "cascade": ids});
             match self.store.revoke(&ids, now, "expired", "expired", "deputy", &details) {
-                Ok(_) => ids
-                    .iter()
-                    .filter_map(|i| snap.agents.get(i))
-                    .for_each(|a| a.mark_revoked()),
+                Ok(_) => {
+                    self.mark_revoked(&ids);
+                    self.close_requests_of(&ids, now, "expired");
+                }
                 Err(e) => tracing::error!(error = %e, "cannot record an expiry"),
+            }
+        }
+        self.expire_requests(now);
+    }
+
+    /// Marks agents revoked in the live registry (whose agents every snapshot shares).
+    fn mark_revoked(&self, ids: &[String]) {
+        let registry = self.live.registry();
+        for id in ids {
+            if let Some(a) = registry.get(id) {
+                a.mark_revoked();
             }
         }
     }
@@ -549,7 +560,7 @@ impl Delegation {
     }
 }
 
-fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Result<String, DelegationError> {
+pub(super) fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Result<String, DelegationError> {
     let valid = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid {
         return Err(DelegationError::new(
@@ -576,7 +587,7 @@ fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Resu
     Ok(id.to_owned())
 }
 
-fn grant_error(e: &prover::GrantError) -> DelegationError {
+pub(super) fn grant_error(e: &prover::GrantError) -> DelegationError {
     DelegationError::new(400, "grant_invalid", format!("`grant`: {e}"))
 }
 

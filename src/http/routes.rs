@@ -20,6 +20,9 @@ use crate::snapshot::Snapshot;
 
 const REQUEST_ID: &str = "x-request-id";
 const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
+const REQUESTS_PREFIX: &str = "/v1/permission-requests/";
+const AGENTS_PREFIX: &str = "/v1/agents/";
+const CAPABILITIES_SUFFIX: &str = "/capabilities";
 const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +91,25 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/v1/delegations", &Method::POST) => delegations::create(state, req).await,
         ("/v1/audit", &Method::GET) => delegations::audit(state, req).await,
+        ("/v1/permission-requests", &Method::POST) => delegations::request_permission(state, req).await,
+        ("/v1/permission-requests", &Method::GET) => delegations::list_requests(state, req).await,
+        (p, m) if p.starts_with(REQUESTS_PREFIX) => {
+            let id = p.get(REQUESTS_PREFIX.len()..).unwrap_or("").to_owned();
+            match *m {
+                _ if id.is_empty() || id.contains('/') => Err(ApiError::not_found(&path)),
+                Method::GET => delegations::get_request(state, req, id).await,
+                Method::POST => delegations::decide_request(state, req, id).await,
+                Method::DELETE => delegations::withdraw_request(state, req, id).await,
+                _ => Err(ApiError::method_not_allowed(&method, &path)),
+            }
+        }
+        (p, &Method::GET) if p.starts_with(AGENTS_PREFIX) && p.ends_with(CAPABILITIES_SUFFIX) => {
+            let id = p
+                .get(AGENTS_PREFIX.len()..p.len() - CAPABILITIES_SUFFIX.len())
+                .unwrap_or("")
+                .to_owned();
+            delegations::capabilities(state, &req, &id)
+        }
         (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
             let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
             match (rest.split_once('/'), m) {
@@ -113,7 +135,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | "/access/v1/evaluation"
             | "/access/v1/evaluations"
             | "/v1/delegations"
-            | "/v1/audit",
+            | "/v1/audit"
+            | "/v1/permission-requests",
             _,
         ) => Err(ApiError::method_not_allowed(&method, &path)),
         _ => Err(ApiError::not_found(&path)),
@@ -207,6 +230,8 @@ struct DecisionBody<'a> {
     errors: &'a [authorize::PolicyError],
     #[serde(skip_serializing_if = "Option::is_none")]
     denied_by: Option<&'a crate::delegation::DeniedBy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needed: Option<&'a authorize::Needed>,
     policy_version: &'a str,
 }
 
@@ -217,6 +242,7 @@ fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
         reasons: &d.reasons,
         errors: &d.errors,
         denied_by: o.denied_by.as_ref(),
+        needed: o.needed.as_ref(),
         policy_version: &snap.bundle.version,
     }
 }
