@@ -12,7 +12,8 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::bundle::Bundle;
-use crate::delegation::{DeniedBy, LiveAgent, AGENT_TYPE};
+use crate::bundle::TaintRole;
+use crate::delegation::{DeniedBy, Guard, LiveAgent, AGENT_TYPE};
 use crate::snapshot::Snapshot;
 
 pub use capabilities::{capabilities, Capabilities};
@@ -100,8 +101,6 @@ pub struct Needed {
 
 /// The context attribute deputy supplies for managed agents: the session's taint.
 pub const TAINT_FIELD: &str = "taint";
-/// Actions whose allowed use raises the acting agent's taint to the resource's classification.
-pub const TAINTING_ACTIONS: &[&str] = &["read"];
 /// The resource attribute holding its classification level.
 pub const CLASSIFICATION_ATTR: &str = "classification";
 
@@ -141,18 +140,10 @@ pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -
         Some(serde_json::Value::Object(m)) => m,
         Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
     };
-    if context.contains_key(TAINT_FIELD) {
-        return Err(RequestError::new(
-            "reserved_context_field",
-            format!(
-                "`{}.{TAINT_FIELD}` is supplied by deputy for its agents; callers cannot set it",
-                parts.context_field
-            ),
-        ));
-    }
+    // deputy supplies the taint for its agents; whatever a caller sent is replaced.
+    context.remove(TAINT_FIELD);
     let without_taint = serde_json::Value::Object(context.clone());
     context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
-    let action_id = parts.action.uid.id().unescaped().to_owned();
     let resource_uid = parts.resource.uid.clone();
     let action_uid = parts.action.uid.clone();
     let request = match build_request(
@@ -175,10 +166,14 @@ pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -
         )?,
         Err(e) => return Err(e),
     };
-    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, now);
+    let guard = Guard {
+        role: bundle.taint_roles.get(&action_uid).copied(),
+        classification: classification(snap.entities(), &resource_uid),
+    };
+    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, guard, now);
     let mut taint_raised_to = None;
-    if raise_taint && chain.decision.allow && TAINTING_ACTIONS.contains(&action_id.as_str()) {
-        if let Some(level) = classification(snap.entities(), &resource_uid) {
+    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
+        if let Some(level) = guard.classification {
             if agent.raise_taint(level) {
                 taint_raised_to = Some(level);
             }

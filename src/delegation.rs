@@ -11,7 +11,7 @@ mod registry;
 mod service;
 mod store;
 
-pub use chain::{decide, ChainDecision, DeniedBy};
+pub use chain::{decide, ChainDecision, DeniedBy, Guard};
 pub use permission::{Decision as PermissionDecision, RequestView, ADMIN_APPROVER};
 pub use registry::{agent_uid, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
 pub use service::{Caller, Delegation, DelegationError, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE};

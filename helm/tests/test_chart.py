@@ -256,15 +256,12 @@ def test_configmap_items_lay_out_the_bundle() -> None:
 
 
 def test_chart_ships_the_repository_example_bundle() -> None:
+    # Symlinks, which Helm follows (and `helm package` resolves), so the chart's default bundle
+    # is always the example bundle at the repository root and never a stale copy.
     shipped = CHART / "files" / "bundle"
     for sub in BUNDLE_DIRS:
-        ours = sorted(p.relative_to(shipped) for p in (shipped / sub).rglob("*") if p.is_file())
-        theirs = sorted(p.relative_to(REPO) for p in (REPO / sub).rglob("*") if p.is_file())
-        assert ours == theirs, f"helm/deputy/files/bundle/{sub} differs from {sub}/ at the root"
-        for rel in ours:
-            assert (shipped / rel).read_bytes() == (REPO / rel).read_bytes(), (
-                f"helm/deputy/files/bundle/{rel} differs from the example bundle: copy it again"
-            )
+        assert (shipped / sub).is_symlink(), f"helm/deputy/files/bundle/{sub} should link to {sub}/"
+        assert (shipped / sub).resolve() == (REPO / sub).resolve()
 
 
 def test_configmap_carries_files_byte_for_byte(tmp_path: pathlib.Path) -> None:
@@ -528,3 +525,66 @@ def test_rendered_deputy_container_serves_ready(values_file: str, tmp_path: path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- the README's commands -----------------------------------------------------------------
+
+
+def readme_helm_installs() -> list[list[str]]:
+    """The `helm install` commands in README.md's Kubernetes section, as argument lists."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Kubernetes", 1)[1].split("\n## ", 1)[0]
+    commands, current = [], ""
+    for line in section.splitlines():
+        if line.startswith("helm install") or current:
+            current += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                commands.append(current.split())
+                current = ""
+    return commands
+
+
+def deep_merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            deep_merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def test_readme_install_commands_render() -> None:
+    commands = readme_helm_installs()
+    assert len(commands) == 2, commands
+    for cmd in commands:
+        assert cmd[:4] == ["helm", "install", "coder", "./helm/deputy"], cmd
+        values: dict[str, Any] = {}
+        for i, word in enumerate(cmd):
+            if word == "--set":
+                deep_merge(values, helm.parse_set_string(cmd[i + 1]))
+        objects = render(values)
+        for obj in objects:
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+        deputy = container(objects, "deputy")
+        assert deputy["image"].startswith("registry.example.com/deputy:")
+        assert flag(deputy["args"], "--listen") == "127.0.0.1:8180"
+        if values.get("bundle", {}).get("source") == "gitSync":
+            assert flag(deputy["args"], "--bundle") == "/git/bundle/deploy/bundle"
+        else:
+            assert volume(objects, "admin-token")["secret"]["secretName"] == "deputy-admin"
+            assert env(deputy)["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http://otel-collector")
+
+
+def test_packaged_chart_carries_the_bundle(tmp_path: pathlib.Path) -> None:
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load(archive) as packaged:
+        names = {f["name"] for f in packaged.files}
+        manifests = packaged.render({}, name=RELEASE, namespace=NAMESPACE)
+    for sub in BUNDLE_DIRS:
+        for src in (REPO / sub).rglob("*"):
+            if src.is_file():
+                assert f"files/bundle/{src.relative_to(REPO)}" in names
+    with helm.Chart.load(CHART) as chart:
+        unpackaged = chart.render({}, name=RELEASE, namespace=NAMESPACE)
+    key = "deputy/templates/configmap-bundle.yaml"
+    assert manifests[key] == unpackaged[key]

@@ -14,7 +14,7 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 
 use super::problem::{BundleError, Problem};
-use super::{Bundle, LoadOptions, PolicySource};
+use super::{Bundle, LoadOptions, PolicySource, TaintRole};
 
 /// Sub-directories of a bundle and the file endings read from each.
 const SCHEMA_DIR: &str = "schema";
@@ -26,6 +26,8 @@ pub(super) const SUBDIRS: [&str; 3] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR];
 const REVISION_FILE: &str = "REVISION";
 /// The annotation that names a policy; without it a policy is `policyN` in load order.
 const ID_ANNOTATION: &str = "id";
+/// The schema annotation that marks an action as a taint source or sink.
+const TAINT_ANNOTATION: &str = "taint";
 
 /// What deputy's agent model needs from a schema, written as a policy so that Cedar's own
 /// strict validator says precisely what is missing or mistyped.
@@ -76,7 +78,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     let schema = parse_schema(&schema_files, &mut problems);
     let (policies, sources) = parse_policies(&policy_files, &mut problems);
 
-    let Some(schema) = schema else {
+    let Some((schema, taint_roles)) = schema else {
         return Err(fail(problems));
     };
     if opts.require_agent_model {
@@ -98,6 +100,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 entities,
                 sources,
                 actions_by_name,
+                taint_roles,
                 version,
                 revision,
                 validated,
@@ -244,7 +247,7 @@ fn digest(groups: &[&[SourceFile]], revision: Option<&str>) -> String {
     hex.get(..16).unwrap_or(&hex).to_owned()
 }
 
-fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Schema> {
+fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Schema, HashMap<EntityUid, TaintRole>)> {
     let mut fragments = Vec::new();
     let mut ok = true;
     for file in files {
@@ -267,8 +270,12 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
     if !ok || files.is_empty() {
         return None;
     }
+    let annotated = fragments.clone();
     match Schema::from_schema_fragments(fragments) {
-        Ok(schema) => Some(schema),
+        Ok(schema) => {
+            let roles = taint_roles(&schema, &annotated, problems);
+            Some((schema, roles))
+        }
         Err(e) => {
             let file = (files.len() == 1)
                 .then(|| files.first().map(|f| f.rel.as_str()))
@@ -282,6 +289,42 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
             None
         }
     }
+}
+
+/// Reads `@taint("source")` / `@taint("sink")` on action declarations.
+fn taint_roles(
+    schema: &Schema,
+    fragments: &[SchemaFragment],
+    problems: &mut Vec<Problem>,
+) -> HashMap<EntityUid, TaintRole> {
+    let mut roles = HashMap::new();
+    for action in schema.actions() {
+        let ty = action.type_name().to_string();
+        let namespace = ty
+            .rsplit_once("::")
+            .and_then(|(ns, _)| cedar_policy::EntityNamespace::from_str(ns).ok());
+        for fragment in fragments {
+            let Some(value) = fragment.action_annotation(namespace.clone(), action.id(), TAINT_ANNOTATION) else {
+                continue;
+            };
+            match value {
+                "source" => {
+                    roles.insert(action.clone(), TaintRole::Source);
+                }
+                "sink" => {
+                    roles.insert(action.clone(), TaintRole::Sink);
+                }
+                other => problems.push(
+                    Problem::new(
+                        "schema_invalid",
+                        format!("action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""),
+                    )
+                    .in_file(SCHEMA_DIR),
+                ),
+            }
+        }
+    }
+    roles
 }
 
 fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
