@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import threading
 import time
@@ -459,6 +460,88 @@ def test_deputy_accepts_the_configmap_bundle(tmp_path: pathlib.Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+class RunningDeputy:
+    """The deputy binary started with a rendered container's arguments and env."""
+
+    def __init__(self, deputy: dict[str, Any], args: list[str]) -> None:
+        args = list(args)
+        args[args.index("--listen") + 1] = "127.0.0.1:0"
+        args[args.index("--log-format") + 1] = "json"  # to read the bound address from the log
+        self.cmd = [str(deputy_bin()), *args]
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DEPUTY_"))}
+        for e in deputy.get("env", []):
+            if "value" in e and not e["name"].startswith("OTEL_"):
+                child_env[e["name"]] = e["value"]
+        self.log: list[str] = []
+        self._addr: list[str] = []
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not self._addr and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self._addr:
+            self.stop()
+            pytest.fail(f"deputy did not start: {' '.join(self.cmd)}\n{self.logs()}")
+        self.addr = self._addr[0]
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("message") == "deputy listening" and not self._addr:
+                self._addr.append(event["addr"])
+
+    def logs(self) -> str:
+        return "".join(self.log)
+
+    def request(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{self.addr}{path}", data=data)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def wait_for(self, what: str, check: Any, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.1)
+        pytest.fail(f"deputy never {what}\n{self.logs()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> RunningDeputy:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def ok(d: RunningDeputy, path: str) -> bool:
+    return d.request(path)[0] == 200
+
+
 @needs_deputy
 @pytest.mark.parametrize("values_file", ["default.yaml", "pvc-state.yaml", "otel.yaml"])
 def test_rendered_deputy_container_serves_ready(values_file: str, tmp_path: pathlib.Path) -> None:
@@ -470,61 +553,76 @@ def test_rendered_deputy_container_serves_ready(values_file: str, tmp_path: path
     for d in (bundle, state, secrets):
         d.mkdir()
     materialize_configmap_bundle(objects, bundle)
-    args = list(deputy["args"])
+    args = deputy["args"]
     remap = {flag(args, "--bundle"): bundle, flag(args, "--state"): state}
     if "--admin-token-file" in args:
-        token_path = flag(args, "--admin-token-file")
         (secrets / "token").write_text("a-test-admin-token-0123456789\n")
-        remap[token_path] = secrets / "token"
-    args = [str(remap.get(a, a)) for a in args]
-    args[args.index("--listen") + 1] = "127.0.0.1:0"
-    args[args.index("--log-format") + 1] = "json"  # to read the bound address from the log
-    cmd = [str(deputy_bin()), *args]
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DEPUTY_"))}
-    for e in deputy.get("env", []):
-        if "value" in e and not e["name"].startswith("OTEL_"):
-            child_env[e["name"]] = e["value"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env)
-    addr: list[str] = []
-    log: list[str] = []
+        remap[flag(args, "--admin-token-file")] = secrets / "token"
+    with RunningDeputy(deputy, [str(remap.get(a, a)) for a in args]) as d:
+        d.wait_for("became live", lambda: ok(d, "/healthz"))
+        d.wait_for("became ready", lambda: ok(d, "/readyz"))
 
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "deputy listening" and not addr:
-                addr.append(event["addr"])
 
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not addr and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert addr, f"deputy did not start: {' '.join(cmd)}\n{''.join(log)}"
-        for path in ("/healthz", "/readyz"):
-            status = None
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://{addr[0]}{path}", timeout=2) as resp:
-                        status = resp.status
-                except urllib.error.HTTPError as err:
-                    status = err.code
-                if status == 200:
-                    break
-                time.sleep(0.1)
-            assert status == 200, f"{path} answered {status}\n{''.join(log)}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+READ_MAIN_RS = {
+    "principal": {"type": "Agent", "id": "coder-1"},
+    "action": {"type": "Action", "id": "read"},
+    "resource": {"type": "File", "id": "repo/src/main.rs"},
+}
+FREEZE = '@id("freeze-src")\nforbid (principal is Agent, action, resource in Folder::"repo/src");\n'
+
+
+def git_sync_worktree(root: pathlib.Path, sha: str, sub: str, extra_policy: str | None) -> None:
+    """A worktree as git-sync lays it out: <root>/.worktrees/<sha>, the bundle at <sub>."""
+    bundle = root / ".worktrees" / sha / sub
+    bundle.mkdir(parents=True)
+    for d in BUNDLE_DIRS:
+        shutil.copytree(REPO / d, bundle / d)
+    if extra_policy:
+        (bundle / "policies" / "freeze.cedar").write_text(extra_policy)
+
+
+def git_sync_publish(root: pathlib.Path, link: str, sha: str) -> None:
+    """Points the link at a worktree the way git-sync does: a new symlink renamed over it."""
+    tmp = root / f".{link}.tmp"
+    os.symlink(f".worktrees/{sha}", tmp)
+    os.replace(tmp, root / link)
+
+
+@needs_deputy
+def test_git_sync_layout_serves_and_reloads(tmp_path: pathlib.Path) -> None:
+    """The --bundle path the chart computes, over git-sync's layout: deputy is ready on the
+    first commit, and a new commit published by a link swap changes its decisions."""
+    values = load_values("git-sync.yaml")
+    sub = values["gitSync"]["subPath"]
+    objects = render(deep_merge(values, {"deputy": {"pollIntervalSecs": 1}}))
+    deputy = container(objects, "deputy")
+    sync = container(objects, "git-sync")
+    # What git-sync is told (its root and link) and what deputy is told (--bundle) must meet.
+    sync_args = dict(a[2:].split("=", 1) for a in sync["args"] if a.startswith("--") and "=" in a)
+    pod_root = sync_args["root"]
+    assert mount(deputy, pod_root)["name"] == mount(sync, pod_root)["name"]
+    bundle_in_pod = flag(deputy["args"], "--bundle")
+    assert bundle_in_pod.startswith(pod_root + "/")
+
+    root, state = tmp_path / "git", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    git_sync_worktree(root, "1" * 40, sub, None)
+    git_sync_publish(root, sync_args["link"], "1" * 40)
+    remap = {bundle_in_pod: str(root) + bundle_in_pod[len(pod_root) :], flag(deputy["args"], "--state"): state}
+    with RunningDeputy(deputy, [str(remap.get(a, a)) for a in deputy["args"]]) as d:
+        d.wait_for("became ready", lambda: ok(d, "/readyz"))
+        status, first = d.request("/v1/authorize", READ_MAIN_RS)
+        assert (status, first["decision"]) == (200, "Allow"), first
+
+        git_sync_worktree(root, "2" * 40, str(sub), FREEZE)
+        git_sync_publish(root, sync_args["link"], "2" * 40)
+        d.wait_for(
+            "reloaded the new commit",
+            lambda: d.request("/v1/authorize", READ_MAIN_RS)[1].get("policy_version") != first["policy_version"],
+        )
+        status, second = d.request("/v1/authorize", READ_MAIN_RS)
+        assert (status, second["decision"]) == (200, "Deny"), second
 
 
 # --- the README's commands -----------------------------------------------------------------
