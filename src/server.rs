@@ -76,6 +76,14 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     };
     if let Some(d) = &delegation {
         tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
+        // Re-prove live grants whenever a bundle loads (and now, for the one serving).
+        let (d, s) = (Arc::clone(d), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let hook = Arc::clone(&d);
+            s.on_loaded(move |_| hook.reprove_all(crate::http::now()));
+        })
+        .await
+        .map_err(std::io::Error::other)?;
     }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
     let listener = http::bind(config.listen).await?;

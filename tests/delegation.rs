@@ -140,7 +140,11 @@ fn a_contained_child_is_applied_and_limited_to_its_grant() {
 
     // The ceiling bounds everyone: payroll.rs (2) is above the child's ceiling (1).
     let deny = decide(s, &child.id, "read", ("File", "repo/src/payroll.rs"));
-    assert_eq!(deny["denied_by"], json!({"bound": "ceiling", "classification": 2, "ceiling": 1}), "{deny}");
+    assert_eq!(
+        deny["denied_by"],
+        json!({"bound": "ceiling", "classification": 2, "ceiling": 1}),
+        "{deny}"
+    );
     // And the admin maximum: only the bundle's orchestrator may use the credential.
     let deny = decide(s, &root.id, "use_credential", ("Credential", "github-token"));
     assert_eq!(deny["denied_by"]["bound"], "admin", "{deny}");
@@ -393,9 +397,15 @@ fn taint_cannot_be_laundered_or_written_down() {
     assert_eq!(r.json()["taint"], 2);
     let d = decide(s, &child.id, "write", ("File", "repo/src/main.rs"));
     assert_eq!(d["decision"], "Deny", "{d}");
-    assert_eq!(d["denied_by"], json!({"bound": "taint", "classification": 1, "taint": 2}));
+    assert_eq!(
+        d["denied_by"],
+        json!({"bound": "taint", "classification": 1, "taint": 2})
+    );
     // Writing at its own level is fine.
-    assert_eq!(decide(s, &child.id, "write", ("File", "repo/src/payroll.rs"))["decision"], "Allow");
+    assert_eq!(
+        decide(s, &child.id, "write", ("File", "repo/src/payroll.rs"))["decision"],
+        "Allow"
+    );
     // Callers cannot lower the taint: what they send is replaced by deputy's.
     let r = s.post(
         "/v1/authorize",
@@ -462,4 +472,56 @@ fn the_audit_needs_the_admin_credential() {
     let r = common::get_as(s, ADMIN, "/v1/audit?since=0&limit=1");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["records"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_bundle_change_re_proves_live_grants_and_reports_drift() {
+    let bundle = common::copy_bundle(&repo_root());
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            watch: true,
+            poll_interval: Duration::from_millis(500),
+            ..Options::default()
+        },
+    );
+    let root = root(&s, true, 3600);
+    let child = applied(&spawn(&s, &root.token, child_body(READ_SRC)));
+    assert_eq!(s.get("/v1/status").json()["delegation"]["drift"], json!([]));
+
+    // The admin moves repo/src out of repo: the child's grant no longer fits inside its parent's.
+    let path = bundle.path().join("entities/resources.json");
+    let moved = std::fs::read_to_string(&path).unwrap().replace(
+        r#""id": "repo/src" }, "attrs": { "classification": 1 }, "parents": [{ "type": "Folder", "id": "repo" }]"#,
+        r#""id": "repo/src" }, "attrs": { "classification": 1 }, "parents": []"#,
+    );
+    std::fs::write(&path, moved).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            s.get("/v1/status").json()["delegation"]["drift"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        }),
+        "no drift reported: {}",
+        s.get("/v1/status").json()
+    );
+    let drift = s.get("/v1/status").json()["delegation"]["drift"][0].clone();
+    assert_eq!(drift["agent"], child.id.as_str());
+    assert_eq!(drift["verdict"], "exceeds");
+    // Run time never exceeds anyway: the admin maximum (and the root's grant) no longer reach
+    // repo/src, so the child is denied.
+    let d = decide(&s, &child.id, "read", ("File", "repo/src/main.rs"));
+    assert_eq!(d["decision"], "Deny", "{d}");
+    let audit = common::get_as(&s, ADMIN, &format!("/v1/audit?agent={}", child.id)).json();
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "drift"),
+        "{audit}"
+    );
 }

@@ -317,7 +317,9 @@ fn taint_roles(
                 other => problems.push(
                     Problem::new(
                         "schema_invalid",
-                        format!("action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""),
+                        format!(
+                            "action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""
+                        ),
                     )
                     .in_file(SCHEMA_DIR),
                 ),

@@ -135,6 +135,20 @@ pub struct Delegation {
     admin_token: Option<String>,
     /// Woken whenever a permission request changes, for long polls.
     pub(super) requests_changed: tokio::sync::Notify,
+    /// Live grants that no longer prove within their parent's under the serving bundle.
+    drift: std::sync::Mutex<Vec<Drift>>,
+}
+
+/// A live grant the current bundle no longer proves within its parent's delegable view. The
+/// run-time chain intersection still keeps it from exceeding; this is a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    pub agent: String,
+    pub parent: String,
+    pub policy_version: String,
+    /// `exceeds`, `inconclusive` or `invalid` (the grant no longer validates).
+    pub verdict: String,
+    pub detail: Value,
 }
 
 impl Delegation {
@@ -150,6 +164,7 @@ impl Delegation {
             live,
             admin_token,
             requests_changed: tokio::sync::Notify::new(),
+            drift: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -525,6 +540,67 @@ impl Delegation {
                 a.mark_revoked();
             }
         }
+    }
+
+    /// Re-proves every live child's grant against its parent's under the serving bundle and
+    /// reports the ones that no longer fit (log, audit, `/v1/status`). Blocking; runs when a
+    /// bundle loads.
+    pub fn reprove_all(&self, now: i64) {
+        let Some(snap) = self.live.current() else { return };
+        let mut found = Vec::new();
+        for agent in snap.agents.iter().filter(|a| a.is_live(now)) {
+            let Some(parent) = agent.row.parent.as_ref().and_then(|p| snap.agents.get(p)) else {
+                continue;
+            };
+            let result = Grant::parse(&agent.row.grant).and_then(|child| {
+                let parent_grant = Grant::parse(&parent.row.grant)?;
+                let opts = ProveOptions {
+                    child_principal: Some(agent.uid.clone()),
+                    ..ProveOptions::default()
+                };
+                prover::prove(&child, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
+            });
+            let (verdict, detail) = match result {
+                Ok(Verdict::Within(_)) => continue,
+                Ok(v) => (v.name().to_owned(), serde_json::to_value(&v).unwrap_or(Value::Null)),
+                Err(e) => ("invalid".to_owned(), json!(e.to_string())),
+            };
+            found.push(Drift {
+                agent: agent.row.id.clone(),
+                parent: parent.row.id.clone(),
+                policy_version: snap.bundle.version.clone(),
+                verdict,
+                detail,
+            });
+        }
+        for d in &found {
+            tracing::warn!(agent = %d.agent, parent = %d.parent, verdict = %d.verdict, version = %d.policy_version,
+                "a live grant no longer proves within its parent's under the new bundle; the chain intersection still bounds it");
+            let audit = AuditEvent {
+                event: "drift",
+                actor: "deputy".to_owned(),
+                agent: Some(d.agent.clone()),
+                details: json!({"parent": d.parent, "verdict": d.verdict, "policy_version": d.policy_version}),
+            };
+            if let Err(e) = self.store.audit(now, audit) {
+                tracing::error!(error = %e, "cannot record drift");
+            }
+        }
+        if let Ok(mut drift) = self.drift.lock() {
+            *drift = found;
+        }
+    }
+
+    /// The drift found at the last re-proof.
+    pub fn drift(&self) -> Vec<Drift> {
+        self.drift.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// How many agents are live now.
+    pub fn live_agents(&self, now: i64) -> usize {
+        self.live
+            .current()
+            .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count())
     }
 
     /// Persists a raised taint (best effort: the in-memory taint already holds).

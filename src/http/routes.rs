@@ -310,6 +310,10 @@ fn status(state: &AppState) -> Response<Body> {
             "files": b.files,
         })),
         "last_reload": state.store.last_reload(),
+        "delegation": state.delegation.as_ref().map(|d| json!({
+            "live_agents": d.live_agents(now()),
+            "drift": d.drift(),
+        })),
         "reloads": { "ok": ok, "failed": failed },
     });
     json_response(StatusCode::OK, &body)
