@@ -63,6 +63,8 @@ pub struct Bundle {
     pub actions_by_name: HashMap<String, Option<EntityUid>>,
     /// Actions the schema marks `@taint("source")` or `@taint("sink")`.
     pub taint_roles: HashMap<EntityUid, TaintRole>,
+    /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
+    pub grants: std::collections::BTreeMap<String, String>,
     /// Digest of the bundle's files and revision.
     pub version: String,
     /// Git revision, from a `REVISION` file or the `.git` of the bundle directory.

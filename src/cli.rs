@@ -36,9 +36,21 @@ pub enum Command {
     /// first bad record), 64 when the state cannot be opened.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Probe a deputy endpoint (for Kubernetes exec probes): GET the URL, exit 0 on 2xx, else 1.
+    Probe(ProbeArgs),
     /// Prove a child grant within a parent grant's delegable view, against a bundle.
     /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
     Prove(ProveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to GET, e.g. http://127.0.0.1:8180/readyz (plain HTTP only).
+    #[arg(long)]
+    pub url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,10 +133,35 @@ pub struct ServeArgs {
     /// Directory of the durable delegation state (agents, grants, credentials, audit).
     #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
     pub state: PathBuf,
+    /// `AGENT=FILE`: the credential of an agent the bundle declares with a grant
+    /// (`grants/AGENT.cedar`), read from FILE (e.g. a mounted Secret). Repeatable.
+    #[arg(long = "agent-credential-file", value_name = "AGENT=FILE")]
+    pub agent_credential_files: Vec<String>,
     /// File holding the admin credential (else `DEPUTY_ADMIN_TOKEN`). Without either, no root
     /// agents can be created and the audit trail cannot be read over HTTP.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// Reads `AGENT=FILE` pairs into agent id -> credential.
+fn read_agent_tokens(pairs: &[String]) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    for pair in pairs {
+        let (agent, file) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--agent-credential-file `{pair}` must be AGENT=FILE"))?;
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --agent-credential-file `{file}`: {e}"))?
+            .trim()
+            .to_owned();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "the credential in `{file}` must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            ));
+        }
+        out.insert(agent.to_owned(), token);
+    }
+    Ok(out)
 }
 
 /// The admin token from a file or the environment; never logged.
@@ -158,7 +195,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
+        Command::Probe(args) => probe(&args),
         Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match crate::probe::get(&args.url, std::time::Duration::from_millis(args.timeout_ms)) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("probe: `{}` answered {status}", args.url);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("probe: `{}`: {e}", args.url);
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -224,7 +276,7 @@ fn validate(args: &ValidateArgs) -> ExitCode {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "policy_version": b.version, "files": b.files})
+                    serde_json::json!({"valid": true, "policy_version": b.version, "revision": b.revision, "files": b.files})
                 );
             } else {
                 println!(
@@ -272,6 +324,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let agent_tokens = match read_agent_tokens(&args.agent_credential_files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let config = ServeConfig {
         bundle: args.bundle.bundle.clone(),
         listen: args.listen,
@@ -289,6 +348,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         drain: DEFAULT_DRAIN,
         state: (!args.bundle.authorize_only).then(|| args.state.clone()),
         admin_token,
+        agent_tokens,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub state: Option<PathBuf>,
     /// The admin credential, for creating root agents and reading the audit trail.
     pub admin_token: Option<String>,
+    /// Credentials of agents the bundle declares, by agent id.
+    pub agent_tokens: std::collections::HashMap<String, String>,
 }
 
 /// A running sidecar.
@@ -67,7 +69,8 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let delegation = match &config.state {
         Some(dir) if config.load.require_agent_model => {
             let (dir, l, token) = (dir.clone(), Arc::clone(&live), config.admin_token.clone());
-            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token))
+            let agent_tokens = config.agent_tokens.clone();
+            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token, &agent_tokens))
                 .await
                 .map_err(std::io::Error::other)?;
             Some(Arc::new(opened.map_err(std::io::Error::other)?))
@@ -80,7 +83,11 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         let (d, s) = (Arc::clone(d), Arc::clone(&store));
         tokio::task::spawn_blocking(move || {
             let hook = Arc::clone(&d);
-            s.on_loaded(move |_| hook.reprove_all(crate::http::now()));
+            s.on_loaded(move |bundle| {
+                let now = crate::http::now();
+                hook.sync_bundle_agents(&bundle, now);
+                hook.reprove_all(now);
+            });
         })
         .await
         .map_err(std::io::Error::other)?;

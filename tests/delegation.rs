@@ -525,3 +525,84 @@ fn a_bundle_change_re_proves_live_grants_and_reports_drift() {
         "{audit}"
     );
 }
+
+const ORCHESTRATOR_GRANT: &str = r#"
+permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");
+permit(principal == ?principal, action == Action::"write", resource in Folder::"repo/src");
+"#;
+
+#[test]
+fn agents_declared_in_the_bundle_get_their_shipped_grants() {
+    let bundle = common::copy_bundle(&repo_root());
+    let grants = bundle.path().join("grants");
+    std::fs::create_dir_all(&grants).unwrap();
+    std::fs::write(grants.join("orchestrator.cedar"), ORCHESTRATOR_GRANT).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let token = "orchestrator-credential-from-a-secret";
+    let s = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            agent_tokens: [("orchestrator".to_owned(), token.to_owned())].into(),
+            watch: true,
+            poll_interval: Duration::from_millis(500),
+            ..Options::default()
+        },
+    );
+    // The admin maximum lets agents invoke tools; the shipped grant does not.
+    assert_eq!(
+        decide(&s, "orchestrator", "read", ("File", "repo/README.md"))["decision"],
+        "Allow"
+    );
+    let d = decide(&s, "orchestrator", "invoke", ("Tool", "pytest"));
+    assert_eq!(
+        d["denied_by"],
+        json!({"bound": "grant", "agent": "orchestrator", "own": true, "policies": []})
+    );
+
+    // With its credential (from a Secret) it delegates like any agent, with a proof.
+    let child = applied(&spawn(&s, token, child_body(READ_SRC)));
+    assert_eq!(
+        spawn(&s, "not-the-orchestrator-credential", child_body(READ_SRC)).status,
+        401
+    );
+
+    // GitOps narrows the shipped grant: the change applies on reload.
+    std::fs::write(
+        grants.join("orchestrator.cedar"),
+        r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+    )
+    .unwrap();
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        decide(&s, "orchestrator", "write", ("File", "repo/src/main.rs"))["decision"] == "Deny"
+    }));
+    assert_eq!(
+        decide(&s, &child.id, "read", ("File", "repo/src/main.rs"))["decision"],
+        "Allow"
+    );
+
+    // Removing the grant revokes the agent and everything it spawned.
+    std::fs::remove_file(grants.join("orchestrator.cedar")).unwrap();
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        decide(&s, &child.id, "read", ("File", "repo/src/main.rs"))["denied_by"]["bound"] == "revoked"
+    }));
+    let audit = common::get_as(&s, ADMIN, "/v1/audit?agent=orchestrator").json();
+    let events: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["applied", "grant_replaced", "revoked"], "{audit}");
+}
+
+#[test]
+fn a_shipped_grant_for_an_undeclared_agent_is_a_bundle_error() {
+    let bundle = common::copy_bundle(&repo_root());
+    std::fs::create_dir_all(bundle.path().join("grants")).unwrap();
+    std::fs::write(bundle.path().join("grants/ghost.cedar"), ORCHESTRATOR_GRANT).unwrap();
+    let err = deputy::bundle::Bundle::load(bundle.path(), &deputy::bundle::LoadOptions::default()).unwrap_err();
+    assert_eq!(err.problems[0].code, "grant_invalid");
+    assert_eq!(err.problems[0].file.as_deref(), Some("grants/ghost.cedar"));
+}

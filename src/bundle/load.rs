@@ -20,8 +20,10 @@ use super::{Bundle, LoadOptions, PolicySource, TaintRole};
 const SCHEMA_DIR: &str = "schema";
 const POLICIES_DIR: &str = "policies";
 const ENTITIES_DIR: &str = "entities";
+/// Grants shipped for agents the bundle declares: `grants/<agent id>.cedar`.
+const GRANTS_DIR: &str = "grants";
 /// The sub-directories a bundle is read from.
-pub(super) const SUBDIRS: [&str; 3] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR];
+pub(super) const SUBDIRS: [&str; 4] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR, GRANTS_DIR];
 /// A file at the bundle root naming the revision it was built from (e.g. written by CI).
 const REVISION_FILE: &str = "REVISION";
 /// The annotation that names a policy; without it a policy is `policyN` in load order.
@@ -62,7 +64,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         )]));
     }
 
-    let [schema_files, policy_files, entity_files] = read_files(dir, &mut problems);
+    let [schema_files, policy_files, entity_files, grant_files] = read_files(dir, &mut problems);
     if schema_files.is_empty() && problems.is_empty() {
         problems.push(
             Problem::new(
@@ -73,7 +75,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         );
     }
     let revision = read_revision(dir);
-    let version = digest(&[&schema_files, &policy_files, &entity_files], revision.as_deref());
+    let version = digest(
+        &[&schema_files, &policy_files, &entity_files, &grant_files],
+        revision.as_deref(),
+    );
 
     let schema = parse_schema(&schema_files, &mut problems);
     let (policies, sources) = parse_policies(&policy_files, &mut problems);
@@ -91,6 +96,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     } else {
         false
     };
+    let grants = entities
+        .as_ref()
+        .map(|e| check_grants(&grant_files, &schema, e, &mut problems))
+        .unwrap_or_default();
     match entities {
         Some(entities) if problems.is_empty() => {
             let actions_by_name = actions_by_name(&schema);
@@ -101,6 +110,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 sources,
                 actions_by_name,
                 taint_roles,
+                grants,
                 version,
                 revision,
                 validated,
@@ -108,6 +118,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                     .iter()
                     .chain(&policy_files)
                     .chain(&entity_files)
+                    .chain(&grant_files)
                     .map(|f| f.rel.clone())
                     .collect(),
             })
@@ -116,19 +127,20 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     }
 }
 
-fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 3] {
+fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 4] {
     [
         read_dir_files(dir, SCHEMA_DIR, &[".cedarschema", ".cedarschema.json"], false, problems),
         read_dir_files(dir, POLICIES_DIR, &[".cedar"], true, problems),
         read_dir_files(dir, ENTITIES_DIR, &[".json"], false, problems),
+        read_dir_files(dir, GRANTS_DIR, &[".cedar"], false, problems),
     ]
 }
 
 /// The version the bundle at `dir` would have, without parsing it: cheap enough to poll.
 pub fn fingerprint(dir: &Path) -> String {
     let mut ignored = Vec::new();
-    let [s, p, e] = read_files(dir, &mut ignored);
-    digest(&[&s, &p, &e], read_revision(dir).as_deref())
+    let [s, p, e, g] = read_files(dir, &mut ignored);
+    digest(&[&s, &p, &e, &g], read_revision(dir).as_deref())
 }
 
 /// Reads the files under `dir/sub` with one of `endings`, sorted by path so that load order
@@ -210,7 +222,12 @@ fn read_revision(dir: &Path) -> Option<String> {
             return Some(rev.to_owned());
         }
     }
-    let git = dir.join(".git");
+    let mut git = dir.join(".git");
+    // A worktree (git-sync checks out each revision as one) has a `.git` file naming its git dir.
+    if let Ok(pointer) = fs::read_to_string(&git) {
+        let target = pointer.trim().strip_prefix("gitdir:")?.trim();
+        git = dir.join(target);
+    }
     let head = fs::read_to_string(git.join("HEAD")).ok()?;
     let head = head.trim();
     match head.strip_prefix("ref: ") {
@@ -586,6 +603,51 @@ fn validate(
         }
         problems.push(p);
     }
+}
+
+/// Checks each shipped grant: it names an `Agent` the entity store declares, and it is a valid
+/// grant (templates over `?principal`) under strict validation.
+fn check_grants(
+    files: &[SourceFile],
+    schema: &Schema,
+    entities: &Entities,
+    problems: &mut Vec<Problem>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut grants = std::collections::BTreeMap::new();
+    for file in files {
+        let Some(id) = Path::new(&file.rel)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+        else {
+            continue;
+        };
+        let declared = crate::delegation::agent_uid(&id)
+            .ok()
+            .and_then(|uid| entities.get(&uid))
+            .is_some();
+        if !declared {
+            problems.push(
+                Problem::new(
+                    "grant_invalid",
+                    format!(
+                        "`{}` is a grant for `Agent::\"{id}\"`, which the entities do not declare",
+                        file.rel
+                    ),
+                )
+                .in_file(&file.rel)
+                .with_help("name the file after an Agent entity in entities/*.json"),
+            );
+            continue;
+        }
+        let checked = crate::prover::Grant::parse(&file.text).and_then(|g| crate::prover::validate_grant(&g, schema));
+        match checked {
+            Ok(()) => {
+                grants.insert(id, file.text.clone());
+            }
+            Err(e) => problems.push(Problem::new("grant_invalid", e.to_string()).in_file(&file.rel)),
+        }
+    }
+    grants
 }
 
 /// AuthZEN names actions by their id alone; map each id to its uid when it is unambiguous.

@@ -137,7 +137,14 @@ pub struct Delegation {
     pub(super) requests_changed: tokio::sync::Notify,
     /// Live grants that no longer prove within their parent's under the serving bundle.
     drift: std::sync::Mutex<Vec<Drift>>,
+    /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
+    bundle_tokens: HashMap<String, String>,
 }
+
+/// Who created an agent that the bundle declares (with a grant in `grants/`).
+pub const BUNDLE_CREATOR: &str = "bundle";
+/// Bundle-declared agents live as long as the bundle declares them.
+const BUNDLE_AGENT_EXPIRY: i64 = i64::MAX / 2;
 
 /// A live grant the current bundle no longer proves within its parent's delegable view. The
 /// run-time chain intersection still keeps it from exceeding; this is a report.
@@ -153,7 +160,12 @@ pub struct Drift {
 
 impl Delegation {
     /// Opens the state in `dir` and loads every stored agent into the live registry.
-    pub fn open(dir: &Path, live: Arc<Live>, admin_token: Option<String>) -> Result<Delegation, String> {
+    pub fn open(
+        dir: &Path,
+        live: Arc<Live>,
+        admin_token: Option<String>,
+        agent_tokens: &HashMap<String, String>,
+    ) -> Result<Delegation, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state directory `{}`: {e}", dir.display()))?;
         let store = Store::open(&dir.join(STATE_FILE)).map_err(|e| e.to_string())?;
         let rows = store.agents().map_err(|e| e.to_string())?;
@@ -165,6 +177,10 @@ impl Delegation {
             admin_token,
             requests_changed: tokio::sync::Notify::new(),
             drift: std::sync::Mutex::new(Vec::new()),
+            bundle_tokens: agent_tokens
+                .iter()
+                .map(|(id, t)| (id.clone(), credential::hash(t)))
+                .collect(),
         })
     }
 
@@ -177,11 +193,28 @@ impl Delegation {
             }
         }
         let bad = || DelegationError::unauthenticated("the credential is not valid");
-        let id = credential::claimed_agent(token).ok_or_else(bad)?;
-        let agent = snap.agents.get(id).ok_or_else(bad)?;
-        if !credential::verify(token, &agent.row.credential_hash) {
-            return Err(bad());
-        }
+        // An agent the bundle declares presents the credential it was given from a Secret;
+        // anyone else a `dpt.<id>.<secret>` credential deputy issued.
+        let bundle_agent = self
+            .bundle_tokens
+            .iter()
+            .find(|(_, hash)| credential::verify(token, hash))
+            .map(|(id, _)| id.as_str());
+        let agent = match bundle_agent {
+            Some(id) => snap
+                .agents
+                .get(id)
+                .filter(|a| a.row.created_by == BUNDLE_CREATOR)
+                .ok_or_else(bad)?,
+            None => {
+                let id = credential::claimed_agent(token).ok_or_else(bad)?;
+                let agent = snap.agents.get(id).ok_or_else(bad)?;
+                if agent.row.created_by == BUNDLE_CREATOR || !credential::verify(token, &agent.row.credential_hash) {
+                    return Err(bad());
+                }
+                agent
+            }
+        };
         if agent.is_revoked() {
             return Err(DelegationError::unauthenticated("this agent was revoked"));
         }
@@ -539,6 +572,115 @@ impl Delegation {
             if let Some(a) = registry.get(id) {
                 a.mark_revoked();
             }
+        }
+    }
+
+    /// Makes the agents the bundle declares with a grant (`grants/<id>.cedar`) root agents:
+    /// new ones are recorded, changed grants replace the stored ones (descendants re-linked),
+    /// and agents the bundle no longer declares are revoked with their subtrees. Blocking; runs
+    /// when a bundle loads, before the re-proof.
+    pub fn sync_bundle_agents(&self, bundle: &crate::bundle::Bundle, now: i64) {
+        let registry = self.live.registry();
+        for (id, grant) in &bundle.grants {
+            let digest = Grant::parse(grant).map(|g| g.digest()).unwrap_or_default();
+            match registry.get(id) {
+                Some(a) if a.row.created_by != BUNDLE_CREATOR => {
+                    tracing::error!(agent = %id, "the bundle ships a grant for an agent deputy created; ignoring it");
+                }
+                Some(a) if a.row.grant == *grant && !a.is_revoked() => {}
+                Some(a) if !a.is_revoked() => {
+                    let audit = vec![AuditEvent {
+                        event: "grant_replaced",
+                        actor: BUNDLE_CREATOR.to_owned(),
+                        agent: Some(id.clone()),
+                        details: json!({"grant_digest": digest, "policy_version": bundle.version}),
+                    }];
+                    let updates = [(id.clone(), grant.clone(), digest.clone())];
+                    if let Err(e) = self.store.update_grants(&updates, now, audit, None) {
+                        tracing::error!(agent = %id, error = %e, "cannot record a bundle grant change");
+                        continue;
+                    }
+                    if let Err(e) = self
+                        .live
+                        .update_registry(|r| r.with_grant(id, grant, &digest).map_err(|e| e.to_string()))
+                    {
+                        tracing::error!(agent = %id, error = %e, "cannot apply a bundle grant change");
+                    }
+                }
+                // Revoked earlier (removed from a previous bundle): it stays revoked.
+                Some(_) => {}
+                None => self.insert_bundle_agent(bundle, id, grant, &digest, now),
+            }
+        }
+        let removed: Vec<String> = registry
+            .iter()
+            .filter(|a| a.row.created_by == BUNDLE_CREATOR && !a.is_revoked() && !bundle.grants.contains_key(&a.row.id))
+            .map(|a| a.row.id.clone())
+            .collect();
+        for id in removed {
+            let ids = registry.subtree(&id);
+            let details = json!({"root": id, "cascade": ids, "policy_version": bundle.version});
+            match self.store.revoke(
+                &ids,
+                now,
+                "removed from the bundle",
+                "revoked",
+                BUNDLE_CREATOR,
+                &details,
+            ) {
+                Ok(_) => {
+                    self.mark_revoked(&ids);
+                    self.close_requests_of(&ids, now, "revoked");
+                }
+                Err(e) => tracing::error!(agent = %id, error = %e, "cannot revoke an agent the bundle dropped"),
+            }
+        }
+    }
+
+    fn insert_bundle_agent(&self, bundle: &crate::bundle::Bundle, id: &str, grant: &str, digest: &str, now: i64) {
+        let attr = |name: &str| -> Option<cedar_policy::EvalResult> {
+            let uid = agent_uid(id).ok()?;
+            bundle.entities.get(&uid)?.attr(name)?.ok()
+        };
+        let long = |name: &str| match attr(name) {
+            Some(cedar_policy::EvalResult::Long(l)) => l,
+            _ => 0,
+        };
+        let row = AgentRow {
+            id: id.to_owned(),
+            parent: None,
+            depth: long("depth"),
+            can_delegate: matches!(attr("can_delegate"), Some(cedar_policy::EvalResult::Bool(true))),
+            ceiling: long("ceiling"),
+            taint: 0,
+            grant: grant.to_owned(),
+            grant_digest: digest.to_owned(),
+            credential_hash: String::new(),
+            task: "declared in the bundle".to_owned(),
+            reason: String::new(),
+            created_by: BUNDLE_CREATOR.to_owned(),
+            created_at: now,
+            expires_at: BUNDLE_AGENT_EXPIRY,
+            revoked_at: None,
+            revoked_reason: None,
+            bundle_version: bundle.version.clone(),
+            proof: json!({"verdict": "not_required", "reason": "shipped in the bundle by the admin"}),
+        };
+        let audit = AuditEvent {
+            event: "applied",
+            actor: BUNDLE_CREATOR.to_owned(),
+            agent: Some(id.to_owned()),
+            details: json!({"grant_digest": digest, "policy_version": bundle.version, "source": "grants/"}),
+        };
+        if let Err(e) = self.store.insert_agent(&row, now, audit) {
+            tracing::error!(agent = %id, error = %e, "cannot record an agent the bundle declares");
+            return;
+        }
+        if let Err(e) = self
+            .live
+            .update_registry(|r| r.with(row.clone()).map_err(|e| e.to_string()))
+        {
+            tracing::error!(agent = %id, error = %e, "cannot load an agent the bundle declares");
         }
     }
 

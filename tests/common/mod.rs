@@ -33,6 +33,7 @@ pub struct Options {
     /// Delegation state directory; `None` disables delegation.
     pub state: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub agent_tokens: std::collections::HashMap<String, String>,
 }
 
 impl Default for Options {
@@ -46,6 +47,7 @@ impl Default for Options {
             max_batch: 1000,
             state: None,
             admin_token: None,
+            agent_tokens: std::collections::HashMap::new(),
         }
     }
 }
@@ -92,6 +94,7 @@ impl TestServer {
             drain: Duration::from_secs(1),
             state: opts.state.clone(),
             admin_token: opts.admin_token.clone(),
+            agent_tokens: opts.agent_tokens.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {
