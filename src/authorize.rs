@@ -112,9 +112,51 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
 }
 
 /// `decide`, optionally without raising the agent's taint (for "what could I do" questions).
+///
+/// Fails closed: should deciding panic (a bug), the answer is a deny with an `internal` error,
+/// never an allow and never a dropped connection.
 pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decide_inner(snap, parts, now, raise_taint)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("deciding a request panicked; answering deny");
+        Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: vec![PolicyError {
+                    policy: String::new(),
+                    message: "internal error while deciding; denied".to_owned(),
+                }],
+            },
+            denied_by: None,
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        })
+    })
+}
+
+fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
     let bundle = &snap.bundle;
-    let agent = (parts.principal.uid.type_name().to_string() == AGENT_TYPE)
+    let is_agent = parts.principal.uid.type_name().to_string() == AGENT_TYPE;
+    if is_agent && snap.agents_unknown {
+        // INVARIANT: without the state, a revoked or narrowed agent would look like a plain
+        // principal bounded only by the admin policies: fail closed instead.
+        return Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: Vec::new(),
+            },
+            denied_by: Some(DeniedBy::StateUnavailable),
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        });
+    }
+    let agent = is_agent
         .then(|| snap.agents.get(parts.principal.uid.id().unescaped()))
         .flatten()
         .cloned();

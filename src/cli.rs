@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Also serve the API on this Unix domain socket (file permissions then decide who may call).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
     /// Allow listening on a non-loopback address (the API is meant for the pod's own agent).
     #[arg(long)]
     pub allow_remote: bool,
@@ -130,6 +133,18 @@ pub struct ServeArgs {
     /// Do not watch the bundle for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// Largest grant text accepted, in bytes.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_grant_bytes)]
+    pub max_grant_bytes: usize,
+    /// Most live children one agent may have at once.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_children)]
+    pub max_children: usize,
+    /// Most pending permission requests one agent may have open.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_pending_requests)]
+    pub max_pending_requests: usize,
+    /// Largest the state database may grow, in MiB (changes then fail with 503; decisions go on).
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_state_mib)]
+    pub max_state_mib: u64,
     /// Directory of the durable delegation state (agents, grants, credentials, audit).
     #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
     pub state: PathBuf,
@@ -349,6 +364,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         state: (!args.bundle.authorize_only).then(|| args.state.clone()),
         admin_token,
         agent_tokens,
+        listen_unix: args.listen_unix.clone(),
+        limits: crate::delegation::Limits {
+            max_grant_bytes: args.max_grant_bytes,
+            max_children: args.max_children,
+            max_pending_requests: args.max_pending_requests,
+            max_state_mib: args.max_state_mib,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -14,5 +14,7 @@ mod store;
 pub use chain::{decide, ChainDecision, DeniedBy, Guard};
 pub use permission::{Decision as PermissionDecision, RequestView, ADMIN_APPROVER};
 pub use registry::{agent_uid, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
-pub use service::{Caller, Delegation, DelegationError, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE};
+pub use service::{
+    Caller, Delegation, DelegationError, Limits, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE,
+};
 pub use store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};

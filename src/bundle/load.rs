@@ -138,9 +138,19 @@ fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 4] {
 
 /// The version the bundle at `dir` would have, without parsing it: cheap enough to poll.
 pub fn fingerprint(dir: &Path) -> String {
-    let mut ignored = Vec::new();
-    let [s, p, e, g] = read_files(dir, &mut ignored);
-    digest(&[&s, &p, &e, &g], read_revision(dir).as_deref())
+    let mut problems = Vec::new();
+    let [s, p, e, g] = read_files(dir, &mut problems);
+    let digest = digest(&[&s, &p, &e, &g], read_revision(dir).as_deref());
+    if problems.is_empty() {
+        return digest;
+    }
+    // Unreadable files change the fingerprint too, so a reload reports them.
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    for p in &problems {
+        h.update(p.to_string().as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// Reads the files under `dir/sub` with one of `endings`, sorted by path so that load order
@@ -198,8 +208,17 @@ fn collect(
             continue;
         }
         let path = entry.path();
-        // `metadata` follows symlinks, which ConfigMap mounts are made of.
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        // `metadata` follows symlinks, which ConfigMap mounts are made of; a dangling one is a
+        // problem, not a file to skip silently.
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                problems.push(
+                    Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(relative(root, &path)),
+                );
+                continue;
+            }
+        };
         if meta.is_dir() {
             if recursive {
                 collect(&path, endings, recursive, out, problems, root);

@@ -28,6 +28,8 @@ pub enum DeniedBy {
     Revoked,
     /// The agent's lifetime ended.
     Expired,
+    /// deputy's delegation state could not be loaded, so no agent can be decided.
+    StateUnavailable,
 }
 
 /// A decision for an agent, with the bound that denied it.
@@ -112,7 +114,7 @@ pub fn decide(
     }
 }
 
-fn denied(by: DeniedBy) -> ChainDecision {
+pub(crate) fn denied(by: DeniedBy) -> ChainDecision {
     ChainDecision {
         decision: Decision {
             allow: false,

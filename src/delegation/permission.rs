@@ -94,6 +94,23 @@ impl Delegation {
                 "permission requests come from agents; the admin grants directly",
             )
         })?;
+        self.check_grant_size(grant_src)?;
+        let open = self
+            .store
+            .requests(None, Some(&requester.row.id), Some("pending"))
+            .map_err(state)?
+            .len();
+        if open >= self.limits.max_pending_requests {
+            return Err(DelegationError::new(
+                429,
+                "too_many_requests",
+                format!(
+                    "{open} requests are already pending; the limit is {}",
+                    self.limits.max_pending_requests
+                ),
+            )
+            .help("withdraw requests you no longer need, or wait for answers"));
+        }
         let grant = Grant::parse(grant_src).map_err(|e| grant_error(&e))?;
         prover::validate_grant(&grant, &snap.bundle.schema).map_err(|e| grant_error(&e))?;
         let grantor = requester.row.parent.clone();

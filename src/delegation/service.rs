@@ -26,6 +26,30 @@ pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// The action a parent is authorized for when it spawns a child.
 pub const DELEGATE_ACTION: &str = "delegate";
 
+/// Bounds on what callers can make deputy hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest grant text accepted (bytes), for delegations and permission requests.
+    pub max_grant_bytes: usize,
+    /// Most live children one agent (or the admin, for roots) may have at once.
+    pub max_children: usize,
+    /// Most pending permission requests one agent may have open.
+    pub max_pending_requests: usize,
+    /// Largest the state database may grow, in MiB; past it, changes fail (503) and decisions go on.
+    pub max_state_mib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_grant_bytes: 64 * 1024,
+            max_children: 256,
+            max_pending_requests: 32,
+            max_state_mib: 1024,
+        }
+    }
+}
+
 /// Who is calling, proven by the credential presented.
 #[derive(Clone)]
 pub enum Caller {
@@ -139,6 +163,7 @@ pub struct Delegation {
     drift: std::sync::Mutex<Vec<Drift>>,
     /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
     bundle_tokens: HashMap<String, String>,
+    pub(super) limits: Limits,
 }
 
 /// Who created an agent that the bundle declares (with a grant in `grants/`).
@@ -165,9 +190,11 @@ impl Delegation {
         live: Arc<Live>,
         admin_token: Option<String>,
         agent_tokens: &HashMap<String, String>,
+        limits: Limits,
     ) -> Result<Delegation, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state directory `{}`: {e}", dir.display()))?;
         let store = Store::open(&dir.join(STATE_FILE)).map_err(|e| e.to_string())?;
+        store.limit_size(limits.max_state_mib).map_err(|e| e.to_string())?;
         let rows = store.agents().map_err(|e| e.to_string())?;
         let registry = Registry::from_rows(rows).map_err(|e| e.to_string())?;
         live.update_registry(|_| Ok(registry))?;
@@ -181,6 +208,7 @@ impl Delegation {
                 .iter()
                 .map(|(id, t)| (id.clone(), credential::hash(t)))
                 .collect(),
+            limits,
         })
     }
 
@@ -236,6 +264,25 @@ impl Delegation {
             Caller::Admin => None,
             Caller::Agent(a) => Some(Arc::clone(a)),
         };
+        self.check_grant_size(&req.grant)?;
+        let parent_id = parent.as_ref().map(|p| p.row.id.clone());
+        let children = snap
+            .agents
+            .iter()
+            .filter(|a| a.row.parent == parent_id && a.row.created_by != BUNDLE_CREATOR && a.is_live(now))
+            .count();
+        if children >= self.limits.max_children {
+            return Err(DelegationError::new(
+                429,
+                "too_many_agents",
+                format!(
+                    "{} already has {children} live children; the limit is {}",
+                    caller.name(),
+                    self.limits.max_children
+                ),
+            )
+            .help("complete or revoke children whose tasks are done"));
+        }
         let id = match &req.agent_id {
             Some(id) => check_new_id(&snap.agents, parent.as_deref(), id)?,
             None => format!("agt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -775,6 +822,23 @@ impl Delegation {
     /// Checks the audit hash chain; `Some(problem)` names the first broken record.
     pub fn verify_audit(&self) -> Result<Option<String>, DelegationError> {
         self.store.verify_audit().map_err(DelegationError::state)
+    }
+}
+
+impl Delegation {
+    pub(super) fn check_grant_size(&self, grant: &str) -> Result<(), DelegationError> {
+        if grant.len() > self.limits.max_grant_bytes {
+            return Err(DelegationError::new(
+                413,
+                "grant_too_large",
+                format!(
+                    "`grant` is {} bytes; the limit is {}",
+                    grant.len(),
+                    self.limits.max_grant_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -165,6 +165,17 @@ impl Store {
         Ok(Store { conn: Mutex::new(conn) })
     }
 
+    /// Caps the database size; past it, writes fail with "database or disk is full" and the
+    /// transaction is rolled back whole.
+    pub fn limit_size(&self, mib: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX) / page_size.max(1);
+            let _: i64 = c.query_row(&format!("PRAGMA max_page_count = {}", pages.max(1)), [], |r| r.get(0))?;
+            Ok(())
+        })
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
         let mut conn = self.conn.lock().map_err(|_| StateError::Poisoned)?;
         f(&mut conn)

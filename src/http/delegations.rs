@@ -24,6 +24,13 @@ type Body = Full<Bytes>;
 const AUDIT_PAGE: usize = 1000;
 
 fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
+    if let Some(e) = &state.state_error {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("the delegation state cannot be opened: {e}"),
+        ));
+    }
     state.delegation.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

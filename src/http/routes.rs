@@ -1,7 +1,6 @@
 //! Routing and handlers. Each request loads the serving bundle once and decides against it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +28,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
 
-pub async fn handle(
-    state: Arc<AppState>,
-    _peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let request_id = req
         .headers()
         .get(REQUEST_ID)
@@ -285,6 +280,13 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response
 }
 
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
+    if let Some(e) = &state.state_error {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("the delegation state cannot be opened: {e}"),
+        ));
+    }
     match state.store.current() {
         Some(b) => Ok(json_response(
             StatusCode::OK,
@@ -310,6 +312,7 @@ fn status(state: &AppState) -> Response<Body> {
             "files": b.files,
         })),
         "last_reload": state.store.last_reload(),
+        "state_error": state.state_error,
         "delegation": state.delegation.as_ref().map(|d| json!({
             "live_agents": d.live_agents(now()),
             "drift": d.drift(),

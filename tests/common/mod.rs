@@ -34,6 +34,9 @@ pub struct Options {
     pub state: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub agent_tokens: std::collections::HashMap<String, String>,
+    pub listen_unix: Option<PathBuf>,
+    pub max_connections: usize,
+    pub limits: deputy::delegation::Limits,
 }
 
 impl Default for Options {
@@ -48,6 +51,9 @@ impl Default for Options {
             state: None,
             admin_token: None,
             agent_tokens: std::collections::HashMap::new(),
+            listen_unix: None,
+            max_connections: 1024,
+            limits: deputy::delegation::Limits::default(),
         }
     }
 }
@@ -85,7 +91,7 @@ impl TestServer {
                 max_body_bytes: opts.max_body_bytes,
                 max_batch: opts.max_batch,
                 header_read_timeout: Duration::from_secs(2),
-                max_connections: 1024,
+                max_connections: opts.max_connections,
             },
             watch: opts.watch.then(|| WatchOptions {
                 debounce: Duration::from_millis(100),
@@ -95,6 +101,8 @@ impl TestServer {
             state: opts.state.clone(),
             admin_token: opts.admin_token.clone(),
             agent_tokens: opts.agent_tokens.clone(),
+            listen_unix: opts.listen_unix.clone(),
+            limits: opts.limits.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {
