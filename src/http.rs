@@ -115,12 +115,12 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, shutdown: impl Futu
         let done = match conn {
             Conn::Tcp(s) => {
                 let c = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
-                Box::pin(async move { c.await }) as std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>
+                Box::pin(c) as std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>
             }
             #[cfg(unix)]
             Conn::Unix(s) => {
                 let c = graceful.watch(builder.serve_connection(TokioIo::new(s), service));
-                Box::pin(async move { c.await })
+                Box::pin(c)
             }
         };
         tokio::spawn(async move {
