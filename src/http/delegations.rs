@@ -324,7 +324,7 @@ pub async fn withdraw_request(
 }
 
 /// `GET /v1/agents/{id}/capabilities` (the agent's own credential, an ancestor's, or admin).
-pub fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(req).as_deref())?;
     let agent = ctx
         .snap
@@ -342,8 +342,8 @@ pub fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -> Resu
             format!("only the admin, `{id}` itself or its ancestors may list its capabilities"),
         ));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::authorize::capabilities(&ctx.snap, agent, now()),
-    ))
+    // One decision per (action, entity): enumeration is blocking work.
+    let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));
+    let caps = blocking(move || Ok(crate::authorize::capabilities(&snap, &agent, now()))).await?;
+    Ok(json_response(StatusCode::OK, &caps))
 }

@@ -18,6 +18,8 @@ use crate::authzen;
 use crate::snapshot::Snapshot;
 
 const REQUEST_ID: &str = "x-request-id";
+/// Batches up to this many items are decided inline; larger ones on the blocking pool.
+const INLINE_BATCH: usize = 32;
 const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
 const REQUESTS_PREFIX: &str = "/v1/permission-requests/";
 const AGENTS_PREFIX: &str = "/v1/agents/";
@@ -69,7 +71,19 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/v1/authorize/batch", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
-            authorize_batch(&snap, &body, state.config.max_batch)
+            let max = state.config.max_batch;
+            // A large batch is many decisions in a row: keep it off the async workers.
+            if body
+                .get("requests")
+                .and_then(Value::as_array)
+                .is_some_and(|r| r.len() > INLINE_BATCH)
+            {
+                tokio::task::spawn_blocking(move || authorize_batch(&snap, &body, max))
+                    .await
+                    .map_err(ApiError::internal)?
+            } else {
+                authorize_batch(&snap, &body, max)
+            }
         }
         ("/access/v1/evaluation", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
@@ -78,7 +92,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/access/v1/evaluations", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
-            let response = match authzen::evaluate_batch(&snap, &body, state.config.max_batch, now())? {
+            let max = state.config.max_batch;
+            let large = body
+                .get("evaluations")
+                .and_then(Value::as_array)
+                .is_some_and(|e| e.len() > INLINE_BATCH);
+            let batch = if large {
+                let s = Arc::clone(&snap);
+                tokio::task::spawn_blocking(move || authzen::evaluate_batch(&s, &body, max, now()))
+                    .await
+                    .map_err(ApiError::internal)??
+            } else {
+                authzen::evaluate_batch(&snap, &body, max, now())?
+            };
+            let response = match batch {
                 authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
                 authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
             };
@@ -103,7 +130,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 .get(AGENTS_PREFIX.len()..p.len() - CAPABILITIES_SUFFIX.len())
                 .unwrap_or("")
                 .to_owned();
-            delegations::capabilities(state, &req, &id)
+            delegations::capabilities(state, &req, &id).await
         }
         (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
             let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
