@@ -36,7 +36,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        .map_or_else(new_request_id, str::to_owned);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
@@ -171,6 +171,16 @@ async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc
     let body = read_json(req, state.config.max_body_bytes).await?;
     let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     Ok((snap, body))
+}
+
+/// A request id unique to this process run: a random prefix drawn once, and a counter (no
+/// system call per request).
+fn new_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n:016x}", *PREFIX)
 }
 
 /// Writes a raised taint to the state store in the background; the in-memory taint already
