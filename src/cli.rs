@@ -259,18 +259,19 @@ fn audit_verify(state: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Every problem as `file:line:col: message`, then a count, on stderr.
+fn print_problems(dir: &std::path::Path, e: &crate::bundle::BundleError) {
+    for p in &e.problems {
+        eprintln!("{p}");
+    }
+    eprintln!("bundle `{}` is invalid: {} problem(s)", dir.display(), e.problems.len());
+}
+
 fn prove(args: &ProveArgs) -> ExitCode {
     let bundle = match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
         Ok(b) => b,
         Err(e) => {
-            for p in &e.problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "bundle `{}` is invalid: {} problem(s)",
-                args.bundle.bundle.display(),
-                e.problems.len()
-            );
+            print_problems(&args.bundle.bundle, &e);
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -308,14 +309,7 @@ fn validate(args: &ValidateArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::json!({"valid": false, "problems": e.problems}));
             } else {
-                for p in &e.problems {
-                    eprintln!("{p}");
-                }
-                eprintln!(
-                    "bundle `{}` is invalid: {} problem(s)",
-                    args.bundle.bundle.display(),
-                    e.problems.len()
-                );
+                print_problems(&args.bundle.bundle, &e);
             }
             ExitCode::from(1)
         }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{repo_root, Options, Resp, TestServer};
+use common::{post_as, repo_root, Options, Resp, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-tests-0123456789";
@@ -29,17 +29,6 @@ fn start_on(state: &std::path::Path) -> TestServer {
             admin_token: Some(ADMIN.to_owned()),
             ..Options::default()
         },
-    )
-}
-
-fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let auth = format!("Bearer {token}");
-    s.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json"), ("Authorization", &auth)],
-        Some(&bytes),
     )
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{copy_bundle, get_as, repo_root, wait_until, Options, Resp, TestServer};
+use common::{copy_bundle, get_as, post_as, repo_root, wait_until, Options, Resp, TestServer};
 use deputy::delegation::Limits;
 use serde_json::{json, Value};
 
@@ -27,17 +27,6 @@ fn with_state(limits: Limits) -> (TestServer, tempfile::TempDir) {
         },
     );
     (s, state)
-}
-
-fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let auth = format!("Bearer {token}");
-    s.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json"), ("Authorization", &auth)],
-        Some(&bytes),
-    )
 }
 
 fn root(s: &TestServer, grant: &str) -> Resp {

@@ -98,7 +98,7 @@ impl Delegation {
         let open = self
             .store
             .requests(None, Some(&requester.row.id), Some("pending"))
-            .map_err(state)?
+            .map_err(DelegationError::state)?
             .len();
         if open >= self.limits.max_pending_requests {
             return Err(DelegationError::new(
@@ -171,13 +171,17 @@ impl Delegation {
             (Caller::Agent(a), false) => self.store.requests(Some(&a.row.id), None, status),
             (Caller::Admin, _) => self.store.requests(Some(ADMIN_APPROVER), None, status),
         }
-        .map_err(state)?;
+        .map_err(DelegationError::state)?;
         Ok(rows.into_iter().map(RequestView::from).collect())
     }
 
     /// One request, for its requester, anyone on the requester's chain, or the admin.
     pub fn get_request(&self, snap: &Snapshot, caller: &Caller, id: &str) -> Result<RequestView, DelegationError> {
-        let row = self.store.request(id).map_err(state)?.ok_or_else(|| not_found(id))?;
+        let row = self
+            .store
+            .request(id)
+            .map_err(DelegationError::state)?
+            .ok_or_else(|| not_found(id))?;
         let visible = match caller {
             Caller::Admin => true,
             Caller::Agent(a) => snap
@@ -202,7 +206,11 @@ impl Delegation {
         reason: &str,
         now: i64,
     ) -> Result<RequestView, DelegationError> {
-        let mut row = self.store.request(id).map_err(state)?.ok_or_else(|| not_found(id))?;
+        let mut row = self
+            .store
+            .request(id)
+            .map_err(DelegationError::state)?
+            .ok_or_else(|| not_found(id))?;
         let is_approver = match caller {
             Caller::Admin => true,
             Caller::Agent(a) => a.row.id == row.approver,
@@ -347,7 +355,7 @@ impl Delegation {
             .collect();
         self.store
             .update_grants(&updates, now, audit, Some(row))
-            .map_err(state)?;
+            .map_err(DelegationError::state)?;
         self.live
             .update_registry(|r| {
                 let mut next = r.clone();
@@ -363,7 +371,11 @@ impl Delegation {
 
     /// The requester takes its request back.
     pub fn withdraw_request(&self, caller: &Caller, id: &str, now: i64) -> Result<RequestView, DelegationError> {
-        let mut row = self.store.request(id).map_err(state)?.ok_or_else(|| not_found(id))?;
+        let mut row = self
+            .store
+            .request(id)
+            .map_err(DelegationError::state)?
+            .ok_or_else(|| not_found(id))?;
         if caller_agent(caller).is_none_or(|a| a.row.id != row.requester) {
             return Err(DelegationError::new(
                 403,
@@ -461,17 +473,8 @@ impl Delegation {
                     details,
                 },
             )
-            .map_err(state)?;
+            .map_err(DelegationError::state)?;
         self.requests_changed.notify_waiters();
         Ok(())
     }
-}
-
-fn state(e: super::store::StateError) -> DelegationError {
-    tracing::error!(error = %e, "delegation state failed; nothing was changed");
-    DelegationError::new(
-        503,
-        "state_unavailable",
-        "the delegation state store failed; nothing was changed",
-    )
 }

@@ -101,7 +101,7 @@ impl DelegationError {
         self
     }
 
-    fn state(e: StateError) -> Self {
+    pub(super) fn state(e: StateError) -> Self {
         tracing::error!(error = %e, "delegation state failed; nothing was applied");
         Self::new(
             503,

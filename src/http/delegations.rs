@@ -64,6 +64,22 @@ fn context(state: &AppState, token: Option<&str>) -> Result<Ctx, ApiError> {
     Ok(Ctx { svc, snap, caller })
 }
 
+/// Only the admin, the agent itself and its ancestors may see an agent.
+fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str) -> Result<(), ApiError> {
+    let visible = match caller {
+        Caller::Admin => true,
+        Caller::Agent(a) => agent.chain.contains(&a.row.id),
+    };
+    if visible {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "not_your_delegation",
+        format!("only the admin, `{}` itself or its ancestors may {to}", agent.row.id),
+    ))
+}
+
 /// `POST /v1/delegations`
 pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let token = bearer(&req);
@@ -118,17 +134,7 @@ pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Respo
             format!("no delegation `{id}`"),
         )
     })?;
-    let visible = match &ctx.caller {
-        Caller::Admin => true,
-        Caller::Agent(a) => agent.chain.contains(&a.row.id),
-    };
-    if !visible {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_your_delegation",
-            format!("only the admin, `{id}` itself or its ancestors may read it"),
-        ));
-    }
+    check_visible(&ctx.caller, agent, "read it")?;
     let now = now();
     Ok(json_response(
         StatusCode::OK,
@@ -331,17 +337,7 @@ pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -
         .agents
         .get(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", format!("no agent `{id}`")))?;
-    let visible = match &ctx.caller {
-        Caller::Admin => true,
-        Caller::Agent(a) => agent.chain.contains(&a.row.id),
-    };
-    if !visible {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_your_delegation",
-            format!("only the admin, `{id}` itself or its ancestors may list its capabilities"),
-        ));
-    }
+    check_visible(&ctx.caller, agent, "list its capabilities")?;
     // One decision per (action, entity): enumeration is blocking work.
     let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));
     let caps = blocking(move || Ok(crate::authorize::capabilities(&snap, &agent, now()))).await?;

@@ -259,3 +259,15 @@ pub fn delete_as(s: &TestServer, token: &str, path: &str) -> Resp {
     let auth = format!("Bearer {token}");
     s.request("DELETE", path, &[("Authorization", &auth)], None)
 }
+
+/// A JSON POST with `Authorization: Bearer <token>`.
+pub fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let auth = format!("Bearer {token}");
+    s.request(
+        "POST",
+        path,
+        &[("Content-Type", "application/json"), ("Authorization", &auth)],
+        Some(&bytes),
+    )
+}
