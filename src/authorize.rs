@@ -1,6 +1,7 @@
 //! The decision path: turn a request into a Cedar `Request` checked against the bundle's schema,
 //! and decide it against one immutable bundle. Pure and synchronous; the HTTP layer calls it.
 
+mod capabilities;
 mod request;
 
 use std::sync::LazyLock;
@@ -11,9 +12,11 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::bundle::Bundle;
-use crate::delegation::{DeniedBy, LiveAgent, AGENT_TYPE};
+use crate::bundle::TaintRole;
+use crate::delegation::{DeniedBy, Guard, LiveAgent, AGENT_TYPE};
 use crate::snapshot::Snapshot;
 
+pub use capabilities::{capabilities, Capabilities};
 pub use request::{parse_context, parse_uid, EntityRef, Fields, RequestError};
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
@@ -81,12 +84,23 @@ pub struct Outcome {
     pub agent: Option<Arc<LiveAgent>>,
     /// The agent's session taint after this decision, when it went up.
     pub taint_raised_to: Option<i64>,
+    /// For a deny of a managed agent: the permission that would allow it.
+    pub needed: Option<Needed>,
+}
+
+/// What a denied agent would need, as a grant it could request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Needed {
+    /// A Cedar template over `?principal` allowing exactly the denied request.
+    pub template: String,
+    /// False when the admin maximum denies it: no grant can give it.
+    pub requestable: bool,
+    /// Where to send `POST /v1/permission-requests` (the agent's grantor, or a human).
+    pub approver: String,
 }
 
 /// The context attribute deputy supplies for managed agents: the session's taint.
 pub const TAINT_FIELD: &str = "taint";
-/// Actions whose allowed use raises the acting agent's taint to the resource's classification.
-pub const TAINTING_ACTIONS: &[&str] = &["read"];
 /// The resource attribute holding its classification level.
 pub const CLASSIFICATION_ATTR: &str = "classification";
 
@@ -94,8 +108,55 @@ pub const CLASSIFICATION_ATTR: &str = "classification";
 /// decided against the admin policies AND its whole chain, with `context.taint` supplied by
 /// deputy; anyone else against the admin policies alone.
 pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, RequestError> {
+    decide_with(snap, parts, now, true)
+}
+
+/// `decide`, optionally without raising the agent's taint (for "what could I do" questions).
+///
+/// Fails closed: should deciding panic (a bug), the answer is a deny with an `internal` error,
+/// never an allow and never a dropped connection.
+pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decide_inner(snap, parts, now, raise_taint)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("deciding a request panicked; answering deny");
+        Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: vec![PolicyError {
+                    policy: String::new(),
+                    message: "internal error while deciding; denied".to_owned(),
+                }],
+            },
+            denied_by: None,
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        })
+    })
+}
+
+fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
     let bundle = &snap.bundle;
-    let agent = (parts.principal.uid.type_name().to_string() == AGENT_TYPE)
+    let is_agent = parts.principal.uid.type_name().to_string() == AGENT_TYPE;
+    if is_agent && snap.agents_unknown {
+        // INVARIANT: without the state, a revoked or narrowed agent would look like a plain
+        // principal bounded only by the admin policies: fail closed instead.
+        return Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: Vec::new(),
+            },
+            denied_by: Some(DeniedBy::StateUnavailable),
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        });
+    }
+    let agent = is_agent
         .then(|| snap.agents.get(parts.principal.uid.id().unescaped()))
         .flatten()
         .cloned();
@@ -113,6 +174,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
             denied_by: None,
             agent: None,
             taint_raised_to: None,
+            needed: None,
         });
     };
     let mut context = match parts.context {
@@ -120,19 +182,12 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
         Some(serde_json::Value::Object(m)) => m,
         Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
     };
-    if context.contains_key(TAINT_FIELD) {
-        return Err(RequestError::new(
-            "reserved_context_field",
-            format!(
-                "`{}.{TAINT_FIELD}` is supplied by deputy for its agents; callers cannot set it",
-                parts.context_field
-            ),
-        ));
-    }
+    // deputy supplies the taint for its agents; whatever a caller sent is replaced.
+    context.remove(TAINT_FIELD);
     let without_taint = serde_json::Value::Object(context.clone());
     context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
-    let action_id = parts.action.uid.id().unescaped().to_owned();
     let resource_uid = parts.resource.uid.clone();
+    let action_uid = parts.action.uid.clone();
     let request = match build_request(
         bundle,
         parts.principal.clone(),
@@ -153,20 +208,37 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, Reques
         )?,
         Err(e) => return Err(e),
     };
-    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, now);
+    let guard = Guard {
+        role: bundle.taint_roles.get(&action_uid).copied(),
+        classification: classification(snap.entities(), &resource_uid),
+    };
+    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, guard, now);
     let mut taint_raised_to = None;
-    if chain.decision.allow && TAINTING_ACTIONS.contains(&action_id.as_str()) {
-        if let Some(level) = classification(snap.entities(), &resource_uid) {
+    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
+        if let Some(level) = guard.classification {
             if agent.raise_taint(level) {
                 taint_raised_to = Some(level);
             }
         }
     }
+    let needed = match &chain.denied_by {
+        Some(DeniedBy::Admin { .. }) | Some(DeniedBy::Grant { .. }) => Some(Needed {
+            template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
+            requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
+            approver: agent
+                .row
+                .parent
+                .clone()
+                .unwrap_or_else(|| crate::delegation::ADMIN_APPROVER.to_owned()),
+        }),
+        _ => None,
+    };
     Ok(Outcome {
         decision: chain.decision,
         denied_by: chain.denied_by,
         agent: Some(agent),
         taint_raised_to,
+        needed,
     })
 }
 

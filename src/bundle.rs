@@ -34,6 +34,15 @@ impl Default for LoadOptions {
     }
 }
 
+/// What an action does to an agent's taint (schema annotation `@taint("source"|"sink")`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaintRole {
+    /// Reading: raises the agent's taint to the resource's classification.
+    Source,
+    /// Writing or sending: denied when the resource is classified below the agent's taint.
+    Sink,
+}
+
 /// Where a policy came from, for error messages that point at a file and line.
 #[derive(Debug, Clone)]
 pub struct PolicySource {
@@ -52,6 +61,10 @@ pub struct Bundle {
     pub sources: HashMap<PolicyId, PolicySource>,
     /// AuthZEN action name -> action uid; `None` when the name is ambiguous across namespaces.
     pub actions_by_name: HashMap<String, Option<EntityUid>>,
+    /// Actions the schema marks `@taint("source")` or `@taint("sink")`.
+    pub taint_roles: HashMap<EntityUid, TaintRole>,
+    /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
+    pub grants: std::collections::BTreeMap<String, String>,
     /// Digest of the bundle's files and revision.
     pub version: String,
     /// Git revision, from a `REVISION` file or the `.git` of the bundle directory.

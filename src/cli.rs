@@ -36,9 +36,21 @@ pub enum Command {
     /// first bad record), 64 when the state cannot be opened.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Probe a deputy endpoint (for Kubernetes exec probes): GET the URL, exit 0 on 2xx, else 1.
+    Probe(ProbeArgs),
     /// Prove a child grant within a parent grant's delegable view, against a bundle.
     /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
     Prove(ProveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to GET, e.g. http://127.0.0.1:8180/readyz (plain HTTP only).
+    #[arg(long)]
+    pub url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +109,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Also serve the API on this Unix domain socket (file permissions then decide who may call).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
     /// Allow listening on a non-loopback address (the API is meant for the pod's own agent).
     #[arg(long)]
     pub allow_remote: bool,
@@ -118,9 +133,25 @@ pub struct ServeArgs {
     /// Do not watch the bundle for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// Largest grant text accepted, in bytes.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_grant_bytes)]
+    pub max_grant_bytes: usize,
+    /// Most live children one agent may have at once.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_children)]
+    pub max_children: usize,
+    /// Most pending permission requests one agent may have open.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_pending_requests)]
+    pub max_pending_requests: usize,
+    /// Largest the state database may grow, in MiB (changes then fail with 503; decisions go on).
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_state_mib)]
+    pub max_state_mib: u64,
     /// Directory of the durable delegation state (agents, grants, credentials, audit).
     #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
     pub state: PathBuf,
+    /// `AGENT=FILE`: the credential of an agent the bundle declares with a grant
+    /// (`grants/AGENT.cedar`), read from FILE (e.g. a mounted Secret). Repeatable.
+    #[arg(long = "agent-credential-file", value_name = "AGENT=FILE")]
+    pub agent_credential_files: Vec<String>,
     /// File holding the admin credential (else `DEPUTY_ADMIN_TOKEN`). Without either, no root
     /// agents can be created and the audit trail cannot be read over HTTP.
     #[arg(long)]
@@ -147,6 +178,27 @@ impl ServeArgs {
             }),
         }
     }
+}
+
+/// Reads `AGENT=FILE` pairs into agent id -> credential.
+fn read_agent_tokens(pairs: &[String]) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    for pair in pairs {
+        let (agent, file) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--agent-credential-file `{pair}` must be AGENT=FILE"))?;
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --agent-credential-file `{file}`: {e}"))?
+            .trim()
+            .to_owned();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "the credential in `{file}` must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            ));
+        }
+        out.insert(agent.to_owned(), token);
+    }
+    Ok(out)
 }
 
 /// The admin token from a file or the environment; never logged.
@@ -180,7 +232,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
+        Command::Probe(args) => probe(&args),
         Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match crate::probe::get(&args.url, std::time::Duration::from_millis(args.timeout_ms)) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("probe: `{}` answered {status}", args.url);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("probe: `{}`: {e}", args.url);
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -214,18 +281,19 @@ fn audit_verify(state: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Every problem as `file:line:col: message`, then a count, on stderr.
+fn print_problems(dir: &std::path::Path, e: &crate::bundle::BundleError) {
+    for p in &e.problems {
+        eprintln!("{p}");
+    }
+    eprintln!("bundle `{}` is invalid: {} problem(s)", dir.display(), e.problems.len());
+}
+
 fn prove(args: &ProveArgs) -> ExitCode {
     let bundle = match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
         Ok(b) => b,
         Err(e) => {
-            for p in &e.problems {
-                eprintln!("{p}");
-            }
-            eprintln!(
-                "bundle `{}` is invalid: {} problem(s)",
-                args.bundle.bundle.display(),
-                e.problems.len()
-            );
+            print_problems(&args.bundle.bundle, &e);
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -246,7 +314,7 @@ fn validate(args: &ValidateArgs) -> ExitCode {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "policy_version": b.version, "files": b.files})
+                    serde_json::json!({"valid": true, "policy_version": b.version, "revision": b.revision, "files": b.files})
                 );
             } else {
                 println!(
@@ -263,14 +331,7 @@ fn validate(args: &ValidateArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::json!({"valid": false, "problems": e.problems}));
             } else {
-                for p in &e.problems {
-                    eprintln!("{p}");
-                }
-                eprintln!(
-                    "bundle `{}` is invalid: {} problem(s)",
-                    args.bundle.bundle.display(),
-                    e.problems.len()
-                );
+                print_problems(&args.bundle.bundle, &e);
             }
             ExitCode::from(1)
         }
@@ -300,6 +361,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let agent_tokens = match read_agent_tokens(&args.agent_credential_files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let config = ServeConfig {
         bundle: args.bundle.bundle.clone(),
         listen: args.listen,
@@ -317,6 +385,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         drain: DEFAULT_DRAIN,
         state: (!args.bundle.authorize_only).then(|| args.state.clone()),
         admin_token,
+        agent_tokens,
+        listen_unix: args.listen_unix.clone(),
+        limits: crate::delegation::Limits {
+            max_grant_bytes: args.max_grant_bytes,
+            max_children: args.max_children,
+            max_pending_requests: args.max_pending_requests,
+            max_state_mib: args.max_state_mib,
+        },
         observe: args.observe_config(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

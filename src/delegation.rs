@@ -6,11 +6,15 @@
 
 mod chain;
 pub mod credential;
+mod permission;
 mod registry;
 mod service;
 mod store;
 
-pub use chain::{decide, ChainDecision, DeniedBy};
+pub use chain::{decide, ChainDecision, DeniedBy, Guard};
+pub use permission::{Decision as PermissionDecision, RequestView, ADMIN_APPROVER};
 pub use registry::{agent_uid, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
-pub use service::{Caller, Delegation, DelegationError, SpawnOutcome, SpawnRequest, STATE_FILE};
+pub use service::{
+    Caller, Delegation, DelegationError, Limits, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE,
+};
 pub use store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};

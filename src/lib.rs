@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod delegation;
 pub mod http;
+pub mod probe;
 pub mod prover;
 pub mod server;
 pub mod snapshot;

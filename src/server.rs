@@ -26,6 +26,12 @@ pub struct ServeConfig {
     pub state: Option<PathBuf>,
     /// The admin credential, for creating root agents and reading the audit trail.
     pub admin_token: Option<String>,
+    /// Limits on delegation (grant size, children, pending requests, state size).
+    pub limits: crate::delegation::Limits,
+    /// Also serve on this Unix domain socket.
+    pub listen_unix: Option<PathBuf>,
+    /// Credentials of agents the bundle declares, by agent id.
+    pub agent_tokens: std::collections::HashMap<String, String>,
     /// Metrics and the decision log.
     pub observe: crate::telemetry::ObserveConfig,
 }
@@ -72,28 +78,66 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         Arc::clone(&store),
         Arc::clone(&live),
     )?);
+    let mut state_error = None;
     let delegation = match &config.state {
         Some(dir) if config.load.require_agent_model => {
             let (dir, l, token) = (dir.clone(), Arc::clone(&live), config.admin_token.clone());
-            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token))
+            let (agent_tokens, limits) = (config.agent_tokens.clone(), config.limits.clone());
+            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token, &agent_tokens, limits))
                 .await
                 .map_err(std::io::Error::other)?;
-            let metrics = Arc::clone(&obs.metrics);
-            Some(Arc::new(opened.map_err(std::io::Error::other)?.with_metrics(metrics)))
+            match opened {
+                Ok(d) => Some(Arc::new(d.with_metrics(Arc::clone(&obs.metrics)))),
+                Err(e) => {
+                    // Keep serving what does not depend on the state; every agent decision
+                    // and delegation call fails closed until the state is repaired.
+                    tracing::error!(error = %e, "cannot open the delegation state; agent decisions fail closed");
+                    let l = Arc::clone(&live);
+                    tokio::task::spawn_blocking(move || l.agents_unknown())
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    state_error = Some(e);
+                    None
+                }
+            }
         }
         _ => None,
     };
     if let Some(d) = &delegation {
         tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
+        // Re-prove live grants whenever a bundle loads (and now, for the one serving).
+        let (d, s) = (Arc::clone(d), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let hook = Arc::clone(&d);
+            s.on_loaded(move |bundle| {
+                let now = crate::http::now();
+                hook.sync_bundle_agents(&bundle, now);
+                hook.reprove_all(now);
+            });
+        })
+        .await
+        .map_err(std::io::Error::other)?;
     }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
     let listener = http::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let unix = match &config.listen_unix {
+        #[cfg(unix)]
+        Some(path) => {
+            // A stale socket file from an earlier run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path)?;
+            tracing::info!(path = %path.display(), "deputy listening on a unix socket");
+            Some(http::Listener::Unix(l))
+        }
+        _ => None,
+    };
     tracing::info!(%addr, bundle = %config.bundle.display(), "deputy listening");
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         live: Arc::clone(&live),
         delegation,
+        state_error,
         config: config.http.clone(),
         obs,
     });
@@ -101,15 +145,24 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let drain = config.drain;
     let task = tokio::spawn(async move {
         let _watcher = watcher;
-        http::serve(
-            listener,
-            state,
-            async {
-                let _ = rx.await;
-            },
-            drain,
-        )
-        .await;
+        let (stop_unix, unix_stopped) = tokio::sync::watch::channel(false);
+        let unix_task = unix.map(|l| {
+            let (state, mut stopped) = (Arc::clone(&state), unix_stopped.clone());
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                http::serve(l, state, stop, drain).await;
+            })
+        });
+        let stop = async {
+            let _ = rx.await;
+        };
+        http::serve(http::Listener::Tcp(listener), state, stop, drain).await;
+        let _ = stop_unix.send(true);
+        if let Some(t) = unix_task {
+            let _ = t.await;
+        }
     });
     Ok(Running {
         addr,

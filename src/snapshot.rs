@@ -19,6 +19,9 @@ pub struct Snapshot {
     /// The bundle's entities plus the agents'; `None` when there are no agents (then the
     /// bundle's own store is used, and nothing is copied).
     combined: Option<Entities>,
+    /// The delegation state could not be loaded: which agents exist and what they were granted
+    /// is unknown, so every decision for an `Agent` principal fails closed.
+    pub agents_unknown: bool,
 }
 
 impl Snapshot {
@@ -33,6 +36,7 @@ pub struct Live {
     current: ArcSwapOption<Snapshot>,
     /// Writers (bundle reloads, agent creation) serialise here; readers never take it.
     registry: Mutex<Registry>,
+    agents_unknown: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -59,6 +63,14 @@ impl Live {
         Ok(())
     }
 
+    /// Marks the agent state as unavailable (it failed to load) and republishes.
+    pub fn agents_unknown(&self) {
+        self.agents_unknown.store(true, std::sync::atomic::Ordering::Release);
+        if let (Some(snap), Ok(registry)) = (self.current(), self.registry.lock()) {
+            self.publish(Arc::clone(&snap.bundle), registry.clone());
+        }
+    }
+
     pub fn registry(&self) -> Registry {
         self.registry.lock().map(|r| r.clone()).unwrap_or_default()
     }
@@ -81,6 +93,7 @@ impl Live {
             bundle,
             agents,
             combined,
+            agents_unknown: self.agents_unknown.load(std::sync::atomic::Ordering::Acquire),
         })));
     }
 }

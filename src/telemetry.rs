@@ -21,7 +21,9 @@ use crate::bundle::BundleStore;
 use crate::config::ENV_LOG;
 use crate::snapshot::Live;
 
-pub use decision::{decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, scoped, Api};
+pub use decision::{
+    carry, decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, scoped, Api,
+};
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use otel::{http_done, http_span, Telemetry};

@@ -331,3 +331,26 @@ fn the_binary_logs_decisions_to_stdout() {
     assert_eq!(got[0]["context"]["patient"]["name"], "***");
     assert_eq!(got[0]["context"]["ssn"], "123-45-6789");
 }
+
+/// A large batch is decided on the blocking pool; its decisions are logged and counted with
+/// the request's trace id all the same.
+#[test]
+fn a_large_batch_off_the_async_workers_is_logged_and_counted() {
+    let b = bundle();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("batch.jsonl");
+    let s = start(b.path(), &log, &[], false);
+    let requests: Vec<Value> = (0..40)
+        .map(|i| view(if i % 2 == 0 { "alice" } else { "bob" }))
+        .collect();
+    let r = post_traced(&s, "/v1/authorize/batch", &json!({ "requests": requests }));
+    assert_eq!(r["responses"].as_array().unwrap().len(), 40);
+    let got = lines(&log, 40);
+    assert_eq!(got.len(), 40);
+    assert!(got.iter().all(|l| l["trace_id"] == TRACE_ID));
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.contains(r#"deputy_decisions_total{api="authorize",outcome="allow"} 20"#),
+        "{metrics}"
+    );
+}

@@ -204,3 +204,64 @@ fn kill_9_during_a_burst_loses_nothing_acknowledged() {
         "every agent has exactly its audit record, and no record lacks its agent"
     );
 }
+
+#[test]
+fn deputy_probe_exits_zero_only_on_2xx() {
+    let state = tempfile::tempdir().unwrap();
+    let s = serve(state.path());
+    let probe = |path: &str| {
+        Command::new(DEPUTY)
+            .args(["probe", "--url", &format!("http://{}{path}", s.addr)])
+            .output()
+            .unwrap()
+    };
+    assert!(probe("/readyz").status.success());
+    assert!(probe("/healthz").status.success());
+    let missing = probe("/nope");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    drop(s);
+    let closed = Command::new(DEPUTY)
+        .args(["probe", "--url", "http://127.0.0.1:9/readyz", "--timeout-ms", "500"])
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(1));
+}
+
+/// git-sync checks each revision out as a worktree, whose `.git` is a file naming the git dir:
+/// the revision still reaches the policy version.
+#[test]
+fn a_git_worktree_bundle_reports_its_revision() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("repo");
+    let git = |args: &[&str], dir: &Path| {
+        let out = Command::new("git")
+            .args(["-c", "user.email=ci@example.com", "-c", "user.name=ci"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"], &repo);
+    for sub in ["schema", "policies", "entities"] {
+        common::copy_dir(&repo_root().join(sub), &repo.join(sub));
+    }
+    git(&["add", "-A"], &repo);
+    git(&["commit", "-qm", "bundle"], &repo);
+    let head = git(&["rev-parse", "HEAD"], &repo);
+    git(&["worktree", "add", "-q", "--detach", "../checkout", "HEAD"], &repo);
+    let out = Command::new(DEPUTY)
+        .args(["validate", "--json", "--bundle"])
+        .arg(root.path().join("checkout"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["revision"], head.as_str(), "{v}");
+}

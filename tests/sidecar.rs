@@ -55,8 +55,7 @@ fn context_is_checked_against_the_schema() {
     let mut req = authz(("Agent", "orchestrator"), "write", ("File", "repo/src/main.rs"));
     req["context"] = json!({"taint": 2});
     let r = s.post("/v1/authorize", &req);
-    assert_eq!(r.json()["decision"], "Deny", "{}", r.text());
-    assert_eq!(r.json()["reasons"], json!(["no-write-down"]));
+    assert_eq!(r.json()["decision"], "Allow", "{}", r.text());
 
     req["context"] = json!({"taint": "high"});
     let r = s.post("/v1/authorize", &req);

@@ -180,7 +180,9 @@ pub fn parse_context(
     field: &str,
 ) -> Result<Context, RequestError> {
     let value = match context {
-        None | Some(Value::Null) => Value::Object(Map::new()),
+        // No context: skip the JSON parser; `Request::new` still checks it against the schema.
+        None | Some(Value::Null) => return Ok(Context::empty()),
+        Some(Value::Object(m)) if m.is_empty() => return Ok(Context::empty()),
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err(RequestError::wrong_type(field, "a JSON object")),
     };

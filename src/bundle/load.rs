@@ -14,18 +14,22 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 
 use super::problem::{BundleError, Problem};
-use super::{Bundle, LoadOptions, PolicySource};
+use super::{Bundle, LoadOptions, PolicySource, TaintRole};
 
 /// Sub-directories of a bundle and the file endings read from each.
 const SCHEMA_DIR: &str = "schema";
 const POLICIES_DIR: &str = "policies";
 const ENTITIES_DIR: &str = "entities";
+/// Grants shipped for agents the bundle declares: `grants/<agent id>.cedar`.
+const GRANTS_DIR: &str = "grants";
 /// The sub-directories a bundle is read from.
-pub(super) const SUBDIRS: [&str; 3] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR];
+pub(super) const SUBDIRS: [&str; 4] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR, GRANTS_DIR];
 /// A file at the bundle root naming the revision it was built from (e.g. written by CI).
 const REVISION_FILE: &str = "REVISION";
 /// The annotation that names a policy; without it a policy is `policyN` in load order.
 const ID_ANNOTATION: &str = "id";
+/// The schema annotation that marks an action as a taint source or sink.
+const TAINT_ANNOTATION: &str = "taint";
 
 /// What deputy's agent model needs from a schema, written as a policy so that Cedar's own
 /// strict validator says precisely what is missing or mistyped.
@@ -60,7 +64,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         )]));
     }
 
-    let [schema_files, policy_files, entity_files] = read_files(dir, &mut problems);
+    let [schema_files, policy_files, entity_files, grant_files] = read_files(dir, &mut problems);
     if schema_files.is_empty() && problems.is_empty() {
         problems.push(
             Problem::new(
@@ -71,12 +75,15 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         );
     }
     let revision = read_revision(dir);
-    let version = digest(&[&schema_files, &policy_files, &entity_files], revision.as_deref());
+    let version = digest(
+        &[&schema_files, &policy_files, &entity_files, &grant_files],
+        revision.as_deref(),
+    );
 
     let schema = parse_schema(&schema_files, &mut problems);
     let (policies, sources) = parse_policies(&policy_files, &mut problems);
 
-    let Some(schema) = schema else {
+    let Some((schema, taint_roles)) = schema else {
         return Err(fail(problems));
     };
     if opts.require_agent_model {
@@ -89,6 +96,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     } else {
         false
     };
+    let grants = entities
+        .as_ref()
+        .map(|e| check_grants(&grant_files, &schema, e, &mut problems))
+        .unwrap_or_default();
     match entities {
         Some(entities) if problems.is_empty() => {
             let actions_by_name = actions_by_name(&schema);
@@ -98,6 +109,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 entities,
                 sources,
                 actions_by_name,
+                taint_roles,
+                grants,
                 version,
                 revision,
                 validated,
@@ -105,6 +118,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                     .iter()
                     .chain(&policy_files)
                     .chain(&entity_files)
+                    .chain(&grant_files)
                     .map(|f| f.rel.clone())
                     .collect(),
             })
@@ -113,19 +127,30 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     }
 }
 
-fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 3] {
+fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 4] {
     [
         read_dir_files(dir, SCHEMA_DIR, &[".cedarschema", ".cedarschema.json"], false, problems),
         read_dir_files(dir, POLICIES_DIR, &[".cedar"], true, problems),
         read_dir_files(dir, ENTITIES_DIR, &[".json"], false, problems),
+        read_dir_files(dir, GRANTS_DIR, &[".cedar"], false, problems),
     ]
 }
 
 /// The version the bundle at `dir` would have, without parsing it: cheap enough to poll.
 pub fn fingerprint(dir: &Path) -> String {
-    let mut ignored = Vec::new();
-    let [s, p, e] = read_files(dir, &mut ignored);
-    digest(&[&s, &p, &e], read_revision(dir).as_deref())
+    let mut problems = Vec::new();
+    let [s, p, e, g] = read_files(dir, &mut problems);
+    let digest = digest(&[&s, &p, &e, &g], read_revision(dir).as_deref());
+    if problems.is_empty() {
+        return digest;
+    }
+    // Unreadable files change the fingerprint too, so a reload reports them.
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    for p in &problems {
+        h.update(p.to_string().as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// Reads the files under `dir/sub` with one of `endings`, sorted by path so that load order
@@ -183,8 +208,17 @@ fn collect(
             continue;
         }
         let path = entry.path();
-        // `metadata` follows symlinks, which ConfigMap mounts are made of.
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        // `metadata` follows symlinks, which ConfigMap mounts are made of; a dangling one is a
+        // problem, not a file to skip silently.
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                problems.push(
+                    Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(relative(root, &path)),
+                );
+                continue;
+            }
+        };
         if meta.is_dir() {
             if recursive {
                 collect(&path, endings, recursive, out, problems, root);
@@ -207,7 +241,12 @@ fn read_revision(dir: &Path) -> Option<String> {
             return Some(rev.to_owned());
         }
     }
-    let git = dir.join(".git");
+    let mut git = dir.join(".git");
+    // A worktree (git-sync checks out each revision as one) has a `.git` file naming its git dir.
+    if let Ok(pointer) = fs::read_to_string(&git) {
+        let target = pointer.trim().strip_prefix("gitdir:")?.trim();
+        git = dir.join(target);
+    }
     let head = fs::read_to_string(git.join("HEAD")).ok()?;
     let head = head.trim();
     match head.strip_prefix("ref: ") {
@@ -244,7 +283,7 @@ fn digest(groups: &[&[SourceFile]], revision: Option<&str>) -> String {
     hex.get(..16).unwrap_or(&hex).to_owned()
 }
 
-fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Schema> {
+fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Schema, HashMap<EntityUid, TaintRole>)> {
     let mut fragments = Vec::new();
     let mut ok = true;
     for file in files {
@@ -267,8 +306,12 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
     if !ok || files.is_empty() {
         return None;
     }
+    let annotated = fragments.clone();
     match Schema::from_schema_fragments(fragments) {
-        Ok(schema) => Some(schema),
+        Ok(schema) => {
+            let roles = taint_roles(&schema, &annotated, problems);
+            Some((schema, roles))
+        }
         Err(e) => {
             let file = (files.len() == 1)
                 .then(|| files.first().map(|f| f.rel.as_str()))
@@ -282,6 +325,44 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<Sch
             None
         }
     }
+}
+
+/// Reads `@taint("source")` / `@taint("sink")` on action declarations.
+fn taint_roles(
+    schema: &Schema,
+    fragments: &[SchemaFragment],
+    problems: &mut Vec<Problem>,
+) -> HashMap<EntityUid, TaintRole> {
+    let mut roles = HashMap::new();
+    for action in schema.actions() {
+        let ty = action.type_name().to_string();
+        let namespace = ty
+            .rsplit_once("::")
+            .and_then(|(ns, _)| cedar_policy::EntityNamespace::from_str(ns).ok());
+        for fragment in fragments {
+            let Some(value) = fragment.action_annotation(namespace.clone(), action.id(), TAINT_ANNOTATION) else {
+                continue;
+            };
+            match value {
+                "source" => {
+                    roles.insert(action.clone(), TaintRole::Source);
+                }
+                "sink" => {
+                    roles.insert(action.clone(), TaintRole::Sink);
+                }
+                other => problems.push(
+                    Problem::new(
+                        "schema_invalid",
+                        format!(
+                            "action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""
+                        ),
+                    )
+                    .in_file(SCHEMA_DIR),
+                ),
+            }
+        }
+    }
+    roles
 }
 
 fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
@@ -541,6 +622,51 @@ fn validate(
         }
         problems.push(p);
     }
+}
+
+/// Checks each shipped grant: it names an `Agent` the entity store declares, and it is a valid
+/// grant (templates over `?principal`) under strict validation.
+fn check_grants(
+    files: &[SourceFile],
+    schema: &Schema,
+    entities: &Entities,
+    problems: &mut Vec<Problem>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut grants = std::collections::BTreeMap::new();
+    for file in files {
+        let Some(id) = Path::new(&file.rel)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+        else {
+            continue;
+        };
+        let declared = crate::delegation::agent_uid(&id)
+            .ok()
+            .and_then(|uid| entities.get(&uid))
+            .is_some();
+        if !declared {
+            problems.push(
+                Problem::new(
+                    "grant_invalid",
+                    format!(
+                        "`{}` is a grant for `Agent::\"{id}\"`, which the entities do not declare",
+                        file.rel
+                    ),
+                )
+                .in_file(&file.rel)
+                .with_help("name the file after an Agent entity in entities/*.json"),
+            );
+            continue;
+        }
+        let checked = crate::prover::Grant::parse(&file.text).and_then(|g| crate::prover::validate_grant(&g, schema));
+        match checked {
+            Ok(()) => {
+                grants.insert(id, file.text.clone());
+            }
+            Err(e) => problems.push(Problem::new("grant_invalid", e.to_string()).in_file(&file.rel)),
+        }
+    }
+    grants
 }
 
 /// AuthZEN names actions by their id alone; map each id to its uid when it is unambiguous.

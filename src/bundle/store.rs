@@ -48,7 +48,7 @@ pub struct BundleStore {
     /// Fingerprint of the files at the last load attempt, good or bad.
     attempted: Mutex<Option<String>>,
     /// Called (on the loading thread) with every newly loaded bundle.
-    on_loaded: Mutex<Option<LoadedHook>>,
+    on_loaded: Mutex<Vec<LoadedHook>>,
 }
 
 type LoadedHook = Box<dyn Fn(Arc<Bundle>) + Send + Sync>;
@@ -64,18 +64,18 @@ impl BundleStore {
             reloads_ok: 0.into(),
             reloads_failed: 0.into(),
             attempted: Mutex::new(None),
-            on_loaded: Mutex::new(None),
+            on_loaded: Mutex::new(Vec::new()),
         }
     }
 
-    /// Registers the hook called with every newly loaded bundle (and at once with the current
-    /// one, if any).
+    /// Adds a hook called (in registration order, on the loading thread, before the bundle
+    /// serves) with every newly loaded bundle, and at once with the current one, if any.
     pub fn on_loaded(&self, hook: impl Fn(Arc<Bundle>) + Send + Sync + 'static) {
         if let Some(b) = self.current() {
             hook(b);
         }
         if let Ok(mut h) = self.on_loaded.lock() {
-            *h = Some(Box::new(hook));
+            h.push(Box::new(hook));
         }
     }
 
@@ -114,8 +114,8 @@ impl BundleStore {
                 } else {
                     tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
                     let bundle = Arc::new(bundle);
-                    if let Ok(hook) = self.on_loaded.lock() {
-                        if let Some(hook) = hook.as_ref() {
+                    if let Ok(hooks) = self.on_loaded.lock() {
+                        for hook in hooks.iter() {
                             hook(Arc::clone(&bundle));
                         }
                     }

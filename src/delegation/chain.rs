@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::registry::LiveAgent;
 use crate::authorize::{evaluate, Decision};
+use crate::bundle::TaintRole;
 
 /// Which bound denied a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,10 +20,16 @@ pub enum DeniedBy {
         own: bool,
         policies: Vec<String>,
     },
+    /// The resource is classified above the agent's ceiling (a taint source or sink action).
+    Ceiling { classification: i64, ceiling: i64 },
+    /// A sink classified below what the agent has read: no writing down.
+    Taint { classification: i64, taint: i64 },
     /// The agent was revoked (or its task completed).
     Revoked,
     /// The agent's lifetime ended.
     Expired,
+    /// deputy's delegation state could not be loaded, so no agent can be decided.
+    StateUnavailable,
 }
 
 /// A decision for an agent, with the bound that denied it.
@@ -34,14 +41,41 @@ pub struct ChainDecision {
     pub denied_by: Option<DeniedBy>,
 }
 
-/// Decides `request` for a deputy-managed agent: admin first, then each hop root to leaf;
-/// the first bound that denies answers.
-pub fn decide(admin: &PolicySet, entities: &Entities, agent: &LiveAgent, request: &Request, now: i64) -> ChainDecision {
+/// What deputy checks itself for an action the schema marks as a taint source or sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    pub role: Option<TaintRole>,
+    /// The resource's `classification`, when it has one.
+    pub classification: Option<i64>,
+}
+
+/// Decides `request` for a deputy-managed agent: lifetime, then ceiling and taint, then the
+/// admin policies, then each hop root to leaf; the first bound that denies answers.
+pub fn decide(
+    admin: &PolicySet,
+    entities: &Entities,
+    agent: &LiveAgent,
+    request: &Request,
+    guard: Guard,
+    now: i64,
+) -> ChainDecision {
     if agent.is_revoked() {
         return denied(DeniedBy::Revoked);
     }
     if agent.is_expired(now) {
         return denied(DeniedBy::Expired);
+    }
+    if let (Some(role), Some(classification)) = (guard.role, guard.classification) {
+        if classification > agent.row.ceiling {
+            return denied(DeniedBy::Ceiling {
+                classification,
+                ceiling: agent.row.ceiling,
+            });
+        }
+        let taint = agent.taint();
+        if role == TaintRole::Sink && classification < taint {
+            return denied(DeniedBy::Taint { classification, taint });
+        }
     }
     let admin_decision = evaluate(admin, entities, request);
     if !admin_decision.allow {
@@ -80,7 +114,7 @@ pub fn decide(admin: &PolicySet, entities: &Entities, agent: &LiveAgent, request
     }
 }
 
-fn denied(by: DeniedBy) -> ChainDecision {
+pub(crate) fn denied(by: DeniedBy) -> ChainDecision {
     ChainDecision {
         decision: Decision {
             allow: false,

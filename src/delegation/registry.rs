@@ -97,6 +97,33 @@ impl Registry {
         Ok(Registry { agents })
     }
 
+    /// A registry in which `id`'s grant is `grant`: the agent and every descendant are rebuilt,
+    /// since each descendant holds this grant linked to itself as one of its hops.
+    pub fn with_grant(&self, id: &str, grant: &str, digest: &str) -> Result<Registry, RegistryError> {
+        let mut affected: Vec<Arc<LiveAgent>> = self
+            .agents
+            .values()
+            .filter(|a| a.chain.iter().any(|c| c == id))
+            .cloned()
+            .collect();
+        affected.sort_by_key(|a| a.row.depth);
+        let mut agents = self.agents.clone();
+        for a in affected {
+            let mut row = a.row.clone();
+            if row.id == id {
+                row.grant = grant.to_owned();
+                row.grant_digest = digest.to_owned();
+            }
+            row.taint = a.taint();
+            let rebuilt = build(&agents, row)?;
+            if a.is_revoked() {
+                rebuilt.mark_revoked();
+            }
+            agents.insert(rebuilt.row.id.clone(), Arc::new(rebuilt));
+        }
+        Ok(Registry { agents })
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<LiveAgent>> {
         self.agents.get(id)
     }

@@ -26,6 +26,30 @@ pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// The action a parent is authorized for when it spawns a child.
 pub const DELEGATE_ACTION: &str = "delegate";
 
+/// Bounds on what callers can make deputy hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest grant text accepted (bytes), for delegations and permission requests.
+    pub max_grant_bytes: usize,
+    /// Most live children one agent (or the admin, for roots) may have at once.
+    pub max_children: usize,
+    /// Most pending permission requests one agent may have open.
+    pub max_pending_requests: usize,
+    /// Largest the state database may grow, in MiB; past it, changes fail (503) and decisions go on.
+    pub max_state_mib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_grant_bytes: 64 * 1024,
+            max_children: 256,
+            max_pending_requests: 32,
+            max_state_mib: 1024,
+        }
+    }
+}
+
 /// Who is calling, proven by the credential presented.
 #[derive(Clone)]
 pub enum Caller {
@@ -53,7 +77,7 @@ pub struct DelegationError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     #[serde(flatten)]
-    pub details: serde_json::Map<String, Value>,
+    pub details: Box<serde_json::Map<String, Value>>,
 }
 
 impl DelegationError {
@@ -63,7 +87,7 @@ impl DelegationError {
             code,
             message: message.into(),
             help: None,
-            details: serde_json::Map::new(),
+            details: Box::default(),
         }
     }
 
@@ -77,7 +101,7 @@ impl DelegationError {
         self
     }
 
-    fn state(e: StateError) -> Self {
+    pub(super) fn state(e: StateError) -> Self {
         tracing::error!(error = %e, "delegation state failed; nothing was applied");
         Self::new(
             503,
@@ -130,17 +154,48 @@ pub enum SpawnOutcome {
 }
 
 pub struct Delegation {
-    store: Store,
-    live: Arc<Live>,
+    pub(super) store: Store,
+    pub(super) live: Arc<Live>,
     admin_token: Option<String>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
+    /// Woken whenever a permission request changes, for long polls.
+    pub(super) requests_changed: tokio::sync::Notify,
+    /// Live grants that no longer prove within their parent's under the serving bundle.
+    drift: std::sync::Mutex<Vec<Drift>>,
+    /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
+    bundle_tokens: HashMap<String, String>,
+    pub(super) limits: Limits,
+}
+
+/// Who created an agent that the bundle declares (with a grant in `grants/`).
+pub const BUNDLE_CREATOR: &str = "bundle";
+/// Bundle-declared agents live as long as the bundle declares them.
+const BUNDLE_AGENT_EXPIRY: i64 = i64::MAX / 2;
+
+/// A live grant the current bundle no longer proves within its parent's delegable view. The
+/// run-time chain intersection still keeps it from exceeding; this is a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    pub agent: String,
+    pub parent: String,
+    pub policy_version: String,
+    /// `exceeds`, `inconclusive` or `invalid` (the grant no longer validates).
+    pub verdict: String,
+    pub detail: Value,
 }
 
 impl Delegation {
     /// Opens the state in `dir` and loads every stored agent into the live registry.
-    pub fn open(dir: &Path, live: Arc<Live>, admin_token: Option<String>) -> Result<Delegation, String> {
+    pub fn open(
+        dir: &Path,
+        live: Arc<Live>,
+        admin_token: Option<String>,
+        agent_tokens: &HashMap<String, String>,
+        limits: Limits,
+    ) -> Result<Delegation, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state directory `{}`: {e}", dir.display()))?;
         let store = Store::open(&dir.join(STATE_FILE)).map_err(|e| e.to_string())?;
+        store.limit_size(limits.max_state_mib).map_err(|e| e.to_string())?;
         let rows = store.agents().map_err(|e| e.to_string())?;
         let registry = Registry::from_rows(rows).map_err(|e| e.to_string())?;
         live.update_registry(|_| Ok(registry))?;
@@ -149,6 +204,13 @@ impl Delegation {
             live,
             admin_token,
             metrics: None,
+            requests_changed: tokio::sync::Notify::new(),
+            drift: std::sync::Mutex::new(Vec::new()),
+            bundle_tokens: agent_tokens
+                .iter()
+                .map(|(id, t)| (id.clone(), credential::hash(t)))
+                .collect(),
+            limits,
         })
     }
 
@@ -167,11 +229,28 @@ impl Delegation {
             }
         }
         let bad = || DelegationError::unauthenticated("the credential is not valid");
-        let id = credential::claimed_agent(token).ok_or_else(bad)?;
-        let agent = snap.agents.get(id).ok_or_else(bad)?;
-        if !credential::verify(token, &agent.row.credential_hash) {
-            return Err(bad());
-        }
+        // An agent the bundle declares presents the credential it was given from a Secret;
+        // anyone else a `dpt.<id>.<secret>` credential deputy issued.
+        let bundle_agent = self
+            .bundle_tokens
+            .iter()
+            .find(|(_, hash)| credential::verify(token, hash))
+            .map(|(id, _)| id.as_str());
+        let agent = match bundle_agent {
+            Some(id) => snap
+                .agents
+                .get(id)
+                .filter(|a| a.row.created_by == BUNDLE_CREATOR)
+                .ok_or_else(bad)?,
+            None => {
+                let id = credential::claimed_agent(token).ok_or_else(bad)?;
+                let agent = snap.agents.get(id).ok_or_else(bad)?;
+                if agent.row.created_by == BUNDLE_CREATOR || !credential::verify(token, &agent.row.credential_hash) {
+                    return Err(bad());
+                }
+                agent
+            }
+        };
         if agent.is_revoked() {
             return Err(DelegationError::unauthenticated("this agent was revoked"));
         }
@@ -193,6 +272,25 @@ impl Delegation {
             Caller::Admin => None,
             Caller::Agent(a) => Some(Arc::clone(a)),
         };
+        self.check_grant_size(&req.grant)?;
+        let parent_id = parent.as_ref().map(|p| p.row.id.clone());
+        let children = snap
+            .agents
+            .iter()
+            .filter(|a| a.row.parent == parent_id && a.row.created_by != BUNDLE_CREATOR && a.is_live(now))
+            .count();
+        if children >= self.limits.max_children {
+            return Err(DelegationError::new(
+                429,
+                "too_many_agents",
+                format!(
+                    "{} already has {children} live children; the limit is {}",
+                    caller.name(),
+                    self.limits.max_children
+                ),
+            )
+            .help("complete or revoke children whose tasks are done"));
+        }
         let id = match &req.agent_id {
             Some(id) => check_new_id(&snap.agents, parent.as_deref(), id)?,
             None => format!("agt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -500,11 +598,8 @@ impl Delegation {
         if let Some(m) = &self.metrics {
             m.revoked(event, ids.len());
         }
-        for i in &ids {
-            if let Some(a) = snap.agents.get(i) {
-                a.mark_revoked();
-            }
-        }
+        self.mark_revoked(&ids);
+        self.close_requests_of(&ids, now, event);
         Ok(ids)
     }
 
@@ -524,13 +619,193 @@ impl Delegation {
                     if let Some(m) = &self.metrics {
                         m.revoked("expired", ids.len());
                     }
-                    ids.iter()
-                        .filter_map(|i| snap.agents.get(i))
-                        .for_each(|a| a.mark_revoked());
+                    self.mark_revoked(&ids);
+                    self.close_requests_of(&ids, now, "expired");
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record an expiry"),
             }
         }
+        self.expire_requests(now);
+    }
+
+    /// Marks agents revoked in the live registry (whose agents every snapshot shares).
+    fn mark_revoked(&self, ids: &[String]) {
+        let registry = self.live.registry();
+        for id in ids {
+            if let Some(a) = registry.get(id) {
+                a.mark_revoked();
+            }
+        }
+    }
+
+    /// Makes the agents the bundle declares with a grant (`grants/<id>.cedar`) root agents:
+    /// new ones are recorded, changed grants replace the stored ones (descendants re-linked),
+    /// and agents the bundle no longer declares are revoked with their subtrees. Blocking; runs
+    /// when a bundle loads, before the re-proof.
+    pub fn sync_bundle_agents(&self, bundle: &crate::bundle::Bundle, now: i64) {
+        let registry = self.live.registry();
+        for (id, grant) in &bundle.grants {
+            let digest = Grant::parse(grant).map(|g| g.digest()).unwrap_or_default();
+            match registry.get(id) {
+                Some(a) if a.row.created_by != BUNDLE_CREATOR => {
+                    tracing::error!(agent = %id, "the bundle ships a grant for an agent deputy created; ignoring it");
+                }
+                Some(a) if a.row.grant == *grant && !a.is_revoked() => {}
+                Some(a) if !a.is_revoked() => {
+                    let audit = vec![AuditEvent {
+                        event: "grant_replaced",
+                        actor: BUNDLE_CREATOR.to_owned(),
+                        agent: Some(id.clone()),
+                        details: json!({"grant_digest": digest, "policy_version": bundle.version}),
+                    }];
+                    let updates = [(id.clone(), grant.clone(), digest.clone())];
+                    if let Err(e) = self.store.update_grants(&updates, now, audit, None) {
+                        tracing::error!(agent = %id, error = %e, "cannot record a bundle grant change");
+                        continue;
+                    }
+                    if let Err(e) = self
+                        .live
+                        .update_registry(|r| r.with_grant(id, grant, &digest).map_err(|e| e.to_string()))
+                    {
+                        tracing::error!(agent = %id, error = %e, "cannot apply a bundle grant change");
+                    }
+                }
+                // Revoked earlier (removed from a previous bundle): it stays revoked.
+                Some(_) => {}
+                None => self.insert_bundle_agent(bundle, id, grant, &digest, now),
+            }
+        }
+        let removed: Vec<String> = registry
+            .iter()
+            .filter(|a| a.row.created_by == BUNDLE_CREATOR && !a.is_revoked() && !bundle.grants.contains_key(&a.row.id))
+            .map(|a| a.row.id.clone())
+            .collect();
+        for id in removed {
+            let ids = registry.subtree(&id);
+            let details = json!({"root": id, "cascade": ids, "policy_version": bundle.version});
+            match self.store.revoke(
+                &ids,
+                now,
+                "removed from the bundle",
+                "revoked",
+                BUNDLE_CREATOR,
+                &details,
+            ) {
+                Ok(_) => {
+                    self.mark_revoked(&ids);
+                    self.close_requests_of(&ids, now, "revoked");
+                }
+                Err(e) => tracing::error!(agent = %id, error = %e, "cannot revoke an agent the bundle dropped"),
+            }
+        }
+    }
+
+    fn insert_bundle_agent(&self, bundle: &crate::bundle::Bundle, id: &str, grant: &str, digest: &str, now: i64) {
+        let attr = |name: &str| -> Option<cedar_policy::EvalResult> {
+            let uid = agent_uid(id).ok()?;
+            bundle.entities.get(&uid)?.attr(name)?.ok()
+        };
+        let long = |name: &str| match attr(name) {
+            Some(cedar_policy::EvalResult::Long(l)) => l,
+            _ => 0,
+        };
+        let row = AgentRow {
+            id: id.to_owned(),
+            parent: None,
+            depth: long("depth"),
+            can_delegate: matches!(attr("can_delegate"), Some(cedar_policy::EvalResult::Bool(true))),
+            ceiling: long("ceiling"),
+            taint: 0,
+            grant: grant.to_owned(),
+            grant_digest: digest.to_owned(),
+            credential_hash: String::new(),
+            task: "declared in the bundle".to_owned(),
+            reason: String::new(),
+            created_by: BUNDLE_CREATOR.to_owned(),
+            created_at: now,
+            expires_at: BUNDLE_AGENT_EXPIRY,
+            revoked_at: None,
+            revoked_reason: None,
+            bundle_version: bundle.version.clone(),
+            proof: json!({"verdict": "not_required", "reason": "shipped in the bundle by the admin"}),
+        };
+        let audit = AuditEvent {
+            event: "applied",
+            actor: BUNDLE_CREATOR.to_owned(),
+            agent: Some(id.to_owned()),
+            details: json!({"grant_digest": digest, "policy_version": bundle.version, "source": "grants/"}),
+        };
+        if let Err(e) = self.store.insert_agent(&row, now, audit) {
+            tracing::error!(agent = %id, error = %e, "cannot record an agent the bundle declares");
+            return;
+        }
+        if let Err(e) = self
+            .live
+            .update_registry(|r| r.with(row.clone()).map_err(|e| e.to_string()))
+        {
+            tracing::error!(agent = %id, error = %e, "cannot load an agent the bundle declares");
+        }
+    }
+
+    /// Re-proves every live child's grant against its parent's under the serving bundle and
+    /// reports the ones that no longer fit (log, audit, `/v1/status`). Blocking; runs when a
+    /// bundle loads.
+    pub fn reprove_all(&self, now: i64) {
+        let Some(snap) = self.live.current() else { return };
+        let mut found = Vec::new();
+        for agent in snap.agents.iter().filter(|a| a.is_live(now)) {
+            let Some(parent) = agent.row.parent.as_ref().and_then(|p| snap.agents.get(p)) else {
+                continue;
+            };
+            let result = Grant::parse(&agent.row.grant).and_then(|child| {
+                let parent_grant = Grant::parse(&parent.row.grant)?;
+                let opts = ProveOptions {
+                    child_principal: Some(agent.uid.clone()),
+                    ..ProveOptions::default()
+                };
+                prover::prove(&child, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
+            });
+            let (verdict, detail) = match result {
+                Ok(Verdict::Within(_)) => continue,
+                Ok(v) => (v.name().to_owned(), serde_json::to_value(&v).unwrap_or(Value::Null)),
+                Err(e) => ("invalid".to_owned(), json!(e.to_string())),
+            };
+            found.push(Drift {
+                agent: agent.row.id.clone(),
+                parent: parent.row.id.clone(),
+                policy_version: snap.bundle.version.clone(),
+                verdict,
+                detail,
+            });
+        }
+        for d in &found {
+            tracing::warn!(agent = %d.agent, parent = %d.parent, verdict = %d.verdict, version = %d.policy_version,
+                "a live grant no longer proves within its parent's under the new bundle; the chain intersection still bounds it");
+            let audit = AuditEvent {
+                event: "drift",
+                actor: "deputy".to_owned(),
+                agent: Some(d.agent.clone()),
+                details: json!({"parent": d.parent, "verdict": d.verdict, "policy_version": d.policy_version}),
+            };
+            if let Err(e) = self.store.audit(now, audit) {
+                tracing::error!(error = %e, "cannot record drift");
+            }
+        }
+        if let Ok(mut drift) = self.drift.lock() {
+            *drift = found;
+        }
+    }
+
+    /// The drift found at the last re-proof.
+    pub fn drift(&self) -> Vec<Drift> {
+        self.drift.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// How many agents are live now.
+    pub fn live_agents(&self, now: i64) -> usize {
+        self.live
+            .current()
+            .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count())
     }
 
     /// Persists a raised taint (best effort: the in-memory taint already holds).
@@ -566,7 +841,24 @@ impl Delegation {
     }
 }
 
-fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Result<String, DelegationError> {
+impl Delegation {
+    pub(super) fn check_grant_size(&self, grant: &str) -> Result<(), DelegationError> {
+        if grant.len() > self.limits.max_grant_bytes {
+            return Err(DelegationError::new(
+                413,
+                "grant_too_large",
+                format!(
+                    "`grant` is {} bytes; the limit is {}",
+                    grant.len(),
+                    self.limits.max_grant_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Result<String, DelegationError> {
     let valid = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid {
         return Err(DelegationError::new(
@@ -593,7 +885,7 @@ fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Resu
     Ok(id.to_owned())
 }
 
-fn grant_error(e: &prover::GrantError) -> DelegationError {
+pub(super) fn grant_error(e: &prover::GrantError) -> DelegationError {
     DelegationError::new(400, "grant_invalid", format!("`grant`: {e}"))
 }
 

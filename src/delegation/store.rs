@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS agents (
   taint INTEGER NOT NULL,
   grant_text TEXT NOT NULL,
   grant_digest TEXT NOT NULL,
+  grant_version INTEGER NOT NULL DEFAULT 1,
   credential_hash TEXT NOT NULL,
   task TEXT NOT NULL,
   reason TEXT NOT NULL,
@@ -107,7 +108,38 @@ CREATE TABLE IF NOT EXISTS audit (
   hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent);
+CREATE TABLE IF NOT EXISTS permission_requests (
+  id TEXT PRIMARY KEY,
+  requester TEXT NOT NULL REFERENCES agents(id),
+  approver TEXT NOT NULL,
+  grant_text TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  history TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_approver ON permission_requests(approver, status);
 ";
+
+/// A request for more permission, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct PermissionRow {
+    pub id: String,
+    pub requester: String,
+    /// The agent id who decides now, or `admin` for a human with the admin credential.
+    pub approver: String,
+    pub grant: String,
+    pub reason: String,
+    /// `pending`, `approved`, `denied`, `withdrawn`, `expired` or `closed`.
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub updated_at: i64,
+    /// Every step so far: proofs, escalations, the decision.
+    pub history: Vec<serde_json::Value>,
+}
 
 impl Store {
     /// Opens (creating if needed) the state database at `path`.
@@ -131,6 +163,17 @@ impl Store {
             ))));
         }
         Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// Caps the database size; past it, writes fail with "database or disk is full" and the
+    /// transaction is rolled back whole.
+    pub fn limit_size(&self, mib: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX) / page_size.max(1);
+            let _: i64 = c.query_row(&format!("PRAGMA max_page_count = {}", pages.max(1)), [], |r| r.get(0))?;
+            Ok(())
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
@@ -220,6 +263,78 @@ impl Store {
             }
             tx.commit()?;
             Ok(out)
+        })
+    }
+
+    /// Replaces the grants of several agents (an approval extends every grant on a path) and
+    /// records the change, atomically. `grants` holds (agent id, new grant, its digest).
+    pub fn update_grants(
+        &self,
+        grants: &[(String, String, String)],
+        now: i64,
+        audit: Vec<AuditEvent>,
+        request: Option<&PermissionRow>,
+    ) -> Result<Vec<AuditRecord>, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (id, grant, digest) in grants {
+                tx.execute(
+                    "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 WHERE id = ?3",
+                    params![grant, digest, id],
+                )?;
+            }
+            if let Some(r) = request {
+                save_request(&tx, r)?;
+            }
+            let mut out = Vec::new();
+            for ev in audit {
+                out.push(append(&tx, now, ev)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Inserts or updates a permission request, with an audit record, atomically.
+    pub fn save_request(&self, r: &PermissionRow, now: i64, audit: AuditEvent) -> Result<AuditRecord, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            save_request(&tx, r)?;
+            let rec = append(&tx, now, audit)?;
+            tx.commit()?;
+            Ok(rec)
+        })
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
+                 FROM permission_requests WHERE id = ?1",
+                params![id],
+                request_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Requests, newest last, filtered by approver, requester and status.
+    pub fn requests(
+        &self,
+        approver: Option<&str>,
+        requester: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<PermissionRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
+                 FROM permission_requests WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR requester = ?2) \
+                 AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id",
+            )?;
+            let rows = stmt
+                .query_map(params![approver, requester, status], request_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
     }
 
@@ -316,6 +431,47 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<Au
         details: ev.details,
         prev_hash: prev,
         hash,
+    })
+}
+
+fn save_request(tx: &rusqlite::Transaction<'_>, r: &PermissionRow) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO permission_requests (id, requester, approver, grant_text, reason, status, created_at, expires_at, \
+         updated_at, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO UPDATE SET \
+         approver = excluded.approver, status = excluded.status, updated_at = excluded.updated_at, history = excluded.history",
+        params![
+            r.id,
+            r.requester,
+            r.approver,
+            r.grant,
+            r.reason,
+            r.status,
+            r.created_at,
+            r.expires_at,
+            r.updated_at,
+            serde_json::Value::Array(r.history.clone()).to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
+    let history: String = r.get(9)?;
+    let history = match serde_json::from_str(&history) {
+        Ok(serde_json::Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    Ok(PermissionRow {
+        id: r.get(0)?,
+        requester: r.get(1)?,
+        approver: r.get(2)?,
+        grant: r.get(3)?,
+        reason: r.get(4)?,
+        status: r.get(5)?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        history,
     })
 }
 

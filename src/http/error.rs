@@ -16,7 +16,7 @@ pub struct ApiError {
     pub help: Option<String>,
     /// Further fields of the error body (a counterexample, the policies that denied).
     #[serde(flatten)]
-    pub details: serde_json::Map<String, serde_json::Value>,
+    pub details: Box<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl From<crate::delegation::DelegationError> for ApiError {
@@ -38,7 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             help: None,
-            details: serde_json::Map::new(),
+            details: Box::default(),
         }
     }
 
@@ -99,7 +99,7 @@ impl From<RequestError> for ApiError {
             code: e.code,
             message: e.message,
             help: e.help,
-            details: serde_json::Map::new(),
+            details: Box::default(),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Routing and handlers. Each request loads the serving bundle once and decides against it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +20,25 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::{self, Api};
 
 const REQUEST_ID: &str = "x-request-id";
+/// Batches up to this many items are decided inline; larger ones on the blocking pool.
+const INLINE_BATCH: usize = 32;
 const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
+const REQUESTS_PREFIX: &str = "/v1/permission-requests/";
+const AGENTS_PREFIX: &str = "/v1/agents/";
+const CAPABILITIES_SUFFIX: &str = "/capabilities";
 const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
 
-pub async fn handle(
-    state: Arc<AppState>,
-    _peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let request_id = req
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        .map_or_else(new_request_id, str::to_owned);
     let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers());
     let routed = telemetry::scoped(&state.obs, trace_id, &request_id, route(&state, req));
     let mut response = match routed.instrument(span.clone()).await {
@@ -72,7 +72,19 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/v1/authorize/batch", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
-            authorize_batch(&snap, &body, state.config.max_batch)
+            let max = state.config.max_batch;
+            // A large batch is many decisions in a row: keep it off the async workers.
+            if body
+                .get("requests")
+                .and_then(Value::as_array)
+                .is_some_and(|r| r.len() > INLINE_BATCH)
+            {
+                tokio::task::spawn_blocking(telemetry::carry(move || authorize_batch(&snap, &body, max)))
+                    .await
+                    .map_err(ApiError::internal)?
+            } else {
+                authorize_batch(&snap, &body, max)
+            }
         }
         ("/access/v1/evaluation", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
@@ -81,7 +93,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/access/v1/evaluations", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
-            let response = match authzen::evaluate_batch(&snap, &body, state.config.max_batch, now())? {
+            let max = state.config.max_batch;
+            let large = body
+                .get("evaluations")
+                .and_then(Value::as_array)
+                .is_some_and(|e| e.len() > INLINE_BATCH);
+            let batch = if large {
+                let s = Arc::clone(&snap);
+                tokio::task::spawn_blocking(telemetry::carry(move || authzen::evaluate_batch(&s, &body, max, now())))
+                    .await
+                    .map_err(ApiError::internal)??
+            } else {
+                authzen::evaluate_batch(&snap, &body, max, now())?
+            };
+            let response = match batch {
                 authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
                 authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
             };
@@ -89,6 +114,25 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         ("/v1/delegations", &Method::POST) => delegations::create(state, req).await,
         ("/v1/audit", &Method::GET) => delegations::audit(state, req).await,
+        ("/v1/permission-requests", &Method::POST) => delegations::request_permission(state, req).await,
+        ("/v1/permission-requests", &Method::GET) => delegations::list_requests(state, req).await,
+        (p, m) if p.starts_with(REQUESTS_PREFIX) => {
+            let id = p.get(REQUESTS_PREFIX.len()..).unwrap_or("").to_owned();
+            match *m {
+                _ if id.is_empty() || id.contains('/') => Err(ApiError::not_found(&path)),
+                Method::GET => delegations::get_request(state, req, id).await,
+                Method::POST => delegations::decide_request(state, req, id).await,
+                Method::DELETE => delegations::withdraw_request(state, req, id).await,
+                _ => Err(ApiError::method_not_allowed(&method, &path)),
+            }
+        }
+        (p, &Method::GET) if p.starts_with(AGENTS_PREFIX) && p.ends_with(CAPABILITIES_SUFFIX) => {
+            let id = p
+                .get(AGENTS_PREFIX.len()..p.len() - CAPABILITIES_SUFFIX.len())
+                .unwrap_or("")
+                .to_owned();
+            delegations::capabilities(state, &req, &id).await
+        }
         (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
             let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
             match (rest.split_once('/'), m) {
@@ -115,7 +159,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | "/access/v1/evaluation"
             | "/access/v1/evaluations"
             | "/v1/delegations"
-            | "/v1/audit",
+            | "/v1/audit"
+            | "/v1/permission-requests",
             _,
         ) => Err(ApiError::method_not_allowed(&method, &path)),
         _ => Err(ApiError::not_found(&path)),
@@ -128,6 +173,16 @@ async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc
     let body = read_json(req, state.config.max_body_bytes).await?;
     let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     Ok((snap, body))
+}
+
+/// A request id unique to this process run: a random prefix drawn once, and a counter (no
+/// system call per request).
+fn new_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n:016x}", *PREFIX)
 }
 
 /// Writes a raised taint to the state store in the background; the in-memory taint already
@@ -209,6 +264,8 @@ struct DecisionBody<'a> {
     errors: &'a [authorize::PolicyError],
     #[serde(skip_serializing_if = "Option::is_none")]
     denied_by: Option<&'a crate::delegation::DeniedBy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needed: Option<&'a authorize::Needed>,
     policy_version: &'a str,
 }
 
@@ -219,6 +276,7 @@ fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
         reasons: &d.reasons,
         errors: &d.errors,
         denied_by: o.denied_by.as_ref(),
+        needed: o.needed.as_ref(),
         policy_version: &snap.bundle.version,
     }
 }
@@ -261,6 +319,13 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response
 }
 
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
+    if let Some(e) = &state.state_error {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("the delegation state cannot be opened: {e}"),
+        ));
+    }
     match state.store.current() {
         Some(b) => Ok(json_response(
             StatusCode::OK,
@@ -286,6 +351,11 @@ fn status(state: &AppState) -> Response<Body> {
             "files": b.files,
         })),
         "last_reload": state.store.last_reload(),
+        "state_error": state.state_error,
+        "delegation": state.delegation.as_ref().map(|d| json!({
+            "live_agents": d.live_agents(now()),
+            "drift": d.drift(),
+        })),
         "reloads": { "ok": ok, "failed": failed },
     });
     json_response(StatusCode::OK, &body)

@@ -65,6 +65,19 @@ pub async fn scoped<F: Future>(
     REQUEST.scope(scope, fut).await
 }
 
+/// Wraps `f` to run elsewhere (on the blocking pool) inside the current request's scope and
+/// span, so decisions made there are counted, logged and traced like the others.
+pub fn carry<T>(f: impl FnOnce() -> T + Send) -> impl FnOnce() -> T + Send {
+    let scope = REQUEST.try_with(Clone::clone).ok();
+    let span = Span::current();
+    move || {
+        span.in_scope(|| match scope {
+            Some(scope) => REQUEST.sync_scope(scope, f),
+            None => f(),
+        })
+    }
+}
+
 /// `authorize::decide`, observed: an `authorize` span with the decision's attributes, the
 /// decision metrics and, when configured, a decision log line.
 pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outcome, RequestError> {
@@ -226,8 +239,11 @@ fn bound(d: &DeniedBy) -> &'static str {
     match d {
         DeniedBy::Admin { .. } => "admin",
         DeniedBy::Grant { .. } => "grant",
+        DeniedBy::Ceiling { .. } => "ceiling",
+        DeniedBy::Taint { .. } => "taint",
         DeniedBy::Revoked => "revoked",
         DeniedBy::Expired => "expired",
+        DeniedBy::StateUnavailable => "state_unavailable",
     }
 }
 

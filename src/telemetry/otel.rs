@@ -171,15 +171,25 @@ fn route_template(path: &str) -> &str {
         "/access/v1/evaluations",
         "/v1/delegations",
         "/v1/audit",
+        "/v1/permission-requests",
     ];
     if let Some(r) = ROUTES.iter().find(|r| **r == path) {
         return r;
     }
-    match path.strip_prefix("/v1/delegations/") {
-        Some(rest) if rest.ends_with("/complete") => "/v1/delegations/{id}/complete",
-        Some(_) => "/v1/delegations/{id}",
-        None => "unknown",
+    if let Some(rest) = path.strip_prefix("/v1/delegations/") {
+        return if rest.ends_with("/complete") {
+            "/v1/delegations/{id}/complete"
+        } else {
+            "/v1/delegations/{id}"
+        };
     }
+    if path.starts_with("/v1/permission-requests/") {
+        return "/v1/permission-requests/{id}";
+    }
+    if path.starts_with("/v1/agents/") && path.ends_with("/capabilities") {
+        return "/v1/agents/{id}/capabilities";
+    }
+    "unknown"
 }
 
 #[cfg(test)]
@@ -193,6 +203,14 @@ mod tests {
         assert_eq!(
             route_template("/v1/delegations/agt-1/complete"),
             "/v1/delegations/{id}/complete"
+        );
+        assert_eq!(
+            route_template("/v1/permission-requests/req-1"),
+            "/v1/permission-requests/{id}"
+        );
+        assert_eq!(
+            route_template("/v1/agents/a/capabilities"),
+            "/v1/agents/{id}/capabilities"
         );
         assert_eq!(route_template("/etc/passwd"), "unknown");
     }

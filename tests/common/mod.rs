@@ -33,6 +33,10 @@ pub struct Options {
     /// Delegation state directory; `None` disables delegation.
     pub state: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub agent_tokens: std::collections::HashMap<String, String>,
+    pub listen_unix: Option<PathBuf>,
+    pub max_connections: usize,
+    pub limits: deputy::delegation::Limits,
     pub decision_log: Option<deputy::telemetry::DecisionLogConfig>,
 }
 
@@ -47,6 +51,10 @@ impl Default for Options {
             max_batch: 1000,
             state: None,
             admin_token: None,
+            agent_tokens: std::collections::HashMap::new(),
+            listen_unix: None,
+            max_connections: 1024,
+            limits: deputy::delegation::Limits::default(),
             decision_log: None,
         }
     }
@@ -85,7 +93,7 @@ impl TestServer {
                 max_body_bytes: opts.max_body_bytes,
                 max_batch: opts.max_batch,
                 header_read_timeout: Duration::from_secs(2),
-                max_connections: 1024,
+                max_connections: opts.max_connections,
             },
             watch: opts.watch.then(|| WatchOptions {
                 debounce: Duration::from_millis(100),
@@ -94,6 +102,9 @@ impl TestServer {
             drain: Duration::from_secs(1),
             state: opts.state.clone(),
             admin_token: opts.admin_token.clone(),
+            agent_tokens: opts.agent_tokens.clone(),
+            listen_unix: opts.listen_unix.clone(),
+            limits: opts.limits.clone(),
             observe: deputy::telemetry::ObserveConfig {
                 decision_log: opts.decision_log.clone(),
             },
@@ -252,4 +263,16 @@ pub fn get_as(s: &TestServer, token: &str, path: &str) -> Resp {
 pub fn delete_as(s: &TestServer, token: &str, path: &str) -> Resp {
     let auth = format!("Bearer {token}");
     s.request("DELETE", path, &[("Authorization", &auth)], None)
+}
+
+/// A JSON POST with `Authorization: Bearer <token>`.
+pub fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let auth = format!("Bearer {token}");
+    s.request(
+        "POST",
+        path,
+        &[("Content-Type", "application/json"), ("Authorization", &auth)],
+        Some(&bytes),
+    )
 }
