@@ -105,10 +105,13 @@ const CONDITIONS: &[&str] = &[
     "when { resource in principal.home }",
 ];
 
+/// A user: (in the store, `level`, groups, `home` folder).
+type UserSpec = (bool, Option<i64>, Vec<usize>, Option<usize>);
+
 #[derive(Debug, Clone)]
 struct StoreSpec {
     /// For each user: (in store, level, groups, home folder).
-    users: Vec<(bool, Option<i64>, Vec<usize>, Option<usize>)>,
+    users: Vec<UserSpec>,
     /// For each group: parent groups with a higher index (acyclic).
     groups: Vec<Vec<usize>>,
     /// For each doc: (in store, level, folders).

@@ -190,7 +190,7 @@ impl PolicyIndex {
         policies: &PolicySet,
         entities: &Entities,
         descendants: &HashMap<EntityUid, Vec<EntityUid>>,
-    ) -> Result<(), cedar_policy::PolicySetError> {
+    ) -> Result<(), Box<cedar_policy::PolicySetError>> {
         for p in policies.policies() {
             let key = key_of(p);
             let actions: Vec<EntityUid> = match p.action_constraint() {
@@ -285,7 +285,7 @@ fn self_and_ancestors<'e>(entities: &'e Entities, uid: &'e EntityUid) -> Vec<&'e
 }
 
 impl Slices {
-    fn insert(&mut self, key: Key, p: &Policy, from: &PolicySet) -> Result<(), cedar_policy::PolicySetError> {
+    fn insert(&mut self, key: Key, p: &Policy, from: &PolicySet) -> Result<(), Box<cedar_policy::PolicySetError>> {
         let set = match key {
             Key::PrincipalEq(u) => self.principal_eq.entry(u).or_default(),
             Key::ResourceEq(u) => self.resource_eq.entry(u).or_default(),
@@ -335,16 +335,16 @@ impl Slices {
 
 /// Adds `p` to `set` under its own id: a static policy as is (sharing its AST), a linked one as
 /// a link of its template (added to `set` once) with the same values.
-fn add(set: &mut PolicySet, p: &Policy, from: &PolicySet) -> Result<(), cedar_policy::PolicySetError> {
+fn add(set: &mut PolicySet, p: &Policy, from: &PolicySet) -> Result<(), Box<cedar_policy::PolicySetError>> {
     let (Some(template_id), Some(values)) = (p.template_id(), p.template_links()) else {
-        return set.add(p.clone());
+        return set.add(p.clone()).map_err(Box::new);
     };
     if set.template(template_id).is_none() {
         if let Some(t) = from.template(template_id) {
-            set.add_template(t.clone())?;
+            set.add_template(t.clone()).map_err(Box::new)?;
         }
     }
-    set.link(template_id.clone(), p.id().clone(), values)
+    set.link(template_id.clone(), p.id().clone(), values).map_err(Box::new)
 }
 
 #[cfg(test)]
