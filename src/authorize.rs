@@ -2,6 +2,7 @@
 //! and decide it against one immutable bundle. Pure and synchronous; the HTTP layer calls it.
 
 mod capabilities;
+mod index;
 mod request;
 
 use std::sync::LazyLock;
@@ -17,6 +18,7 @@ use crate::delegation::{DeniedBy, Guard, LiveAgent, AGENT_TYPE};
 use crate::snapshot::Snapshot;
 
 pub use capabilities::{capabilities, Capabilities};
+pub use index::{IndexStats, PolicyIndex};
 pub use request::{parse_context, parse_uid, EntityRef, Fields, RequestError};
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
@@ -39,15 +41,80 @@ pub struct PolicyError {
 /// Decides `request` against the bundle's policies and entities. Never fails: evaluation
 /// errors are reported in `errors` and, as in Cedar, an erring policy does not apply.
 pub fn authorize(bundle: &Bundle, request: &Request) -> Decision {
-    evaluate(&bundle.policies, &bundle.entities, request)
+    bundle.admin().evaluate(&bundle.entities, request)
 }
 
-/// Decides `request` against any policy set and entity store.
+/// A policy set with its index: evaluates only the slices that can apply to a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Indexed<'a> {
+    pub policies: &'a PolicySet,
+    pub index: &'a PolicyIndex,
+}
+
+impl Indexed<'_> {
+    /// Decides `request` exactly as [`evaluate`] over the whole set would.
+    pub fn evaluate(&self, entities: &Entities, request: &Request) -> Decision {
+        evaluate_indexed(self.policies, self.index, entities, request)
+    }
+}
+
+/// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
     let response = AUTHORIZER.is_authorized(request, policies, entities);
     let mut reasons: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
     reasons.sort();
-    let mut errors: Vec<PolicyError> = response
+    let mut errors = policy_errors(&response);
+    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Decision {
+        allow: response.decision() == CedarDecision::Allow,
+        reasons,
+        errors,
+    }
+}
+
+/// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
+/// combines policies; `policies` (the set `index` was built from) when the index declines.
+///
+/// INVARIANT: the slices are disjoint and hold every policy whose scope matches (see
+/// `index`), and a slice decides Deny with its satisfied forbids as reasons, or Deny with no
+/// reasons (nothing satisfied), or Allow with its satisfied permits. So over all slices: any
+/// satisfied forbid denies with every satisfied forbid as reasons; else any Allow allows with
+/// every satisfied permit; else Deny with none. Errors are every slice's errors.
+pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &Entities, request: &Request) -> Decision {
+    let (Some(principal), Some(action), Some(resource)) = (request.principal(), request.action(), request.resource())
+    else {
+        return evaluate(policies, entities, request);
+    };
+    let Some(slices) = index.slices(entities, principal, action, resource) else {
+        return evaluate(policies, entities, request);
+    };
+    if let [one] = slices.as_slice() {
+        return evaluate(one, entities, request);
+    }
+    let mut permits = Vec::new();
+    let mut forbids = Vec::new();
+    let mut any_allow = false;
+    let mut errors = Vec::new();
+    for set in slices {
+        let response = AUTHORIZER.is_authorized(request, set, entities);
+        errors.extend(policy_errors(&response));
+        let reasons = response.diagnostics().reason().map(PolicyId::to_string);
+        if response.decision() == CedarDecision::Allow {
+            any_allow = true;
+            permits.extend(reasons);
+        } else {
+            forbids.extend(reasons);
+        }
+    }
+    let allow = any_allow && forbids.is_empty();
+    let mut reasons = if allow { permits } else { forbids };
+    reasons.sort();
+    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Decision { allow, reasons, errors }
+}
+
+fn policy_errors(response: &cedar_policy::Response) -> Vec<PolicyError> {
+    response
         .diagnostics()
         .errors()
         .map(|e| {
@@ -57,13 +124,7 @@ pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) ->
                 message: e.inner().to_string(),
             }
         })
-        .collect();
-    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Decision {
-        allow: response.decision() == CedarDecision::Allow,
-        reasons,
-        errors,
-    }
+        .collect()
 }
 
 /// The parts of one request, as read from the wire.
@@ -170,7 +231,7 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
             &parts.context_field,
         )?;
         return Ok(Outcome {
-            decision: evaluate(&bundle.policies, snap.entities(), &request),
+            decision: bundle.admin().evaluate(snap.entities(), &request),
             denied_by: None,
             agent: None,
             taint_raised_to: None,
@@ -212,7 +273,7 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         role: bundle.taint_roles.get(&action_uid).copied(),
         classification: classification(snap.entities(), &resource_uid),
     };
-    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, guard, now);
+    let chain = crate::delegation::decide(bundle.admin(), snap.entities(), &agent, &request, guard, now);
     let mut taint_raised_to = None;
     if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
         if let Some(level) = guard.classification {

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
 
+use crate::authorize::{Indexed, PolicyIndex};
+
 pub use problem::{BundleError, Problem};
 pub use store::{BundleStore, ReloadOutcome, ReloadStatus};
 pub use watch::{spawn_watcher, WatchOptions};
@@ -57,6 +59,8 @@ pub struct PolicySource {
 pub struct Bundle {
     pub schema: Schema,
     pub policies: PolicySet,
+    /// `policies` cut into slices by scope, so a request evaluates only what can apply to it.
+    pub index: PolicyIndex,
     pub entities: Entities,
     pub sources: HashMap<PolicyId, PolicySource>,
     /// AuthZEN action name -> action uid; `None` when the name is ambiguous across namespaces.
@@ -79,5 +83,13 @@ impl Bundle {
     /// Loads and validates the bundle at `dir`. Blocking: run it off the async threads.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         load::load(dir, opts)
+    }
+
+    /// The admin policies with their index, for deciding requests.
+    pub fn admin(&self) -> Indexed<'_> {
+        Indexed {
+            policies: &self.policies,
+            index: &self.index,
+        }
     }
 }

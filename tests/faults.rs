@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{copy_bundle, get_as, post_as, repo_root, wait_until, Options, Resp, TestServer};
 use deputy::delegation::Limits;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ADMIN: &str = "admin-token-for-fault-tests-0123";
 const GRANT: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::problem::{BundleError, Problem};
 use super::{Bundle, LoadOptions, PolicySource, TaintRole};
+use crate::authorize::PolicyIndex;
 
 /// Sub-directories of a bundle and the file endings read from each.
 const SCHEMA_DIR: &str = "schema";
@@ -103,9 +104,11 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     match entities {
         Some(entities) if problems.is_empty() => {
             let actions_by_name = actions_by_name(&schema);
+            let index = PolicyIndex::build(&policies, &entities);
             Ok(Bundle {
                 schema,
                 policies,
+                index,
                 entities,
                 sources,
                 actions_by_name,

@@ -1,11 +1,11 @@
 //! Run-time authority of an agent: the admin policies AND every grant along its chain, each
 //! linked to the acting agent. A deny says which bound denied it.
 
-use cedar_policy::{Entities, PolicySet, Request};
+use cedar_policy::{Entities, Request};
 use serde::Serialize;
 
 use super::registry::LiveAgent;
-use crate::authorize::{evaluate, Decision};
+use crate::authorize::{evaluate, Decision, Indexed};
 use crate::bundle::TaintRole;
 
 /// Which bound denied a request.
@@ -52,7 +52,7 @@ pub struct Guard {
 /// Decides `request` for a deputy-managed agent: lifetime, then ceiling and taint, then the
 /// admin policies, then each hop root to leaf; the first bound that denies answers.
 pub fn decide(
-    admin: &PolicySet,
+    admin: Indexed<'_>,
     entities: &Entities,
     agent: &LiveAgent,
     request: &Request,
@@ -77,7 +77,7 @@ pub fn decide(
             return denied(DeniedBy::Taint { classification, taint });
         }
     }
-    let admin_decision = evaluate(admin, entities, request);
+    let admin_decision = admin.evaluate(entities, request);
     if !admin_decision.allow {
         return ChainDecision {
             denied_by: Some(DeniedBy::Admin {

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use super::credential;
 use super::registry::{agent_uid, LiveAgent, Registry};
 use super::store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};
-use crate::authorize::evaluate;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::{Live, Snapshot};
 
@@ -918,7 +917,7 @@ fn delegate_decision(
             format!("the bundle's schema rejects a delegation request: {e}"),
         )
     })?;
-    let d = evaluate(&bundle.policies, snap.entities(), &request);
+    let d = bundle.admin().evaluate(snap.entities(), &request);
     if d.allow {
         return Ok(Gate::Allow);
     }

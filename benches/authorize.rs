@@ -1,0 +1,225 @@
+//! In-process authorize: full Cedar evaluation against the indexed one at 10, 1k, 10k and 100k
+//! generated policies (see `examples/bundle_gen.rs`), and memory: per 1k policies (the set and
+//! its index), and the peak while a 100k-policy bundle reloads next to the one serving.
+//!
+//! `cargo bench --bench authorize` prints a p50/p99 table of single decisions, then criterion's
+//! estimates. `-- --quick` (criterion's flag) shortens criterion's part.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../examples/bundle_gen.rs"]
+mod bundle_gen;
+
+use std::hint::black_box;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use cedar_policy::{Context, Entities, EntityUid, PolicySet, Request, Schema};
+use criterion::{BenchmarkId, Criterion};
+use deputy::authorize::{evaluate, evaluate_indexed, PolicyIndex};
+use deputy::bundle::{Bundle, LoadOptions};
+
+const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
+
+struct Fixture {
+    n: usize,
+    policies: PolicySet,
+    entities: Entities,
+    index: PolicyIndex,
+    requests: Vec<Request>,
+}
+
+fn fixture(n: usize, schema: &Schema) -> Fixture {
+    let g = bundle_gen::generate(n);
+    let policies = PolicySet::from_str(&g.policies).unwrap();
+    let entities = Entities::from_json_str(&g.entities, Some(schema)).unwrap();
+    let index = PolicyIndex::build(&policies, &entities);
+    Fixture {
+        n,
+        policies,
+        entities,
+        index,
+        requests: requests(schema),
+    }
+}
+
+/// Reads of files by every agent in the store, and some writes: what the grants are about.
+fn requests(schema: &Schema) -> Vec<Request> {
+    (0..bundle_gen::AGENTS)
+        .map(|a| {
+            let action = if a % 4 == 0 { "write" } else { "read" };
+            let context = Context::from_json_value(
+                serde_json::json!({ "n": 1 }),
+                Some((schema, &uid(&format!(r#"Action::"{action}""#)))),
+            )
+            .unwrap();
+            Request::new(
+                uid(&format!(r#"Agent::"a{a}""#)),
+                uid(&format!(r#"Action::"{action}""#)),
+                uid(&format!(r#"File::"x{}""#, a % bundle_gen::FILES)),
+                context,
+                Some(schema),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn uid(s: &str) -> EntityUid {
+    EntityUid::from_str(s).unwrap()
+}
+
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A reload at 100k policies: the serving bundle stays while the next one loads, then goes.
+fn reload_peak() {
+    let n = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    bundle_gen::write(n, dir.path()).unwrap();
+    let opts = LoadOptions {
+        validate: true,
+        require_agent_model: false,
+    };
+    let (before, _) = memory();
+    let started = Instant::now();
+    let serving = Bundle::load(dir.path(), &opts).unwrap();
+    let first_load = started.elapsed();
+    let (one, _) = memory();
+    let started = Instant::now();
+    let next = Bundle::load(dir.path(), &opts).unwrap();
+    let reload = started.elapsed();
+    let (two, peak) = memory();
+    drop(serving);
+    let (after, _) = memory();
+    println!("reload of a {n}-policy bundle (validated, indexed):");
+    println!(
+        "  load {:.2?}, reload {:.2?}; index: {:?}",
+        first_load,
+        reload,
+        next.index.stats()
+    );
+    println!(
+        "  VmRSS before {}, one bundle {} (+{}), two bundles {}, after dropping the old {}; VmHWM {}",
+        mib(before),
+        mib(one),
+        mib(one.saturating_sub(before)),
+        mib(two),
+        mib(after),
+        mib(peak)
+    );
+    drop(next);
+}
+
+/// Memory of a 100k-policy set and of its index, per 1k policies.
+fn memory_per_1k(schema: &Schema) {
+    let n = 100_000;
+    let g = bundle_gen::generate(n);
+    let entities = Entities::from_json_str(&g.entities, Some(schema)).unwrap();
+    let (start, _) = memory();
+    let policies = PolicySet::from_str(&g.policies).unwrap();
+    let (parsed, _) = memory();
+    let started = Instant::now();
+    let index = PolicyIndex::build(&policies, &entities);
+    let built = started.elapsed();
+    let (indexed, _) = memory();
+    let per_1k = |kib: u64| format!("{:.0} KiB", kib as f64 / (n / 1000) as f64);
+    println!(
+        "memory per 1k policies (at {n}): policy set {}, index {} (index built in {built:.2?})",
+        per_1k(parsed.saturating_sub(start)),
+        per_1k(indexed.saturating_sub(parsed)),
+    );
+    black_box((policies, index));
+}
+
+/// Single-decision latencies, timed one by one over rotating requests.
+fn percentiles(f: &Fixture, indexed: bool) -> (Duration, Duration, usize) {
+    let budget = Duration::from_secs(3);
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let mut allowed = 0;
+    for r in f.requests.iter().cycle() {
+        let t = Instant::now();
+        let d = if indexed {
+            evaluate_indexed(&f.policies, &f.index, &f.entities, r)
+        } else {
+            evaluate(&f.policies, &f.entities, r)
+        };
+        samples.push(t.elapsed());
+        allowed += usize::from(black_box(d).allow);
+        if (started.elapsed() > budget && samples.len() >= 20) || samples.len() >= 20_000 {
+            break;
+        }
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), allowed * 100 / samples.len())
+}
+
+fn main() {
+    let schema = Schema::from_str(bundle_gen::SCHEMA).unwrap();
+    reload_peak();
+    memory_per_1k(&schema);
+
+    let fixtures: Vec<Fixture> = SIZES.iter().map(|n| fixture(*n, &schema)).collect();
+    println!("single decisions, {} rotating requests:", fixtures[0].requests.len());
+    println!(
+        "  {:>8}  {:>12} {:>12}  {:>12} {:>12}  {:>7}  index",
+        "policies", "full p50", "full p99", "indexed p50", "indexed p99", "allowed"
+    );
+    for f in &fixtures {
+        let (fp50, fp99, fa) = percentiles(f, false);
+        let (ip50, ip99, ia) = percentiles(f, true);
+        assert_eq!(fa, ia, "full and indexed disagree on the share allowed");
+        println!(
+            "  {:>8}  {:>12.2?} {:>12.2?}  {:>12.2?} {:>12.2?}  {:>6}%  {:?}",
+            f.n,
+            fp50,
+            fp99,
+            ip50,
+            ip99,
+            ia,
+            f.index.stats()
+        );
+    }
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut group = c.benchmark_group("authorize");
+    for f in &fixtures {
+        if f.n >= 10_000 {
+            group.sample_size(10).measurement_time(Duration::from_secs(5));
+        } else {
+            group.sample_size(50).measurement_time(Duration::from_secs(3));
+        }
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("full", f.n), |b| {
+            b.iter(|| {
+                i = (i + 1) % f.requests.len();
+                evaluate(&f.policies, &f.entities, &f.requests[i])
+            })
+        });
+        group.sample_size(50).measurement_time(Duration::from_secs(3));
+        group.bench_function(BenchmarkId::new("indexed", f.n), |b| {
+            b.iter(|| {
+                i = (i + 1) % f.requests.len();
+                evaluate_indexed(&f.policies, &f.index, &f.entities, &f.requests[i])
+            })
+        });
+    }
+    group.finish();
+    c.final_summary();
+}
