@@ -27,6 +27,13 @@ pub(crate) enum Known<'w> {
     Value(&'w Value),
 }
 
+/// Why an assignment is unrealisable: the atoms involved and the store facts used.
+#[derive(Debug, Default)]
+pub(crate) struct TheoryConflict {
+    pub(crate) atoms: Vec<AtomId>,
+    pub(crate) facts: Vec<(EntityUID, EntityUID)>,
+}
+
 pub(crate) struct Theory<'e, 'w> {
     enc: &'e Encoding<'w>,
     /// Atoms about each term.
@@ -81,14 +88,37 @@ impl<'e, 'w> Theory<'e, 'w> {
         t: usize,
         a: &'a [Option<bool>],
     ) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
+        self.assigned_ids(t, a).map(|(_, atom, v)| (atom, v))
+    }
+
+    fn assigned_ids<'a>(
+        &'a self,
+        t: usize,
+        a: &'a [Option<bool>],
+    ) -> impl Iterator<Item = (AtomId, &'a Atom, bool)> + 'a {
         self.by_term
             .get(t)
             .into_iter()
             .flatten()
             .filter_map(move |id| {
                 let v = a.get(*id).copied().flatten()?;
-                Some((self.enc.atoms.get(*id)?, v))
+                Some((*id, self.enc.atoms.get(*id)?, v))
             })
+    }
+
+    /// Every assigned atom about the term and the terms it hangs from.
+    fn lineage(&self, t: usize, a: &[Option<bool>]) -> Vec<AtomId> {
+        let mut out = Vec::new();
+        let mut cur = Some(t);
+        while let Some(c) = cur {
+            out.extend(self.assigned_ids(c, a).map(|(id, _, _)| id));
+            cur = self
+                .enc
+                .terms
+                .get(c)
+                .and_then(|term| term.parent.as_ref().map(|(p, _)| *p));
+        }
+        out
     }
 
     /// What the store fixes about each term (indexed by term id).
@@ -162,13 +192,13 @@ impl<'e, 'w> Theory<'e, 'w> {
 
     /// `Err(facts)` when no world realises the assignment; `facts` are the store facts
     /// `a in b` the refutation used.
-    pub(crate) fn check(&self, a: &[Option<bool>]) -> Result<(), Vec<(EntityUID, EntityUID)>> {
+    pub(crate) fn check(&self, a: &[Option<bool>]) -> Result<(), TheoryConflict> {
         let known = self.known(a);
         let world = self.enc.world;
         for (t, term) in self.enc.terms.iter().enumerate() {
             let k = known.get(t).cloned().unwrap_or(Known::Free);
             if !matches!(k, Known::Free | Known::Absent) {
-                for (atom, v) in self.assigned(t, a) {
+                for (id, atom, v) in self.assigned_ids(t, a) {
                     if let Some(actual) = self.eval_known(atom, &k) {
                         if actual != v {
                             let mut facts = Vec::new();
@@ -177,7 +207,9 @@ impl<'e, 'w> Theory<'e, 'w> {
                                     facts.push((uid.clone(), e.clone()));
                                 }
                             }
-                            return Err(facts);
+                            let mut atoms = self.lineage(t, a);
+                            atoms.push(id);
+                            return Err(TheoryConflict { atoms, facts });
                         }
                     }
                 }
@@ -193,48 +225,64 @@ impl<'e, 'w> Theory<'e, 'w> {
             }
             match &term.ty {
                 Ty::Entity(_) => {
-                    let mut eq: Option<&EntityUID> = None;
-                    let mut pos: Vec<&EntityUID> = Vec::new();
-                    let mut neg: Vec<&EntityUID> = Vec::new();
-                    for (atom, v) in self.assigned(t, a) {
+                    let mut eq: Option<(AtomId, &EntityUID)> = None;
+                    let mut pos: Vec<(AtomId, &EntityUID)> = Vec::new();
+                    let mut neg: Vec<(AtomId, &EntityUID)> = Vec::new();
+                    for (id, atom, v) in self.assigned_ids(t, a) {
                         match atom {
                             Atom::EntEq(_, e) if v => {
-                                if eq.is_some_and(|x| x != e) {
-                                    return Err(Vec::new());
+                                if let Some((other, x)) = eq {
+                                    if x != e {
+                                        return Err(TheoryConflict {
+                                            atoms: vec![other, id],
+                                            facts: Vec::new(),
+                                        });
+                                    }
                                 }
-                                eq = Some(e);
+                                eq = Some((id, e));
                             }
-                            Atom::EntIn(_, e) if v => pos.push(e),
-                            Atom::EntIn(_, e) => neg.push(e),
+                            Atom::EntIn(_, e) if v => pos.push((id, e)),
+                            Atom::EntIn(_, e) => neg.push((id, e)),
                             _ => {}
                         }
                     }
-                    if let Some(e) = eq {
-                        if neg.contains(&e) {
-                            return Err(Vec::new());
+                    if let Some((eq_id, e)) = eq {
+                        if let Some((n, _)) = neg.iter().find(|(_, g)| *g == e) {
+                            return Err(TheoryConflict {
+                                atoms: vec![eq_id, *n],
+                                facts: Vec::new(),
+                            });
                         }
                     }
-                    for f in &pos {
-                        for g in &neg {
+                    for (fid, f) in &pos {
+                        for (gid, g) in &neg {
                             if world.store_in(f, g) {
                                 let facts = if f == g {
                                     Vec::new()
                                 } else {
                                     vec![((*f).clone(), (*g).clone())]
                                 };
-                                return Err(facts);
+                                let mut atoms = self.lineage(t, a);
+                                atoms.extend([*fid, *gid]);
+                                return Err(TheoryConflict { atoms, facts });
                             }
                         }
                     }
                 }
                 Ty::Long => {
                     if long_interval(self.assigned(t, a)).is_none() {
-                        return Err(Vec::new());
+                        return Err(TheoryConflict {
+                            atoms: self.lineage(t, a),
+                            facts: Vec::new(),
+                        });
                     }
                 }
                 Ty::Str => {
                     if !str_constraints(self.assigned(t, a)).consistent() {
-                        return Err(Vec::new());
+                        return Err(TheoryConflict {
+                            atoms: self.lineage(t, a),
+                            facts: Vec::new(),
+                        });
                     }
                 }
                 _ => {}
