@@ -31,8 +31,19 @@ pub fn linked(
     principal: &EntityUid,
     keep: impl Fn(Effect, Option<&str>) -> bool,
 ) -> PolicySet {
-    let parsed = PolicySet::from_str(src).unwrap();
     let mut out = PolicySet::new();
+    link_into(&mut out, src, prefix, principal, keep);
+    out
+}
+
+pub fn link_into(
+    out: &mut PolicySet,
+    src: &str,
+    prefix: &str,
+    principal: &EntityUid,
+    keep: impl Fn(Effect, Option<&str>) -> bool,
+) {
+    let parsed = PolicySet::from_str(src).unwrap();
     for (i, t) in parsed.templates().enumerate() {
         if !keep(t.effect(), t.annotation("delegable")) {
             continue;
@@ -51,7 +62,6 @@ pub fn linked(
             out.add(p.new_id(PolicyId::new(format!("{prefix}s{i}")))).unwrap();
         }
     }
-    out
 }
 
 fn is_forbid(e: Effect, _: Option<&str>) -> bool {
@@ -65,9 +75,7 @@ fn delegable(e: Effect, d: Option<&str>) -> bool {
 /// The child side: child policies plus the parent's forbids.
 pub fn child_side(child: &str, parent: &str, principal: &EntityUid) -> PolicySet {
     let mut set = linked(child, "c", principal, |_, _| true);
-    for p in linked(parent, "pf", principal, is_forbid).policies() {
-        set.add(p.clone()).unwrap();
-    }
+    link_into(&mut set, parent, "pf", principal, is_forbid);
     set
 }
 
