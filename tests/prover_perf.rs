@@ -1,0 +1,97 @@
+//! Rough timing of `prove` on realistic pairs (not a timed test: it only prints figures).
+//! Run: `cargo test --release --test prover_perf -- --ignored --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Instant;
+
+use cedar_policy::{Entities, Schema};
+use deputy::prover::{prove, Grant, ProveOptions, Verdict};
+use serde_json::json;
+
+const SCHEMA: &str = include_str!("fixtures/prover/schema.cedarschema");
+
+/// 10 top folders x 10 x 10 below them, plus files: about 1100 entities, 3 levels deep.
+fn store(schema: &Schema) -> Entities {
+    let mut v = Vec::new();
+    for a in 0..10 {
+        v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}")}, "attrs": {}, "parents": []}));
+        for b in 0..10 {
+            v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}")}, "attrs": {},
+                "parents": [{"type": "Folder", "id": format!("f{a}")}]}));
+            for c in 0..10 {
+                v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}/{c}")}, "attrs": {},
+                    "parents": [{"type": "Folder", "id": format!("f{a}/{b}")}]}));
+            }
+        }
+    }
+    v.push(json!({"uid": {"type": "Team", "id": "eng"}, "attrs": {}, "parents": []}));
+    Entities::from_json_value(serde_json::Value::Array(v), Some(schema)).unwrap()
+}
+
+fn parent(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let (a, b) = (i % 10, (i / 10) % 10);
+            let action = ["read", "write", "list"][i % 3];
+            let resource = if action == "write" { format!("resource is File in Folder::\"f{a}/{b}\"") } else { format!("resource in Folder::\"f{a}/{b}\"") };
+            match i % 4 {
+                0 => format!("permit(principal == ?principal, action == Action::\"{action}\", {resource});"),
+                1 => format!("permit(principal == ?principal, action == Action::\"{action}\", {resource}) when {{ context.taint <= {} }};", i % 4),
+                2 => format!("@delegable(\"false\")\npermit(principal == ?principal, action == Action::\"{action}\", {resource});"),
+                _ => format!("forbid(principal, action == Action::\"{action}\", resource in Folder::\"f{a}/{b}/9\") when {{ context.mfa == false }};"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn child(n: usize, within: bool) -> String {
+    (0..n)
+        .map(|i| {
+            // permits with no condition in the parent, or withheld ones
+            let i = if within { i * 4 } else { i * 4 + 2 };
+            let (a, b) = (i % 10, (i / 10) % 10);
+            let action = ["read", "write", "list"][i % 3];
+            let c = i % 10;
+            let resource = if action == "write" { format!("resource is File in Folder::\"f{a}/{b}/{}\"", c % 10) } else { format!("resource in Folder::\"f{a}/{b}/{}\"", c % 10) };
+            let cond = "";
+            format!("permit(principal == ?principal, action == Action::\"{action}\", {resource}){cond};")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+#[ignore = "prints timings; run in release with --ignored --nocapture"]
+fn timings() {
+    let schema: Schema = SCHEMA.parse().unwrap();
+    let entities = store(&schema);
+    for (pn, cn) in [(20, 5), (100, 10), (300, 20)] {
+        let p = Grant::parse(&parent(pn)).unwrap();
+        for within in [true, false] {
+            let c = Grant::parse(&child(cn, within)).unwrap();
+            let mut times = Vec::new();
+            let mut verdict = String::new();
+            for _ in 0..50 {
+                let t = Instant::now();
+                let v = prove(&c, &p, &schema, &entities, &ProveOptions::default()).unwrap();
+                times.push(t.elapsed());
+                verdict = v.name().to_owned();
+                if let Verdict::Inconclusive(i) = &v {
+                    println!("{i:?}");
+                }
+            }
+            times.sort();
+            let t = Instant::now();
+            for _ in 0..50 {
+                deputy::prover::validate_grant(&p, &schema).unwrap();
+            }
+            let validation = t.elapsed() / 50;
+            println!(
+                "parent {pn:>3} / child {cn:>2} / {verdict:<12}: p50 {:?}  p95 {:?} (parent validation alone {validation:?})",
+                times[times.len() / 2],
+                times[times.len() * 95 / 100]
+            );
+        }
+    }
+}
