@@ -34,7 +34,7 @@ pub use error::{
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
 
-use encode::{Encoding, Env, Ty};
+use encode::{Atom, Encoding, Env, Ty};
 use formula::Formula;
 use grant::{validate_with, GrantPolicy};
 use model::{concretize, Replayer};
@@ -206,7 +206,7 @@ impl<'a> Prover<'a> {
             let mut permits: Vec<(usize, Formula)> = Vec::new();
             for (j, p) in self.child_permits.iter().enumerate() {
                 if enc.scope_applies(p) {
-                    let f = enc.policy(p);
+                    let f = enc.policy(p, "child");
                     if f != Formula::False {
                         permits.push((j, f));
                     }
@@ -218,7 +218,7 @@ impl<'a> Prover<'a> {
             let mut base: Vec<Constraint> = Vec::new();
             for (i, p) in self.child_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
-                    let f = enc.policy(p);
+                    let f = enc.policy(p, "child");
                     base.push(Constraint {
                         formula: f.not(),
                         origin: Origin::ChildForbid(i),
@@ -227,7 +227,7 @@ impl<'a> Prover<'a> {
             }
             for (i, p) in self.parent_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
-                    let f = enc.policy(p);
+                    let f = enc.policy(p, "parent");
                     base.push(Constraint {
                         formula: f.not(),
                         origin: Origin::ParentForbid(i),
@@ -259,7 +259,7 @@ impl<'a> Prover<'a> {
                         let f = match parent_formulas.get(l).cloned().flatten() {
                             Some(f) => f,
                             None => {
-                                let f = enc.policy(p);
+                                let f = enc.policy(p, "parent");
                                 if let Some(s) = parent_formulas.get_mut(l) {
                                     *s = Some(f.clone());
                                 }
@@ -346,6 +346,7 @@ impl<'a> Prover<'a> {
         let (max_steps, max_candidates) = (self.opts.max_steps, self.opts.max_candidates);
         let replayer = self.replayer(replayers, &enc.env.child)?;
         let mut found = None;
+        let mut blamed: BTreeSet<usize> = BTreeSet::new();
         let mut search = Search::new(enc, constraints, max_steps, max_candidates);
         let outcome = search.run(&mut |enc, assignment| {
             let replayed = concretize(enc, assignment)
@@ -355,7 +356,15 @@ impl<'a> Prover<'a> {
                     found = Some(cx);
                     ModelVerdict::Accept
                 }
-                None => ModelVerdict::Reject,
+                None => {
+                    // The opaque expressions this candidate leaned on are the likely culprits.
+                    for (id, atom) in enc.atoms.iter().enumerate() {
+                        if let (Atom::Opaque(i, _), Some(Some(_))) = (atom, assignment.get(id)) {
+                            blamed.insert(*i);
+                        }
+                    }
+                    ModelVerdict::Reject
+                }
             }
         });
         Ok(match outcome {
@@ -381,25 +390,28 @@ impl<'a> Prover<'a> {
             }
             Outcome::Found => match found {
                 Some(cx) => Solved::Exceeds(Box::new(cx)),
-                None => Solved::Unsure(unsure(enc, "replay_failed", "internal: lost the counterexample")),
+                None => Solved::Unsure(unsure(
+                    enc,
+                    &blamed,
+                    "replay_failed",
+                    "internal: lost the counterexample",
+                )),
             },
-            Outcome::OnlyRejected => {
-                if enc.opaque.is_empty() {
-                    Solved::Unsure(unsure(
-                        enc,
-                        "replay_failed",
-                        "a candidate counterexample did not replay through Cedar",
-                    ))
-                } else {
-                    Solved::Unsure(unsure(
-                        enc,
-                        "unsupported_construct",
-                        "could not decide: the grants use expressions outside the prover's fragment",
-                    ))
-                }
-            }
+            Outcome::OnlyRejected if blamed.is_empty() => Solved::Unsure(unsure(
+                enc,
+                &blamed,
+                "replay_failed",
+                "a candidate counterexample did not replay through Cedar",
+            )),
+            Outcome::OnlyRejected => Solved::Unsure(unsure(
+                enc,
+                &blamed,
+                "unsupported_construct",
+                "could not decide: the grants use expressions outside the prover's fragment",
+            )),
             Outcome::Budget => Solved::Unsure(unsure(
                 enc,
+                &blamed,
                 "budget_exhausted",
                 "the search budget was exhausted before a proof or a replayable counterexample was found",
             )),
@@ -449,13 +461,25 @@ enum Solved {
     Unsure(Inconclusive),
 }
 
-fn unsure(enc: &Encoding<'_>, code: &'static str, message: &str) -> Inconclusive {
+fn unsure(
+    enc: &Encoding<'_>,
+    blamed: &BTreeSet<usize>,
+    code: &'static str,
+    message: &str,
+) -> Inconclusive {
+    let opaque: Vec<&encode::OpaqueExpr> = if blamed.is_empty() {
+        enc.opaque.iter().collect()
+    } else {
+        blamed.iter().filter_map(|i| enc.opaque.get(*i)).collect()
+    };
     Inconclusive {
         code,
-        message: format!("{message} (action {})", enc.env.action),
-        policy: enc.opaque.first().map(|o| o.policy.clone()),
-        constructs: enc
-            .opaque
+        message: format!(
+            "{message} (action {}, principal type {}, resource type {})",
+            enc.env.action, enc.env.principal_type, enc.env.resource_type
+        ),
+        policy: opaque.first().map(|o| o.policy.clone()),
+        constructs: opaque
             .iter()
             .map(|o| format!("`{}` in {}", o.text, o.policy))
             .collect(),

@@ -239,8 +239,8 @@ impl<'w> Encoding<'w> {
     }
 
     /// "The policy is satisfied" (its scope holds and its condition evaluates to `true`).
-    pub(crate) fn policy(&mut self, p: &GrantPolicy) -> Formula {
-        self.current = p.label();
+    pub(crate) fn policy(&mut self, p: &GrantPolicy, role: &str) -> Formula {
+        self.current = format!("{role} policy {}", p.label());
         let t = p.core();
         let principal = self.scope(PRINCIPAL, t.principal_constraint().as_inner());
         let action = self.action_scope(t.action_constraint());
