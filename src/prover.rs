@@ -28,8 +28,7 @@ use cedar_policy_core::ast::{
 
 pub use cli::run_prove;
 pub use error::{
-    GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot,
-    ValidationIssue,
+    GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
 };
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
@@ -81,13 +80,41 @@ pub fn prove(
     entities: &Entities,
     opts: &ProveOptions,
 ) -> Result<Verdict, GrantError> {
-    let validator = Validator::new(schema.clone());
-    validate_with(child, &validator, GrantRole::Child)?;
-    validate_with(parent, &validator, GrantRole::Parent)?;
-    Prover::new(child, parent, schema, entities, opts).run()
+    Prover::new(schema, entities).prove(child, parent, opts)
 }
 
-struct Prover<'a> {
+/// A prover bound to one schema and entity store (one bundle snapshot), so repeated proofs
+/// share the validator instead of rebuilding it.
+pub struct Prover<'a> {
+    schema: &'a Schema,
+    entities: &'a Entities,
+    validator: Validator,
+}
+
+impl<'a> Prover<'a> {
+    /// Prepares proofs against `schema` and the bundle's entity store `entities`.
+    pub fn new(schema: &'a Schema, entities: &'a Entities) -> Self {
+        Prover {
+            schema,
+            entities,
+            validator: Validator::new(schema.clone()),
+        }
+    }
+
+    /// Same as the free function [`prove`].
+    pub fn prove(
+        &self,
+        child: &Grant,
+        parent: &Grant,
+        opts: &ProveOptions,
+    ) -> Result<Verdict, GrantError> {
+        validate_with(child, &self.validator, GrantRole::Child)?;
+        validate_with(parent, &self.validator, GrantRole::Parent)?;
+        Run::new(child, parent, self.schema, self.entities, opts).run()
+    }
+}
+
+struct Run<'a> {
     schema: &'a Schema,
     entities: &'a Entities,
     opts: &'a ProveOptions,
@@ -119,7 +146,7 @@ fn scope_target(c: &PrincipalOrResourceConstraint) -> Option<&EntityUID> {
     }
 }
 
-impl<'a> Prover<'a> {
+impl<'a> Run<'a> {
     fn new(
         child: &Grant,
         parent: &Grant,
@@ -135,7 +162,7 @@ impl<'a> Prover<'a> {
                 .collect()
         };
         let view = parent.delegable_view();
-        Prover {
+        Run {
             schema,
             entities,
             opts,

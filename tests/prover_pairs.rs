@@ -61,7 +61,10 @@ fn curated_pairs_have_their_expected_verdicts() {
     let schema = fx::schema();
     let store = fx::entities(&schema);
     let pairs = load_pairs();
-    assert!(pairs.len() >= 40, "the curated suite needs at least 40 pairs");
+    assert!(
+        pairs.len() >= 40,
+        "the curated suite needs at least 40 pairs"
+    );
     let mut failures = Vec::new();
     for pair in &pairs {
         let parent = Grant::parse(&pair.parent).unwrap();
@@ -92,7 +95,10 @@ fn curated_pairs_have_their_expected_verdicts() {
         match &verdict {
             Verdict::Exceeds(cx) => {
                 if !fx::replays(cx, &pair.child, &pair.parent, &schema, &store) {
-                    failures.push(format!("{}: counterexample does not replay: {cx:?}", pair.name));
+                    failures.push(format!(
+                        "{}: counterexample does not replay: {cx:?}",
+                        pair.name
+                    ));
                 }
             }
             Verdict::Within(ev) => {
@@ -105,7 +111,12 @@ fn curated_pairs_have_their_expected_verdicts() {
             Verdict::Inconclusive(_) => {}
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]

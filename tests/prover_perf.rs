@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use cedar_policy::{Entities, Schema};
-use deputy::prover::{prove, Grant, ProveOptions, Verdict};
+use deputy::prover::{Grant, ProveOptions, Prover, Verdict};
 use serde_json::json;
 
 const SCHEMA: &str = include_str!("fixtures/prover/schema.cedarschema");
@@ -14,13 +14,19 @@ const SCHEMA: &str = include_str!("fixtures/prover/schema.cedarschema");
 fn store(schema: &Schema) -> Entities {
     let mut v = Vec::new();
     for a in 0..10 {
-        v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}")}, "attrs": {}, "parents": []}));
+        v.push(
+            json!({"uid": {"type": "Folder", "id": format!("f{a}")}, "attrs": {}, "parents": []}),
+        );
         for b in 0..10 {
-            v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}")}, "attrs": {},
-                "parents": [{"type": "Folder", "id": format!("f{a}")}]}));
+            v.push(
+                json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}")}, "attrs": {},
+                "parents": [{"type": "Folder", "id": format!("f{a}")}]}),
+            );
             for c in 0..10 {
-                v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}/{c}")}, "attrs": {},
-                    "parents": [{"type": "Folder", "id": format!("f{a}/{b}")}]}));
+                v.push(
+                    json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}/{c}")}, "attrs": {},
+                    "parents": [{"type": "Folder", "id": format!("f{a}/{b}")}]}),
+                );
             }
         }
     }
@@ -66,6 +72,7 @@ fn child(n: usize, within: bool) -> String {
 fn timings() {
     let schema: Schema = SCHEMA.parse().unwrap();
     let entities = store(&schema);
+    let prover = Prover::new(&schema, &entities);
     for (pn, cn) in [(20, 5), (100, 10), (300, 20)] {
         let p = Grant::parse(&parent(pn)).unwrap();
         for within in [true, false] {
@@ -74,7 +81,7 @@ fn timings() {
             let mut verdict = String::new();
             for _ in 0..50 {
                 let t = Instant::now();
-                let v = prove(&c, &p, &schema, &entities, &ProveOptions::default()).unwrap();
+                let v = prover.prove(&c, &p, &ProveOptions::default()).unwrap();
                 times.push(t.elapsed());
                 verdict = v.name().to_owned();
                 if let Verdict::Inconclusive(i) = &v {

@@ -15,7 +15,15 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Value};
 
-const FOLDERS: &[&str] = &["repo", "repo/src", "repo/src/lib", "repo/docs", "other", "vault", "newdir"];
+const FOLDERS: &[&str] = &[
+    "repo",
+    "repo/src",
+    "repo/src/lib",
+    "repo/docs",
+    "other",
+    "vault",
+    "newdir",
+];
 
 fn principal_scope() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -57,9 +65,15 @@ fn resource_scope() -> impl Strategy<Value = String> {
 /// Conditions valid for any principal and resource type of the schema.
 fn atom(file_only: bool) -> BoxedStrategy<String> {
     let mut options: Vec<BoxedStrategy<String>> = vec![
-        (0i64..4).prop_map(|k| format!("context.taint <= {k}")).boxed(),
-        (0i64..4).prop_map(|k| format!("context.taint > {k}")).boxed(),
-        (0i64..4).prop_map(|k| format!("context.taint == {k}")).boxed(),
+        (0i64..4)
+            .prop_map(|k| format!("context.taint <= {k}"))
+            .boxed(),
+        (0i64..4)
+            .prop_map(|k| format!("context.taint > {k}"))
+            .boxed(),
+        (0i64..4)
+            .prop_map(|k| format!("context.taint == {k}"))
+            .boxed(),
         Just("context.mfa".to_owned()).boxed(),
         prop::sample::select(&["t*", "ticket", "*x", "ticket-*"][..])
             .prop_map(|p| format!("(context has reason && context.reason like \"{p}\")"))
@@ -67,23 +81,33 @@ fn atom(file_only: bool) -> BoxedStrategy<String> {
         prop::sample::select(&["ticket", "ticket-1", "x"][..])
             .prop_map(|s| format!("(context has reason && context.reason == \"{s}\")"))
             .boxed(),
-        (0i64..4).prop_map(|k| format!("principal.ceiling >= {k}")).boxed(),
+        (0i64..4)
+            .prop_map(|k| format!("principal.ceiling >= {k}"))
+            .boxed(),
         Just("principal.can_delegate".to_owned()).boxed(),
         Just("principal in Team::\"eng\"".to_owned()).boxed(),
         Just("(principal has role && principal.role == \"dev\")".to_owned()).boxed(),
         folder().prop_map(|f| format!("resource in {f}")).boxed(),
         Just("resource is File".to_owned()).boxed(),
         Just("resource == File::\"repo/src/main.rs\"".to_owned()).boxed(),
-        (0i64..4).prop_map(|k| format!("context.taint + 1 <= {k}")).boxed(),
+        (0i64..4)
+            .prop_map(|k| format!("context.taint + 1 <= {k}"))
+            .boxed(),
         prop::sample::select(&["\"ticket\"", "\"x\""][..])
             .prop_map(|s| format!("(context has reason && [{s}, \"y\"].contains(context.reason))"))
             .boxed(),
     ];
     if file_only {
         options.extend([
-            (0i64..4).prop_map(|k| format!("resource.classification <= {k}")).boxed(),
-            (0i64..4).prop_map(|k| format!("resource.classification < {k}")).boxed(),
-            (0i64..4).prop_map(|k| format!("resource.classification != {k}")).boxed(),
+            (0i64..4)
+                .prop_map(|k| format!("resource.classification <= {k}"))
+                .boxed(),
+            (0i64..4)
+                .prop_map(|k| format!("resource.classification < {k}"))
+                .boxed(),
+            (0i64..4)
+                .prop_map(|k| format!("resource.classification != {k}"))
+                .boxed(),
             Just("resource.public".to_owned()).boxed(),
             prop::sample::select(&["repo/*", "repo/src/*", "*.rs", "*"][..])
                 .prop_map(|p| format!("resource.path like \"{p}\""))
@@ -101,15 +125,17 @@ fn atom(file_only: bool) -> BoxedStrategy<String> {
 }
 
 fn condition(file_only: bool) -> BoxedStrategy<String> {
-    atom(file_only).prop_recursive(2, 6, 2, move |inner| {
-        prop_oneof![
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
-            inner.clone().prop_map(|a| format!("!({a})")),
-            (inner.clone(), inner.clone(), inner).prop_map(|(c, a, b)| format!("(if {c} then {a} else {b})")),
-        ]
-    })
-    .boxed()
+    atom(file_only)
+        .prop_recursive(2, 6, 2, move |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+                inner.clone().prop_map(|a| format!("!({a})")),
+                (inner.clone(), inner.clone(), inner)
+                    .prop_map(|(c, a, b)| format!("(if {c} then {a} else {b})")),
+            ]
+        })
+        .boxed()
 }
 
 fn policy(parent: bool) -> impl Strategy<Value = String> {
@@ -122,13 +148,15 @@ fn policy(parent: bool) -> impl Strategy<Value = String> {
     )
         .prop_flat_map(|(permit, withheld, p, a, r)| {
             let file_only = r.starts_with("resource is File") || r.starts_with("resource == File");
-            let clause = prop::option::weighted(
-                0.6,
-                (prop::bool::weighted(0.7), condition(file_only)),
-            );
+            let clause =
+                prop::option::weighted(0.6, (prop::bool::weighted(0.7), condition(file_only)));
             clause.prop_map(move |c| {
                 let effect = if permit { "permit" } else { "forbid" };
-                let anno = if withheld && permit { "@delegable(\"false\")\n" } else { "" };
+                let anno = if withheld && permit {
+                    "@delegable(\"false\")\n"
+                } else {
+                    ""
+                };
                 let cond = match c {
                     Some((true, e)) => format!(" when {{ {e} }}"),
                     Some((false, e)) => format!(" unless {{ {e} }}"),
@@ -165,7 +193,9 @@ fn derived_child(parent: Vec<String>) -> impl Strategy<Value = Vec<String>> {
                 .zip(picks)
                 .filter(|(_, (keep, _, _))| *keep)
                 .map(|(p, (_, cond, tweak))| {
-                    let mut body = p.trim_end_matches(';').replace("@delegable(\"false\")\n", "");
+                    let mut body = p
+                        .trim_end_matches(';')
+                        .replace("@delegable(\"false\")\n", "");
                     if let Some((nth, digit)) = tweak {
                         body = tweak_number(&body, nth, digit);
                     }
@@ -225,8 +255,17 @@ struct Sample {
 
 fn sample() -> impl Strategy<Value = Sample> {
     (
-        (any::<bool>(), 0i64..4, any::<bool>(), prop::option::of(prop::sample::select(&["dev", "ops"][..])), any::<bool>()),
-        (prop::sample::select(&["read", "list", "write", "reveal"][..]), 0usize..8),
+        (
+            any::<bool>(),
+            0i64..4,
+            any::<bool>(),
+            prop::option::of(prop::sample::select(&["dev", "ops"][..])),
+            any::<bool>(),
+        ),
+        (
+            prop::sample::select(&["read", "list", "write", "reveal"][..]),
+            0usize..8,
+        ),
         (
             0i64..4,
             prop::sample::select(&["repo/src/a.rs", "repo/x", "docs/a.key", "ticket"][..]),
@@ -236,7 +275,11 @@ fn sample() -> impl Strategy<Value = Sample> {
             prop::collection::vec(0usize..FOLDERS.len(), 0..3),
             prop::option::of(0usize..6),
         ),
-        (0i64..5, any::<bool>(), prop::option::of(prop::sample::select(&["ticket", "ticket-1", "x", "tx"][..]))),
+        (
+            0i64..5,
+            any::<bool>(),
+            prop::option::of(prop::sample::select(&["ticket", "ticket-1", "x", "tx"][..])),
+        ),
     )
         .prop_map(|(c, (action, resource), f, (taint, mfa, reason))| Sample {
             child_exists: c.0,
@@ -266,8 +309,14 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
         if let Some(r) = s.child_role {
             attrs["role"] = json!(r);
         }
-        let parents = if s.child_in_eng { json!([{"type": "Team", "id": "eng"}]) } else { json!([]) };
-        extra.push(json!({"uid": {"type": "Agent", "id": "child"}, "attrs": attrs, "parents": parents}));
+        let parents = if s.child_in_eng {
+            json!([{"type": "Team", "id": "eng"}])
+        } else {
+            json!([])
+        };
+        extra.push(
+            json!({"uid": {"type": "Agent", "id": "child"}, "attrs": attrs, "parents": parents}),
+        );
     }
     let parents: Vec<Value> = s
         .file_parents
@@ -280,17 +329,33 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
     if let Some(o) = s.file_owner {
         file_attrs["owner"] = json!({"__entity": {"type": "Agent", "id": o}});
     }
-    extra.push(json!({"uid": {"type": "File", "id": "new.rs"}, "attrs": file_attrs, "parents": parents}));
+    extra.push(
+        json!({"uid": {"type": "File", "id": "new.rs"}, "attrs": file_attrs, "parents": parents}),
+    );
     let newdir_parents: Vec<Value> = s
         .newdir_parent
         .map(|i| vec![json!({"type": "Folder", "id": FOLDERS[i]})])
         .unwrap_or_default();
-    extra.push(json!({"uid": {"type": "Folder", "id": "newdir"}, "attrs": {}, "parents": newdir_parents}));
-    let entities = store.clone().add_entities_from_json_value(Value::Array(extra), Some(schema)).ok()?;
+    extra.push(
+        json!({"uid": {"type": "Folder", "id": "newdir"}, "attrs": {}, "parents": newdir_parents}),
+    );
+    let entities = store
+        .clone()
+        .add_entities_from_json_value(Value::Array(extra), Some(schema))
+        .ok()?;
     let resource = match (s.action, s.resource) {
         ("reveal", _) => "Secret::\"vault/key\"",
-        ("list", n) => ["Folder::\"repo\"", "Folder::\"repo/src\"", "Folder::\"newdir\"", "Folder::\"other\""][n % 4],
-        ("write", n) => ["File::\"new.rs\"", "File::\"repo/src/main.rs\"", "File::\"missing.rs\""][n % 3],
+        ("list", n) => [
+            "Folder::\"repo\"",
+            "Folder::\"repo/src\"",
+            "Folder::\"newdir\"",
+            "Folder::\"other\"",
+        ][n % 4],
+        ("write", n) => [
+            "File::\"new.rs\"",
+            "File::\"repo/src/main.rs\"",
+            "File::\"missing.rs\"",
+        ][n % 3],
         (_, n) => [
             "File::\"new.rs\"",
             "File::\"repo/src/main.rs\"",

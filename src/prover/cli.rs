@@ -69,9 +69,16 @@ fn render_error(e: &GrantError, json: bool) -> String {
     }
     let mut s = match e {
         GrantError::Invalid(inv) => {
-            let mut s = format!("error[{}]: {} is not valid against the schema\n", e.code(), inv.role);
+            let mut s = format!(
+                "error[{}]: {} is not valid against the schema\n",
+                e.code(),
+                inv.role
+            );
             for i in &inv.issues {
-                s.push_str(&format!("  --> policy `{}`, line {}\n   = {}\n", i.policy, i.line, i.message));
+                s.push_str(&format!(
+                    "  --> policy `{}`, line {}\n   = {}\n",
+                    i.policy, i.line, i.message
+                ));
                 if let Some(h) = &i.help {
                     s.push_str(&format!("   = help: {h}\n"));
                 }

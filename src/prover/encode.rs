@@ -671,7 +671,9 @@ impl<'w> Encoding<'w> {
                 guarded(d, Formula::any(parts))
             }
             Operand::Action => {
-                let b = rhs.iter().any(|u| self.world.action_in(&self.env.action, u));
+                let b = rhs
+                    .iter()
+                    .any(|u| self.world.action_in(&self.env.action, u));
                 (Formula::constant(b), Formula::constant(!b))
             }
             Operand::Lit(Lit::Entity(x)) => {
@@ -710,9 +712,11 @@ impl<'w> Encoding<'w> {
                 let r = vs.contains(&v);
                 (Formula::constant(r), Formula::constant(!r))
             }
-            (BinaryOp::ContainsAll | BinaryOp::ContainsAny, Operand::Term(t, d), Operand::LitSet(vs))
-                if matches!(self.ty(t), Ty::Set(_)) =>
-            {
+            (
+                BinaryOp::ContainsAll | BinaryOp::ContainsAny,
+                Operand::Term(t, d),
+                Operand::LitSet(vs),
+            ) if matches!(self.ty(t), Ty::Set(_)) => {
                 let parts: Vec<Formula> = vs
                     .into_iter()
                     .map(|v| self.lit(Atom::Contains(t, v)))

@@ -14,7 +14,9 @@ use cedar_policy_core::ast;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use super::error::{GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
+use super::error::{
+    GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
+};
 
 /// Annotation that withholds a permit from the delegable view.
 pub const DELEGABLE_ANNOTATION: &str = "delegable";
@@ -76,7 +78,10 @@ impl Grant {
         for policy in set.policies() {
             // INVARIANT: a freshly parsed set holds no template-linked policies.
             let core: &ast::Policy = policy.as_ref();
-            policies.push((Template::from(core.template().clone()), Some(policy.clone())));
+            policies.push((
+                Template::from(core.template().clone()),
+                Some(policy.clone()),
+            ));
         }
         let mut out: Vec<GrantPolicy> = policies
             .into_iter()
@@ -96,10 +101,7 @@ impl Grant {
             .collect();
         out.sort_by_key(|p| (p.line, template_offset(&p.template)));
         for p in &out {
-            if p.core()
-                .slots()
-                .any(|s| s.id == ast::SlotId::resource())
-            {
+            if p.core().slots().any(|s| s.id == ast::SlotId::resource()) {
                 return Err(GrantError::ResourceSlot(ResourceSlot {
                     policy: p.name.clone(),
                     line: p.line,

@@ -168,8 +168,7 @@ impl Builder<'_, '_, '_> {
         }
         let mut attrs = serde_json::Map::new();
         for f in &fields {
-            let present =
-                f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
+            let present = f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
             if present {
                 let child = self.enc.child_term(t, &f.name);
                 attrs.insert(f.name.clone(), self.value(child, &f.ty)?);
@@ -264,7 +263,13 @@ impl Replayer {
         let mut names = HashMap::new();
         let mut child_side = PolicySet::new();
         let mut parent_side = PolicySet::new();
-        link_into(&mut child_side, child, "child", &child_principal, &mut names)?;
+        link_into(
+            &mut child_side,
+            child,
+            "child",
+            &child_principal,
+            &mut names,
+        )?;
         link_into(
             &mut child_side,
             parent_forbids,
@@ -272,7 +277,13 @@ impl Replayer {
             &child_principal,
             &mut names,
         )?;
-        link_into(&mut parent_side, parent_view, "parent", &child_principal, &mut names)?;
+        link_into(
+            &mut parent_side,
+            parent_view,
+            "parent",
+            &child_principal,
+            &mut names,
+        )?;
         Ok(Replayer {
             child_principal,
             child_side,
@@ -296,7 +307,8 @@ impl Replayer {
         store: &Entities,
     ) -> Option<Counterexample> {
         let action = EntityUid::from(cand.action.clone());
-        let context = Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
+        let context =
+            Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
         let request = Request::new(
             EntityUid::from(cand.principal.clone()),
             action,
@@ -326,8 +338,16 @@ impl Replayer {
             context: cand.context.clone(),
             entities: extra,
             child_principal: self.child_principal.to_string(),
-            allowed_by: child.diagnostics().reason().map(|id| self.name(id)).collect(),
-            denied_by: parent.diagnostics().reason().map(|id| self.name(id)).collect(),
+            allowed_by: child
+                .diagnostics()
+                .reason()
+                .map(|id| self.name(id))
+                .collect(),
+            denied_by: parent
+                .diagnostics()
+                .reason()
+                .map(|id| self.name(id))
+                .collect(),
             parent_errors: parent
                 .diagnostics()
                 .errors()

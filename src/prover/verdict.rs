@@ -128,13 +128,24 @@ impl Verdict {
         let mut out = String::new();
         match self {
             Verdict::Within(e) => {
-                let _ = writeln!(out, "within: the child grant stays inside the parent's delegable view");
+                let _ = writeln!(
+                    out,
+                    "within: the child grant stays inside the parent's delegable view"
+                );
                 for c in &e.permits {
                     if !c.applies {
-                        let _ = writeln!(out, "  = child permit `{}` (line {}) never applies", c.child_policy, c.line);
+                        let _ = writeln!(
+                            out,
+                            "  = child permit `{}` (line {}) never applies",
+                            c.child_policy, c.line
+                        );
                         continue;
                     }
-                    let _ = writeln!(out, "  = child permit `{}` (line {})", c.child_policy, c.line);
+                    let _ = writeln!(
+                        out,
+                        "  = child permit `{}` (line {})",
+                        c.child_policy, c.line
+                    );
                     if !c.covered_by.is_empty() {
                         let _ = writeln!(out, "      covered by {}", c.covered_by.join(", "));
                     }
@@ -161,7 +172,11 @@ impl Verdict {
                 if c.denied_by.is_empty() {
                     let _ = writeln!(out, "   = note: no permit of the parent's delegable view applies to this request");
                 } else {
-                    let _ = writeln!(out, "   = note: the parent forbids it: {}", c.denied_by.join(", "));
+                    let _ = writeln!(
+                        out,
+                        "   = note: the parent forbids it: {}",
+                        c.denied_by.join(", ")
+                    );
                 }
                 for e in &c.parent_errors {
                     let _ = writeln!(out, "   = note: while evaluating the parent: {e}");

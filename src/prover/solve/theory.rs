@@ -138,7 +138,9 @@ impl<'e, 'w> Theory<'e, 'w> {
                         None => Known::Free,
                     },
                     Some(Known::Value(v)) => match &v.value {
-                        ValueKind::Record(map) => map.get(attr.as_str()).map_or(Known::Absent, value_known),
+                        ValueKind::Record(map) => {
+                            map.get(attr.as_str()).map_or(Known::Absent, value_known)
+                        }
                         _ => Known::Free,
                     },
                     Some(Known::Absent) => Known::Absent,
@@ -183,7 +185,9 @@ impl<'e, 'w> Theory<'e, 'w> {
                 (Atom::Contains(_, lit), ValueKind::Set(set)) => {
                     Some(set.authoritative.iter().any(|e| lit_matches_value(lit, e)))
                 }
-                (Atom::Has(_, attr), ValueKind::Record(map)) => Some(map.contains_key(attr.as_str())),
+                (Atom::Has(_, attr), ValueKind::Record(map)) => {
+                    Some(map.contains_key(attr.as_str()))
+                }
                 _ => None,
             },
             Known::Free | Known::Absent => None,
@@ -269,21 +273,17 @@ impl<'e, 'w> Theory<'e, 'w> {
                         }
                     }
                 }
-                Ty::Long => {
-                    if long_interval(self.assigned(t, a)).is_none() {
-                        return Err(TheoryConflict {
-                            atoms: self.lineage(t, a),
-                            facts: Vec::new(),
-                        });
-                    }
+                Ty::Long if long_interval(self.assigned(t, a)).is_none() => {
+                    return Err(TheoryConflict {
+                        atoms: self.lineage(t, a),
+                        facts: Vec::new(),
+                    });
                 }
-                Ty::Str => {
-                    if !str_constraints(self.assigned(t, a)).consistent() {
-                        return Err(TheoryConflict {
-                            atoms: self.lineage(t, a),
-                            facts: Vec::new(),
-                        });
-                    }
+                Ty::Str if !str_constraints(self.assigned(t, a)).consistent() => {
+                    return Err(TheoryConflict {
+                        atoms: self.lineage(t, a),
+                        facts: Vec::new(),
+                    });
                 }
                 _ => {}
             }
