@@ -234,3 +234,54 @@ fn render_parse_error(src: &str, e: &cedar_policy::ParseErrors) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = r#"permit(principal == ?principal, action, resource);
+
+@id("creds")
+@delegable("false")
+permit(principal == ?principal, action, resource);
+forbid(principal, action, resource) when { context.taint > 2 };
+"#;
+
+    #[test]
+    fn policies_keep_names_and_lines() {
+        let g = Grant::parse(SRC).unwrap();
+        let names: Vec<(&str, usize)> = g
+            .policies()
+            .iter()
+            .map(|p| (p.name.as_str(), p.line))
+            .collect();
+        assert_eq!(names, [("policy0", 1), ("creds", 3), ("policy2", 6)]);
+    }
+
+    #[test]
+    fn delegable_view_withholds_permits_only() {
+        let g = Grant::parse(SRC).unwrap();
+        let view = g.delegable_view();
+        assert_eq!(view.len(), 2);
+        assert!(view.policies().iter().all(|p| p.name != "creds"));
+        assert_ne!(g.digest(), view.digest());
+        assert_eq!(g.digest(), Grant::parse(SRC).unwrap().digest());
+    }
+
+    #[test]
+    fn resource_slots_and_syntax_errors_are_rejected() {
+        let e = Grant::parse("permit(principal, action, resource in ?resource);").unwrap_err();
+        assert_eq!(e.code(), "grant_resource_slot");
+        let e = Grant::parse("permit(principal,\n action, resource").unwrap_err();
+        assert_eq!(e.code(), "grant_parse_error");
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn line_numbers_are_one_based() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+}
