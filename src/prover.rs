@@ -56,6 +56,9 @@ pub struct ProveOptions {
     pub max_steps: usize,
     /// Candidate counterexamples replayed per problem before answering `Inconclusive`.
     pub max_candidates: usize,
+    /// Consider requests from any principal, not only from the child agent. Grants are
+    /// evaluated on the requests of the agent holding them, so the default is `false`.
+    pub any_principal: bool,
 }
 
 impl Default for ProveOptions {
@@ -64,6 +67,7 @@ impl Default for ProveOptions {
             child_principal: None,
             max_steps: DEFAULT_MAX_STEPS,
             max_candidates: DEFAULT_MAX_CANDIDATES,
+            any_principal: false,
         }
     }
 }
@@ -229,7 +233,17 @@ impl<'a> Run<'a> {
         let mut replayers: HashMap<String, Replayer> = HashMap::new();
         let world = &self.world;
         for env in envs {
+            let child = env.child.clone();
             let mut enc = Encoding::new(world, env);
+            // The grant is the authority of the child: its requests are the child's.
+            let who = if self.opts.any_principal {
+                Formula::True
+            } else {
+                enc.ent_eq(encode::PRINCIPAL, &child)
+            };
+            if who == Formula::False {
+                continue;
+            }
             let mut permits: Vec<(usize, Formula)> = Vec::new();
             for (j, p) in self.child_permits.iter().enumerate() {
                 if enc.scope_applies(p) {
@@ -242,7 +256,10 @@ impl<'a> Run<'a> {
             if permits.is_empty() {
                 continue;
             }
-            let mut base: Vec<Constraint> = Vec::new();
+            let mut base: Vec<Constraint> = vec![Constraint {
+                formula: who,
+                origin: Origin::Axiom,
+            }];
             for (i, p) in self.child_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
                     let f = enc.policy(p, "child");

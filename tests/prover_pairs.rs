@@ -133,3 +133,46 @@ fn print_verdicts() {
         }
     }
 }
+
+#[test]
+fn any_principal_considers_other_principals() {
+    let schema = fx::schema();
+    let store = fx::entities(&schema);
+    let parent = Grant::parse(
+        r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+    )
+    .unwrap();
+    let child = Grant::parse(
+        r#"permit(principal, action == Action::"read", resource in Folder::"repo/src");"#,
+    )
+    .unwrap();
+    let opts = ProveOptions {
+        any_principal: true,
+        ..ProveOptions::default()
+    };
+    match prove(&child, &parent, &schema, &store, &opts).unwrap() {
+        Verdict::Exceeds(cx) => assert_ne!(cx.principal, cx.child_principal),
+        other => panic!("expected exceeds, got {}", other.render()),
+    }
+}
+
+#[test]
+fn a_named_child_is_linked_as_given() {
+    let schema = fx::schema();
+    let store = fx::entities(&schema);
+    // alice is in Team::"eng" in the store, so the team permit covers her.
+    let parent =
+        Grant::parse(r#"permit(principal in Team::"eng", action == Action::"read", resource);"#)
+            .unwrap();
+    let child =
+        Grant::parse(r#"permit(principal == ?principal, action == Action::"read", resource);"#)
+            .unwrap();
+    let alice = ProveOptions {
+        child_principal: Some(r#"Agent::"alice""#.parse().unwrap()),
+        ..ProveOptions::default()
+    };
+    let v = prove(&child, &parent, &schema, &store, &alice).unwrap();
+    assert!(v.is_within(), "{}", v.render());
+    let v = prove(&child, &parent, &schema, &store, &ProveOptions::default()).unwrap();
+    assert_eq!(v.name(), "exceeds", "{}", v.render());
+}
