@@ -19,7 +19,8 @@ mod solve;
 mod verdict;
 mod world;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 
 use cedar_policy::{Effect, Entities, EntityUid, Schema, Validator};
 use cedar_policy_core::ast::{
@@ -93,6 +94,9 @@ pub struct Prover<'a> {
     schema: &'a Schema,
     entities: &'a Entities,
     validator: Validator,
+    /// Digests of grants that already passed strict validation against this schema (a
+    /// parent typically spawns many children).
+    validated: Mutex<HashSet<String>>,
 }
 
 impl<'a> Prover<'a> {
@@ -102,7 +106,24 @@ impl<'a> Prover<'a> {
             schema,
             entities,
             validator: Validator::new(schema.clone()),
+            validated: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn validate(&self, grant: &Grant, role: GrantRole) -> Result<(), GrantError> {
+        let digest = grant.digest();
+        if self
+            .validated
+            .lock()
+            .is_ok_and(|done| done.contains(&digest))
+        {
+            return Ok(());
+        }
+        validate_with(grant, &self.validator, role)?;
+        if let Ok(mut done) = self.validated.lock() {
+            done.insert(digest);
+        }
+        Ok(())
     }
 
     /// Same as the free function [`prove`].
@@ -112,8 +133,8 @@ impl<'a> Prover<'a> {
         parent: &Grant,
         opts: &ProveOptions,
     ) -> Result<Verdict, GrantError> {
-        validate_with(child, &self.validator, GrantRole::Child)?;
-        validate_with(parent, &self.validator, GrantRole::Parent)?;
+        self.validate(child, GrantRole::Child)?;
+        self.validate(parent, GrantRole::Parent)?;
         Run::new(child, parent, self.schema, self.entities, opts).run()
     }
 }
@@ -123,12 +144,12 @@ struct Run<'a> {
     entities: &'a Entities,
     opts: &'a ProveOptions,
     world: World<'a>,
-    child_permits: Vec<GrantPolicy>,
-    child_forbids: Vec<GrantPolicy>,
-    parent_forbids: Vec<GrantPolicy>,
-    parent_permits: Vec<GrantPolicy>,
-    child_all: Vec<GrantPolicy>,
-    parent_view: Vec<GrantPolicy>,
+    child_permits: Vec<&'a GrantPolicy>,
+    child_forbids: Vec<&'a GrantPolicy>,
+    parent_forbids: Vec<&'a GrantPolicy>,
+    parent_permits: Vec<&'a GrantPolicy>,
+    child_all: Vec<&'a GrantPolicy>,
+    parent_view: Vec<&'a GrantPolicy>,
 }
 
 #[derive(Default)]
@@ -138,6 +159,41 @@ struct Acc {
     child_forbids: BTreeSet<usize>,
     parent_forbids: BTreeSet<usize>,
     facts: BTreeSet<String>,
+}
+
+fn resource_target(p: &GrantPolicy) -> Option<&EntityUID> {
+    scope_target(p.core().resource_constraint().as_inner())
+}
+
+/// The axioms that share atoms (transitively) with the constraints.
+fn relevant_axioms(axioms: &[Formula], constraints: &[Constraint]) -> Vec<Formula> {
+    let mut atoms: HashSet<usize> = HashSet::new();
+    for c in constraints {
+        c.formula.atoms(&mut atoms);
+    }
+    let mut taken = vec![false; axioms.len()];
+    let mut out = Vec::new();
+    loop {
+        let mut grew = false;
+        for (i, ax) in axioms.iter().enumerate() {
+            if taken.get(i).copied().unwrap_or(true) || *ax == Formula::True {
+                continue;
+            }
+            let mut mine = HashSet::new();
+            ax.atoms(&mut mine);
+            if mine.iter().any(|a| atoms.contains(a)) {
+                atoms.extend(mine);
+                if let Some(t) = taken.get_mut(i) {
+                    *t = true;
+                }
+                out.push(ax.clone());
+                grew = true;
+            }
+        }
+        if !grew {
+            return out;
+        }
+    }
 }
 
 /// The entity a scope constraint names, if any.
@@ -152,20 +208,24 @@ fn scope_target(c: &PrincipalOrResourceConstraint) -> Option<&EntityUID> {
 
 impl<'a> Run<'a> {
     fn new(
-        child: &Grant,
-        parent: &Grant,
+        child: &'a Grant,
+        parent: &'a Grant,
         schema: &'a Schema,
         entities: &'a Entities,
         opts: &'a ProveOptions,
     ) -> Self {
-        let split = |g: &Grant, effect: Effect| -> Vec<GrantPolicy> {
+        let split = |g: &'a Grant, effect: Effect| -> Vec<&'a GrantPolicy> {
             g.policies()
                 .iter()
                 .filter(|p| p.effect() == effect)
-                .cloned()
                 .collect()
         };
-        let view = parent.delegable_view();
+        // INVARIANT: the same filter as `Grant::delegable_view`, without cloning policies.
+        let parent_view: Vec<&GrantPolicy> = parent
+            .policies()
+            .iter()
+            .filter(|p| p.effect() == Effect::Forbid || p.delegable())
+            .collect();
         Run {
             schema,
             entities,
@@ -174,9 +234,13 @@ impl<'a> Run<'a> {
             child_permits: split(child, Effect::Permit),
             child_forbids: split(child, Effect::Forbid),
             parent_forbids: split(parent, Effect::Forbid),
-            parent_permits: split(&view, Effect::Permit),
-            child_all: child.policies().to_vec(),
-            parent_view: view.policies().to_vec(),
+            parent_permits: parent_view
+                .iter()
+                .copied()
+                .filter(|p| p.effect() == Effect::Permit)
+                .collect(),
+            child_all: child.policies().iter().collect(),
+            parent_view,
         }
     }
 
@@ -256,26 +320,36 @@ impl<'a> Run<'a> {
             if permits.is_empty() {
                 continue;
             }
-            let mut base: Vec<Constraint> = vec![Constraint {
-                formula: who,
-                origin: Origin::Axiom,
-            }];
+            // Each constraint with the entity its resource scope names (for pruning).
+            let mut base: Vec<(Constraint, Option<EntityUID>)> = vec![(
+                Constraint {
+                    formula: who,
+                    origin: Origin::Axiom,
+                },
+                None,
+            )];
             for (i, p) in self.child_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
                     let f = enc.policy(p, "child");
-                    base.push(Constraint {
-                        formula: f.not(),
-                        origin: Origin::ChildForbid(i),
-                    });
+                    base.push((
+                        Constraint {
+                            formula: f.not(),
+                            origin: Origin::ChildForbid(i),
+                        },
+                        resource_target(p).cloned(),
+                    ));
                 }
             }
             for (i, p) in self.parent_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
                     let f = enc.policy(p, "parent");
-                    base.push(Constraint {
-                        formula: f.not(),
-                        origin: Origin::ParentForbid(i),
-                    });
+                    base.push((
+                        Constraint {
+                            formula: f.not(),
+                            origin: Origin::ParentForbid(i),
+                        },
+                        resource_target(p).cloned(),
+                    ));
                 }
             }
             let mut parent_formulas: Vec<Option<Formula>> = vec![None; self.parent_permits.len()];
@@ -285,7 +359,7 @@ impl<'a> Run<'a> {
                 let child_target = self
                     .child_permits
                     .get(j)
-                    .and_then(|p| scope_target(p.core().resource_constraint().as_inner()))
+                    .and_then(|p| resource_target(p))
                     .cloned();
                 let mut result = None;
                 for pruned in [true, false] {
@@ -297,7 +371,7 @@ impl<'a> Run<'a> {
                         if !enc.scope_applies(p) {
                             continue;
                         }
-                        if pruned && self.unrelated(child_target.as_ref(), p) {
+                        if pruned && self.unrelated(child_target.as_ref(), resource_target(p)) {
                             continue;
                         }
                         let f = match parent_formulas.get(l).cloned().flatten() {
@@ -315,12 +389,19 @@ impl<'a> Run<'a> {
                             origin: Origin::ParentPermit(l),
                         });
                     }
-                    constraints.extend(base.iter().map(|c| Constraint {
-                        formula: c.formula.clone(),
-                        origin: c.origin,
-                    }));
-                    constraints.extend(enc.axioms.iter().map(|f| Constraint {
-                        formula: f.clone(),
+                    constraints.extend(
+                        base.iter()
+                            .filter(|(_, target)| {
+                                !pruned || !self.unrelated(child_target.as_ref(), target.as_ref())
+                            })
+                            .map(|(c, _)| Constraint {
+                                formula: c.formula.clone(),
+                                origin: c.origin,
+                            }),
+                    );
+                    let axioms = relevant_axioms(&enc.axioms, &constraints);
+                    constraints.extend(axioms.into_iter().map(|f| Constraint {
+                        formula: f,
                         origin: Origin::Axiom,
                     }));
                     let outcome = self.solve(&enc, constraints, slot, &mut replayers)?;
@@ -345,12 +426,12 @@ impl<'a> Run<'a> {
         Ok(Verdict::Within(self.evidence(acc)))
     }
 
-    /// A parent permit whose resource scope names a stored entity unrelated (in the store)
-    /// to the one the child permit names cannot be what covers it. Dropping it only weakens
-    /// the parent side, so a proof without it is still a proof.
-    fn unrelated(&self, child_target: Option<&EntityUID>, p: &GrantPolicy) -> bool {
-        let Some(a) = child_target else { return false };
-        let Some(b) = scope_target(p.core().resource_constraint().as_inner()) else {
+    /// A policy whose resource scope names a stored entity unrelated (in the store) to the
+    /// one the child permit names is irrelevant to it. Dropping a constraint only admits more
+    /// candidates, so a proof without it is still a proof, and a candidate is replayed
+    /// against every policy anyway.
+    fn unrelated(&self, child_target: Option<&EntityUID>, target: Option<&EntityUID>) -> bool {
+        let (Some(a), Some(b)) = (child_target, target) else {
             return false;
         };
         self.world.stored(a).is_some()
@@ -359,18 +440,30 @@ impl<'a> Run<'a> {
             && !self.world.store_in(b, a)
     }
 
+    /// The policy sets a candidate of this environment is replayed against. Policies whose
+    /// scope cannot match the environment are left out: they could not change a decision.
     fn replayer<'r>(
         &self,
         replayers: &'r mut HashMap<String, Replayer>,
-        child: &EntityUID,
+        enc: &Encoding<'_>,
     ) -> Result<&'r Replayer, GrantError> {
-        let key = child.to_string();
+        let env = &enc.env;
+        let key = format!(
+            "{} {} {} {}",
+            env.child, env.action, env.principal_type, env.resource_type
+        );
         if !replayers.contains_key(&key) {
+            let keep = |ps: &[&'a GrantPolicy]| -> Vec<&'a GrantPolicy> {
+                ps.iter()
+                    .copied()
+                    .filter(|p| enc.scope_applies(p))
+                    .collect()
+            };
             let r = Replayer::new(
-                &self.child_all,
-                &self.parent_forbids,
-                &self.parent_view,
-                EntityUid::from(child.clone()),
+                &keep(&self.child_all),
+                &keep(&self.parent_forbids),
+                &keep(&self.parent_view),
+                EntityUid::from(env.child.clone()),
             )?;
             replayers.insert(key.clone(), r);
         }
@@ -388,11 +481,19 @@ impl<'a> Run<'a> {
     ) -> Result<Solved, GrantError> {
         let (schema, entities) = (self.schema, self.entities);
         let (max_steps, max_candidates) = (self.opts.max_steps, self.opts.max_candidates);
-        let replayer = self.replayer(replayers, &enc.env.child)?;
         let mut found = None;
+        let mut failure: Option<GrantError> = None;
         let mut blamed: BTreeSet<usize> = BTreeSet::new();
         let mut search = Search::new(enc, constraints, max_steps, max_candidates);
         let outcome = search.run(&mut |enc, assignment| {
+            // Built on the first candidate only: most proofs never need it.
+            let replayer = match self.replayer(replayers, enc) {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(e);
+                    return ModelVerdict::Reject;
+                }
+            };
             let replayed = concretize(enc, assignment)
                 .and_then(|cand| replayer.replay(&cand, schema, entities));
             match replayed {
@@ -411,6 +512,9 @@ impl<'a> Run<'a> {
                 }
             }
         });
+        if let Some(e) = failure {
+            return Err(e);
+        }
         Ok(match outcome {
             Outcome::Unsat => {
                 for o in &search.conflicts {
@@ -463,7 +567,7 @@ impl<'a> Run<'a> {
     }
 
     fn evidence(&self, acc: Vec<Acc>) -> Evidence {
-        let label = |ps: &[GrantPolicy], i: usize, role: &str| {
+        let label = |ps: &[&GrantPolicy], i: usize, role: &str| {
             ps.get(i)
                 .map(|p| format!("{role} {}", p.label()))
                 .unwrap_or_default()

@@ -82,6 +82,16 @@ impl Formula {
         }
     }
 
+    pub(crate) fn atoms(&self, out: &mut std::collections::HashSet<AtomId>) {
+        match self {
+            Formula::True | Formula::False => {}
+            Formula::Lit(a, _) => {
+                out.insert(*a);
+            }
+            Formula::And(parts) | Formula::Or(parts) => parts.iter().for_each(|p| p.atoms(out)),
+        }
+    }
+
     /// Three-valued evaluation under a partial assignment.
     pub(crate) fn eval(&self, assignment: &[Option<bool>]) -> Option<bool> {
         match self {

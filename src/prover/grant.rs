@@ -5,7 +5,7 @@
 //! later error or piece of evidence can point back at the user's text.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{
     Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator,
@@ -32,19 +32,22 @@ pub(crate) struct GrantPolicy {
     pub(crate) template: Template,
     /// The original policy when it has no slots (it is added to policy sets as is).
     pub(crate) static_policy: Option<Policy>,
+    /// False for a permit annotated `@delegable("false")`.
+    delegable: bool,
+    effect: Effect,
 }
 
 impl GrantPolicy {
     pub(crate) fn effect(&self) -> Effect {
-        self.template.effect()
+        self.effect
     }
 
     pub(crate) fn core(&self) -> &ast::Template {
         self.template.as_ref()
     }
 
-    fn delegable(&self) -> bool {
-        self.template.annotation(DELEGABLE_ANNOTATION) != Some("false")
+    pub(crate) fn delegable(&self) -> bool {
+        self.delegable
     }
 
     pub(crate) fn label(&self) -> String {
@@ -57,6 +60,7 @@ impl GrantPolicy {
 pub struct Grant {
     src: Arc<str>,
     policies: Vec<GrantPolicy>,
+    digest: OnceLock<String>,
 }
 
 impl Grant {
@@ -94,6 +98,8 @@ impl Grant {
                 GrantPolicy {
                     name,
                     line,
+                    delegable: template.annotation(DELEGABLE_ANNOTATION) != Some("false"),
+                    effect: template.effect(),
                     template,
                     static_policy,
                 }
@@ -108,7 +114,11 @@ impl Grant {
                 }));
             }
         }
-        Ok(Grant { src, policies: out })
+        Ok(Grant {
+            src,
+            policies: out,
+            digest: OnceLock::new(),
+        })
     }
 
     /// The part of this grant its holder may pass on: every policy except the permits
@@ -122,17 +132,22 @@ impl Grant {
                 .filter(|p| p.effect() == Effect::Forbid || p.delegable())
                 .cloned()
                 .collect(),
+            digest: OnceLock::new(),
         }
     }
 
     /// A stable hex SHA-256 digest of the grant's policies (in canonical Cedar form).
     pub fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        for p in &self.policies {
-            hasher.update(p.template.to_string().as_bytes());
-            hasher.update(b"\n");
-        }
-        hex::encode(hasher.finalize())
+        self.digest
+            .get_or_init(|| {
+                let mut hasher = Sha256::new();
+                for p in &self.policies {
+                    hasher.update(p.template.to_string().as_bytes());
+                    hasher.update(b"\n");
+                }
+                hex::encode(hasher.finalize())
+            })
+            .clone()
     }
 
     /// The grant's source text.

@@ -255,9 +255,9 @@ pub(crate) struct Replayer {
 
 impl Replayer {
     pub(crate) fn new(
-        child: &[GrantPolicy],
-        parent_forbids: &[GrantPolicy],
-        parent_view: &[GrantPolicy],
+        child: &[&GrantPolicy],
+        parent_forbids: &[&GrantPolicy],
+        parent_view: &[&GrantPolicy],
         child_principal: EntityUid,
     ) -> Result<Replayer, GrantError> {
         let mut names = HashMap::new();
@@ -365,7 +365,7 @@ impl Replayer {
 
 fn link_into(
     set: &mut PolicySet,
-    policies: &[GrantPolicy],
+    policies: &[&GrantPolicy],
     prefix: &str,
     child: &EntityUid,
     names: &mut HashMap<PolicyId, String>,
