@@ -14,6 +14,7 @@ mod encode;
 mod error;
 mod formula;
 mod grant;
+mod index;
 mod model;
 mod solve;
 mod verdict;
@@ -37,6 +38,7 @@ pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
 use encode::{Atom, Encoding, Env, Ty};
 use formula::Formula;
 use grant::{validate_with, GrantPolicy};
+use index::{AxiomIndex, Related};
 use model::{concretize, Replayer};
 use solve::{Constraint, ModelVerdict, Origin, Outcome, Search};
 use world::World;
@@ -165,37 +167,6 @@ fn resource_target(p: &GrantPolicy) -> Option<&EntityUID> {
     scope_target(p.core().resource_constraint().as_inner())
 }
 
-/// The axioms that share atoms (transitively) with the constraints.
-fn relevant_axioms(axioms: &[Formula], constraints: &[Constraint]) -> Vec<Formula> {
-    let mut atoms: HashSet<usize> = HashSet::new();
-    for c in constraints {
-        c.formula.atoms(&mut atoms);
-    }
-    let mut taken = vec![false; axioms.len()];
-    let mut out = Vec::new();
-    loop {
-        let mut grew = false;
-        for (i, ax) in axioms.iter().enumerate() {
-            if taken.get(i).copied().unwrap_or(true) || *ax == Formula::True {
-                continue;
-            }
-            let mut mine = HashSet::new();
-            ax.atoms(&mut mine);
-            if mine.iter().any(|a| atoms.contains(a)) {
-                atoms.extend(mine);
-                if let Some(t) = taken.get_mut(i) {
-                    *t = true;
-                }
-                out.push(ax.clone());
-                grew = true;
-            }
-        }
-        if !grew {
-            return out;
-        }
-    }
-}
-
 /// The entity a scope constraint names, if any.
 fn scope_target(c: &PrincipalOrResourceConstraint) -> Option<&EntityUID> {
     match c {
@@ -296,6 +267,18 @@ impl<'a> Run<'a> {
         let mut inconclusive: Option<Inconclusive> = None;
         let mut replayers: HashMap<String, Replayer> = HashMap::new();
         let world = &self.world;
+        // A policy whose resource scope names a stored entity unrelated (in the store) to the
+        // one the child permit names is irrelevant to it. Dropping a constraint only admits
+        // more candidates, so a proof without it is still a proof, and every candidate is
+        // replayed against all policies anyway.
+        let related = Related::new(
+            world,
+            self.child_all
+                .iter()
+                .chain(&self.parent_view)
+                .chain(&self.parent_forbids)
+                .filter_map(|p| resource_target(p)),
+        );
         for env in envs {
             let child = env.child.clone();
             let mut enc = Encoding::new(world, env);
@@ -353,6 +336,7 @@ impl<'a> Run<'a> {
                 }
             }
             let mut parent_formulas: Vec<Option<Formula>> = vec![None; self.parent_permits.len()];
+            let mut axiom_index: Option<(usize, AxiomIndex)> = None;
             for (j, cp) in permits {
                 let Some(slot) = acc.get_mut(j) else { continue };
                 slot.applies = true;
@@ -371,7 +355,7 @@ impl<'a> Run<'a> {
                         if !enc.scope_applies(p) {
                             continue;
                         }
-                        if pruned && self.unrelated(child_target.as_ref(), resource_target(p)) {
+                        if pruned && related.unrelated(child_target.as_ref(), resource_target(p)) {
                             continue;
                         }
                         let f = match parent_formulas.get(l).cloned().flatten() {
@@ -392,17 +376,35 @@ impl<'a> Run<'a> {
                     constraints.extend(
                         base.iter()
                             .filter(|(_, target)| {
-                                !pruned || !self.unrelated(child_target.as_ref(), target.as_ref())
+                                !pruned
+                                    || !related.unrelated(child_target.as_ref(), target.as_ref())
                             })
                             .map(|(c, _)| Constraint {
                                 formula: c.formula.clone(),
                                 origin: c.origin,
                             }),
                     );
-                    let axioms = relevant_axioms(&enc.axioms, &constraints);
-                    constraints.extend(axioms.into_iter().map(|f| Constraint {
-                        formula: f,
-                        origin: Origin::Axiom,
+                    if axiom_index
+                        .as_ref()
+                        .is_none_or(|(n, _)| *n != enc.axioms.len())
+                    {
+                        axiom_index = Some((
+                            enc.axioms.len(),
+                            AxiomIndex::new(&enc.axioms, enc.atoms.len()),
+                        ));
+                    }
+                    let Some((_, index)) = axiom_index.as_ref() else {
+                        continue;
+                    };
+                    let mut seed = Vec::new();
+                    for c in &constraints {
+                        c.formula.atom_list(&mut seed);
+                    }
+                    constraints.extend(index.relevant(seed).into_iter().filter_map(|i| {
+                        enc.axioms.get(i).map(|f| Constraint {
+                            formula: f.clone(),
+                            origin: Origin::Axiom,
+                        })
                     }));
                     let outcome = self.solve(&enc, constraints, slot, &mut replayers)?;
                     let done = !matches!(outcome, Solved::Unsure(_)) || !pruned;
@@ -424,20 +426,6 @@ impl<'a> Run<'a> {
             return Ok(Verdict::Inconclusive(i));
         }
         Ok(Verdict::Within(self.evidence(acc)))
-    }
-
-    /// A policy whose resource scope names a stored entity unrelated (in the store) to the
-    /// one the child permit names is irrelevant to it. Dropping a constraint only admits more
-    /// candidates, so a proof without it is still a proof, and a candidate is replayed
-    /// against every policy anyway.
-    fn unrelated(&self, child_target: Option<&EntityUID>, target: Option<&EntityUID>) -> bool {
-        let (Some(a), Some(b)) = (child_target, target) else {
-            return false;
-        };
-        self.world.stored(a).is_some()
-            && self.world.stored(b).is_some()
-            && !self.world.store_in(a, b)
-            && !self.world.store_in(b, a)
     }
 
     /// The policy sets a candidate of this environment is replayed against. Policies whose

@@ -102,3 +102,19 @@ fn timings() {
         }
     }
 }
+
+#[test]
+#[ignore = "profiling loop; run in release with --ignored"]
+fn profile_large_within() {
+    let schema: Schema = SCHEMA.parse().unwrap();
+    let entities = store(&schema);
+    let prover = Prover::new(&schema, &entities);
+    let p = Grant::parse(&parent(300)).unwrap();
+    let c = Grant::parse(&child(20, true)).unwrap();
+    for _ in 0..300 {
+        assert!(prover
+            .prove(&c, &p, &ProveOptions::default())
+            .unwrap()
+            .is_within());
+    }
+}

@@ -82,13 +82,11 @@ impl Formula {
         }
     }
 
-    pub(crate) fn atoms(&self, out: &mut std::collections::HashSet<AtomId>) {
+    pub(crate) fn atom_list(&self, out: &mut Vec<AtomId>) {
         match self {
             Formula::True | Formula::False => {}
-            Formula::Lit(a, _) => {
-                out.insert(*a);
-            }
-            Formula::And(parts) | Formula::Or(parts) => parts.iter().for_each(|p| p.atoms(out)),
+            Formula::Lit(a, _) => out.push(*a),
+            Formula::And(parts) | Formula::Or(parts) => parts.iter().for_each(|p| p.atom_list(out)),
         }
     }
 
