@@ -97,6 +97,17 @@ impl Builder<'_, '_, '_> {
         self.a.get(id).copied().flatten()
     }
 
+    /// An enumerated entity the term may denote (one its `==` atoms do not exclude).
+    fn enum_member(&self, t: Option<usize>, et: &EntityType) -> Option<Option<EntityUID>> {
+        let members = self.enc.world.enum_members(et)?;
+        Some(members.into_iter().find_map(|eid| {
+            let uid = EntityUID::from_components(et.clone(), eid, None);
+            let excluded =
+                t.is_some_and(|t| self.assigned(&Atom::EntEq(t, uid.clone())) == Some(false));
+            (!excluded).then_some(uid)
+        }))
+    }
+
     fn fresh_uid(&mut self, et: &EntityType, hint: &str) -> EntityUID {
         let world = self.enc.world;
         let mut n = 0usize;
@@ -122,6 +133,15 @@ impl Builder<'_, '_, '_> {
         let Ty::Entity(et) = self.enc.ty(t).clone() else {
             return None;
         };
+        if let Some(member) = self.enum_member(Some(t), &et) {
+            // Enumerated entities exist implicitly and carry nothing: never emitted.
+            let uid = match self.known.get(t) {
+                Some(Known::Entity(uid)) => uid.clone(),
+                _ => member?,
+            };
+            self.uids.insert(t, uid.clone());
+            return Some(uid);
+        }
         let uid = match self.known.get(t).cloned().unwrap_or(Known::Free) {
             Known::Entity(uid) => {
                 if self.enc.world.stored(&uid).is_none() {
@@ -203,9 +223,10 @@ impl Builder<'_, '_, '_> {
                 .and_then(|t| self.assigned(&Atom::BoolVal(t)))
                 .unwrap_or(false)),
             Ty::Entity(et) => {
-                let uid = match t {
-                    Some(t) => self.uid_of(t)?,
-                    None => self.fresh_uid(et, "cx-filler"),
+                let uid = match (t, self.enum_member(None, et)) {
+                    (Some(t), _) => self.uid_of(t)?,
+                    (None, Some(member)) => member?,
+                    (None, None) => self.fresh_uid(et, "cx-filler"),
                 };
                 json!({ "__entity": uid_json(&uid) })
             }
