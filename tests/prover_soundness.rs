@@ -251,6 +251,9 @@ struct Sample {
     taint: i64,
     mfa: bool,
     reason: Option<&'static str>,
+    /// `context.budget` as tenths (`decimal`), `context.now` as a day of January 2030.
+    budget: Option<i64>,
+    now: Option<i64>,
 }
 
 fn sample() -> impl Strategy<Value = Sample> {
@@ -279,27 +282,33 @@ fn sample() -> impl Strategy<Value = Sample> {
             0i64..5,
             any::<bool>(),
             prop::option::of(prop::sample::select(&["ticket", "ticket-1", "x", "tx"][..])),
+            prop::option::of(0i64..40),
+            prop::option::of(1i64..6),
         ),
     )
-        .prop_map(|(c, (action, resource), f, (taint, mfa, reason))| Sample {
-            child_exists: c.0,
-            child_ceiling: c.1,
-            child_delegate: c.2,
-            child_role: c.3,
-            child_in_eng: c.4,
-            action,
-            resource,
-            file_class: f.0,
-            file_path: f.1,
-            file_public: f.2,
-            file_tags: f.3,
-            file_owner: f.4,
-            file_parents: f.5,
-            newdir_parent: f.6,
-            taint,
-            mfa,
-            reason,
-        })
+        .prop_map(
+            |(c, (action, resource), f, (taint, mfa, reason, budget, now))| Sample {
+                child_exists: c.0,
+                child_ceiling: c.1,
+                child_delegate: c.2,
+                child_role: c.3,
+                child_in_eng: c.4,
+                action,
+                resource,
+                file_class: f.0,
+                file_path: f.1,
+                file_public: f.2,
+                file_tags: f.3,
+                file_owner: f.4,
+                file_parents: f.5,
+                newdir_parent: f.6,
+                taint,
+                mfa,
+                reason,
+                budget,
+                now,
+            },
+        )
 }
 
 fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Entities)> {
@@ -371,6 +380,13 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
     if let Some(r) = s.reason {
         ctx["reason"] = json!(r);
     }
+    if let Some(b) = s.budget {
+        ctx["budget"] =
+            json!({"__extn": {"fn": "decimal", "arg": format!("{}.{}", b / 10, b % 10)}});
+    }
+    if let Some(d) = s.now {
+        ctx["now"] = json!({"__extn": {"fn": "datetime", "arg": format!("2030-01-0{d}")}});
+    }
     let action = EntityUid::from_str(&format!("Action::\"{}\"", s.action)).unwrap();
     let context = Context::from_json_value(ctx, Some((schema, &action))).ok()?;
     let request = Request::new(
@@ -439,6 +455,21 @@ fn narrow_condition() -> BoxedStrategy<String> {
         (0i64..4).prop_map(|k| format!("principal.ceiling <= {k}")),
         Just("context.mfa".to_owned()),
         Just("principal.can_delegate".to_owned()),
+        (0i64..40).prop_map(|k| format!(
+            "(context has budget && context.budget.lessThan(decimal(\"{}.{}\")))",
+            k / 10,
+            k % 10
+        )),
+        (0i64..40).prop_map(|k| format!(
+            "(context has budget && context.budget.greaterThanOrEqual(decimal(\"{}.{}\")))",
+            k / 10,
+            k % 10
+        )),
+        (1i64..6).prop_map(|d| format!(
+            "(context has now && context.now <= datetime(\"2030-01-0{d}\"))"
+        )),
+        (1i64..6)
+            .prop_map(|d| format!("(context has now && context.now > datetime(\"2030-01-0{d}\"))")),
         prop::sample::select(&["t*", "ticket", "*x", "ticket-*", "*"][..])
             .prop_map(|p| format!("(context has reason && context.reason like \"{p}\")")),
     ]

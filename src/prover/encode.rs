@@ -8,6 +8,8 @@
 //! "error"; that over-approximates the worlds considered, so it can cost a proof but never
 //! make one unsound.
 
+mod scalar;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,6 +22,8 @@ use cedar_policy_core::validator::types::{EntityKind, Type};
 use super::formula::{AtomId, Formula};
 use super::grant::GrantPolicy;
 use super::world::World;
+
+pub(crate) use scalar::Scalar;
 
 pub(crate) type TermId = usize;
 
@@ -43,6 +47,21 @@ pub(crate) enum Ty {
     /// An extension type (`decimal`, `datetime`, `ipaddr`, `duration`), by name.
     Ext(String),
     Unknown,
+}
+
+impl Ty {
+    /// Extension types ordered as integers (`decimal`, `datetime`, `duration`).
+    pub(crate) fn scalar(&self) -> Option<Scalar> {
+        match self {
+            Ty::Ext(name) => Scalar::from_name(name),
+            _ => None,
+        }
+    }
+
+    /// Types whose atoms are integer bounds.
+    pub(crate) fn is_ordered(&self) -> bool {
+        *self == Ty::Long || self.scalar().is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +190,8 @@ pub(crate) const CONTEXT: TermId = 2;
 
 enum Operand {
     Lit(Lit),
+    /// A `decimal`, `datetime` or `duration` literal, as an integer.
+    Scalar(Scalar, i64),
     LitSet(Vec<Lit>),
     Term(TermId, Formula),
     Action,
@@ -444,6 +465,16 @@ impl<'w> Encoding<'w> {
                 lits.map_or(Operand::Other, Operand::LitSet)
             }
             ExprKind::Var(Var::Action) => Operand::Action,
+            ExprKind::ExtensionFunctionApp { fn_name, args } => {
+                let value = match (Scalar::from_name(&fn_name.to_string()), args.as_slice()) {
+                    (Some(kind), [arg]) => match arg.expr_kind() {
+                        ExprKind::Lit(Literal::String(s)) => kind.parse(s).map(|v| (kind, v)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                value.map_or(Operand::Other, |(kind, v)| Operand::Scalar(kind, v))
+            }
             _ => match self.path(e) {
                 Some((t, d)) => Operand::Term(t, d),
                 None => Operand::Other,
@@ -518,6 +549,15 @@ impl<'w> Encoding<'w> {
                 }
                 _ => self.opaque(e),
             },
+            ExprKind::ExtensionFunctionApp { fn_name, args } => {
+                match (fn_name.to_string().as_str(), args.as_slice()) {
+                    ("lessThan", [a, b]) => self.compare(e, Cmp::Lt, a, b),
+                    ("lessThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, a, b),
+                    ("greaterThan", [a, b]) => self.compare(e, Cmp::Lt, b, a),
+                    ("greaterThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, b, a),
+                    _ => self.opaque(e),
+                }
+            }
             ExprKind::HasAttr { expr, attr } => self.has(e, expr, &[attr.to_string()]),
             ExprKind::ExtHasAttr { expr, attrs } => {
                 let attrs: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
@@ -618,6 +658,16 @@ impl<'w> Encoding<'w> {
                     None => self.opaque(e),
                 }
             }
+            (Operand::Scalar(x, v), Operand::Scalar(y, w)) if x == y => {
+                (Formula::constant(v == w), Formula::constant(v != w))
+            }
+            (Operand::Term(t, d), Operand::Scalar(k, v))
+            | (Operand::Scalar(k, v), Operand::Term(t, d))
+                if self.ty(t).scalar() == Some(k) =>
+            {
+                let x = self.lit(Atom::Long(t, Cmp::Eq, v));
+                guarded(d, x)
+            }
             (Operand::Action, Operand::Lit(Lit::Entity(u)))
             | (Operand::Lit(Lit::Entity(u)), Operand::Action) => {
                 let b = u == self.env.action;
@@ -628,16 +678,30 @@ impl<'w> Encoding<'w> {
     }
 
     fn compare(&mut self, e: &Expr, cmp: Cmp, a: &Expr, b: &Expr) -> Tf {
-        match (self.operand(a), self.operand(b)) {
+        let (a, b) = (self.operand(a), self.operand(b));
+        // Scalars (decimal, datetime, duration) are ordered like Longs.
+        let (a, b) = match (a, b) {
+            (Operand::Scalar(x, v), Operand::Scalar(y, w)) if x == y => {
+                (Operand::Lit(Lit::Long(v)), Operand::Lit(Lit::Long(w)))
+            }
+            (Operand::Term(t, d), Operand::Scalar(k, v)) if self.ty(t).scalar() == Some(k) => {
+                (Operand::Term(t, d), Operand::Lit(Lit::Long(v)))
+            }
+            (Operand::Scalar(k, v), Operand::Term(t, d)) if self.ty(t).scalar() == Some(k) => {
+                (Operand::Lit(Lit::Long(v)), Operand::Term(t, d))
+            }
+            other => other,
+        };
+        match (a, b) {
             (Operand::Lit(Lit::Long(x)), Operand::Lit(Lit::Long(y))) => {
                 let r = if cmp == Cmp::Lt { x < y } else { x <= y };
                 (Formula::constant(r), Formula::constant(!r))
             }
-            (Operand::Term(t, d), Operand::Lit(Lit::Long(k))) if *self.ty(t) == Ty::Long => {
+            (Operand::Term(t, d), Operand::Lit(Lit::Long(k))) if self.ty(t).is_ordered() => {
                 let x = self.lit(Atom::Long(t, cmp, k));
                 guarded(d, x)
             }
-            (Operand::Lit(Lit::Long(k)), Operand::Term(t, d)) if *self.ty(t) == Ty::Long => {
+            (Operand::Lit(Lit::Long(k)), Operand::Term(t, d)) if self.ty(t).is_ordered() => {
                 // k < t  <=>  !(t <= k);   k <= t  <=>  !(t < k)
                 let flipped = if cmp == Cmp::Lt { Cmp::Le } else { Cmp::Lt };
                 let x = self.lit(Atom::Long(t, flipped, k)).not();

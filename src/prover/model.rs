@@ -258,7 +258,16 @@ impl Builder<'_, '_, '_> {
                 }
                 Json::Object(obj)
             }
-            Ty::Ext(name) => ext_default(name)?,
+            Ty::Ext(name) => match ty.scalar() {
+                Some(kind) => {
+                    let v = match t {
+                        Some(t) => self.theory.long_for(t, self.a)?,
+                        None => 0,
+                    };
+                    kind.render(v)?
+                }
+                None => ext_default(name)?,
+            },
             Ty::Unknown => return None,
         })
     }

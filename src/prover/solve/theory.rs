@@ -273,7 +273,7 @@ impl<'e, 'w> Theory<'e, 'w> {
                         }
                     }
                 }
-                Ty::Long if long_interval(self.assigned(t, a)).is_none() => {
+                ty if ty.is_ordered() && long_interval(self.assigned(t, a)).is_none() => {
                     return Err(TheoryConflict {
                         atoms: self.lineage(t, a),
                         facts: Vec::new(),
