@@ -279,6 +279,9 @@ impl<'a> Run<'a> {
                 .chain(&self.parent_forbids)
                 .filter_map(|p| resource_target(p)),
         );
+        let target = |p: &GrantPolicy| resource_target(p).and_then(|u| related.id(u));
+        let parent_targets: Vec<Option<usize>> =
+            self.parent_permits.iter().map(|p| target(p)).collect();
         for env in envs {
             let child = env.child.clone();
             let mut enc = Encoding::new(world, env);
@@ -304,7 +307,7 @@ impl<'a> Run<'a> {
                 continue;
             }
             // Each constraint with the entity its resource scope names (for pruning).
-            let mut base: Vec<(Constraint, Option<EntityUID>)> = vec![(
+            let mut base: Vec<(Constraint, Option<usize>)> = vec![(
                 Constraint {
                     formula: who,
                     origin: Origin::Axiom,
@@ -319,7 +322,7 @@ impl<'a> Run<'a> {
                             formula: f.not(),
                             origin: Origin::ChildForbid(i),
                         },
-                        resource_target(p).cloned(),
+                        target(p),
                     ));
                 }
             }
@@ -331,7 +334,7 @@ impl<'a> Run<'a> {
                             formula: f.not(),
                             origin: Origin::ParentForbid(i),
                         },
-                        resource_target(p).cloned(),
+                        target(p),
                     ));
                 }
             }
@@ -340,11 +343,7 @@ impl<'a> Run<'a> {
             for (j, cp) in permits {
                 let Some(slot) = acc.get_mut(j) else { continue };
                 slot.applies = true;
-                let child_target = self
-                    .child_permits
-                    .get(j)
-                    .and_then(|p| resource_target(p))
-                    .cloned();
+                let child_target = self.child_permits.get(j).and_then(|p| target(p));
                 let mut result = None;
                 for pruned in [true, false] {
                     let mut constraints = vec![Constraint {
@@ -355,7 +354,10 @@ impl<'a> Run<'a> {
                         if !enc.scope_applies(p) {
                             continue;
                         }
-                        if pruned && related.unrelated(child_target.as_ref(), resource_target(p)) {
+                        if pruned
+                            && related
+                                .unrelated(child_target, parent_targets.get(l).copied().flatten())
+                        {
                             continue;
                         }
                         let f = match parent_formulas.get(l).cloned().flatten() {
@@ -376,8 +378,7 @@ impl<'a> Run<'a> {
                     constraints.extend(
                         base.iter()
                             .filter(|(_, target)| {
-                                !pruned
-                                    || !related.unrelated(child_target.as_ref(), target.as_ref())
+                                !pruned || !related.unrelated(child_target, *target)
                             })
                             .map(|(c, _)| Constraint {
                                 formula: c.formula.clone(),

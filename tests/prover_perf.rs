@@ -103,6 +103,50 @@ fn timings() {
     }
 }
 
+/// Hierarchy-heavy: permits at every level of the same branches (all related in the store).
+fn nested_parent() -> String {
+    let mut out = Vec::new();
+    for a in 0..10 {
+        out.push(format!("permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"f{a}\") when {{ context.taint <= 0 }};"));
+        for b in 0..10 {
+            out.push(format!("permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"f{a}/{b}\") when {{ context.taint <= 1 }};"));
+            for c in 0..2 {
+                out.push(format!("permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"f{a}/{b}/{c}\") when {{ context.taint <= 2 }};"));
+            }
+        }
+    }
+    out.join("\n")
+}
+
+#[test]
+#[ignore = "prints timings; run in release with --ignored --nocapture"]
+fn timings_nested() {
+    let schema: Schema = SCHEMA.parse().unwrap();
+    let entities = store(&schema);
+    let prover = Prover::new(&schema, &entities);
+    let p = Grant::parse(&nested_parent()).unwrap();
+    for (taint, expect) in [(2, "within"), (3, "exceeds")] {
+        let c = (0..20)
+            .map(|i| format!("permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"f{}/{}/{}\") when {{ context.taint <= {taint} }};", i % 10, i % 7, i % 2))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Grant::parse(&c).unwrap();
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let v = prover.prove(&c, &p, &ProveOptions::default()).unwrap();
+            times.push(t.elapsed());
+            assert_eq!(v.name(), expect, "{}", v.render());
+        }
+        times.sort();
+        println!(
+            "nested parent 310 / child 20 / {expect:<8}: p50 {:?}  p95 {:?}",
+            times[times.len() / 2],
+            times[times.len() * 95 / 100]
+        );
+    }
+}
+
 #[test]
 #[ignore = "profiling loop; run in release with --ignored"]
 fn profile_large_within() {

@@ -63,12 +63,14 @@ impl Related {
         }
     }
 
+    /// The index of a scope target given to `new`.
+    pub(crate) fn id(&self, uid: &EntityUID) -> Option<usize> {
+        self.ids.get(uid).copied()
+    }
+
     /// True when both are stored entities and neither is inside the other.
-    pub(crate) fn unrelated(&self, a: Option<&EntityUID>, b: Option<&EntityUID>) -> bool {
-        let (Some(a), Some(b)) = (a, b) else {
-            return false;
-        };
-        let (Some(&i), Some(&j)) = (self.ids.get(a), self.ids.get(b)) else {
+    pub(crate) fn unrelated(&self, a: Option<usize>, b: Option<usize>) -> bool {
+        let (Some(i), Some(j)) = (a, b) else {
             return false;
         };
         let stored = |k: usize| self.stored.get(k).copied().unwrap_or(false);
