@@ -265,7 +265,7 @@ impl<'a> Run<'a> {
         let envs = self.envs(&child_uid);
         let mut acc: Vec<Acc> = self.child_permits.iter().map(|_| Acc::default()).collect();
         let mut inconclusive: Option<Inconclusive> = None;
-        let mut replayers: HashMap<String, Replayer> = HashMap::new();
+        let mut replayers: HashMap<String, Replayer<'a>> = HashMap::new();
         let world = &self.world;
         // A policy whose resource scope names a stored entity unrelated (in the store) to the
         // one the child permit names is irrelevant to it. Dropping a constraint only admits
@@ -433,9 +433,9 @@ impl<'a> Run<'a> {
     /// scope cannot match the environment are left out: they could not change a decision.
     fn replayer<'r>(
         &self,
-        replayers: &'r mut HashMap<String, Replayer>,
+        replayers: &'r mut HashMap<String, Replayer<'a>>,
         enc: &Encoding<'_>,
-    ) -> Result<&'r Replayer, GrantError> {
+    ) -> Result<&'r Replayer<'a>, GrantError> {
         let env = &enc.env;
         let key = format!(
             "{} {} {} {}",
@@ -449,11 +449,11 @@ impl<'a> Run<'a> {
                     .collect()
             };
             let r = Replayer::new(
-                &keep(&self.child_all),
-                &keep(&self.parent_forbids),
-                &keep(&self.parent_view),
+                keep(&self.child_all),
+                keep(&self.parent_forbids),
+                keep(&self.parent_view),
                 EntityUid::from(env.child.clone()),
-            )?;
+            );
             replayers.insert(key.clone(), r);
         }
         replayers
@@ -466,7 +466,7 @@ impl<'a> Run<'a> {
         enc: &Encoding<'_>,
         constraints: Vec<Constraint>,
         acc: &mut Acc,
-        replayers: &mut HashMap<String, Replayer>,
+        replayers: &mut HashMap<String, Replayer<'a>>,
     ) -> Result<Solved, GrantError> {
         let (schema, entities) = (self.schema, self.entities);
         let (max_steps, max_candidates) = (self.opts.max_steps, self.opts.max_candidates);

@@ -5,12 +5,16 @@
 //! abstracted away, Cedar has the last word.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
 
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
     SlotId,
 };
-use cedar_policy_core::ast::{Eid, EntityType, EntityUID};
+use cedar_policy_core::ast::{
+    Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint,
+};
+use cedar_policy_core::entities::{Dereference, Entities as CoreEntities};
 use serde_json::{json, Value as Json};
 
 use super::encode::{Atom, Encoding, Lit, Ty, CONTEXT, PRINCIPAL, RESOURCE};
@@ -273,60 +277,115 @@ impl Builder<'_, '_, '_> {
     }
 }
 
-/// The two policy sets a candidate is replayed against, linked to one child principal.
-pub(crate) struct Replayer {
+/// The policies a candidate is replayed against, linked to one child principal.
+pub(crate) struct Replayer<'p> {
     child_principal: EntityUid,
-    /// Child permits and forbids plus the parent's forbids.
-    child_side: PolicySet,
+    /// Child permits and forbids.
+    child: Vec<&'p GrantPolicy>,
+    /// The parent's forbids (inherited by the child).
+    parent_forbids: Vec<&'p GrantPolicy>,
     /// The parent's delegable view (its permits and forbids).
-    parent_side: PolicySet,
-    names: HashMap<PolicyId, String>,
+    parent_view: Vec<&'p GrantPolicy>,
 }
 
-impl Replayer {
+/// The ancestors (and itself) of the candidate's resource, in the store extended with the
+/// candidate's entities.
+fn resource_ancestors(cand: &Candidate, store: &CoreEntities) -> HashSet<EntityUID> {
+    let fresh: HashMap<String, Vec<EntityUID>> = cand
+        .entities
+        .iter()
+        .filter_map(|e| {
+            let uid = json_uid(e.get("uid")?)?;
+            let parents = e
+                .get("parents")?
+                .as_array()?
+                .iter()
+                .filter_map(json_uid)
+                .collect();
+            Some((uid.to_string(), parents))
+        })
+        .collect();
+    let mut out = HashSet::new();
+    let mut stack = vec![cand.resource.clone()];
+    while let Some(u) = stack.pop() {
+        if !out.insert(u.clone()) {
+            continue;
+        }
+        if let Some(parents) = fresh.get(&u.to_string()) {
+            stack.extend(parents.iter().cloned());
+        } else if let Dereference::Data(e) = store.entity(&u) {
+            // A stored ancestor may be a dangling parent the candidate adds with parents of
+            // its own, so every ancestor is walked, not just recorded.
+            stack.extend(e.ancestors().cloned());
+        }
+    }
+    out
+}
+
+fn json_uid(v: &Json) -> Option<EntityUID> {
+    let ty = v.get("type")?.as_str()?;
+    let id = v.get("id")?.as_str()?;
+    let ty = cedar_policy::EntityTypeName::from_str(ty).ok()?;
+    Some(EntityUid::from_type_name_and_id(ty, cedar_policy::EntityId::new(id)).into())
+}
+
+impl<'p> Replayer<'p> {
     pub(crate) fn new(
-        child: &[&GrantPolicy],
-        parent_forbids: &[&GrantPolicy],
-        parent_view: &[&GrantPolicy],
+        child: Vec<&'p GrantPolicy>,
+        parent_forbids: Vec<&'p GrantPolicy>,
+        parent_view: Vec<&'p GrantPolicy>,
         child_principal: EntityUid,
-    ) -> Result<Replayer, GrantError> {
+    ) -> Replayer<'p> {
+        Replayer {
+            child_principal,
+            child,
+            parent_forbids,
+            parent_view,
+        }
+    }
+
+    /// The two policy sets for one candidate. Policies whose resource scope cannot match the
+    /// candidate's resource are left out: their scope is false, so they cannot change a
+    /// decision, and linking them is the bulk of a replay's cost on large grants.
+    fn sets(&self, cand: &Candidate, store: &CoreEntities) -> Option<Sets> {
+        let ancestors = resource_ancestors(cand, store);
+        let may_match = |p: &&GrantPolicy| match p.core().resource_constraint().as_inner() {
+            PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => {
+                u.as_ref() == &cand.resource
+            }
+            PrincipalOrResourceConstraint::In(EntityReference::EUID(u))
+            | PrincipalOrResourceConstraint::IsIn(_, EntityReference::EUID(u)) => {
+                ancestors.contains(u.as_ref())
+            }
+            _ => true,
+        };
         let mut names = HashMap::new();
         let mut child_side = PolicySet::new();
         let mut parent_side = PolicySet::new();
-        link_into(
-            &mut child_side,
-            child,
-            "child",
-            &child_principal,
-            &mut names,
-        )?;
-        link_into(
-            &mut child_side,
-            parent_forbids,
-            "parent-forbid",
-            &child_principal,
-            &mut names,
-        )?;
-        link_into(
-            &mut parent_side,
-            parent_view,
-            "parent",
-            &child_principal,
-            &mut names,
-        )?;
-        Ok(Replayer {
-            child_principal,
+        let groups: [(&[&GrantPolicy], &str, bool); 3] = [
+            (&self.child, "child", true),
+            (&self.parent_forbids, "parent-forbid", true),
+            (&self.parent_view, "parent", false),
+        ];
+        for (policies, prefix, child_side_set) in groups {
+            let set = if child_side_set {
+                &mut child_side
+            } else {
+                &mut parent_side
+            };
+            for (i, p) in policies.iter().enumerate().filter(|(_, p)| may_match(p)) {
+                link_one(set, p, &format!("{prefix}.{i}"), &self.child_principal).ok()?;
+                names.insert(
+                    PolicyId::new(format!("{prefix}.{i}")),
+                    format!("{prefix} {}", p.label()),
+                );
+            }
+        }
+        Some(Sets {
             child_side,
             parent_side,
             names,
         })
-    }
-
-    fn name(&self, id: &PolicyId) -> String {
-        self.names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| format!("`{id}`"))
     }
 
     /// Replays a candidate; `Some` only when the child side allows and the parent denies.
@@ -347,17 +406,18 @@ impl Replayer {
             Some(schema),
         )
         .ok()?;
+        let sets = self.sets(cand, store.as_ref())?;
         let extra = Json::Array(cand.entities.clone());
         let entities = store
             .clone()
             .add_entities_from_json_value(extra.clone(), Some(schema))
             .ok()?;
         let authorizer = Authorizer::new();
-        let child = authorizer.is_authorized(&request, &self.child_side, &entities);
+        let child = authorizer.is_authorized(&request, &sets.child_side, &entities);
         if child.decision() != Decision::Allow {
             return None;
         }
-        let parent = authorizer.is_authorized(&request, &self.parent_side, &entities);
+        let parent = authorizer.is_authorized(&request, &sets.parent_side, &entities);
         if parent.decision() != Decision::Deny {
             return None;
         }
@@ -371,19 +431,19 @@ impl Replayer {
             allowed_by: child
                 .diagnostics()
                 .reason()
-                .map(|id| self.name(id))
+                .map(|id| sets.name(id))
                 .collect(),
             denied_by: parent
                 .diagnostics()
                 .reason()
-                .map(|id| self.name(id))
+                .map(|id| sets.name(id))
                 .collect(),
             parent_errors: parent
                 .diagnostics()
                 .errors()
                 .map(|e| {
                     let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
-                    match self.names.get(pe.policy_id()) {
+                    match sets.names.get(pe.policy_id()) {
                         Some(n) => format!("{n}: {}", pe.inner()),
                         None => e.to_string(),
                     }
@@ -393,28 +453,37 @@ impl Replayer {
     }
 }
 
-fn link_into(
+struct Sets {
+    child_side: PolicySet,
+    parent_side: PolicySet,
+    names: HashMap<PolicyId, String>,
+}
+
+impl Sets {
+    fn name(&self, id: &PolicyId) -> String {
+        self.names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("`{id}`"))
+    }
+}
+
+fn link_one(
     set: &mut PolicySet,
-    policies: &[&GrantPolicy],
-    prefix: &str,
+    p: &GrantPolicy,
+    id: &str,
     child: &EntityUid,
-    names: &mut HashMap<PolicyId, String>,
 ) -> Result<(), GrantError> {
     let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
-    for (i, p) in policies.iter().enumerate() {
-        let id = PolicyId::new(format!("{prefix}.{i}"));
-        let label = format!("{prefix} {}", p.label());
-        match &p.static_policy {
-            Some(policy) => set.add(policy.new_id(id.clone())).map_err(|e| fail(&e))?,
-            None => {
-                let tid = PolicyId::new(format!("{prefix}.{i}.template"));
-                set.add_template(p.template.new_id(tid.clone()))
-                    .map_err(|e| fail(&e))?;
-                let vals = HashMap::from([(SlotId::principal(), child.clone())]);
-                set.link(tid, id.clone(), vals).map_err(|e| fail(&e))?;
-            }
+    let pid = PolicyId::new(id);
+    match &p.static_policy {
+        Some(policy) => set.add(policy.new_id(pid)).map_err(|e| fail(&e)),
+        None => {
+            let tid = PolicyId::new(format!("{id}.template"));
+            set.add_template(p.template.new_id(tid.clone()))
+                .map_err(|e| fail(&e))?;
+            let vals = HashMap::from([(SlotId::principal(), child.clone())]);
+            set.link(tid, pid, vals).map_err(|e| fail(&e))
         }
-        names.insert(id, label);
     }
-    Ok(())
 }
