@@ -15,6 +15,19 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Value};
 
+/// `PROPTEST_CASES` overrides the number of cases (for longer runs in CI).
+fn config(cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
 const FOLDERS: &[&str] = &[
     "repo",
     "repo/src",
@@ -401,7 +414,7 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 400, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(400))]
 
     #[test]
     fn within_means_no_sampled_request_escapes(
@@ -496,7 +509,7 @@ fn narrow_grant() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 600, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(600))]
 
     #[test]
     fn within_is_sound_on_dense_boundaries(
