@@ -27,9 +27,7 @@ use std::sync::Mutex;
 use cedar_policy::{Entities, EntityUid, Schema, Validator};
 
 pub use cli::run_prove;
-pub use error::{
-    GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
-};
+pub use error::{GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
 
@@ -107,11 +105,7 @@ impl<'a> Prover<'a> {
 
     fn validate(&self, grant: &Grant, role: GrantRole) -> Result<(), GrantError> {
         let digest = grant.digest();
-        if self
-            .validated
-            .lock()
-            .is_ok_and(|done| done.contains(&digest))
-        {
+        if self.validated.lock().is_ok_and(|done| done.contains(&digest)) {
             return Ok(());
         }
         validate_with(grant, &self.validator, role)?;
@@ -122,12 +116,7 @@ impl<'a> Prover<'a> {
     }
 
     /// Same as the free function [`prove`].
-    pub fn prove(
-        &self,
-        child: &Grant,
-        parent: &Grant,
-        opts: &ProveOptions,
-    ) -> Result<Verdict, GrantError> {
+    pub fn prove(&self, child: &Grant, parent: &Grant, opts: &ProveOptions) -> Result<Verdict, GrantError> {
         self.validate(child, GrantRole::Child)?;
         self.validate(parent, GrantRole::Parent)?;
         Run::new(child, parent, self.schema, self.entities, opts).run()

@@ -24,22 +24,13 @@ fn within_exits_zero_and_names_the_covering_permit() {
     let (code, text) = run(PARENT, child, false);
     assert_eq!(code, 0, "{text}");
     assert!(text.starts_with("within"), "{text}");
-    assert!(
-        text.contains(r#"Folder::"repo/src" in Folder::"repo""#),
-        "{text}"
-    );
+    assert!(text.contains(r#"Folder::"repo/src" in Folder::"repo""#), "{text}");
     let (code, json) = run(PARENT, child, true);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["verdict"], "within");
     assert!(v["counterexample"].is_null() && v["reason"].is_null());
-    assert!(
-        v["evidence"]["permits"][0]["covered_by"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    );
+    assert!(v["evidence"]["permits"][0]["covered_by"].as_array().unwrap().len() == 1);
 }
 
 #[test]
@@ -59,7 +50,8 @@ fn exceeds_exits_one_with_a_counterexample() {
 
 #[test]
 fn inconclusive_exits_two_with_a_reason() {
-    let parent = r#"permit(principal == ?principal, action == Action::"read", resource) when { context.taint * 2 <= 2 };"#;
+    let parent =
+        r#"permit(principal == ?principal, action == Action::"read", resource) when { context.taint * 2 <= 2 };"#;
     let child = r#"permit(principal == ?principal, action == Action::"read", resource) when { context.taint <= 1 };"#;
     let (code, json) = run(parent, child, true);
     assert_eq!(code, 2, "{json}");
@@ -67,10 +59,7 @@ fn inconclusive_exits_two_with_a_reason() {
     assert_eq!(v["verdict"], "inconclusive");
     assert_eq!(v["reason"]["code"], "unsupported_construct");
     assert!(
-        v["reason"]["constructs"][0]
-            .as_str()
-            .unwrap()
-            .contains("parent policy"),
+        v["reason"]["constructs"][0].as_str().unwrap().contains("parent policy"),
         "{json}"
     );
 }

@@ -43,7 +43,8 @@ fn verdict(parent: &str, child: &str) -> Verdict {
 #[test]
 fn namespaced_hierarchy_and_groups() {
     let parent = r#"permit(principal == ?principal, action in Acme::Action::"tools", resource in Acme::Repo::"mono");"#;
-    let child = r#"permit(principal == ?principal, action == Acme::Action::"push", resource in Acme::Repo::"mono/web");"#;
+    let child =
+        r#"permit(principal == ?principal, action == Acme::Action::"push", resource in Acme::Repo::"mono/web");"#;
     assert!(verdict(parent, child).is_within());
     assert_eq!(verdict(child, parent).name(), "exceeds");
 }

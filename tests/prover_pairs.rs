@@ -61,10 +61,7 @@ fn curated_pairs_have_their_expected_verdicts() {
     let schema = fx::schema();
     let store = fx::entities(&schema);
     let pairs = load_pairs();
-    assert!(
-        pairs.len() >= 40,
-        "the curated suite needs at least 40 pairs"
-    );
+    assert!(pairs.len() >= 40, "the curated suite needs at least 40 pairs");
     let mut failures = Vec::new();
     for pair in &pairs {
         let parent = Grant::parse(&pair.parent).unwrap();
@@ -95,10 +92,7 @@ fn curated_pairs_have_their_expected_verdicts() {
         match &verdict {
             Verdict::Exceeds(cx) => {
                 if !fx::replays(cx, &pair.child, &pair.parent, &schema, &store) {
-                    failures.push(format!(
-                        "{}: counterexample does not replay: {cx:?}",
-                        pair.name
-                    ));
+                    failures.push(format!("{}: counterexample does not replay: {cx:?}", pair.name));
                 }
             }
             Verdict::Within(ev) => {
@@ -138,14 +132,11 @@ fn print_verdicts() {
 fn any_principal_considers_other_principals() {
     let schema = fx::schema();
     let store = fx::entities(&schema);
-    let parent = Grant::parse(
-        r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
-    )
-    .unwrap();
-    let child = Grant::parse(
-        r#"permit(principal, action == Action::"read", resource in Folder::"repo/src");"#,
-    )
-    .unwrap();
+    let parent =
+        Grant::parse(r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#)
+            .unwrap();
+    let child =
+        Grant::parse(r#"permit(principal, action == Action::"read", resource in Folder::"repo/src");"#).unwrap();
     let opts = ProveOptions {
         any_principal: true,
         ..ProveOptions::default()
@@ -161,12 +152,8 @@ fn a_named_child_is_linked_as_given() {
     let schema = fx::schema();
     let store = fx::entities(&schema);
     // alice is in Team::"eng" in the store, so the team permit covers her.
-    let parent =
-        Grant::parse(r#"permit(principal in Team::"eng", action == Action::"read", resource);"#)
-            .unwrap();
-    let child =
-        Grant::parse(r#"permit(principal == ?principal, action == Action::"read", resource);"#)
-            .unwrap();
+    let parent = Grant::parse(r#"permit(principal in Team::"eng", action == Action::"read", resource);"#).unwrap();
+    let child = Grant::parse(r#"permit(principal == ?principal, action == Action::"read", resource);"#).unwrap();
     let alice = ProveOptions {
         child_principal: Some(r#"Agent::"alice""#.parse().unwrap()),
         ..ProveOptions::default()

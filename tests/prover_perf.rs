@@ -14,9 +14,7 @@ const SCHEMA: &str = include_str!("fixtures/prover/schema.cedarschema");
 fn store(schema: &Schema) -> Entities {
     let mut v = Vec::new();
     for a in 0..10 {
-        v.push(
-            json!({"uid": {"type": "Folder", "id": format!("f{a}")}, "attrs": {}, "parents": []}),
-        );
+        v.push(json!({"uid": {"type": "Folder", "id": format!("f{a}")}, "attrs": {}, "parents": []}));
         for b in 0..10 {
             v.push(
                 json!({"uid": {"type": "Folder", "id": format!("f{a}/{b}")}, "attrs": {},
@@ -59,7 +57,11 @@ fn child(n: usize, within: bool) -> String {
             let (a, b) = (i % 10, (i / 10) % 10);
             let action = ["read", "write", "list"][i % 3];
             let c = i % 10;
-            let resource = if action == "write" { format!("resource is File in Folder::\"f{a}/{b}/{}\"", c % 10) } else { format!("resource in Folder::\"f{a}/{b}/{}\"", c % 10) };
+            let resource = if action == "write" {
+                format!("resource is File in Folder::\"f{a}/{b}/{}\"", c % 10)
+            } else {
+                format!("resource in Folder::\"f{a}/{b}/{}\"", c % 10)
+            };
             let cond = "";
             format!("permit(principal == ?principal, action == Action::\"{action}\", {resource}){cond};")
         })
@@ -156,9 +158,6 @@ fn profile_large_within() {
     let p = Grant::parse(&parent(300)).unwrap();
     let c = Grant::parse(&child(20, true)).unwrap();
     for _ in 0..300 {
-        assert!(prover
-            .prove(&c, &p, &ProveOptions::default())
-            .unwrap()
-            .is_within());
+        assert!(prover.prove(&c, &p, &ProveOptions::default()).unwrap().is_within());
     }
 }

@@ -78,15 +78,9 @@ fn resource_scope() -> impl Strategy<Value = String> {
 /// Conditions valid for any principal and resource type of the schema.
 fn atom(file_only: bool) -> BoxedStrategy<String> {
     let mut options: Vec<BoxedStrategy<String>> = vec![
-        (0i64..4)
-            .prop_map(|k| format!("context.taint <= {k}"))
-            .boxed(),
-        (0i64..4)
-            .prop_map(|k| format!("context.taint > {k}"))
-            .boxed(),
-        (0i64..4)
-            .prop_map(|k| format!("context.taint == {k}"))
-            .boxed(),
+        (0i64..4).prop_map(|k| format!("context.taint <= {k}")).boxed(),
+        (0i64..4).prop_map(|k| format!("context.taint > {k}")).boxed(),
+        (0i64..4).prop_map(|k| format!("context.taint == {k}")).boxed(),
         Just("context.mfa".to_owned()).boxed(),
         prop::sample::select(&["t*", "ticket", "*x", "ticket-*"][..])
             .prop_map(|p| format!("(context has reason && context.reason like \"{p}\")"))
@@ -94,18 +88,14 @@ fn atom(file_only: bool) -> BoxedStrategy<String> {
         prop::sample::select(&["ticket", "ticket-1", "x"][..])
             .prop_map(|s| format!("(context has reason && context.reason == \"{s}\")"))
             .boxed(),
-        (0i64..4)
-            .prop_map(|k| format!("principal.ceiling >= {k}"))
-            .boxed(),
+        (0i64..4).prop_map(|k| format!("principal.ceiling >= {k}")).boxed(),
         Just("principal.can_delegate".to_owned()).boxed(),
         Just("principal in Team::\"eng\"".to_owned()).boxed(),
         Just("(principal has role && principal.role == \"dev\")".to_owned()).boxed(),
         folder().prop_map(|f| format!("resource in {f}")).boxed(),
         Just("resource is File".to_owned()).boxed(),
         Just("resource == File::\"repo/src/main.rs\"".to_owned()).boxed(),
-        (0i64..4)
-            .prop_map(|k| format!("context.taint + 1 <= {k}"))
-            .boxed(),
+        (0i64..4).prop_map(|k| format!("context.taint + 1 <= {k}")).boxed(),
         prop::sample::select(&["\"ticket\"", "\"x\""][..])
             .prop_map(|s| format!("(context has reason && [{s}, \"y\"].contains(context.reason))"))
             .boxed(),
@@ -115,9 +105,7 @@ fn atom(file_only: bool) -> BoxedStrategy<String> {
             (0i64..4)
                 .prop_map(|k| format!("resource.classification <= {k}"))
                 .boxed(),
-            (0i64..4)
-                .prop_map(|k| format!("resource.classification < {k}"))
-                .boxed(),
+            (0i64..4).prop_map(|k| format!("resource.classification < {k}")).boxed(),
             (0i64..4)
                 .prop_map(|k| format!("resource.classification != {k}"))
                 .boxed(),
@@ -144,8 +132,7 @@ fn condition(file_only: bool) -> BoxedStrategy<String> {
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
                 inner.clone().prop_map(|a| format!("!({a})")),
-                (inner.clone(), inner.clone(), inner)
-                    .prop_map(|(c, a, b)| format!("(if {c} then {a} else {b})")),
+                (inner.clone(), inner.clone(), inner).prop_map(|(c, a, b)| format!("(if {c} then {a} else {b})")),
             ]
         })
         .boxed()
@@ -161,8 +148,7 @@ fn policy(parent: bool) -> impl Strategy<Value = String> {
     )
         .prop_flat_map(|(permit, withheld, p, a, r)| {
             let file_only = r.starts_with("resource is File") || r.starts_with("resource == File");
-            let clause =
-                prop::option::weighted(0.6, (prop::bool::weighted(0.7), condition(file_only)));
+            let clause = prop::option::weighted(0.6, (prop::bool::weighted(0.7), condition(file_only)));
             clause.prop_map(move |c| {
                 let effect = if permit { "permit" } else { "forbid" };
                 let anno = if withheld && permit {
@@ -206,9 +192,7 @@ fn derived_child(parent: Vec<String>) -> impl Strategy<Value = Vec<String>> {
                 .zip(picks)
                 .filter(|(_, (keep, _, _))| *keep)
                 .map(|(p, (_, cond, tweak))| {
-                    let mut body = p
-                        .trim_end_matches(';')
-                        .replace("@delegable(\"false\")\n", "");
+                    let mut body = p.trim_end_matches(';').replace("@delegable(\"false\")\n", "");
                     if let Some((nth, digit)) = tweak {
                         body = tweak_number(&body, nth, digit);
                     }
@@ -299,29 +283,27 @@ fn sample() -> impl Strategy<Value = Sample> {
             prop::option::of(1i64..6),
         ),
     )
-        .prop_map(
-            |(c, (action, resource), f, (taint, mfa, reason, budget, now))| Sample {
-                child_exists: c.0,
-                child_ceiling: c.1,
-                child_delegate: c.2,
-                child_role: c.3,
-                child_in_eng: c.4,
-                action,
-                resource,
-                file_class: f.0,
-                file_path: f.1,
-                file_public: f.2,
-                file_tags: f.3,
-                file_owner: f.4,
-                file_parents: f.5,
-                newdir_parent: f.6,
-                taint,
-                mfa,
-                reason,
-                budget,
-                now,
-            },
-        )
+        .prop_map(|(c, (action, resource), f, (taint, mfa, reason, budget, now))| Sample {
+            child_exists: c.0,
+            child_ceiling: c.1,
+            child_delegate: c.2,
+            child_role: c.3,
+            child_in_eng: c.4,
+            action,
+            resource,
+            file_class: f.0,
+            file_path: f.1,
+            file_public: f.2,
+            file_tags: f.3,
+            file_owner: f.4,
+            file_parents: f.5,
+            newdir_parent: f.6,
+            taint,
+            mfa,
+            reason,
+            budget,
+            now,
+        })
 }
 
 fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Entities)> {
@@ -336,9 +318,7 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
         } else {
             json!([])
         };
-        extra.push(
-            json!({"uid": {"type": "Agent", "id": "child"}, "attrs": attrs, "parents": parents}),
-        );
+        extra.push(json!({"uid": {"type": "Agent", "id": "child"}, "attrs": attrs, "parents": parents}));
     }
     let parents: Vec<Value> = s
         .file_parents
@@ -351,16 +331,12 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
     if let Some(o) = s.file_owner {
         file_attrs["owner"] = json!({"__entity": {"type": "Agent", "id": o}});
     }
-    extra.push(
-        json!({"uid": {"type": "File", "id": "new.rs"}, "attrs": file_attrs, "parents": parents}),
-    );
+    extra.push(json!({"uid": {"type": "File", "id": "new.rs"}, "attrs": file_attrs, "parents": parents}));
     let newdir_parents: Vec<Value> = s
         .newdir_parent
         .map(|i| vec![json!({"type": "Folder", "id": FOLDERS[i]})])
         .unwrap_or_default();
-    extra.push(
-        json!({"uid": {"type": "Folder", "id": "newdir"}, "attrs": {}, "parents": newdir_parents}),
-    );
+    extra.push(json!({"uid": {"type": "Folder", "id": "newdir"}, "attrs": {}, "parents": newdir_parents}));
     let entities = store
         .clone()
         .add_entities_from_json_value(Value::Array(extra), Some(schema))
@@ -373,11 +349,7 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
             "Folder::\"newdir\"",
             "Folder::\"other\"",
         ][n % 4],
-        ("write", n) => [
-            "File::\"new.rs\"",
-            "File::\"repo/src/main.rs\"",
-            "File::\"missing.rs\"",
-        ][n % 3],
+        ("write", n) => ["File::\"new.rs\"", "File::\"repo/src/main.rs\"", "File::\"missing.rs\""][n % 3],
         (_, n) => [
             "File::\"new.rs\"",
             "File::\"repo/src/main.rs\"",
@@ -394,8 +366,7 @@ fn world(s: &Sample, schema: &Schema, store: &Entities) -> Option<(Request, Enti
         ctx["reason"] = json!(r);
     }
     if let Some(b) = s.budget {
-        ctx["budget"] =
-            json!({"__extn": {"fn": "decimal", "arg": format!("{}.{}", b / 10, b % 10)}});
+        ctx["budget"] = json!({"__extn": {"fn": "decimal", "arg": format!("{}.{}", b / 10, b % 10)}});
     }
     if let Some(d) = s.now {
         ctx["now"] = json!({"__extn": {"fn": "datetime", "arg": format!("2030-01-0{d}")}});
@@ -478,11 +449,8 @@ fn narrow_condition() -> BoxedStrategy<String> {
             k / 10,
             k % 10
         )),
-        (1i64..6).prop_map(|d| format!(
-            "(context has now && context.now <= datetime(\"2030-01-0{d}\"))"
-        )),
-        (1i64..6)
-            .prop_map(|d| format!("(context has now && context.now > datetime(\"2030-01-0{d}\"))")),
+        (1i64..6).prop_map(|d| format!("(context has now && context.now <= datetime(\"2030-01-0{d}\"))")),
+        (1i64..6).prop_map(|d| format!("(context has now && context.now > datetime(\"2030-01-0{d}\"))")),
         prop::sample::select(&["t*", "ticket", "*x", "ticket-*", "*"][..])
             .prop_map(|p| format!("(context has reason && context.reason like \"{p}\")")),
     ]

@@ -41,9 +41,8 @@ pub fn run_prove(
                 Verdict::Inconclusive(_) => EXIT_INCONCLUSIVE,
             };
             let text = if json {
-                serde_json::to_string_pretty(&verdict).unwrap_or_else(|e| {
-                    format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
-                })
+                serde_json::to_string_pretty(&verdict)
+                    .unwrap_or_else(|e| format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}"))
             } else {
                 verdict.render()
             };
@@ -69,11 +68,7 @@ fn render_error(e: &GrantError, json: bool) -> String {
     }
     let mut s = match e {
         GrantError::Invalid(inv) => {
-            let mut s = format!(
-                "error[{}]: {} is not valid against the schema\n",
-                e.code(),
-                inv.role
-            );
+            let mut s = format!("error[{}]: {} is not valid against the schema\n", e.code(), inv.role);
             for i in &inv.issues {
                 s.push_str(&format!(
                     "  --> policy `{}`, line {}\n   = {}\n",

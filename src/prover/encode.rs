@@ -14,8 +14,7 @@ mod scalar;
 use std::collections::HashMap;
 
 use cedar_policy_core::ast::{
-    ActionConstraint, EntityReference, EntityType, EntityUID, Expr, ExprKind,
-    PrincipalOrResourceConstraint, Var,
+    ActionConstraint, EntityReference, EntityType, EntityUID, Expr, ExprKind, PrincipalOrResourceConstraint, Var,
 };
 use cedar_policy_core::validator::types::{EntityKind, Type};
 
@@ -272,17 +271,12 @@ impl<'w> Encoding<'w> {
         let t = p.core();
         let action_ok = self.action_matches(t.action_constraint());
         let type_ok = |c: &PrincipalOrResourceConstraint, ty: &EntityType| match c {
-            PrincipalOrResourceConstraint::Is(et) | PrincipalOrResourceConstraint::IsIn(et, _) => {
-                et.as_ref() == ty
-            }
+            PrincipalOrResourceConstraint::Is(et) | PrincipalOrResourceConstraint::IsIn(et, _) => et.as_ref() == ty,
             PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => u.entity_type() == ty,
             _ => true,
         };
         action_ok
-            && type_ok(
-                t.principal_constraint().as_inner(),
-                &self.env.principal_type,
-            )
+            && type_ok(t.principal_constraint().as_inner(), &self.env.principal_type)
             && type_ok(t.resource_constraint().as_inner(), &self.env.resource_type)
     }
 
@@ -323,9 +317,7 @@ impl<'w> Encoding<'w> {
         match c {
             ActionConstraint::Any => true,
             ActionConstraint::Eq(a) => a.as_ref() == &self.env.action,
-            ActionConstraint::In(list) => list
-                .iter()
-                .any(|a| self.world.action_in(&self.env.action, a)),
+            ActionConstraint::In(list) => list.iter().any(|a| self.world.action_in(&self.env.action, a)),
         }
     }
 

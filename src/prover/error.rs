@@ -59,15 +59,11 @@ impl GrantError {
     /// How to fix it, when there is something to say.
     pub fn help(&self) -> Option<&'static str> {
         match self {
-            GrantError::Parse(_) => {
-                Some("a grant is a list of Cedar policies or templates over `?principal`")
+            GrantError::Parse(_) => Some("a grant is a list of Cedar policies or templates over `?principal`"),
+            GrantError::ResourceSlot(_) => Some("name the resource in the scope, e.g. `resource in Folder::\"repo\"`"),
+            GrantError::Invalid(_) => {
+                Some("fix the policies so that `cedar validate --validation-mode strict` accepts them")
             }
-            GrantError::ResourceSlot(_) => {
-                Some("name the resource in the scope, e.g. `resource in Folder::\"repo\"`")
-            }
-            GrantError::Invalid(_) => Some(
-                "fix the policies so that `cedar validate --validation-mode strict` accepts them",
-            ),
             GrantError::Internal(_) => None,
         }
     }
@@ -102,9 +98,7 @@ pub struct ParseGrant {
 
 /// A template uses the `?resource` slot.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "policy `{policy}` (line {line}) uses `?resource`; grants are templates over `?principal` only"
-)]
+#[error("policy `{policy}` (line {line}) uses `?resource`; grants are templates over `?principal` only")]
 pub struct ResourceSlot {
     /// Display id of the policy.
     pub policy: String,

@@ -7,16 +7,12 @@
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
-use cedar_policy::{
-    Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator,
-};
+use cedar_policy::{Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator};
 use cedar_policy_core::ast;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use super::error::{
-    GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
-};
+use super::error::{GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 
 /// Annotation that withholds a permit from the delegable view.
 pub const DELEGABLE_ANNOTATION: &str = "delegable";
@@ -82,10 +78,7 @@ impl Grant {
         for policy in set.policies() {
             // INVARIANT: a freshly parsed set holds no template-linked policies.
             let core: &ast::Policy = policy.as_ref();
-            policies.push((
-                Template::from(core.template().clone()),
-                Some(policy.clone()),
-            ));
+            policies.push((Template::from(core.template().clone()), Some(policy.clone())));
         }
         let mut out: Vec<GrantPolicy> = policies
             .into_iter()
@@ -193,11 +186,7 @@ pub fn validate_grant(grant: &Grant, schema: &Schema) -> Result<(), GrantError> 
     validate_with(grant, &Validator::new(schema.clone()), GrantRole::Grant)
 }
 
-pub(crate) fn validate_with(
-    grant: &Grant,
-    validator: &Validator,
-    role: GrantRole,
-) -> Result<(), GrantError> {
+pub(crate) fn validate_with(grant: &Grant, validator: &Validator, role: GrantRole) -> Result<(), GrantError> {
     let set = grant.policy_set()?;
     let result = validator.validate(&set, ValidationMode::Strict);
     if result.validation_passed() {
@@ -266,11 +255,7 @@ forbid(principal, action, resource) when { context.taint > 2 };
     #[test]
     fn policies_keep_names_and_lines() {
         let g = Grant::parse(SRC).unwrap();
-        let names: Vec<(&str, usize)> = g
-            .policies()
-            .iter()
-            .map(|p| (p.name.as_str(), p.line))
-            .collect();
+        let names: Vec<(&str, usize)> = g.policies().iter().map(|p| (p.name.as_str(), p.line)).collect();
         assert_eq!(names, [("policy0", 1), ("creds", 3), ("policy2", 6)]);
     }
 

@@ -19,10 +19,7 @@ pub(crate) struct Related {
 }
 
 impl Related {
-    pub(crate) fn new<'u>(
-        world: &World<'_>,
-        targets: impl IntoIterator<Item = &'u EntityUID>,
-    ) -> Self {
+    pub(crate) fn new<'u>(world: &World<'_>, targets: impl IntoIterator<Item = &'u EntityUID>) -> Self {
         let mut ids: HashMap<EntityUID, usize> = HashMap::new();
         let mut uids: Vec<&EntityUID> = Vec::new();
         for t in targets {
@@ -56,11 +53,7 @@ impl Related {
                 }
             }
         }
-        Related {
-            ids,
-            stored,
-            related,
-        }
+        Related { ids, stored, related }
     }
 
     /// The index of a scope target given to `new`.
@@ -74,14 +67,7 @@ impl Related {
             return false;
         };
         let stored = |k: usize| self.stored.get(k).copied().unwrap_or(false);
-        stored(i)
-            && stored(j)
-            && !self
-                .related
-                .get(i)
-                .and_then(|r| r.get(j))
-                .copied()
-                .unwrap_or(true)
+        stored(i) && stored(j) && !self.related.get(i).and_then(|r| r.get(j)).copied().unwrap_or(true)
     }
 }
 

@@ -7,13 +7,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
-use cedar_policy::{
-    Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
-    SlotId,
-};
-use cedar_policy_core::ast::{
-    Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint,
-};
+use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId};
+use cedar_policy_core::ast::{Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
 use cedar_policy_core::entities::{Dereference, Entities as CoreEntities};
 use serde_json::{json, Value as Json};
 
@@ -106,8 +101,7 @@ impl Builder<'_, '_, '_> {
         let members = self.enc.world.enum_members(et)?;
         Some(members.into_iter().find_map(|eid| {
             let uid = EntityUID::from_components(et.clone(), eid, None);
-            let excluded =
-                t.is_some_and(|t| self.assigned(&Atom::EntEq(t, uid.clone())) == Some(false));
+            let excluded = t.is_some_and(|t| self.assigned(&Atom::EntEq(t, uid.clone())) == Some(false));
             (!excluded).then_some(uid)
         }))
     }
@@ -116,11 +110,7 @@ impl Builder<'_, '_, '_> {
         let world = self.enc.world;
         let mut n = 0usize;
         loop {
-            let eid = if n == 0 {
-                hint.to_owned()
-            } else {
-                format!("{hint}-{n}")
-            };
+            let eid = if n == 0 { hint.to_owned() } else { format!("{hint}-{n}") };
             let uid = EntityUID::from_components(et.clone(), Eid::new(eid), None);
             if world.stored(&uid).is_none() && !self.taken.contains(&uid) {
                 self.taken.insert(uid.clone());
@@ -206,10 +196,8 @@ impl Builder<'_, '_, '_> {
                 _ => None,
             })
             .collect();
-        self.emitted.insert(
-            key,
-            json!({"uid": uid_json(&uid), "attrs": attrs, "parents": parents}),
-        );
+        self.emitted
+            .insert(key, json!({"uid": uid_json(&uid), "attrs": attrs, "parents": parents}));
         Some(())
     }
 
@@ -223,9 +211,7 @@ impl Builder<'_, '_, '_> {
                 Some(t) => self.theory.string_for(t, self.a)?,
                 None => "x".to_owned(),
             }),
-            Ty::Bool => json!(t
-                .and_then(|t| self.assigned(&Atom::BoolVal(t)))
-                .unwrap_or(false)),
+            Ty::Bool => json!(t.and_then(|t| self.assigned(&Atom::BoolVal(t))).unwrap_or(false)),
             Ty::Entity(et) => {
                 let uid = match (t, self.enum_member(None, et)) {
                     (Some(t), _) => self.uid_of(t)?,
@@ -251,10 +237,8 @@ impl Builder<'_, '_, '_> {
             Ty::Record(fields) => {
                 let mut obj = serde_json::Map::new();
                 for f in fields {
-                    let present = f.required
-                        || t.is_some_and(|t| {
-                            self.assigned(&Atom::Has(t, f.name.clone())) == Some(true)
-                        });
+                    let present =
+                        f.required || t.is_some_and(|t| self.assigned(&Atom::Has(t, f.name.clone())) == Some(true));
                     if present {
                         let child = t.and_then(|t| self.enc.child_term(t, &f.name));
                         obj.insert(f.name.clone(), self.value(child, &f.ty)?);
@@ -296,12 +280,7 @@ fn resource_ancestors(cand: &Candidate, store: &CoreEntities) -> HashSet<EntityU
         .iter()
         .filter_map(|e| {
             let uid = json_uid(e.get("uid")?)?;
-            let parents = e
-                .get("parents")?
-                .as_array()?
-                .iter()
-                .filter_map(json_uid)
-                .collect();
+            let parents = e.get("parents")?.as_array()?.iter().filter_map(json_uid).collect();
             Some((uid.to_string(), parents))
         })
         .collect();
@@ -350,13 +329,9 @@ impl<'p> Replayer<'p> {
     fn sets(&self, cand: &Candidate, store: &CoreEntities) -> Option<Sets> {
         let ancestors = resource_ancestors(cand, store);
         let may_match = |p: &&GrantPolicy| match p.core().resource_constraint().as_inner() {
-            PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => {
-                u.as_ref() == &cand.resource
-            }
+            PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => u.as_ref() == &cand.resource,
             PrincipalOrResourceConstraint::In(EntityReference::EUID(u))
-            | PrincipalOrResourceConstraint::IsIn(_, EntityReference::EUID(u)) => {
-                ancestors.contains(u.as_ref())
-            }
+            | PrincipalOrResourceConstraint::IsIn(_, EntityReference::EUID(u)) => ancestors.contains(u.as_ref()),
             _ => true,
         };
         let mut names = HashMap::new();
@@ -389,15 +364,9 @@ impl<'p> Replayer<'p> {
     }
 
     /// Replays a candidate; `Some` only when the child side allows and the parent denies.
-    pub(crate) fn replay(
-        &self,
-        cand: &Candidate,
-        schema: &Schema,
-        store: &Entities,
-    ) -> Option<Counterexample> {
+    pub(crate) fn replay(&self, cand: &Candidate, schema: &Schema, store: &Entities) -> Option<Counterexample> {
         let action = EntityUid::from(cand.action.clone());
-        let context =
-            Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
+        let context = Context::from_json_value(cand.context.clone(), Some((schema, &action))).ok()?;
         let request = Request::new(
             EntityUid::from(cand.principal.clone()),
             action,
@@ -428,16 +397,8 @@ impl<'p> Replayer<'p> {
             context: cand.context.clone(),
             entities: extra,
             child_principal: self.child_principal.to_string(),
-            allowed_by: child
-                .diagnostics()
-                .reason()
-                .map(|id| sets.name(id))
-                .collect(),
-            denied_by: parent
-                .diagnostics()
-                .reason()
-                .map(|id| sets.name(id))
-                .collect(),
+            allowed_by: child.diagnostics().reason().map(|id| sets.name(id)).collect(),
+            denied_by: parent.diagnostics().reason().map(|id| sets.name(id)).collect(),
             parent_errors: parent
                 .diagnostics()
                 .errors()
@@ -461,27 +422,18 @@ struct Sets {
 
 impl Sets {
     fn name(&self, id: &PolicyId) -> String {
-        self.names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| format!("`{id}`"))
+        self.names.get(id).cloned().unwrap_or_else(|| format!("`{id}`"))
     }
 }
 
-fn link_one(
-    set: &mut PolicySet,
-    p: &GrantPolicy,
-    id: &str,
-    child: &EntityUid,
-) -> Result<(), GrantError> {
+fn link_one(set: &mut PolicySet, p: &GrantPolicy, id: &str, child: &EntityUid) -> Result<(), GrantError> {
     let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
     let pid = PolicyId::new(id);
     match &p.static_policy {
         Some(policy) => set.add(policy.new_id(pid)).map_err(|e| fail(&e)),
         None => {
             let tid = PolicyId::new(format!("{id}.template"));
-            set.add_template(p.template.new_id(tid.clone()))
-                .map_err(|e| fail(&e))?;
+            set.add_template(p.template.new_id(tid.clone())).map_err(|e| fail(&e))?;
             let vals = HashMap::from([(SlotId::principal(), child.clone())]);
             set.link(tid, pid, vals).map_err(|e| fail(&e))
         }

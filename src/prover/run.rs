@@ -7,9 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{Effect, Entities, EntityUid, Schema};
-use cedar_policy_core::ast::{
-    Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint,
-};
+use cedar_policy_core::ast::{Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
 
 use super::encode::{self, Atom, Encoding, Env, Ty};
 use super::error::GrantError;
@@ -67,10 +65,7 @@ impl<'a> Run<'a> {
         opts: &'a ProveOptions,
     ) -> Self {
         let split = |g: &'a Grant, effect: Effect| -> Vec<&'a GrantPolicy> {
-            g.policies()
-                .iter()
-                .filter(|p| p.effect() == effect)
-                .collect()
+            g.policies().iter().filter(|p| p.effect() == effect).collect()
         };
         // INVARIANT: the same filter as `Grant::delegable_view`, without cloning policies.
         let parent_view: Vec<&GrantPolicy> = parent
@@ -161,8 +156,7 @@ impl<'a> Run<'a> {
                 .filter_map(|p| resource_target(p)),
         );
         let target = |p: &GrantPolicy| resource_target(p).and_then(|u| related.id(u));
-        let parent_targets: Vec<Option<usize>> =
-            self.parent_permits.iter().map(|p| target(p)).collect();
+        let parent_targets: Vec<Option<usize>> = self.parent_permits.iter().map(|p| target(p)).collect();
         for env in envs {
             let child = env.child.clone();
             let mut enc = Encoding::new(world, env);
@@ -235,10 +229,7 @@ impl<'a> Run<'a> {
                         if !enc.scope_applies(p) {
                             continue;
                         }
-                        if pruned
-                            && related
-                                .unrelated(child_target, parent_targets.get(l).copied().flatten())
-                        {
+                        if pruned && related.unrelated(child_target, parent_targets.get(l).copied().flatten()) {
                             continue;
                         }
                         let f = match parent_formulas.get(l).cloned().flatten() {
@@ -258,22 +249,14 @@ impl<'a> Run<'a> {
                     }
                     constraints.extend(
                         base.iter()
-                            .filter(|(_, target)| {
-                                !pruned || !related.unrelated(child_target, *target)
-                            })
+                            .filter(|(_, target)| !pruned || !related.unrelated(child_target, *target))
                             .map(|(c, _)| Constraint {
                                 formula: c.formula.clone(),
                                 origin: c.origin,
                             }),
                     );
-                    if axiom_index
-                        .as_ref()
-                        .is_none_or(|(n, _)| *n != enc.axioms.len())
-                    {
-                        axiom_index = Some((
-                            enc.axioms.len(),
-                            AxiomIndex::new(&enc.axioms, enc.atoms.len()),
-                        ));
+                    if axiom_index.as_ref().is_none_or(|(n, _)| *n != enc.axioms.len()) {
+                        axiom_index = Some((enc.axioms.len(), AxiomIndex::new(&enc.axioms, enc.atoms.len())));
                     }
                     let Some((_, index)) = axiom_index.as_ref() else {
                         continue;
@@ -324,10 +307,7 @@ impl<'a> Run<'a> {
         );
         if !replayers.contains_key(&key) {
             let keep = |ps: &[&'a GrantPolicy]| -> Vec<&'a GrantPolicy> {
-                ps.iter()
-                    .copied()
-                    .filter(|p| enc.scope_applies(p))
-                    .collect()
+                ps.iter().copied().filter(|p| enc.scope_applies(p)).collect()
             };
             let r = Replayer::new(
                 keep(&self.child_all),
@@ -364,8 +344,7 @@ impl<'a> Run<'a> {
                     return ModelVerdict::Reject;
                 }
             };
-            let replayed = concretize(enc, assignment)
-                .and_then(|cand| replayer.replay(&cand, schema, entities));
+            let replayed = concretize(enc, assignment).and_then(|cand| replayer.replay(&cand, schema, entities));
             match replayed {
                 Some(cx) => {
                     found = Some(cx);
@@ -438,9 +417,7 @@ impl<'a> Run<'a> {
 
     fn evidence(&self, acc: Vec<Acc>) -> Evidence {
         let label = |ps: &[&GrantPolicy], i: usize, role: &str| {
-            ps.get(i)
-                .map(|p| format!("{role} {}", p.label()))
-                .unwrap_or_default()
+            ps.get(i).map(|p| format!("{role} {}", p.label())).unwrap_or_default()
         };
         Evidence {
             permits: self
@@ -479,12 +456,7 @@ enum Solved {
     Unsure(Inconclusive),
 }
 
-fn unsure(
-    enc: &Encoding<'_>,
-    blamed: &BTreeSet<usize>,
-    code: &'static str,
-    message: &str,
-) -> Inconclusive {
+fn unsure(enc: &Encoding<'_>, blamed: &BTreeSet<usize>, code: &'static str, message: &str) -> Inconclusive {
     let opaque: Vec<&encode::OpaqueExpr> = if blamed.is_empty() {
         enc.opaque.iter().collect()
     } else {
@@ -497,9 +469,6 @@ fn unsure(
             enc.env.action, enc.env.principal_type, enc.env.resource_type
         ),
         policy: opaque.first().map(|o| o.policy.clone()),
-        constructs: opaque
-            .iter()
-            .map(|o| format!("`{}` in {}", o.text, o.policy))
-            .collect(),
+        constructs: opaque.iter().map(|o| format!("`{}` in {}", o.text, o.policy)).collect(),
     }
 }

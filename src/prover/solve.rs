@@ -78,12 +78,7 @@ enum Step {
 }
 
 impl<'e, 'w> Search<'e, 'w> {
-    pub(crate) fn new(
-        enc: &'e Encoding<'w>,
-        constraints: Vec<Constraint>,
-        budget: usize,
-        max_models: usize,
-    ) -> Self {
+    pub(crate) fn new(enc: &'e Encoding<'w>, constraints: Vec<Constraint>, budget: usize, max_models: usize) -> Self {
         Search {
             enc,
             theory: Theory::new(enc),
@@ -100,10 +95,7 @@ impl<'e, 'w> Search<'e, 'w> {
         }
     }
 
-    pub(crate) fn run(
-        &mut self,
-        on_model: &mut dyn FnMut(&Encoding<'w>, &[Option<bool>]) -> ModelVerdict,
-    ) -> Outcome {
+    pub(crate) fn run(&mut self, on_model: &mut dyn FnMut(&Encoding<'w>, &[Option<bool>]) -> ModelVerdict) -> Outcome {
         match self.dpll(on_model) {
             Ok(true) => Outcome::Found,
             Ok(false) if self.rejected > 0 => Outcome::OnlyRejected,
@@ -180,10 +172,7 @@ impl<'e, 'w> Search<'e, 'w> {
         }
     }
 
-    fn dpll(
-        &mut self,
-        on_model: &mut dyn FnMut(&Encoding<'w>, &[Option<bool>]) -> ModelVerdict,
-    ) -> Result<bool, ()> {
+    fn dpll(&mut self, on_model: &mut dyn FnMut(&Encoding<'w>, &[Option<bool>]) -> ModelVerdict) -> Result<bool, ()> {
         self.steps += 1;
         if self.steps > self.budget {
             return Err(());
@@ -277,10 +266,9 @@ fn pick(f: &Formula, a: &[Option<bool>]) -> Option<(AtomId, bool)> {
             None => Some((*id, *pol)),
             Some(_) => None,
         },
-        Formula::And(parts) | Formula::Or(parts) => parts
-            .iter()
-            .filter(|p| p.eval(a).is_none())
-            .find_map(|p| pick(p, a)),
+        Formula::And(parts) | Formula::Or(parts) => {
+            parts.iter().filter(|p| p.eval(a).is_none()).find_map(|p| pick(p, a))
+        }
         Formula::True | Formula::False => None,
     }
 }

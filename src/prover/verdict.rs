@@ -128,10 +128,7 @@ impl Verdict {
         let mut out = String::new();
         match self {
             Verdict::Within(e) => {
-                let _ = writeln!(
-                    out,
-                    "within: the child grant stays inside the parent's delegable view"
-                );
+                let _ = writeln!(out, "within: the child grant stays inside the parent's delegable view");
                 for c in &e.permits {
                     if !c.applies {
                         let _ = writeln!(
@@ -141,11 +138,7 @@ impl Verdict {
                         );
                         continue;
                     }
-                    let _ = writeln!(
-                        out,
-                        "  = child permit `{}` (line {})",
-                        c.child_policy, c.line
-                    );
+                    let _ = writeln!(out, "  = child permit `{}` (line {})", c.child_policy, c.line);
                     if !c.covered_by.is_empty() {
                         let _ = writeln!(out, "      covered by {}", c.covered_by.join(", "));
                     }
@@ -158,7 +151,10 @@ impl Verdict {
                 }
             }
             Verdict::Exceeds(c) => {
-                let _ = writeln!(out, "error[exceeds]: the child grant allows a request the parent's delegable view denies");
+                let _ = writeln!(
+                    out,
+                    "error[exceeds]: the child grant allows a request the parent's delegable view denies"
+                );
                 let _ = writeln!(out, "  --> allowed by {}", c.allowed_by.join(", "));
                 let _ = writeln!(out, "   |");
                 let _ = writeln!(out, "   | principal: {}", c.principal);
@@ -170,18 +166,20 @@ impl Verdict {
                 }
                 let _ = writeln!(out, "   |");
                 if c.denied_by.is_empty() {
-                    let _ = writeln!(out, "   = note: no permit of the parent's delegable view applies to this request");
-                } else {
                     let _ = writeln!(
                         out,
-                        "   = note: the parent forbids it: {}",
-                        c.denied_by.join(", ")
+                        "   = note: no permit of the parent's delegable view applies to this request"
                     );
+                } else {
+                    let _ = writeln!(out, "   = note: the parent forbids it: {}", c.denied_by.join(", "));
                 }
                 for e in &c.parent_errors {
                     let _ = writeln!(out, "   = note: while evaluating the parent: {e}");
                 }
-                let _ = writeln!(out, "   = help: narrow the child permit, or ask the parent's grantor for this permission");
+                let _ = writeln!(
+                    out,
+                    "   = help: narrow the child permit, or ask the parent's grantor for this permission"
+                );
             }
             Verdict::Inconclusive(i) => {
                 let _ = writeln!(out, "warning[{}]: {}", i.code, i.message);
@@ -191,7 +189,10 @@ impl Verdict {
                 for c in &i.constructs {
                     let _ = writeln!(out, "   = not interpreted: {c}");
                 }
-                let _ = writeln!(out, "   = help: an inconclusive proof is never applied; ask a human to approve the delegation");
+                let _ = writeln!(
+                    out,
+                    "   = help: an inconclusive proof is never applied; ask a human to approve the delegation"
+                );
             }
         }
         out

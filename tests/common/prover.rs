@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Effect, Entities, EntityUid, PolicyId, PolicySet, Request,
-    Schema, SlotId,
+    Authorizer, Context, Decision, Effect, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId,
 };
 use deputy::prover::Counterexample;
 
@@ -59,8 +58,7 @@ pub fn link_into(
     }
     for (i, p) in parsed.policies().enumerate() {
         if keep(p.effect(), p.annotation("delegable")) {
-            out.add(p.new_id(PolicyId::new(format!("{prefix}s{i}"))))
-                .unwrap();
+            out.add(p.new_id(PolicyId::new(format!("{prefix}s{i}")))).unwrap();
         }
     }
 }
@@ -86,13 +84,7 @@ pub fn parent_side(parent: &str, principal: &EntityUid) -> PolicySet {
 }
 
 /// Replays a counterexample independently of the prover.
-pub fn replays(
-    cx: &Counterexample,
-    child: &str,
-    parent: &str,
-    schema: &Schema,
-    store: &Entities,
-) -> bool {
+pub fn replays(cx: &Counterexample, child: &str, parent: &str, schema: &Schema, store: &Entities) -> bool {
     let principal = EntityUid::from_str(&cx.child_principal).unwrap();
     let action = EntityUid::from_str(&cx.action).unwrap();
     let context = Context::from_json_value(cx.context.clone(), Some((schema, &action))).unwrap();

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use cedar_policy_core::ast::{
-    BinaryOp, EntityUID, Expr, ExprKind, Literal, PatternElem, UnaryOp, Var,
-};
+use cedar_policy_core::ast::{BinaryOp, EntityUID, Expr, ExprKind, Literal, PatternElem, UnaryOp, Var};
 
 use super::{Atom, Cmp, Encoding, Lit, OpaqueExpr, Pat, Scalar, TermId, Ty};
 use crate::prover::formula::Formula;
@@ -26,13 +24,10 @@ impl Encoding<'_> {
     fn operand(&mut self, e: &Expr) -> Operand {
         match e.expr_kind() {
             ExprKind::Lit(l) => literal(l).map_or(Operand::Other, Operand::Lit),
-            ExprKind::UnaryApp {
-                op: UnaryOp::Neg,
-                arg,
-            } => match arg.expr_kind() {
-                ExprKind::Lit(Literal::Long(k)) => k
-                    .checked_neg()
-                    .map_or(Operand::Other, |v| Operand::Lit(Lit::Long(v))),
+            ExprKind::UnaryApp { op: UnaryOp::Neg, arg } => match arg.expr_kind() {
+                ExprKind::Lit(Literal::Long(k)) => {
+                    k.checked_neg().map_or(Operand::Other, |v| Operand::Lit(Lit::Long(v)))
+                }
                 _ => Operand::Other,
             },
             ExprKind::Set(elems) => {
@@ -80,10 +75,7 @@ impl Encoding<'_> {
                 i
             }
         };
-        (
-            self.lit(Atom::Opaque(idx, true)),
-            self.lit(Atom::Opaque(idx, false)),
-        )
+        (self.lit(Atom::Opaque(idx, true)), self.lit(Atom::Opaque(idx, false)))
     }
 
     /// Compiles a boolean expression into (evaluates to true, evaluates to false).
@@ -100,10 +92,7 @@ impl Encoding<'_> {
                 let (rt, rf) = self.bool_expr(right);
                 (lt.or(lf.clone().and(rt)), lf.and(rf))
             }
-            ExprKind::UnaryApp {
-                op: UnaryOp::Not,
-                arg,
-            } => {
+            ExprKind::UnaryApp { op: UnaryOp::Not, arg } => {
                 let (t, f) = self.bool_expr(arg);
                 (f, t)
             }
@@ -115,30 +104,23 @@ impl Encoding<'_> {
                 let (ct, cf) = self.bool_expr(test_expr);
                 let (at, af) = self.bool_expr(then_expr);
                 let (bt, bf) = self.bool_expr(else_expr);
-                (
-                    ct.clone().and(at).or(cf.clone().and(bt)),
-                    ct.and(af).or(cf.and(bf)),
-                )
+                (ct.clone().and(at).or(cf.clone().and(bt)), ct.and(af).or(cf.and(bf)))
             }
             ExprKind::BinaryApp { op, arg1, arg2 } => match op {
                 BinaryOp::Eq => self.equality(e, arg1, arg2),
                 BinaryOp::Less => self.compare(e, Cmp::Lt, arg1, arg2),
                 BinaryOp::LessEq => self.compare(e, Cmp::Le, arg1, arg2),
                 BinaryOp::In => self.membership(e, arg1, arg2),
-                BinaryOp::Contains | BinaryOp::ContainsAll | BinaryOp::ContainsAny => {
-                    self.set_op(e, *op, arg1, arg2)
-                }
+                BinaryOp::Contains | BinaryOp::ContainsAll | BinaryOp::ContainsAny => self.set_op(e, *op, arg1, arg2),
                 _ => self.opaque(e),
             },
-            ExprKind::ExtensionFunctionApp { fn_name, args } => {
-                match (fn_name.to_string().as_str(), args.as_slice()) {
-                    ("lessThan", [a, b]) => self.compare(e, Cmp::Lt, a, b),
-                    ("lessThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, a, b),
-                    ("greaterThan", [a, b]) => self.compare(e, Cmp::Lt, b, a),
-                    ("greaterThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, b, a),
-                    _ => self.opaque(e),
-                }
-            }
+            ExprKind::ExtensionFunctionApp { fn_name, args } => match (fn_name.to_string().as_str(), args.as_slice()) {
+                ("lessThan", [a, b]) => self.compare(e, Cmp::Lt, a, b),
+                ("lessThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, a, b),
+                ("greaterThan", [a, b]) => self.compare(e, Cmp::Lt, b, a),
+                ("greaterThanOrEqual", [a, b]) => self.compare(e, Cmp::Le, b, a),
+                _ => self.opaque(e),
+            },
             ExprKind::HasAttr { expr, attr } => self.has(e, expr, &[attr.to_string()]),
             ExprKind::ExtHasAttr { expr, attrs } => {
                 let attrs: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
@@ -230,9 +212,7 @@ impl Encoding<'_> {
 
     fn equality(&mut self, e: &Expr, a: &Expr, b: &Expr) -> Tf {
         match (self.operand(a), self.operand(b)) {
-            (Operand::Lit(x), Operand::Lit(y)) => {
-                (Formula::constant(x == y), Formula::constant(x != y))
-            }
+            (Operand::Lit(x), Operand::Lit(y)) => (Formula::constant(x == y), Formula::constant(x != y)),
             (Operand::Term(t, d), Operand::Lit(v)) | (Operand::Lit(v), Operand::Term(t, d)) => {
                 match self.eq_lit(t, &v) {
                     Some(x) => guarded(d, x),
@@ -242,15 +222,13 @@ impl Encoding<'_> {
             (Operand::Scalar(x, v), Operand::Scalar(y, w)) if x == y => {
                 (Formula::constant(v == w), Formula::constant(v != w))
             }
-            (Operand::Term(t, d), Operand::Scalar(k, v))
-            | (Operand::Scalar(k, v), Operand::Term(t, d))
+            (Operand::Term(t, d), Operand::Scalar(k, v)) | (Operand::Scalar(k, v), Operand::Term(t, d))
                 if self.ty(t).scalar() == Some(k) =>
             {
                 let x = self.lit(Atom::Long(t, Cmp::Eq, v));
                 guarded(d, x)
             }
-            (Operand::Action, Operand::Lit(Lit::Entity(u)))
-            | (Operand::Lit(Lit::Entity(u)), Operand::Action) => {
+            (Operand::Action, Operand::Lit(Lit::Entity(u))) | (Operand::Lit(Lit::Entity(u)), Operand::Action) => {
                 let b = u == self.env.action;
                 (Formula::constant(b), Formula::constant(!b))
             }
@@ -316,9 +294,7 @@ impl Encoding<'_> {
                 guarded(d, Formula::any(parts))
             }
             Operand::Action => {
-                let b = rhs
-                    .iter()
-                    .any(|u| self.world.action_in(&self.env.action, u));
+                let b = rhs.iter().any(|u| self.world.action_in(&self.env.action, u));
                 (Formula::constant(b), Formula::constant(!b))
             }
             Operand::Lit(Lit::Entity(x)) => {
@@ -337,9 +313,7 @@ impl Encoding<'_> {
 
     fn set_op(&mut self, e: &Expr, op: BinaryOp, a: &Expr, b: &Expr) -> Tf {
         match (op, self.operand(a), self.operand(b)) {
-            (BinaryOp::Contains, Operand::Term(t, d), Operand::Lit(v))
-                if matches!(self.ty(t), Ty::Set(_)) =>
-            {
+            (BinaryOp::Contains, Operand::Term(t, d), Operand::Lit(v)) if matches!(self.ty(t), Ty::Set(_)) => {
                 let x = self.lit(Atom::Contains(t, v));
                 guarded(d, x)
             }
@@ -357,15 +331,10 @@ impl Encoding<'_> {
                 let r = vs.contains(&v);
                 (Formula::constant(r), Formula::constant(!r))
             }
-            (
-                BinaryOp::ContainsAll | BinaryOp::ContainsAny,
-                Operand::Term(t, d),
-                Operand::LitSet(vs),
-            ) if matches!(self.ty(t), Ty::Set(_)) => {
-                let parts: Vec<Formula> = vs
-                    .into_iter()
-                    .map(|v| self.lit(Atom::Contains(t, v)))
-                    .collect();
+            (BinaryOp::ContainsAll | BinaryOp::ContainsAny, Operand::Term(t, d), Operand::LitSet(vs))
+                if matches!(self.ty(t), Ty::Set(_)) =>
+            {
+                let parts: Vec<Formula> = vs.into_iter().map(|v| self.lit(Atom::Contains(t, v))).collect();
                 let x = if op == BinaryOp::ContainsAll {
                     Formula::all(parts)
                 } else {

@@ -7,9 +7,7 @@
 
 use std::str::FromStr;
 
-use cedar_policy::{
-    eval_expression, Context, Entities, EntityUid, EvalResult, Expression, Request,
-};
+use cedar_policy::{eval_expression, Context, Entities, EntityUid, EvalResult, Expression, Request};
 
 /// An extension type ordered as an integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,10 +46,7 @@ impl Scalar {
             Scalar::Decimal => {
                 let sign = if v < 0 { "-" } else { "" };
                 let abs = v.unsigned_abs();
-                (
-                    "decimal",
-                    format!("{sign}{}.{:04}", abs / 10_000, abs % 10_000),
-                )
+                ("decimal", format!("{sign}{}.{:04}", abs / 10_000, abs % 10_000))
             }
             Scalar::Datetime => ("datetime", render_datetime(v)?),
             Scalar::Duration => ("duration", format!("{v}ms")),
@@ -119,15 +114,8 @@ fn render_datetime(ms: i64) -> Option<String> {
     if !(0..=9999).contains(&y) {
         return None;
     }
-    let (h, mi, s, milli) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
-    Some(format!(
-        "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z"
-    ))
+    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    Some(format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z"))
 }
 
 #[cfg(test)]
@@ -141,10 +129,7 @@ mod tests {
         assert_eq!(parse_decimal("-0.0001"), Some(-1));
         assert_eq!(parse_decimal("1."), None);
         assert_eq!(parse_decimal("1.23456"), None);
-        assert_eq!(
-            Scalar::Decimal.render(-5_000).unwrap()["__extn"]["arg"],
-            "-0.5000"
-        );
+        assert_eq!(Scalar::Decimal.render(-5_000).unwrap()["__extn"]["arg"], "-0.5000");
     }
 
     #[test]
@@ -156,9 +141,6 @@ mod tests {
             let arg = json["__extn"]["arg"].as_str().unwrap().to_owned();
             assert_eq!(Scalar::Datetime.parse(&arg), Some(ms), "{arg}");
         }
-        assert_eq!(
-            Scalar::Duration.render(-7).unwrap()["__extn"]["arg"],
-            "-7ms"
-        );
+        assert_eq!(Scalar::Duration.render(-7).unwrap()["__extn"]["arg"], "-7ms");
     }
 }

@@ -139,9 +139,7 @@ impl StrConstraints<'_> {
             for q in self.like.iter().skip(i + 1) {
                 let (pp, qp) = (prefix(p), prefix(q));
                 let (ps, qs) = (suffix(p), suffix(q));
-                if !(pp.starts_with(&qp) || qp.starts_with(&pp))
-                    || !(ps.ends_with(&qs) || qs.ends_with(&ps))
-                {
+                if !(pp.starts_with(&qp) || qp.starts_with(&pp)) || !(ps.ends_with(&qs) || qs.ends_with(&ps)) {
                     return false;
                 }
             }

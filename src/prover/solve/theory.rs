@@ -83,11 +83,7 @@ impl<'e, 'w> Theory<'e, 'w> {
         Theory { enc, by_term }
     }
 
-    fn assigned<'a>(
-        &'a self,
-        t: usize,
-        a: &'a [Option<bool>],
-    ) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
+    fn assigned<'a>(&'a self, t: usize, a: &'a [Option<bool>]) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
         self.assigned_ids(t, a).map(|(_, atom, v)| (atom, v))
     }
 
@@ -96,14 +92,10 @@ impl<'e, 'w> Theory<'e, 'w> {
         t: usize,
         a: &'a [Option<bool>],
     ) -> impl Iterator<Item = (AtomId, &'a Atom, bool)> + 'a {
-        self.by_term
-            .get(t)
-            .into_iter()
-            .flatten()
-            .filter_map(move |id| {
-                let v = a.get(*id).copied().flatten()?;
-                Some((*id, self.enc.atoms.get(*id)?, v))
-            })
+        self.by_term.get(t).into_iter().flatten().filter_map(move |id| {
+            let v = a.get(*id).copied().flatten()?;
+            Some((*id, self.enc.atoms.get(*id)?, v))
+        })
     }
 
     /// Every assigned atom about the term and the terms it hangs from.
@@ -138,9 +130,7 @@ impl<'e, 'w> Theory<'e, 'w> {
                         None => Known::Free,
                     },
                     Some(Known::Value(v)) => match &v.value {
-                        ValueKind::Record(map) => {
-                            map.get(attr.as_str()).map_or(Known::Absent, value_known)
-                        }
+                        ValueKind::Record(map) => map.get(attr.as_str()).map_or(Known::Absent, value_known),
                         _ => Known::Free,
                     },
                     Some(Known::Absent) => Known::Absent,
@@ -185,9 +175,7 @@ impl<'e, 'w> Theory<'e, 'w> {
                 (Atom::Contains(_, lit), ValueKind::Set(set)) => {
                     Some(set.authoritative.iter().any(|e| lit_matches_value(lit, e)))
                 }
-                (Atom::Has(_, attr), ValueKind::Record(map)) => {
-                    Some(map.contains_key(attr.as_str()))
-                }
+                (Atom::Has(_, attr), ValueKind::Record(map)) => Some(map.contains_key(attr.as_str())),
                 _ => None,
             },
             Known::Free | Known::Absent => None,
@@ -325,9 +313,7 @@ fn str_constraints<'a>(atoms: impl Iterator<Item = (&'a Atom, bool)>) -> StrCons
 }
 
 /// The interval and excluded points of a Long term; `None` when empty.
-fn long_interval<'a>(
-    atoms: impl Iterator<Item = (&'a Atom, bool)>,
-) -> Option<(i128, i128, BTreeSet<i128>)> {
+fn long_interval<'a>(atoms: impl Iterator<Item = (&'a Atom, bool)>) -> Option<(i128, i128, BTreeSet<i128>)> {
     let mut lo = i128::from(i64::MIN);
     let mut hi = i128::from(i64::MAX);
     let mut excluded = BTreeSet::new();
