@@ -1,0 +1,264 @@
+//! The decision path: turn a request into a Cedar `Request` checked against the bundle's schema,
+//! and decide it against one immutable bundle. Pure and synchronous; the HTTP layer calls it.
+
+mod capabilities;
+mod request;
+
+use std::sync::LazyLock;
+
+use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request};
+use serde::Serialize;
+
+use std::sync::Arc;
+
+use crate::bundle::Bundle;
+use crate::bundle::TaintRole;
+use crate::delegation::{DeniedBy, Guard, LiveAgent, AGENT_TYPE};
+use crate::snapshot::Snapshot;
+
+pub use capabilities::{capabilities, Capabilities};
+pub use request::{parse_context, parse_uid, EntityRef, Fields, RequestError};
+
+static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
+
+/// A decision, with Cedar's diagnostics: the determining policies and the policies that erred.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allow: bool,
+    /// Policies that determined the decision (the satisfied permits on Allow, forbids on Deny).
+    pub reasons: Vec<String>,
+    pub errors: Vec<PolicyError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyError {
+    pub policy: String,
+    pub message: String,
+}
+
+/// Decides `request` against the bundle's policies and entities. Never fails: evaluation
+/// errors are reported in `errors` and, as in Cedar, an erring policy does not apply.
+pub fn authorize(bundle: &Bundle, request: &Request) -> Decision {
+    evaluate(&bundle.policies, &bundle.entities, request)
+}
+
+/// Decides `request` against any policy set and entity store.
+pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
+    let response = AUTHORIZER.is_authorized(request, policies, entities);
+    let mut reasons: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
+    reasons.sort();
+    let mut errors: Vec<PolicyError> = response
+        .diagnostics()
+        .errors()
+        .map(|e| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+            PolicyError {
+                policy: e.policy_id().to_string(),
+                message: e.inner().to_string(),
+            }
+        })
+        .collect();
+    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Decision {
+        allow: response.decision() == CedarDecision::Allow,
+        reasons,
+        errors,
+    }
+}
+
+/// The parts of one request, as read from the wire.
+pub struct Parts {
+    pub principal: EntityRef,
+    pub action: EntityRef,
+    pub resource: EntityRef,
+    pub context: Option<serde_json::Value>,
+    pub context_field: String,
+}
+
+/// A decision with what deputy knows about the acting agent.
+pub struct Outcome {
+    pub decision: Decision,
+    /// Which bound denied (agents managed by deputy only).
+    pub denied_by: Option<DeniedBy>,
+    /// The managed agent that acted, if the principal is one.
+    pub agent: Option<Arc<LiveAgent>>,
+    /// The agent's session taint after this decision, when it went up.
+    pub taint_raised_to: Option<i64>,
+    /// For a deny of a managed agent: the permission that would allow it.
+    pub needed: Option<Needed>,
+}
+
+/// What a denied agent would need, as a grant it could request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Needed {
+    /// A Cedar template over `?principal` allowing exactly the denied request.
+    pub template: String,
+    /// False when the admin maximum denies it: no grant can give it.
+    pub requestable: bool,
+    /// Where to send `POST /v1/permission-requests` (the agent's grantor, or a human).
+    pub approver: String,
+}
+
+/// The context attribute deputy supplies for managed agents: the session's taint.
+pub const TAINT_FIELD: &str = "taint";
+/// The resource attribute holding its classification level.
+pub const CLASSIFICATION_ATTR: &str = "classification";
+
+/// Decides one request against a snapshot. A principal that is a deputy-managed agent is
+/// decided against the admin policies AND its whole chain, with `context.taint` supplied by
+/// deputy; anyone else against the admin policies alone.
+pub fn decide(snap: &Snapshot, parts: Parts, now: i64) -> Result<Outcome, RequestError> {
+    decide_with(snap, parts, now, true)
+}
+
+/// `decide`, optionally without raising the agent's taint (for "what could I do" questions).
+///
+/// Fails closed: should deciding panic (a bug), the answer is a deny with an `internal` error,
+/// never an allow and never a dropped connection.
+pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decide_inner(snap, parts, now, raise_taint)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("deciding a request panicked; answering deny");
+        Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: vec![PolicyError {
+                    policy: String::new(),
+                    message: "internal error while deciding; denied".to_owned(),
+                }],
+            },
+            denied_by: None,
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        })
+    })
+}
+
+fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
+    let bundle = &snap.bundle;
+    let is_agent = parts.principal.uid.type_name().to_string() == AGENT_TYPE;
+    if is_agent && snap.agents_unknown {
+        // INVARIANT: without the state, a revoked or narrowed agent would look like a plain
+        // principal bounded only by the admin policies: fail closed instead.
+        return Ok(Outcome {
+            decision: Decision {
+                allow: false,
+                reasons: Vec::new(),
+                errors: Vec::new(),
+            },
+            denied_by: Some(DeniedBy::StateUnavailable),
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        });
+    }
+    let agent = is_agent
+        .then(|| snap.agents.get(parts.principal.uid.id().unescaped()))
+        .flatten()
+        .cloned();
+    let Some(agent) = agent else {
+        let request = build_request(
+            bundle,
+            parts.principal,
+            parts.action,
+            parts.resource,
+            parts.context,
+            &parts.context_field,
+        )?;
+        return Ok(Outcome {
+            decision: evaluate(&bundle.policies, snap.entities(), &request),
+            denied_by: None,
+            agent: None,
+            taint_raised_to: None,
+            needed: None,
+        });
+    };
+    let mut context = match parts.context {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
+    };
+    // deputy supplies the taint for its agents; whatever a caller sent is replaced.
+    context.remove(TAINT_FIELD);
+    let without_taint = serde_json::Value::Object(context.clone());
+    context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
+    let resource_uid = parts.resource.uid.clone();
+    let action_uid = parts.action.uid.clone();
+    let request = match build_request(
+        bundle,
+        parts.principal.clone(),
+        parts.action.clone(),
+        parts.resource.clone(),
+        Some(serde_json::Value::Object(context)),
+        &parts.context_field,
+    ) {
+        Ok(r) => r,
+        // The schema does not declare `taint` for this action: decide without it.
+        Err(e) if e.code == "invalid_context" && e.message.contains(TAINT_FIELD) => build_request(
+            bundle,
+            parts.principal,
+            parts.action,
+            parts.resource,
+            Some(without_taint),
+            &parts.context_field,
+        )?,
+        Err(e) => return Err(e),
+    };
+    let guard = Guard {
+        role: bundle.taint_roles.get(&action_uid).copied(),
+        classification: classification(snap.entities(), &resource_uid),
+    };
+    let chain = crate::delegation::decide(&bundle.policies, snap.entities(), &agent, &request, guard, now);
+    let mut taint_raised_to = None;
+    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
+        if let Some(level) = guard.classification {
+            if agent.raise_taint(level) {
+                taint_raised_to = Some(level);
+            }
+        }
+    }
+    let needed = match &chain.denied_by {
+        Some(DeniedBy::Admin { .. }) | Some(DeniedBy::Grant { .. }) => Some(Needed {
+            template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
+            requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
+            approver: agent
+                .row
+                .parent
+                .clone()
+                .unwrap_or_else(|| crate::delegation::ADMIN_APPROVER.to_owned()),
+        }),
+        _ => None,
+    };
+    Ok(Outcome {
+        decision: chain.decision,
+        denied_by: chain.denied_by,
+        agent: Some(agent),
+        taint_raised_to,
+        needed,
+    })
+}
+
+fn classification(entities: &Entities, uid: &cedar_policy::EntityUid) -> Option<i64> {
+    match entities.get(uid)?.attr(CLASSIFICATION_ATTR)? {
+        Ok(cedar_policy::EvalResult::Long(l)) => Some(l),
+        _ => None,
+    }
+}
+
+/// Builds a Cedar request from its parts, checked against the bundle's schema.
+pub fn build_request(
+    bundle: &Bundle,
+    principal: EntityRef,
+    action: EntityRef,
+    resource: EntityRef,
+    context: Option<serde_json::Value>,
+    context_field: &str,
+) -> Result<Request, RequestError> {
+    let context = parse_context(bundle, &action.uid, context, context_field)?;
+    Request::new(principal.uid, action.uid, resource.uid, context, Some(&bundle.schema))
+        .map_err(|e| RequestError::from_validation(&e, &principal.field, &action.field, &resource.field))
+}

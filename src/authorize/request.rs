@@ -1,0 +1,202 @@
+//! Reading request JSON field by field, so every bad input is answered with the path of the
+//! field at fault (`principal.type`, `evaluations[2].resource.id`), never a generic error.
+
+use std::str::FromStr;
+
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RequestValidationError};
+use serde_json::{Map, Value};
+
+use crate::bundle::Bundle;
+
+/// A client error in a request: a stable code, a message naming the field, maybe a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub code: &'static str,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl RequestError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn missing(field: &str) -> Self {
+        Self::new("missing_field", format!("missing required field `{field}`"))
+    }
+
+    pub fn wrong_type(field: &str, expected: &str) -> Self {
+        Self::new("invalid_field", format!("field `{field}` must be {expected}"))
+    }
+
+    pub(crate) fn from_validation(e: &RequestValidationError, principal: &str, action: &str, resource: &str) -> Self {
+        let (code, field) = match e {
+            RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
+                ("unknown_action", action)
+            }
+            RequestValidationError::UndeclaredPrincipalType(_) => ("unknown_entity_type", principal),
+            RequestValidationError::UndeclaredResourceType(_) => ("unknown_entity_type", resource),
+            RequestValidationError::InvalidPrincipalType(_) => ("action_not_applicable", principal),
+            RequestValidationError::InvalidResourceType(_) => ("action_not_applicable", resource),
+            RequestValidationError::InvalidEnumEntity(_) => ("invalid_field", principal),
+            _ => ("invalid_context", "context"),
+        };
+        let mut err = Self::new(code, format!("`{field}`: {e}"));
+        if let Some(help) = miette::Diagnostic::help(e) {
+            err.help = Some(help.to_string());
+        }
+        err
+    }
+}
+
+/// An entity reference read from a request, with the path of the field it came from.
+#[derive(Debug, Clone)]
+pub struct EntityRef {
+    pub uid: EntityUid,
+    pub field: String,
+}
+
+/// A JSON object being read, with its path for error messages.
+#[derive(Clone)]
+pub struct Fields<'a> {
+    pub path: String,
+    pub map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads `value` (found at `path`) as an object.
+    pub fn of(value: &'a Value, path: &str) -> Result<Self, RequestError> {
+        match value {
+            Value::Object(map) => Ok(Self {
+                path: path.to_owned(),
+                map,
+            }),
+            _ => Err(RequestError::wrong_type(path_or_body(path), "a JSON object")),
+        }
+    }
+
+    pub fn field_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn object(&self, key: &str) -> Result<Option<Fields<'a>>, RequestError> {
+        self.get(key).map(|v| Fields::of(v, &self.field_path(key))).transpose()
+    }
+
+    pub fn require_object(&self, key: &str) -> Result<Fields<'a>, RequestError> {
+        self.object(key)?
+            .ok_or_else(|| RequestError::missing(&self.field_path(key)))
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<&'a str>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(RequestError::wrong_type(&self.field_path(key), "a string")),
+        }
+    }
+
+    pub fn require_string(&self, key: &str) -> Result<&'a str, RequestError> {
+        self.string(key)?
+            .ok_or_else(|| RequestError::missing(&self.field_path(key)))
+    }
+
+    pub fn i64(&self, key: &str) -> Result<Option<i64>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| RequestError::wrong_type(&self.field_path(key), "an integer")),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(RequestError::wrong_type(&self.field_path(key), "a boolean")),
+        }
+    }
+
+    pub fn array(&self, key: &str) -> Result<Option<&'a Vec<Value>>, RequestError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(RequestError::wrong_type(&self.field_path(key), "an array")),
+        }
+    }
+}
+
+fn path_or_body(path: &str) -> &str {
+    if path.is_empty() {
+        "(request body)"
+    } else {
+        path
+    }
+}
+
+/// Reads `{type, id}` at `fields` into an entity uid.
+pub fn parse_uid(fields: &Fields<'_>) -> Result<EntityRef, RequestError> {
+    let ty = fields.require_string("type")?;
+    let id = fields.require_string("id")?;
+    let type_name = EntityTypeName::from_str(ty).map_err(|e| {
+        RequestError::new(
+            "invalid_field",
+            format!(
+                "field `{}` is not a Cedar entity type name: `{ty}`: {e}",
+                fields.field_path("type")
+            ),
+        )
+    })?;
+    Ok(EntityRef {
+        uid: EntityUid::from_type_name_and_id(type_name, EntityId::new(id)),
+        field: fields.path.clone(),
+    })
+}
+
+/// Parses a request context with the schema's context type for `action`.
+pub fn parse_context(
+    bundle: &Bundle,
+    action: &EntityUid,
+    context: Option<Value>,
+    field: &str,
+) -> Result<Context, RequestError> {
+    let value = match context {
+        // No context: skip the JSON parser; `Request::new` still checks it against the schema.
+        None | Some(Value::Null) => return Ok(Context::empty()),
+        Some(Value::Object(m)) if m.is_empty() => return Ok(Context::empty()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(RequestError::wrong_type(field, "a JSON object")),
+    };
+    Context::from_json_value(value, Some((&bundle.schema, action))).map_err(|e| {
+        let mut err = match e {
+            cedar_policy::ContextJsonError::MissingAction(_) => RequestError::new(
+                "unknown_action",
+                format!("action `{action}` is not declared in the schema"),
+            ),
+            _ => RequestError::new("invalid_context", format!("`{field}`: {e}")),
+        };
+        if let Some(help) = miette::Diagnostic::help(&e) {
+            err.help = Some(help.to_string());
+        }
+        err
+    })
+}

@@ -1,0 +1,681 @@
+//! Reading a bundle directory into a validated [`Bundle`]. Synchronous and blocking: callers on
+//! the async runtime run it under `spawn_blocking`.
+//!
+//! Every problem is collected before giving up, so `deputy validate` lists them all at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Entities, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+use super::problem::{BundleError, Problem};
+use super::{Bundle, LoadOptions, PolicySource, TaintRole};
+
+/// Sub-directories of a bundle and the file endings read from each.
+const SCHEMA_DIR: &str = "schema";
+const POLICIES_DIR: &str = "policies";
+const ENTITIES_DIR: &str = "entities";
+/// Grants shipped for agents the bundle declares: `grants/<agent id>.cedar`.
+const GRANTS_DIR: &str = "grants";
+/// The sub-directories a bundle is read from.
+pub(super) const SUBDIRS: [&str; 4] = [SCHEMA_DIR, POLICIES_DIR, ENTITIES_DIR, GRANTS_DIR];
+/// A file at the bundle root naming the revision it was built from (e.g. written by CI).
+const REVISION_FILE: &str = "REVISION";
+/// The annotation that names a policy; without it a policy is `policyN` in load order.
+const ID_ANNOTATION: &str = "id";
+/// The schema annotation that marks an action as a taint source or sink.
+const TAINT_ANNOTATION: &str = "taint";
+
+/// What deputy's agent model needs from a schema, written as a policy so that Cedar's own
+/// strict validator says precisely what is missing or mistyped.
+const AGENT_MODEL_PROBE: &str = r#"permit(principal is Agent, action == Action::"delegate", resource is Agent) when {
+  principal.can_delegate == true && principal.ceiling >= 0 && principal.depth >= 0 &&
+  context.depth >= 0 && context.ttl_seconds >= 0 && context.ceiling >= 0 &&
+  context.taint >= 0 && context.task like "*"
+};"#;
+
+struct SourceFile {
+    rel: String,
+    text: String,
+}
+
+/// Loads and strictly validates the bundle at `dir`.
+pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
+    let mut problems = Vec::new();
+    let fail = |problems: Vec<Problem>| BundleError {
+        dir: dir.display().to_string(),
+        problems,
+    };
+    if !dir.is_dir() {
+        return Err(fail(vec![Problem::new(
+            "bundle_not_found",
+            format!(
+                "bundle directory `{}` does not exist or is not a directory",
+                dir.display()
+            ),
+        )
+        .with_help(
+            "pass --bundle DIR pointing at a directory with schema/, policies/ and entities/",
+        )]));
+    }
+
+    let [schema_files, policy_files, entity_files, grant_files] = read_files(dir, &mut problems);
+    if schema_files.is_empty() && problems.is_empty() {
+        problems.push(
+            Problem::new(
+                "schema_missing",
+                "the bundle has no schema: `schema/*.cedarschema` is empty",
+            )
+            .with_help("every bundle is validated strictly, so it needs a Cedar schema"),
+        );
+    }
+    let revision = read_revision(dir);
+    let version = digest(
+        &[&schema_files, &policy_files, &entity_files, &grant_files],
+        revision.as_deref(),
+    );
+
+    let schema = parse_schema(&schema_files, &mut problems);
+    let (policies, sources) = parse_policies(&policy_files, &mut problems);
+
+    let Some((schema, taint_roles)) = schema else {
+        return Err(fail(problems));
+    };
+    if opts.require_agent_model {
+        check_agent_model(&schema, &mut problems);
+    }
+    let entities = parse_entities(&entity_files, &schema, &mut problems);
+    let validated = if opts.validate {
+        validate(&schema, &policies, &sources, &policy_files, &mut problems);
+        true
+    } else {
+        false
+    };
+    let grants = entities
+        .as_ref()
+        .map(|e| check_grants(&grant_files, &schema, e, &mut problems))
+        .unwrap_or_default();
+    match entities {
+        Some(entities) if problems.is_empty() => {
+            let actions_by_name = actions_by_name(&schema);
+            Ok(Bundle {
+                schema,
+                policies,
+                entities,
+                sources,
+                actions_by_name,
+                taint_roles,
+                grants,
+                version,
+                revision,
+                validated,
+                files: schema_files
+                    .iter()
+                    .chain(&policy_files)
+                    .chain(&entity_files)
+                    .chain(&grant_files)
+                    .map(|f| f.rel.clone())
+                    .collect(),
+            })
+        }
+        _ => Err(fail(problems)),
+    }
+}
+
+fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> [Vec<SourceFile>; 4] {
+    [
+        read_dir_files(dir, SCHEMA_DIR, &[".cedarschema", ".cedarschema.json"], false, problems),
+        read_dir_files(dir, POLICIES_DIR, &[".cedar"], true, problems),
+        read_dir_files(dir, ENTITIES_DIR, &[".json"], false, problems),
+        read_dir_files(dir, GRANTS_DIR, &[".cedar"], false, problems),
+    ]
+}
+
+/// The version the bundle at `dir` would have, without parsing it: cheap enough to poll.
+pub fn fingerprint(dir: &Path) -> String {
+    let mut problems = Vec::new();
+    let [s, p, e, g] = read_files(dir, &mut problems);
+    let digest = digest(&[&s, &p, &e, &g], read_revision(dir).as_deref());
+    if problems.is_empty() {
+        return digest;
+    }
+    // Unreadable files change the fingerprint too, so a reload reports them.
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    for p in &problems {
+        h.update(p.to_string().as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Reads the files under `dir/sub` with one of `endings`, sorted by path so that load order
+/// (and so policy ids and the digest) does not depend on the file system. Hidden entries are
+/// skipped: editors' swap files and Kubernetes' `..data` bookkeeping are not policy.
+fn read_dir_files(
+    dir: &Path,
+    sub: &str,
+    endings: &[&str],
+    recursive: bool,
+    problems: &mut Vec<Problem>,
+) -> Vec<SourceFile> {
+    let root = dir.join(sub);
+    if !root.exists() {
+        return Vec::new();
+    }
+    let mut paths = Vec::new();
+    collect(&root, endings, recursive, &mut paths, problems, dir);
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let rel = relative(dir, &path);
+            match fs::read_to_string(&path) {
+                Ok(text) => Some(SourceFile { rel, text }),
+                Err(e) => {
+                    problems.push(Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(rel));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn collect(
+    at: &Path,
+    endings: &[&str],
+    recursive: bool,
+    out: &mut Vec<PathBuf>,
+    problems: &mut Vec<Problem>,
+    root: &Path,
+) {
+    let entries = match fs::read_dir(at) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(
+                Problem::new("file_unreadable", format!("cannot read directory: {e}")).in_file(relative(root, at)),
+            );
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // `metadata` follows symlinks, which ConfigMap mounts are made of; a dangling one is a
+        // problem, not a file to skip silently.
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                problems.push(
+                    Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(relative(root, &path)),
+                );
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            if recursive {
+                collect(&path, endings, recursive, out, problems, root);
+            }
+        } else if endings.iter().any(|e| name.ends_with(e)) {
+            out.push(path);
+        }
+    }
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+/// The git revision of the bundle: a `REVISION` file, else the HEAD of a `.git` at the root.
+fn read_revision(dir: &Path) -> Option<String> {
+    if let Ok(text) = fs::read_to_string(dir.join(REVISION_FILE)) {
+        let rev = text.trim();
+        if !rev.is_empty() {
+            return Some(rev.to_owned());
+        }
+    }
+    let mut git = dir.join(".git");
+    // A worktree (git-sync checks out each revision as one) has a `.git` file naming its git dir.
+    if let Ok(pointer) = fs::read_to_string(&git) {
+        let target = pointer.trim().strip_prefix("gitdir:")?.trim();
+        git = dir.join(target);
+    }
+    let head = fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    match head.strip_prefix("ref: ") {
+        Some(reference) => fs::read_to_string(git.join(reference))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .or_else(|| packed_ref(&git, reference)),
+        None => Some(head.to_owned()),
+    }
+}
+
+fn packed_ref(git: &Path, reference: &str) -> Option<String> {
+    let packed = fs::read_to_string(git.join("packed-refs")).ok()?;
+    packed.lines().find_map(|line| {
+        let (sha, name) = line.split_once(' ')?;
+        (name == reference).then(|| sha.to_owned())
+    })
+}
+
+/// The policy version: a digest over every file's path and bytes, and the revision.
+fn digest(groups: &[&[SourceFile]], revision: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for file in groups.iter().flat_map(|g| g.iter()) {
+        h.update(file.rel.as_bytes());
+        h.update([0]);
+        h.update(file.text.as_bytes());
+        h.update([0]);
+    }
+    if let Some(rev) = revision {
+        h.update(b"revision\0");
+        h.update(rev.as_bytes());
+    }
+    let hex = hex::encode(h.finalize());
+    hex.get(..16).unwrap_or(&hex).to_owned()
+}
+
+fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Schema, HashMap<EntityUid, TaintRole>)> {
+    let mut fragments = Vec::new();
+    let mut ok = true;
+    for file in files {
+        let parsed = if file.rel.ends_with(".json") {
+            SchemaFragment::from_json_str(&file.text)
+                .map_err(|e| Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text)))
+        } else {
+            SchemaFragment::from_cedarschema_str(&file.text)
+                .map(|(fragment, _warnings)| fragment)
+                .map_err(|e| Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text)))
+        };
+        match parsed {
+            Ok(fragment) => fragments.push(fragment),
+            Err(p) => {
+                ok = false;
+                problems.extend(p);
+            }
+        }
+    }
+    if !ok || files.is_empty() {
+        return None;
+    }
+    let annotated = fragments.clone();
+    match Schema::from_schema_fragments(fragments) {
+        Ok(schema) => {
+            let roles = taint_roles(&schema, &annotated, problems);
+            Some((schema, roles))
+        }
+        Err(e) => {
+            let file = (files.len() == 1)
+                .then(|| files.first().map(|f| f.rel.as_str()))
+                .flatten();
+            problems.extend(Problem::from_diagnostic(
+                "schema_invalid",
+                &e,
+                file.or(Some(SCHEMA_DIR)),
+                None,
+            ));
+            None
+        }
+    }
+}
+
+/// Reads `@taint("source")` / `@taint("sink")` on action declarations.
+fn taint_roles(
+    schema: &Schema,
+    fragments: &[SchemaFragment],
+    problems: &mut Vec<Problem>,
+) -> HashMap<EntityUid, TaintRole> {
+    let mut roles = HashMap::new();
+    for action in schema.actions() {
+        let ty = action.type_name().to_string();
+        let namespace = ty
+            .rsplit_once("::")
+            .and_then(|(ns, _)| cedar_policy::EntityNamespace::from_str(ns).ok());
+        for fragment in fragments {
+            let Some(value) = fragment.action_annotation(namespace.clone(), action.id(), TAINT_ANNOTATION) else {
+                continue;
+            };
+            match value {
+                "source" => {
+                    roles.insert(action.clone(), TaintRole::Source);
+                }
+                "sink" => {
+                    roles.insert(action.clone(), TaintRole::Sink);
+                }
+                other => problems.push(
+                    Problem::new(
+                        "schema_invalid",
+                        format!(
+                            "action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""
+                        ),
+                    )
+                    .in_file(SCHEMA_DIR),
+                ),
+            }
+        }
+    }
+    roles
+}
+
+fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
+    let probe = match Policy::parse(None, AGENT_MODEL_PROBE) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.push(Problem::new(
+                "internal",
+                format!("agent model probe does not parse: {e}"),
+            ));
+            return;
+        }
+    };
+    let mut set = PolicySet::new();
+    if set.add(probe).is_err() {
+        return;
+    }
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    for err in result.validation_errors() {
+        problems.push(
+            Problem::new(
+                "schema_lacks_agent_model",
+                format!(
+                    "the schema does not declare what deputy's agent model needs: {}",
+                    err.to_string()
+                        .split_once(", ")
+                        .map_or(err.to_string(), |(_, rest)| rest.to_owned())
+                ),
+            )
+            .in_file(SCHEMA_DIR)
+            .with_help(
+                "declare `entity Agent { can_delegate: Bool, ceiling: Long, depth: Long }` and \
+                 `action delegate appliesTo { principal: Agent, resource: Agent, context: { depth: Long, \
+                 ttl_seconds: Long, ceiling: Long, taint: Long, task: String } }`; or serve with \
+                 --authorize-only",
+            ),
+        );
+    }
+}
+
+/// Parses every policy file, giving each policy its `@id` or the next `policyN`, and records
+/// where each came from so validation errors can name the file and line.
+fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicySet, HashMap<PolicyId, PolicySource>) {
+    let mut set = PolicySet::new();
+    let mut sources: HashMap<PolicyId, PolicySource> = HashMap::new();
+    let mut counter = 0usize;
+    for (file_index, file) in files.iter().enumerate() {
+        let parsed = match PolicySet::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                problems.extend(Problem::from_diagnostic(
+                    "policy_parse",
+                    &e,
+                    Some(&file.rel),
+                    Some(&file.text),
+                ));
+                continue;
+            }
+        };
+        // The parser names policies `policy0..` in file order; restore that order.
+        let mut items: BTreeMap<usize, Item> = BTreeMap::new();
+        for p in parsed.policies() {
+            items.insert(parser_index(p.id()), Item::Policy(p.clone()));
+        }
+        for t in parsed.templates() {
+            items.insert(parser_index(t.id()), Item::Template(t.clone()));
+        }
+        let offsets = policy_offsets(&file.text);
+        for (index, item) in items.into_values().enumerate() {
+            let id = match item.annotation(ID_ANNOTATION) {
+                Some(id) => PolicyId::new(id),
+                None => PolicyId::new(format!("policy{counter}")),
+            };
+            counter += 1;
+            let offset = offsets.get(index).copied().unwrap_or(0);
+            let (line, _) = super::problem::line_col(&file.text, offset);
+            if let Some(prev) = sources.get(&id) {
+                problems.push(
+                    Problem::new(
+                        "policy_id_duplicate",
+                        format!("policy id `{id}` is already used at {}:{}", prev.file, prev.line),
+                    )
+                    .in_file(&file.rel)
+                    .at(line, 1)
+                    .with_help("give each policy a unique @id(\"...\") annotation"),
+                );
+                continue;
+            }
+            let added = match item {
+                Item::Policy(p) => set.add(p.new_id(id.clone())).map_err(|e| e.to_string()),
+                Item::Template(t) => set.add_template(t.new_id(id.clone())).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = added {
+                problems.push(Problem::new("policy_invalid", e).in_file(&file.rel).at(line, 1));
+                continue;
+            }
+            sources.insert(
+                id,
+                PolicySource {
+                    file: file.rel.clone(),
+                    file_index,
+                    line,
+                    offset,
+                },
+            );
+        }
+    }
+    (set, sources)
+}
+
+enum Item {
+    Policy(Policy),
+    Template(Template),
+}
+
+impl Item {
+    fn annotation(&self, key: &str) -> Option<String> {
+        match self {
+            Item::Policy(p) => p.annotation(key).map(str::to_owned),
+            Item::Template(t) => t.annotation(key).map(str::to_owned),
+        }
+    }
+}
+
+/// Byte offsets where each top-level policy of a (successfully parsed) policy file starts:
+/// after the previous policy's `;`, skipping white space and comments. Cedar's public API does
+/// not expose policies' source locations, and policies cannot nest, so this scan is exact.
+fn policy_offsets(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut depth = 0i32;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut in_comment = false;
+    let mut at_start = true;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if in_comment {
+            in_comment = c != '\n';
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if c == '/' && chars.peek().is_some_and(|&(_, n)| n == '/') {
+            in_comment = true;
+            continue;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        if at_start {
+            starts.push(i);
+            at_start = false;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => depth -= 1,
+            ';' if depth <= 0 => at_start = true,
+            _ => {}
+        }
+    }
+    starts
+}
+
+fn parser_index(id: &PolicyId) -> usize {
+    id.to_string()
+        .strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// Parses all entity files as one store (Cedar adds the schema's action entities). When that
+/// fails, each file is parsed alone to say which file is at fault.
+fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Problem>) -> Option<Entities> {
+    let mut all = Vec::new();
+    let mut ok = true;
+    for file in files {
+        match serde_json::from_str::<serde_json::Value>(&file.text) {
+            Ok(serde_json::Value::Array(items)) => all.extend(items),
+            Ok(_) => {
+                ok = false;
+                problems.push(
+                    Problem::new("entities_invalid", "expected a JSON array of entities")
+                        .in_file(&file.rel)
+                        .with_help(
+                            "Cedar's entity format: [{\"uid\": {\"type\", \"id\"}, \"attrs\": {}, \"parents\": []}]",
+                        ),
+                );
+            }
+            Err(e) => {
+                ok = false;
+                problems.push(
+                    Problem::new("entities_json", format!("not valid JSON: {e}"))
+                        .in_file(&file.rel)
+                        .at(e.line(), e.column().max(1)),
+                );
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    match Entities::from_json_value(serde_json::Value::Array(all), Some(schema)) {
+        Ok(entities) => Some(entities),
+        Err(combined) => {
+            let before = problems.len();
+            for file in files {
+                let value = serde_json::from_str(&file.text).unwrap_or(serde_json::Value::Null);
+                if let Err(e) = Entities::from_json_value(value, Some(schema)) {
+                    problems.extend(Problem::from_diagnostic("entities_invalid", &e, Some(&file.rel), None));
+                }
+            }
+            if problems.len() == before {
+                // Each file is fine alone: the files disagree (e.g. one entity in two files).
+                problems.extend(Problem::from_diagnostic(
+                    "entities_invalid",
+                    &combined,
+                    Some(ENTITIES_DIR),
+                    None,
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn validate(
+    schema: &Schema,
+    policies: &PolicySet,
+    sources: &HashMap<PolicyId, PolicySource>,
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) {
+    let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    for err in result.validation_errors() {
+        let source = sources.get(err.policy_id());
+        let mut p = Problem::new("policy_invalid", err.to_string());
+        if let Some(help) = miette::Diagnostic::help(err) {
+            p = p.with_help(help.to_string());
+        }
+        if let Some(src) = source {
+            p = p.in_file(&src.file);
+            let text = files.get(src.file_index).map(|f| f.text.as_str()).unwrap_or("");
+            let offset = miette::Diagnostic::labels(err)
+                .and_then(|mut l| l.next())
+                .map_or(src.offset, |l| l.offset());
+            let (line, col) = super::problem::line_col(text, offset);
+            p = p.at(line, col);
+        }
+        problems.push(p);
+    }
+}
+
+/// Checks each shipped grant: it names an `Agent` the entity store declares, and it is a valid
+/// grant (templates over `?principal`) under strict validation.
+fn check_grants(
+    files: &[SourceFile],
+    schema: &Schema,
+    entities: &Entities,
+    problems: &mut Vec<Problem>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut grants = std::collections::BTreeMap::new();
+    for file in files {
+        let Some(id) = Path::new(&file.rel)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+        else {
+            continue;
+        };
+        let declared = crate::delegation::agent_uid(&id)
+            .ok()
+            .and_then(|uid| entities.get(&uid))
+            .is_some();
+        if !declared {
+            problems.push(
+                Problem::new(
+                    "grant_invalid",
+                    format!(
+                        "`{}` is a grant for `Agent::\"{id}\"`, which the entities do not declare",
+                        file.rel
+                    ),
+                )
+                .in_file(&file.rel)
+                .with_help("name the file after an Agent entity in entities/*.json"),
+            );
+            continue;
+        }
+        let checked = crate::prover::Grant::parse(&file.text).and_then(|g| crate::prover::validate_grant(&g, schema));
+        match checked {
+            Ok(()) => {
+                grants.insert(id, file.text.clone());
+            }
+            Err(e) => problems.push(Problem::new("grant_invalid", e.to_string()).in_file(&file.rel)),
+        }
+    }
+    grants
+}
+
+/// AuthZEN names actions by their id alone; map each id to its uid when it is unambiguous.
+fn actions_by_name(schema: &Schema) -> HashMap<String, Option<EntityUid>> {
+    let mut map: HashMap<String, Option<EntityUid>> = HashMap::new();
+    for uid in schema.actions() {
+        map.entry(uid.id().unescaped().to_owned())
+            .and_modify(|slot| *slot = None)
+            .or_insert_with(|| Some(uid.clone()));
+    }
+    map
+}

@@ -1,0 +1,188 @@
+//! The live bundle: an atomically swapped `Arc<Bundle>` plus the result of the last reload.
+//!
+//! INVARIANT: a request loads the current bundle once and uses only that `Arc` for its whole
+//! life, so it sees the old bundle or the new one, never a mix.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use super::{Bundle, BundleError, LoadOptions, Problem};
+
+/// What the last load attempt did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub outcome: ReloadOutcome,
+    /// RFC 3339 time of the attempt.
+    pub at: String,
+    /// The version the attempt produced (on success) or that keeps serving (on failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// A new bundle was loaded and is serving.
+    Loaded,
+    /// The bundle's contents did not change; nothing was swapped.
+    Unchanged,
+    /// The bundle was invalid; the previous one (if any) keeps serving.
+    Failed,
+}
+
+/// Live state of the bundle: what is serving and what the last reload did.
+pub struct BundleStore {
+    dir: PathBuf,
+    opts: LoadOptions,
+    current: ArcSwapOption<Bundle>,
+    loaded_at: Mutex<Option<String>>,
+    last: Mutex<Option<ReloadStatus>>,
+    reloads_ok: std::sync::atomic::AtomicU64,
+    reloads_failed: std::sync::atomic::AtomicU64,
+    /// Fingerprint of the files at the last load attempt, good or bad.
+    attempted: Mutex<Option<String>>,
+    /// Called (on the loading thread) with every newly loaded bundle.
+    on_loaded: Mutex<Vec<LoadedHook>>,
+}
+
+type LoadedHook = Box<dyn Fn(Arc<Bundle>) + Send + Sync>;
+
+impl BundleStore {
+    pub fn new(dir: PathBuf, opts: LoadOptions) -> Self {
+        Self {
+            dir,
+            opts,
+            current: ArcSwapOption::empty(),
+            loaded_at: Mutex::new(None),
+            last: Mutex::new(None),
+            reloads_ok: 0.into(),
+            reloads_failed: 0.into(),
+            attempted: Mutex::new(None),
+            on_loaded: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a hook called (in registration order, on the loading thread, before the bundle
+    /// serves) with every newly loaded bundle, and at once with the current one, if any.
+    pub fn on_loaded(&self, hook: impl Fn(Arc<Bundle>) + Send + Sync + 'static) {
+        if let Some(b) = self.current() {
+            hook(b);
+        }
+        if let Ok(mut h) = self.on_loaded.lock() {
+            h.push(Box::new(hook));
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The bundle serving now, if any valid one was ever loaded.
+    pub fn current(&self) -> Option<Arc<Bundle>> {
+        self.current.load_full()
+    }
+
+    /// Loads the bundle from disk and swaps it in if it is valid and different.
+    /// Blocking: call from `spawn_blocking` or a plain thread.
+    pub fn reload(&self) -> Result<ReloadOutcome, BundleError> {
+        let result = Bundle::load(&self.dir, &self.opts);
+        if let Ok(mut a) = self.attempted.lock() {
+            *a = Some(match &result {
+                Ok(b) => b.version.clone(),
+                Err(_) => super::load::fingerprint(&self.dir),
+            });
+        }
+        let at = now_rfc3339();
+        let (status, ret) = match result {
+            Ok(bundle) => {
+                let unchanged = self
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|cur| cur.version == bundle.version);
+                let version = Some(bundle.version.clone());
+                let outcome = if unchanged {
+                    ReloadOutcome::Unchanged
+                } else {
+                    tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
+                    let bundle = Arc::new(bundle);
+                    if let Ok(hooks) = self.on_loaded.lock() {
+                        for hook in hooks.iter() {
+                            hook(Arc::clone(&bundle));
+                        }
+                    }
+                    self.current.store(Some(bundle));
+                    if let Ok(mut l) = self.loaded_at.lock() {
+                        *l = Some(at.clone());
+                    }
+                    ReloadOutcome::Loaded
+                };
+                self.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (
+                    ReloadStatus {
+                        outcome,
+                        at,
+                        version,
+                        problems: Vec::new(),
+                    },
+                    Ok(outcome),
+                )
+            }
+            Err(err) => {
+                for p in &err.problems {
+                    tracing::error!(code = p.code, problem = %p, "bundle rejected; the last good bundle keeps serving");
+                }
+                self.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (
+                    ReloadStatus {
+                        outcome: ReloadOutcome::Failed,
+                        at,
+                        version: self.current.load().as_ref().map(|b| b.version.clone()),
+                        problems: err.problems.clone(),
+                    },
+                    Err(err),
+                )
+            }
+        };
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(status);
+        }
+        ret
+    }
+
+    /// Reloads only when the files differ from the last attempt, so a broken bundle is reported
+    /// once rather than on every poll. Blocking.
+    pub fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, BundleError>> {
+        let fp = super::load::fingerprint(&self.dir);
+        if self.attempted.lock().ok().and_then(|a| a.clone()).as_deref() == Some(fp.as_str()) {
+            return None;
+        }
+        Some(self.reload())
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub fn loaded_at(&self) -> Option<String> {
+        self.loaded_at.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// (successful, failed) reload attempts since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed))
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::from(SystemTime::now());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}

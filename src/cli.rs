@@ -1,0 +1,410 @@
+//! The command line: `deputy serve`, `deputy validate`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bundle::{Bundle, LoadOptions, WatchOptions};
+use crate::config::*;
+use crate::http::HttpConfig;
+use crate::server::{self, ServeConfig};
+use crate::telemetry::{self, LogFormat};
+
+/// Exit code for bad input (sysexits EX_USAGE / EX_DATAERR family).
+pub const EXIT_BAD_INPUT: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "deputy",
+    version,
+    about = "A Cedar policy decision point sidecar for AI agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the decision API on localhost, hot-reloading the bundle.
+    Serve(ServeArgs),
+    /// Load and strictly validate a bundle; list every problem as `file:line: message`.
+    Validate(ValidateArgs),
+    /// Check the delegation audit trail's hash chain: exit 0 intact, 1 tampered (names the
+    /// first bad record), 64 when the state cannot be opened.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Probe a deputy endpoint (for Kubernetes exec probes): GET the URL, exit 0 on 2xx, else 1.
+    Probe(ProbeArgs),
+    /// Prove a child grant within a parent grant's delegable view, against a bundle.
+    /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
+    Prove(ProveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to GET, e.g. http://127.0.0.1:8180/readyz (plain HTTP only).
+    #[arg(long)]
+    pub url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the hash chain of the audit trail in a state directory.
+    Verify {
+        /// The state directory (as given to `deputy serve --state`).
+        #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProveArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// The parent's grant: Cedar policy templates over `?principal`.
+    #[arg(long)]
+    pub parent: PathBuf,
+    /// The child's grant.
+    #[arg(long)]
+    pub child: PathBuf,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BundleArgs {
+    /// The bundle directory (schema/, policies/, entities/).
+    #[arg(long, env = ENV_BUNDLE, default_value = DEFAULT_BUNDLE)]
+    pub bundle: PathBuf,
+    /// Serve plain Cedar authorization: do not require the agent model (`Agent`,
+    /// `Action::"delegate"`) in the schema. Delegation is unavailable.
+    #[arg(long)]
+    pub authorize_only: bool,
+    /// Do not validate policies against the schema. For conformance testing and migrations
+    /// only: a production bundle is always validated.
+    #[arg(long)]
+    pub skip_validation: bool,
+}
+
+impl BundleArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            validate: !self.skip_validation,
+            require_agent_model: !self.authorize_only,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Address to listen on.
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Also serve the API on this Unix domain socket (file permissions then decide who may call).
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
+    /// Allow listening on a non-loopback address (the API is meant for the pod's own agent).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Log format.
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Most items in one batch request.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds between digest checks of the bundle, in addition to file events.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL.as_secs())]
+    pub poll_interval_secs: u64,
+    /// Do not watch the bundle for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Largest grant text accepted, in bytes.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_grant_bytes)]
+    pub max_grant_bytes: usize,
+    /// Most live children one agent may have at once.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_children)]
+    pub max_children: usize,
+    /// Most pending permission requests one agent may have open.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_pending_requests)]
+    pub max_pending_requests: usize,
+    /// Largest the state database may grow, in MiB (changes then fail with 503; decisions go on).
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_state_mib)]
+    pub max_state_mib: u64,
+    /// Directory of the durable delegation state (agents, grants, credentials, audit).
+    #[arg(long, env = ENV_STATE, default_value = DEFAULT_STATE)]
+    pub state: PathBuf,
+    /// `AGENT=FILE`: the credential of an agent the bundle declares with a grant
+    /// (`grants/AGENT.cedar`), read from FILE (e.g. a mounted Secret). Repeatable.
+    #[arg(long = "agent-credential-file", value_name = "AGENT=FILE")]
+    pub agent_credential_files: Vec<String>,
+    /// File holding the admin credential (else `DEPUTY_ADMIN_TOKEN`). Without either, no root
+    /// agents can be created and the audit trail cannot be read over HTTP.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Reads `AGENT=FILE` pairs into agent id -> credential.
+fn read_agent_tokens(pairs: &[String]) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    for pair in pairs {
+        let (agent, file) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--agent-credential-file `{pair}` must be AGENT=FILE"))?;
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --agent-credential-file `{file}`: {e}"))?
+            .trim()
+            .to_owned();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "the credential in `{file}` must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            ));
+        }
+        out.insert(agent.to_owned(), token);
+    }
+    Ok(out)
+}
+
+/// The admin token from a file or the environment; never logged.
+fn read_admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --admin-token-file `{}`: {e}", path.display()))?,
+        ),
+        None => std::env::var(ENV_ADMIN_TOKEN).ok(),
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(format!(
+            "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+        )),
+        other => Ok(other),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate(args) => validate(&args),
+        Command::Prove(args) => prove(&args),
+        Command::Probe(args) => probe(&args),
+        Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match crate::probe::get(&args.url, std::time::Duration::from_millis(args.timeout_ms)) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("probe: `{}` answered {status}", args.url);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("probe: `{}`: {e}", args.url);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn audit_verify(state: &std::path::Path) -> ExitCode {
+    let path = state.join(crate::delegation::STATE_FILE);
+    if !path.exists() {
+        eprintln!("error: no state database at `{}`", path.display());
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let store = match crate::delegation::Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match store.verify_audit() {
+        Ok(None) => {
+            let n = store.audit_records(None, None, usize::MAX).map_or(0, |r| r.len());
+            println!("audit trail intact: {n} record(s) chained");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(problem)) => {
+            println!("audit trail TAMPERED: {problem}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// Every problem as `file:line:col: message`, then a count, on stderr.
+fn print_problems(dir: &std::path::Path, e: &crate::bundle::BundleError) {
+    for p in &e.problems {
+        eprintln!("{p}");
+    }
+    eprintln!("bundle `{}` is invalid: {} problem(s)", dir.display(), e.problems.len());
+}
+
+fn prove(args: &ProveArgs) -> ExitCode {
+    let bundle = match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
+        Ok(b) => b,
+        Err(e) => {
+            print_problems(&args.bundle.bundle, &e);
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| eprintln!("error: cannot read `{}`: {e}", path.display()))
+    };
+    let (Ok(parent), Ok(child)) = (read(&args.parent), read(&args.child)) else {
+        return ExitCode::from(EXIT_BAD_INPUT);
+    };
+    let mut out = std::io::stdout();
+    let code = crate::prover::run_prove(&bundle.schema, &bundle.entities, &parent, &child, args.json, &mut out);
+    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT))
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    match Bundle::load(&args.bundle.bundle, &args.bundle.load_options()) {
+        Ok(b) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "policy_version": b.version, "revision": b.revision, "files": b.files})
+                );
+            } else {
+                println!(
+                    "bundle `{}` is valid: {} policies, {} templates, version {}",
+                    args.bundle.bundle.display(),
+                    b.policies.policies().count(),
+                    b.policies.templates().count(),
+                    b.version
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::json!({"valid": false, "problems": e.problems}));
+            } else {
+                print_problems(&args.bundle.bundle, &e);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        eprintln!(
+            "error: refusing to listen on non-loopback address `{}`; pass --allow-remote if the \
+             API must be reachable from outside the pod",
+            args.listen
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let admin_token = match read_admin_token(args.admin_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let agent_tokens = match read_agent_tokens(&args.agent_credential_files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let config = ServeConfig {
+        bundle: args.bundle.bundle.clone(),
+        listen: args.listen,
+        load: args.bundle.load_options(),
+        http: HttpConfig {
+            max_body_bytes: args.max_body_bytes,
+            max_batch: args.max_batch,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: args.max_connections,
+        },
+        watch: (!args.no_watch).then(|| WatchOptions {
+            debounce: DEFAULT_RELOAD_DEBOUNCE,
+            poll_interval: std::time::Duration::from_secs(args.poll_interval_secs.max(1)),
+        }),
+        drain: DEFAULT_DRAIN,
+        state: (!args.bundle.authorize_only).then(|| args.state.clone()),
+        admin_token,
+        agent_tokens,
+        listen_unix: args.listen_unix.clone(),
+        limits: crate::delegation::Limits {
+            max_grant_bytes: args.max_grant_bytes,
+            max_children: args.max_children,
+            max_pending_requests: args.max_pending_requests,
+            max_state_mib: args.max_state_mib,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match server::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot listen on `{}`: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining connections");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

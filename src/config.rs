@@ -1,0 +1,30 @@
+//! Settings: defaults and environment variable names, in one place.
+
+use std::time::Duration;
+
+/// Where the sidecar listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
+/// The bundle served unless told otherwise: the example bundle at the repository root.
+pub const DEFAULT_BUNDLE: &str = ".";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the bundle must be quiet before a reload.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often the bundle's digest is checked even without file events.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// How long open connections may finish after a shutdown signal.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Where delegation state lives unless told otherwise (relative to the working directory).
+pub const DEFAULT_STATE: &str = ".deputy-state";
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+pub const ENV_STATE: &str = "DEPUTY_STATE";
+pub const ENV_ADMIN_TOKEN: &str = "DEPUTY_ADMIN_TOKEN";
+pub const ENV_BUNDLE: &str = "DEPUTY_BUNDLE";
+pub const ENV_LISTEN: &str = "DEPUTY_LISTEN";
+pub const ENV_LOG_FORMAT: &str = "DEPUTY_LOG_FORMAT";
+pub const ENV_LOG: &str = "DEPUTY_LOG";

@@ -1,0 +1,126 @@
+//! Run-time authority of an agent: the admin policies AND every grant along its chain, each
+//! linked to the acting agent. A deny says which bound denied it.
+
+use cedar_policy::{Entities, PolicySet, Request};
+use serde::Serialize;
+
+use super::registry::LiveAgent;
+use crate::authorize::{evaluate, Decision};
+use crate::bundle::TaintRole;
+
+/// Which bound denied a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "bound", rename_all = "snake_case")]
+pub enum DeniedBy {
+    /// The admin maximum (the bundle's policies): forbidden by `policies`, or nothing permits.
+    Admin { policies: Vec<String> },
+    /// A grant along the chain: `agent`'s grant (the acting agent's own when `own`).
+    Grant {
+        agent: String,
+        own: bool,
+        policies: Vec<String>,
+    },
+    /// The resource is classified above the agent's ceiling (a taint source or sink action).
+    Ceiling { classification: i64, ceiling: i64 },
+    /// A sink classified below what the agent has read: no writing down.
+    Taint { classification: i64, taint: i64 },
+    /// The agent was revoked (or its task completed).
+    Revoked,
+    /// The agent's lifetime ended.
+    Expired,
+    /// deputy's delegation state could not be loaded, so no agent can be decided.
+    StateUnavailable,
+}
+
+/// A decision for an agent, with the bound that denied it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainDecision {
+    #[serde(flatten)]
+    pub decision: Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<DeniedBy>,
+}
+
+/// What deputy checks itself for an action the schema marks as a taint source or sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    pub role: Option<TaintRole>,
+    /// The resource's `classification`, when it has one.
+    pub classification: Option<i64>,
+}
+
+/// Decides `request` for a deputy-managed agent: lifetime, then ceiling and taint, then the
+/// admin policies, then each hop root to leaf; the first bound that denies answers.
+pub fn decide(
+    admin: &PolicySet,
+    entities: &Entities,
+    agent: &LiveAgent,
+    request: &Request,
+    guard: Guard,
+    now: i64,
+) -> ChainDecision {
+    if agent.is_revoked() {
+        return denied(DeniedBy::Revoked);
+    }
+    if agent.is_expired(now) {
+        return denied(DeniedBy::Expired);
+    }
+    if let (Some(role), Some(classification)) = (guard.role, guard.classification) {
+        if classification > agent.row.ceiling {
+            return denied(DeniedBy::Ceiling {
+                classification,
+                ceiling: agent.row.ceiling,
+            });
+        }
+        let taint = agent.taint();
+        if role == TaintRole::Sink && classification < taint {
+            return denied(DeniedBy::Taint { classification, taint });
+        }
+    }
+    let admin_decision = evaluate(admin, entities, request);
+    if !admin_decision.allow {
+        return ChainDecision {
+            denied_by: Some(DeniedBy::Admin {
+                policies: admin_decision.reasons.clone(),
+            }),
+            decision: admin_decision,
+        };
+    }
+    let mut allowed = admin_decision;
+    for hop in &agent.hops {
+        let d = evaluate(&hop.policies, entities, request);
+        if !d.allow {
+            let mut errors = allowed.errors;
+            errors.extend(d.errors.iter().cloned());
+            return ChainDecision {
+                denied_by: Some(DeniedBy::Grant {
+                    agent: hop.agent.clone(),
+                    own: hop.agent == agent.row.id,
+                    policies: d.reasons.clone(),
+                }),
+                decision: Decision {
+                    allow: false,
+                    reasons: d.reasons,
+                    errors,
+                },
+            };
+        }
+        allowed.reasons.extend(d.reasons);
+        allowed.errors.extend(d.errors);
+    }
+    ChainDecision {
+        decision: allowed,
+        denied_by: None,
+    }
+}
+
+pub(crate) fn denied(by: DeniedBy) -> ChainDecision {
+    ChainDecision {
+        decision: Decision {
+            allow: false,
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        },
+        denied_by: Some(by),
+    }
+}

@@ -1,0 +1,539 @@
+//! Durable delegation state in SQLite: agents (with hashed credentials and grants) and the
+//! hash-chained audit trail. Every change and its audit record commit in one transaction, with
+//! WAL and `synchronous=FULL`, so an acknowledged change survives `kill -9` and a crash never
+//! leaves half of one. Blocking: call from `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The hash before the first audit record.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database `{path}`: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database is poisoned by an earlier panic")]
+    Poisoned,
+}
+
+/// One agent as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub id: String,
+    pub parent: Option<String>,
+    pub depth: i64,
+    pub can_delegate: bool,
+    pub ceiling: i64,
+    pub taint: i64,
+    pub grant: String,
+    pub grant_digest: String,
+    #[serde(skip)]
+    pub credential_hash: String,
+    pub task: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub bundle_version: String,
+    /// The proof that admitted this grant, as JSON.
+    pub proof: serde_json::Value,
+}
+
+/// An audit event before it is chained.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub event: &'static str,
+    pub actor: String,
+    pub agent: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// An audit record as stored: chained to the one before by `prev_hash`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub event: String,
+    pub actor: String,
+    pub agent: Option<String>,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS agents (
+  id TEXT PRIMARY KEY,
+  parent TEXT REFERENCES agents(id),
+  depth INTEGER NOT NULL,
+  can_delegate INTEGER NOT NULL,
+  ceiling INTEGER NOT NULL,
+  taint INTEGER NOT NULL,
+  grant_text TEXT NOT NULL,
+  grant_digest TEXT NOT NULL,
+  grant_version INTEGER NOT NULL DEFAULT 1,
+  credential_hash TEXT NOT NULL,
+  task TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  created_by TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  revoked_reason TEXT,
+  bundle_version TEXT NOT NULL,
+  proof TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agents_parent ON agents(parent);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  agent TEXT,
+  details TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent);
+CREATE TABLE IF NOT EXISTS permission_requests (
+  id TEXT PRIMARY KEY,
+  requester TEXT NOT NULL REFERENCES agents(id),
+  approver TEXT NOT NULL,
+  grant_text TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  history TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_approver ON permission_requests(approver, status);
+";
+
+/// A request for more permission, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct PermissionRow {
+    pub id: String,
+    pub requester: String,
+    /// The agent id who decides now, or `admin` for a human with the admin credential.
+    pub approver: String,
+    pub grant: String,
+    pub reason: String,
+    /// `pending`, `approved`, `denied`, `withdrawn`, `expired` or `closed`.
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub updated_at: i64,
+    /// Every step so far: proofs, escalations, the decision.
+    pub history: Vec<serde_json::Value>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let integrity: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if integrity != "ok" {
+            return Err(open_err(rusqlite::Error::InvalidParameterName(format!(
+                "integrity check failed: {integrity}"
+            ))));
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// Caps the database size; past it, writes fail with "database or disk is full" and the
+    /// transaction is rolled back whole.
+    pub fn limit_size(&self, mib: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            let page_size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX) / page_size.max(1);
+            let _: i64 = c.query_row(&format!("PRAGMA max_page_count = {}", pages.max(1)), [], |r| r.get(0))?;
+            Ok(())
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut conn = self.conn.lock().map_err(|_| StateError::Poisoned)?;
+        f(&mut conn)
+    }
+
+    /// Every agent ever created, oldest first (parents before children).
+    pub fn agents(&self) -> Result<Vec<AgentRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, parent, depth, can_delegate, ceiling, taint, grant_text, grant_digest, \
+                 credential_hash, task, reason, created_by, created_at, expires_at, revoked_at, \
+                 revoked_reason, bundle_version, proof FROM agents ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([], agent_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Inserts a new agent and its audit record atomically.
+    pub fn insert_agent(&self, row: &AgentRow, now: i64, audit: AuditEvent) -> Result<AuditRecord, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO agents (id, parent, depth, can_delegate, ceiling, taint, grant_text, \
+                 grant_digest, credential_hash, task, reason, created_by, created_at, expires_at, \
+                 revoked_at, revoked_reason, bundle_version, proof) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                params![
+                    row.id,
+                    row.parent,
+                    row.depth,
+                    row.can_delegate,
+                    row.ceiling,
+                    row.taint,
+                    row.grant,
+                    row.grant_digest,
+                    row.credential_hash,
+                    row.task,
+                    row.reason,
+                    row.created_by,
+                    row.created_at,
+                    row.expires_at,
+                    row.revoked_at,
+                    row.revoked_reason,
+                    row.bundle_version,
+                    row.proof.to_string(),
+                ],
+            )?;
+            let rec = append(&tx, now, audit)?;
+            tx.commit()?;
+            Ok(rec)
+        })
+    }
+
+    /// Marks `ids` revoked (those not already revoked) with one audit record each, atomically.
+    pub fn revoke(
+        &self,
+        ids: &[String],
+        now: i64,
+        reason: &str,
+        event: &'static str,
+        actor: &str,
+        details: &serde_json::Value,
+    ) -> Result<Vec<AuditRecord>, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let changed = tx.execute(
+                    "UPDATE agents SET revoked_at = ?1, revoked_reason = ?2 WHERE id = ?3 AND revoked_at IS NULL",
+                    params![now, reason, id],
+                )?;
+                if changed > 0 {
+                    out.push(append(
+                        &tx,
+                        now,
+                        AuditEvent {
+                            event,
+                            actor: actor.to_owned(),
+                            agent: Some(id.clone()),
+                            details: details.clone(),
+                        },
+                    )?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Replaces the grants of several agents (an approval extends every grant on a path) and
+    /// records the change, atomically. `grants` holds (agent id, new grant, its digest).
+    pub fn update_grants(
+        &self,
+        grants: &[(String, String, String)],
+        now: i64,
+        audit: Vec<AuditEvent>,
+        request: Option<&PermissionRow>,
+    ) -> Result<Vec<AuditRecord>, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (id, grant, digest) in grants {
+                tx.execute(
+                    "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 WHERE id = ?3",
+                    params![grant, digest, id],
+                )?;
+            }
+            if let Some(r) = request {
+                save_request(&tx, r)?;
+            }
+            let mut out = Vec::new();
+            for ev in audit {
+                out.push(append(&tx, now, ev)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Inserts or updates a permission request, with an audit record, atomically.
+    pub fn save_request(&self, r: &PermissionRow, now: i64, audit: AuditEvent) -> Result<AuditRecord, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            save_request(&tx, r)?;
+            let rec = append(&tx, now, audit)?;
+            tx.commit()?;
+            Ok(rec)
+        })
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
+                 FROM permission_requests WHERE id = ?1",
+                params![id],
+                request_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Requests, newest last, filtered by approver, requester and status.
+    pub fn requests(
+        &self,
+        approver: Option<&str>,
+        requester: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<PermissionRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
+                 FROM permission_requests WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR requester = ?2) \
+                 AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id",
+            )?;
+            let rows = stmt
+                .query_map(params![approver, requester, status], request_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Raises an agent's stored taint (never lowers it).
+    pub fn raise_taint(&self, id: &str, taint: i64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents SET taint = max(taint, ?1) WHERE id = ?2",
+                params![taint, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Appends one audit record on its own.
+    pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let rec = append(&tx, now, event)?;
+            tx.commit()?;
+            Ok(rec)
+        })
+    }
+
+    /// Audit records, oldest first, optionally for one agent and from a time on.
+    pub fn audit_records(
+        &self,
+        agent: Option<&str>,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at, event, actor, agent, details, prev_hash, hash FROM audit \
+                 WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq LIMIT ?3",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![agent, since, limit], audit_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Walks the whole audit chain; returns the first broken link, if any.
+    pub fn verify_audit(&self) -> Result<Option<String>, StateError> {
+        let records = self.audit_records(None, None, usize::MAX)?;
+        let mut prev = GENESIS.to_owned();
+        for (expected_seq, r) in (1..).zip(records.iter()) {
+            if r.seq != expected_seq {
+                return Ok(Some(format!(
+                    "audit record {expected_seq} is missing (found {} next)",
+                    r.seq
+                )));
+            }
+            if r.prev_hash != prev {
+                return Ok(Some(format!(
+                    "audit record {} does not link to record {}",
+                    r.seq,
+                    r.seq - 1
+                )));
+            }
+            let h = chain_hash(&prev, r.seq, r.at, &r.event, &r.actor, r.agent.as_deref(), &r.details);
+            if h != r.hash {
+                return Ok(Some(format!(
+                    "audit record {} was altered (its hash does not match its content)",
+                    r.seq
+                )));
+            }
+            prev = h;
+        }
+        Ok(None)
+    }
+}
+
+fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<AuditRecord, StateError> {
+    let last: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
+    let hash = chain_hash(&prev, seq, now, ev.event, &ev.actor, ev.agent.as_deref(), &ev.details);
+    tx.execute(
+        "INSERT INTO audit (seq, at, event, actor, agent, details, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![seq, now, ev.event, ev.actor, ev.agent, ev.details.to_string(), prev, hash],
+    )?;
+    Ok(AuditRecord {
+        seq,
+        at: now,
+        event: ev.event.to_owned(),
+        actor: ev.actor,
+        agent: ev.agent,
+        details: ev.details,
+        prev_hash: prev,
+        hash,
+    })
+}
+
+fn save_request(tx: &rusqlite::Transaction<'_>, r: &PermissionRow) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO permission_requests (id, requester, approver, grant_text, reason, status, created_at, expires_at, \
+         updated_at, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO UPDATE SET \
+         approver = excluded.approver, status = excluded.status, updated_at = excluded.updated_at, history = excluded.history",
+        params![
+            r.id,
+            r.requester,
+            r.approver,
+            r.grant,
+            r.reason,
+            r.status,
+            r.created_at,
+            r.expires_at,
+            r.updated_at,
+            serde_json::Value::Array(r.history.clone()).to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
+    let history: String = r.get(9)?;
+    let history = match serde_json::from_str(&history) {
+        Ok(serde_json::Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    Ok(PermissionRow {
+        id: r.get(0)?,
+        requester: r.get(1)?,
+        approver: r.get(2)?,
+        grant: r.get(3)?,
+        reason: r.get(4)?,
+        status: r.get(5)?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        history,
+    })
+}
+
+fn chain_hash(
+    prev: &str,
+    seq: i64,
+    at: i64,
+    event: &str,
+    actor: &str,
+    agent: Option<&str>,
+    details: &serde_json::Value,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        prev,
+        &seq.to_string(),
+        &at.to_string(),
+        event,
+        actor,
+        agent.unwrap_or(""),
+        &details.to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+    let proof: String = r.get(17)?;
+    Ok(AgentRow {
+        id: r.get(0)?,
+        parent: r.get(1)?,
+        depth: r.get(2)?,
+        can_delegate: r.get(3)?,
+        ceiling: r.get(4)?,
+        taint: r.get(5)?,
+        grant: r.get(6)?,
+        grant_digest: r.get(7)?,
+        credential_hash: r.get(8)?,
+        task: r.get(9)?,
+        reason: r.get(10)?,
+        created_by: r.get(11)?,
+        created_at: r.get(12)?,
+        expires_at: r.get(13)?,
+        revoked_at: r.get(14)?,
+        revoked_reason: r.get(15)?,
+        bundle_version: r.get(16)?,
+        proof: serde_json::from_str(&proof).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let details: String = r.get(5)?;
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        event: r.get(2)?,
+        actor: r.get(3)?,
+        agent: r.get(4)?,
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}

@@ -1,0 +1,345 @@
+//! Delegation endpoints: create, revoke, complete, audit. Proofs and SQLite writes are
+//! blocking, so each runs under `spawn_blocking`; the snapshot is loaded once per request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::routes::{json_response, now, read_json};
+use super::{ApiError, AppState};
+use crate::authorize::{Fields, RequestError};
+use std::time::Duration;
+
+use crate::delegation::{Caller, Delegation, PermissionDecision, SpawnOutcome, SpawnRequest};
+use crate::snapshot::Snapshot;
+
+type Body = Full<Bytes>;
+
+/// Most audit records one call returns.
+const AUDIT_PAGE: usize = 1000;
+
+fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
+    if let Some(e) = &state.state_error {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("the delegation state cannot be opened: {e}"),
+        ));
+    }
+    state.delegation.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "delegation_disabled",
+            "delegation is not enabled on this sidecar (it serves with --authorize-only)",
+        )
+    })
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// Runs blocking delegation work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
+struct Ctx {
+    svc: Arc<Delegation>,
+    snap: Arc<Snapshot>,
+    caller: Caller,
+}
+
+fn context(state: &AppState, token: Option<&str>) -> Result<Ctx, ApiError> {
+    let svc = service(state)?;
+    let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
+    let caller = svc.authenticate(&snap, token, now())?;
+    Ok(Ctx { svc, snap, caller })
+}
+
+/// Only the admin, the agent itself and its ancestors may see an agent.
+fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str) -> Result<(), ApiError> {
+    let visible = match caller {
+        Caller::Admin => true,
+        Caller::Agent(a) => agent.chain.contains(&a.row.id),
+    };
+    if visible {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "not_your_delegation",
+        format!("only the admin, `{}` itself or its ancestors may {to}", agent.row.id),
+    ))
+}
+
+/// `POST /v1/delegations`
+pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let token = bearer(&req);
+    let ctx = context(state, token.as_deref())?;
+    let body = read_json(req, state.config.max_body_bytes).await?;
+    let spawn = spawn_request(&body)?;
+    let outcome = blocking(move || Ok(ctx.svc.spawn(&ctx.snap, &ctx.caller, spawn, now())?)).await?;
+    let status = match outcome {
+        SpawnOutcome::Applied { .. } => StatusCode::CREATED,
+        SpawnOutcome::Pending { .. } => StatusCode::ACCEPTED,
+    };
+    Ok(json_response(status, &outcome))
+}
+
+fn spawn_request(body: &Value) -> Result<SpawnRequest, RequestError> {
+    let f = Fields::of(body, "")?;
+    Ok(SpawnRequest {
+        grant: f.require_string("grant")?.to_owned(),
+        ttl_seconds: f
+            .i64("ttl_seconds")?
+            .ok_or_else(|| RequestError::missing("ttl_seconds"))?,
+        ceiling: f.i64("ceiling")?,
+        can_delegate: f.bool("can_delegate")?.unwrap_or(false),
+        task: f.require_string("task")?.to_owned(),
+        reason: f.string("reason")?.unwrap_or_default().to_owned(),
+        agent_id: f.string("agent_id")?.map(str::to_owned),
+    })
+}
+
+/// `DELETE /v1/delegations/{id}` and `POST /v1/delegations/{id}/complete`
+pub async fn revoke(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: String,
+    completed: bool,
+) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let ids = blocking(move || Ok(ctx.svc.revoke(&ctx.snap, &ctx.caller, &id, completed, now())?)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "outcome": if completed { "completed" } else { "revoked" }, "revoked": ids }),
+    ))
+}
+
+/// `GET /v1/delegations/{id}`: the agent's record (its own credential, an ancestor's, or admin).
+pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(req).as_deref())?;
+    let agent = ctx.snap.agents.get(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "delegation_not_found",
+            format!("no delegation `{id}`"),
+        )
+    })?;
+    check_visible(&ctx.caller, agent, "read it")?;
+    let now = now();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "delegation_id": agent.row.id,
+            "agent": {"type": crate::delegation::AGENT_TYPE, "id": agent.row.id},
+            "parent": agent.row.parent,
+            "chain": agent.chain,
+            "depth": agent.row.depth,
+            "can_delegate": agent.row.can_delegate,
+            "ceiling": agent.row.ceiling,
+            "taint": agent.taint(),
+            "grant": agent.row.grant,
+            "grant_digest": agent.row.grant_digest,
+            "task": agent.row.task,
+            "expires_at": agent.row.expires_at,
+            "status": if agent.is_revoked() { "revoked" } else if agent.is_expired(now) { "expired" } else { "live" },
+            "proof": agent.row.proof,
+            "bundle_version": agent.row.bundle_version,
+        }),
+    ))
+}
+
+/// `GET /v1/audit?agent=&since=&limit=` (admin)
+pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut agent = None;
+    let mut since = None;
+    let mut limit = AUDIT_PAGE;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "agent" => agent = Some(v.to_owned()),
+            "since" => {
+                since = Some(v.parse::<i64>().map_err(|_| {
+                    RequestError::new(
+                        "invalid_field",
+                        format!("query `since` must be Unix seconds, got `{v}`"),
+                    )
+                })?)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        RequestError::new("invalid_field", format!("query `limit` must be a count, got `{v}`"))
+                    })?
+                    .min(AUDIT_PAGE)
+            }
+            other => {
+                return Err(RequestError::new("invalid_field", format!("unknown query parameter `{other}`")).into())
+            }
+        }
+    }
+    let records = blocking(move || Ok(ctx.svc.audit(&ctx.caller, agent.as_deref(), since, limit)?)).await?;
+    Ok(json_response(StatusCode::OK, &json!({ "records": records })))
+}
+
+/// Longest long-poll wait.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Reads `wait=30s` / `wait=30` from a query string.
+fn wait_param(query: &str) -> Result<Option<Duration>, RequestError> {
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("wait=") {
+            let secs: u64 = v.trim_end_matches('s').parse().map_err(|_| {
+                RequestError::new(
+                    "invalid_field",
+                    format!("query `wait` must be seconds like `30s`, got `{v}`"),
+                )
+            })?;
+            return Ok(Some(Duration::from_secs(secs).min(MAX_WAIT)));
+        }
+    }
+    Ok(None)
+}
+
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// `POST /v1/permission-requests` (the grantee's credential): `{grant, reason, ttl_seconds?}`.
+pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let body = read_json(req, state.config.max_body_bytes).await?;
+    let f = Fields::of(&body, "")?;
+    let grant = f.require_string("grant")?.to_owned();
+    let reason = f.string("reason")?.unwrap_or_default().to_owned();
+    let ttl = f.i64("ttl_seconds")?;
+    let (view, extra) = blocking(move || {
+        Ok(ctx
+            .svc
+            .request_permission(&ctx.snap, &ctx.caller, &grant, &reason, ttl, now())?)
+    })
+    .await?;
+    let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    Ok(json_response(StatusCode::ACCEPTED, &body))
+}
+
+/// `GET /v1/permission-requests?status=pending&mine=true&wait=30s`: requests waiting on the
+/// caller (or the caller's own with `mine=true`). With `wait`, an empty answer waits for a change.
+pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let wait = wait_param(&query)?;
+    let status = query_value(&query, "status").map(str::to_owned);
+    let mine = query_value(&query, "mine") == Some("true");
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    loop {
+        let (svc, caller, status) = (Arc::clone(&ctx.svc), ctx.caller.clone(), status.clone());
+        let notified = ctx.svc.requests_changed();
+        tokio::pin!(notified);
+        // Register interest before reading, so a change between the read and the wait is seen.
+        notified.as_mut().enable();
+        let list = blocking(move || Ok(svc.list_requests(&caller, status.as_deref(), mine)?)).await?;
+        if !list.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(json_response(StatusCode::OK, &json!({ "requests": list })));
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+/// `GET /v1/permission-requests/{id}?wait=30s`: with `wait`, a pending request is answered when
+/// it changes (approved, denied, escalated, …) or the wait ends.
+pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let wait = wait_param(req.uri().query().unwrap_or(""))?;
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    let mut first: Option<(String, String)> = None;
+    loop {
+        let notified = ctx.svc.requests_changed();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (svc, snap, caller, rid) = (
+            Arc::clone(&ctx.svc),
+            Arc::clone(&ctx.snap),
+            ctx.caller.clone(),
+            id.clone(),
+        );
+        let view = blocking(move || Ok(svc.get_request(&snap, &caller, &rid)?)).await?;
+        let now_state = (view.status.clone(), view.approver.clone());
+        let changed = first.as_ref().is_some_and(|f| *f != now_state);
+        if view.status != "pending" || changed || tokio::time::Instant::now() >= deadline {
+            return Ok(json_response(StatusCode::OK, &view));
+        }
+        first.get_or_insert(now_state);
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+/// `POST /v1/permission-requests/{id}`: `{decision: "approve"|"deny"|"escalate", reason}`.
+pub async fn decide_request(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let body = read_json(req, state.config.max_body_bytes).await?;
+    let f = Fields::of(&body, "")?;
+    let decision = match f.require_string("decision")? {
+        "approve" => PermissionDecision::Approve,
+        "deny" => PermissionDecision::Deny,
+        "escalate" => PermissionDecision::Escalate,
+        other => {
+            return Err(RequestError::new(
+                "invalid_field",
+                format!("field `decision` is `{other}`; expected `approve`, `deny` or `escalate`"),
+            )
+            .into())
+        }
+    };
+    let reason = f.string("reason")?.unwrap_or_default().to_owned();
+    let view = blocking(move || {
+        Ok(ctx
+            .svc
+            .decide_request(&ctx.snap, &ctx.caller, &id, decision, &reason, now())?)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// `DELETE /v1/permission-requests/{id}`: the requester withdraws it.
+pub async fn withdraw_request(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let view = blocking(move || Ok(ctx.svc.withdraw_request(&ctx.caller, &id, now())?)).await?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// `GET /v1/agents/{id}/capabilities` (the agent's own credential, an ancestor's, or admin).
+pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(req).as_deref())?;
+    let agent = ctx
+        .snap
+        .agents
+        .get(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", format!("no agent `{id}`")))?;
+    check_visible(&ctx.caller, agent, "list its capabilities")?;
+    // One decision per (action, entity): enumeration is blocking work.
+    let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));
+    let caps = blocking(move || Ok(crate::authorize::capabilities(&snap, &agent, now()))).await?;
+    Ok(json_response(StatusCode::OK, &caps))
+}

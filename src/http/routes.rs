@@ -1,0 +1,405 @@
+//! Routing and handlers. Each request loads the serving bundle once and decides against it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{delegations, ApiError, AppState};
+use crate::authorize::{self, parse_uid, Decision, Fields, Outcome, Parts, RequestError};
+use crate::authzen;
+use crate::snapshot::Snapshot;
+
+const REQUEST_ID: &str = "x-request-id";
+/// Batches up to this many items are decided inline; larger ones on the blocking pool.
+const INLINE_BATCH: usize = 32;
+const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
+const REQUESTS_PREFIX: &str = "/v1/permission-requests/";
+const AGENTS_PREFIX: &str = "/v1/agents/";
+const CAPABILITIES_SUFFIX: &str = "/capabilities";
+const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
+/// How long a client may take to send its whole body once headers are in.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = Full<Bytes>;
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map_or_else(new_request_id, str::to_owned);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("http", %method, %path, request_id = %request_id);
+    let _enter = span.enter();
+    let mut response = match route(&state, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    tracing::debug!(status = response.status().as_u16(), "answered");
+    Ok(response)
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (path.as_str(), &method) {
+        ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ("/readyz", &Method::GET) => readyz(state),
+        ("/v1/status", &Method::GET) => Ok(status(state)),
+        ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
+        ("/v1/authorize", &Method::POST) => {
+            let (snap, body) = decision_input(state, req).await?;
+            let outcome = authorize_one(&snap, &body, "")?;
+            persist_taint(state, &outcome);
+            Ok(with_version(
+                json_response(StatusCode::OK, &decision_body(&snap, &outcome)),
+                &snap,
+            ))
+        }
+        ("/v1/authorize/batch", &Method::POST) => {
+            let (snap, body) = decision_input(state, req).await?;
+            let max = state.config.max_batch;
+            // A large batch is many decisions in a row: keep it off the async workers.
+            if body
+                .get("requests")
+                .and_then(Value::as_array)
+                .is_some_and(|r| r.len() > INLINE_BATCH)
+            {
+                tokio::task::spawn_blocking(move || authorize_batch(&snap, &body, max))
+                    .await
+                    .map_err(ApiError::internal)?
+            } else {
+                authorize_batch(&snap, &body, max)
+            }
+        }
+        ("/access/v1/evaluation", &Method::POST) => {
+            let (snap, body) = decision_input(state, req).await?;
+            let eval = authzen::evaluate(&snap, &body, now())?;
+            Ok(with_version(json_response(StatusCode::OK, &eval), &snap))
+        }
+        ("/access/v1/evaluations", &Method::POST) => {
+            let (snap, body) = decision_input(state, req).await?;
+            let max = state.config.max_batch;
+            let large = body
+                .get("evaluations")
+                .and_then(Value::as_array)
+                .is_some_and(|e| e.len() > INLINE_BATCH);
+            let batch = if large {
+                let s = Arc::clone(&snap);
+                tokio::task::spawn_blocking(move || authzen::evaluate_batch(&s, &body, max, now()))
+                    .await
+                    .map_err(ApiError::internal)??
+            } else {
+                authzen::evaluate_batch(&snap, &body, max, now())?
+            };
+            let response = match batch {
+                authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
+                authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
+            };
+            Ok(with_version(response, &snap))
+        }
+        ("/v1/delegations", &Method::POST) => delegations::create(state, req).await,
+        ("/v1/audit", &Method::GET) => delegations::audit(state, req).await,
+        ("/v1/permission-requests", &Method::POST) => delegations::request_permission(state, req).await,
+        ("/v1/permission-requests", &Method::GET) => delegations::list_requests(state, req).await,
+        (p, m) if p.starts_with(REQUESTS_PREFIX) => {
+            let id = p.get(REQUESTS_PREFIX.len()..).unwrap_or("").to_owned();
+            match *m {
+                _ if id.is_empty() || id.contains('/') => Err(ApiError::not_found(&path)),
+                Method::GET => delegations::get_request(state, req, id).await,
+                Method::POST => delegations::decide_request(state, req, id).await,
+                Method::DELETE => delegations::withdraw_request(state, req, id).await,
+                _ => Err(ApiError::method_not_allowed(&method, &path)),
+            }
+        }
+        (p, &Method::GET) if p.starts_with(AGENTS_PREFIX) && p.ends_with(CAPABILITIES_SUFFIX) => {
+            let id = p
+                .get(AGENTS_PREFIX.len()..p.len() - CAPABILITIES_SUFFIX.len())
+                .unwrap_or("")
+                .to_owned();
+            delegations::capabilities(state, &req, &id).await
+        }
+        (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
+            let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
+            match (rest.split_once('/'), m) {
+                (None, &Method::DELETE) if !rest.is_empty() => delegations::revoke(state, req, rest, false).await,
+                (None, &Method::GET) if !rest.is_empty() => delegations::show(state, &req, &rest),
+                (Some((id, "complete")), &Method::POST) => {
+                    let id = id.to_owned();
+                    delegations::revoke(state, req, id, true).await
+                }
+                (None, _) | (Some((_, "complete")), _) if !rest.is_empty() => {
+                    Err(ApiError::method_not_allowed(&method, &path))
+                }
+                _ => Err(ApiError::not_found(&path)),
+            }
+        }
+        (
+            "/healthz"
+            | "/readyz"
+            | "/v1/status"
+            | "/.well-known/authzen-configuration"
+            | "/v1/authorize"
+            | "/v1/authorize/batch"
+            | "/access/v1/evaluation"
+            | "/access/v1/evaluations"
+            | "/v1/delegations"
+            | "/v1/audit"
+            | "/v1/permission-requests",
+            _,
+        ) => Err(ApiError::method_not_allowed(&method, &path)),
+        _ => Err(ApiError::not_found(&path)),
+    }
+}
+
+/// Reads a JSON body and the serving bundle. The bundle is loaded once, here, and the request
+/// is decided against that one `Arc` whatever reloads happen meanwhile.
+async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc<Snapshot>, Value), ApiError> {
+    let body = read_json(req, state.config.max_body_bytes).await?;
+    let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
+    Ok((snap, body))
+}
+
+/// A request id unique to this process run: a random prefix drawn once, and a counter (no
+/// system call per request).
+fn new_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n:016x}", *PREFIX)
+}
+
+/// Writes a raised taint to the state store in the background; the in-memory taint already
+/// holds for every later decision.
+fn persist_taint(state: &AppState, outcome: &Outcome) {
+    if let (Some(level), Some(agent), Some(svc)) = (outcome.taint_raised_to, &outcome.agent, &state.delegation) {
+        let (svc, id) = (Arc::clone(svc), agent.row.id.clone());
+        tokio::task::spawn_blocking(move || svc.persist_taint(&id, level));
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(super) async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(RequestError::new(
+                "unsupported_media_type",
+                format!("`Content-Type` is `{essence}`; send `application/json`"),
+            )
+            .into());
+        }
+    }
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await;
+    let bytes = match collected {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return Err(ApiError::body_too_large(limit));
+            }
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("cannot read the request body: {e}"),
+            ));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::new("malformed_json", "the request body is empty; send a JSON object").into());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RequestError::new("malformed_json", format!("the request body is not valid JSON: {e}")).into())
+}
+
+/// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.
+fn authorize_one(snap: &Snapshot, body: &Value, path: &str) -> Result<Outcome, RequestError> {
+    let f = Fields::of(body, path)?;
+    let parts = Parts {
+        principal: parse_uid(&f.require_object("principal")?)?,
+        action: parse_uid(&f.require_object("action")?)?,
+        resource: parse_uid(&f.require_object("resource")?)?,
+        context: f.get("context").cloned(),
+        context_field: f.field_path("context"),
+    };
+    authorize::decide(snap, parts, now())
+}
+
+#[derive(Serialize)]
+struct DecisionBody<'a> {
+    decision: &'static str,
+    reasons: &'a [String],
+    errors: &'a [authorize::PolicyError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied_by: Option<&'a crate::delegation::DeniedBy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needed: Option<&'a authorize::Needed>,
+    policy_version: &'a str,
+}
+
+fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
+    let d: &Decision = &o.decision;
+    DecisionBody {
+        decision: if d.allow { "Allow" } else { "Deny" },
+        reasons: &d.reasons,
+        errors: &d.errors,
+        denied_by: o.denied_by.as_ref(),
+        needed: o.needed.as_ref(),
+        policy_version: &snap.bundle.version,
+    }
+}
+
+fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response<Body>, ApiError> {
+    let top = Fields::of(body, "")?;
+    let items = top
+        .array("requests")?
+        .ok_or_else(|| RequestError::missing("requests"))?;
+    if items.len() > max {
+        return Err(RequestError::new(
+            "batch_too_large",
+            format!("`requests` has {} items; the limit is {max}", items.len()),
+        )
+        .into());
+    }
+    let mut decisions = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("requests[{i}]");
+        decisions.push(authorize_one(snap, item, &path));
+    }
+    let responses: Vec<Value> = decisions
+        .iter()
+        .map(|d| match d {
+            Ok(d) => serde_json::to_value(decision_body(snap, d)).unwrap_or(Value::Null),
+            Err(e) => json!({
+                "decision": "Deny",
+                "error": { "code": e.code, "message": e.message, "help": e.help },
+                "policy_version": snap.bundle.version,
+            }),
+        })
+        .collect();
+    Ok(with_version(
+        json_response(
+            StatusCode::OK,
+            &json!({ "responses": responses, "policy_version": snap.bundle.version }),
+        ),
+        snap,
+    ))
+}
+
+fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
+    if let Some(e) = &state.state_error {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("the delegation state cannot be opened: {e}"),
+        ));
+    }
+    match state.store.current() {
+        Some(b) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "policy_version": b.version}),
+        )),
+        None => Err(ApiError::no_bundle()),
+    }
+}
+
+fn status(state: &AppState) -> Response<Body> {
+    let current = state.store.current();
+    let (ok, failed) = state.store.reload_counts();
+    let body = json!({
+        "ready": current.is_some(),
+        "bundle": current.as_ref().map(|b| json!({
+            "dir": state.store.dir().display().to_string(),
+            "policy_version": b.version,
+            "revision": b.revision,
+            "loaded_at": state.store.loaded_at(),
+            "validated": b.validated,
+            "policies": b.policies.policies().count(),
+            "templates": b.policies.templates().count(),
+            "files": b.files,
+        })),
+        "last_reload": state.store.last_reload(),
+        "state_error": state.state_error,
+        "delegation": state.delegation.as_ref().map(|d| json!({
+            "live_agents": d.live_agents(now()),
+            "drift": d.drift(),
+        })),
+        "reloads": { "ok": ok, "failed": failed },
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn authzen_configuration(req: &Request<Incoming>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let base = format!("http://{host}");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "policy_decision_point": base,
+            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+        }),
+    )
+}
+
+fn with_version(mut r: Response<Body>, snap: &Snapshot) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&snap.bundle.version) {
+        r.headers_mut().insert(POLICY_VERSION_HEADER, v);
+    }
+    r
+}
+
+pub(super) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&ApiError::internal(e)),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let bytes = serde_json::to_vec(e).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = e.status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,180 @@
+//! Assembling the sidecar: load the bundle, start the watcher, bind, serve. Used by
+//! `deputy serve` and by the tests, which start real servers on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
+use crate::delegation::Delegation;
+use crate::http::{self, AppState, HttpConfig};
+use crate::snapshot::Live;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bundle: PathBuf,
+    pub listen: SocketAddr,
+    pub load: LoadOptions,
+    pub http: HttpConfig,
+    pub watch: Option<WatchOptions>,
+    pub drain: Duration,
+    /// Where delegation state lives; `None` disables delegation (authorize only).
+    pub state: Option<PathBuf>,
+    /// The admin credential, for creating root agents and reading the audit trail.
+    pub admin_token: Option<String>,
+    /// Limits on delegation (grant size, children, pending requests, state size).
+    pub limits: crate::delegation::Limits,
+    /// Also serve on this Unix domain socket.
+    pub listen_unix: Option<PathBuf>,
+    /// Credentials of agents the bundle declares, by agent id.
+    pub agent_tokens: std::collections::HashMap<String, String>,
+}
+
+/// A running sidecar.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<BundleStore>,
+    pub live: Arc<Live>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains open connections, and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless the runtime shuts down).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the bundle (an invalid one is reported and the server starts not ready, waiting for a
+/// fix), binds the listener and starts serving.
+pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
+    let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
+    let live = Arc::new(Live::default());
+    let l = Arc::clone(&live);
+    store.on_loaded(move |bundle| l.bundle_loaded(bundle));
+    let s = Arc::clone(&store);
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
+        Err(e) => tracing::error!(error = %e, "bundle load task failed"),
+    }
+    let mut state_error = None;
+    let delegation = match &config.state {
+        Some(dir) if config.load.require_agent_model => {
+            let (dir, l, token) = (dir.clone(), Arc::clone(&live), config.admin_token.clone());
+            let (agent_tokens, limits) = (config.agent_tokens.clone(), config.limits.clone());
+            let opened = tokio::task::spawn_blocking(move || Delegation::open(&dir, l, token, &agent_tokens, limits))
+                .await
+                .map_err(std::io::Error::other)?;
+            match opened {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    // Keep serving what does not depend on the state; every agent decision
+                    // and delegation call fails closed until the state is repaired.
+                    tracing::error!(error = %e, "cannot open the delegation state; agent decisions fail closed");
+                    let l = Arc::clone(&live);
+                    tokio::task::spawn_blocking(move || l.agents_unknown())
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    state_error = Some(e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(d) = &delegation {
+        tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
+        // Re-prove live grants whenever a bundle loads (and now, for the one serving).
+        let (d, s) = (Arc::clone(d), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let hook = Arc::clone(&d);
+            s.on_loaded(move |bundle| {
+                let now = crate::http::now();
+                hook.sync_bundle_agents(&bundle, now);
+                hook.reprove_all(now);
+            });
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+    }
+    let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
+    let listener = http::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let unix = match &config.listen_unix {
+        #[cfg(unix)]
+        Some(path) => {
+            // A stale socket file from an earlier run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path)?;
+            tracing::info!(path = %path.display(), "deputy listening on a unix socket");
+            Some(http::Listener::Unix(l))
+        }
+        _ => None,
+    };
+    tracing::info!(%addr, bundle = %config.bundle.display(), "deputy listening");
+    let state = Arc::new(AppState {
+        store: Arc::clone(&store),
+        live: Arc::clone(&live),
+        delegation,
+        state_error,
+        config: config.http.clone(),
+    });
+    let (tx, rx) = oneshot::channel::<()>();
+    let drain = config.drain;
+    let task = tokio::spawn(async move {
+        let _watcher = watcher;
+        let (stop_unix, unix_stopped) = tokio::sync::watch::channel(false);
+        let unix_task = unix.map(|l| {
+            let (state, mut stopped) = (Arc::clone(&state), unix_stopped.clone());
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                http::serve(l, state, stop, drain).await;
+            })
+        });
+        let stop = async {
+            let _ = rx.await;
+        };
+        http::serve(http::Listener::Tcp(listener), state, stop, drain).await;
+        let _ = stop_unix.send(true);
+        if let Some(t) = unix_task {
+            let _ = t.await;
+        }
+    });
+    Ok(Running {
+        addr,
+        store,
+        live,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// How often expired agents are recorded and revoked. Expired agents are denied at once
+/// regardless; the sweep writes the audit record and cascades.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn sweep_expired(delegation: Arc<Delegation>, live: Arc<Live>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(snap) = live.current() else { continue };
+        let d = Arc::clone(&delegation);
+        let now = crate::http::now();
+        let _ = tokio::task::spawn_blocking(move || d.sweep_expired(&snap, now)).await;
+    }
+}
