@@ -437,6 +437,9 @@ fn narrow_condition() -> BoxedStrategy<String> {
         (0i64..4).prop_map(|k| format!("context.taint >= {k}")),
         (0i64..4).prop_map(|k| format!("context.taint == {k}")),
         (0i64..4).prop_map(|k| format!("principal.ceiling <= {k}")),
+        Just("context.taint <= principal.ceiling".to_owned()),
+        Just("principal.ceiling < context.taint".to_owned()),
+        Just("context.taint == principal.ceiling".to_owned()),
         Just("context.mfa".to_owned()),
         Just("principal.can_delegate".to_owned()),
         (0i64..40).prop_map(|k| format!(
@@ -504,6 +507,90 @@ proptest! {
                         !(c == Decision::Allow && p == Decision::Deny),
                         "prover said within, but {request} escapes\nparent:\n{parent_src}\nchild:\n{child_src}"
                     );
+                }
+            }
+            Verdict::Exceeds(cx) => {
+                prop_assert!(fx::replays(cx, &child_src, &parent_src, &schema, &store), "{cx:?}");
+            }
+            Verdict::Inconclusive(_) => {}
+        }
+    }
+}
+
+/// Relations between two Longs (`context.taint < principal.ceiling`) mixed with bounds,
+/// checked against every (taint, ceiling) pair of a small grid.
+fn relation_condition() -> BoxedStrategy<String> {
+    prop_oneof![
+        (0i64..4).prop_map(|k| format!("context.taint <= {k}")),
+        (0i64..4).prop_map(|k| format!("context.taint >= {k}")),
+        (0i64..4).prop_map(|k| format!("principal.ceiling >= {k}")),
+        (0i64..4).prop_map(|k| format!("principal.ceiling <= {k}")),
+        Just("context.taint < principal.ceiling".to_owned()),
+        Just("principal.ceiling < context.taint".to_owned()),
+        Just("context.taint <= principal.ceiling".to_owned()),
+        Just("context.taint == principal.ceiling".to_owned()),
+    ]
+    .prop_recursive(2, 6, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+            inner.prop_map(|a| format!("!({a})")),
+        ]
+    })
+    .boxed()
+}
+
+fn relation_grant() -> impl Strategy<Value = String> {
+    prop::collection::vec((prop::bool::weighted(0.8), relation_condition()), 1..4).prop_map(|ps| {
+        ps.into_iter()
+            .map(|(permit, c)| {
+                let effect = if permit { "permit" } else { "forbid" };
+                format!("{effect}(principal == ?principal, action == Action::\"read\", resource) when {{ {c} }};")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// A parent and a child that is either unrelated or the parent narrowed by one more condition.
+fn relation_pair() -> impl Strategy<Value = (String, String)> {
+    relation_grant().prop_flat_map(|parent| {
+        let narrowed = relation_condition().prop_map({
+            let parent = parent.clone();
+            move |extra| parent.replace("when { ", &format!("when {{ {extra} && "))
+        });
+        let child = prop_oneof![1 => relation_grant(), 2 => narrowed];
+        (Just(parent), child)
+    })
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    #[test]
+    fn within_is_sound_on_relations((parent_src, child_src) in relation_pair(), base in sample()) {
+        let schema = fx::schema();
+        let store = fx::entities(&schema);
+        let parent = Grant::parse(&parent_src).unwrap();
+        let child = Grant::parse(&child_src).unwrap();
+        let verdict = prove(&child, &parent, &schema, &store, &ProveOptions::default()).unwrap();
+        match &verdict {
+            Verdict::Within(_) => {
+                let principal = EntityUid::from_str("Agent::\"child\"").unwrap();
+                let child_side = fx::child_side(&child_src, &parent_src, &principal);
+                let parent_side = fx::parent_side(&parent_src, &principal);
+                let auth = Authorizer::new();
+                for taint in -1..6 {
+                    for ceiling in -1..6 {
+                        let s = Sample { child_exists: true, action: "read", taint, child_ceiling: ceiling, ..base.clone() };
+                        let Some((request, entities)) = world(&s, &schema, &store) else { continue };
+                        let c = auth.is_authorized(&request, &child_side, &entities).decision();
+                        let p = auth.is_authorized(&request, &parent_side, &entities).decision();
+                        prop_assert!(
+                            !(c == Decision::Allow && p == Decision::Deny),
+                            "prover said within, but taint {taint} ceiling {ceiling} escapes\nparent:\n{parent_src}\nchild:\n{child_src}"
+                        );
+                    }
                 }
             }
             Verdict::Exceeds(cx) => {

@@ -141,6 +141,8 @@ pub(crate) enum Atom {
     /// `term in uid` (reflexive, transitive).
     EntIn(TermId, EntityUID),
     Long(TermId, Cmp, i64),
+    /// `left cmp right` between two ordered terms of the same type.
+    LongRel(TermId, Cmp, TermId),
     StrEq(TermId, String),
     Like(TermId, Vec<Pat>),
     BoolVal(TermId),

@@ -32,6 +32,8 @@ struct Builder<'a, 'e, 'w> {
     theory: Theory<'e, 'w>,
     a: &'a [Option<bool>],
     known: Vec<Known<'w>>,
+    /// Values of the terms related to one another (`a <= b`), solved jointly.
+    joint: HashMap<usize, i64>,
     uids: HashMap<usize, EntityUID>,
     taken: HashSet<EntityUID>,
     pending: Vec<usize>,
@@ -41,11 +43,17 @@ struct Builder<'a, 'e, 'w> {
 pub(crate) fn concretize(enc: &Encoding<'_>, a: &[Option<bool>]) -> Option<Candidate> {
     let theory = Theory::new(enc);
     let known = theory.known(a);
+    let joint = theory
+        .relations(a, &known, true)
+        .or_else(|| theory.relations(a, &known, false))?
+        .into_iter()
+        .collect();
     let mut b = Builder {
         enc,
         theory,
         a,
         known,
+        joint,
         uids: HashMap::new(),
         taken: HashSet::new(),
         pending: Vec::new(),
@@ -201,10 +209,17 @@ impl Builder<'_, '_, '_> {
         Some(())
     }
 
+    fn long(&self, t: usize) -> Option<i64> {
+        match self.joint.get(&t) {
+            Some(v) => self.theory.long_allows(t, self.a, *v).then_some(*v),
+            None => self.theory.long_for(t, self.a),
+        }
+    }
+
     fn value(&mut self, t: Option<usize>, ty: &Ty) -> Option<Json> {
         Some(match ty {
             Ty::Long => json!(match t {
-                Some(t) => self.theory.long_for(t, self.a)?,
+                Some(t) => self.long(t)?,
                 None => 0,
             }),
             Ty::Str => json!(match t {
@@ -249,7 +264,7 @@ impl Builder<'_, '_, '_> {
             Ty::Ext(name) => match ty.scalar() {
                 Some(kind) => {
                     let v = match t {
-                        Some(t) => self.theory.long_for(t, self.a)?,
+                        Some(t) => self.long(t)?,
                         None => 0,
                     };
                     kind.render(v)?

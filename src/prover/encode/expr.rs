@@ -266,8 +266,22 @@ impl Encoding<'_> {
                 let x = self.lit(Atom::Long(t, flipped, k)).not();
                 guarded(d, x)
             }
+            (Operand::Term(t, d), Operand::Term(u, du)) if self.same_order(t, u) => {
+                let x = if t == u {
+                    Formula::constant(cmp == Cmp::Le)
+                } else {
+                    self.lit(Atom::LongRel(t, cmp, u))
+                };
+                guarded(d.and(du), x)
+            }
             _ => self.opaque(e),
         }
+    }
+
+    /// Two terms of the same ordered type (Long, or the same scalar extension type).
+    fn same_order(&self, t: TermId, u: TermId) -> bool {
+        let (a, b) = (self.ty(t), self.ty(u));
+        a.is_ordered() && a == b
     }
 
     fn membership(&mut self, e: &Expr, a: &Expr, b: &Expr) -> Tf {

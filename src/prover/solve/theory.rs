@@ -51,7 +51,8 @@ fn term_of(atom: &Atom) -> Option<usize> {
         | Atom::Like(t, _)
         | Atom::BoolVal(t)
         | Atom::Contains(t, _) => Some(*t),
-        Atom::Opaque(..) => None,
+        // Relations between two terms are checked jointly (see `relations`).
+        Atom::Opaque(..) | Atom::LongRel(..) => None,
     }
 }
 
@@ -276,12 +277,128 @@ impl<'e, 'w> Theory<'e, 'w> {
                 _ => {}
             }
         }
+        if self.relations(a, &known, false).is_none() {
+            let atoms = self
+                .enc
+                .atoms
+                .iter()
+                .enumerate()
+                .filter(|(id, atom)| {
+                    matches!(atom, Atom::LongRel(..) | Atom::Long(..)) && a.get(*id).copied().flatten().is_some()
+                })
+                .map(|(id, _)| id)
+                .collect();
+            return Err(TheoryConflict {
+                atoms,
+                facts: Vec::new(),
+            });
+        }
         Ok(())
+    }
+
+    /// Joint feasibility of the assigned relations between ordered terms (difference
+    /// constraints, solved with Bellman-Ford) together with each term's bounds. Disequalities
+    /// are ignored here, so `None` means certainly infeasible. With `prefer_small`, terms
+    /// without bounds are first confined near zero, which gives readable counterexamples.
+    /// Returns a value for every term that takes part in a relation.
+    pub(crate) fn relations(
+        &self,
+        a: &[Option<bool>],
+        known: &[Known<'w>],
+        prefer_small: bool,
+    ) -> Option<Vec<(usize, i64)>> {
+        let mut edges: Vec<(usize, usize, i128)> = Vec::new();
+        let mut nodes: Vec<usize> = Vec::new();
+        let node = |t: usize, nodes: &mut Vec<usize>| -> usize {
+            match nodes.iter().position(|x| *x == t) {
+                Some(i) => i + 1,
+                None => {
+                    nodes.push(t);
+                    nodes.len()
+                }
+            }
+        };
+        for (id, atom) in self.enc.atoms.iter().enumerate() {
+            let (Atom::LongRel(t, cmp, u), Some(v)) = (atom, a.get(id).copied().flatten()) else {
+                continue;
+            };
+            let (x, y) = (node(*t, &mut nodes), node(*u, &mut nodes));
+            // edge (from, to, w) encodes  to - from <= w
+            match (cmp, v) {
+                (Cmp::Lt, true) => edges.push((y, x, -1)),
+                (Cmp::Lt, false) => edges.push((x, y, 0)),
+                (Cmp::Le, true) => edges.push((y, x, 0)),
+                (Cmp::Le, false) => edges.push((x, y, -1)),
+                (Cmp::Eq, true) => edges.extend([(y, x, 0), (x, y, 0)]),
+                (Cmp::Eq, false) => {}
+            }
+        }
+        if nodes.is_empty() {
+            return Some(Vec::new());
+        }
+        for (i, t) in nodes.iter().enumerate() {
+            let (lo, hi) = match known.get(*t) {
+                Some(Known::Value(v)) => match &v.value {
+                    ValueKind::Lit(Literal::Long(x)) => (i128::from(*x), i128::from(*x)),
+                    _ => (i128::from(i64::MIN), i128::from(i64::MAX)),
+                },
+                _ => match long_interval(self.assigned(*t, a)) {
+                    Some((lo, hi, _)) => (lo, hi),
+                    None => return None,
+                },
+            };
+            let (lo, hi) = if prefer_small {
+                (lo.max(-1000.min(hi)), hi.min(1000.max(lo)))
+            } else {
+                (lo, hi)
+            };
+            edges.push((0, i + 1, hi));
+            edges.push((i + 1, 0, -lo));
+        }
+        let n = nodes.len() + 1;
+        let mut dist = vec![0i128; n];
+        for round in 0..=n {
+            let mut changed = false;
+            for (from, to, w) in &edges {
+                let (Some(df), Some(dt)) = (dist.get(*from).copied(), dist.get(*to).copied()) else {
+                    continue;
+                };
+                if df + w < dt {
+                    if let Some(slot) = dist.get_mut(*to) {
+                        *slot = df + w;
+                    }
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+            if round == n {
+                return None;
+            }
+        }
+        let base = dist.first().copied().unwrap_or(0);
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let v = dist.get(i + 1).copied().unwrap_or(0) - base;
+                i64::try_from(v).ok().map(|v| (*t, v))
+            })
+            .collect()
     }
 
     /// Long value for a fresh term, honouring its assigned bounds.
     pub(crate) fn long_for(&self, t: usize, a: &[Option<bool>]) -> Option<i64> {
         long_value(self.assigned(t, a))
+    }
+
+    /// Assigned bounds of a term, for checking a jointly solved value.
+    pub(crate) fn long_allows(&self, t: usize, a: &[Option<bool>], v: i64) -> bool {
+        long_interval(self.assigned(t, a)).is_some_and(|(lo, hi, excluded)| {
+            let v = i128::from(v);
+            lo <= v && v <= hi && !excluded.contains(&v)
+        })
     }
 
     pub(crate) fn string_for(&self, t: usize, a: &[Option<bool>]) -> Option<String> {
