@@ -14,27 +14,25 @@ mod encode;
 mod error;
 mod formula;
 mod grant;
+mod index;
 mod model;
+mod run;
 mod solve;
 mod verdict;
 mod world;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
-use cedar_policy::{Effect, Entities, EntityUid, Schema, Validator};
-use cedar_policy_core::ast::{Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
+use cedar_policy::{Entities, EntityUid, Schema, Validator};
 
 pub use cli::run_prove;
 pub use error::{GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
 
-use encode::{Encoding, Env, Ty};
-use formula::Formula;
-use grant::{validate_with, GrantPolicy};
-use model::{concretize, Replayer};
-use solve::{Constraint, ModelVerdict, Origin, Outcome, Search};
-use world::World;
+use grant::validate_with;
+use run::Run;
 
 /// Default number of search steps per (environment, child permit) problem.
 pub const DEFAULT_MAX_STEPS: usize = 20_000;
@@ -52,6 +50,9 @@ pub struct ProveOptions {
     pub max_steps: usize,
     /// Candidate counterexamples replayed per problem before answering `Inconclusive`.
     pub max_candidates: usize,
+    /// Consider requests from any principal, not only from the child agent. Grants are
+    /// evaluated on the requests of the agent holding them, so the default is `false`.
+    pub any_principal: bool,
 }
 
 impl Default for ProveOptions {
@@ -60,6 +61,7 @@ impl Default for ProveOptions {
             child_principal: None,
             max_steps: DEFAULT_MAX_STEPS,
             max_candidates: DEFAULT_MAX_CANDIDATES,
+            any_principal: false,
         }
     }
 }
@@ -76,370 +78,47 @@ pub fn prove(
     entities: &Entities,
     opts: &ProveOptions,
 ) -> Result<Verdict, GrantError> {
-    let validator = Validator::new(schema.clone());
-    validate_with(child, &validator, GrantRole::Child)?;
-    validate_with(parent, &validator, GrantRole::Parent)?;
-    Prover::new(child, parent, schema, entities, opts).run()
+    Prover::new(schema, entities).prove(child, parent, opts)
 }
 
-struct Prover<'a> {
+/// A prover bound to one schema and entity store (one bundle snapshot), so repeated proofs
+/// share the validator instead of rebuilding it.
+pub struct Prover<'a> {
     schema: &'a Schema,
     entities: &'a Entities,
-    opts: &'a ProveOptions,
-    world: World<'a>,
-    child_permits: Vec<GrantPolicy>,
-    child_forbids: Vec<GrantPolicy>,
-    parent_forbids: Vec<GrantPolicy>,
-    parent_permits: Vec<GrantPolicy>,
-    child_all: Vec<GrantPolicy>,
-    parent_view: Vec<GrantPolicy>,
-}
-
-#[derive(Default)]
-struct Acc {
-    applies: bool,
-    covered_by: BTreeSet<usize>,
-    child_forbids: BTreeSet<usize>,
-    parent_forbids: BTreeSet<usize>,
-    facts: BTreeSet<String>,
-}
-
-/// The entity a scope constraint names, if any.
-fn scope_target(c: &PrincipalOrResourceConstraint) -> Option<&EntityUID> {
-    match c {
-        PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u))
-        | PrincipalOrResourceConstraint::In(EntityReference::EUID(u))
-        | PrincipalOrResourceConstraint::IsIn(_, EntityReference::EUID(u)) => Some(u.as_ref()),
-        _ => None,
-    }
+    validator: Validator,
+    /// Digests of grants that already passed strict validation against this schema (a
+    /// parent typically spawns many children).
+    validated: Mutex<HashSet<String>>,
 }
 
 impl<'a> Prover<'a> {
-    fn new(child: &Grant, parent: &Grant, schema: &'a Schema, entities: &'a Entities, opts: &'a ProveOptions) -> Self {
-        let split = |g: &Grant, effect: Effect| -> Vec<GrantPolicy> {
-            g.policies().iter().filter(|p| p.effect() == effect).cloned().collect()
-        };
-        let view = parent.delegable_view();
+    /// Prepares proofs against `schema` and the bundle's entity store `entities`.
+    pub fn new(schema: &'a Schema, entities: &'a Entities) -> Self {
         Prover {
             schema,
             entities,
-            opts,
-            world: World::new(schema.as_ref(), entities.as_ref()),
-            child_permits: split(child, Effect::Permit),
-            child_forbids: split(child, Effect::Forbid),
-            parent_forbids: split(parent, Effect::Forbid),
-            parent_permits: split(&view, Effect::Permit),
-            child_all: child.policies().to_vec(),
-            parent_view: view.policies().to_vec(),
+            validator: Validator::new(schema.clone()),
+            validated: Mutex::new(HashSet::new()),
         }
     }
 
-    fn envs(&self, child: &Option<EntityUID>) -> Vec<Env> {
-        let schema = self.world.schema;
-        let mut actions: Vec<_> = schema
-            .action_ids()
-            .filter_map(|a| a.context_type().map(|ctx| (a, ctx)))
-            .collect();
-        actions.sort_by_key(|(a, _)| a.name().to_string());
-        let mut out = Vec::new();
-        for (action, ctx) in actions {
-            let mut principals: Vec<&EntityType> = action.applies_to_principals().collect();
-            principals.sort_by_key(|t| t.to_string());
-            let mut resources: Vec<&EntityType> = action.applies_to_resources().collect();
-            resources.sort_by_key(|t| t.to_string());
-            for p in &principals {
-                for r in &resources {
-                    let child = child.clone().unwrap_or_else(|| self.synthetic_child(p));
-                    out.push(Env {
-                        principal_type: (*p).clone(),
-                        action: action.name().clone(),
-                        resource_type: (*r).clone(),
-                        child,
-                        context: Ty::from_schema(ctx),
-                    });
-                }
-            }
+    fn validate(&self, grant: &Grant, role: GrantRole) -> Result<(), GrantError> {
+        let digest = grant.digest();
+        if self.validated.lock().is_ok_and(|done| done.contains(&digest)) {
+            return Ok(());
         }
-        out
-    }
-
-    fn synthetic_child(&self, ty: &EntityType) -> EntityUID {
-        let mut n = 0usize;
-        loop {
-            let eid = if n == 0 {
-                "child".to_owned()
-            } else {
-                format!("child-{n}")
-            };
-            let uid = EntityUID::from_components(ty.clone(), Eid::new(eid), None);
-            if self.world.stored(&uid).is_none() {
-                return uid;
-            }
-            n += 1;
+        validate_with(grant, &self.validator, role)?;
+        if let Ok(mut done) = self.validated.lock() {
+            done.insert(digest);
         }
+        Ok(())
     }
 
-    fn run(self) -> Result<Verdict, GrantError> {
-        let child_uid: Option<EntityUID> = self.opts.child_principal.clone().map(EntityUID::from);
-        let envs = self.envs(&child_uid);
-        let mut acc: Vec<Acc> = self.child_permits.iter().map(|_| Acc::default()).collect();
-        let mut inconclusive: Option<Inconclusive> = None;
-        let mut replayers: HashMap<String, Replayer> = HashMap::new();
-        let world = &self.world;
-        for env in envs {
-            let mut enc = Encoding::new(world, env);
-            let mut permits: Vec<(usize, Formula)> = Vec::new();
-            for (j, p) in self.child_permits.iter().enumerate() {
-                if enc.scope_applies(p) {
-                    let f = enc.policy(p);
-                    if f != Formula::False {
-                        permits.push((j, f));
-                    }
-                }
-            }
-            if permits.is_empty() {
-                continue;
-            }
-            let mut base: Vec<Constraint> = Vec::new();
-            for (i, p) in self.child_forbids.iter().enumerate() {
-                if enc.scope_applies(p) {
-                    let f = enc.policy(p);
-                    base.push(Constraint {
-                        formula: f.not(),
-                        origin: Origin::ChildForbid(i),
-                    });
-                }
-            }
-            for (i, p) in self.parent_forbids.iter().enumerate() {
-                if enc.scope_applies(p) {
-                    let f = enc.policy(p);
-                    base.push(Constraint {
-                        formula: f.not(),
-                        origin: Origin::ParentForbid(i),
-                    });
-                }
-            }
-            let mut parent_formulas: Vec<Option<Formula>> = vec![None; self.parent_permits.len()];
-            for (j, cp) in permits {
-                let Some(slot) = acc.get_mut(j) else { continue };
-                slot.applies = true;
-                let child_target = self
-                    .child_permits
-                    .get(j)
-                    .and_then(|p| scope_target(p.core().resource_constraint().as_inner()))
-                    .cloned();
-                let mut result = None;
-                for pruned in [true, false] {
-                    let mut constraints = vec![Constraint {
-                        formula: cp.clone(),
-                        origin: Origin::ChildPermit(j),
-                    }];
-                    for (l, p) in self.parent_permits.iter().enumerate() {
-                        if !enc.scope_applies(p) {
-                            continue;
-                        }
-                        if pruned && self.unrelated(child_target.as_ref(), p) {
-                            continue;
-                        }
-                        let f = match parent_formulas.get(l).cloned().flatten() {
-                            Some(f) => f,
-                            None => {
-                                let f = enc.policy(p);
-                                if let Some(s) = parent_formulas.get_mut(l) {
-                                    *s = Some(f.clone());
-                                }
-                                f
-                            }
-                        };
-                        constraints.push(Constraint {
-                            formula: f.not(),
-                            origin: Origin::ParentPermit(l),
-                        });
-                    }
-                    constraints.extend(base.iter().map(|c| Constraint {
-                        formula: c.formula.clone(),
-                        origin: c.origin,
-                    }));
-                    constraints.extend(enc.axioms.iter().map(|f| Constraint {
-                        formula: f.clone(),
-                        origin: Origin::Axiom,
-                    }));
-                    let outcome = self.solve(&enc, constraints, slot, &mut replayers)?;
-                    let done = !matches!(outcome, Solved::Unsure(_)) || !pruned;
-                    result = Some(outcome);
-                    if done {
-                        break;
-                    }
-                }
-                match result {
-                    Some(Solved::Exceeds(cx)) => return Ok(Verdict::Exceeds(cx)),
-                    Some(Solved::Unsure(i)) => {
-                        inconclusive.get_or_insert(i);
-                    }
-                    Some(Solved::Within) | None => {}
-                }
-            }
-        }
-        if let Some(i) = inconclusive {
-            return Ok(Verdict::Inconclusive(i));
-        }
-        Ok(Verdict::Within(self.evidence(acc)))
-    }
-
-    /// A parent permit whose resource scope names a stored entity unrelated (in the store)
-    /// to the one the child permit names cannot be what covers it. Dropping it only weakens
-    /// the parent side, so a proof without it is still a proof.
-    fn unrelated(&self, child_target: Option<&EntityUID>, p: &GrantPolicy) -> bool {
-        let Some(a) = child_target else { return false };
-        let Some(b) = scope_target(p.core().resource_constraint().as_inner()) else {
-            return false;
-        };
-        self.world.stored(a).is_some()
-            && self.world.stored(b).is_some()
-            && !self.world.store_in(a, b)
-            && !self.world.store_in(b, a)
-    }
-
-    fn replayer<'r>(
-        &self,
-        replayers: &'r mut HashMap<String, Replayer>,
-        child: &EntityUID,
-    ) -> Result<&'r Replayer, GrantError> {
-        let key = child.to_string();
-        if !replayers.contains_key(&key) {
-            let r = Replayer::new(
-                &self.child_all,
-                &self.parent_forbids,
-                &self.parent_view,
-                EntityUid::from(child.clone()),
-            )?;
-            replayers.insert(key.clone(), r);
-        }
-        replayers
-            .get(&key)
-            .ok_or_else(|| GrantError::internal("replayer cache".to_owned()))
-    }
-
-    fn solve(
-        &self,
-        enc: &Encoding<'_>,
-        constraints: Vec<Constraint>,
-        acc: &mut Acc,
-        replayers: &mut HashMap<String, Replayer>,
-    ) -> Result<Solved, GrantError> {
-        let (schema, entities) = (self.schema, self.entities);
-        let (max_steps, max_candidates) = (self.opts.max_steps, self.opts.max_candidates);
-        let replayer = self.replayer(replayers, &enc.env.child)?;
-        let mut found = None;
-        let mut search = Search::new(enc, constraints, max_steps, max_candidates);
-        let outcome = search.run(&mut |enc, assignment| {
-            let replayed = concretize(enc, assignment).and_then(|cand| replayer.replay(&cand, schema, entities));
-            match replayed {
-                Some(cx) => {
-                    found = Some(cx);
-                    ModelVerdict::Accept
-                }
-                None => ModelVerdict::Reject,
-            }
-        });
-        Ok(match outcome {
-            Outcome::Unsat => {
-                for o in &search.conflicts {
-                    match o {
-                        Origin::ParentPermit(l) => {
-                            acc.covered_by.insert(*l);
-                        }
-                        Origin::ChildForbid(i) => {
-                            acc.child_forbids.insert(*i);
-                        }
-                        Origin::ParentForbid(i) => {
-                            acc.parent_forbids.insert(*i);
-                        }
-                        Origin::ChildPermit(_) | Origin::Axiom => {}
-                    }
-                }
-                for (a, b) in &search.facts {
-                    acc.facts.insert(format!("{a} in {b}"));
-                }
-                Solved::Within
-            }
-            Outcome::Found => match found {
-                Some(cx) => Solved::Exceeds(Box::new(cx)),
-                None => Solved::Unsure(unsure(enc, "replay_failed", "internal: lost the counterexample")),
-            },
-            Outcome::OnlyRejected => {
-                if enc.opaque.is_empty() {
-                    Solved::Unsure(unsure(
-                        enc,
-                        "replay_failed",
-                        "a candidate counterexample did not replay through Cedar",
-                    ))
-                } else {
-                    Solved::Unsure(unsure(
-                        enc,
-                        "unsupported_construct",
-                        "could not decide: the grants use expressions outside the prover's fragment",
-                    ))
-                }
-            }
-            Outcome::Budget => Solved::Unsure(unsure(
-                enc,
-                "budget_exhausted",
-                "the search budget was exhausted before a proof or a replayable counterexample was found",
-            )),
-        })
-    }
-
-    fn evidence(&self, acc: Vec<Acc>) -> Evidence {
-        let label = |ps: &[GrantPolicy], i: usize, role: &str| {
-            ps.get(i).map(|p| format!("{role} {}", p.label())).unwrap_or_default()
-        };
-        Evidence {
-            permits: self
-                .child_permits
-                .iter()
-                .zip(acc)
-                .map(|(p, a)| Coverage {
-                    child_policy: p.name.clone(),
-                    line: p.line,
-                    applies: a.applies,
-                    covered_by: a
-                        .covered_by
-                        .iter()
-                        .map(|l| label(&self.parent_permits, *l, "parent permit"))
-                        .collect(),
-                    narrowed_by: a
-                        .child_forbids
-                        .iter()
-                        .map(|i| label(&self.child_forbids, *i, "child forbid"))
-                        .chain(
-                            a.parent_forbids
-                                .iter()
-                                .map(|i| label(&self.parent_forbids, *i, "parent forbid")),
-                        )
-                        .collect(),
-                    hierarchy_facts: a.facts.into_iter().collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
-enum Solved {
-    Within,
-    Exceeds(Box<Counterexample>),
-    Unsure(Inconclusive),
-}
-
-fn unsure(enc: &Encoding<'_>, code: &'static str, message: &str) -> Inconclusive {
-    Inconclusive {
-        code,
-        message: format!("{message} (action {})", enc.env.action),
-        policy: enc.opaque.first().map(|o| o.policy.clone()),
-        constructs: enc
-            .opaque
-            .iter()
-            .map(|o| format!("`{}` in {}", o.text, o.policy))
-            .collect(),
+    /// Same as the free function [`prove`].
+    pub fn prove(&self, child: &Grant, parent: &Grant, opts: &ProveOptions) -> Result<Verdict, GrantError> {
+        self.validate(child, GrantRole::Child)?;
+        self.validate(parent, GrantRole::Parent)?;
+        Run::new(child, parent, self.schema, self.entities, opts).run()
     }
 }

@@ -82,6 +82,14 @@ impl Formula {
         }
     }
 
+    pub(crate) fn atom_list(&self, out: &mut Vec<AtomId>) {
+        match self {
+            Formula::True | Formula::False => {}
+            Formula::Lit(a, _) => out.push(*a),
+            Formula::And(parts) | Formula::Or(parts) => parts.iter().for_each(|p| p.atom_list(out)),
+        }
+    }
+
     /// Three-valued evaluation under a partial assignment.
     pub(crate) fn eval(&self, assignment: &[Option<bool>]) -> Option<bool> {
         match self {
@@ -123,6 +131,7 @@ impl Formula {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -5,7 +5,7 @@
 //! later error or piece of evidence can point back at the user's text.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Effect, Policy, PolicyId, PolicySet, Schema, Template, ValidationMode, Validator};
 use cedar_policy_core::ast;
@@ -28,19 +28,22 @@ pub(crate) struct GrantPolicy {
     pub(crate) template: Template,
     /// The original policy when it has no slots (it is added to policy sets as is).
     pub(crate) static_policy: Option<Policy>,
+    /// False for a permit annotated `@delegable("false")`.
+    delegable: bool,
+    effect: Effect,
 }
 
 impl GrantPolicy {
     pub(crate) fn effect(&self) -> Effect {
-        self.template.effect()
+        self.effect
     }
 
     pub(crate) fn core(&self) -> &ast::Template {
         self.template.as_ref()
     }
 
-    fn delegable(&self) -> bool {
-        self.template.annotation(DELEGABLE_ANNOTATION) != Some("false")
+    pub(crate) fn delegable(&self) -> bool {
+        self.delegable
     }
 
     pub(crate) fn label(&self) -> String {
@@ -53,6 +56,7 @@ impl GrantPolicy {
 pub struct Grant {
     src: Arc<str>,
     policies: Vec<GrantPolicy>,
+    digest: OnceLock<String>,
 }
 
 impl Grant {
@@ -87,6 +91,8 @@ impl Grant {
                 GrantPolicy {
                     name,
                     line,
+                    delegable: template.annotation(DELEGABLE_ANNOTATION) != Some("false"),
+                    effect: template.effect(),
                     template,
                     static_policy,
                 }
@@ -101,7 +107,11 @@ impl Grant {
                 }));
             }
         }
-        Ok(Grant { src, policies: out })
+        Ok(Grant {
+            src,
+            policies: out,
+            digest: OnceLock::new(),
+        })
     }
 
     /// The part of this grant its holder may pass on: every policy except the permits
@@ -115,17 +125,22 @@ impl Grant {
                 .filter(|p| p.effect() == Effect::Forbid || p.delegable())
                 .cloned()
                 .collect(),
+            digest: OnceLock::new(),
         }
     }
 
     /// A stable hex SHA-256 digest of the grant's policies (in canonical Cedar form).
     pub fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        for p in &self.policies {
-            hasher.update(p.template.to_string().as_bytes());
-            hasher.update(b"\n");
-        }
-        hex::encode(hasher.finalize())
+        self.digest
+            .get_or_init(|| {
+                let mut hasher = Sha256::new();
+                for p in &self.policies {
+                    hasher.update(p.template.to_string().as_bytes());
+                    hasher.update(b"\n");
+                }
+                hex::encode(hasher.finalize())
+            })
+            .clone()
     }
 
     /// The grant's source text.
@@ -222,4 +237,51 @@ fn render_parse_error(src: &str, e: &cedar_policy::ParseErrors) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = r#"permit(principal == ?principal, action, resource);
+
+@id("creds")
+@delegable("false")
+permit(principal == ?principal, action, resource);
+forbid(principal, action, resource) when { context.taint > 2 };
+"#;
+
+    #[test]
+    fn policies_keep_names_and_lines() {
+        let g = Grant::parse(SRC).unwrap();
+        let names: Vec<(&str, usize)> = g.policies().iter().map(|p| (p.name.as_str(), p.line)).collect();
+        assert_eq!(names, [("policy0", 1), ("creds", 3), ("policy2", 6)]);
+    }
+
+    #[test]
+    fn delegable_view_withholds_permits_only() {
+        let g = Grant::parse(SRC).unwrap();
+        let view = g.delegable_view();
+        assert_eq!(view.len(), 2);
+        assert!(view.policies().iter().all(|p| p.name != "creds"));
+        assert_ne!(g.digest(), view.digest());
+        assert_eq!(g.digest(), Grant::parse(SRC).unwrap().digest());
+    }
+
+    #[test]
+    fn resource_slots_and_syntax_errors_are_rejected() {
+        let e = Grant::parse("permit(principal, action, resource in ?resource);").unwrap_err();
+        assert_eq!(e.code(), "grant_resource_slot");
+        let e = Grant::parse("permit(principal,\n action, resource").unwrap_err();
+        assert_eq!(e.code(), "grant_parse_error");
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn line_numbers_are_one_based() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
 }

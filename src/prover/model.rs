@@ -5,9 +5,11 @@
 //! abstracted away, Cedar has the last word.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId};
-use cedar_policy_core::ast::{Eid, EntityType, EntityUID};
+use cedar_policy_core::ast::{Eid, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
+use cedar_policy_core::entities::{Dereference, Entities as CoreEntities};
 use serde_json::{json, Value as Json};
 
 use super::encode::{Atom, Encoding, Lit, Ty, CONTEXT, PRINCIPAL, RESOURCE};
@@ -30,6 +32,8 @@ struct Builder<'a, 'e, 'w> {
     theory: Theory<'e, 'w>,
     a: &'a [Option<bool>],
     known: Vec<Known<'w>>,
+    /// Values of the terms related to one another (`a <= b`), solved jointly.
+    joint: HashMap<usize, i64>,
     uids: HashMap<usize, EntityUID>,
     taken: HashSet<EntityUID>,
     pending: Vec<usize>,
@@ -39,11 +43,17 @@ struct Builder<'a, 'e, 'w> {
 pub(crate) fn concretize(enc: &Encoding<'_>, a: &[Option<bool>]) -> Option<Candidate> {
     let theory = Theory::new(enc);
     let known = theory.known(a);
+    let joint = theory
+        .relations(a, &known, true)
+        .or_else(|| theory.relations(a, &known, false))?
+        .into_iter()
+        .collect();
     let mut b = Builder {
         enc,
         theory,
         a,
         known,
+        joint,
         uids: HashMap::new(),
         taken: HashSet::new(),
         pending: Vec::new(),
@@ -94,6 +104,16 @@ impl Builder<'_, '_, '_> {
         self.a.get(id).copied().flatten()
     }
 
+    /// An enumerated entity the term may denote (one its `==` atoms do not exclude).
+    fn enum_member(&self, t: Option<usize>, et: &EntityType) -> Option<Option<EntityUID>> {
+        let members = self.enc.world.enum_members(et)?;
+        Some(members.into_iter().find_map(|eid| {
+            let uid = EntityUID::from_components(et.clone(), eid, None);
+            let excluded = t.is_some_and(|t| self.assigned(&Atom::EntEq(t, uid.clone())) == Some(false));
+            (!excluded).then_some(uid)
+        }))
+    }
+
     fn fresh_uid(&mut self, et: &EntityType, hint: &str) -> EntityUID {
         let world = self.enc.world;
         let mut n = 0usize;
@@ -115,6 +135,15 @@ impl Builder<'_, '_, '_> {
         let Ty::Entity(et) = self.enc.ty(t).clone() else {
             return None;
         };
+        if let Some(member) = self.enum_member(Some(t), &et) {
+            // Enumerated entities exist implicitly and carry nothing: never emitted.
+            let uid = match self.known.get(t) {
+                Some(Known::Entity(uid)) => uid.clone(),
+                _ => member?,
+            };
+            self.uids.insert(t, uid.clone());
+            return Some(uid);
+        }
         let uid = match self.known.get(t).cloned().unwrap_or(Known::Free) {
             Known::Entity(uid) => {
                 if self.enc.world.stored(&uid).is_none() {
@@ -180,10 +209,17 @@ impl Builder<'_, '_, '_> {
         Some(())
     }
 
+    fn long(&self, t: usize) -> Option<i64> {
+        match self.joint.get(&t) {
+            Some(v) => self.theory.long_allows(t, self.a, *v).then_some(*v),
+            None => self.theory.long_for(t, self.a),
+        }
+    }
+
     fn value(&mut self, t: Option<usize>, ty: &Ty) -> Option<Json> {
         Some(match ty {
             Ty::Long => json!(match t {
-                Some(t) => self.theory.long_for(t, self.a)?,
+                Some(t) => self.long(t)?,
                 None => 0,
             }),
             Ty::Str => json!(match t {
@@ -192,9 +228,10 @@ impl Builder<'_, '_, '_> {
             }),
             Ty::Bool => json!(t.and_then(|t| self.assigned(&Atom::BoolVal(t))).unwrap_or(false)),
             Ty::Entity(et) => {
-                let uid = match t {
-                    Some(t) => self.uid_of(t)?,
-                    None => self.fresh_uid(et, "cx-filler"),
+                let uid = match (t, self.enum_member(None, et)) {
+                    (Some(t), _) => self.uid_of(t)?,
+                    (None, Some(member)) => member?,
+                    (None, None) => self.fresh_uid(et, "cx-filler"),
                 };
                 json!({ "__entity": uid_json(&uid) })
             }
@@ -224,51 +261,121 @@ impl Builder<'_, '_, '_> {
                 }
                 Json::Object(obj)
             }
-            Ty::Ext(name) => ext_default(name)?,
+            Ty::Ext(name) => match ty.scalar() {
+                Some(kind) => {
+                    let v = match t {
+                        Some(t) => self.long(t)?,
+                        None => 0,
+                    };
+                    kind.render(v)?
+                }
+                None => ext_default(name)?,
+            },
             Ty::Unknown => return None,
         })
     }
 }
 
-/// The two policy sets a candidate is replayed against, linked to one child principal.
-pub(crate) struct Replayer {
+/// The policies a candidate is replayed against, linked to one child principal.
+pub(crate) struct Replayer<'p> {
     child_principal: EntityUid,
-    /// Child permits and forbids plus the parent's forbids.
-    child_side: PolicySet,
+    /// Child permits and forbids.
+    child: Vec<&'p GrantPolicy>,
+    /// The parent's forbids (inherited by the child).
+    parent_forbids: Vec<&'p GrantPolicy>,
     /// The parent's delegable view (its permits and forbids).
-    parent_side: PolicySet,
-    names: HashMap<PolicyId, String>,
+    parent_view: Vec<&'p GrantPolicy>,
 }
 
-impl Replayer {
+/// The ancestors (and itself) of the candidate's resource, in the store extended with the
+/// candidate's entities.
+fn resource_ancestors(cand: &Candidate, store: &CoreEntities) -> HashSet<EntityUID> {
+    let fresh: HashMap<String, Vec<EntityUID>> = cand
+        .entities
+        .iter()
+        .filter_map(|e| {
+            let uid = json_uid(e.get("uid")?)?;
+            let parents = e.get("parents")?.as_array()?.iter().filter_map(json_uid).collect();
+            Some((uid.to_string(), parents))
+        })
+        .collect();
+    let mut out = HashSet::new();
+    let mut stack = vec![cand.resource.clone()];
+    while let Some(u) = stack.pop() {
+        if !out.insert(u.clone()) {
+            continue;
+        }
+        if let Some(parents) = fresh.get(&u.to_string()) {
+            stack.extend(parents.iter().cloned());
+        } else if let Dereference::Data(e) = store.entity(&u) {
+            // A stored ancestor may be a dangling parent the candidate adds with parents of
+            // its own, so every ancestor is walked, not just recorded.
+            stack.extend(e.ancestors().cloned());
+        }
+    }
+    out
+}
+
+fn json_uid(v: &Json) -> Option<EntityUID> {
+    let ty = v.get("type")?.as_str()?;
+    let id = v.get("id")?.as_str()?;
+    let ty = cedar_policy::EntityTypeName::from_str(ty).ok()?;
+    Some(EntityUid::from_type_name_and_id(ty, cedar_policy::EntityId::new(id)).into())
+}
+
+impl<'p> Replayer<'p> {
     pub(crate) fn new(
-        child: &[GrantPolicy],
-        parent_forbids: &[GrantPolicy],
-        parent_view: &[GrantPolicy],
+        child: Vec<&'p GrantPolicy>,
+        parent_forbids: Vec<&'p GrantPolicy>,
+        parent_view: Vec<&'p GrantPolicy>,
         child_principal: EntityUid,
-    ) -> Result<Replayer, GrantError> {
+    ) -> Replayer<'p> {
+        Replayer {
+            child_principal,
+            child,
+            parent_forbids,
+            parent_view,
+        }
+    }
+
+    /// The two policy sets for one candidate. Policies whose resource scope cannot match the
+    /// candidate's resource are left out: their scope is false, so they cannot change a
+    /// decision, and linking them is the bulk of a replay's cost on large grants.
+    fn sets(&self, cand: &Candidate, store: &CoreEntities) -> Option<Sets> {
+        let ancestors = resource_ancestors(cand, store);
+        let may_match = |p: &&GrantPolicy| match p.core().resource_constraint().as_inner() {
+            PrincipalOrResourceConstraint::Eq(EntityReference::EUID(u)) => u.as_ref() == &cand.resource,
+            PrincipalOrResourceConstraint::In(EntityReference::EUID(u))
+            | PrincipalOrResourceConstraint::IsIn(_, EntityReference::EUID(u)) => ancestors.contains(u.as_ref()),
+            _ => true,
+        };
         let mut names = HashMap::new();
         let mut child_side = PolicySet::new();
         let mut parent_side = PolicySet::new();
-        link_into(&mut child_side, child, "child", &child_principal, &mut names)?;
-        link_into(
-            &mut child_side,
-            parent_forbids,
-            "parent-forbid",
-            &child_principal,
-            &mut names,
-        )?;
-        link_into(&mut parent_side, parent_view, "parent", &child_principal, &mut names)?;
-        Ok(Replayer {
-            child_principal,
+        let groups: [(&[&GrantPolicy], &str, bool); 3] = [
+            (&self.child, "child", true),
+            (&self.parent_forbids, "parent-forbid", true),
+            (&self.parent_view, "parent", false),
+        ];
+        for (policies, prefix, child_side_set) in groups {
+            let set = if child_side_set {
+                &mut child_side
+            } else {
+                &mut parent_side
+            };
+            for (i, p) in policies.iter().enumerate().filter(|(_, p)| may_match(p)) {
+                link_one(set, p, &format!("{prefix}.{i}"), &self.child_principal).ok()?;
+                names.insert(
+                    PolicyId::new(format!("{prefix}.{i}")),
+                    format!("{prefix} {}", p.label()),
+                );
+            }
+        }
+        Some(Sets {
             child_side,
             parent_side,
             names,
         })
-    }
-
-    fn name(&self, id: &PolicyId) -> String {
-        self.names.get(id).cloned().unwrap_or_else(|| format!("`{id}`"))
     }
 
     /// Replays a candidate; `Some` only when the child side allows and the parent denies.
@@ -283,17 +390,18 @@ impl Replayer {
             Some(schema),
         )
         .ok()?;
+        let sets = self.sets(cand, store.as_ref())?;
         let extra = Json::Array(cand.entities.clone());
         let entities = store
             .clone()
             .add_entities_from_json_value(extra.clone(), Some(schema))
             .ok()?;
         let authorizer = Authorizer::new();
-        let child = authorizer.is_authorized(&request, &self.child_side, &entities);
+        let child = authorizer.is_authorized(&request, &sets.child_side, &entities);
         if child.decision() != Decision::Allow {
             return None;
         }
-        let parent = authorizer.is_authorized(&request, &self.parent_side, &entities);
+        let parent = authorizer.is_authorized(&request, &sets.parent_side, &entities);
         if parent.decision() != Decision::Deny {
             return None;
         }
@@ -304,14 +412,14 @@ impl Replayer {
             context: cand.context.clone(),
             entities: extra,
             child_principal: self.child_principal.to_string(),
-            allowed_by: child.diagnostics().reason().map(|id| self.name(id)).collect(),
-            denied_by: parent.diagnostics().reason().map(|id| self.name(id)).collect(),
+            allowed_by: child.diagnostics().reason().map(|id| sets.name(id)).collect(),
+            denied_by: parent.diagnostics().reason().map(|id| sets.name(id)).collect(),
             parent_errors: parent
                 .diagnostics()
                 .errors()
                 .map(|e| {
                     let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
-                    match self.names.get(pe.policy_id()) {
+                    match sets.names.get(pe.policy_id()) {
                         Some(n) => format!("{n}: {}", pe.inner()),
                         None => e.to_string(),
                     }
@@ -321,27 +429,28 @@ impl Replayer {
     }
 }
 
-fn link_into(
-    set: &mut PolicySet,
-    policies: &[GrantPolicy],
-    prefix: &str,
-    child: &EntityUid,
-    names: &mut HashMap<PolicyId, String>,
-) -> Result<(), GrantError> {
-    let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
-    for (i, p) in policies.iter().enumerate() {
-        let id = PolicyId::new(format!("{prefix}.{i}"));
-        let label = format!("{prefix} {}", p.label());
-        match &p.static_policy {
-            Some(policy) => set.add(policy.new_id(id.clone())).map_err(|e| fail(&e))?,
-            None => {
-                let tid = PolicyId::new(format!("{prefix}.{i}.template"));
-                set.add_template(p.template.new_id(tid.clone())).map_err(|e| fail(&e))?;
-                let vals = HashMap::from([(SlotId::principal(), child.clone())]);
-                set.link(tid, id.clone(), vals).map_err(|e| fail(&e))?;
-            }
-        }
-        names.insert(id, label);
+struct Sets {
+    child_side: PolicySet,
+    parent_side: PolicySet,
+    names: HashMap<PolicyId, String>,
+}
+
+impl Sets {
+    fn name(&self, id: &PolicyId) -> String {
+        self.names.get(id).cloned().unwrap_or_else(|| format!("`{id}`"))
     }
-    Ok(())
+}
+
+fn link_one(set: &mut PolicySet, p: &GrantPolicy, id: &str, child: &EntityUid) -> Result<(), GrantError> {
+    let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
+    let pid = PolicyId::new(id);
+    match &p.static_policy {
+        Some(policy) => set.add(policy.new_id(pid)).map_err(|e| fail(&e)),
+        None => {
+            let tid = PolicyId::new(format!("{id}.template"));
+            set.add_template(p.template.new_id(tid.clone())).map_err(|e| fail(&e))?;
+            let vals = HashMap::from([(SlotId::principal(), child.clone())]);
+            set.link(tid, pid, vals).map_err(|e| fail(&e))
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub(crate) struct Search<'e, 'w> {
     theory: Theory<'e, 'w>,
     constraints: Vec<Constraint>,
     pub(crate) assignment: Vec<Option<bool>>,
+    /// The constraint that forced each assigned atom (`None` for decisions).
+    reasons: Vec<Option<Origin>>,
     trail: Vec<AtomId>,
     steps: usize,
     budget: usize,
@@ -82,6 +84,7 @@ impl<'e, 'w> Search<'e, 'w> {
             theory: Theory::new(enc),
             constraints,
             assignment: vec![None; enc.atoms.len()],
+            reasons: vec![None; enc.atoms.len()],
             trail: Vec::new(),
             steps: 0,
             budget,
@@ -101,10 +104,13 @@ impl<'e, 'w> Search<'e, 'w> {
         }
     }
 
-    fn assign(&mut self, a: AtomId, v: bool) {
+    fn assign(&mut self, a: AtomId, v: bool, reason: Option<Origin>) {
         if let Some(slot) = self.assignment.get_mut(a) {
             *slot = Some(v);
             self.trail.push(a);
+        }
+        if let Some(r) = self.reasons.get_mut(a) {
+            *r = reason;
         }
     }
 
@@ -121,7 +127,7 @@ impl<'e, 'w> Search<'e, 'w> {
     /// Unit propagation to a fixpoint, then the theory check.
     fn propagate(&mut self) -> Step {
         loop {
-            let mut forced: Vec<(AtomId, bool)> = Vec::new();
+            let mut forced: Vec<(AtomId, bool, Origin)> = Vec::new();
             let mut all_true = true;
             for c in &self.constraints {
                 match c.formula.eval(&self.assignment) {
@@ -132,21 +138,34 @@ impl<'e, 'w> Search<'e, 'w> {
                     }
                     None => {
                         all_true = false;
-                        unit(&c.formula, &self.assignment, &mut forced);
+                        let mut lits = Vec::new();
+                        unit(&c.formula, &self.assignment, &mut lits);
+                        forced.extend(lits.into_iter().map(|(a, v)| (a, v, c.origin)));
                     }
                 }
             }
             if forced.is_empty() {
-                if let Err(facts) = self.theory.check(&self.assignment) {
-                    self.facts.extend(facts);
+                if let Err(conflict) = self.theory.check(&self.assignment) {
+                    self.facts.extend(conflict.facts);
+                    for atom in conflict.atoms {
+                        if let Some(Some(origin)) = self.reasons.get(atom) {
+                            self.conflicts.insert(*origin);
+                        }
+                    }
                     return Step::Conflict;
                 }
                 return if all_true { Step::Done } else { Step::Open };
             }
-            for (a, v) in forced {
+            for (a, v, origin) in forced {
                 match self.assignment.get(a).copied().flatten() {
-                    None => self.assign(a, v),
-                    Some(old) if old != v => return Step::Conflict,
+                    None => self.assign(a, v, Some(origin)),
+                    Some(old) if old != v => {
+                        self.conflicts.insert(origin);
+                        if let Some(Some(other)) = self.reasons.get(a) {
+                            self.conflicts.insert(*other);
+                        }
+                        return Step::Conflict;
+                    }
                     Some(_) => {}
                 }
             }
@@ -188,7 +207,7 @@ impl<'e, 'w> Search<'e, 'w> {
         };
         for value in [v, !v] {
             let inner = self.trail.len();
-            self.assign(a, value);
+            self.assign(a, value, None);
             let r = self.dpll(on_model);
             self.undo_to(inner);
             match r {

@@ -3,9 +3,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use cedar_policy_core::ast::{Entity, EntityType, EntityUID};
+use cedar_policy_core::ast::{Eid, Entity, EntityType, EntityUID};
 use cedar_policy_core::entities::{Dereference, Entities};
-use cedar_policy_core::validator::ValidatorSchema;
+use cedar_policy_core::validator::{ValidatorEntityTypeKind, ValidatorSchema};
 
 use super::encode::{Field, Ty};
 
@@ -53,6 +53,14 @@ impl<'a> World<'a> {
         self.schema
             .get_entity_type(to)
             .is_some_and(|t| t.has_descendant_entity_type(from))
+    }
+
+    /// The members of an enumerated entity type (`None` for other types).
+    pub(crate) fn enum_members(&self, et: &EntityType) -> Option<Vec<Eid>> {
+        match &self.schema.get_entity_type(et)?.kind {
+            ValidatorEntityTypeKind::Enum(members) => Some(members.iter().cloned().collect()),
+            _ => None,
+        }
     }
 
     /// `a in b` for actions, from the schema's action groups.

@@ -175,6 +175,7 @@ pub(crate) fn string_witness(c: &StrConstraints<'_>) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

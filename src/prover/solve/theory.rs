@@ -27,6 +27,13 @@ pub(crate) enum Known<'w> {
     Value(&'w Value),
 }
 
+/// Why an assignment is unrealisable: the atoms involved and the store facts used.
+#[derive(Debug, Default)]
+pub(crate) struct TheoryConflict {
+    pub(crate) atoms: Vec<AtomId>,
+    pub(crate) facts: Vec<(EntityUID, EntityUID)>,
+}
+
 pub(crate) struct Theory<'e, 'w> {
     enc: &'e Encoding<'w>,
     /// Atoms about each term.
@@ -44,7 +51,8 @@ fn term_of(atom: &Atom) -> Option<usize> {
         | Atom::Like(t, _)
         | Atom::BoolVal(t)
         | Atom::Contains(t, _) => Some(*t),
-        Atom::Opaque(..) => None,
+        // Relations between two terms are checked jointly (see `relations`).
+        Atom::Opaque(..) | Atom::LongRel(..) => None,
     }
 }
 
@@ -77,10 +85,33 @@ impl<'e, 'w> Theory<'e, 'w> {
     }
 
     fn assigned<'a>(&'a self, t: usize, a: &'a [Option<bool>]) -> impl Iterator<Item = (&'a Atom, bool)> + 'a {
+        self.assigned_ids(t, a).map(|(_, atom, v)| (atom, v))
+    }
+
+    fn assigned_ids<'a>(
+        &'a self,
+        t: usize,
+        a: &'a [Option<bool>],
+    ) -> impl Iterator<Item = (AtomId, &'a Atom, bool)> + 'a {
         self.by_term.get(t).into_iter().flatten().filter_map(move |id| {
             let v = a.get(*id).copied().flatten()?;
-            Some((self.enc.atoms.get(*id)?, v))
+            Some((*id, self.enc.atoms.get(*id)?, v))
         })
+    }
+
+    /// Every assigned atom about the term and the terms it hangs from.
+    fn lineage(&self, t: usize, a: &[Option<bool>]) -> Vec<AtomId> {
+        let mut out = Vec::new();
+        let mut cur = Some(t);
+        while let Some(c) = cur {
+            out.extend(self.assigned_ids(c, a).map(|(id, _, _)| id));
+            cur = self
+                .enc
+                .terms
+                .get(c)
+                .and_then(|term| term.parent.as_ref().map(|(p, _)| *p));
+        }
+        out
     }
 
     /// What the store fixes about each term (indexed by term id).
@@ -154,13 +185,13 @@ impl<'e, 'w> Theory<'e, 'w> {
 
     /// `Err(facts)` when no world realises the assignment; `facts` are the store facts
     /// `a in b` the refutation used.
-    pub(crate) fn check(&self, a: &[Option<bool>]) -> Result<(), Vec<(EntityUID, EntityUID)>> {
+    pub(crate) fn check(&self, a: &[Option<bool>]) -> Result<(), TheoryConflict> {
         let known = self.known(a);
         let world = self.enc.world;
         for (t, term) in self.enc.terms.iter().enumerate() {
             let k = known.get(t).cloned().unwrap_or(Known::Free);
             if !matches!(k, Known::Free | Known::Absent) {
-                for (atom, v) in self.assigned(t, a) {
+                for (id, atom, v) in self.assigned_ids(t, a) {
                     if let Some(actual) = self.eval_known(atom, &k) {
                         if actual != v {
                             let mut facts = Vec::new();
@@ -169,7 +200,9 @@ impl<'e, 'w> Theory<'e, 'w> {
                                     facts.push((uid.clone(), e.clone()));
                                 }
                             }
-                            return Err(facts);
+                            let mut atoms = self.lineage(t, a);
+                            atoms.push(id);
+                            return Err(TheoryConflict { atoms, facts });
                         }
                     }
                 }
@@ -185,59 +218,187 @@ impl<'e, 'w> Theory<'e, 'w> {
             }
             match &term.ty {
                 Ty::Entity(_) => {
-                    let mut eq: Option<&EntityUID> = None;
-                    let mut pos: Vec<&EntityUID> = Vec::new();
-                    let mut neg: Vec<&EntityUID> = Vec::new();
-                    for (atom, v) in self.assigned(t, a) {
+                    let mut eq: Option<(AtomId, &EntityUID)> = None;
+                    let mut pos: Vec<(AtomId, &EntityUID)> = Vec::new();
+                    let mut neg: Vec<(AtomId, &EntityUID)> = Vec::new();
+                    for (id, atom, v) in self.assigned_ids(t, a) {
                         match atom {
                             Atom::EntEq(_, e) if v => {
-                                if eq.is_some_and(|x| x != e) {
-                                    return Err(Vec::new());
+                                if let Some((other, x)) = eq {
+                                    if x != e {
+                                        return Err(TheoryConflict {
+                                            atoms: vec![other, id],
+                                            facts: Vec::new(),
+                                        });
+                                    }
                                 }
-                                eq = Some(e);
+                                eq = Some((id, e));
                             }
-                            Atom::EntIn(_, e) if v => pos.push(e),
-                            Atom::EntIn(_, e) => neg.push(e),
+                            Atom::EntIn(_, e) if v => pos.push((id, e)),
+                            Atom::EntIn(_, e) => neg.push((id, e)),
                             _ => {}
                         }
                     }
-                    if let Some(e) = eq {
-                        if neg.contains(&e) {
-                            return Err(Vec::new());
+                    if let Some((eq_id, e)) = eq {
+                        if let Some((n, _)) = neg.iter().find(|(_, g)| *g == e) {
+                            return Err(TheoryConflict {
+                                atoms: vec![eq_id, *n],
+                                facts: Vec::new(),
+                            });
                         }
                     }
-                    for f in &pos {
-                        for g in &neg {
+                    for (fid, f) in &pos {
+                        for (gid, g) in &neg {
                             if world.store_in(f, g) {
                                 let facts = if f == g {
                                     Vec::new()
                                 } else {
                                     vec![((*f).clone(), (*g).clone())]
                                 };
-                                return Err(facts);
+                                let mut atoms = self.lineage(t, a);
+                                atoms.extend([*fid, *gid]);
+                                return Err(TheoryConflict { atoms, facts });
                             }
                         }
                     }
                 }
-                Ty::Long => {
-                    if long_interval(self.assigned(t, a)).is_none() {
-                        return Err(Vec::new());
-                    }
+                ty if ty.is_ordered() && long_interval(self.assigned(t, a)).is_none() => {
+                    return Err(TheoryConflict {
+                        atoms: self.lineage(t, a),
+                        facts: Vec::new(),
+                    });
                 }
-                Ty::Str => {
-                    if !str_constraints(self.assigned(t, a)).consistent() {
-                        return Err(Vec::new());
-                    }
+                Ty::Str if !str_constraints(self.assigned(t, a)).consistent() => {
+                    return Err(TheoryConflict {
+                        atoms: self.lineage(t, a),
+                        facts: Vec::new(),
+                    });
                 }
                 _ => {}
             }
         }
+        if self.relations(a, &known, false).is_none() {
+            let atoms = self
+                .enc
+                .atoms
+                .iter()
+                .enumerate()
+                .filter(|(id, atom)| {
+                    matches!(atom, Atom::LongRel(..) | Atom::Long(..)) && a.get(*id).copied().flatten().is_some()
+                })
+                .map(|(id, _)| id)
+                .collect();
+            return Err(TheoryConflict {
+                atoms,
+                facts: Vec::new(),
+            });
+        }
         Ok(())
+    }
+
+    /// Joint feasibility of the assigned relations between ordered terms (difference
+    /// constraints, solved with Bellman-Ford) together with each term's bounds. Disequalities
+    /// are ignored here, so `None` means certainly infeasible. With `prefer_small`, terms
+    /// without bounds are first confined near zero, which gives readable counterexamples.
+    /// Returns a value for every term that takes part in a relation.
+    pub(crate) fn relations(
+        &self,
+        a: &[Option<bool>],
+        known: &[Known<'w>],
+        prefer_small: bool,
+    ) -> Option<Vec<(usize, i64)>> {
+        let mut edges: Vec<(usize, usize, i128)> = Vec::new();
+        let mut nodes: Vec<usize> = Vec::new();
+        let node = |t: usize, nodes: &mut Vec<usize>| -> usize {
+            match nodes.iter().position(|x| *x == t) {
+                Some(i) => i + 1,
+                None => {
+                    nodes.push(t);
+                    nodes.len()
+                }
+            }
+        };
+        for (id, atom) in self.enc.atoms.iter().enumerate() {
+            let (Atom::LongRel(t, cmp, u), Some(v)) = (atom, a.get(id).copied().flatten()) else {
+                continue;
+            };
+            let (x, y) = (node(*t, &mut nodes), node(*u, &mut nodes));
+            // edge (from, to, w) encodes  to - from <= w
+            match (cmp, v) {
+                (Cmp::Lt, true) => edges.push((y, x, -1)),
+                (Cmp::Lt, false) => edges.push((x, y, 0)),
+                (Cmp::Le, true) => edges.push((y, x, 0)),
+                (Cmp::Le, false) => edges.push((x, y, -1)),
+                (Cmp::Eq, true) => edges.extend([(y, x, 0), (x, y, 0)]),
+                (Cmp::Eq, false) => {}
+            }
+        }
+        if nodes.is_empty() {
+            return Some(Vec::new());
+        }
+        for (i, t) in nodes.iter().enumerate() {
+            let (lo, hi) = match known.get(*t) {
+                Some(Known::Value(v)) => match &v.value {
+                    ValueKind::Lit(Literal::Long(x)) => (i128::from(*x), i128::from(*x)),
+                    _ => (i128::from(i64::MIN), i128::from(i64::MAX)),
+                },
+                _ => match long_interval(self.assigned(*t, a)) {
+                    Some((lo, hi, _)) => (lo, hi),
+                    None => return None,
+                },
+            };
+            let (lo, hi) = if prefer_small {
+                (lo.max(-1000.min(hi)), hi.min(1000.max(lo)))
+            } else {
+                (lo, hi)
+            };
+            edges.push((0, i + 1, hi));
+            edges.push((i + 1, 0, -lo));
+        }
+        let n = nodes.len() + 1;
+        let mut dist = vec![0i128; n];
+        for round in 0..=n {
+            let mut changed = false;
+            for (from, to, w) in &edges {
+                let (Some(df), Some(dt)) = (dist.get(*from).copied(), dist.get(*to).copied()) else {
+                    continue;
+                };
+                if df + w < dt {
+                    if let Some(slot) = dist.get_mut(*to) {
+                        *slot = df + w;
+                    }
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+            if round == n {
+                return None;
+            }
+        }
+        let base = dist.first().copied().unwrap_or(0);
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let v = dist.get(i + 1).copied().unwrap_or(0) - base;
+                i64::try_from(v).ok().map(|v| (*t, v))
+            })
+            .collect()
     }
 
     /// Long value for a fresh term, honouring its assigned bounds.
     pub(crate) fn long_for(&self, t: usize, a: &[Option<bool>]) -> Option<i64> {
         long_value(self.assigned(t, a))
+    }
+
+    /// Assigned bounds of a term, for checking a jointly solved value.
+    pub(crate) fn long_allows(&self, t: usize, a: &[Option<bool>], v: i64) -> bool {
+        long_interval(self.assigned(t, a)).is_some_and(|(lo, hi, excluded)| {
+            let v = i128::from(v);
+            lo <= v && v <= hi && !excluded.contains(&v)
+        })
     }
 
     pub(crate) fn string_for(&self, t: usize, a: &[Option<bool>]) -> Option<String> {
