@@ -241,6 +241,7 @@ pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Res
             .request_permission(&ctx.snap, &ctx.caller, &grant, &reason, ttl, now())?)
     })
     .await?;
+    state.obs.metrics.permission_request("opened");
     let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
         b.extend(e);
@@ -317,12 +318,18 @@ pub async fn decide_request(state: &AppState, req: Request<Incoming>, id: String
         }
     };
     let reason = f.string("reason")?.unwrap_or_default().to_owned();
+    let event = match decision {
+        PermissionDecision::Approve => "approved",
+        PermissionDecision::Deny => "denied",
+        PermissionDecision::Escalate => "escalated",
+    };
     let view = blocking(move || {
         Ok(ctx
             .svc
             .decide_request(&ctx.snap, &ctx.caller, &id, decision, &reason, now())?)
     })
     .await?;
+    state.obs.metrics.permission_request(event);
     Ok(json_response(StatusCode::OK, &view))
 }
 
@@ -334,6 +341,7 @@ pub async fn withdraw_request(
 ) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
     let view = blocking(move || Ok(ctx.svc.withdraw_request(&ctx.caller, &id, now())?)).await?;
+    state.obs.metrics.permission_request("withdrawn");
     Ok(json_response(StatusCode::OK, &view))
 }
 
