@@ -48,7 +48,9 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 
 /// Runs blocking delegation work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+    tokio::task::spawn_blocking(crate::telemetry::carry(f))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 struct Ctx {
