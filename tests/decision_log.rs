@@ -354,3 +354,55 @@ fn a_large_batch_off_the_async_workers_is_logged_and_counted() {
         "{metrics}"
     );
 }
+
+/// A policy change shows in the decision log and the metrics: after the bundle reloads, the
+/// same request is decided by the new policies under the new version.
+#[test]
+fn a_reload_shows_as_a_new_policy_version_in_the_log_and_metrics() {
+    let b = bundle();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("reload.jsonl");
+    let s = TestServer::start(
+        b.path(),
+        Options {
+            watch: true,
+            poll_interval: Duration::from_millis(200),
+            decision_log: Some(DecisionLogConfig::new(DecisionLogTarget::File(log.clone()))),
+            ..Options::authorize_only()
+        },
+    );
+    let before = s.version().unwrap();
+    assert_eq!(post_traced(&s, "/v1/authorize", &view("bob"))["decision"], "Deny");
+    std::fs::write(
+        b.path().join("policies/bob.cedar"),
+        r#"@id("bob-views") permit(principal == User::"bob", action == Action::"view", resource);"#,
+    )
+    .unwrap();
+    assert!(common::wait_until(Duration::from_secs(10), || s.version().as_deref() != Some(&before)));
+    let after = s.version().unwrap();
+    assert_eq!(post_traced(&s, "/v1/authorize", &view("bob"))["decision"], "Allow");
+
+    let got = lines(&log, 2);
+    assert_eq!(
+        (got[0]["decision"].as_str(), got[0]["policy_version"].as_str()),
+        (Some("deny"), Some(before.as_str()))
+    );
+    assert_eq!(
+        (got[1]["decision"].as_str(), got[1]["policy_version"].as_str()),
+        (Some("allow"), Some(after.as_str()))
+    );
+    assert_eq!(got[1]["reasons"], json!(["bob-views"]));
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(r#"deputy_bundle_info{{version="{after}"}} 1"#)),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&format!(r#"version="{before}""#)), "{metrics}");
+    let ok: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"deputy_bundle_reloads_total{outcome="ok"} "#))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ok >= 2.0, "{metrics}");
+}

@@ -178,3 +178,57 @@ fn a_failed_reload_is_counted_and_the_old_version_keeps_serving() {
     assert_eq!(value(&m, "deputy_bundle_info", &[("version", &version)]), 1.0);
     assert_eq!(s.request("POST", "/metrics", &[], None).status, 405);
 }
+
+#[test]
+fn permission_requests_are_counted_by_event() {
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        &repo_root(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            ..Options::default()
+        },
+    );
+    let create = |token: &str, grant: &str, can_delegate: bool| {
+        let r = post_as(
+            &s,
+            token,
+            "/v1/delegations",
+            &json!({"grant": grant, "ttl_seconds": 600, "ceiling": 1, "can_delegate": can_delegate, "task": "t"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["credential"].as_str().unwrap().to_owned()
+    };
+    let root = create(ADMIN, ROOT_GRANT, true);
+    let child = create(&root, READ_SRC, false);
+    let readme = r#"permit(principal == ?principal, action == Action::"read", resource == File::"repo/README.md");"#;
+    let ask = |token: &str| {
+        let r = post_as(
+            &s,
+            token,
+            "/v1/permission-requests",
+            &json!({"grant": readme, "reason": "docs"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.json()["request_id"].as_str().unwrap().to_owned()
+    };
+    let first = ask(&child);
+    let r = post_as(
+        &s,
+        &root,
+        &format!("/v1/permission-requests/{first}"),
+        &json!({"decision": "approve", "reason": "fine"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = ask(&child);
+    let r = delete_as(&s, &child, &format!("/v1/permission-requests/{second}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let m = scrape(&s);
+    let events = "deputy_permission_requests_total";
+    assert_eq!(value(&m, events, &[("event", "opened")]), 2.0);
+    assert_eq!(value(&m, events, &[("event", "approved")]), 1.0);
+    assert_eq!(value(&m, events, &[("event", "withdrawn")]), 1.0);
+    assert!(value(&m, "deputy_proof_duration_seconds_count", &[]) >= 2.0);
+}

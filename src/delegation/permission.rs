@@ -448,7 +448,10 @@ impl Delegation {
             child_principal: Some(principal.uid.clone()),
             ..ProveOptions::default()
         };
-        prover::prove(child, &parent, &snap.bundle.schema, snap.entities(), &opts).map_err(|e| grant_error(&e))
+        crate::telemetry::prove_observed(self.metrics.as_deref(), || {
+            prover::prove(child, &parent, &snap.bundle.schema, snap.entities(), &opts)
+        })
+        .map_err(|e| grant_error(&e))
     }
 
     fn save(

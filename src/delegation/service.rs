@@ -156,7 +156,7 @@ pub struct Delegation {
     pub(super) store: Store,
     pub(super) live: Arc<Live>,
     admin_token: Option<String>,
-    metrics: Option<Arc<crate::telemetry::Metrics>>,
+    pub(super) metrics: Option<Arc<crate::telemetry::Metrics>>,
     /// Woken whenever a permission request changes, for long polls.
     pub(super) requests_changed: tokio::sync::Notify,
     /// Live grants that no longer prove within their parent's under the serving bundle.

@@ -48,7 +48,9 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 
 /// Runs blocking delegation work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+    tokio::task::spawn_blocking(crate::telemetry::carry(f))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 struct Ctx {
@@ -241,6 +243,7 @@ pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Res
             .request_permission(&ctx.snap, &ctx.caller, &grant, &reason, ttl, now())?)
     })
     .await?;
+    state.obs.metrics.permission_request("opened");
     let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
         b.extend(e);
@@ -317,12 +320,18 @@ pub async fn decide_request(state: &AppState, req: Request<Incoming>, id: String
         }
     };
     let reason = f.string("reason")?.unwrap_or_default().to_owned();
+    let event = match decision {
+        PermissionDecision::Approve => "approved",
+        PermissionDecision::Deny => "denied",
+        PermissionDecision::Escalate => "escalated",
+    };
     let view = blocking(move || {
         Ok(ctx
             .svc
             .decide_request(&ctx.snap, &ctx.caller, &id, decision, &reason, now())?)
     })
     .await?;
+    state.obs.metrics.permission_request(event);
     Ok(json_response(StatusCode::OK, &view))
 }
 
@@ -334,6 +343,7 @@ pub async fn withdraw_request(
 ) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
     let view = blocking(move || Ok(ctx.svc.withdraw_request(&ctx.caller, &id, now())?)).await?;
+    state.obs.metrics.permission_request("withdrawn");
     Ok(json_response(StatusCode::OK, &view))
 }
 

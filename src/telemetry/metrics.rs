@@ -41,6 +41,7 @@ pub struct Metrics {
     decision_seconds: HistogramFamily,
     delegations: Family<Labels1, Counter>,
     revocations: Family<Labels1, Counter>,
+    permission_requests: Family<Labels1, Counter>,
     proofs: Family<Labels1, Counter>,
     proof_seconds: Histogram,
     pub(super) log_dropped: Counter,
@@ -81,6 +82,12 @@ impl Metrics {
             "Agents revoked, cascades included, by reason (revoked, completed, expired)",
             revocations.clone(),
         );
+        let permission_requests = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_permission_requests",
+            "Permission requests by event (opened, approved, denied, escalated, withdrawn)",
+            permission_requests.clone(),
+        );
         let proofs = Family::<Labels1, Counter>::default();
         registry.register(
             "deputy_proofs",
@@ -115,6 +122,7 @@ impl Metrics {
             decision_seconds,
             delegations,
             revocations,
+            permission_requests,
             proofs,
             proof_seconds,
             log_dropped,
@@ -149,6 +157,10 @@ impl Metrics {
         self.revocations
             .get_or_create(&[("reason", reason)])
             .inc_by(u64::try_from(agents).unwrap_or(u64::MAX));
+    }
+
+    pub fn permission_request(&self, event: &'static str) {
+        self.permission_requests.get_or_create(&[("event", event)]).inc();
     }
 
     pub fn proved(&self, verdict: &'static str, took: Duration) {
