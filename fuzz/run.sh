@@ -47,12 +47,12 @@ for t in "${targets[@]}"; do
   fi
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log" | tail -1)
   rate=$(awk '/stat::average_exec_per_sec/ {print $2}' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  cov=$( (grep -o 'cov: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
   corpus=$(find "corpus/$t" -type f | wc -l)
   printf '%-12s %-6s %10s runs %8s exec/s   cov %6s   corpus %6s\n' \
     "$t" "$status" "${runs:-?}" "${rate:-?}" "${cov:-?}" "$corpus"
   if [ "$status" = CRASH ]; then
-    grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written' "$log" | head -5 >&2 || true
+    (grep -E 'panicked|ERROR: libFuzzer|SUMMARY|Test unit written|^error' "$log" || tail -5 "$log") | head -5 >&2
   fi
 done
 if [ ${#failed[@]} -gt 0 ]; then

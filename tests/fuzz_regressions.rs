@@ -76,10 +76,18 @@ fn soundness_check_accepts_within_and_catches_an_exceeding_child() {
     let within = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#;
     let exceeds = r#"permit(principal == ?principal, action == Action::"write", resource in Folder::"repo/src");"#;
     for attrs in [0u8, 0x17, 0xff] {
-        harness::check_within(within, parent, &bundle.schema, &bundle.entities, &child_uid, attrs);
+        harness::check_within(
+            within,
+            parent,
+            &bundle.schema,
+            &bundle.entities,
+            &child_uid,
+            attrs,
+            attrs % 2 == 0,
+        );
     }
     let caught = std::panic::catch_unwind(|| {
-        harness::check_within(exceeds, parent, &bundle.schema, &bundle.entities, &child_uid, 0);
+        harness::check_within(exceeds, parent, &bundle.schema, &bundle.entities, &child_uid, 0, false);
     });
     assert!(
         caught.is_err(),
@@ -91,4 +99,18 @@ fn soundness_check_accepts_within_and_catches_an_exceeding_child() {
     raw.push(harness::FILE_SEPARATOR);
     raw.extend_from_slice(parent.as_bytes());
     harness::prover(&raw);
+}
+
+/// How the prover corpus splits by verdict (how often the soundness law was actually checked):
+/// `cargo test --test fuzz_regressions -- --ignored --nocapture` after a fuzz run.
+#[test]
+#[ignore = "reads the local fuzz/corpus/prover, which is not committed"]
+fn prover_corpus_verdicts() {
+    let dir = fuzz_dir().join("corpus").join("prover");
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        *counts.entry(harness::prover_verdict(&data)).or_default() += 1;
+    }
+    println!("prover corpus verdicts: {counts:?}");
 }

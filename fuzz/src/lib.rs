@@ -349,31 +349,47 @@ pub fn prover_grants(data: &[u8]) -> (String, String) {
 /// (e) The prover on a pair of grants: never panics, and a `Within` verdict holds on every
 /// concrete request sampled from the example store plus a fresh child agent.
 pub fn prover(data: &[u8]) {
+    prover_verdict(data);
+}
+
+/// `prover`, saying what happened: `"unparsed"`, `"invalid"` (a grant fails validation),
+/// `"within"` (and the law held), `"exceeds"` or `"inconclusive"`.
+pub fn prover_verdict(data: &[u8]) -> &'static str {
     let (child_src, parent_src) = prover_grants(data);
     let (Ok(child), Ok(parent)) = (Grant::parse(&child_src), Grant::parse(&parent_src)) else {
-        return;
+        return "unparsed";
     };
     let bundle = &FIXTURE.snapshot.bundle;
-    let explicit_child = data.last().is_some_and(|b| b % 2 == 1);
+    let last = data.last().copied().unwrap_or(0);
+    let explicit_child = last % 2 == 1;
+    let any_principal = last & 2 != 0;
     let child_uid = agent("child");
     let opts = ProveOptions {
         child_principal: explicit_child.then(|| child_uid.clone()),
         max_steps: 4_000,
         max_candidates: 8,
+        any_principal,
+        ..ProveOptions::default()
     };
     let Ok(verdict) = prover::prove(&child, &parent, &bundle.schema, &bundle.entities, &opts) else {
-        return;
+        return "invalid";
     };
-    if let Verdict::Within(_) = verdict {
-        let attrs = data.first().copied().unwrap_or(0);
-        check_within(
-            &child_src,
-            &parent_src,
-            &bundle.schema,
-            &bundle.entities,
-            &child_uid,
-            attrs,
-        );
+    match verdict {
+        Verdict::Within(_) => {
+            let attrs = data.first().copied().unwrap_or(0);
+            check_within(
+                &child_src,
+                &parent_src,
+                &bundle.schema,
+                &bundle.entities,
+                &child_uid,
+                attrs,
+                any_principal,
+            );
+            "within"
+        }
+        Verdict::Exceeds(_) => "exceeds",
+        Verdict::Inconclusive(_) => "inconclusive",
     }
 }
 
@@ -414,7 +430,15 @@ fn linked(sources: &[(&str, &str, fn(Effect, Option<&str>) -> bool)], principal:
 /// The soundness law, on concrete worlds: the example store plus the child agent (attributes
 /// from `attrs`) and two new files. Whatever the child's grant allows (its permits, its forbids
 /// and the parent's forbids) the parent's delegable view (with the parent's forbids) allows.
-pub fn check_within(child: &str, parent: &str, schema: &Schema, store: &Entities, child_uid: &EntityUid, attrs: u8) {
+pub fn check_within(
+    child: &str,
+    parent: &str,
+    schema: &Schema,
+    store: &Entities,
+    child_uid: &EntityUid,
+    attrs: u8,
+    any_principal: bool,
+) {
     let all: fn(Effect, Option<&str>) -> bool = |_, _| true;
     let forbids: fn(Effect, Option<&str>) -> bool = |e, _| e == Effect::Forbid;
     let view: fn(Effect, Option<&str>) -> bool = |e, a| e == Effect::Forbid || a != Some("false");
@@ -444,9 +468,16 @@ pub fn check_within(child: &str, parent: &str, schema: &Schema, store: &Entities
         uid("Human", "alice"),
     ];
     let resources: Vec<EntityUid> = entities.iter().map(|e| e.uid()).collect();
+    // Without `any_principal` the prover answers for the child's own requests only (grants
+    // are evaluated on the requests of the agent holding them).
+    let principals = if any_principal {
+        &principals[..]
+    } else {
+        principals.get(..1).unwrap_or_default()
+    };
     for action in ACTIONS {
         let action = uid("Action", action);
-        for p in &principals {
+        for p in principals {
             for r in &resources {
                 for ctx in contexts(ceiling, taint) {
                     let Ok(context) = Context::from_json_value(ctx, Some((schema, &action))) else {
