@@ -14,7 +14,10 @@ mod harness;
 
 use std::path::PathBuf;
 
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A fuzz target's harness function.
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 5] = [
     ("authorize", harness::authorize),
     ("authzen", harness::authzen),
     ("grant", harness::grant),
@@ -26,7 +29,7 @@ fn fuzz_dir() -> PathBuf {
     harness::repo_root().join("fuzz")
 }
 
-fn target(name: &str) -> fn(&[u8]) {
+fn target(name: &str) -> Target {
     TARGETS
         .iter()
         .find(|(n, _)| *n == name)

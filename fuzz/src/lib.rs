@@ -364,6 +364,10 @@ pub fn prover_verdict(data: &[u8]) -> &'static str {
     let explicit_child = last % 2 == 1;
     let any_principal = last & 2 != 0;
     let child_uid = agent("child");
+    #[allow(
+        clippy::needless_update,
+        reason = "options the prover adds later keep their defaults"
+    )]
     let opts = ProveOptions {
         child_principal: explicit_child.then(|| child_uid.clone()),
         max_steps: 4_000,
@@ -403,7 +407,10 @@ fn uid(ty: &str, id: &str) -> EntityUid {
 
 /// The policies of `sources` (prefix, Cedar text, which effects/annotations to keep), templates
 /// linked to `principal`, in one set.
-fn linked(sources: &[(&str, &str, fn(Effect, Option<&str>) -> bool)], principal: &EntityUid) -> PolicySet {
+/// Which policies of a grant to keep, by effect and `@delegable` annotation.
+type Keep = fn(Effect, Option<&str>) -> bool;
+
+fn linked(sources: &[(&str, &str, Keep)], principal: &EntityUid) -> PolicySet {
     let mut out = PolicySet::new();
     for (prefix, src, keep) in sources {
         let parsed = PolicySet::from_str(src).unwrap_or_else(|e| panic!("grant reparse: {e}"));
@@ -439,9 +446,9 @@ pub fn check_within(
     attrs: u8,
     any_principal: bool,
 ) {
-    let all: fn(Effect, Option<&str>) -> bool = |_, _| true;
-    let forbids: fn(Effect, Option<&str>) -> bool = |e, _| e == Effect::Forbid;
-    let view: fn(Effect, Option<&str>) -> bool = |e, a| e == Effect::Forbid || a != Some("false");
+    let all: Keep = |_, _| true;
+    let forbids: Keep = |e, _| e == Effect::Forbid;
+    let view: Keep = |e, a| e == Effect::Forbid || a != Some("false");
     let child_set = linked(&[("child", child, all), ("parent", parent, forbids)], child_uid);
     let parent_set = linked(&[("parent", parent, view)], child_uid);
 
