@@ -214,6 +214,39 @@ fn an_ask_rule_makes_the_delegation_pending() {
     assert_eq!(b["approver"], "human");
     assert!(b["request_id"].as_str().unwrap().starts_with("req-"));
     assert!(b["why"].as_str().unwrap().contains("long-lived-needs-approval"), "{b}");
+    let rid = b["request_id"].as_str().unwrap().to_owned();
+
+    // Carrying it out before approval is refused.
+    let mut body = child_body(READ_SRC);
+    body["ttl_seconds"] = json!(2 * 86400);
+    body["approved_request"] = json!(rid);
+    assert_eq!(
+        spawn(s, &root.token, body.clone()).json()["code"],
+        "request_not_approved"
+    );
+
+    // A human sees it among the requests waiting on a human, and approves it.
+    let waiting = common::get_as(s, ADMIN, "/v1/permission-requests?status=pending").json();
+    assert_eq!(waiting["requests"][0]["request_id"], rid.as_str(), "{waiting}");
+    let r = post_as(
+        s,
+        ADMIN,
+        &format!("/v1/permission-requests/{rid}"),
+        &json!({"decision": "approve", "reason": "ok"}),
+    );
+    assert_eq!(r.json()["status"], "approved", "{}", r.text());
+
+    // The approval is bound to exactly that delegation...
+    let mut other = body.clone();
+    other["ttl_seconds"] = json!(3 * 86400 - 100);
+    assert_eq!(spawn(s, &root.token, other).json()["code"], "request_mismatch");
+    // ...which the parent now carries out, once.
+    let child = applied(&spawn(s, &root.token, body.clone()));
+    assert_eq!(
+        decide(s, &child.id, "read", ("File", "repo/src/main.rs"))["decision"],
+        "Allow"
+    );
+    assert_eq!(spawn(s, &root.token, body).json()["code"], "request_not_approved");
 }
 
 #[test]

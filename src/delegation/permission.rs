@@ -59,6 +59,12 @@ impl From<PermissionRow> for RequestView {
     }
 }
 
+fn is_delegation(row: &PermissionRow) -> bool {
+    row.history
+        .first()
+        .is_some_and(|h| h["kind"] == super::service::DELEGATION_KIND)
+}
+
 fn caller_agent(caller: &Caller) -> Option<&Arc<LiveAgent>> {
     match caller {
         Caller::Admin => None,
@@ -267,6 +273,16 @@ impl Delegation {
                     caller,
                     json!({"to": next, "reason": reason}),
                 )?;
+            }
+            Decision::Approve if is_delegation(&row) => {
+                // A pending delegation: the approval lets the parent carry out exactly this
+                // delegation once (`approved_request`); the child is created then, with its own
+                // credential returned to the parent.
+                row.status = "approved".to_owned();
+                row.updated_at = now;
+                row.history
+                    .push(json!({"at": now, "event": "approved", "by": by, "reason": reason}));
+                self.save(&row, now, "delegation_approved", caller, json!({"reason": reason}))?;
             }
             Decision::Approve => self.approve(snap, caller, &mut row, &requester, reason, now)?,
         }

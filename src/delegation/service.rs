@@ -125,6 +125,8 @@ pub struct SpawnRequest {
     pub reason: String,
     /// A name for the new agent; generated when absent.
     pub agent_id: Option<String>,
+    /// The id of an approved pending delegation this request carries out (same parameters).
+    pub approved_request: Option<String>,
 }
 
 /// The outcome of a spawn that was not an error.
@@ -351,11 +353,18 @@ impl Delegation {
             ));
         }
 
+        let approval = match &req.approved_request {
+            Some(rid) => Some(self.approved_delegation(rid, &parent.row.id, &req, now)?),
+            None => None,
+        };
+
         // 1. May the parent delegate this at all? Ordinary Cedar, in the admin's policies.
         let context = json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": req.task});
         let cedar = delegate_decision(snap, &parent.uid, &child_uid, context)?;
         let ask = match cedar {
             Gate::Allow => None,
+            // The approver already said yes to exactly this delegation.
+            Gate::Ask(..) if approval.is_some() => None,
             Gate::Ask(approver, policies) => Some((approver, policies)),
             Gate::Deny(policies) => {
                 let message = if policies.is_empty() {
@@ -403,32 +412,63 @@ impl Delegation {
                 .detail("proof", proof),
                 now,
             )),
-            (Verdict::Within(_), None) => self.apply(
-                snap,
-                caller,
-                &id,
-                Some(&parent),
-                depth,
-                ceiling,
-                taint,
-                &grant,
-                &req,
-                ttl,
-                ttl_capped,
-                proof,
-                now,
-            ),
+            // Within, or Inconclusive that a human approved: apply. The run-time chain
+            // intersection bounds the child whatever the proof could not settle.
+            (Verdict::Within(_), None) | (Verdict::Inconclusive(_), None)
+                if verdict.is_within() || approval.is_some() =>
+            {
+                let applied = self.apply(
+                    snap,
+                    caller,
+                    &id,
+                    Some(&parent),
+                    depth,
+                    ceiling,
+                    taint,
+                    &grant,
+                    &req,
+                    ttl,
+                    ttl_capped,
+                    proof,
+                    now,
+                )?;
+                if let Some(rid) = &approval {
+                    self.mark_used(rid, &id, now);
+                }
+                Ok(applied)
+            }
             (_, ask) => {
                 let (approver, why) = match ask {
                     Some((approver, policies)) => (approver, format!("approval required by {}", policies.join(", "))),
                     None => (None, "the proof was inconclusive; a human must decide".to_owned()),
                 };
                 let request_id = format!("req-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+                // The named approver when it is an agent on the parent's chain; else a human.
+                let decider = approver
+                    .clone()
+                    .filter(|a| parent.chain.contains(a))
+                    .unwrap_or_else(|| super::ADMIN_APPROVER.to_owned());
                 audit_base["request_id"] = json!(request_id);
-                audit_base["approver"] = json!(approver);
+                audit_base["approver"] = json!(decider);
                 audit_base["why"] = json!(why);
+                let row = super::store::PermissionRow {
+                    id: request_id.clone(),
+                    requester: parent.row.id.clone(),
+                    approver: decider,
+                    grant: req.grant.clone(),
+                    reason: req.reason.clone(),
+                    status: "pending".to_owned(),
+                    created_at: now,
+                    expires_at: now + super::permission::DEFAULT_REQUEST_TTL,
+                    updated_at: now,
+                    history: vec![json!({
+                        "at": now, "event": "requested", "kind": DELEGATION_KIND, "by": parent.row.id, "why": why,
+                        "spawn": spawn_params(&req),
+                    })],
+                };
                 self.store
-                    .audit(
+                    .save_request(
+                        &row,
                         now,
                         AuditEvent {
                             event: "pending",
@@ -438,6 +478,7 @@ impl Delegation {
                         },
                     )
                     .map_err(DelegationError::state)?;
+                self.requests_changed.notify_waiters();
                 Ok(SpawnOutcome::Pending {
                     request_id,
                     approver,
@@ -854,6 +895,75 @@ impl Delegation {
             ));
         }
         Ok(())
+    }
+}
+
+/// The kind of a pending request that is a whole delegation (rather than more permission).
+pub(super) const DELEGATION_KIND: &str = "delegation";
+
+/// The parameters an approval of a pending delegation is bound to.
+fn spawn_params(req: &SpawnRequest) -> Value {
+    json!({"ttl_seconds": req.ttl_seconds, "ceiling": req.ceiling, "can_delegate": req.can_delegate,
+           "task": req.task, "agent_id": req.agent_id})
+}
+
+impl Delegation {
+    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`.
+    fn approved_delegation(
+        &self,
+        rid: &str,
+        parent: &str,
+        req: &SpawnRequest,
+        now: i64,
+    ) -> Result<String, DelegationError> {
+        let row = self
+            .store
+            .request(rid)
+            .map_err(DelegationError::state)?
+            .filter(|r| r.requester == parent && r.history.first().is_some_and(|h| h["kind"] == DELEGATION_KIND))
+            .ok_or_else(|| {
+                DelegationError::new(
+                    404,
+                    "permission_request_not_found",
+                    format!("no pending delegation `{rid}` of yours"),
+                )
+            })?;
+        if row.status != "approved" || row.expires_at <= now {
+            return Err(DelegationError::new(
+                409,
+                "request_not_approved",
+                format!("delegation request `{rid}` is {}, not approved", row.status),
+            ));
+        }
+        let same = row.grant == req.grant && row.history.first().is_some_and(|h| h["spawn"] == spawn_params(req));
+        if !same {
+            return Err(DelegationError::new(
+                409,
+                "request_mismatch",
+                format!("the approval of `{rid}` was for a different grant or different parameters"),
+            )
+            .help("send exactly the delegation that was approved"));
+        }
+        Ok(row.id)
+    }
+
+    /// An approval is good for one delegation.
+    fn mark_used(&self, rid: &str, child: &str, now: i64) {
+        let Ok(Some(mut row)) = self.store.request(rid) else {
+            return;
+        };
+        row.status = "used".to_owned();
+        row.updated_at = now;
+        row.history.push(json!({"at": now, "event": "used", "child": child}));
+        let audit = AuditEvent {
+            event: "approval_used",
+            actor: row.requester.clone(),
+            agent: Some(child.to_owned()),
+            details: json!({"request_id": rid}),
+        };
+        if let Err(e) = self.store.save_request(&row, now, audit) {
+            tracing::error!(request = rid, error = %e, "cannot mark an approval used");
+        }
     }
 }
 

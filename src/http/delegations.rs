@@ -116,6 +116,7 @@ fn spawn_request(body: &Value) -> Result<SpawnRequest, RequestError> {
         task: f.require_string("task")?.to_owned(),
         reason: f.string("reason")?.unwrap_or_default().to_owned(),
         agent_id: f.string("agent_id")?.map(str::to_owned),
+        approved_request: f.string("approved_request")?.map(str::to_owned),
     })
 }
 
