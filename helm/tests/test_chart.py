@@ -417,8 +417,8 @@ def test_short_admin_token_is_refused() -> None:
 def test_otlp_endpoint_and_log_settings() -> None:
     deputy = container(render_file("otel.yaml"), "deputy")
     e = env(deputy)
-    assert e["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4317"
-    assert e["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc"
+    assert e["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4318"
+    assert e["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
     assert e["OTEL_SERVICE_NAME"]["value"] == "coder-agent-deputy"
     assert "k8s.pod.name=$(POD_NAME)" in e["OTEL_RESOURCE_ATTRIBUTES"]["value"]
     # $(POD_NAME) only expands if POD_NAME is defined earlier in the list.
