@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// Most items in one batch request.
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Deepest nesting of arrays and objects accepted in a JSON body.
+    #[arg(long, default_value_t = DEFAULT_MAX_JSON_DEPTH)]
+    pub max_json_depth: usize,
     /// Most connections served at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -375,6 +378,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         http: HttpConfig {
             max_body_bytes: args.max_body_bytes,
             max_batch: args.max_batch,
+            max_json_depth: args.max_json_depth,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: args.max_connections,
         },

@@ -8,6 +8,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
 pub const DEFAULT_BUNDLE: &str = ".";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the bundle must be quiet before a reload.

@@ -28,6 +28,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most items in one batch request.
     pub max_batch: usize,
+    /// Deepest nesting of arrays and objects accepted in a JSON body.
+    pub max_json_depth: usize,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// Most connections served at once; more wait in the accept queue.

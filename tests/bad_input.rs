@@ -150,8 +150,8 @@ fn cases() -> Vec<Case> {
             "/v1/authorize",
             &deep,
             400,
-            "malformed_json",
-            "recursion",
+            "json_too_deep",
+            "32 levels",
         ),
         case("body too large", "/v1/authorize", &big, 413, "body_too_large", "limit"),
         case(

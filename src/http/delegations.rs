@@ -86,7 +86,7 @@ fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str
 pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let token = bearer(&req);
     let ctx = context(state, token.as_deref())?;
-    let body = read_json(req, state.config.max_body_bytes).await?;
+    let body = read_json(req, &state.config).await?;
     let spawn = spawn_request(&body)?;
     let span = crate::telemetry::delegation_span();
     let inner = span.clone();
@@ -233,7 +233,7 @@ fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 /// `POST /v1/permission-requests` (the grantee's credential): `{grant, reason, ttl_seconds?}`.
 pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
-    let body = read_json(req, state.config.max_body_bytes).await?;
+    let body = read_json(req, &state.config).await?;
     let f = Fields::of(&body, "")?;
     let grant = f.require_string("grant")?.to_owned();
     let reason = f.string("reason")?.unwrap_or_default().to_owned();
@@ -306,7 +306,7 @@ pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -
 /// `POST /v1/permission-requests/{id}`: `{decision: "approve"|"deny"|"escalate", reason}`.
 pub async fn decide_request(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
-    let body = read_json(req, state.config.max_body_bytes).await?;
+    let body = read_json(req, &state.config).await?;
     let f = Fields::of(&body, "")?;
     let decision = match f.require_string("decision")? {
         "approve" => PermissionDecision::Approve,

@@ -170,7 +170,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
 /// Reads a JSON body and the serving bundle. The bundle is loaded once, here, and the request
 /// is decided against that one `Arc` whatever reloads happen meanwhile.
 async fn decision_input(state: &AppState, req: Request<Incoming>) -> Result<(Arc<Snapshot>, Value), ApiError> {
-    let body = read_json(req, state.config.max_body_bytes).await?;
+    let body = read_json(req, &state.config).await?;
     let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     Ok((snap, body))
 }
@@ -201,7 +201,8 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-pub(super) async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, ApiError> {
+pub(super) async fn read_json(req: Request<Incoming>, config: &super::HttpConfig) -> Result<Value, ApiError> {
+    let limit = config.max_body_bytes;
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -240,8 +241,47 @@ pub(super) async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Va
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(RequestError::new("malformed_json", "the request body is empty; send a JSON object").into());
     }
+    if let Some(depth) = too_deep(&bytes, config.max_json_depth) {
+        return Err(RequestError::new(
+            "json_too_deep",
+            format!(
+                "the request body nests deeper than {} levels (at byte {depth})",
+                config.max_json_depth
+            ),
+        )
+        .into());
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| RequestError::new("malformed_json", format!("the request body is not valid JSON: {e}")).into())
+}
+
+/// The offset at which `bytes` (as JSON) nests deeper than `max` arrays/objects, if it does.
+/// Checked before parsing, so a hostile body costs one linear scan.
+fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.

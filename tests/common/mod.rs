@@ -92,6 +92,7 @@ impl TestServer {
             http: HttpConfig {
                 max_body_bytes: opts.max_body_bytes,
                 max_batch: opts.max_batch,
+                max_json_depth: 32,
                 header_read_timeout: Duration::from_secs(2),
                 max_connections: opts.max_connections,
             },
