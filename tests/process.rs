@@ -265,3 +265,15 @@ fn a_git_worktree_bundle_reports_its_revision() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["revision"], head.as_str(), "{v}");
 }
+
+/// The API is for the pod's own agent: listening beyond loopback needs an explicit flag.
+#[test]
+fn a_non_loopback_listener_needs_allow_remote() {
+    let out = Command::new(DEPUTY)
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-watch", "--authorize-only", "--bundle"])
+        .arg(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
