@@ -259,7 +259,6 @@ fn an_agents_line_carries_its_chain_with_grant_digests() {
 /// mask and drop flags from the command line.
 #[test]
 fn the_binary_logs_decisions_to_stdout() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let b = bundle();
@@ -291,18 +290,7 @@ fn the_binary_logs_decisions_to_stdout() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "deputy listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
-                }
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start");
+    let addr = common::listening_addr(&mut child);
     for who in ["alice", "bob"] {
         let body = serde_json::to_vec(&view(who)).unwrap();
         let r = common::send(

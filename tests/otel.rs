@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const DEPUTY: &str = env!("CARGO_BIN_EXE_deputy");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -150,18 +150,7 @@ fn serve(otlp: SocketAddr, state: &std::path::Path) -> Sidecar {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "deputy listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
-                }
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start");
+    let addr = common::listening_addr(&mut child);
     Sidecar { child, addr }
 }
 

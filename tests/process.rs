@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -43,18 +42,7 @@ fn serve(state: &Path) -> Sidecar {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "deputy listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
-                }
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start");
+    let addr = common::listening_addr(&mut child);
     Sidecar { child, addr }
 }
 
@@ -270,7 +258,14 @@ fn a_git_worktree_bundle_reports_its_revision() {
 #[test]
 fn a_non_loopback_listener_needs_allow_remote() {
     let out = Command::new(DEPUTY)
-        .args(["serve", "--listen", "0.0.0.0:0", "--no-watch", "--authorize-only", "--bundle"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--no-watch",
+            "--authorize-only",
+            "--bundle",
+        ])
         .arg(repo_root())
         .output()
         .unwrap();

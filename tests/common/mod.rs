@@ -277,3 +277,21 @@ pub fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
         Some(&bytes),
     )
 }
+
+/// Waits for a `deputy serve` child started with `--log-format json` and a piped stderr to log
+/// its listening address, and returns it. The child's stderr keeps being drained afterwards.
+pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("start deputy with a piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "deputy listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start")
+}
