@@ -118,7 +118,7 @@ fn every_decision_is_a_line_with_its_fields_and_masked_context() {
             "subject": {"type": "User", "id": "alice"},
             "action": {"name": "view"},
             "resource": {"type": "Doc", "id": "chart"},
-            "context": {"purpose": "care", "ssn": "987"},
+            "context": {"purpose": "care", "ssn": "ssn-987-65-4321"},
         }),
     );
     assert_eq!(eval["decision"], true);
@@ -165,7 +165,7 @@ fn every_decision_is_a_line_with_its_fields_and_masked_context() {
     ids.dedup();
     assert_eq!(ids.len(), 5, "decision ids are unique");
     let raw = std::fs::read_to_string(&log).unwrap();
-    assert!(!raw.contains("123-45-6789") && !raw.contains("pat@example.com") && !raw.contains("987"));
+    assert!(!raw.contains("123-45-6789") && !raw.contains("pat@example.com") && !raw.contains("ssn-987-65-4321"));
 }
 
 #[test]
