@@ -551,8 +551,7 @@ impl Delegation {
             proof: proof.clone(),
         };
         // Check the registry accepts it (the grant links) before anything is written.
-        let next = self
-            .live
+        self.live
             .registry()
             .with(row.clone())
             .map_err(|e| DelegationError::new(400, "grant_invalid", e.to_string()))?;
@@ -571,14 +570,9 @@ impl Delegation {
             .insert_agent(&row, now, audit)
             .map_err(DelegationError::state)?;
         self.live
-            .update_registry(|current| {
-                // Another spawn may have landed meanwhile: extend what is current now.
-                if current.len() + 1 == next.len() {
-                    Ok(next)
-                } else {
-                    current.with(row.clone()).map_err(|e| e.to_string())
-                }
-            })
+            // Extend what is current now: another spawn or a grant change may have landed since
+            // the check above, and a registry built before it would undo that change.
+            .update_registry(|current| current.with(row.clone()).map_err(|e| e.to_string()))
             .map_err(|e| DelegationError::new(500, "internal", e))?;
         Ok(SpawnOutcome::Applied {
             delegation_id: id.to_owned(),
