@@ -160,14 +160,7 @@ fn a_corrupted_state_file_fails_agent_decisions_closed_and_keeps_serving() {
         b"this is not a sqlite database, not at all".repeat(100),
     )
     .unwrap();
-    let s = TestServer::start(
-        &repo_root(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            admin_token: Some(ADMIN.to_owned()),
-            ..Options::default()
-        },
-    );
+    let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     let r = s.get("/readyz");
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "state_unavailable");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{delete_as, repo_root, Options, Resp, TestServer};
+use common::{delete_as, post_as, repo_root, Options, TestServer};
 use prometheus_parse::{Sample, Scrape, Value as PromValue};
 use serde_json::{json, Value};
 
@@ -14,17 +14,6 @@ permit(principal == ?principal, action == Action::"write", resource in Folder::"
 "#;
 const READ_SRC: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#;
 const WRITE_ALL: &str = r#"permit(principal == ?principal, action == Action::"write", resource in Folder::"repo");"#;
-
-fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let auth = format!("Bearer {token}");
-    s.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json"), ("Authorization", &auth)],
-        Some(&bytes),
-    )
-}
 
 fn authz(p: &str, a: &str, r: (&str, &str)) -> Value {
     json!({
@@ -65,14 +54,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn metrics_count_decisions_delegations_proofs_and_reloads() {
     let state = tempfile::tempdir().unwrap();
-    let s = TestServer::start(
-        &repo_root(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            admin_token: Some(ADMIN.to_owned()),
-            ..Options::default()
-        },
-    );
+    let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     let version = s.version().unwrap();
 
     // Before any traffic: the bundle is serving, nothing is counted yet.
@@ -182,14 +164,7 @@ fn a_failed_reload_is_counted_and_the_old_version_keeps_serving() {
 #[test]
 fn permission_requests_are_counted_by_event() {
     let state = tempfile::tempdir().unwrap();
-    let s = TestServer::start(
-        &repo_root(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            admin_token: Some(ADMIN.to_owned()),
-            ..Options::default()
-        },
-    );
+    let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     let create = |token: &str, grant: &str, can_delegate: bool| {
         let r = post_as(
             &s,

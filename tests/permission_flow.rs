@@ -15,14 +15,7 @@ const ADMIN: &str = "admin-token-for-permission-tests";
 
 fn start() -> (TestServer, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let s = TestServer::start(
-        &repo_root(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            admin_token: Some(ADMIN.to_owned()),
-            ..Options::default()
-        },
-    );
+    let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     (s, state)
 }
 

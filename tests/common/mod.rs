@@ -61,6 +61,15 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Delegation on, with its state in `dir` and `admin` as the admin credential.
+    pub fn with_state(dir: &Path, admin: &str) -> Self {
+        Self {
+            state: Some(dir.to_path_buf()),
+            admin_token: Some(admin.to_owned()),
+            ..Self::default()
+        }
+    }
+
     pub fn authorize_only() -> Self {
         Self {
             authorize_only: true,
