@@ -32,7 +32,7 @@ pub struct HttpConfig {
     pub max_json_depth: usize,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
-    /// Most connections served at once; more wait in the accept queue.
+    /// Most connections served at once; more are answered `503 overloaded` and closed.
     pub max_connections: usize,
 }
 
