@@ -19,7 +19,9 @@ use crate::snapshot::Snapshot;
 
 pub use capabilities::{capabilities, Capabilities};
 pub use index::{IndexStats, PolicyIndex};
-pub use request::{parse_context, parse_uid, EntityRef, Fields, RequestError};
+pub use request::{
+    entity_ref, parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError,
+};
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
 
@@ -181,7 +183,11 @@ pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -
         decide_inner(snap, parts, now, raise_taint)
     }))
     .unwrap_or_else(|_| {
-        tracing::error!("deciding a request panicked; answering deny");
+        let request_id = crate::telemetry::request_id();
+        tracing::error!(
+            request_id = request_id.as_deref(),
+            "deciding a request panicked; answering deny"
+        );
         Ok(Outcome {
             decision: Decision {
                 allow: false,
@@ -201,7 +207,7 @@ pub fn decide_with(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -
 
 fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> Result<Outcome, RequestError> {
     let bundle = &snap.bundle;
-    let is_agent = parts.principal.uid.type_name().to_string() == AGENT_TYPE;
+    let is_agent = is_agent_type(parts.principal.uid.type_name());
     if is_agent && snap.agents_unknown {
         // INVARIANT: without the state, a revoked or narrowed agent would look like a plain
         // principal bounded only by the admin policies: fail closed instead.
@@ -301,6 +307,11 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         taint_raised_to,
         needed,
     })
+}
+
+/// True for deputy's `Agent` type (unqualified, as the schema must declare it).
+fn is_agent_type(t: &cedar_policy::EntityTypeName) -> bool {
+    t.basename() == AGENT_TYPE && t.namespace_components().next().is_none()
 }
 
 fn classification(entities: &Entities, uid: &cedar_policy::EntityUid) -> Option<i64> {

@@ -155,8 +155,8 @@ fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<CedarParts, RequestErr
     let subject = parts.subject.as_ref().ok_or_else(|| missing("subject"))?;
     let action = parts.action.as_ref().ok_or_else(|| missing("action"))?;
     let resource = parts.resource.as_ref().ok_or_else(|| missing("resource"))?;
-    let principal = parse_uid(subject)?;
-    let resource_ref = parse_uid(resource)?;
+    let principal = parse_uid(bundle, subject)?;
+    let resource_ref = parse_uid(bundle, resource)?;
     let action_ref = action_uid(bundle, action)?;
 
     let mut context = match &parts.context {

@@ -63,6 +63,9 @@ pub struct Bundle {
     pub index: PolicyIndex,
     pub entities: Entities,
     pub sources: HashMap<PolicyId, PolicySource>,
+    /// The schema's entity and action type names, parsed once: a request's `type` is looked up
+    /// here instead of going through Cedar's parser.
+    pub type_names: HashMap<String, cedar_policy::EntityTypeName>,
     /// AuthZEN action name -> action uid; `None` when the name is ambiguous across namespaces.
     pub actions_by_name: HashMap<String, Option<EntityUid>>,
     /// Actions the schema marks `@taint("source")` or `@taint("sink")`.

@@ -22,7 +22,7 @@ use crate::config::ENV_LOG;
 use crate::snapshot::Live;
 
 pub use decision::{
-    carry, decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, scoped, Api,
+    carry, decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, request_id, scoped, Api,
 };
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};

@@ -57,11 +57,21 @@ fn metrics_count_decisions_delegations_proofs_and_reloads() {
     let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     let version = s.version().unwrap();
 
-    // Before any traffic: the bundle is serving, nothing is counted yet.
+    // Before any traffic: the bundle is serving, nothing is counted yet; every decision series
+    // exists from the start (at zero), so rate() sees its first increase.
     let before = scrape(&s);
     assert_eq!(value(&before, "deputy_bundle_ready", &[]), 1.0);
     assert_eq!(value(&before, "deputy_agents_live", &[]), 0.0);
-    assert!(!before.iter().any(|x| x.metric == "deputy_decisions_total"));
+    for api in ["authorize", "authzen"] {
+        for outcome in ["allow", "deny", "error"] {
+            let labels = [("api", api), ("outcome", outcome)];
+            assert_eq!(
+                value(&before, "deputy_decisions_total", &labels),
+                0.0,
+                "{api} {outcome}"
+            );
+        }
+    }
 
     // Decisions: 2 allows, 1 deny, 1 error on /v1/authorize; 1 allow through AuthZEN.
     for (req, want) in [

@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock};
 use cedar_policy::{
     Authorizer, Context, Decision, Effect, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId,
 };
-use deputy::authorize::{self, parse_uid, Fields, Parts};
+use deputy::authorize::{self, Parts};
 use deputy::bundle::{Bundle, LoadOptions};
 use deputy::delegation::{AgentRow, Registry};
 use deputy::prover::{self, Grant, ProveOptions, Verdict};
@@ -89,21 +89,11 @@ fn body_json(data: &[u8]) -> Option<serde_json::Value> {
     if data.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    serde_json::from_slice(data).ok()
+    authorize::parse_json(data).ok()
 }
 
-/// Mirrors `authorize_one` in `src/http/routes.rs`.
-fn authorize_one(snap: &Snapshot, body: &serde_json::Value, path: &str) {
-    let parts = (|| {
-        let f = Fields::of(body, path)?;
-        Ok::<_, authorize::RequestError>(Parts {
-            principal: parse_uid(&f.require_object("principal")?)?,
-            action: parse_uid(&f.require_object("action")?)?,
-            resource: parse_uid(&f.require_object("resource")?)?,
-            context: f.get("context").cloned(),
-            context_field: f.field_path("context"),
-        })
-    })();
+/// Decides `parts` as the HTTP layer does.
+fn authorize_parts(snap: &Snapshot, parts: Result<Parts, authorize::RequestError>) {
     let Ok(parts) = parts else { return };
     if let Ok(outcome) = authorize::decide(snap, parts, NOW) {
         // The response body is serialised from these; that must not fail either.
@@ -120,16 +110,42 @@ fn authorize_one(snap: &Snapshot, body: &serde_json::Value, path: &str) {
     }
 }
 
-/// (a) `POST /v1/authorize` and `/v1/authorize/batch` bodies.
+/// (a) `POST /v1/authorize` and `/v1/authorize/batch` bodies. The direct reading of a body
+/// (`read_parts`) must agree with the field-by-field one (`parts_of`).
 pub fn authorize(data: &[u8]) {
     let snap = &FIXTURE.snapshot;
+    let bundle = &snap.bundle;
+    let direct = authorize::read_parts(bundle, data);
+    let by_field = authorize::parse_json(data).and_then(|b| authorize::parts_of(bundle, &b, ""));
+    match (&direct, &by_field) {
+        (Ok(a), Ok(b)) => assert_eq!(parts_key(a), parts_key(b), "the two readings of a body differ"),
+        (Err(a), Err(b)) => assert_eq!(a, b, "the two readings of a body fail differently"),
+        (a, b) => panic!(
+            "one reading of a body fails: {:?} vs {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        ),
+    }
+    authorize_parts(snap, direct);
     let Some(body) = body_json(data) else { return };
-    authorize_one(snap, &body, "");
     if let Some(items) = body.get("requests").and_then(|r| r.as_array()) {
         for (i, item) in items.iter().enumerate().take(MAX_BATCH) {
-            authorize_one(snap, item, &format!("requests[{i}]"));
+            authorize_parts(snap, authorize::parts_of(bundle, item, &format!("requests[{i}]")));
         }
     }
+}
+
+type PartsKey = (String, String, String, Option<serde_json::Value>, String);
+
+fn parts_key(p: &Parts) -> PartsKey {
+    let field = |r: &authorize::EntityRef| format!("{} at {}", r.uid, r.field);
+    (
+        field(&p.principal),
+        field(&p.action),
+        field(&p.resource),
+        p.context.clone(),
+        p.context_field.clone(),
+    )
 }
 
 /// (b) `POST /access/v1/evaluation` and `/access/v1/evaluations` bodies.

@@ -104,6 +104,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     match entities {
         Some(entities) if problems.is_empty() => {
             let actions_by_name = actions_by_name(&schema);
+            let type_names = type_names(&schema);
             let index = PolicyIndex::build(&policies, &entities);
             Ok(Bundle {
                 schema,
@@ -111,6 +112,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 index,
                 entities,
                 sources,
+                type_names,
                 actions_by_name,
                 taint_roles,
                 grants,
@@ -673,6 +675,16 @@ fn check_grants(
 }
 
 /// AuthZEN names actions by their id alone; map each id to its uid when it is unambiguous.
+/// Every entity type and action type the schema declares, by its written name.
+fn type_names(schema: &Schema) -> HashMap<String, cedar_policy::EntityTypeName> {
+    let actions = schema.actions().map(|a| a.type_name());
+    schema
+        .entity_types()
+        .chain(actions)
+        .map(|t| (t.to_string(), t.clone()))
+        .collect()
+}
+
 fn actions_by_name(schema: &Schema) -> HashMap<String, Option<EntityUid>> {
     let mut map: HashMap<String, Option<EntityUid>> = HashMap::new();
     for uid in schema.actions() {

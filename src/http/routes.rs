@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::{delegations, ApiError, AppState};
-use crate::authorize::{self, parse_uid, Decision, Fields, Outcome, Parts, RequestError};
+use crate::authorize::{self, Decision, Fields, Outcome, RequestError};
 use crate::authzen;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{self, Api};
@@ -39,7 +39,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .map_or_else(new_request_id, str::to_owned);
-    let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers());
+    let hot = is_decision_route(req.uri().path());
+    let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers(), hot);
     let routed = telemetry::scoped(&state.obs, trace_id, &request_id, route(&state, req));
     let mut response = match routed.instrument(span.clone()).await {
         Ok(r) => r,
@@ -52,6 +53,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
     Ok(response)
 }
 
+/// The decision endpoints: called before every tool call, so kept lean (see `http_span`).
+fn is_decision_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/authorize" | "/v1/authorize/batch" | "/access/v1/evaluation" | "/access/v1/evaluations"
+    )
+}
+
 async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -62,8 +71,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         ("/v1/status", &Method::GET) => Ok(status(state)),
         ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
         ("/v1/authorize", &Method::POST) => {
-            let (snap, body) = decision_input(state, req).await?;
-            let outcome = authorize_one(&snap, &body, "")?;
+            let bytes = read_body(req, &state.config).await?;
+            let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
+            let outcome = authorize_body(&snap, &bytes)?;
             persist_taint(state, &outcome);
             Ok(with_version(
                 json_response(StatusCode::OK, &decision_body(&snap, &outcome)),
@@ -202,10 +212,20 @@ pub fn now() -> i64 {
 }
 
 pub(super) async fn read_json(req: Request<Incoming>, config: &super::HttpConfig) -> Result<Value, ApiError> {
+    let bytes = read_body(req, config).await?;
+    parse_json(&bytes)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    Ok(authorize::parse_json(bytes)?)
+}
+
+/// Reads a JSON request body: the content type, size and nesting are checked, not the syntax.
+async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result<Bytes, ApiError> {
     let limit = config.max_body_bytes;
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or("").trim();
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(RequestError::new(
                 "unsupported_media_type",
@@ -251,8 +271,7 @@ pub(super) async fn read_json(req: Request<Incoming>, config: &super::HttpConfig
         )
         .into());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RequestError::new("malformed_json", format!("the request body is not valid JSON: {e}")).into())
+    Ok(bytes)
 }
 
 /// The offset at which `bytes` (as JSON) nests deeper than `max` arrays/objects, if it does.
@@ -284,16 +303,15 @@ fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
     None
 }
 
+/// Decides a `/v1/authorize` body.
+fn authorize_body(snap: &Snapshot, bytes: &[u8]) -> Result<Outcome, RequestError> {
+    let parts = authorize::read_parts(&snap.bundle, bytes)?;
+    telemetry::decide(snap, parts, now(), Api::Authorize)
+}
+
 /// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.
 fn authorize_one(snap: &Snapshot, body: &Value, path: &str) -> Result<Outcome, RequestError> {
-    let f = Fields::of(body, path)?;
-    let parts = Parts {
-        principal: parse_uid(&f.require_object("principal")?)?,
-        action: parse_uid(&f.require_object("action")?)?,
-        resource: parse_uid(&f.require_object("resource")?)?,
-        context: f.get("context").cloned(),
-        context_field: f.field_path("context"),
-    };
+    let parts = authorize::parts_of(&snap.bundle, body, path)?;
     telemetry::decide(snap, parts, now(), Api::Authorize)
 }
 

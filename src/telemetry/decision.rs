@@ -24,9 +24,9 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     /// `/v1/authorize` and `/v1/authorize/batch`.
-    Authorize,
+    Authorize = 0,
     /// `/access/v1/evaluation(s)`.
-    AuthZen,
+    AuthZen = 1,
 }
 
 impl Api {
@@ -63,6 +63,12 @@ pub async fn scoped<F: Future>(
         request_id: Arc::from(request_id),
     };
     REQUEST.scope(scope, fut).await
+}
+
+/// The `x-request-id` of the request being handled, for log lines written on the decision
+/// path (which has no request span unless traces are exported).
+pub fn request_id() -> Option<Arc<str>> {
+    REQUEST.try_with(|s| Arc::clone(&s.request_id)).ok()
 }
 
 /// Wraps `f` to run elsewhere (on the blocking pool) inside the current request's scope and
@@ -159,7 +165,9 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
             };
             match serde_json::to_string(&line) {
                 Ok(s) => log.send(s),
-                Err(e) => tracing::error!(error = %e, "cannot encode a decision log line"),
+                Err(e) => {
+                    tracing::error!(error = %e, request_id = %scope.request_id, "cannot encode a decision log line")
+                }
             }
         }
     }

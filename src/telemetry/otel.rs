@@ -125,7 +125,25 @@ impl Extractor for Headers<'_> {
 /// The span of one HTTP request, a child of the caller's span when the request carries a W3C
 /// `traceparent`, and the request's trace id (exported or not: from the caller when there is
 /// no exporter).
-pub fn http_span(method: &Method, path: &str, request_id: &str, headers: &HeaderMap) -> (Span, Option<String>) {
+///
+/// A `hot` request (a decision) gets no span unless traces are exported: the log layer would
+/// format the span's fields into every request's span data, which costs more than the rest of
+/// the logging put together, for log lines the decision path almost never writes (the few it
+/// does write name the request id themselves).
+pub fn http_span(
+    method: &Method,
+    path: &str,
+    request_id: &str,
+    headers: &HeaderMap,
+    hot: bool,
+) -> (Span, Option<String>) {
+    if hot && !tracing::enabled!(target: super::TRACE_ONLY, tracing::Level::INFO) {
+        let trace_id = headers
+            .contains_key(TRACEPARENT)
+            .then(|| remote_trace_id(headers))
+            .flatten();
+        return (Span::none(), trace_id);
+    }
     let span = tracing::info_span!(
         "http",
         otel.name = format!("{method} {}", route_template(path)),
@@ -146,6 +164,15 @@ pub fn http_span(method: &Method, path: &str, request_id: &str, headers: &Header
         .find(|c| c.is_valid())
         .map(|c| c.trace_id().to_string());
     (span, trace_id)
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// The trace id of the caller's `traceparent`, when it carries a valid one.
+fn remote_trace_id(headers: &HeaderMap) -> Option<String> {
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    let remote = parent.span().span_context().clone();
+    remote.is_valid().then(|| remote.trace_id().to_string())
 }
 
 /// Records the response status on the request span.
@@ -222,9 +249,11 @@ mod tests {
             "traceparent",
             hyper::header::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        let (_, id) = http_span(&Method::POST, "/v1/authorize", "r1", &headers);
-        assert_eq!(id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        let (_, none) = http_span(&Method::POST, "/v1/authorize", "r2", &HeaderMap::new());
-        assert_eq!(none, None);
+        for hot in [false, true] {
+            let (_, id) = http_span(&Method::POST, "/v1/authorize", "r1", &headers, hot);
+            assert_eq!(id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+            let (_, none) = http_span(&Method::POST, "/v1/authorize", "r2", &HeaderMap::new(), hot);
+            assert_eq!(none, None);
+        }
     }
 }
