@@ -12,7 +12,8 @@ mod otel;
 
 use std::sync::Arc;
 
-use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter};
+use tracing_subscriber::layer::Identity;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -55,12 +56,15 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
             .boxed(),
     };
     let provider = otel::provider_from_env()?;
-    let traces = provider.as_ref().map(otel::layer);
     let logged = filter.and(filter_fn(|m| m.target() != TRACE_ONLY));
-    let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(logged))
-        .with(traces)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(logged));
+    // Not an `Option` layer: a `None` layer counts as enabling everything, so the trace-only
+    // spans would be created (and dropped unseen) on every decision.
+    let traces = match provider.as_ref() {
+        Some(p) => otel::layer(p).boxed(),
+        None => Identity::new().with_filter(LevelFilter::OFF).boxed(),
+    };
+    let _ = registry.with(traces).try_init();
     Ok(Telemetry::new(provider))
 }
 
