@@ -24,7 +24,11 @@
 //!
 //! The action buckets are built from the hierarchy of the entity store given to `build`; a
 //! request is checked against the hierarchy of its own store, and if the action's named
-//! ancestors differ, the lookup declines and the caller evaluates the full set.
+//! ancestors differ, the lookup declines and the caller evaluates the full set. So every action
+//! in a bucket satisfies the action scope of every policy in it, and a static policy scoped
+//! `action in [..]` is stored in its buckets with the action unconstrained (same id, annotations
+//! and conditions): its decision, reason and errors are unchanged, and Cedar no longer builds
+//! the action list as a set on every request.
 
 use std::collections::{HashMap, HashSet};
 
@@ -191,8 +195,10 @@ impl PolicyIndex {
         entities: &Entities,
         descendants: &HashMap<EntityUid, Vec<EntityUid>>,
     ) -> Result<(), Box<cedar_policy::PolicySetError>> {
+        let mut rewritten;
         for p in policies.policies() {
             let key = key_of(p);
+            let mut policy = p;
             let actions: Vec<EntityUid> = match p.action_constraint() {
                 ActionConstraint::Any => {
                     self.any_action.insert(key, p, policies)?;
@@ -200,6 +206,10 @@ impl PolicyIndex {
                 }
                 ActionConstraint::Eq(a) => vec![a],
                 ActionConstraint::In(list) => {
+                    if let Some(q) = without_action_scope(p) {
+                        rewritten = q;
+                        policy = &rewritten;
+                    }
                     let mut all: Vec<EntityUid> = list
                         .iter()
                         .flat_map(|a| std::iter::once(a).chain(descendants.get(a).into_iter().flatten()))
@@ -221,7 +231,7 @@ impl PolicyIndex {
                         })
                     }
                 };
-                bucket.slices.insert(key.clone(), p, policies)?;
+                bucket.slices.insert(key.clone(), policy, policies)?;
             }
         }
         Ok(())
@@ -244,6 +254,21 @@ impl PolicyIndex {
         }
         stats
     }
+}
+
+/// A static policy with an `action in [..]` scope, as it is evaluated inside an action bucket:
+/// the same policy (id, annotations, principal and resource scope, conditions) with the action
+/// unconstrained. Cedar would otherwise build the action list as a set value on every request.
+/// Exact only inside a bucket whose actions all satisfy the original constraint (see
+/// `PolicyIndex`). `None` for a linked policy (its template is shared) or if the rewrite fails;
+/// the policy is then evaluated as written.
+fn without_action_scope(p: &Policy) -> Option<Policy> {
+    if p.template_id().is_some() {
+        return None;
+    }
+    let mut json = p.to_json().ok()?;
+    *json.get_mut("action")? = serde_json::json!({ "op": "All" });
+    Policy::from_json(Some(p.id().clone()), json).ok()
 }
 
 /// The slice a policy goes to: its most selective principal or resource constraint. For a
