@@ -153,6 +153,7 @@ fn queries(
 ) -> Result<Vec<Query>, SolverNote> {
     let world = World::new(schema.as_ref(), entities.as_ref());
     let mut out = Vec::new();
+    let mut linked: Vec<(EntityUid, PolicySet, PolicySet, Option<String>)> = Vec::new();
     for env in schema.request_envs() {
         let principal_type: &EntityType = env.principal().as_ref();
         let child_uid: EntityUid = match &opts.child_principal {
@@ -166,41 +167,15 @@ fn queries(
             }
             None => synthetic_child(&world, principal_type).into(),
         };
-        let mut child_side = PolicySet::new();
-        for (i, p) in child.policies().iter().enumerate() {
-            add_instance(&mut child_side, p, &format!("child.{i}"), &child_uid)?;
-        }
-        let mut parent_side = PolicySet::new();
-        for (i, p) in parent.policies().iter().enumerate() {
-            if p.effect() == Effect::Forbid {
-                add_instance(&mut child_side, p, &format!("parent-forbid.{i}"), &child_uid)?;
+        // The sets depend only on the child, so environments of one principal type share them.
+        let (child_side, parent_side, hazard) = match linked.iter().find(|(u, ..)| *u == child_uid) {
+            Some((_, c, p, h)) => (c.clone(), p.clone(), h.clone()),
+            None => {
+                let sets = link_sides(child, parent, entities, opts, &child_uid)?;
+                linked.push((child_uid.clone(), sets.0.clone(), sets.1.clone(), sets.2.clone()));
+                sets
             }
-        }
-        for (i, p) in parent_view(parent).enumerate() {
-            add_instance(&mut parent_side, p, &format!("parent.{i}"), &child_uid)?;
-        }
-        if !opts.any_principal {
-            // A grant is evaluated on its holder's requests only (as deputy's own search does).
-            let text = format!("forbid(principal, action, resource) unless {{ principal == {child_uid} }};");
-            let only_child = Policy::parse(Some(PolicyId::new("deputy.only-the-child")), text).map_err(|e| {
-                note(
-                    "solver_unsupported",
-                    format!("cannot restrict requests to the child: {e}"),
-                )
-            })?;
-            child_side.add(only_child).map_err(|e| {
-                note(
-                    "solver_unsupported",
-                    format!("cannot restrict requests to the child: {e}"),
-                )
-            })?;
-        }
-        let principal_exists = !opts.any_principal && entities.get(&child_uid).is_some();
-        let hazard = child
-            .policies()
-            .iter()
-            .chain(parent.policies())
-            .find_map(|p| existence_hazard(p, principal_exists, entities));
+        };
         out.push(Query {
             env,
             child_side,
@@ -210,6 +185,53 @@ fn queries(
         });
     }
     Ok(out)
+}
+
+/// The child side (child policies, parent forbids, only the child's requests) and the parent
+/// side (the delegable view), linked to `child_uid`, with the existence hazard of the pair.
+fn link_sides(
+    child: &Grant,
+    parent: &Grant,
+    entities: &Entities,
+    opts: &ProveOptions,
+    child_uid: &EntityUid,
+) -> Result<(PolicySet, PolicySet, Option<String>), SolverNote> {
+    let mut child_side = PolicySet::new();
+    for (i, p) in child.policies().iter().enumerate() {
+        add_instance(&mut child_side, p, &format!("child.{i}"), child_uid)?;
+    }
+    let mut parent_side = PolicySet::new();
+    for (i, p) in parent.policies().iter().enumerate() {
+        if p.effect() == Effect::Forbid {
+            add_instance(&mut child_side, p, &format!("parent-forbid.{i}"), child_uid)?;
+        }
+    }
+    for (i, p) in parent_view(parent).enumerate() {
+        add_instance(&mut parent_side, p, &format!("parent.{i}"), child_uid)?;
+    }
+    if !opts.any_principal {
+        // A grant is evaluated on its holder's requests only (as deputy's own search does).
+        let text = format!("forbid(principal, action, resource) unless {{ principal == {child_uid} }};");
+        let only_child = Policy::parse(Some(PolicyId::new("deputy.only-the-child")), text).map_err(|e| {
+            note(
+                "solver_unsupported",
+                format!("cannot restrict requests to the child: {e}"),
+            )
+        })?;
+        child_side.add(only_child).map_err(|e| {
+            note(
+                "solver_unsupported",
+                format!("cannot restrict requests to the child: {e}"),
+            )
+        })?;
+    }
+    let principal_exists = !opts.any_principal && entities.get(child_uid).is_some();
+    let hazard = child
+        .policies()
+        .iter()
+        .chain(parent.policies())
+        .find_map(|p| existence_hazard(p, principal_exists, entities));
+    Ok((child_side, parent_side, hazard))
 }
 
 /// SymCC has no notion of a missing entity: every entity it considers exists, with every
