@@ -12,6 +12,7 @@
 //! cvc5 is required (CI installs Debian's `cvc5`); without it these tests fail, by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 #[path = "common/prover.rs"]
 mod fx;
 #[path = "common/prover_gen.rs"]
@@ -550,4 +551,48 @@ fn cli_with_a_bogus_solver_path_is_inconclusive_and_names_it() {
         .as_str()
         .unwrap()
         .contains("/no/such/cvc5"));
+}
+
+// ---- the server ----
+
+const ADMIN: &str = "admin-token-for-symcc-tests-0123";
+
+fn server(solver: Option<SolverConfig>) -> (common::TestServer, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let s = common::TestServer::start(
+        &common::repo_root(),
+        common::Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            limits: deputy::delegation::Limits {
+                solver,
+                ..deputy::delegation::Limits::default()
+            },
+            ..common::Options::default()
+        },
+    );
+    (s, state)
+}
+
+/// A spawn whose proof deputy alone leaves Inconclusive: pending without a solver, applied
+/// with the solver's proof when `serve` has one.
+#[test]
+fn serve_with_a_solver_applies_a_delegation_deputy_alone_would_leave_pending() {
+    let body = |grant: &str| serde_json::json!({"grant": grant, "ttl_seconds": 600, "ceiling": 1, "can_delegate": true, "task": "t", "reason": "r"});
+    for (solver, status, verdict) in [(None, 202, "inconclusive"), (Some(solver()), 201, "within")] {
+        let with = solver.is_some();
+        let (s, _state) = server(solver);
+        let root = common::post_as(&s, ADMIN, "/v1/delegations", &body(BUNDLE_PARENT));
+        assert_eq!(root.status, 201, "{}", root.text());
+        let token = root.json()["credential"].as_str().unwrap().to_owned();
+        let child = common::post_as(&s, &token, "/v1/delegations", &body(BUNDLE_CHILD));
+        assert_eq!(child.status, status, "solver {with}: {}", child.text());
+        let proof = &child.json()["proof"];
+        assert_eq!(proof["verdict"], verdict, "{proof}");
+        if with {
+            assert_eq!(proof["evidence"]["backend"], "symcc-cvc5", "{proof}");
+        } else {
+            assert!(proof["reason"]["solver"].is_null(), "{proof}");
+        }
+    }
 }
