@@ -3,10 +3,12 @@
 //!
 //! SymCC decides `implies(child side, parent side)` for every request environment of the
 //! schema over *every* entity store the schema allows. The bundle's store is one of those, so
-//! "implies holds everywhere" confirms `Within` for deputy's store-relative question. The
-//! converse does not hold: a SymCC counterexample may rely on a hierarchy the store
-//! contradicts, so it becomes `Exceeds` only after it replays through Cedar's `Authorizer`
-//! against the store (store facts win) plus the counterexample's other entities.
+//! "implies holds everywhere" confirms `Within` for deputy's store-relative question — provided
+//! no policy reads attributes of an entity that may be missing, since SymCC assumes every
+//! entity exists ([`existence_hazard`]). The converse does not hold: a SymCC counterexample may
+//! rely on a hierarchy the store contradicts, so it becomes `Exceeds` only after it replays
+//! through Cedar's `Authorizer` against the store (store facts win) plus the counterexample's
+//! other entities.
 //!
 //! SymCC is async (tokio). The prover is synchronous and runs on blocking threads, so each
 //! second opinion runs on its own thread with its own current-thread runtime: it can never
