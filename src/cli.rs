@@ -76,6 +76,33 @@ pub struct ProveArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub solver: SolverArgs,
+}
+
+/// The optional SMT second opinion on inconclusive proofs.
+#[derive(Args, Debug, Clone)]
+pub struct SolverArgs {
+    /// Settle inconclusive proofs with cedar-policy-symcc and this cvc5 executable (a path,
+    /// or `cvc5` to search `PATH`). Without it, deputy proves alone.
+    #[arg(long, env = ENV_SOLVER, value_name = "CVC5")]
+    pub solver: Option<std::path::PathBuf>,
+    /// Limit per solver query, in milliseconds (cvc5 `--tlimit-per`).
+    #[arg(long, default_value_t = crate::prover::DEFAULT_SOLVER_QUERY_TIMEOUT_MS, requires = "solver")]
+    pub solver_timeout_ms: u64,
+    /// Limit on the whole solver process for one proof, in milliseconds (cvc5 `--tlimit`).
+    #[arg(long, default_value_t = crate::prover::DEFAULT_SOLVER_TOTAL_TIMEOUT_MS, requires = "solver")]
+    pub solver_total_timeout_ms: u64,
+}
+
+impl SolverArgs {
+    fn config(&self) -> Option<crate::prover::SolverConfig> {
+        self.solver.as_ref().map(|program| crate::prover::SolverConfig {
+            program: program.clone(),
+            query_timeout_ms: self.solver_timeout_ms.max(1),
+            total_timeout_ms: self.solver_total_timeout_ms.max(1),
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -169,6 +196,8 @@ pub struct ServeArgs {
     /// Leave allowed decisions out of the decision log.
     #[arg(long, requires = "decision_log")]
     pub decision_log_drop_allows: bool,
+    #[command(flatten)]
+    pub solver: SolverArgs,
 }
 
 impl ServeArgs {
@@ -307,7 +336,19 @@ fn prove(args: &ProveArgs) -> ExitCode {
         return ExitCode::from(EXIT_BAD_INPUT);
     };
     let mut out = std::io::stdout();
-    let code = crate::prover::run_prove(&bundle.schema, &bundle.entities, &parent, &child, args.json, &mut out);
+    let opts = crate::prover::ProveOptions {
+        solver: args.solver.config(),
+        ..crate::prover::ProveOptions::default()
+    };
+    let code = crate::prover::run_prove_with(
+        &bundle.schema,
+        &bundle.entities,
+        &parent,
+        &child,
+        args.json,
+        &opts,
+        &mut out,
+    );
     ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT))
 }
 
@@ -396,6 +437,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_children: args.max_children,
             max_pending_requests: args.max_pending_requests,
             max_state_mib: args.max_state_mib,
+            solver: args.solver.config(),
         },
         observe: args.observe_config(),
     };

@@ -23,6 +23,8 @@ pub const DEFAULT_STATE: &str = ".deputy-state";
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
+/// The solver (cvc5) asked for a second opinion on inconclusive proofs; unset: none.
+pub const ENV_SOLVER: &str = "DEPUTY_SOLVER";
 pub const ENV_STATE: &str = "DEPUTY_STATE";
 pub const ENV_ADMIN_TOKEN: &str = "DEPUTY_ADMIN_TOKEN";
 pub const ENV_BUNDLE: &str = "DEPUTY_BUNDLE";

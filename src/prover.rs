@@ -8,6 +8,10 @@
 //! no world can realise. So "no such request" is a proof (`Within`), while a found request
 //! is only reported (`Exceeds`) after Cedar's own `Authorizer` agrees on it. Everything else
 //! is `Inconclusive`. See `docs/PROVER.md`.
+//!
+//! When `ProveOptions::solver` names a solver, an `Inconclusive` answer is handed to the
+//! second opinion (`symcc`: cedar-policy-symcc driving cvc5), which may settle it as `Within`
+//! (proved for every entity store) or `Exceeds` (a replayed counterexample).
 
 mod cli;
 mod encode;
@@ -18,6 +22,7 @@ mod index;
 mod model;
 mod run;
 mod solve;
+mod symcc;
 mod verdict;
 mod world;
 
@@ -26,10 +31,15 @@ use std::sync::Mutex;
 
 use cedar_policy::{Entities, EntityUid, Schema, Validator};
 
-pub use cli::run_prove;
+pub use cli::{run_prove, run_prove_with};
 pub use error::{GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
-pub use verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
+pub use symcc::{
+    second_opinion, SecondOpinion, SolverConfig, DEFAULT_SOLVER_QUERY_TIMEOUT_MS, DEFAULT_SOLVER_TOTAL_TIMEOUT_MS,
+};
+pub use verdict::{
+    Counterexample, Coverage, Evidence, Inconclusive, SolverNote, Verdict, BACKEND_DEPUTY, BACKEND_SYMCC,
+};
 
 use grant::validate_with;
 use run::Run;
@@ -53,6 +63,9 @@ pub struct ProveOptions {
     /// Consider requests from any principal, not only from the child agent. Grants are
     /// evaluated on the requests of the agent holding them, so the default is `false`.
     pub any_principal: bool,
+    /// The SMT second opinion (SymCC + cvc5) asked to settle `Inconclusive` answers. `None`
+    /// (the default): deputy answers alone and starts no process.
+    pub solver: Option<SolverConfig>,
 }
 
 impl Default for ProveOptions {
@@ -62,6 +75,7 @@ impl Default for ProveOptions {
             max_steps: DEFAULT_MAX_STEPS,
             max_candidates: DEFAULT_MAX_CANDIDATES,
             any_principal: false,
+            solver: None,
         }
     }
 }
@@ -119,6 +133,29 @@ impl<'a> Prover<'a> {
     pub fn prove(&self, child: &Grant, parent: &Grant, opts: &ProveOptions) -> Result<Verdict, GrantError> {
         self.validate(child, GrantRole::Child)?;
         self.validate(parent, GrantRole::Parent)?;
-        Run::new(child, parent, self.schema, self.entities, opts).run()
+        let verdict = Run::new(child, parent, self.schema, self.entities, opts).run()?;
+        Ok(match (verdict, &opts.solver) {
+            (Verdict::Inconclusive(alone), Some(solver)) => settle(
+                alone,
+                second_opinion(child, parent, self.schema, self.entities, opts, solver),
+            ),
+            (verdict, _) => verdict,
+        })
+    }
+}
+
+/// Combines deputy's `Inconclusive` with the second opinion's answer.
+fn settle(alone: Inconclusive, second: SecondOpinion) -> Verdict {
+    match second {
+        SecondOpinion::Within => Verdict::Within(Evidence {
+            backend: BACKEND_SYMCC,
+            permits: Vec::new(),
+            settled: Some(alone),
+        }),
+        SecondOpinion::Exceeds(cx) => Verdict::Exceeds(cx),
+        SecondOpinion::Unsettled(note) => Verdict::Inconclusive(Inconclusive {
+            solver: Some(note),
+            ..alone
+        }),
     }
 }

@@ -462,6 +462,7 @@ impl Delegation {
             .map_err(|e| DelegationError::new(500, "internal", format!("a stored grant no longer parses: {e}")))?;
         let opts = ProveOptions {
             child_principal: Some(principal.uid.clone()),
+            solver: self.limits.solver.clone(),
             ..ProveOptions::default()
         };
         crate::telemetry::prove_observed(self.metrics.as_deref(), || {

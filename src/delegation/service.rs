@@ -36,6 +36,9 @@ pub struct Limits {
     pub max_pending_requests: usize,
     /// Largest the state database may grow, in MiB; past it, changes fail (503) and decisions go on.
     pub max_state_mib: u64,
+    /// The SMT second opinion (SymCC + cvc5) that settles inconclusive delegation and
+    /// permission proofs, bounded by its time limits. `None`: deputy proves alone.
+    pub solver: Option<crate::prover::SolverConfig>,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_children: 256,
             max_pending_requests: 32,
             max_state_mib: 1024,
+            solver: None,
         }
     }
 }
@@ -391,6 +395,7 @@ impl Delegation {
         })?;
         let opts = ProveOptions {
             child_principal: Some(child_uid.clone()),
+            solver: self.limits.solver.clone(),
             ..ProveOptions::default()
         };
         let verdict = crate::telemetry::prove_observed(self.metrics.as_deref(), || {

@@ -27,11 +27,32 @@ pub fn run_prove(
     json: bool,
     out: &mut dyn Write,
 ) -> i32 {
+    run_prove_with(
+        schema,
+        entities,
+        parent_src,
+        child_src,
+        json,
+        &ProveOptions::default(),
+        out,
+    )
+}
+
+/// Same as [`run_prove`], with the given options (for example a solver for the second opinion).
+pub fn run_prove_with(
+    schema: &Schema,
+    entities: &Entities,
+    parent_src: &str,
+    child_src: &str,
+    json: bool,
+    opts: &ProveOptions,
+    out: &mut dyn Write,
+) -> i32 {
     let result = Grant::parse(parent_src)
         .map_err(|e| e.with_role(GrantRole::Parent))
         .and_then(|parent| {
             let child = Grant::parse(child_src).map_err(|e| e.with_role(GrantRole::Child))?;
-            prove(&child, &parent, schema, entities, &ProveOptions::default())
+            prove(&child, &parent, schema, entities, opts)
         });
     let (code, text) = match result {
         Ok(verdict) => {

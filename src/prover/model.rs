@@ -412,6 +412,7 @@ impl<'p> Replayer<'p> {
             context: cand.context.clone(),
             entities: extra,
             child_principal: self.child_principal.to_string(),
+            backend: super::verdict::BACKEND_DEPUTY,
             allowed_by: child.diagnostics().reason().map(|id| sets.name(id)).collect(),
             denied_by: parent.diagnostics().reason().map(|id| sets.name(id)).collect(),
             parent_errors: parent
@@ -441,7 +442,7 @@ impl Sets {
     }
 }
 
-fn link_one(set: &mut PolicySet, p: &GrantPolicy, id: &str, child: &EntityUid) -> Result<(), GrantError> {
+pub(crate) fn link_one(set: &mut PolicySet, p: &GrantPolicy, id: &str, child: &EntityUid) -> Result<(), GrantError> {
     let fail = |e: &dyn std::fmt::Display| GrantError::internal(format!("cannot link grant: {e}"));
     let pid = PolicyId::new(id);
     match &p.static_policy {

@@ -121,19 +121,7 @@ impl<'a> Run<'a> {
     }
 
     fn synthetic_child(&self, ty: &EntityType) -> EntityUID {
-        let mut n = 0usize;
-        loop {
-            let eid = if n == 0 {
-                "child".to_owned()
-            } else {
-                format!("child-{n}")
-            };
-            let uid = EntityUID::from_components(ty.clone(), Eid::new(eid), None);
-            if self.world.stored(&uid).is_none() {
-                return uid;
-            }
-            n += 1;
-        }
+        synthetic_child(&self.world, ty)
     }
 
     pub(crate) fn run(self) -> Result<Verdict, GrantError> {
@@ -420,6 +408,8 @@ impl<'a> Run<'a> {
             ps.get(i).map(|p| format!("{role} {}", p.label())).unwrap_or_default()
         };
         Evidence {
+            backend: super::verdict::BACKEND_DEPUTY,
+            settled: None,
             permits: self
                 .child_permits
                 .iter()
@@ -450,6 +440,24 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The new agent `?principal` stands for when no child principal is given: an entity of type
+/// `ty` whose id (`child`, else `child-N`) is not in the store.
+pub(crate) fn synthetic_child(world: &World<'_>, ty: &EntityType) -> EntityUID {
+    let mut n = 0usize;
+    loop {
+        let eid = if n == 0 {
+            "child".to_owned()
+        } else {
+            format!("child-{n}")
+        };
+        let uid = EntityUID::from_components(ty.clone(), Eid::new(eid), None);
+        if world.stored(&uid).is_none() {
+            return uid;
+        }
+        n += 1;
+    }
+}
+
 enum Solved {
     Within,
     Exceeds(Box<Counterexample>),
@@ -470,5 +478,6 @@ fn unsure(enc: &Encoding<'_>, blamed: &BTreeSet<usize>, code: &'static str, mess
         ),
         policy: opaque.first().map(|o| o.policy.clone()),
         constructs: opaque.iter().map(|o| format!("`{}` in {}", o.text, o.policy)).collect(),
+        solver: None,
     }
 }

@@ -61,11 +61,32 @@ impl Serialize for Verdict {
     }
 }
 
+/// Which engine reached a verdict: deputy's own search.
+pub const BACKEND_DEPUTY: &str = "deputy";
+/// Which engine reached a verdict: cedar-policy-symcc driving cvc5 (the second opinion).
+pub const BACKEND_SYMCC: &str = "symcc-cvc5";
+
 /// Why each child permit is covered.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Evidence {
-    /// One entry per child permit.
+    /// The engine that proved it: `deputy`, or `symcc-cvc5` when the second opinion settled
+    /// what deputy's own search left inconclusive.
+    pub backend: &'static str,
+    /// One entry per child permit (deputy's proofs). Empty for a `symcc-cvc5` proof, which
+    /// covers the whole grant at once and names no parent permits.
     pub permits: Vec<Coverage>,
+    /// For a `symcc-cvc5` proof: what deputy's own search answered before the solver settled it.
+    pub settled: Option<Inconclusive>,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Evidence {
+            backend: BACKEND_DEPUTY,
+            permits: Vec::new(),
+            settled: None,
+        }
+    }
 }
 
 /// How one child permit stays inside the parent's delegable view.
@@ -107,6 +128,8 @@ pub struct Counterexample {
     pub denied_by: Vec<String>,
     /// Errors Cedar reported while evaluating the parent's policies.
     pub parent_errors: Vec<String>,
+    /// The engine that found it (`deputy` or `symcc-cvc5`); either way Cedar replayed it.
+    pub backend: &'static str,
 }
 
 /// Why no verdict could be reached.
@@ -120,6 +143,18 @@ pub struct Inconclusive {
     pub policy: Option<String>,
     /// Expressions the prover could not interpret.
     pub constructs: Vec<String>,
+    /// Why the SMT second opinion did not settle it, when one was configured and asked.
+    pub solver: Option<SolverNote>,
+}
+
+/// Why the SMT second opinion (SymCC + cvc5) left a verdict inconclusive.
+#[derive(Debug, Clone, Serialize)]
+pub struct SolverNote {
+    /// Stable code: `solver_unavailable`, `solver_unknown`, `solver_error`,
+    /// `solver_unsupported`, `solver_replay_failed` or `solver_existence`.
+    pub code: &'static str,
+    /// What happened, naming the solver.
+    pub message: String,
 }
 
 impl Verdict {
@@ -129,6 +164,16 @@ impl Verdict {
         match self {
             Verdict::Within(e) => {
                 let _ = writeln!(out, "within: the child grant stays inside the parent's delegable view");
+                if e.backend != BACKEND_DEPUTY {
+                    let _ = writeln!(
+                        out,
+                        "  = proved by the second opinion ({}) for every entity store",
+                        e.backend
+                    );
+                    if let Some(i) = &e.settled {
+                        let _ = writeln!(out, "  = deputy's own search alone: {}: {}", i.code, i.message);
+                    }
+                }
                 for c in &e.permits {
                     if !c.applies {
                         let _ = writeln!(
@@ -156,6 +201,13 @@ impl Verdict {
                     "error[exceeds]: the child grant allows a request the parent's delegable view denies"
                 );
                 let _ = writeln!(out, "  --> allowed by {}", c.allowed_by.join(", "));
+                if c.backend != BACKEND_DEPUTY {
+                    let _ = writeln!(
+                        out,
+                        "   = found by the second opinion ({}), replayed through Cedar",
+                        c.backend
+                    );
+                }
                 let _ = writeln!(out, "   |");
                 let _ = writeln!(out, "   | principal: {}", c.principal);
                 let _ = writeln!(out, "   | action:    {}", c.action);
@@ -188,6 +240,9 @@ impl Verdict {
                 }
                 for c in &i.constructs {
                     let _ = writeln!(out, "   = not interpreted: {c}");
+                }
+                if let Some(n) = &i.solver {
+                    let _ = writeln!(out, "   = second opinion ({BACKEND_SYMCC}): {}: {}", n.code, n.message);
                 }
                 let _ = writeln!(
                     out,
