@@ -62,42 +62,75 @@ impl Indexed<'_> {
 
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
-    let response = AUTHORIZER.is_authorized(request, policies, entities);
-    let mut reasons: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
-    reasons.sort();
-    let mut errors = policy_errors(&response);
-    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Decision {
-        allow: response.decision() == CedarDecision::Allow,
-        reasons,
-        errors,
-    }
+    evaluate_sets(&[policies], entities, request)
 }
 
 /// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
 /// combines policies; `policies` (the set `index` was built from) when the index declines.
 ///
 /// INVARIANT: the slices are disjoint and hold every policy whose scope matches (see
-/// `index`), and a slice decides Deny with its satisfied forbids as reasons, or Deny with no
-/// reasons (nothing satisfied), or Allow with its satisfied permits. So over all slices: any
-/// satisfied forbid denies with every satisfied forbid as reasons; else any Allow allows with
-/// every satisfied permit; else Deny with none. Errors are every slice's errors.
+/// `index`), so evaluating their policies is evaluating every policy that can be satisfied or
+/// err; policies whose scope does not match are neither.
 pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &Entities, request: &Request) -> Decision {
     let (Some(principal), Some(action), Some(resource)) = (request.principal(), request.action(), request.resource())
     else {
         return evaluate(policies, entities, request);
     };
-    let Some(slices) = index.slices(entities, principal, action, resource) else {
-        return evaluate(policies, entities, request);
-    };
-    if let [one] = slices.as_slice() {
-        return evaluate(one, entities, request);
+    match index.slices(entities, principal, action, resource) {
+        Some(slices) => evaluate_sets(&slices, entities, request),
+        None => evaluate(policies, entities, request),
     }
+}
+
+/// Decides `request` against the policies of `sets` (disjoint) the way Cedar's `Authorizer`
+/// does, with one evaluator for the request and without building a response per set: each
+/// policy is evaluated by Cedar's own evaluator, exactly as the authorizer evaluates it; any
+/// satisfied forbid denies, with every satisfied forbid as a reason; else any satisfied permit
+/// allows, with every satisfied permit as a reason; else deny. A policy that errs is skipped and
+/// reported. A residual (possible only with unknowns, which deputy's requests never carry)
+/// hands the request to Cedar's `Authorizer` over every set.
+fn evaluate_sets(sets: &[&PolicySet], entities: &Entities, request: &Request) -> Decision {
+    use cedar_policy_core::ast::Effect;
+    let core_request: &cedar_policy_core::ast::Request = request.as_ref();
+    let eval = cedar_policy_core::evaluator::Evaluator::new(
+        core_request.clone(),
+        entities.as_ref(),
+        cedar_policy_core::extensions::Extensions::all_available(),
+    );
+    let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for set in sets {
+        let set: &cedar_policy_core::ast::PolicySet = (*set).as_ref();
+        for p in set.policies() {
+            match eval.partial_evaluate(p) {
+                Ok(value) => match value.left() {
+                    Some(true) => match p.effect() {
+                        Effect::Permit => permits.push(p.id().to_string()),
+                        Effect::Forbid => forbids.push(p.id().to_string()),
+                    },
+                    Some(false) => {}
+                    None => return authorizer_decision(sets, entities, request),
+                },
+                Err(e) => errors.push(PolicyError {
+                    policy: p.id().to_string(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+    }
+    let allow = forbids.is_empty() && !permits.is_empty();
+    let mut reasons = if allow { permits } else { forbids };
+    reasons.sort();
+    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Decision { allow, reasons, errors }
+}
+
+/// Cedar's `Authorizer` on each set, combined (used only for residuals).
+fn authorizer_decision(sets: &[&PolicySet], entities: &Entities, request: &Request) -> Decision {
     let mut permits = Vec::new();
     let mut forbids = Vec::new();
     let mut any_allow = false;
     let mut errors = Vec::new();
-    for set in slices {
+    for set in sets {
         let response = AUTHORIZER.is_authorized(request, set, entities);
         errors.extend(policy_errors(&response));
         let reasons = response.diagnostics().reason().map(PolicyId::to_string);

@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use cedar_policy::{Context, Entities, EntityUid, PolicyId, PolicySet, Request, SlotId};
-use deputy::authorize::{evaluate, evaluate_indexed, PolicyIndex};
+use deputy::authorize::{evaluate, evaluate_indexed, Decision, PolicyError, PolicyIndex};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -368,6 +368,30 @@ fn cedar_request(spec: &RequestSpec) -> Request {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Cedar's own `Authorizer` over the whole set, as a `Decision`: what deputy must reproduce.
+fn cedar_decision(set: &PolicySet, store: &Entities, request: &cedar_policy::Request) -> Decision {
+    let response = cedar_policy::Authorizer::new().is_authorized(request, set, store);
+    let mut reasons: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+    reasons.sort();
+    let mut errors: Vec<PolicyError> = response
+        .diagnostics()
+        .errors()
+        .map(|e| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+            PolicyError {
+                policy: e.policy_id().to_string(),
+                message: e.inner().to_string(),
+            }
+        })
+        .collect();
+    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+    Decision {
+        allow: response.decision() == cedar_policy::Decision::Allow,
+        reasons,
+        errors,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -388,9 +412,11 @@ proptest! {
         for spec in &requests {
             let request = cedar_request(spec);
             for store in [&built_store, &other_store] {
+                let cedar = cedar_decision(&set, store, &request);
                 let full = evaluate(&set, store, &request);
                 let indexed = evaluate_indexed(&set, &index, store, &request);
-                prop_assert_eq!(&indexed, &full, "request {:?}\npolicies:\n{}", spec, set);
+                prop_assert_eq!(&full, &cedar, "request {:?}\npolicies:\n{}", spec, set);
+                prop_assert_eq!(&indexed, &cedar, "request {:?}\npolicies:\n{}", spec, set);
             }
         }
     }
@@ -435,6 +461,7 @@ fn the_generator_covers_errors_and_links() {
         n: 0,
     });
     let full = evaluate(&set, &store, &request);
+    assert_eq!(full, cedar_decision(&set, &store, &request));
     assert!(full.allow, "{full:?}");
     assert_eq!(full.reasons, ["p0-link0"]);
     assert_eq!(full.errors.len(), 1, "{full:?}");
