@@ -436,6 +436,9 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
             items.insert(parser_index(t.id()), Item::Template(t.clone()));
         }
         let offsets = policy_offsets(&file.text);
+        // Lines are counted from the previous policy on, not from the file's start: a file of
+        // 100k policies would otherwise be rescanned 100k times.
+        let mut line_at = (0usize, 1usize);
         for (index, item) in items.into_values().enumerate() {
             let id = match item.annotation(ID_ANNOTATION) {
                 Some(id) => PolicyId::new(id),
@@ -443,7 +446,11 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
             };
             counter += 1;
             let offset = offsets.get(index).copied().unwrap_or(0);
-            let (line, _) = super::problem::line_col(&file.text, offset);
+            let line = match file.text.get(line_at.0..offset) {
+                Some(between) if offset >= line_at.0 => line_at.1 + between.matches('\n').count(),
+                _ => super::problem::line_col(&file.text, offset).0,
+            };
+            line_at = (offset, line);
             if let Some(prev) = sources.get(&id) {
                 problems.push(
                     Problem::new(
