@@ -62,7 +62,8 @@ impl Indexed<'_> {
 
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
-    evaluate_sets(&[policies], entities, request)
+    let ready: Vec<index::Ready> = policies.policies().map(index::Ready::of).collect();
+    evaluate_ready(&[&ready], entities, request).unwrap_or_else(|| authorizer_decision(policies, entities, request))
 }
 
 /// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
@@ -77,20 +78,22 @@ pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &En
         return evaluate(policies, entities, request);
     };
     match index.slices(entities, principal, action, resource) {
-        Some(slices) => evaluate_sets(&slices, entities, request),
+        Some(slices) => evaluate_ready(&slices, entities, request)
+            .unwrap_or_else(|| authorizer_decision(policies, entities, request)),
         None => evaluate(policies, entities, request),
     }
 }
 
-/// Decides `request` against the policies of `sets` (disjoint) the way Cedar's `Authorizer`
-/// does, with one evaluator for the request and without building a response per set: each
-/// policy is evaluated by Cedar's own evaluator, exactly as the authorizer evaluates it; any
+/// Decides `request` against the policies of `slices` (disjoint) the way Cedar's `Authorizer`
+/// does, with one evaluator for the request: each policy's condition is interpreted by Cedar's
+/// own evaluator, exactly as the authorizer does (`Evaluator::partial_evaluate` is
+/// `partial_interpret(&policy.condition(), policy.env())`, whose condition `Ready` holds); any
 /// satisfied forbid denies, with every satisfied forbid as a reason; else any satisfied permit
 /// allows, with every satisfied permit as a reason; else deny. A policy that errs is skipped and
-/// reported. A residual (possible only with unknowns, which deputy's requests never carry)
-/// hands the request to Cedar's `Authorizer` over every set.
-fn evaluate_sets(sets: &[&PolicySet], entities: &Entities, request: &Request) -> Decision {
-    use cedar_policy_core::ast::Effect;
+/// reported. `None` on a residual (possible only with unknowns, which deputy's requests never
+/// carry): the caller then asks Cedar's `Authorizer`.
+fn evaluate_ready(slices: &[&index::Slice], entities: &Entities, request: &Request) -> Option<Decision> {
+    use cedar_policy_core::ast::{Effect, Literal, PartialValue, ValueKind};
     let core_request: &cedar_policy_core::ast::Request = request.as_ref();
     let eval = cedar_policy_core::evaluator::Evaluator::new(
         core_request.clone(),
@@ -98,54 +101,48 @@ fn evaluate_sets(sets: &[&PolicySet], entities: &Entities, request: &Request) ->
         cedar_policy_core::extensions::Extensions::all_available(),
     );
     let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for set in sets {
-        let set: &cedar_policy_core::ast::PolicySet = (*set).as_ref();
-        for p in set.policies() {
-            match eval.partial_evaluate(p) {
-                Ok(value) => match value.left() {
-                    Some(true) => match p.effect() {
-                        Effect::Permit => permits.push(p.id().to_string()),
-                        Effect::Forbid => forbids.push(p.id().to_string()),
-                    },
-                    Some(false) => {}
-                    None => return authorizer_decision(sets, entities, request),
-                },
-                Err(e) => errors.push(PolicyError {
-                    policy: p.id().to_string(),
-                    message: e.to_string(),
-                }),
-            }
+    for p in slices.iter().flat_map(|s| s.iter()) {
+        let satisfied = match eval.partial_interpret(&p.condition, &p.env) {
+            Ok(PartialValue::Value(v)) => match v.value_kind() {
+                ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
+                // A condition is a conjunction, which Cedar only lets be a boolean; anything
+                // else goes to the authorizer rather than being guessed at.
+                _ => return None,
+            },
+            Ok(PartialValue::Residual(_)) => return None,
+            Err(e) => Err(e),
+        };
+        match satisfied {
+            Ok(true) => match p.effect {
+                Effect::Permit => permits.push(p.id.to_string()),
+                Effect::Forbid => forbids.push(p.id.to_string()),
+            },
+            Ok(false) => {}
+            Err(e) => errors.push(PolicyError {
+                policy: p.id.to_string(),
+                message: e.to_string(),
+            }),
         }
     }
     let allow = forbids.is_empty() && !permits.is_empty();
     let mut reasons = if allow { permits } else { forbids };
     reasons.sort();
     errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Decision { allow, reasons, errors }
+    Some(Decision { allow, reasons, errors })
 }
 
-/// Cedar's `Authorizer` on each set, combined (used only for residuals).
-fn authorizer_decision(sets: &[&PolicySet], entities: &Entities, request: &Request) -> Decision {
-    let mut permits = Vec::new();
-    let mut forbids = Vec::new();
-    let mut any_allow = false;
-    let mut errors = Vec::new();
-    for set in sets {
-        let response = AUTHORIZER.is_authorized(request, set, entities);
-        errors.extend(policy_errors(&response));
-        let reasons = response.diagnostics().reason().map(PolicyId::to_string);
-        if response.decision() == CedarDecision::Allow {
-            any_allow = true;
-            permits.extend(reasons);
-        } else {
-            forbids.extend(reasons);
-        }
-    }
-    let allow = any_allow && forbids.is_empty();
-    let mut reasons = if allow { permits } else { forbids };
+/// Cedar's `Authorizer` over the whole set (used only for residuals).
+fn authorizer_decision(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
+    let response = AUTHORIZER.is_authorized(request, policies, entities);
+    let mut reasons: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
     reasons.sort();
+    let mut errors = policy_errors(&response);
     errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Decision { allow, reasons, errors }
+    Decision {
+        allow: response.decision() == CedarDecision::Allow,
+        reasons,
+        errors,
+    }
 }
 
 fn policy_errors(response: &cedar_policy::Response) -> Vec<PolicyError> {

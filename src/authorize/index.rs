@@ -45,8 +45,6 @@ pub struct PolicyIndex {
     by_action: HashMap<EntityUid, ActionBucket>,
     /// Policies with an unconstrained action.
     any_action: Slices,
-    /// Building failed part-way: every lookup declines, so requests see the full set.
-    declined: bool,
     stats: IndexStats,
 }
 
@@ -73,13 +71,39 @@ struct ActionBucket {
 
 #[derive(Debug, Default)]
 struct Slices {
-    principal_eq: HashMap<EntityUid, PolicySet>,
-    resource_eq: HashMap<EntityUid, PolicySet>,
-    principal_in: HashMap<EntityUid, PolicySet>,
-    resource_in: HashMap<EntityUid, PolicySet>,
-    principal_is: HashMap<EntityTypeName, PolicySet>,
-    resource_is: HashMap<EntityTypeName, PolicySet>,
-    rest: PolicySet,
+    principal_eq: HashMap<EntityUid, Slice>,
+    resource_eq: HashMap<EntityUid, Slice>,
+    principal_in: HashMap<EntityUid, Slice>,
+    resource_in: HashMap<EntityUid, Slice>,
+    principal_is: HashMap<EntityTypeName, Slice>,
+    resource_is: HashMap<EntityTypeName, Slice>,
+    rest: Slice,
+}
+
+/// The policies of one slice, ready for Cedar's evaluator.
+pub type Slice = Vec<Ready>;
+
+/// A policy as Cedar's authorizer evaluates it: its id, effect, and the condition Cedar builds
+/// for it (scope constraints and `when`/`unless`, `Policy::condition`) with its slot values,
+/// built once at load instead of on every request.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub id: cedar_policy_core::ast::PolicyID,
+    pub effect: cedar_policy_core::ast::Effect,
+    pub condition: cedar_policy_core::ast::Expr,
+    pub env: cedar_policy_core::ast::SlotEnv,
+}
+
+impl Ready {
+    pub fn of(p: &Policy) -> Ready {
+        let core: &cedar_policy_core::ast::Policy = p.as_ref();
+        Ready {
+            id: core.id().clone(),
+            effect: core.effect(),
+            condition: core.condition(),
+            env: core.env().clone(),
+        }
+    }
 }
 
 /// Where in a bucket a policy goes.
@@ -109,17 +133,7 @@ impl PolicyIndex {
             }
         }
         let descendants = index.descendants_of_named(entities);
-        if let Err(e) = index.fill(policies, entities, &descendants) {
-            tracing::warn!(error = %e, "policy index not built; every request evaluates the full policy set");
-            return PolicyIndex {
-                declined: true,
-                stats: IndexStats {
-                    policies: policies.num_of_policies(),
-                    ..IndexStats::default()
-                },
-                ..PolicyIndex::default()
-            };
-        }
+        index.fill(policies, entities, &descendants);
         index.stats = index.count(policies.num_of_policies());
         index
     }
@@ -138,10 +152,7 @@ impl PolicyIndex {
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
-    ) -> Option<Vec<&'a PolicySet>> {
-        if self.declined {
-            return None;
-        }
+    ) -> Option<Vec<&'a Slice>> {
         let bucket = self.by_action.get(action);
         if !self.same_named_ancestry(entities, action, bucket) {
             return None;
@@ -194,22 +205,18 @@ impl PolicyIndex {
         policies: &PolicySet,
         entities: &Entities,
         descendants: &HashMap<EntityUid, Vec<EntityUid>>,
-    ) -> Result<(), Box<cedar_policy::PolicySetError>> {
-        let mut rewritten;
+    ) {
         for p in policies.policies() {
             let key = key_of(p);
-            let mut policy = p;
+            let mut ready = None;
             let actions: Vec<EntityUid> = match p.action_constraint() {
                 ActionConstraint::Any => {
-                    self.any_action.insert(key, p, policies)?;
+                    self.any_action.insert(key, Ready::of(p));
                     continue;
                 }
                 ActionConstraint::Eq(a) => vec![a],
                 ActionConstraint::In(list) => {
-                    if let Some(q) = without_action_scope(p) {
-                        rewritten = q;
-                        policy = &rewritten;
-                    }
+                    ready = without_action_scope(p).map(|q| Ready::of(&q));
                     let mut all: Vec<EntityUid> = list
                         .iter()
                         .flat_map(|a| std::iter::once(a).chain(descendants.get(a).into_iter().flatten()))
@@ -220,6 +227,7 @@ impl PolicyIndex {
                     all
                 }
             };
+            let ready = ready.unwrap_or_else(|| Ready::of(p));
             for a in actions {
                 let bucket = match self.by_action.entry(a) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -231,10 +239,9 @@ impl PolicyIndex {
                         })
                     }
                 };
-                bucket.slices.insert(key.clone(), policy, policies)?;
+                bucket.slices.insert(key.clone(), ready.clone());
             }
         }
-        Ok(())
     }
 
     fn count(&self, policies: usize) -> IndexStats {
@@ -244,7 +251,7 @@ impl PolicyIndex {
         };
         for slices in self.by_action.values().map(|b| &b.slices).chain([&self.any_action]) {
             for set in slices.all() {
-                let n = set.num_of_policies();
+                let n = set.len();
                 if n > 0 {
                     stats.slices += 1;
                     stats.entries += n;
@@ -310,7 +317,7 @@ fn self_and_ancestors<'e>(entities: &'e Entities, uid: &'e EntityUid) -> Vec<&'e
 }
 
 impl Slices {
-    fn insert(&mut self, key: Key, p: &Policy, from: &PolicySet) -> Result<(), Box<cedar_policy::PolicySetError>> {
+    fn insert(&mut self, key: Key, p: Ready) {
         let set = match key {
             Key::PrincipalEq(u) => self.principal_eq.entry(u).or_default(),
             Key::ResourceEq(u) => self.resource_eq.entry(u).or_default(),
@@ -320,7 +327,7 @@ impl Slices {
             Key::ResourceIs(t) => self.resource_is.entry(t).or_default(),
             Key::Rest => &mut self.rest,
         };
-        add(set, p, from)
+        set.push(p);
     }
 
     fn visit<'a>(
@@ -329,7 +336,7 @@ impl Slices {
         resource: &EntityUid,
         principals: &[&EntityUid],
         resources: &[&EntityUid],
-        out: &mut Vec<&'a PolicySet>,
+        out: &mut Vec<&'a Slice>,
     ) {
         out.extend(self.principal_eq.get(principal));
         out.extend(self.resource_eq.get(resource));
@@ -346,7 +353,7 @@ impl Slices {
         }
     }
 
-    fn all(&self) -> impl Iterator<Item = &PolicySet> {
+    fn all(&self) -> impl Iterator<Item = &Slice> {
         self.principal_eq
             .values()
             .chain(self.resource_eq.values())
@@ -356,20 +363,6 @@ impl Slices {
             .chain(self.resource_is.values())
             .chain([&self.rest])
     }
-}
-
-/// Adds `p` to `set` under its own id: a static policy as is (sharing its AST), a linked one as
-/// a link of its template (added to `set` once) with the same values.
-fn add(set: &mut PolicySet, p: &Policy, from: &PolicySet) -> Result<(), Box<cedar_policy::PolicySetError>> {
-    let (Some(template_id), Some(values)) = (p.template_id(), p.template_links()) else {
-        return set.add(p.clone()).map_err(Box::new);
-    };
-    if set.template(template_id).is_none() {
-        if let Some(t) = from.template(template_id) {
-            set.add_template(t.clone()).map_err(Box::new)?;
-        }
-    }
-    set.link(template_id.clone(), p.id().clone(), values).map_err(Box::new)
 }
 
 #[cfg(test)]
@@ -382,10 +375,10 @@ mod tests {
         EntityUid::from_str(s).unwrap()
     }
 
-    fn ids(slices: &[&PolicySet]) -> Vec<String> {
+    fn ids(slices: &[&Slice]) -> Vec<String> {
         let mut v: Vec<String> = slices
             .iter()
-            .flat_map(|s| s.policies().map(|p| p.id().to_string()))
+            .flat_map(|s| s.iter().map(|p| p.id.to_string()))
             .collect();
         v.sort();
         v
