@@ -31,6 +31,8 @@ pub(crate) struct GrantPolicy {
     /// False for a permit annotated `@delegable("false")`.
     delegable: bool,
     effect: Effect,
+    /// Every entity literal of the policy, scope included (what a replay must keep of the store).
+    entity_literals: Vec<ast::EntityUID>,
 }
 
 impl GrantPolicy {
@@ -46,9 +48,29 @@ impl GrantPolicy {
         self.delegable
     }
 
+    pub(crate) fn entity_literals(&self) -> &[ast::EntityUID] {
+        &self.entity_literals
+    }
+
     pub(crate) fn label(&self) -> String {
         format!("`{}` (line {})", self.name, self.line)
     }
+}
+
+/// The entity literals of a template: its condition is the conjunction of the scope
+/// constraints and the `when`/`unless` clauses, so this covers both.
+fn entity_literals(t: &ast::Template) -> Vec<ast::EntityUID> {
+    let condition = t.condition();
+    let mut out: Vec<ast::EntityUID> = condition
+        .subexpressions()
+        .filter_map(|e| match e.expr_kind() {
+            ast::ExprKind::Lit(ast::Literal::EntityUID(u)) => Some(u.as_ref().clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The authority of one agent: Cedar policy templates over `?principal`.
@@ -93,6 +115,7 @@ impl Grant {
                     line,
                     delegable: template.annotation(DELEGABLE_ANNOTATION) != Some("false"),
                     effect: template.effect(),
+                    entity_literals: entity_literals(template.as_ref()),
                     template,
                     static_policy,
                 }

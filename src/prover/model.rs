@@ -18,6 +18,8 @@ use super::grant::GrantPolicy;
 use super::solve::{Known, Theory};
 use super::verdict::Counterexample;
 
+mod reach;
+
 /// A concrete request built from a model.
 pub(crate) struct Candidate {
     pub(crate) principal: EntityUID,
@@ -350,6 +352,7 @@ impl<'p> Replayer<'p> {
             _ => true,
         };
         let mut names = HashMap::new();
+        let mut literals: Vec<EntityUID> = Vec::new();
         let mut child_side = PolicySet::new();
         let mut parent_side = PolicySet::new();
         let groups: [(&[&GrantPolicy], &str, bool); 3] = [
@@ -365,6 +368,7 @@ impl<'p> Replayer<'p> {
             };
             for (i, p) in policies.iter().enumerate().filter(|(_, p)| may_match(p)) {
                 link_one(set, p, &format!("{prefix}.{i}"), &self.child_principal).ok()?;
+                literals.extend_from_slice(p.entity_literals());
                 names.insert(
                     PolicyId::new(format!("{prefix}.{i}")),
                     format!("{prefix} {}", p.label()),
@@ -375,7 +379,35 @@ impl<'p> Replayer<'p> {
             child_side,
             parent_side,
             names,
+            literals,
         })
+    }
+
+    /// The store a candidate is replayed against: the part of `store` Cedar can reach from this
+    /// request and these policies, plus the candidate's entities (see [`reach`] for why that
+    /// decides exactly as the whole store would). `None` sends the caller to the whole store.
+    fn observable(
+        &self,
+        cand: &Candidate,
+        request: &Request,
+        sets: &Sets,
+        schema: &Schema,
+        store: &Entities,
+        extra: &Json,
+    ) -> Option<Entities> {
+        let context = request.as_ref().context()?;
+        let mut roots = vec![
+            cand.principal.clone(),
+            cand.action.clone(),
+            cand.resource.clone(),
+            EntityUID::from(self.child_principal.clone()),
+        ];
+        roots.extend(sets.literals.iter().cloned());
+        let small = reach::restrict(store.as_ref(), &roots, context, &cand.entities)?;
+        let small = Entities::from(small)
+            .add_entities_from_json_value(extra.clone(), Some(schema))
+            .ok()?;
+        reach::closed(small.as_ref(), store.as_ref(), &roots, context).then_some(small)
     }
 
     /// Replays a candidate; `Some` only when the child side allows and the parent denies.
@@ -392,10 +424,13 @@ impl<'p> Replayer<'p> {
         .ok()?;
         let sets = self.sets(cand, store.as_ref())?;
         let extra = Json::Array(cand.entities.clone());
-        let entities = store
-            .clone()
-            .add_entities_from_json_value(extra.clone(), Some(schema))
-            .ok()?;
+        let entities = match self.observable(cand, &request, &sets, schema, store, &extra) {
+            Some(small) => small,
+            None => store
+                .clone()
+                .add_entities_from_json_value(extra.clone(), Some(schema))
+                .ok()?,
+        };
         let authorizer = Authorizer::new();
         let child = authorizer.is_authorized(&request, &sets.child_side, &entities);
         if child.decision() != Decision::Allow {
@@ -434,6 +469,8 @@ struct Sets {
     child_side: PolicySet,
     parent_side: PolicySet,
     names: HashMap<PolicyId, String>,
+    /// The entity literals of the policies in either set.
+    literals: Vec<EntityUID>,
 }
 
 impl Sets {

@@ -220,18 +220,19 @@ impl<'a> Run<'a> {
                         if pruned && related.unrelated(child_target, parent_targets.get(l).copied().flatten()) {
                             continue;
                         }
-                        let f = match parent_formulas.get(l).cloned().flatten() {
+                        // Encoded and negated once per environment, shared by its child permits.
+                        let not_f = match parent_formulas.get(l).cloned().flatten() {
                             Some(f) => f,
                             None => {
-                                let f = enc.policy(p, "parent");
+                                let not_f = enc.policy(p, "parent").not();
                                 if let Some(s) = parent_formulas.get_mut(l) {
-                                    *s = Some(f.clone());
+                                    *s = Some(not_f.clone());
                                 }
-                                f
+                                not_f
                             }
                         };
                         constraints.push(Constraint {
-                            formula: f.not(),
+                            formula: not_f,
                             origin: Origin::ParentPermit(l),
                         });
                     }

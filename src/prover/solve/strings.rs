@@ -7,36 +7,45 @@
 use super::super::encode::Pat;
 
 /// Cedar's `like`: `*` matches any sequence of characters.
+///
+/// The usual greedy glob match: on a mismatch, the last `*` absorbs one more character and
+/// matching resumes after it. With `*` as the only wildcard, retrying from the last `*` alone
+/// is complete (an earlier `*` could only absorb what the later one can). No allocation: this
+/// runs for every string term in every theory check.
 pub(crate) fn matches(pat: &[Pat], s: &str) -> bool {
-    let text: Vec<char> = s.chars().collect();
-    // dp[j]: pattern prefix (current length) matches text[..j]
-    let mut dp = vec![false; text.len() + 1];
-    dp[0] = true;
-    for p in pat {
-        let mut next = vec![false; text.len() + 1];
-        match p {
-            Pat::Star => {
-                let mut any = false;
-                for j in 0..=text.len() {
-                    any = any || dp.get(j).copied().unwrap_or(false);
-                    if let Some(n) = next.get_mut(j) {
-                        *n = any;
-                    }
+    let mut pi = 0usize;
+    let mut rest = s;
+    // The pattern index after the last `*` seen, and the text it has not absorbed yet.
+    let mut star: Option<(usize, &str)> = None;
+    loop {
+        match pat.get(pi) {
+            Some(Pat::Star) => {
+                pi += 1;
+                star = Some((pi, rest));
+                continue;
+            }
+            Some(Pat::Char(c)) => {
+                if let Some(after) = rest.strip_prefix(*c) {
+                    pi += 1;
+                    rest = after;
+                    continue;
                 }
             }
-            Pat::Char(c) => {
-                for j in 1..=text.len() {
-                    let prev = dp.get(j - 1).copied().unwrap_or(false);
-                    let same = text.get(j - 1) == Some(c);
-                    if let Some(n) = next.get_mut(j) {
-                        *n = prev && same;
-                    }
-                }
-            }
+            None if rest.is_empty() => return true,
+            None => {}
         }
-        dp = next;
+        let Some((after_star, absorbed_from)) = star else {
+            return false;
+        };
+        let mut chars = absorbed_from.chars();
+        if chars.next().is_none() {
+            return false;
+        }
+        let retry = chars.as_str();
+        star = Some((after_star, retry));
+        pi = after_star;
+        rest = retry;
     }
-    dp.get(text.len()).copied().unwrap_or(false)
 }
 
 /// A sufficient test for `L(p) ⊆ L(q)`: `q` matches `p` when each `*` of `p` may only be
@@ -121,14 +130,13 @@ impl StrConstraints<'_> {
     }
 
     /// Whether the constraints may be satisfiable (false only when certainly not).
+    ///
+    /// With an equality the only candidate is tried. Otherwise only the sound refutations
+    /// below can say no: a witness search could only ever confirm a yes, so it is left to the
+    /// model builder ([`string_witness`]), which needs an actual string.
     pub(crate) fn consistent(&self) -> bool {
-        if string_witness(self).is_some() {
-            return true;
-        }
         if let Some(first) = self.eq.first() {
-            // With an equality, the witness search tried the only candidate.
-            let _ = first;
-            return false;
+            return self.accepts(first);
         }
         for p in &self.like {
             if self.unlike.iter().any(|q| subsumed(p, q)) {
@@ -191,6 +199,41 @@ mod tests {
         assert!(matches(&pat("*"), ""));
         assert!(!matches(&pat("src/*"), "docs/a"));
         assert!(matches(&pat("a*b*c"), "aXbYc"));
+        assert!(matches(&pat("*é*"), "caféx"));
+        assert!(!matches(&pat("a*b"), "aba_"));
+    }
+
+    /// The obvious recursive definition of `like`, as a reference.
+    fn reference(pat: &[Pat], s: &[char]) -> bool {
+        match pat.split_first() {
+            None => s.is_empty(),
+            Some((Pat::Star, rest)) => (0..=s.len()).any(|k| reference(rest, &s[k..])),
+            Some((Pat::Char(c), rest)) => s.first() == Some(c) && reference(rest, &s[1..]),
+        }
+    }
+
+    fn words(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            out.extend(last.iter().cloned());
+        }
+        out
+    }
+
+    #[test]
+    fn glob_matching_agrees_with_the_definition() {
+        for p in words(&['a', 'b', '*'], 5) {
+            let p = pat(&p);
+            for s in words(&['a', 'b'], 5) {
+                let chars: Vec<char> = s.chars().collect();
+                assert_eq!(matches(&p, &s), reference(&p, &chars), "{p:?} on {s:?}");
+            }
+        }
     }
 
     #[test]
