@@ -62,8 +62,8 @@ impl Indexed<'_> {
 
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
-    let ready: Vec<index::Ready> = policies.policies().map(index::Ready::of).collect();
-    evaluate_ready(&[&ready], entities, request).unwrap_or_else(|| authorizer_decision(policies, entities, request))
+    let all = policies.policies().map(|p| Candidate::Policy(p.as_ref()));
+    evaluate_candidates(all, entities, request).unwrap_or_else(|| authorizer_decision(policies, entities, request))
 }
 
 /// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
@@ -78,21 +78,34 @@ pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &En
         return evaluate(policies, entities, request);
     };
     match index.slices(entities, principal, action, resource) {
-        Some(slices) => evaluate_ready(&slices, entities, request)
-            .unwrap_or_else(|| authorizer_decision(policies, entities, request)),
+        Some(slices) => {
+            let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
+            evaluate_candidates(ready, entities, request)
+                .unwrap_or_else(|| authorizer_decision(policies, entities, request))
+        }
         None => evaluate(policies, entities, request),
     }
 }
 
-/// Decides `request` against the policies of `slices` (disjoint) the way Cedar's `Authorizer`
+/// A policy to evaluate: from an index slice (condition built at load) or straight from a set.
+enum Candidate<'a> {
+    Ready(&'a index::Ready),
+    Policy(&'a cedar_policy_core::ast::Policy),
+}
+
+/// Decides `request` against `candidates` (distinct policies) the way Cedar's `Authorizer`
 /// does, with one evaluator for the request: each policy's condition is interpreted by Cedar's
 /// own evaluator, exactly as the authorizer does (`Evaluator::partial_evaluate` is
-/// `partial_interpret(&policy.condition(), policy.env())`, whose condition `Ready` holds); any
+/// `partial_interpret(&policy.condition(), policy.env())`; a `Ready` holds that condition); any
 /// satisfied forbid denies, with every satisfied forbid as a reason; else any satisfied permit
 /// allows, with every satisfied permit as a reason; else deny. A policy that errs is skipped and
 /// reported. `None` on a residual (possible only with unknowns, which deputy's requests never
 /// carry): the caller then asks Cedar's `Authorizer`.
-fn evaluate_ready(slices: &[&index::Slice], entities: &Entities, request: &Request) -> Option<Decision> {
+fn evaluate_candidates<'a>(
+    candidates: impl Iterator<Item = Candidate<'a>>,
+    entities: &Entities,
+    request: &Request,
+) -> Option<Decision> {
     use cedar_policy_core::ast::{Effect, Literal, PartialValue, ValueKind};
     let core_request: &cedar_policy_core::ast::Request = request.as_ref();
     let eval = cedar_policy_core::evaluator::Evaluator::new(
@@ -101,8 +114,12 @@ fn evaluate_ready(slices: &[&index::Slice], entities: &Entities, request: &Reque
         cedar_policy_core::extensions::Extensions::all_available(),
     );
     let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for p in slices.iter().flat_map(|s| s.iter()) {
-        let satisfied = match eval.partial_interpret(&p.condition, &p.env) {
+    for candidate in candidates {
+        let (id, effect, interpreted) = match candidate {
+            Candidate::Ready(p) => (&p.id, p.effect, eval.partial_interpret(&p.condition, &p.env)),
+            Candidate::Policy(p) => (p.id(), p.effect(), eval.partial_interpret(&p.condition(), p.env())),
+        };
+        let satisfied = match interpreted {
             Ok(PartialValue::Value(v)) => match v.value_kind() {
                 ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
                 // A condition is a conjunction, which Cedar only lets be a boolean; anything
@@ -113,13 +130,13 @@ fn evaluate_ready(slices: &[&index::Slice], entities: &Entities, request: &Reque
             Err(e) => Err(e),
         };
         match satisfied {
-            Ok(true) => match p.effect {
-                Effect::Permit => permits.push(p.id.to_string()),
-                Effect::Forbid => forbids.push(p.id.to_string()),
+            Ok(true) => match effect {
+                Effect::Permit => permits.push(id.to_string()),
+                Effect::Forbid => forbids.push(id.to_string()),
             },
             Ok(false) => {}
             Err(e) => errors.push(PolicyError {
-                policy: p.id.to_string(),
+                policy: id.to_string(),
                 message: e.to_string(),
             }),
         }
