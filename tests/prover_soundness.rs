@@ -14,23 +14,10 @@ use std::str::FromStr;
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, Request, Schema};
 use deputy::prover::{prove, Grant, ProveOptions, Verdict};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
+
 use serde_json::{json, Value};
 
-use gen::{pair, FOLDERS};
-
-/// `PROPTEST_CASES` overrides the number of cases (for longer runs in CI).
-fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+use gen::{config, pair, FOLDERS};
 
 /// A request over the store plus fresh entities (stored entities keep their facts).
 #[derive(Debug, Clone)]

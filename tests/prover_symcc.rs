@@ -29,7 +29,6 @@ use deputy::prover::{
     prove, second_opinion, Counterexample, Grant, ProveOptions, SecondOpinion, SolverConfig, Verdict, BACKEND_SYMCC,
 };
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 /// The cvc5 executable: `$CVC5`, else `cvc5` on `PATH`. Fails the test when there is none.
 fn cvc5() -> PathBuf {
@@ -277,20 +276,8 @@ fn empty_store(schema: &Schema) -> Entities {
     Entities::from_json_str("[]", Some(schema)).unwrap()
 }
 
-fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config(96))]
+    #![proptest_config(gen::config(96))]
 
     #[test]
     fn deputy_and_symcc_agree_on_random_pairs((parent_src, child_src) in gen::pair()) {

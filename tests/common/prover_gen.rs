@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
+use proptest::test_runner::Config;
 
 pub const FOLDERS: &[&str] = &[
     "repo",
@@ -202,4 +203,17 @@ pub fn pair() -> impl Strategy<Value = (String, String)> {
         let child = prop_oneof![1 => grant(false), 2 => derived_child(parent.clone())];
         (Just(parent.join("\n")), child.prop_map(|c| c.join("\n")))
     })
+}
+
+/// `PROPTEST_CASES` overrides the number of cases (for longer runs in CI).
+pub fn config(cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
