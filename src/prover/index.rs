@@ -1,9 +1,14 @@
 //! Indexes that keep the per-permit work small on large parents: which resource scopes are
-//! related in the store, and which axioms touch which atoms.
+//! related in the store, which policies cannot hold together (`disjoint`), and which axioms
+//! touch which atoms.
+
+mod disjoint;
 
 use std::collections::HashMap;
 
 use cedar_policy_core::ast::EntityUID;
+
+pub(crate) use disjoint::Facts;
 
 use super::formula::{AtomId, Formula};
 use super::world::World;

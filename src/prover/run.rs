@@ -13,7 +13,7 @@ use super::encode::{self, Atom, Encoding, Env, Ty};
 use super::error::GrantError;
 use super::formula::Formula;
 use super::grant::{Grant, GrantPolicy};
-use super::index::{AxiomIndex, Related};
+use super::index::{AxiomIndex, Facts, Related};
 use super::model::{concretize, Replayer};
 use super::solve::{Constraint, ModelVerdict, Origin, Outcome, Search};
 use super::verdict::{Counterexample, Coverage, Evidence, Inconclusive, Verdict};
@@ -145,6 +145,10 @@ impl<'a> Run<'a> {
         );
         let target = |p: &GrantPolicy| resource_target(p).and_then(|u| related.id(u));
         let parent_targets: Vec<Option<usize>> = self.parent_permits.iter().map(|p| target(p)).collect();
+        // Likewise a parent permit that no request of the child permit can satisfy (string
+        // facts on the resource's attributes, or the stored resource the child permit pins).
+        let child_facts: Vec<Facts> = self.child_permits.iter().map(|p| Facts::of(p)).collect();
+        let parent_facts: Vec<Facts> = self.parent_permits.iter().map(|p| Facts::of(p)).collect();
         for env in envs {
             let child = env.child.clone();
             let mut enc = Encoding::new(world, env);
@@ -217,7 +221,13 @@ impl<'a> Run<'a> {
                         if !enc.scope_applies(p) {
                             continue;
                         }
-                        if pruned && related.unrelated(child_target, parent_targets.get(l).copied().flatten()) {
+                        if pruned
+                            && (related.unrelated(child_target, parent_targets.get(l).copied().flatten())
+                                || child_facts
+                                    .get(j)
+                                    .zip(parent_facts.get(l))
+                                    .is_some_and(|(c, p)| c.disjoint(p, world)))
+                        {
                             continue;
                         }
                         // Encoded and negated once per environment, shared by its child permits.

@@ -6,7 +6,7 @@
 //! turn into a concrete request and replay through Cedar before calling it a counterexample.
 //! That one-sidedness is what keeps "unsatisfiable" trustworthy.
 
-mod strings;
+pub(crate) mod strings;
 mod theory;
 
 use std::collections::BTreeSet;
