@@ -200,12 +200,7 @@ impl PolicyIndex {
         below
     }
 
-    fn fill(
-        &mut self,
-        policies: &PolicySet,
-        entities: &Entities,
-        descendants: &HashMap<EntityUid, Vec<EntityUid>>,
-    ) {
+    fn fill(&mut self, policies: &PolicySet, entities: &Entities, descendants: &HashMap<EntityUid, Vec<EntityUid>>) {
         for p in policies.policies() {
             let key = key_of(p);
             let mut ready = None;
@@ -376,10 +371,7 @@ mod tests {
     }
 
     fn ids(slices: &[&Slice]) -> Vec<String> {
-        let mut v: Vec<String> = slices
-            .iter()
-            .flat_map(|s| s.iter().map(|p| p.id.to_string()))
-            .collect();
+        let mut v: Vec<String> = slices.iter().flat_map(|s| s.iter().map(|p| p.id.to_string())).collect();
         v.sort();
         v
     }
