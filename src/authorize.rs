@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::bundle::Bundle;
 use crate::bundle::TaintRole;
-use crate::delegation::{DeniedBy, Guard, LiveAgent, AGENT_TYPE};
+use crate::delegation::{is_agent_type, DeniedBy, Guard, LiveAgent};
 use crate::snapshot::Snapshot;
 
 pub use capabilities::{capabilities, Capabilities};
@@ -32,6 +32,15 @@ pub struct Decision {
     /// Policies that determined the decision (the satisfied permits on Allow, forbids on Deny).
     pub reasons: Vec<String>,
     pub errors: Vec<PolicyError>,
+}
+
+impl Decision {
+    /// A decision with its reasons and errors in a stable order (by policy id).
+    fn sorted(allow: bool, mut reasons: Vec<String>, mut errors: Vec<PolicyError>) -> Decision {
+        reasons.sort();
+        errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+        Decision { allow, reasons, errors }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,24 +151,17 @@ fn evaluate_candidates<'a>(
         }
     }
     let allow = forbids.is_empty() && !permits.is_empty();
-    let mut reasons = if allow { permits } else { forbids };
-    reasons.sort();
-    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Some(Decision { allow, reasons, errors })
+    Some(Decision::sorted(allow, if allow { permits } else { forbids }, errors))
 }
 
 /// Cedar's `Authorizer` over the whole set (used only for residuals).
 fn authorizer_decision(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
     let response = AUTHORIZER.is_authorized(request, policies, entities);
-    let mut reasons: Vec<String> = response.diagnostics().reason().map(PolicyId::to_string).collect();
-    reasons.sort();
-    let mut errors = policy_errors(&response);
-    errors.sort_by(|a, b| a.policy.cmp(&b.policy));
-    Decision {
-        allow: response.decision() == CedarDecision::Allow,
-        reasons,
-        errors,
-    }
+    Decision::sorted(
+        response.decision() == CedarDecision::Allow,
+        response.diagnostics().reason().map(PolicyId::to_string).collect(),
+        policy_errors(&response),
+    )
 }
 
 fn policy_errors(response: &cedar_policy::Response) -> Vec<PolicyError> {
@@ -354,11 +356,6 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         taint_raised_to,
         needed,
     })
-}
-
-/// True for deputy's `Agent` type (unqualified, as the schema must declare it).
-fn is_agent_type(t: &cedar_policy::EntityTypeName) -> bool {
-    t.basename() == AGENT_TYPE && t.namespace_components().next().is_none()
 }
 
 fn classification(entities: &Entities, uid: &cedar_policy::EntityUid) -> Option<i64> {

@@ -13,7 +13,7 @@ mod store;
 
 pub use chain::{decide, ChainDecision, DeniedBy, Guard};
 pub use permission::{Decision as PermissionDecision, RequestView, ADMIN_APPROVER};
-pub use registry::{agent_uid, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
+pub use registry::{agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
 pub use service::{
     Caller, Delegation, DelegationError, Limits, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE,
 };

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{decide_with, EntityRef, Parts};
-use crate::delegation::{LiveAgent, AGENT_TYPE};
+use crate::delegation::{is_agent_type, LiveAgent};
 use crate::snapshot::Snapshot;
 
 /// The resource type listed first: tools are what a harness shows or hides.
@@ -52,7 +52,7 @@ pub fn capabilities(snap: &Snapshot, agent: &LiveAgent, now: i64) -> Capabilitie
             .bundle
             .schema
             .principals_for_action(action)
-            .is_some_and(|mut p| p.any(|t| t.to_string() == AGENT_TYPE));
+            .is_some_and(|mut p| p.any(is_agent_type));
         // Delegating is reported as `can_delegate`; its context describes a child to be.
         if !applies_to_agents || action.id().unescaped() == crate::delegation::DELEGATE_ACTION {
             continue;

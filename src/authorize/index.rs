@@ -143,7 +143,7 @@ impl PolicyIndex {
     }
 
     /// The slices to evaluate for a request, or `None` when the index cannot answer for it
-    /// (the request's store disagrees with the index's action hierarchy, or building failed):
+    /// (the request's store disagrees with the index's action hierarchy):
     /// then the full set must be evaluated. The slices are disjoint and, together, hold every
     /// policy whose scope matches the request.
     pub fn slices<'a>(

@@ -18,6 +18,12 @@ use super::store::AgentRow;
 /// The entity type deputy's agents have in the schema.
 pub const AGENT_TYPE: &str = "Agent";
 
+/// True for deputy's `Agent` type (unqualified, as the schema must declare it), without
+/// formatting the name.
+pub fn is_agent_type(t: &EntityTypeName) -> bool {
+    t.basename() == AGENT_TYPE && t.namespace_components().next().is_none()
+}
+
 /// One hop of a chain: an agent's grant linked to the acting agent.
 pub struct Hop {
     pub agent: String,
