@@ -160,13 +160,8 @@ fn string_lit(e: &Expr) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::solve::strings::tests::pat;
     use super::*;
-
-    fn pat(s: &str) -> Vec<Pat> {
-        s.chars()
-            .map(|c| if c == '*' { Pat::Star } else { Pat::Char(c) })
-            .collect()
-    }
 
     #[test]
     fn pattern_disjointness_is_sound() {

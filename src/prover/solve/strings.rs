@@ -184,10 +184,11 @@ pub(crate) fn string_witness(c: &StrConstraints<'_>) -> Option<String> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pat(s: &str) -> Vec<Pat> {
+    /// A `like` pattern written with `*` as the wildcard (no escapes).
+    pub(crate) fn pat(s: &str) -> Vec<Pat> {
         s.chars()
             .map(|c| if c == '*' { Pat::Star } else { Pat::Char(c) })
             .collect()
