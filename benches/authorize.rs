@@ -3,7 +3,10 @@
 //! its index), and the peak while a 100k-policy bundle reloads next to the one serving.
 //!
 //! `cargo bench --bench authorize` prints a p50/p99 table of single decisions, then criterion's
-//! estimates. `-- --quick` (criterion's flag) shortens criterion's part.
+//! estimates. `-- --quick` (criterion's flag) shortens criterion's part. For profiling:
+//! `DEPUTY_BENCH_SIZES=10,100000` picks the sizes, `DEPUTY_BENCH_TABLE_ONLY=1` skips the memory
+//! figures and criterion's part, `DEPUTY_BENCH_INDEXED_ONLY=1` the full evaluation's columns, and `DEPUTY_BENCH_PROFILE=SECS` only loops indexed decisions
+//! at the first size for that long (for `perf record`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../examples/bundle_gen.rs"]
@@ -191,12 +194,32 @@ fn percentiles(f: &Fixture, indexed: bool) -> (Duration, Duration, usize) {
 
 fn main() {
     let schema = Schema::from_str(bundle_gen::SCHEMA).unwrap();
-    // Per-1k first, in a fresh heap: after the reload the allocator reuses freed pages and RSS
-    // no longer grows with what is allocated.
-    memory_per_1k(&schema);
-    reload_peak();
+    let table_only = std::env::var_os("DEPUTY_BENCH_TABLE_ONLY").is_some();
+    let indexed_only = std::env::var_os("DEPUTY_BENCH_INDEXED_ONLY").is_some();
+    let sizes: Vec<usize> = match std::env::var("DEPUTY_BENCH_SIZES") {
+        Ok(list) => list.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    if !table_only {
+        // Per-1k first, in a fresh heap: after the reload the allocator reuses freed pages and
+        // RSS no longer grows with what is allocated.
+        memory_per_1k(&schema);
+        reload_peak();
+    }
 
-    let fixtures: Vec<Fixture> = SIZES.iter().map(|n| fixture(*n, &schema)).collect();
+    let fixtures: Vec<Fixture> = sizes.iter().map(|n| fixture(*n, &schema)).collect();
+    if let Some(secs) = std::env::var("DEPUTY_BENCH_PROFILE").ok().and_then(|s| s.parse().ok()) {
+        let f = &fixtures[0];
+        let (started, mut n) = (Instant::now(), 0u64);
+        while started.elapsed() < Duration::from_secs(secs) {
+            for r in &f.requests {
+                black_box(evaluate_indexed(&f.policies, &f.index, &f.entities, r));
+            }
+            n += f.requests.len() as u64;
+        }
+        println!("{n} indexed decisions at {} policies in {secs} s", f.n);
+        return;
+    }
     println!("single decisions, {} rotating requests:", fixtures[0].requests.len());
     println!(
         "  {:>8}  {:>12} {:>12}  {:>12} {:>12}  {:>7}  index",
@@ -204,14 +227,22 @@ fn main() {
     );
     for f in &fixtures {
         // The same decisions (a spot check; tests/index_differential.rs is the proof).
-        let checked = if f.n >= 100_000 { 20 } else { f.requests.len() };
+        let checked = match (indexed_only, f.n >= 100_000) {
+            (true, _) => 0,
+            (false, true) => 20,
+            (false, false) => f.requests.len(),
+        };
         for r in f.requests.iter().take(checked) {
             assert_eq!(
                 evaluate(&f.policies, &f.entities, r),
                 evaluate_indexed(&f.policies, &f.index, &f.entities, r)
             );
         }
-        let (fp50, fp99, _) = percentiles(f, false);
+        let (fp50, fp99, _) = if indexed_only {
+            (Duration::ZERO, Duration::ZERO, 0)
+        } else {
+            percentiles(f, false)
+        };
         let (ip50, ip99, ia) = percentiles(f, true);
         println!(
             "  {:>8}  {:>12.2?} {:>12.2?}  {:>12.2?} {:>12.2?}  {:>6}%  {:?}",
@@ -223,6 +254,9 @@ fn main() {
             ia,
             f.index.stats()
         );
+    }
+    if table_only {
+        return;
     }
 
     let mut c = Criterion::default().configure_from_args();

@@ -2,6 +2,7 @@
 //! and decide it against one immutable bundle. Pure and synchronous; the HTTP layer calls it.
 
 mod capabilities;
+mod fast;
 mod index;
 mod request;
 
@@ -72,7 +73,8 @@ impl Indexed<'_> {
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
     let all = policies.policies().map(|p| Candidate::Policy(p.as_ref()));
-    evaluate_candidates(all, entities, request).unwrap_or_else(|| authorizer_decision(policies, entities, request))
+    evaluate_candidates(all, None, entities, request)
+        .unwrap_or_else(|| authorizer_decision(policies, entities, request))
 }
 
 /// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
@@ -82,18 +84,15 @@ pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) ->
 /// `index`), so evaluating their policies is evaluating every policy that can be satisfied or
 /// err; policies whose scope does not match are neither.
 pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &Entities, request: &Request) -> Decision {
-    let (Some(principal), Some(action), Some(resource)) = (request.principal(), request.action(), request.resource())
-    else {
+    let core_request: &cedar_policy_core::ast::Request = request.as_ref();
+    let ctx = fast::Ctx::new(entities.as_ref(), core_request);
+    let mut slices = Vec::new();
+    if !index.slices_for(&ctx, &mut slices) {
         return evaluate(policies, entities, request);
-    };
-    match index.slices(entities, principal, action, resource) {
-        Some(slices) => {
-            let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
-            evaluate_candidates(ready, entities, request)
-                .unwrap_or_else(|| authorizer_decision(policies, entities, request))
-        }
-        None => evaluate(policies, entities, request),
     }
+    let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
+    evaluate_candidates(ready, Some(&ctx), entities, request)
+        .unwrap_or_else(|| authorizer_decision(policies, entities, request))
 }
 
 /// A policy to evaluate: from an index slice (condition built at load) or straight from a set.
@@ -103,55 +102,104 @@ enum Candidate<'a> {
 }
 
 /// Decides `request` against `candidates` (distinct policies) the way Cedar's `Authorizer`
-/// does, with one evaluator for the request: each policy's condition is interpreted by Cedar's
-/// own evaluator, exactly as the authorizer does (`Evaluator::partial_evaluate` is
-/// `partial_interpret(&policy.condition(), policy.env())`; a `Ready` holds that condition); any
+/// does: each policy's condition is interpreted by Cedar's own evaluator, exactly as the
+/// authorizer does (`Evaluator::partial_evaluate` is `partial_interpret(&policy.condition(),
+/// policy.env())`; a `Ready` holds that condition), or by deputy's evaluator for the fragment it
+/// covers, which answers only where Cedar's would answer the same without error (`fast`); any
 /// satisfied forbid denies, with every satisfied forbid as a reason; else any satisfied permit
 /// allows, with every satisfied permit as a reason; else deny. A policy that errs is skipped and
 /// reported. `None` on a residual (possible only with unknowns, which deputy's requests never
 /// carry): the caller then asks Cedar's `Authorizer`.
 fn evaluate_candidates<'a>(
     candidates: impl Iterator<Item = Candidate<'a>>,
+    ctx: Option<&fast::Ctx<'_>>,
     entities: &Entities,
     request: &Request,
 ) -> Option<Decision> {
-    use cedar_policy_core::ast::{Effect, Literal, PartialValue, ValueKind};
+    use cedar_policy_core::ast::Effect;
+    use cedar_policy_core::evaluator::Evaluator;
     let core_request: &cedar_policy_core::ast::Request = request.as_ref();
-    let eval = cedar_policy_core::evaluator::Evaluator::new(
-        core_request.clone(),
-        entities.as_ref(),
-        cedar_policy_core::extensions::Extensions::all_available(),
-    );
+    // Built on first use: most indexed decisions never need it.
+    let cedar = std::cell::OnceCell::new();
+    let cedar = || {
+        cedar.get_or_init(|| {
+            Evaluator::new(
+                core_request.clone(),
+                entities.as_ref(),
+                cedar_policy_core::extensions::Extensions::all_available(),
+            )
+        })
+    };
     let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for candidate in candidates {
-        let (id, effect, interpreted) = match candidate {
-            Candidate::Ready(p) => (&p.id, p.effect, eval.partial_interpret(&p.condition, &p.env)),
-            Candidate::Policy(p) => (p.id(), p.effect(), eval.partial_interpret(&p.condition(), p.env())),
-        };
-        let satisfied = match interpreted {
-            Ok(PartialValue::Value(v)) => match v.value_kind() {
-                ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
-                // A condition is a conjunction, which Cedar only lets be a boolean; anything
-                // else goes to the authorizer rather than being guessed at.
-                _ => return None,
-            },
-            Ok(PartialValue::Residual(_)) => return None,
-            Err(e) => Err(e),
+        let (name, effect, satisfied) = match candidate {
+            Candidate::Ready(p) => {
+                let satisfied = match &p.how {
+                    index::How::Fast { cond, policy } => match ctx.and_then(|ctx| cond.eval(ctx)) {
+                        Some(b) => Ok(b),
+                        None => boolean(cedar().partial_interpret(&policy.condition(), policy.env()))?,
+                    },
+                    index::How::Cedar { condition, env } => boolean(cedar().partial_interpret(condition, env))?,
+                };
+                (Name::Ready(&p.name), p.effect, satisfied)
+            }
+            Candidate::Policy(p) => (
+                Name::Id(p.id()),
+                p.effect(),
+                boolean(cedar().partial_interpret(&p.condition(), p.env()))?,
+            ),
         };
         match satisfied {
             Ok(true) => match effect {
-                Effect::Permit => permits.push(id.to_string()),
-                Effect::Forbid => forbids.push(id.to_string()),
+                Effect::Permit => permits.push(name),
+                Effect::Forbid => forbids.push(name),
             },
             Ok(false) => {}
             Err(e) => errors.push(PolicyError {
-                policy: id.to_string(),
+                policy: name.render(),
                 message: e.to_string(),
             }),
         }
     }
     let allow = forbids.is_empty() && !permits.is_empty();
-    Some(Decision::sorted(allow, if allow { permits } else { forbids }, errors))
+    let reasons = if allow { permits } else { forbids };
+    Some(Decision::sorted(
+        allow,
+        reasons.iter().map(Name::render).collect(),
+        errors,
+    ))
+}
+
+/// A condition's value as the authorizer reads it: `None` for anything but a boolean or an error
+/// (a condition is a conjunction, which Cedar only lets be a boolean; a residual needs
+/// unknowns): the caller then asks Cedar's `Authorizer` rather than guess.
+fn boolean(
+    interpreted: Result<cedar_policy_core::ast::PartialValue, cedar_policy_core::evaluator::EvaluationError>,
+) -> Option<Result<bool, cedar_policy_core::evaluator::EvaluationError>> {
+    use cedar_policy_core::ast::{Literal, PartialValue, ValueKind};
+    match interpreted {
+        Ok(PartialValue::Value(v)) => match v.value_kind() {
+            ValueKind::Lit(Literal::Bool(b)) => Some(Ok(*b)),
+            _ => None,
+        },
+        Ok(PartialValue::Residual(_)) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A policy's id, already rendered (index slices) or not.
+enum Name<'a> {
+    Ready(&'a str),
+    Id(&'a cedar_policy_core::ast::PolicyID),
+}
+
+impl Name<'_> {
+    fn render(&self) -> String {
+        match self {
+            Name::Ready(s) => (*s).to_owned(),
+            Name::Id(id) => id.to_string(),
+        }
+    }
 }
 
 /// Cedar's `Authorizer` over the whole set (used only for residuals).

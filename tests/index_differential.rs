@@ -91,7 +91,8 @@ struct PolicySpec {
     links: Vec<(usize, usize)>,
 }
 
-/// Conditions, several of which err: a missing attribute, an overflow, a type error.
+/// Conditions, several of which err: a missing attribute, an overflow, a type error. Most are in
+/// the fragment deputy evaluates itself (`authorize::fast`); `like` and `+` are Cedar's alone.
 const CONDITIONS: &[&str] = &[
     "",
     "when { true }",
@@ -103,6 +104,10 @@ const CONDITIONS: &[&str] = &[
     "when { context.n == 1 }",
     "when { principal.level like \"x\" }",
     "when { resource in principal.home }",
+    "when { context.n > 0 || principal.level == 1 }",
+    "when { if principal has level then principal.level > 0 else context.n == 0 }",
+    "when { !(resource is Doc) || resource.level >= context.n }",
+    "unless { principal in [Group::\"g0\", Group::\"g2\"] && action in Action::\"ag0\" }",
 ];
 
 /// A user: (in the store, `level`, groups, `home` folder).

@@ -30,19 +30,26 @@
 //! and conditions): its decision, reason and errors are unchanged, and Cedar no longer builds
 //! the action list as a set on every request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
 
-use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint,
-};
+use cedar_policy::{ActionConstraint, Entities, Policy, PolicySet};
+use cedar_policy_core::ast::{Entity, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
+use cedar_policy_core::entities::Dereference;
+
+use super::fast::{Cond, Ctx, Implied};
+
+/// The index's maps: keys come from the bundle, lookups from requests; foldhash is seeded per
+/// process and several times faster than SipHash on entity uids.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A policy set cut into slices by scope. Built once per bundle load; immutable after.
 #[derive(Debug, Default)]
 pub struct PolicyIndex {
     /// Every action uid named in some policy's action scope.
-    named_actions: HashSet<EntityUid>,
+    named_actions: HashSet<EntityUID>,
     /// Buckets for actions that some action-constrained policy matches.
-    by_action: HashMap<EntityUid, ActionBucket>,
+    by_action: HashMap<EntityUID, ActionBucket>,
     /// Policies with an unconstrained action.
     any_action: Slices,
     stats: IndexStats,
@@ -60,48 +67,82 @@ pub struct IndexStats {
     pub entries: usize,
     /// Entries in the largest slice.
     pub largest_slice: usize,
+    /// Entries whose condition deputy evaluates itself (`fast`); the rest go to Cedar's evaluator.
+    pub compiled: usize,
 }
 
 #[derive(Debug, Default)]
 struct ActionBucket {
     /// The named actions this action is or descends from, in the store the index was built from.
-    named: Vec<EntityUid>,
+    named: Vec<EntityUID>,
     slices: Slices,
 }
 
 #[derive(Debug, Default)]
 struct Slices {
-    principal_eq: HashMap<EntityUid, Slice>,
-    resource_eq: HashMap<EntityUid, Slice>,
-    principal_in: HashMap<EntityUid, Slice>,
-    resource_in: HashMap<EntityUid, Slice>,
-    principal_is: HashMap<EntityTypeName, Slice>,
-    resource_is: HashMap<EntityTypeName, Slice>,
+    principal_eq: HashMap<EntityUID, Slice>,
+    resource_eq: HashMap<EntityUID, Slice>,
+    principal_in: HashMap<EntityUID, Slice>,
+    resource_in: HashMap<EntityUID, Slice>,
+    principal_is: HashMap<EntityType, Slice>,
+    resource_is: HashMap<EntityType, Slice>,
     rest: Slice,
 }
 
-/// The policies of one slice, ready for Cedar's evaluator.
+/// The policies of one slice, ready for evaluation.
 pub type Slice = Vec<Ready>;
 
-/// A policy as Cedar's authorizer evaluates it: its id, effect, and the condition Cedar builds
-/// for it (scope constraints and `when`/`unless`, `Policy::condition`) with its slot values,
-/// built once at load instead of on every request.
+/// A policy as the index evaluates it: its name and effect, and its condition either compiled for
+/// deputy's evaluator (`fast`) or as Cedar's authorizer builds it (`Policy::condition`, scope
+/// constraints and `when`/`unless`), built once at load instead of on every request.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    pub id: cedar_policy_core::ast::PolicyID,
+    /// The policy's id as Cedar prints it, rendered once (reasons and errors name policies so).
+    pub name: String,
     pub effect: cedar_policy_core::ast::Effect,
-    pub condition: cedar_policy_core::ast::Expr,
-    pub env: cedar_policy_core::ast::SlotEnv,
+    pub how: How,
+}
+
+#[derive(Debug, Clone)]
+pub enum How {
+    /// deputy's evaluator; when it declines, Cedar's evaluator on the policy as written.
+    Fast {
+        cond: Cond,
+        policy: cedar_policy_core::ast::Policy,
+    },
+    /// Cedar's evaluator on the condition built at load.
+    Cedar {
+        condition: cedar_policy_core::ast::Expr,
+        env: cedar_policy_core::ast::SlotEnv,
+    },
 }
 
 impl Ready {
-    pub fn of(p: &Policy) -> Ready {
+    /// `p` as evaluated in the slice keyed by `key`.
+    fn new(p: &Policy, key: &Key) -> Ready {
         let core: &cedar_policy_core::ast::Policy = p.as_ref();
+        let how = match Cond::compile(core, key.implied()) {
+            Some(cond) => How::Fast {
+                cond,
+                policy: core.clone(),
+            },
+            None => {
+                // INVARIANT: `without_action_scope` is exact inside an action bucket (see there).
+                let q = match p.action_constraint() {
+                    ActionConstraint::In(_) => without_action_scope(p),
+                    _ => None,
+                };
+                let core: &cedar_policy_core::ast::Policy = q.as_ref().unwrap_or(p).as_ref();
+                How::Cedar {
+                    condition: core.condition(),
+                    env: core.env().clone(),
+                }
+            }
+        };
         Ready {
-            id: core.id().clone(),
+            name: core.id().to_string(),
             effect: core.effect(),
-            condition: core.condition(),
-            env: core.env().clone(),
+            how,
         }
     }
 }
@@ -109,13 +150,26 @@ impl Ready {
 /// Where in a bucket a policy goes.
 #[derive(Clone)]
 enum Key {
-    PrincipalEq(EntityUid),
-    ResourceEq(EntityUid),
-    PrincipalIn(EntityUid),
-    ResourceIn(EntityUid),
-    PrincipalIs(EntityTypeName),
-    ResourceIs(EntityTypeName),
+    PrincipalEq(EntityUID),
+    ResourceEq(EntityUID),
+    PrincipalIn(EntityUID),
+    ResourceIn(EntityUID),
+    PrincipalIs(EntityType),
+    ResourceIs(EntityType),
     Rest,
+}
+
+impl Key {
+    /// The scope constraint a request visiting this slice satisfies (see `Slices::visit`).
+    fn implied(&self) -> Implied {
+        match self {
+            Key::PrincipalEq(_) | Key::PrincipalIn(_) => Implied::PrincipalEntity,
+            Key::ResourceEq(_) | Key::ResourceIn(_) => Implied::ResourceEntity,
+            Key::PrincipalIs(_) => Implied::PrincipalType,
+            Key::ResourceIs(_) => Implied::ResourceType,
+            Key::Rest => Implied::Nothing,
+        }
+    }
 }
 
 impl PolicyIndex {
@@ -127,11 +181,12 @@ impl PolicyIndex {
             match p.action_constraint() {
                 ActionConstraint::Any => {}
                 ActionConstraint::Eq(a) => {
-                    index.named_actions.insert(a);
+                    index.named_actions.insert(a.as_ref().clone());
                 }
-                ActionConstraint::In(list) => index.named_actions.extend(list),
+                ActionConstraint::In(list) => index.named_actions.extend(list.iter().map(|a| a.as_ref().clone())),
             }
         }
+        let entities: &cedar_policy_core::entities::Entities = entities.as_ref();
         let descendants = index.descendants_of_named(entities);
         index.fill(policies, entities, &descendants);
         index.stats = index.count(policies.num_of_policies());
@@ -149,34 +204,71 @@ impl PolicyIndex {
     pub fn slices<'a>(
         &'a self,
         entities: &Entities,
-        principal: &EntityUid,
-        action: &EntityUid,
-        resource: &EntityUid,
+        principal: &cedar_policy::EntityUid,
+        action: &cedar_policy::EntityUid,
+        resource: &cedar_policy::EntityUid,
     ) -> Option<Vec<&'a Slice>> {
-        let bucket = self.by_action.get(action);
-        if !self.same_named_ancestry(entities, action, bucket) {
-            return None;
-        }
+        let store: &cedar_policy_core::entities::Entities = entities.as_ref();
+        let found = |uid: &cedar_policy::EntityUid| match store.entity(uid.as_ref()) {
+            Dereference::Data(e) => Some(e),
+            _ => None,
+        };
         let mut out = Vec::new();
-        let principals = self_and_ancestors(entities, principal);
-        let resources = self_and_ancestors(entities, resource);
-        for slices in bucket.map(|b| &b.slices).into_iter().chain([&self.any_action]) {
-            slices.visit(principal, resource, &principals, &resources, &mut out);
+        self.visit(
+            (principal.as_ref(), found(principal)),
+            (action.as_ref(), found(action)),
+            (resource.as_ref(), found(resource)),
+            &mut out,
+        )
+        .then_some(out)
+    }
+
+    /// `slices` for a request whose entities `ctx` has looked up.
+    pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut Vec<&'a Slice>) -> bool {
+        let (Some(principal), Some(action), Some(resource)) = (ctx.uid(0), ctx.uid(1), ctx.uid(2)) else {
+            return false;
+        };
+        self.visit(
+            (principal, ctx.entity_of(0)),
+            (action, ctx.entity_of(1)),
+            (resource, ctx.entity_of(2)),
+            out,
+        )
+    }
+
+    /// Each of the request's entities comes with its stored entity, if any.
+    fn visit<'a>(
+        &'a self,
+        principal: (&EntityUID, Option<&Entity>),
+        action: (&EntityUID, Option<&Entity>),
+        resource: (&EntityUID, Option<&Entity>),
+        out: &mut Vec<&'a Slice>,
+    ) -> bool {
+        let bucket = self.by_action.get(action.0);
+        if !self.same_named_ancestry(action, bucket) {
+            return false;
         }
-        Some(out)
+        for slices in bucket.map(|b| &b.slices).into_iter().chain([&self.any_action]) {
+            slices.visit(principal, resource, out);
+        }
+        true
     }
 
     /// Whether `action`'s named ancestry in the request's store is the one its bucket was built
     /// for (none, when it has no bucket).
-    fn same_named_ancestry(&self, entities: &Entities, action: &EntityUid, bucket: Option<&ActionBucket>) -> bool {
-        let built: &[EntityUid] = bucket.map(|b| b.named.as_slice()).unwrap_or_default();
-        let in_request = |x: &EntityUid| x == action || entities.is_ancestor_of(x, action);
+    fn same_named_ancestry(
+        &self,
+        (action, stored): (&EntityUID, Option<&Entity>),
+        bucket: Option<&ActionBucket>,
+    ) -> bool {
+        let built: &[EntityUID] = bucket.map(|b| b.named.as_slice()).unwrap_or_default();
+        // Cedar: an entity missing from the store is `in` only itself.
+        let in_request = |x: &EntityUID| x == action || stored.is_some_and(|e| e.is_descendant_of(x));
         // Every named action the request's action is `in` was in the bucket's ancestry...
         let self_ok = !self.named_actions.contains(action) || built.contains(action);
-        let ancestors_ok = entities
-            .ancestors(action)
+        let ancestors_ok = stored
             .into_iter()
-            .flatten()
+            .flat_map(|e| e.ancestors())
             .filter(|x| self.named_actions.contains(*x))
             .all(|x| built.contains(x));
         // ...and every one the bucket was built for still is.
@@ -184,36 +276,42 @@ impl PolicyIndex {
     }
 
     /// For each named action, the entities in the store below it.
-    fn descendants_of_named(&self, entities: &Entities) -> HashMap<EntityUid, Vec<EntityUid>> {
-        let mut below: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
+    fn descendants_of_named(
+        &self,
+        entities: &cedar_policy_core::entities::Entities,
+    ) -> HashMap<EntityUID, Vec<EntityUID>> {
+        let mut below: HashMap<EntityUID, Vec<EntityUID>> = HashMap::default();
         if self.named_actions.is_empty() {
             return below;
         }
         for e in entities.iter() {
-            let uid = e.uid();
-            for a in entities.ancestors(&uid).into_iter().flatten() {
+            for a in e.ancestors() {
                 if self.named_actions.contains(a) {
-                    below.entry(a.clone()).or_default().push(uid.clone());
+                    below.entry(a.clone()).or_default().push(e.uid().clone());
                 }
             }
         }
         below
     }
 
-    fn fill(&mut self, policies: &PolicySet, entities: &Entities, descendants: &HashMap<EntityUid, Vec<EntityUid>>) {
+    fn fill(
+        &mut self,
+        policies: &PolicySet,
+        entities: &cedar_policy_core::entities::Entities,
+        descendants: &HashMap<EntityUID, Vec<EntityUID>>,
+    ) {
         for p in policies.policies() {
             let key = key_of(p);
-            let mut ready = None;
-            let actions: Vec<EntityUid> = match p.action_constraint() {
+            let actions: Vec<EntityUID> = match p.action_constraint() {
                 ActionConstraint::Any => {
-                    self.any_action.insert(key, Ready::of(p));
+                    self.any_action.insert(key.clone(), Ready::new(p, &key));
                     continue;
                 }
-                ActionConstraint::Eq(a) => vec![a],
+                ActionConstraint::Eq(a) => vec![a.as_ref().clone()],
                 ActionConstraint::In(list) => {
-                    ready = without_action_scope(p).map(|q| Ready::of(&q));
-                    let mut all: Vec<EntityUid> = list
+                    let mut all: Vec<EntityUID> = list
                         .iter()
+                        .map(|a| a.as_ref())
                         .flat_map(|a| std::iter::once(a).chain(descendants.get(a).into_iter().flatten()))
                         .cloned()
                         .collect();
@@ -222,11 +320,11 @@ impl PolicyIndex {
                     all
                 }
             };
-            let ready = ready.unwrap_or_else(|| Ready::of(p));
+            let ready = Ready::new(p, &key);
             for a in actions {
                 let bucket = match self.by_action.entry(a) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
                         let named = named_ancestry(&self.named_actions, entities, v.key());
                         v.insert(ActionBucket {
                             named,
@@ -251,6 +349,7 @@ impl PolicyIndex {
                     stats.slices += 1;
                     stats.entries += n;
                     stats.largest_slice = stats.largest_slice.max(n);
+                    stats.compiled += set.iter().filter(|r| matches!(r.how, How::Fast { .. })).count();
                 }
             }
         }
@@ -276,39 +375,46 @@ fn without_action_scope(p: &Policy) -> Option<Policy> {
 /// The slice a policy goes to: its most selective principal or resource constraint. For a
 /// linked policy the constraints are the template's with the link's values.
 fn key_of(p: &Policy) -> Key {
-    let principal = p.principal_constraint();
-    let resource = p.resource_constraint();
-    match (principal, resource) {
-        (PrincipalConstraint::Eq(u), _) => Key::PrincipalEq(u),
-        (_, ResourceConstraint::Eq(u)) => Key::ResourceEq(u),
-        (PrincipalConstraint::In(u) | PrincipalConstraint::IsIn(_, u), _) => Key::PrincipalIn(u),
-        (_, ResourceConstraint::In(u) | ResourceConstraint::IsIn(_, u)) => Key::ResourceIn(u),
-        (PrincipalConstraint::Is(t), _) => Key::PrincipalIs(t),
-        (_, ResourceConstraint::Is(t)) => Key::ResourceIs(t),
-        (PrincipalConstraint::Any, ResourceConstraint::Any) => Key::Rest,
-    }
+    use PrincipalOrResourceConstraint as C;
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    let principal = core.principal_constraint();
+    let resource = core.resource_constraint();
+    let entity = |r: &EntityReference| match r {
+        EntityReference::EUID(u) => Some(u.as_ref().clone()),
+        // A linked policy's constraints have their slots filled: never here.
+        EntityReference::Slot(_) => None,
+    };
+    let (p, r) = (principal.as_inner(), resource.as_inner());
+    let key = match (p, r) {
+        (C::Eq(u), _) => entity(u).map(Key::PrincipalEq),
+        (_, C::Eq(u)) => entity(u).map(Key::ResourceEq),
+        (C::In(u) | C::IsIn(_, u), _) => entity(u).map(Key::PrincipalIn),
+        (_, C::In(u) | C::IsIn(_, u)) => entity(u).map(Key::ResourceIn),
+        (C::Is(t), _) => Some(Key::PrincipalIs(t.as_ref().clone())),
+        (_, C::Is(t)) => Some(Key::ResourceIs(t.as_ref().clone())),
+        (C::Any, C::Any) => Some(Key::Rest),
+    };
+    key.unwrap_or(Key::Rest)
 }
 
 /// `({action} ∪ ancestors(action)) ∩ named`, in `entities`.
-fn named_ancestry(named: &HashSet<EntityUid>, entities: &Entities, action: &EntityUid) -> Vec<EntityUid> {
-    let mut out: Vec<EntityUid> = std::iter::once(action)
-        .chain(entities.ancestors(action).into_iter().flatten())
+fn named_ancestry(
+    named: &HashSet<EntityUID>,
+    entities: &cedar_policy_core::entities::Entities,
+    action: &EntityUID,
+) -> Vec<EntityUID> {
+    let stored = match entities.entity(action) {
+        Dereference::Data(e) => Some(e),
+        _ => None,
+    };
+    let mut out: Vec<EntityUID> = std::iter::once(action)
+        .chain(stored.into_iter().flat_map(|e| e.ancestors()))
         .filter(|x| named.contains(*x))
         .cloned()
         .collect();
     out.sort();
     out.dedup();
     out
-}
-
-/// The entity followed by its ancestors in `entities` (none when it is not in the store).
-fn self_and_ancestors<'e>(entities: &'e Entities, uid: &'e EntityUid) -> Vec<&'e EntityUid> {
-    // INVARIANT: Cedar keeps an entity's parents and indirect ancestors disjoint and rejects
-    // an entity among its own ancestors, so this lists each uid once and no slice is visited
-    // twice.
-    std::iter::once(uid)
-        .chain(entities.ancestors(uid).into_iter().flatten())
-        .collect()
 }
 
 impl Slices {
@@ -325,24 +431,39 @@ impl Slices {
         set.push(p);
     }
 
+    /// The slices whose key the request satisfies.
+    ///
+    /// INVARIANT: Cedar keeps an entity's parents and indirect ancestors disjoint and rejects an
+    /// entity among its own ancestors, so the entity and its ancestors list each uid once and
+    /// no slice is visited twice. An entity missing from the store is `in` only itself.
     fn visit<'a>(
         &'a self,
-        principal: &EntityUid,
-        resource: &EntityUid,
-        principals: &[&EntityUid],
-        resources: &[&EntityUid],
+        (principal, p_stored): (&EntityUID, Option<&Entity>),
+        (resource, r_stored): (&EntityUID, Option<&Entity>),
         out: &mut Vec<&'a Slice>,
     ) {
         out.extend(self.principal_eq.get(principal));
         out.extend(self.resource_eq.get(resource));
         if !self.principal_in.is_empty() {
-            out.extend(principals.iter().filter_map(|u| self.principal_in.get(*u)));
+            out.extend(self.principal_in.get(principal));
+            out.extend(
+                p_stored
+                    .into_iter()
+                    .flat_map(|e| e.ancestors())
+                    .filter_map(|u| self.principal_in.get(u)),
+            );
         }
         if !self.resource_in.is_empty() {
-            out.extend(resources.iter().filter_map(|u| self.resource_in.get(*u)));
+            out.extend(self.resource_in.get(resource));
+            out.extend(
+                r_stored
+                    .into_iter()
+                    .flat_map(|e| e.ancestors())
+                    .filter_map(|u| self.resource_in.get(u)),
+            );
         }
-        out.extend(self.principal_is.get(principal.type_name()));
-        out.extend(self.resource_is.get(resource.type_name()));
+        out.extend(self.principal_is.get(principal.entity_type()));
+        out.extend(self.resource_is.get(resource.entity_type()));
         if !self.rest.is_empty() {
             out.push(&self.rest);
         }
@@ -366,12 +487,12 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn uid(s: &str) -> EntityUid {
-        EntityUid::from_str(s).unwrap()
+    fn uid(s: &str) -> cedar_policy::EntityUid {
+        cedar_policy::EntityUid::from_str(s).unwrap()
     }
 
     fn ids(slices: &[&Slice]) -> Vec<String> {
-        let mut v: Vec<String> = slices.iter().flat_map(|s| s.iter().map(|p| p.id.to_string())).collect();
+        let mut v: Vec<String> = slices.iter().flat_map(|s| s.iter().map(|p| p.name.clone())).collect();
         v.sort();
         v
     }
