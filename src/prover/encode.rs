@@ -349,12 +349,17 @@ impl<'w> Encoding<'w> {
             return Formula::False;
         }
         let eq = self.ent_eq(t, u);
+        let known = self.atom_ix.contains_key(&Atom::EntIn(t, u.clone()));
         let a = self.lit(Atom::EntIn(t, u.clone()));
-        // A missing entity is `in` nothing but itself.
-        let exists = self.lit(Atom::Exists(t));
-        self.axioms.push(a.not().or(exists).or(eq.clone()));
-        // Equality implies membership.
-        self.axioms.push(eq.not().or(a.clone()));
+        // INVARIANT: an entity term's `EntIn` atoms are only made here, so an atom made
+        // before already has its axioms (repeating them would only slow the search).
+        if !known {
+            // A missing entity is `in` nothing but itself.
+            let exists = self.lit(Atom::Exists(t));
+            self.axioms.push(a.not().or(exists).or(eq.clone()));
+            // Equality implies membership.
+            self.axioms.push(eq.not().or(a.clone()));
+        }
         a
     }
 
@@ -370,11 +375,15 @@ impl<'w> Encoding<'w> {
                 let Some(field) = fields.iter().find(|f| f.name == attr) else {
                     return Formula::False;
                 };
+                let known = self.atom_ix.contains_key(&Atom::Has(t, attr.to_owned()));
                 let has = self.lit(Atom::Has(t, attr.to_owned()));
-                let exists = self.lit(Atom::Exists(t));
-                self.axioms.push(has.not().or(exists.clone()));
-                if field.required {
-                    self.axioms.push(exists.not().or(has.clone()));
+                // INVARIANT: an entity term's `Has` atoms are only made here (as for `EntIn`).
+                if !known {
+                    let exists = self.lit(Atom::Exists(t));
+                    self.axioms.push(has.not().or(exists.clone()));
+                    if field.required {
+                        self.axioms.push(exists.not().or(has.clone()));
+                    }
                 }
                 has
             }
