@@ -430,3 +430,86 @@ fn pick(f: &Formula, a: &[Option<bool>]) -> Option<(AtomId, bool)> {
         Formula::True | Formula::False => None,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::str::FromStr;
+
+    use cedar_policy::{Entities, Schema};
+
+    use super::super::encode::{Atom, Env, Ty};
+    use super::super::world::World;
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            usize::try_from(self.0 % n as u64).unwrap()
+        }
+
+        fn formula(&mut self, atoms: usize, depth: usize) -> Formula {
+            match if depth == 0 { 0 } else { self.below(4) } {
+                0 | 1 => Formula::Lit(self.below(atoms), self.below(2) == 0),
+                2 => Formula::all((0..1 + self.below(3)).map(|_| self.formula(atoms, depth - 1))),
+                _ => Formula::any((0..1 + self.below(3)).map(|_| self.formula(atoms, depth - 1))),
+            }
+        }
+    }
+
+    /// Opaque atoms carry no theory, so the search is plain propositional search: the
+    /// models it reports must be disjoint cubes of satisfying assignments that together
+    /// cover every satisfying total assignment.
+    #[test]
+    fn incremental_propagation_finds_exactly_the_models() {
+        let schema = Schema::from_str("entity A; action act appliesTo { principal: [A], resource: [A] };").unwrap();
+        let entities = Entities::empty();
+        let world = World::new(schema.as_ref(), entities.as_ref());
+        let child = EntityUID::from_str(r#"A::"child""#).unwrap();
+        let env = Env {
+            principal_type: child.entity_type().clone(),
+            action: EntityUID::from_str(r#"Action::"act""#).unwrap(),
+            resource_type: child.entity_type().clone(),
+            child,
+            context: Ty::Record(Vec::new()),
+        };
+        let n = 7;
+        let mut enc = Encoding::new(&world, env);
+        enc.atoms = (0..n).map(|i| Atom::Opaque(i, true)).collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..400 {
+            let formulas: Vec<Formula> = (0..1 + rng.below(6)).map(|_| rng.formula(n, 3)).collect();
+            let constraints = formulas
+                .iter()
+                .enumerate()
+                .map(|(i, formula)| Constraint {
+                    formula,
+                    origin: Origin::ChildForbid(i),
+                })
+                .collect();
+            let mut covered = 0usize;
+            let mut search = Search::new(&enc, constraints, usize::MAX, usize::MAX);
+            let outcome = search.run(&mut |_, a| {
+                for f in &formulas {
+                    assert_eq!(f.eval(a), Some(true), "round {round}: a model falsifies a constraint");
+                }
+                covered += 1 << a.iter().filter(|v| v.is_none()).count();
+                ModelVerdict::Reject
+            });
+            let expected = (0..1usize << n)
+                .filter(|bits| {
+                    let a: Vec<Option<bool>> = (0..n).map(|i| Some(bits & (1 << i) != 0)).collect();
+                    formulas.iter().all(|f| f.eval(&a) == Some(true))
+                })
+                .count();
+            assert_eq!(covered, expected, "round {round}: {formulas:?}");
+            let unsat = expected == 0;
+            assert_eq!(outcome == Outcome::Unsat, unsat, "round {round}");
+        }
+    }
+}
