@@ -11,6 +11,7 @@
 mod expr;
 mod scalar;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use cedar_policy_core::ast::{
@@ -175,14 +176,16 @@ pub(crate) struct Encoding<'w> {
     pub(crate) world: &'w World<'w>,
     pub(crate) env: Env,
     pub(crate) terms: Vec<Term>,
-    term_ix: HashMap<(TermId, String), TermId>,
+    /// Attribute name to (parent term, child term).
+    term_ix: HashMap<String, Vec<(TermId, TermId)>>,
     pub(crate) atoms: Vec<Atom>,
     atom_ix: HashMap<Atom, AtomId>,
     /// Facts every world satisfies (opaque exclusivity, existence of entities with attributes).
     pub(crate) axioms: Vec<Formula>,
     pub(crate) opaque: Vec<OpaqueExpr>,
     opaque_ix: HashMap<String, usize>,
-    current: String,
+    /// The policy being encoded, with its role (named by opaque expressions).
+    current: Option<(&'static str, &'w GrantPolicy)>,
 }
 
 pub(crate) const PRINCIPAL: TermId = 0;
@@ -218,7 +221,7 @@ impl<'w> Encoding<'w> {
             axioms: Vec::new(),
             opaque: Vec::new(),
             opaque_ix: HashMap::new(),
-            current: String::new(),
+            current: None,
         }
     }
 
@@ -231,17 +234,35 @@ impl<'w> Encoding<'w> {
     }
 
     pub(crate) fn child_term(&self, t: TermId, attr: &str) -> Option<TermId> {
-        self.term_ix.get(&(t, attr.to_owned())).copied()
+        self.term_ix
+            .get(attr)
+            .and_then(|kids| kids.iter().find(|(p, _)| *p == t))
+            .map(|(_, c)| *c)
     }
 
     fn intern(&mut self, atom: Atom) -> AtomId {
-        if let Some(id) = self.atom_ix.get(&atom) {
-            return *id;
+        self.intern_fresh(atom).0
+    }
+
+    /// The atom's id, and whether it was made by this call.
+    fn intern_fresh(&mut self, atom: Atom) -> (AtomId, bool) {
+        match self.atom_ix.entry(atom) {
+            Entry::Occupied(e) => (*e.get(), false),
+            Entry::Vacant(e) => {
+                let id = self.atoms.len();
+                self.atoms.push(e.key().clone());
+                e.insert(id);
+                (id, true)
+            }
         }
-        let id = self.atoms.len();
-        self.atoms.push(atom.clone());
-        self.atom_ix.insert(atom, id);
-        id
+    }
+
+    /// The policy being encoded, as opaque expressions name it.
+    pub(crate) fn current_policy(&self) -> String {
+        match self.current {
+            Some((role, p)) => format!("{role} policy {}", p.label()),
+            None => String::new(),
+        }
     }
 
     fn lit(&mut self, atom: Atom) -> Formula {
@@ -249,8 +270,8 @@ impl<'w> Encoding<'w> {
     }
 
     /// "The policy is satisfied" (its scope holds and its condition evaluates to `true`).
-    pub(crate) fn policy(&mut self, p: &GrantPolicy, role: &str) -> Formula {
-        self.current = format!("{role} policy {}", p.label());
+    pub(crate) fn policy(&mut self, p: &'w GrantPolicy, role: &'static str) -> Formula {
+        self.current = Some((role, p));
         let t = p.core();
         let principal = self.scope(PRINCIPAL, t.principal_constraint().as_inner());
         let action = self.action_scope(t.action_constraint());
@@ -349,51 +370,70 @@ impl<'w> Encoding<'w> {
             return Formula::False;
         }
         let eq = self.ent_eq(t, u);
-        let a = self.lit(Atom::EntIn(t, u.clone()));
-        // A missing entity is `in` nothing but itself.
-        let exists = self.lit(Atom::Exists(t));
-        self.axioms.push(a.not().or(exists).or(eq.clone()));
-        // Equality implies membership.
-        self.axioms.push(eq.not().or(a.clone()));
+        let (id, fresh) = self.intern_fresh(Atom::EntIn(t, u.clone()));
+        let a = Formula::atom(id);
+        // INVARIANT: an entity term's `EntIn` atoms are only made here, so an atom made
+        // before already has its axioms (repeating them would only slow the search).
+        if fresh {
+            // A missing entity is `in` nothing but itself.
+            let exists = self.lit(Atom::Exists(t));
+            self.axioms.push(a.not().or(exists).or(eq.clone()));
+            // Equality implies membership.
+            self.axioms.push(eq.not().or(a.clone()));
+        }
         a
     }
 
     fn has_attr(&mut self, t: TermId, attr: &str) -> Formula {
-        match self.ty(t).clone() {
-            Ty::Record(fields) => match fields.iter().find(|f| f.name == attr) {
-                Some(f) if f.required => Formula::True,
-                Some(_) => self.lit(Atom::Has(t, attr.to_owned())),
-                None => Formula::False,
-            },
-            Ty::Entity(et) => {
-                let fields = self.world.entity_fields(&et);
-                let Some(field) = fields.iter().find(|f| f.name == attr) else {
-                    return Formula::False;
-                };
-                let has = self.lit(Atom::Has(t, attr.to_owned()));
-                let exists = self.lit(Atom::Exists(t));
-                self.axioms.push(has.not().or(exists.clone()));
-                if field.required {
-                    self.axioms.push(exists.not().or(has.clone()));
+        // Whether the attribute is declared, and if so whether it is required.
+        let (declared, entity) = match self.ty(t) {
+            Ty::Record(fields) => (fields.iter().find(|f| f.name == attr).map(|f| f.required), false),
+            Ty::Entity(et) => (
+                self.world
+                    .entity_fields(et)
+                    .iter()
+                    .find(|f| f.name == attr)
+                    .map(|f| f.required),
+                true,
+            ),
+            _ => return self.lit(Atom::Has(t, attr.to_owned())),
+        };
+        match (declared, entity) {
+            (None, _) => Formula::False,
+            (Some(true), false) => Formula::True,
+            (Some(false), false) => self.lit(Atom::Has(t, attr.to_owned())),
+            (Some(required), true) => {
+                let (id, fresh) = self.intern_fresh(Atom::Has(t, attr.to_owned()));
+                let has = Formula::atom(id);
+                // INVARIANT: an entity term's `Has` atoms are only made here (as for `EntIn`).
+                if fresh {
+                    let exists = self.lit(Atom::Exists(t));
+                    self.axioms.push(has.not().or(exists.clone()));
+                    if required {
+                        self.axioms.push(exists.not().or(has.clone()));
+                    }
                 }
                 has
             }
-            _ => self.lit(Atom::Has(t, attr.to_owned())),
         }
     }
 
     fn field_ty(&self, t: TermId, attr: &str) -> Option<Ty> {
-        let fields = match self.ty(t) {
-            Ty::Record(fields) => fields.clone(),
-            Ty::Entity(et) => self.world.entity_fields(et),
-            _ => return None,
-        };
-        fields.into_iter().find(|f| f.name == attr).map(|f| f.ty)
+        match self.ty(t) {
+            Ty::Record(fields) => fields.iter().find(|f| f.name == attr).map(|f| f.ty.clone()),
+            Ty::Entity(et) => self
+                .world
+                .entity_fields(et)
+                .iter()
+                .find(|f| f.name == attr)
+                .map(|f| f.ty.clone()),
+            _ => None,
+        }
     }
 
     fn child(&mut self, t: TermId, attr: &str) -> Option<TermId> {
-        if let Some(id) = self.term_ix.get(&(t, attr.to_owned())) {
-            return Some(*id);
+        if let Some(id) = self.child_term(t, attr) {
+            return Some(id);
         }
         let ty = self.field_ty(t, attr)?;
         let root = self.terms.get(t)?.root;
@@ -403,7 +443,7 @@ impl<'w> Encoding<'w> {
             parent: Some((t, attr.to_owned())),
             ty,
         });
-        self.term_ix.insert((t, attr.to_owned()), id);
+        self.term_ix.entry(attr.to_owned()).or_default().push((t, id));
         Some(id)
     }
 

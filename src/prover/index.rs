@@ -76,27 +76,30 @@ impl Related {
     }
 }
 
-/// The axioms that share atoms, transitively, with a set of constraints.
+/// The axioms that share atoms, transitively, with a set of constraints. Kept for a whole
+/// environment and brought up to date as its encoding grows.
+#[derive(Default)]
 pub(crate) struct AxiomIndex {
     by_atom: Vec<Vec<usize>>,
     atoms_of: Vec<Vec<AtomId>>,
 }
 
 impl AxiomIndex {
-    pub(crate) fn new(axioms: &[Formula], atom_count: usize) -> Self {
-        let mut by_atom = vec![Vec::new(); atom_count];
-        let mut atoms_of = Vec::with_capacity(axioms.len());
-        for (i, ax) in axioms.iter().enumerate() {
+    /// Indexes the axioms added since the last call (`axioms` only ever grows).
+    pub(crate) fn update(&mut self, axioms: &[Formula], atom_count: usize) {
+        if self.by_atom.len() < atom_count {
+            self.by_atom.resize_with(atom_count, Vec::new);
+        }
+        for (i, ax) in axioms.iter().enumerate().skip(self.atoms_of.len()) {
             let mut atoms = Vec::new();
             ax.atom_list(&mut atoms);
             for a in &atoms {
-                if let Some(list) = by_atom.get_mut(*a) {
+                if let Some(list) = self.by_atom.get_mut(*a) {
                     list.push(i);
                 }
             }
-            atoms_of.push(atoms);
+            self.atoms_of.push(atoms);
         }
-        AxiomIndex { by_atom, atoms_of }
     }
 
     /// Indices of the axioms reachable from the given atoms.

@@ -191,7 +191,7 @@ impl Builder<'_, '_, '_> {
             return Some(());
         }
         let mut attrs = serde_json::Map::new();
-        for f in &fields {
+        for f in fields.iter() {
             let present = f.required || self.assigned(&Atom::Has(t, f.name.clone())) == Some(true);
             if present {
                 let child = self.enc.child_term(t, &f.name);

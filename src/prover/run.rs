@@ -173,50 +173,32 @@ impl<'a> Run<'a> {
             if permits.is_empty() {
                 continue;
             }
-            // Each constraint with the entity its resource scope names (for pruning).
-            let mut base: Vec<(Constraint, Option<usize>)> = vec![(
-                Constraint {
-                    formula: who,
-                    origin: Origin::Axiom,
-                },
-                None,
-            )];
+            // Each constraint with the entity its resource scope names (for pruning). Owned
+            // here and borrowed by the problem of every child permit of the environment.
+            let mut base: Vec<(Formula, Origin, Option<usize>)> = vec![(who, Origin::Axiom, None)];
             for (i, p) in self.child_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
                     let f = enc.policy(p, "child");
-                    base.push((
-                        Constraint {
-                            formula: f.not(),
-                            origin: Origin::ChildForbid(i),
-                        },
-                        target(p),
-                    ));
+                    base.push((f.not(), Origin::ChildForbid(i), target(p)));
                 }
             }
             for (i, p) in self.parent_forbids.iter().enumerate() {
                 if enc.scope_applies(p) {
                     let f = enc.policy(p, "parent");
-                    base.push((
-                        Constraint {
-                            formula: f.not(),
-                            origin: Origin::ParentForbid(i),
-                        },
-                        target(p),
-                    ));
+                    base.push((f.not(), Origin::ParentForbid(i), target(p)));
                 }
             }
             let mut parent_formulas: Vec<Option<Formula>> = vec![None; self.parent_permits.len()];
-            let mut axiom_index: Option<(usize, AxiomIndex)> = None;
+            let mut axiom_index = AxiomIndex::default();
+            let mut chosen: Vec<usize> = Vec::new();
+            let mut seed = Vec::new();
             for (j, cp) in permits {
                 let Some(slot) = acc.get_mut(j) else { continue };
                 slot.applies = true;
                 let child_target = self.child_permits.get(j).and_then(|p| target(p));
                 let mut result = None;
                 for pruned in [true, false] {
-                    let mut constraints = vec![Constraint {
-                        formula: cp.clone(),
-                        origin: Origin::ChildPermit(j),
-                    }];
+                    chosen.clear();
                     for (l, p) in self.parent_permits.iter().enumerate() {
                         if !enc.scope_applies(p) {
                             continue;
@@ -231,42 +213,40 @@ impl<'a> Run<'a> {
                             continue;
                         }
                         // Encoded and negated once per environment, shared by its child permits.
-                        let not_f = match parent_formulas.get(l).cloned().flatten() {
-                            Some(f) => f,
-                            None => {
-                                let not_f = enc.policy(p, "parent").not();
-                                if let Some(s) = parent_formulas.get_mut(l) {
-                                    *s = Some(not_f.clone());
-                                }
-                                not_f
-                            }
-                        };
-                        constraints.push(Constraint {
-                            formula: not_f,
-                            origin: Origin::ParentPermit(l),
-                        });
+                        if let Some(f @ None) = parent_formulas.get_mut(l) {
+                            *f = Some(enc.policy(p, "parent").not());
+                        }
+                        chosen.push(l);
                     }
+                    axiom_index.update(&enc.axioms, enc.atoms.len());
+                    let mut constraints = vec![Constraint {
+                        formula: &cp,
+                        origin: Origin::ChildPermit(j),
+                    }];
+                    constraints.extend(chosen.iter().filter_map(|&l| {
+                        parent_formulas
+                            .get(l)
+                            .and_then(Option::as_ref)
+                            .map(|formula| Constraint {
+                                formula,
+                                origin: Origin::ParentPermit(l),
+                            })
+                    }));
                     constraints.extend(
                         base.iter()
-                            .filter(|(_, target)| !pruned || !related.unrelated(child_target, *target))
-                            .map(|(c, _)| Constraint {
-                                formula: c.formula.clone(),
-                                origin: c.origin,
+                            .filter(|(_, _, target)| !pruned || !related.unrelated(child_target, *target))
+                            .map(|(formula, origin, _)| Constraint {
+                                formula,
+                                origin: *origin,
                             }),
                     );
-                    if axiom_index.as_ref().is_none_or(|(n, _)| *n != enc.axioms.len()) {
-                        axiom_index = Some((enc.axioms.len(), AxiomIndex::new(&enc.axioms, enc.atoms.len())));
-                    }
-                    let Some((_, index)) = axiom_index.as_ref() else {
-                        continue;
-                    };
-                    let mut seed = Vec::new();
+                    seed.clear();
                     for c in &constraints {
                         c.formula.atom_list(&mut seed);
                     }
-                    constraints.extend(index.relevant(seed).into_iter().filter_map(|i| {
-                        enc.axioms.get(i).map(|f| Constraint {
-                            formula: f.clone(),
+                    constraints.extend(axiom_index.relevant(seed.iter().copied()).into_iter().filter_map(|i| {
+                        enc.axioms.get(i).map(|formula| Constraint {
+                            formula,
                             origin: Origin::Axiom,
                         })
                     }));
@@ -324,7 +304,7 @@ impl<'a> Run<'a> {
     fn solve(
         &self,
         enc: &Encoding<'_>,
-        constraints: Vec<Constraint>,
+        constraints: Vec<Constraint<'_>>,
         acc: &mut Acc,
         replayers: &mut HashMap<String, Replayer<'a>>,
     ) -> Result<Solved, GrantError> {

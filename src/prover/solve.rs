@@ -28,8 +28,11 @@ pub(crate) enum Origin {
     Axiom,
 }
 
-pub(crate) struct Constraint {
-    pub(crate) formula: Formula,
+/// A constraint borrows its formula: the same parent permit, forbid or axiom is shared by
+/// the problems of every child permit of an environment.
+#[derive(Clone, Copy)]
+pub(crate) struct Constraint<'f> {
+    pub(crate) formula: &'f Formula,
     pub(crate) origin: Origin,
 }
 
@@ -53,14 +56,28 @@ pub(crate) enum Outcome {
     Budget,
 }
 
-pub(crate) struct Search<'e, 'w> {
+pub(crate) struct Search<'e, 'w, 'f> {
     enc: &'e Encoding<'w>,
     theory: Theory<'e, 'w>,
-    constraints: Vec<Constraint>,
+    constraints: Vec<Constraint<'f>>,
+    /// The constraints that mention each atom: `occurs[occurs_start[a]..occurs_start[a + 1]]`.
+    occurs_start: Vec<usize>,
+    occurs: Vec<usize>,
+    /// Each constraint's value under the assignment as of its last evaluation.
+    // INVARIANT: outside `propagate`, every constraint not marked dirty has the value its
+    // status says (a constraint's value only changes when one of its atoms is assigned,
+    // which marks it dirty, or unassigned, which the trail undoes).
+    status: Vec<Option<bool>>,
+    dirty: Vec<bool>,
+    /// Dirty constraints, in no particular order (sorted before each round).
+    queue: Vec<usize>,
     pub(crate) assignment: Vec<Option<bool>>,
     /// The constraint that forced each assigned atom (`None` for decisions).
     reasons: Vec<Option<Origin>>,
-    trail: Vec<AtomId>,
+    trail: Vec<Undo>,
+    /// Literals forced in the current round (kept to reuse the allocation).
+    forced: Vec<(AtomId, bool, Origin)>,
+    lits: Vec<(AtomId, bool)>,
     steps: usize,
     budget: usize,
     models_left: usize,
@@ -71,21 +88,87 @@ pub(crate) struct Search<'e, 'w> {
     pub(crate) facts: BTreeSet<(EntityUID, EntityUID)>,
 }
 
+/// What backtracking has to restore.
+enum Undo {
+    Atom(AtomId),
+    /// A constraint's previous status.
+    Status(usize, Option<bool>),
+}
+
 enum Step {
     Conflict,
     Open,
     Done,
 }
 
-impl<'e, 'w> Search<'e, 'w> {
-    pub(crate) fn new(enc: &'e Encoding<'w>, constraints: Vec<Constraint>, budget: usize, max_models: usize) -> Self {
+impl<'e, 'w, 'f> Search<'e, 'w, 'f> {
+    pub(crate) fn new(
+        enc: &'e Encoding<'w>,
+        constraints: Vec<Constraint<'f>>,
+        budget: usize,
+        max_models: usize,
+    ) -> Self {
+        let atom_count = enc.atoms.len();
+        // Occurrence lists in one flat array: count, then fill. An atom mentioned twice by
+        // one constraint is listed once.
+        let mut atoms = Vec::new();
+        let mut last_seen = vec![usize::MAX; atom_count];
+        let mut per_constraint: Vec<(usize, usize)> = Vec::with_capacity(constraints.len());
+        let mut flat: Vec<AtomId> = Vec::new();
+        for (i, c) in constraints.iter().enumerate() {
+            atoms.clear();
+            c.formula.atom_list(&mut atoms);
+            let start = flat.len();
+            for &a in &atoms {
+                if let Some(seen) = last_seen.get_mut(a) {
+                    if *seen != i {
+                        *seen = i;
+                        flat.push(a);
+                    }
+                }
+            }
+            per_constraint.push((start, flat.len()));
+        }
+        let mut occurs_start = vec![0usize; atom_count + 1];
+        for &a in &flat {
+            if let Some(n) = occurs_start.get_mut(a + 1) {
+                *n += 1;
+            }
+        }
+        for a in 0..atom_count {
+            let before = occurs_start.get(a).copied().unwrap_or(0);
+            if let Some(n) = occurs_start.get_mut(a + 1) {
+                *n += before;
+            }
+        }
+        let mut fill = occurs_start.clone();
+        let mut occurs = vec![0usize; flat.len()];
+        for (i, (start, end)) in per_constraint.iter().enumerate() {
+            for &a in flat.get(*start..*end).unwrap_or(&[]) {
+                if let Some(pos) = fill.get_mut(a) {
+                    if let Some(slot) = occurs.get_mut(*pos) {
+                        *slot = i;
+                    }
+                    *pos += 1;
+                }
+            }
+        }
+        let n = constraints.len();
         Search {
             enc,
             theory: Theory::new(enc),
             constraints,
-            assignment: vec![None; enc.atoms.len()],
-            reasons: vec![None; enc.atoms.len()],
+            occurs_start,
+            occurs,
+            status: vec![None; n],
+            // Every constraint is evaluated in the first round.
+            dirty: vec![true; n],
+            queue: (0..n).collect(),
+            assignment: vec![None; atom_count],
+            reasons: vec![None; atom_count],
             trail: Vec::new(),
+            forced: Vec::new(),
+            lits: Vec::new(),
             steps: 0,
             budget,
             models_left: max_models,
@@ -107,44 +190,109 @@ impl<'e, 'w> Search<'e, 'w> {
     fn assign(&mut self, a: AtomId, v: bool, reason: Option<Origin>) {
         if let Some(slot) = self.assignment.get_mut(a) {
             *slot = Some(v);
-            self.trail.push(a);
+            self.trail.push(Undo::Atom(a));
         }
         if let Some(r) = self.reasons.get_mut(a) {
             *r = reason;
+        }
+        let (start, end) = (
+            self.occurs_start.get(a).copied().unwrap_or(0),
+            self.occurs_start.get(a + 1).copied().unwrap_or(0),
+        );
+        for &c in self.occurs.get(start..end).unwrap_or(&[]) {
+            if let Some(d) = self.dirty.get_mut(c) {
+                if !*d {
+                    *d = true;
+                    self.queue.push(c);
+                }
+            }
+        }
+    }
+
+    fn set_status(&mut self, c: usize, v: Option<bool>) {
+        if let Some(s) = self.status.get_mut(c) {
+            if *s != v {
+                self.trail.push(Undo::Status(c, *s));
+                *s = v;
+            }
         }
     }
 
     fn undo_to(&mut self, len: usize) {
         while self.trail.len() > len {
-            if let Some(a) = self.trail.pop() {
-                if let Some(slot) = self.assignment.get_mut(a) {
-                    *slot = None;
+            match self.trail.pop() {
+                Some(Undo::Atom(a)) => {
+                    if let Some(slot) = self.assignment.get_mut(a) {
+                        *slot = None;
+                    }
                 }
+                Some(Undo::Status(c, old)) => {
+                    if let Some(s) = self.status.get_mut(c) {
+                        *s = old;
+                    }
+                }
+                None => {}
             }
         }
     }
 
-    /// Unit propagation to a fixpoint, then the theory check.
+    /// Forgets the dirty constraints (after a conflict, whose assignments the caller undoes).
+    fn clear_queue(&mut self) {
+        for &c in &self.queue {
+            if let Some(d) = self.dirty.get_mut(c) {
+                *d = false;
+            }
+        }
+        self.queue.clear();
+    }
+
+    /// Unit propagation to a fixpoint, then the theory check. Each round re-evaluates only
+    /// the constraints that mention an atom assigned since they were last evaluated, in
+    /// constraint order, so it forces and blames exactly what evaluating them all would.
     fn propagate(&mut self) -> Step {
         loop {
-            let mut forced: Vec<(AtomId, bool, Origin)> = Vec::new();
-            let mut all_true = true;
-            for c in &self.constraints {
-                match c.formula.eval(&self.assignment) {
+            let mut forced = std::mem::take(&mut self.forced);
+            forced.clear();
+            let mut queue = std::mem::take(&mut self.queue);
+            queue.sort_unstable();
+            let mut conflict = None;
+            for &i in &queue {
+                if let Some(d) = self.dirty.get_mut(i) {
+                    *d = false;
+                }
+                let Some(&c) = self.constraints.get(i) else { continue };
+                let value = c.formula.eval(&self.assignment);
+                self.set_status(i, value);
+                match value {
                     Some(true) => {}
                     Some(false) => {
-                        self.conflicts.insert(c.origin);
-                        return Step::Conflict;
+                        conflict = Some(c.origin);
+                        break;
                     }
                     None => {
-                        all_true = false;
-                        let mut lits = Vec::new();
-                        unit(&c.formula, &self.assignment, &mut lits);
-                        forced.extend(lits.into_iter().map(|(a, v)| (a, v, c.origin)));
+                        self.lits.clear();
+                        unit(c.formula, &self.assignment, &mut self.lits);
+                        forced.extend(self.lits.iter().map(|&(a, v)| (a, v, c.origin)));
                     }
                 }
             }
+            if conflict.is_some() {
+                // The rest of this round stays dirty; the caller undoes the assignments.
+                for &i in &queue {
+                    if let Some(d) = self.dirty.get_mut(i) {
+                        *d = false;
+                    }
+                }
+            }
+            queue.clear();
+            self.queue = queue;
+            if let Some(origin) = conflict {
+                self.forced = forced;
+                self.conflicts.insert(origin);
+                return Step::Conflict;
+            }
             if forced.is_empty() {
+                self.forced = forced;
                 if let Err(conflict) = self.theory.check(&self.assignment) {
                     self.facts.extend(conflict.facts);
                     for atom in conflict.atoms {
@@ -154,9 +302,13 @@ impl<'e, 'w> Search<'e, 'w> {
                     }
                     return Step::Conflict;
                 }
-                return if all_true { Step::Done } else { Step::Open };
+                return if self.status.iter().all(|s| *s == Some(true)) {
+                    Step::Done
+                } else {
+                    Step::Open
+                };
             }
-            for (a, v, origin) in forced {
+            for &(a, v, origin) in &forced {
                 match self.assignment.get(a).copied().flatten() {
                     None => self.assign(a, v, Some(origin)),
                     Some(old) if old != v => {
@@ -164,17 +316,21 @@ impl<'e, 'w> Search<'e, 'w> {
                         if let Some(Some(other)) = self.reasons.get(a) {
                             self.conflicts.insert(*other);
                         }
+                        self.forced = forced;
+                        self.clear_queue();
                         return Step::Conflict;
                     }
                     Some(_) => {}
                 }
             }
+            self.forced = forced;
         }
     }
 
     fn dpll(&mut self, on_model: &mut dyn FnMut(&Encoding<'w>, &[Option<bool>]) -> ModelVerdict) -> Result<bool, ()> {
         self.steps += 1;
         if self.steps > self.budget {
+            self.clear_queue();
             return Err(());
         }
         let mark = self.trail.len();
@@ -226,11 +382,13 @@ impl<'e, 'w> Search<'e, 'w> {
         Ok(false)
     }
 
+    /// The first constraint (in order) not yet true picks the next decision.
     fn decision(&self) -> Option<(AtomId, bool)> {
         self.constraints
             .iter()
-            .filter(|c| c.formula.eval(&self.assignment).is_none())
-            .find_map(|c| pick(&c.formula, &self.assignment))
+            .zip(&self.status)
+            .filter(|(_, s)| s.is_none())
+            .find_map(|(c, _)| pick(c.formula, &self.assignment))
     }
 }
 
@@ -270,5 +428,88 @@ fn pick(f: &Formula, a: &[Option<bool>]) -> Option<(AtomId, bool)> {
             parts.iter().filter(|p| p.eval(a).is_none()).find_map(|p| pick(p, a))
         }
         Formula::True | Formula::False => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::str::FromStr;
+
+    use cedar_policy::{Entities, Schema};
+
+    use super::super::encode::{Atom, Env, Ty};
+    use super::super::world::World;
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            usize::try_from(self.0 % n as u64).unwrap()
+        }
+
+        fn formula(&mut self, atoms: usize, depth: usize) -> Formula {
+            match if depth == 0 { 0 } else { self.below(4) } {
+                0 | 1 => Formula::Lit(self.below(atoms), self.below(2) == 0),
+                2 => Formula::all((0..1 + self.below(3)).map(|_| self.formula(atoms, depth - 1))),
+                _ => Formula::any((0..1 + self.below(3)).map(|_| self.formula(atoms, depth - 1))),
+            }
+        }
+    }
+
+    /// Opaque atoms carry no theory, so the search is plain propositional search: the
+    /// models it reports must be disjoint cubes of satisfying assignments that together
+    /// cover every satisfying total assignment.
+    #[test]
+    fn incremental_propagation_finds_exactly_the_models() {
+        let schema = Schema::from_str("entity A; action act appliesTo { principal: [A], resource: [A] };").unwrap();
+        let entities = Entities::empty();
+        let world = World::new(schema.as_ref(), entities.as_ref());
+        let child = EntityUID::from_str(r#"A::"child""#).unwrap();
+        let env = Env {
+            principal_type: child.entity_type().clone(),
+            action: EntityUID::from_str(r#"Action::"act""#).unwrap(),
+            resource_type: child.entity_type().clone(),
+            child,
+            context: Ty::Record(Vec::new()),
+        };
+        let n = 7;
+        let mut enc = Encoding::new(&world, env);
+        enc.atoms = (0..n).map(|i| Atom::Opaque(i, true)).collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..400 {
+            let formulas: Vec<Formula> = (0..1 + rng.below(6)).map(|_| rng.formula(n, 3)).collect();
+            let constraints = formulas
+                .iter()
+                .enumerate()
+                .map(|(i, formula)| Constraint {
+                    formula,
+                    origin: Origin::ChildForbid(i),
+                })
+                .collect();
+            let mut covered = 0usize;
+            let mut search = Search::new(&enc, constraints, usize::MAX, usize::MAX);
+            let outcome = search.run(&mut |_, a| {
+                for f in &formulas {
+                    assert_eq!(f.eval(a), Some(true), "round {round}: a model falsifies a constraint");
+                }
+                covered += 1 << a.iter().filter(|v| v.is_none()).count();
+                ModelVerdict::Reject
+            });
+            let expected = (0..1usize << n)
+                .filter(|bits| {
+                    let a: Vec<Option<bool>> = (0..n).map(|i| Some(bits & (1 << i) != 0)).collect();
+                    formulas.iter().all(|f| f.eval(&a) == Some(true))
+                })
+                .count();
+            assert_eq!(covered, expected, "round {round}: {formulas:?}");
+            let unsat = expected == 0;
+            assert_eq!(outcome == Outcome::Unsat, unsat, "round {round}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use cedar_policy_core::ast::{Eid, Entity, EntityType, EntityUID};
 use cedar_policy_core::entities::{Dereference, Entities};
@@ -12,7 +13,7 @@ use super::encode::{Field, Ty};
 pub(crate) struct World<'a> {
     pub(crate) schema: &'a ValidatorSchema,
     pub(crate) store: &'a Entities,
-    fields: RefCell<HashMap<EntityType, Vec<Field>>>,
+    fields: RefCell<HashMap<EntityType, Rc<[Field]>>>,
 }
 
 impl<'a> World<'a> {
@@ -24,12 +25,12 @@ impl<'a> World<'a> {
         }
     }
 
-    /// The declared attributes of an entity type.
-    pub(crate) fn entity_fields(&self, et: &EntityType) -> Vec<Field> {
+    /// The declared attributes of an entity type (shared: encoding asks for them per access).
+    pub(crate) fn entity_fields(&self, et: &EntityType) -> Rc<[Field]> {
         if let Some(f) = self.fields.borrow().get(et) {
-            return f.clone();
+            return Rc::clone(f);
         }
-        let fields: Vec<Field> = self
+        let fields: Rc<[Field]> = self
             .schema
             .get_entity_type(et)
             .map(|t| {
@@ -43,7 +44,7 @@ impl<'a> World<'a> {
                     .collect()
             })
             .unwrap_or_default();
-        self.fields.borrow_mut().insert(et.clone(), fields.clone());
+        self.fields.borrow_mut().insert(et.clone(), Rc::clone(&fields));
         fields
     }
 

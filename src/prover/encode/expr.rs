@@ -66,7 +66,7 @@ impl Encoding<'_> {
                 let i = self.opaque.len();
                 self.opaque.push(OpaqueExpr {
                     text: text.clone(),
-                    policy: self.current.clone(),
+                    policy: self.current_policy(),
                 });
                 self.opaque_ix.insert(text, i);
                 let t = self.lit(Atom::Opaque(i, true));

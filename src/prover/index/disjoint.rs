@@ -58,6 +58,10 @@ impl Facts {
 
 /// `pinned`'s stored entity contradicts one of `facts`' string facts.
 fn refuted_by_store(facts: &Facts, pinned: &Facts, world: &World<'_>) -> bool {
+    // Most policies have no string fact: skip the store lookup for them.
+    if facts.strings.is_empty() {
+        return false;
+    }
     let Some(entity) = pinned.pinned.as_ref().and_then(|u| world.stored(u)) else {
         return false;
     };
