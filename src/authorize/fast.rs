@@ -525,6 +525,13 @@ mod tests {
         {"uid": {"type": "Doc", "id": "d0"}, "attrs": {"level": 1, "owner": {"__entity": {"type": "User", "id": "u0"}}},
          "parents": [{"type": "Folder", "id": "f0"}]},
         {"uid": {"type": "Doc", "id": "d1"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Doc", "id": "deep"}, "attrs": {"level": 0}, "parents": [
+            {"type": "Folder", "id": "f0"}, {"type": "Folder", "id": "p0"}, {"type": "Folder", "id": "p1"},
+            {"type": "Folder", "id": "p2"}, {"type": "Folder", "id": "p3"}, {"type": "Folder", "id": "p4"},
+            {"type": "Folder", "id": "p5"}, {"type": "Folder", "id": "p6"}, {"type": "Folder", "id": "p7"},
+            {"type": "Folder", "id": "p8"}, {"type": "Folder", "id": "p9"}, {"type": "Folder", "id": "p10"},
+            {"type": "Folder", "id": "p11"}, {"type": "Folder", "id": "p12"}, {"type": "Folder", "id": "p13"},
+            {"type": "Folder", "id": "p14"}, {"type": "Folder", "id": "p15"}, {"type": "Folder", "id": "p16"}]},
         {"uid": {"type": "Folder", "id": "f0"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f1"}]},
         {"uid": {"type": "Folder", "id": "f1"}, "attrs": {}, "parents": []},
         {"uid": {"type": "Action", "id": "read"}, "attrs": {}, "parents": [{"type": "Action", "id": "all"}]},
@@ -574,6 +581,11 @@ mod tests {
         r#"[Action::"all"]"#,
         r#"[User::"g1", Doc::"f1"]"#,
         r#"Group::"f0""#,
+        r#"Folder::"p3""#,
+        // `Doc::"deep"` has more ancestors than `descends` compares one by one.
+        r#"[Folder::"p0", Folder::"p1", Folder::"p2", Folder::"p3", Folder::"p4", Folder::"p5", Folder::"p6",
+            Folder::"p7", Folder::"p8", Folder::"p9", Folder::"p10", Folder::"p11", Folder::"p12",
+            Folder::"p13", Folder::"p14", Folder::"p15", Folder::"p16", Folder::"f1"]"#,
         "[]",
         r#"User::"u0""#,
         "principal.home",
@@ -660,7 +672,14 @@ mod tests {
 
     fn request(i: usize, n: i64) -> cedar_policy::Request {
         let principals = [r#"User::"u0""#, r#"User::"u1""#, r#"User::"ghost""#, r#"Group::"g0""#];
-        let resources = [r#"Doc::"d0""#, r#"Doc::"d1""#, r#"Doc::"ghost""#, r#"Folder::"f0""#];
+        // `Doc::"deep"` has more ancestors than `descends` compares one by one.
+        let resources = [
+            r#"Doc::"d0""#,
+            r#"Doc::"d1""#,
+            r#"Doc::"ghost""#,
+            r#"Folder::"f0""#,
+            r#"Doc::"deep""#,
+        ];
         let uid = |s: &str| s.parse::<cedar_policy::EntityUid>().unwrap();
         let context =
             cedar_policy::Context::from_json_value(serde_json::json!({"n": n, "s": "ann", "rec": {"x": n}}), None)
@@ -668,14 +687,14 @@ mod tests {
         cedar_policy::Request::new(
             uid(principals[i % 4]),
             uid(r#"Action::"read""#),
-            uid(resources[(i / 4) % 4]),
+            uid(resources[(i / 4) % 5]),
             context,
             None,
         )
         .unwrap()
     }
 
-    /// Compares deputy and Cedar on one policy over 16 requests; how many deputy answered.
+    /// Compares deputy and Cedar on one policy over 20 requests; how many deputy answered.
     fn agree(text: &str, n: i64) -> usize {
         let policy = cedar_policy::Policy::parse(None, text).unwrap_or_else(|e| panic!("{text}: {e}"));
         let p: &Policy = policy.as_ref();
@@ -685,7 +704,7 @@ mod tests {
             return 0;
         };
         let mut answered = 0;
-        for i in 0..16 {
+        for i in 0..20 {
             let request = request(i, n);
             let request: &Request = request.as_ref();
             let ctx = Ctx::new(store, request);
@@ -722,7 +741,7 @@ mod tests {
                     if unless { "unless" } else { "when" }
                 );
                 answered.fetch_add(agree(&text, n), Ordering::Relaxed);
-                asked.fetch_add(16, Ordering::Relaxed);
+                asked.fetch_add(20, Ordering::Relaxed);
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e}"));
@@ -746,6 +765,13 @@ mod tests {
             (
                 r#"permit(principal in Group::"g1", action, resource is Doc in Folder::"f1");"#,
                 16,
+            ),
+            (
+                r#"permit(principal, action, resource) when { resource in [Folder::"p0", Folder::"p1",
+                Folder::"p2", Folder::"p3", Folder::"p4", Folder::"p5", Folder::"p6", Folder::"p7",
+                Folder::"p8", Folder::"p9", Folder::"p10", Folder::"p11", Folder::"p12", Folder::"p13",
+                Folder::"p14", Folder::"p15", Folder::"p16", Folder::"f1"] };"#,
+                20,
             ),
             (
                 r#"permit(principal, action, resource) when { principal has level && principal.level == 2 };"#,

@@ -358,8 +358,12 @@ impl<'e, 'w, 'f> Search<'e, 'w, 'f> {
             Step::Open => {}
         }
         let Some((a, v)) = self.decision() else {
+            // Open means some constraint is undecided, and an undecided formula always has an
+            // unassigned atom to pick. Should the kept statuses ever disagree, give up
+            // (inconclusive) rather than call the region empty.
+            debug_assert!(false, "an open problem without a decision");
             self.undo_to(mark);
-            return Ok(false);
+            return Err(());
         };
         for value in [v, !v] {
             let inner = self.trail.len();
