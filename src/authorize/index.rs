@@ -25,10 +25,12 @@
 //! The action buckets are built from the hierarchy of the entity store given to `build`; a
 //! request is checked against the hierarchy of its own store, and if the action's named
 //! ancestors differ, the lookup declines and the caller evaluates the full set. So every action
-//! in a bucket satisfies the action scope of every policy in it, and a static policy scoped
-//! `action in [..]` is stored in its buckets with the action unconstrained (same id, annotations
-//! and conditions): its decision, reason and errors are unchanged, and Cedar no longer builds
-//! the action list as a set on every request.
+//! in a bucket satisfies the action scope of every policy in it, and every request visiting a
+//! slice satisfies the constraint the slice is keyed by. So a policy's condition is compiled for
+//! deputy's evaluator (`fast`) without those constraints, and a static policy scoped
+//! `action in [..]` left to Cedar's evaluator is stored in its buckets with the action
+//! unconstrained (same id, annotations and conditions): its decision, reason and errors are
+//! unchanged, and Cedar no longer builds the action list as a set on every request.
 
 use std::collections::hash_map::Entry;
 
