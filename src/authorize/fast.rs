@@ -100,6 +100,17 @@ enum Op {
     Eq(Box<Op>, Box<Op>),
     Less(Box<Op>, Box<Op>),
     LessEq(Box<Op>, Box<Op>),
+    /// `a < k`, `a <= k`, `a > k` (Cedar: `!(a <= k)`), `a >= k` (`!(a < k)`) with a Long
+    /// literal `k`: the most common condition, in one step.
+    CmpLong(Box<Op>, Cmp, i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
 }
 
 impl Cond {
@@ -208,11 +219,19 @@ fn op(e: &Expr, slots: &SlotEnv, depth: usize) -> Option<Op> {
         } => Op::If(sub(test_expr)?, sub(then_expr)?, sub(else_expr)?),
         ExprKind::And { left, right } => Op::And(sub(left)?, sub(right)?),
         ExprKind::Or { left, right } => Op::Or(sub(left)?, sub(right)?),
-        ExprKind::UnaryApp { op: UnaryOp::Not, arg } => Op::Not(sub(arg)?),
+        ExprKind::UnaryApp { op: UnaryOp::Not, arg } => match cmp_long(arg) {
+            // `>` and `>=` are Cedar's `!(<=)` and `!(<)`.
+            Some((a, Cmp::Le, k)) => Op::CmpLong(sub(a)?, Cmp::Gt, k),
+            Some((a, Cmp::Lt, k)) => Op::CmpLong(sub(a)?, Cmp::Ge, k),
+            _ => Op::Not(sub(arg)?),
+        },
         ExprKind::BinaryApp { op: bin, arg1, arg2 } => match bin {
             BinaryOp::Eq => Op::Eq(sub(arg1)?, sub(arg2)?),
-            BinaryOp::Less => Op::Less(sub(arg1)?, sub(arg2)?),
-            BinaryOp::LessEq => Op::LessEq(sub(arg1)?, sub(arg2)?),
+            BinaryOp::Less | BinaryOp::LessEq => match cmp_long(e) {
+                Some((a, cmp, k)) => Op::CmpLong(sub(a)?, cmp, k),
+                None if *bin == BinaryOp::Less => Op::Less(sub(arg1)?, sub(arg2)?),
+                None => Op::LessEq(sub(arg1)?, sub(arg2)?),
+            },
             BinaryOp::In => match var_slot(arg1) {
                 Some(v) => Op::VarIn(v, entity_literals(arg2, slots)?),
                 None => Op::In(sub(arg1)?, entity_literals(arg2, slots)?),
@@ -228,6 +247,21 @@ fn op(e: &Expr, slots: &SlotEnv, depth: usize) -> Option<Op> {
         ExprKind::Is { expr, entity_type } => Op::Is(sub(expr)?, entity_type.clone()),
         _ => return None,
     })
+}
+
+/// `a < k` or `a <= k` with a Long literal `k` (which never errs: only `a` is evaluated).
+fn cmp_long(e: &Expr) -> Option<(&Expr, Cmp, i64)> {
+    let ExprKind::BinaryApp { op, arg1, arg2 } = e.expr_kind() else {
+        return None;
+    };
+    let ExprKind::Lit(Literal::Long(k)) = arg2.expr_kind() else {
+        return None;
+    };
+    match op {
+        BinaryOp::Less => Some((arg1, Cmp::Lt, *k)),
+        BinaryOp::LessEq => Some((arg1, Cmp::Le, *k)),
+        _ => None,
+    }
 }
 
 fn literal(lit: &Literal) -> Op {
@@ -454,6 +488,15 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
         Op::Less(a, b) => {
             let (a, b) = (eval(a, ctx)?, eval(b, ctx)?);
             Val::Bool(long(a)? < long(b)?)
+        }
+        Op::CmpLong(a, cmp, k) => {
+            let a = long(eval(a, ctx)?)?;
+            Val::Bool(match cmp {
+                Cmp::Lt => a < *k,
+                Cmp::Le => a <= *k,
+                Cmp::Gt => a > *k,
+                Cmp::Ge => a >= *k,
+            })
         }
         Op::LessEq(a, b) => {
             let (a, b) = (eval(a, ctx)?, eval(b, ctx)?);
