@@ -328,6 +328,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Whether the store could not say whether one of the request's entities exists.
+    pub(crate) fn store_unsure(&self) -> bool {
+        self.found.iter().any(|f| matches!(f, Lookup::Unknown))
+    }
+
     /// The request's principal (0), action (1) or resource (2), when known.
     pub(crate) fn uid(&self, slot: usize) -> Option<&'a EntityUID> {
         *self.vars.get(slot)?

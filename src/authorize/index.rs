@@ -230,6 +230,10 @@ impl PolicyIndex {
         let (Some(principal), Some(action), Some(resource)) = (ctx.uid(0), ctx.uid(1), ctx.uid(2)) else {
             return false;
         };
+        // A store that answers with residuals (partial evaluation) is Cedar's alone.
+        if ctx.store_unsure() {
+            return false;
+        }
         self.visit(
             (principal, ctx.entity_of(0)),
             (action, ctx.entity_of(1)),

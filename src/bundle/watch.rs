@@ -59,25 +59,33 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<()>,
 ) {
     let dir = store.dir().to_path_buf();
-    let mut watched = watch_paths(watcher.as_mut(), &dir, Vec::new());
+    let (mut watched, _) = watch_paths(watcher.as_mut(), &dir, Vec::new());
+    // A change made before the watches existed raised no event: look once right away.
+    let mut look_now = true;
     loop {
-        tokio::select! {
-            ev = rx.recv() => {
-                if ev.is_none() {
-                    // The watcher is gone; keep polling.
-                    watcher = None;
+        if !look_now {
+            tokio::select! {
+                ev = rx.recv() => {
+                    if ev.is_none() {
+                        // The watcher is gone; keep polling.
+                        watcher = None;
+                    }
+                    // Let the edit settle: wait until no event arrives for `debounce`.
+                    while let Ok(Some(())) = tokio::time::timeout(opts.debounce, rx.recv()).await {}
                 }
-                // Let the edit settle: wait until no event arrives for `debounce`.
-                while let Ok(Some(())) = tokio::time::timeout(opts.debounce, rx.recv()).await {}
+                () = tokio::time::sleep(opts.poll_interval) => {}
             }
-            () = tokio::time::sleep(opts.poll_interval) => {}
         }
         let s = Arc::clone(&store);
         match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "bundle reload task failed"),
         }
-        watched = watch_paths(watcher.as_mut(), &dir, watched);
+        let moved;
+        (watched, moved) = watch_paths(watcher.as_mut(), &dir, watched);
+        // While the watches moved (a symlink swap), a further change could slip between the
+        // old watch going and the new one coming: look again rather than wait for an event.
+        look_now = moved;
     }
 }
 
@@ -104,18 +112,18 @@ fn watch_set(dir: &Path) -> Vec<(PathBuf, RecursiveMode, Option<PathBuf>)> {
 }
 
 /// (Re)establishes the watches when any watched path now resolves somewhere new, or a
-/// sub-directory appeared. Returns what is watched now.
+/// sub-directory appeared. Returns what is watched now, and whether the watches moved.
 fn watch_paths(
     watcher: Option<&mut notify::RecommendedWatcher>,
     dir: &Path,
     previous: Vec<(PathBuf, RecursiveMode, Option<PathBuf>)>,
-) -> Vec<(PathBuf, RecursiveMode, Option<PathBuf>)> {
+) -> (Vec<(PathBuf, RecursiveMode, Option<PathBuf>)>, bool) {
     let Some(watcher) = watcher else {
-        return previous;
+        return (previous, false);
     };
     let next = watch_set(dir);
     if next == previous {
-        return previous;
+        return (previous, false);
     }
     for (path, _, _) in &previous {
         let _ = watcher.unwatch(path);
@@ -125,5 +133,5 @@ fn watch_paths(
             tracing::warn!(path = %path.display(), error = %e, "cannot watch; relying on polling");
         }
     }
-    next
+    (next, true)
 }
