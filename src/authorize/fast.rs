@@ -663,6 +663,8 @@ mod tests {
             r#"User::"f0""#,
         ],
         &["principal.name", "context.s", "\"ann\"", "principal.level"],
+        // Extension values: `<` on them is Cedar's alone; `==` is Cedar's value equality.
+        &["context.d", "context.e", "context.t", "context.t2", "0"],
     ];
 
     fn comparison() -> impl Strategy<Value = String> {
@@ -729,9 +731,17 @@ mod tests {
             r#"Doc::"deep""#,
         ];
         let uid = |s: &str| s.parse::<cedar_policy::EntityUid>().unwrap();
-        let context =
-            cedar_policy::Context::from_json_value(serde_json::json!({"n": n, "s": "ann", "rec": {"x": n}}), None)
-                .unwrap();
+        let context = cedar_policy::Context::from_json_value(
+            serde_json::json!({
+                "n": n, "s": "ann", "rec": {"x": n},
+                "d": {"__extn": {"fn": "decimal", "arg": "1.5"}},
+                "e": {"__extn": {"fn": "decimal", "arg": if n > 0 { "1.5" } else { "2.25" }}},
+                "t": {"__extn": {"fn": "datetime", "arg": "2026-11-25"}},
+                "t2": {"__extn": {"fn": "datetime", "arg": if n > 0 { "2026-11-25" } else { "2025-01-01" }}},
+            }),
+            None,
+        )
+        .unwrap();
         cedar_policy::Request::new(
             uid(principals[i % 4]),
             uid(r#"Action::"read""#),
