@@ -304,6 +304,16 @@ enum Lookup<'a> {
     Unknown,
 }
 
+impl<'a> Lookup<'a> {
+    fn of(entities: &'a Entities, uid: &EntityUID) -> Lookup<'a> {
+        match entities.entity(uid) {
+            Dereference::Data(e) => Lookup::Found(e),
+            Dereference::NoSuchEntity => Lookup::Missing,
+            Dereference::Residual(_) => Lookup::Unknown,
+        }
+    }
+}
+
 impl<'a> Ctx<'a> {
     pub(crate) fn new(entities: &'a Entities, request: &'a Request) -> Ctx<'a> {
         let context = match request.context() {
@@ -315,14 +325,9 @@ impl<'a> Ctx<'a> {
             request.action().uid(),
             request.resource().uid(),
         ];
-        let fetch = |uid: Option<&EntityUID>| match uid.map(|u| entities.entity(u)) {
-            Some(Dereference::Data(e)) => Lookup::Found(e),
-            Some(Dereference::NoSuchEntity) => Lookup::Missing,
-            Some(Dereference::Residual(_)) | None => Lookup::Unknown,
-        };
         Ctx {
             entities,
-            found: vars.map(fetch),
+            found: vars.map(|uid| uid.map_or(Lookup::Unknown, |u| Lookup::of(entities, u))),
             vars,
             context,
         }
@@ -351,11 +356,7 @@ impl<'a> Ctx<'a> {
     fn lookup(&self, uid: &EntityUID, var: Option<usize>) -> Lookup<'a> {
         match var.and_then(|i| self.found.get(i)) {
             Some(found) => *found,
-            None => match self.entities.entity(uid) {
-                Dereference::Data(e) => Lookup::Found(e),
-                Dereference::NoSuchEntity => Lookup::Missing,
-                Dereference::Residual(_) => Lookup::Unknown,
-            },
+            None => Lookup::of(self.entities, uid),
         }
     }
 }
