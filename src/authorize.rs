@@ -134,14 +134,18 @@ fn evaluate_candidates<'a>(
     for candidate in candidates {
         let (name, effect, satisfied) = match candidate {
             Candidate::Ready(p) => {
-                let satisfied = match &p.how {
-                    index::How::Fast { cond, policy } => match ctx.and_then(|ctx| cond.eval(ctx)) {
-                        Some(b) => Ok(b),
-                        None => boolean(cedar().partial_interpret(&policy.condition(), policy.env()))?,
+                let satisfied = match p.fast.as_ref().zip(ctx).and_then(|(cond, ctx)| cond.eval(ctx)) {
+                    Some(b) => Ok(b),
+                    None => match &p.rest.cedar {
+                        index::CedarForm::Policy(policy) => {
+                            boolean(cedar().partial_interpret(&policy.condition(), policy.env()))?
+                        }
+                        index::CedarForm::Condition { condition, env } => {
+                            boolean(cedar().partial_interpret(condition, env))?
+                        }
                     },
-                    index::How::Cedar { condition, env } => boolean(cedar().partial_interpret(condition, env))?,
                 };
-                (Name::Ready(&p.name), p.effect, satisfied)
+                (Name::Ready(&p.rest.name), p.effect, satisfied)
             }
             Candidate::Policy(p) => (
                 Name::Id(p.id()),

@@ -19,6 +19,7 @@
 //! scope, and the `==`, `in` or `is` the slice is keyed by) are left out: on a concrete request
 //! a scope constraint never errs, so a conjunct known to be true changes nothing.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use cedar_policy_core::ast::{
@@ -76,23 +77,24 @@ pub struct Cond {
 enum Op {
     Bool(bool),
     Long(i64),
-    Entity(EntityUID),
+    Entity(Box<EntityUID>),
     /// Any other literal (strings).
-    Value(Value),
+    Value(Box<Value>),
     Var(Var),
     /// The shapes most conditions are made of, on the request's principal (0), action (1) or
     /// resource (2): `var == E`, `var is T`, `var in E|[..]`, `var.attr`.
-    VarEq(usize, EntityUID),
-    VarIs(usize, EntityType),
-    VarIn(usize, Vec<EntityUID>),
-    VarAttr(usize, SmolStr),
+    VarEq(usize, Box<EntityUID>),
+    VarIs(usize, Box<EntityType>),
+    VarIn(usize, Box<[EntityUID]>),
+    /// `var.attr`, with the attribute's number in the index (`AttrIds`), if it has one.
+    VarAttr(usize, SmolStr, Option<u32>),
     /// `context.attr`.
     ContextAttr(SmolStr),
     Attr(Box<Op>, SmolStr),
     Has(Box<Op>, SmolStr),
-    Is(Box<Op>, EntityType),
+    Is(Box<Op>, Box<EntityType>),
     /// `lhs in E` or `lhs in [E1, E2, ..]` with entity literals.
-    In(Box<Op>, Vec<EntityUID>),
+    In(Box<Op>, Box<[EntityUID]>),
     And(Box<Op>, Box<Op>),
     Or(Box<Op>, Box<Op>),
     Not(Box<Op>),
@@ -116,7 +118,8 @@ enum Cmp {
 impl Cond {
     /// Compiles `policy`'s condition without the scope constraints the index guarantees, or
     /// `None` when it uses anything outside the fragment.
-    pub(crate) fn compile(policy: &Policy, implied: Implied) -> Option<Cond> {
+    /// `ids` numbers the attributes conditions read; one per index (see `Ctx::memo`).
+    pub(crate) fn compile(policy: &Policy, implied: Implied, ids: &mut AttrIds) -> Option<Cond> {
         let mut conjuncts = Vec::new();
         let principal = policy.principal_constraint();
         let resource = policy.resource_constraint();
@@ -142,7 +145,7 @@ impl Cond {
             &mut conjuncts,
         )?;
         if let Some(body) = policy.non_scope_constraints() {
-            conjuncts.push(op(body, policy.env(), 0)?);
+            conjuncts.push(op(body, policy.env(), ids, 0)?);
         }
         Some(Cond { conjuncts })
     }
@@ -178,40 +181,40 @@ fn scope(c: &PrincipalOrResourceConstraint, var: usize, skip: Skip, out: &mut Ve
         PrincipalOrResourceConstraint::Any => {}
         PrincipalOrResourceConstraint::Eq(r) => {
             if skip != Skip::Entity {
-                out.push(Op::VarEq(var, entity(r)?));
+                out.push(Op::VarEq(var, Box::new(entity(r)?)));
             }
         }
         PrincipalOrResourceConstraint::In(r) => {
             if skip != Skip::Entity {
-                out.push(Op::VarIn(var, vec![entity(r)?]));
+                out.push(Op::VarIn(var, Box::new([entity(r)?])));
             }
         }
         PrincipalOrResourceConstraint::Is(t) => {
             if skip != Skip::Type {
-                out.push(Op::VarIs(var, t.as_ref().clone()));
+                out.push(Op::VarIs(var, Box::new(t.as_ref().clone())));
             }
         }
         PrincipalOrResourceConstraint::IsIn(t, r) => {
             if skip != Skip::Type {
-                out.push(Op::VarIs(var, t.as_ref().clone()));
+                out.push(Op::VarIs(var, Box::new(t.as_ref().clone())));
             }
             if skip != Skip::Entity {
-                out.push(Op::VarIn(var, vec![entity(r)?]));
+                out.push(Op::VarIn(var, Box::new([entity(r)?])));
             }
         }
     }
     Some(())
 }
 
-fn op(e: &Expr, slots: &SlotEnv, depth: usize) -> Option<Op> {
+fn op(e: &Expr, slots: &SlotEnv, ids: &mut AttrIds, depth: usize) -> Option<Op> {
     if depth > MAX_DEPTH {
         return None;
     }
-    let sub = |e: &Expr| op(e, slots, depth + 1).map(Box::new);
+    let mut sub = |e: &Expr| op(e, slots, ids, depth + 1).map(Box::new);
     Some(match e.expr_kind() {
         ExprKind::Lit(lit) => literal(lit),
         ExprKind::Var(v) => Op::Var(*v),
-        ExprKind::Slot(id) => Op::Entity(slots.get(id)?.clone()),
+        ExprKind::Slot(id) => Op::Entity(Box::new(slots.get(id)?.clone())),
         ExprKind::If {
             test_expr,
             then_expr,
@@ -233,18 +236,18 @@ fn op(e: &Expr, slots: &SlotEnv, depth: usize) -> Option<Op> {
                 None => Op::LessEq(sub(arg1)?, sub(arg2)?),
             },
             BinaryOp::In => match var_slot(arg1) {
-                Some(v) => Op::VarIn(v, entity_literals(arg2, slots)?),
-                None => Op::In(sub(arg1)?, entity_literals(arg2, slots)?),
+                Some(v) => Op::VarIn(v, entity_literals(arg2, slots)?.into()),
+                None => Op::In(sub(arg1)?, entity_literals(arg2, slots)?.into()),
             },
             _ => return None,
         },
         ExprKind::GetAttr { expr, attr } => match (var_slot(expr), expr.expr_kind()) {
-            (Some(v), _) => Op::VarAttr(v, attr.clone()),
+            (Some(v), _) => Op::VarAttr(v, attr.clone(), ids.id(v, attr)),
             (None, ExprKind::Var(Var::Context)) => Op::ContextAttr(attr.clone()),
             (None, _) => Op::Attr(sub(expr)?, attr.clone()),
         },
         ExprKind::HasAttr { expr, attr } => Op::Has(sub(expr)?, attr.clone()),
-        ExprKind::Is { expr, entity_type } => Op::Is(sub(expr)?, entity_type.clone()),
+        ExprKind::Is { expr, entity_type } => Op::Is(sub(expr)?, Box::new(entity_type.clone())),
         _ => return None,
     })
 }
@@ -268,8 +271,8 @@ fn literal(lit: &Literal) -> Op {
     match lit {
         Literal::Bool(b) => Op::Bool(*b),
         Literal::Long(l) => Op::Long(*l),
-        Literal::EntityUID(u) => Op::Entity(u.as_ref().clone()),
-        other => Op::Value(Value::from(other.clone())),
+        Literal::EntityUID(u) => Op::Entity(Box::new(u.as_ref().clone())),
+        other => Op::Value(Box::new(Value::from(other.clone()))),
     }
 }
 
@@ -286,6 +289,25 @@ fn entity_literals(e: &Expr, slots: &SlotEnv) -> Option<Vec<EntityUID>> {
     }
 }
 
+/// Numbers for the attributes of the request's entities that conditions read (`resource.level`),
+/// one per attribute and variable over all the conditions of an index, so that a request reads
+/// each from the store once however many policies test it (see `Ctx::memo`).
+#[derive(Debug, Default)]
+pub(crate) struct AttrIds(std::collections::HashMap<(usize, SmolStr), u32, foldhash::fast::RandomState>);
+
+impl AttrIds {
+    fn id(&mut self, var: usize, attr: &SmolStr) -> Option<u32> {
+        let next = u32::try_from(self.0.len()).ok()?;
+        Some(*self.0.entry((var, attr.clone())).or_insert(next))
+    }
+}
+
+/// Attribute reads a request remembers: the first this many distinct ones.
+const MEMO: usize = 8;
+
+/// An attribute read a request remembers: its `AttrIds` number and the value.
+type Remembered<'a> = Option<(u32, Option<&'a PartialValue>)>;
+
 /// The request and the store, with the request's entities looked up once (the index needs
 /// them all anyway).
 pub(crate) struct Ctx<'a> {
@@ -294,6 +316,12 @@ pub(crate) struct Ctx<'a> {
     vars: [Option<&'a EntityUID>; 3],
     found: [Lookup<'a>; 3],
     context: Option<&'a BTreeMap<SmolStr, Value>>,
+    /// Attributes of the request's entities already read, by their `AttrIds` number: the value
+    /// (`None` when the entity lacks the attribute). Filled in order; the first empty cell ends it.
+    /// INVARIANT: a `Ctx` evaluates the conditions of one index (one `AttrIds`), and the
+    /// request's entities and the store do not change while it lives, so a number names one
+    /// attribute of one entity and its value stays what the store holds.
+    memo: [Cell<Remembered<'a>>; MEMO],
 }
 
 #[derive(Clone, Copy)]
@@ -330,7 +358,28 @@ impl<'a> Ctx<'a> {
             found: vars.map(|uid| uid.map_or(Lookup::Unknown, |u| Lookup::of(entities, u))),
             vars,
             context,
+            memo: Default::default(),
         }
+    }
+
+    /// `attr` of the request's entity in `slot` (which the store holds as `e`), read from the
+    /// store once per request when it has a number.
+    fn var_attr(&self, e: &'a Entity, attr: &SmolStr, id: Option<u32>) -> Option<&'a PartialValue> {
+        let Some(id) = id else {
+            return e.get(attr);
+        };
+        for cell in &self.memo {
+            match cell.get() {
+                Some((k, v)) if k == id => return v,
+                Some(_) => {}
+                None => {
+                    let v = e.get(attr);
+                    cell.set(Some((id, v)));
+                    return v;
+                }
+            }
+        }
+        e.get(attr)
     }
 
     /// Whether the store could not say whether one of the request's entities exists.
@@ -440,7 +489,7 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
             None => Val::Record(ctx.context?),
         },
         Op::VarEq(v, uid) => Val::Bool(same(ctx.uid(*v)?, uid)),
-        Op::VarIs(v, ty) => Val::Bool(ctx.uid(*v)?.entity_type() == ty),
+        Op::VarIs(v, ty) => Val::Bool(ctx.uid(*v)?.entity_type() == &**ty),
         Op::VarIn(v, targets) => {
             let uid = ctx.uid(*v)?;
             let entity = match ctx.found.get(*v)? {
@@ -455,8 +504,8 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
             )
         }
         Op::ContextAttr(attr) => Val::of(ctx.context?.get(attr)?),
-        Op::VarAttr(v, attr) => match ctx.found.get(*v)? {
-            Lookup::Found(e) => match e.get(attr)? {
+        Op::VarAttr(v, attr, id) => match ctx.found.get(*v)? {
+            Lookup::Found(e) => match ctx.var_attr(e, attr, *id)? {
                 PartialValue::Value(v) => Val::of(v),
                 PartialValue::Residual(_) => return None,
             },
@@ -526,7 +575,7 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
             )
         }
         Op::Is(a, ty) => match eval(a, ctx)? {
-            Val::Entity(uid, _) => Val::Bool(uid.entity_type() == ty),
+            Val::Entity(uid, _) => Val::Bool(uid.entity_type() == &**ty),
             _ => return None,
         },
         Op::Attr(a, attr) => match eval(a, ctx)? {
@@ -601,6 +650,8 @@ mod tests {
         "principal.missing",
         "resource.owner",
         "resource.owner.level",
+        "resource.missing",
+        "action.name",
         "context.n",
         "context.s",
         "context.rec",
@@ -755,29 +806,44 @@ mod tests {
 
     /// Compares deputy and Cedar on one policy over 20 requests; how many deputy answered.
     fn agree(text: &str, n: i64) -> usize {
-        let policy = cedar_policy::Policy::parse(None, text).unwrap_or_else(|e| panic!("{text}: {e}"));
-        let p: &Policy = policy.as_ref();
+        agree_all(&[text.to_owned()], n)
+    }
+
+    /// Compares deputy and Cedar on policies compiled together (one `AttrIds`, as an index
+    /// compiles them) and evaluated in turn on one `Ctx` per request (as a decision does, with
+    /// its remembered attribute reads), over 20 requests; how many answers deputy gave.
+    fn agree_all(texts: &[String], n: i64) -> usize {
         let store = cedar_policy::Entities::from_json_str(STORE, None).unwrap();
         let store: &Entities = store.as_ref();
-        let Some(cond) = Cond::compile(p, Implied::Nothing) else {
-            return 0;
-        };
+        let mut ids = AttrIds::default();
+        let compiled: Vec<_> = texts
+            .iter()
+            .map(|text| {
+                let policy = cedar_policy::Policy::parse(None, text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                let cond = Cond::compile(policy.as_ref(), Implied::Nothing, &mut ids);
+                (text, policy, cond)
+            })
+            .collect();
         let mut answered = 0;
         for i in 0..20 {
             let request = request(i, n);
             let request: &Request = request.as_ref();
             let ctx = Ctx::new(store, request);
-            let cedar = Evaluator::new(request.clone(), store, Extensions::all_available())
-                .partial_interpret(&p.condition(), p.env());
-            if let Some(b) = cond.eval(&ctx) {
-                answered += 1;
-                match cedar {
-                    Ok(PartialValue::Value(v)) => assert_eq!(
-                        v.value_kind(),
-                        &ValueKind::Lit(Literal::Bool(b)),
-                        "{text}\nrequest {request}"
-                    ),
-                    other => panic!("deputy answered {b}, Cedar {other:?}\n{text}\nrequest {request}"),
+            for (text, policy, cond) in &compiled {
+                let Some(cond) = cond else { continue };
+                let p: &Policy = policy.as_ref();
+                let cedar = Evaluator::new(request.clone(), store, Extensions::all_available())
+                    .partial_interpret(&p.condition(), p.env());
+                if let Some(b) = cond.eval(&ctx) {
+                    answered += 1;
+                    match cedar {
+                        Ok(PartialValue::Value(v)) => assert_eq!(
+                            v.value_kind(),
+                            &ValueKind::Lit(Literal::Bool(b)),
+                            "{text}\nrequest {request}\nafter {texts:?}"
+                        ),
+                        other => panic!("deputy answered {b}, Cedar {other:?}\n{text}\nrequest {request}"),
+                    }
                 }
             }
         }
@@ -792,21 +858,44 @@ mod tests {
             cases: 2048,
             ..ProptestConfig::default()
         });
-        let cases = (scope(), expr(), any::<bool>(), -1i64..3);
+        // One to four policies decided together, so that they share remembered attribute reads.
+        let policy = (scope(), expr(), any::<bool>()).prop_map(|(scope, cond, unless)| {
+            format!(
+                "permit({scope}) {} {{ {cond} }};",
+                if unless { "unless" } else { "when" }
+            )
+        });
+        let cases = (proptest::collection::vec(policy, 1..=4), -1i64..3);
         runner
-            .run(&cases, |(scope, cond, unless, n)| {
-                let text = format!(
-                    "permit({scope}) {} {{ {cond} }};",
-                    if unless { "unless" } else { "when" }
-                );
-                answered.fetch_add(agree(&text, n), Ordering::Relaxed);
-                asked.fetch_add(20, Ordering::Relaxed);
+            .run(&cases, |(texts, n)| {
+                answered.fetch_add(agree_all(&texts, n), Ordering::Relaxed);
+                asked.fetch_add(20 * texts.len(), Ordering::Relaxed);
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e}"));
         // Not vacuous: deputy answers a good share of random (often ill-typed) conditions.
         let (answered, asked) = (answered.into_inner(), asked.into_inner());
         assert!(answered * 4 >= asked, "deputy answered {answered} of {asked}");
+    }
+
+    #[test]
+    fn remembered_attribute_reads_stay_per_entity_and_attribute() {
+        // More distinct attributes than a request remembers, each read twice, on the principal
+        // and the resource (which share attribute names with different values).
+        let attrs = [
+            "level", "name", "flag", "home", "tags", "owner", "missing", "x", "y", "z",
+        ];
+        let mut texts = Vec::new();
+        for _ in 0..2 {
+            for a in attrs {
+                for var in ["principal", "resource"] {
+                    texts.push(format!(
+                        "permit(principal, action, resource) when {{ {var} has {a} && {var}.{a} == principal.level }};"
+                    ));
+                }
+            }
+        }
+        assert!(agree_all(&texts, 1) >= 160, "the has-guarded reads are answered");
     }
 
     #[test]

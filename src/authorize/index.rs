@@ -38,7 +38,7 @@ use cedar_policy::{ActionConstraint, Entities, Policy, PolicySet};
 use cedar_policy_core::ast::{Entity, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
 use cedar_policy_core::entities::Dereference;
 
-use super::fast::{Cond, Ctx, Implied};
+use super::fast::{AttrIds, Cond, Ctx, Implied};
 
 /// The index's maps: keys come from the bundle, lookups from requests; foldhash is seeded per
 /// process and several times faster than SipHash on entity uids.
@@ -94,26 +94,34 @@ struct Slices {
 /// The policies of one slice, ready for evaluation.
 pub type Slice = Vec<Ready>;
 
-/// A policy as the index evaluates it: its name and effect, and its condition either compiled for
-/// deputy's evaluator (`fast`) or as Cedar's authorizer builds it (`Policy::condition`, scope
-/// constraints and `when`/`unless`), built once at load instead of on every request.
+/// A policy as the index evaluates it: its effect and its condition compiled for deputy's
+/// evaluator (`fast`), small and inline so that a slice's policies sit side by side in memory;
+/// its name and its condition as Cedar evaluates it, needed only for reasons, errors and the
+/// policies deputy's evaluator declines, behind one pointer.
 #[derive(Debug, Clone)]
 pub struct Ready {
-    /// The policy's id as Cedar prints it, rendered once (reasons and errors name policies so).
-    pub name: String,
     pub effect: cedar_policy_core::ast::Effect,
-    pub how: How,
+    /// `None` when the condition is outside deputy's fragment.
+    pub fast: Option<Cond>,
+    pub rest: Box<Rest>,
 }
 
 #[derive(Debug, Clone)]
-pub enum How {
-    /// deputy's evaluator; when it declines, Cedar's evaluator on the policy as written.
-    Fast {
-        cond: Cond,
-        policy: cedar_policy_core::ast::Policy,
-    },
-    /// Cedar's evaluator on the condition built at load.
-    Cedar {
+pub struct Rest {
+    /// The policy's id as Cedar prints it, rendered once (reasons and errors name policies so).
+    pub name: String,
+    pub cedar: CedarForm,
+}
+
+/// A policy's condition for Cedar's evaluator.
+#[derive(Debug, Clone)]
+pub enum CedarForm {
+    /// The policy as written; its condition is built when deputy's evaluator declines (rarely:
+    /// only where Cedar could err).
+    Policy(cedar_policy_core::ast::Policy),
+    /// The condition (scope constraints and `when`/`unless`) as Cedar's authorizer builds it,
+    /// built once at load instead of on every request.
+    Condition {
         condition: cedar_policy_core::ast::Expr,
         env: cedar_policy_core::ast::SlotEnv,
     },
@@ -121,30 +129,30 @@ pub enum How {
 
 impl Ready {
     /// `p` as evaluated in the slice keyed by `key`.
-    fn new(p: &Policy, key: &Key) -> Ready {
+    fn new(p: &Policy, key: &Key, ids: &mut AttrIds) -> Ready {
         let core: &cedar_policy_core::ast::Policy = p.as_ref();
-        let how = match Cond::compile(core, key.implied()) {
-            Some(cond) => How::Fast {
-                cond,
-                policy: core.clone(),
-            },
-            None => {
-                // INVARIANT: `without_action_scope` is exact inside an action bucket (see there).
-                let q = match p.action_constraint() {
-                    ActionConstraint::In(_) => without_action_scope(p),
-                    _ => None,
-                };
-                let core: &cedar_policy_core::ast::Policy = q.as_ref().unwrap_or(p).as_ref();
-                How::Cedar {
-                    condition: core.condition(),
-                    env: core.env().clone(),
-                }
+        let fast = Cond::compile(core, key.implied(), ids);
+        let cedar = if fast.is_some() {
+            CedarForm::Policy(core.clone())
+        } else {
+            // INVARIANT: `without_action_scope` is exact inside an action bucket (see there).
+            let q = match p.action_constraint() {
+                ActionConstraint::In(_) => without_action_scope(p),
+                _ => None,
+            };
+            let core: &cedar_policy_core::ast::Policy = q.as_ref().unwrap_or(p).as_ref();
+            CedarForm::Condition {
+                condition: core.condition(),
+                env: core.env().clone(),
             }
         };
         Ready {
-            name: core.id().to_string(),
             effect: core.effect(),
-            how,
+            fast,
+            rest: Box::new(Rest {
+                name: core.id().to_string(),
+                cedar,
+            }),
         }
     }
 }
@@ -190,7 +198,7 @@ impl PolicyIndex {
         }
         let entities: &cedar_policy_core::entities::Entities = entities.as_ref();
         let descendants = index.descendants_of_named(entities);
-        index.fill(policies, entities, &descendants);
+        index.fill(policies, entities, &descendants, &mut AttrIds::default());
         index.stats = index.count(policies.num_of_policies());
         index
     }
@@ -305,12 +313,13 @@ impl PolicyIndex {
         policies: &PolicySet,
         entities: &cedar_policy_core::entities::Entities,
         descendants: &HashMap<EntityUID, Vec<EntityUID>>,
+        ids: &mut AttrIds,
     ) {
         for p in policies.policies() {
             let key = key_of(p);
             let actions: Vec<EntityUID> = match p.action_constraint() {
                 ActionConstraint::Any => {
-                    self.any_action.insert(key.clone(), Ready::new(p, &key));
+                    self.any_action.insert(key.clone(), Ready::new(p, &key, ids));
                     continue;
                 }
                 ActionConstraint::Eq(a) => vec![a.as_ref().clone()],
@@ -326,7 +335,7 @@ impl PolicyIndex {
                     all
                 }
             };
-            let ready = Ready::new(p, &key);
+            let ready = Ready::new(p, &key, ids);
             for a in actions {
                 let bucket = match self.by_action.entry(a) {
                     Entry::Occupied(o) => o.into_mut(),
@@ -355,7 +364,7 @@ impl PolicyIndex {
                     stats.slices += 1;
                     stats.entries += n;
                     stats.largest_slice = stats.largest_slice.max(n);
-                    stats.compiled += set.iter().filter(|r| matches!(r.how, How::Fast { .. })).count();
+                    stats.compiled += set.iter().filter(|r| r.fast.is_some()).count();
                 }
             }
         }
@@ -498,7 +507,10 @@ mod tests {
     }
 
     fn ids(slices: &[&Slice]) -> Vec<String> {
-        let mut v: Vec<String> = slices.iter().flat_map(|s| s.iter().map(|p| p.name.clone())).collect();
+        let mut v: Vec<String> = slices
+            .iter()
+            .flat_map(|s| s.iter().map(|p| p.rest.name.clone()))
+            .collect();
         v.sort();
         v
     }
