@@ -168,28 +168,75 @@ fn memory_per_1k(schema: &Schema) {
     );
 }
 
-/// Single-decision latencies, timed one by one over rotating requests.
-fn percentiles(f: &Fixture, indexed: bool) -> (Duration, Duration, usize) {
+/// Policies an indexed decision evaluates, on average over the requests.
+fn visited(f: &Fixture) -> f64 {
+    let total: usize = f
+        .requests
+        .iter()
+        .map(|r| {
+            let slices = f
+                .index
+                .slices(
+                    &f.entities,
+                    r.principal().unwrap(),
+                    r.action().unwrap(),
+                    r.resource().unwrap(),
+                )
+                .unwrap();
+            slices.iter().map(|s| s.len()).sum::<usize>()
+        })
+        .sum();
+    total as f64 / f.requests.len() as f64
+}
+
+/// p50, p99 and the share allowed of single decisions, timed one by one.
+fn summary(mut samples: Vec<Duration>, allowed: usize) -> (Duration, Duration, usize) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), allowed * 100 / samples.len())
+}
+
+/// Indexed single-decision latencies at every size, timed one by one over rotating requests, in
+/// rounds that take turns between the sizes: on a shared machine a slow spell then falls on every
+/// size alike instead of on whichever was being timed, so their ratio holds still.
+fn indexed_percentiles(fixtures: &[Fixture]) -> Vec<(Duration, Duration, usize)> {
+    const SAMPLES: usize = 30_000;
+    const TURN: usize = 3_000;
+    let budget = Duration::from_secs(3) * fixtures.len() as u32;
+    let started = Instant::now();
+    let mut samples = vec![Vec::with_capacity(SAMPLES); fixtures.len()];
+    let mut allowed = vec![0; fixtures.len()];
+    while samples[0].len() < SAMPLES && (started.elapsed() < budget || samples[0].len() < TURN) {
+        // Turns of a few milliseconds: long enough that the first decisions of a turn, slowed by
+        // the caches the other size filled, do not move the median.
+        for (i, f) in fixtures.iter().enumerate() {
+            for r in f.requests.iter().cycle().take(TURN) {
+                let t = Instant::now();
+                let d = evaluate_indexed(&f.policies, &f.index, &f.entities, r);
+                samples[i].push(t.elapsed());
+                allowed[i] += usize::from(black_box(d).allow);
+            }
+        }
+    }
+    samples.into_iter().zip(allowed).map(|(s, a)| summary(s, a)).collect()
+}
+
+/// Full-evaluation single-decision latencies, timed one by one over rotating requests.
+fn percentiles(f: &Fixture) -> (Duration, Duration, usize) {
     let budget = Duration::from_secs(3);
     let mut samples = Vec::new();
     let started = Instant::now();
     let mut allowed = 0;
     for r in f.requests.iter().cycle() {
         let t = Instant::now();
-        let d = if indexed {
-            evaluate_indexed(&f.policies, &f.index, &f.entities, r)
-        } else {
-            evaluate(&f.policies, &f.entities, r)
-        };
+        let d = evaluate(&f.policies, &f.entities, r);
         samples.push(t.elapsed());
         allowed += usize::from(black_box(d).allow);
         if (started.elapsed() > budget && samples.len() >= 20) || samples.len() >= 20_000 {
             break;
         }
     }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99), allowed * 100 / samples.len())
+    summary(samples, allowed)
 }
 
 fn main() {
@@ -222,10 +269,11 @@ fn main() {
     }
     println!("single decisions, {} rotating requests:", fixtures[0].requests.len());
     println!(
-        "  {:>8}  {:>12} {:>12}  {:>12} {:>12}  {:>7}  index",
-        "policies", "full p50", "full p99", "indexed p50", "indexed p99", "allowed"
+        "  {:>8}  {:>12} {:>12}  {:>12} {:>12}  {:>7}  {:>7}  index",
+        "policies", "full p50", "full p99", "indexed p50", "indexed p99", "allowed", "visited"
     );
-    for f in &fixtures {
+    let indexed = indexed_percentiles(&fixtures);
+    for (f, &(ip50, ip99, ia)) in fixtures.iter().zip(&indexed) {
         // The same decisions (a spot check; tests/index_differential.rs is the proof).
         let checked = match (indexed_only, f.n >= 100_000) {
             (true, _) => 0,
@@ -241,18 +289,26 @@ fn main() {
         let (fp50, fp99, _) = if indexed_only {
             (Duration::ZERO, Duration::ZERO, 0)
         } else {
-            percentiles(f, false)
+            percentiles(f)
         };
-        let (ip50, ip99, ia) = percentiles(f, true);
         println!(
-            "  {:>8}  {:>12.2?} {:>12.2?}  {:>12.2?} {:>12.2?}  {:>6}%  {:?}",
+            "  {:>8}  {:>12.2?} {:>12.2?}  {:>12.2?} {:>12.2?}  {:>6}%  {:>7.1}  {:?}",
             f.n,
             fp50,
             fp99,
             ip50,
             ip99,
             ia,
+            visited(f),
             f.index.stats()
+        );
+    }
+    if let (Some(first), Some(last)) = (indexed.first(), indexed.last()) {
+        println!(
+            "indexed p50 at {} policies / at {}: {:.2}x",
+            fixtures[fixtures.len() - 1].n,
+            fixtures[0].n,
+            last.0.as_secs_f64() / first.0.as_secs_f64()
         );
     }
     if table_only {
