@@ -105,6 +105,14 @@ enum Op {
     /// `a < k`, `a <= k`, `a > k` (Cedar: `!(a <= k)`), `a >= k` (`!(a < k)`) with a Long
     /// literal `k`: the most common condition, in one step.
     CmpLong(Box<Op>, Cmp, i64),
+    /// `CmpLong` on `VarAttr` (`resource.level > 3`), in one step.
+    CmpVarAttr {
+        var: u8,
+        cmp: Cmp,
+        id: Option<u32>,
+        k: i64,
+        attr: Box<SmolStr>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +121,17 @@ enum Cmp {
     Le,
     Gt,
     Ge,
+}
+
+impl Cmp {
+    fn holds(self, a: i64, k: i64) -> bool {
+        match self {
+            Cmp::Lt => a < k,
+            Cmp::Le => a <= k,
+            Cmp::Gt => a > k,
+            Cmp::Ge => a >= k,
+        }
+    }
 }
 
 impl Cond {
@@ -224,14 +243,14 @@ fn op(e: &Expr, slots: &SlotEnv, ids: &mut AttrIds, depth: usize) -> Option<Op> 
         ExprKind::Or { left, right } => Op::Or(sub(left)?, sub(right)?),
         ExprKind::UnaryApp { op: UnaryOp::Not, arg } => match cmp_long(arg) {
             // `>` and `>=` are Cedar's `!(<=)` and `!(<)`.
-            Some((a, Cmp::Le, k)) => Op::CmpLong(sub(a)?, Cmp::Gt, k),
-            Some((a, Cmp::Lt, k)) => Op::CmpLong(sub(a)?, Cmp::Ge, k),
+            Some((a, Cmp::Le, k)) => compare(*sub(a)?, Cmp::Gt, k),
+            Some((a, Cmp::Lt, k)) => compare(*sub(a)?, Cmp::Ge, k),
             _ => Op::Not(sub(arg)?),
         },
         ExprKind::BinaryApp { op: bin, arg1, arg2 } => match bin {
             BinaryOp::Eq => Op::Eq(sub(arg1)?, sub(arg2)?),
             BinaryOp::Less | BinaryOp::LessEq => match cmp_long(e) {
-                Some((a, cmp, k)) => Op::CmpLong(sub(a)?, cmp, k),
+                Some((a, cmp, k)) => compare(*sub(a)?, cmp, k),
                 None if *bin == BinaryOp::Less => Op::Less(sub(arg1)?, sub(arg2)?),
                 None => Op::LessEq(sub(arg1)?, sub(arg2)?),
             },
@@ -250,6 +269,20 @@ fn op(e: &Expr, slots: &SlotEnv, ids: &mut AttrIds, depth: usize) -> Option<Op> 
         ExprKind::Is { expr, entity_type } => Op::Is(sub(expr)?, Box::new(entity_type.clone())),
         _ => return None,
     })
+}
+
+/// `a cmp k`, fused with `a` when it reads an attribute of a request entity.
+fn compare(a: Op, cmp: Cmp, k: i64) -> Op {
+    match a {
+        Op::VarAttr(v, attr, id) if v <= usize::from(u8::MAX) => Op::CmpVarAttr {
+            var: v as u8,
+            cmp,
+            id,
+            k,
+            attr: Box::new(attr),
+        },
+        a => Op::CmpLong(Box::new(a), cmp, k),
+    }
 }
 
 /// `a < k` or `a <= k` with a Long literal `k` (which never errs: only `a` is evaluated).
@@ -449,8 +482,12 @@ impl<'a> Val<'a> {
 
 /// `a == b` for entity uids (type and id), comparing the ids first: they usually differ, and
 /// early.
+#[inline]
 fn same(a: &EntityUID, b: &EntityUID) -> bool {
-    a.eid() == b.eid() && a.entity_type() == b.entity_type()
+    let (x, y): (&str, &str) = (a.eid().as_ref(), b.eid().as_ref());
+    // Ids that differ mostly differ in length or in their last byte: settle those without a
+    // call to `memcmp`.
+    x.len() == y.len() && x.as_bytes().last() == y.as_bytes().last() && x == y && a.entity_type() == b.entity_type()
 }
 
 /// `e.is_descendant_of(t)`: for the few ancestors most entities have, comparing them one by
@@ -475,6 +512,18 @@ fn long(v: Val<'_>) -> Option<i64> {
     match v {
         Val::Long(l) => Some(l),
         _ => None,
+    }
+}
+
+/// `var.attr` for the request's entity in `var`: Cedar errs when the entity is missing from the
+/// store or lacks the attribute.
+fn var_attr<'a, 'c: 'a>(ctx: &Ctx<'c>, var: usize, attr: &SmolStr, id: Option<u32>) -> Option<Val<'a>> {
+    match ctx.found.get(var)? {
+        Lookup::Found(e) => match ctx.var_attr(e, attr, id)? {
+            PartialValue::Value(v) => Some(Val::of(v)),
+            PartialValue::Residual(_) => None,
+        },
+        Lookup::Missing | Lookup::Unknown => None,
     }
 }
 
@@ -504,13 +553,7 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
             )
         }
         Op::ContextAttr(attr) => Val::of(ctx.context?.get(attr)?),
-        Op::VarAttr(v, attr, id) => match ctx.found.get(*v)? {
-            Lookup::Found(e) => match ctx.var_attr(e, attr, *id)? {
-                PartialValue::Value(v) => Val::of(v),
-                PartialValue::Residual(_) => return None,
-            },
-            Lookup::Missing | Lookup::Unknown => return None,
-        },
+        Op::VarAttr(v, attr, id) => var_attr(ctx, *v, attr, *id)?,
         // Cedar: both operands must be booleans; the right is evaluated only when needed.
         Op::And(l, r) => {
             if boolean(eval(l, ctx)?)? {
@@ -544,14 +587,9 @@ fn eval<'a, 'c: 'a>(o: &'a Op, ctx: &Ctx<'c>) -> Option<Val<'a>> {
             let (a, b) = (eval(a, ctx)?, eval(b, ctx)?);
             Val::Bool(long(a)? < long(b)?)
         }
-        Op::CmpLong(a, cmp, k) => {
-            let a = long(eval(a, ctx)?)?;
-            Val::Bool(match cmp {
-                Cmp::Lt => a < *k,
-                Cmp::Le => a <= *k,
-                Cmp::Gt => a > *k,
-                Cmp::Ge => a >= *k,
-            })
+        Op::CmpLong(a, cmp, k) => Val::Bool(cmp.holds(long(eval(a, ctx)?)?, *k)),
+        Op::CmpVarAttr { var, cmp, id, k, attr } => {
+            Val::Bool(cmp.holds(long(var_attr(ctx, usize::from(*var), attr, *id)?)?, *k))
         }
         Op::LessEq(a, b) => {
             let (a, b) = (eval(a, ctx)?, eval(b, ctx)?);
