@@ -200,16 +200,19 @@ fn summary(mut samples: Vec<Duration>, allowed: usize) -> (Duration, Duration, u
 /// rounds that take turns between the sizes: on a shared machine a slow spell then falls on every
 /// size alike instead of on whichever was being timed, so their ratio holds still.
 fn indexed_percentiles(fixtures: &[Fixture]) -> Vec<(Duration, Duration, usize)> {
-    const SAMPLES: usize = 30_000;
-    const TURN: usize = 3_000;
+    const SAMPLES: usize = 60_000;
+    const TURN: usize = 6_000;
     let budget = Duration::from_secs(3) * fixtures.len() as u32;
     let started = Instant::now();
     let mut samples = vec![Vec::with_capacity(SAMPLES); fixtures.len()];
     let mut allowed = vec![0; fixtures.len()];
     while samples[0].len() < SAMPLES && (started.elapsed() < budget || samples[0].len() < TURN) {
-        // Turns of a few milliseconds: long enough that the first decisions of a turn, slowed by
-        // the caches the other size filled, do not move the median.
+        // Turns of a few milliseconds, each after an untimed pass over the requests: the caches
+        // the other sizes filled would otherwise slow the first decisions of a turn.
         for (i, f) in fixtures.iter().enumerate() {
+            for r in &f.requests {
+                black_box(evaluate_indexed(&f.policies, &f.index, &f.entities, r));
+            }
             for r in f.requests.iter().cycle().take(TURN) {
                 let t = Instant::now();
                 let d = evaluate_indexed(&f.policies, &f.index, &f.entities, r);
