@@ -653,12 +653,14 @@ mod tests {
 
     const STORE: &str = r#"[
         {"uid": {"type": "User", "id": "u0"}, "attrs": {"level": 2, "name": "ann", "flag": true,
-            "home": {"__entity": {"type": "Folder", "id": "f0"}}, "tags": ["a", "b"]},
+            "home": {"__entity": {"type": "Folder", "id": "f0"}}, "tags": ["a", "b"],
+            "a0": 10, "a1": 11, "a2": 12, "a3": 13, "a4": 14, "a5": 15, "a6": 16, "a7": 17, "a8": 18, "a9": 19},
          "parents": [{"type": "Group", "id": "g0"}]},
         {"uid": {"type": "User", "id": "u1"}, "attrs": {"level": "high"}, "parents": []},
         {"uid": {"type": "Group", "id": "g0"}, "attrs": {}, "parents": [{"type": "Group", "id": "g1"}]},
         {"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": []},
-        {"uid": {"type": "Doc", "id": "d0"}, "attrs": {"level": 1, "owner": {"__entity": {"type": "User", "id": "u0"}}},
+        {"uid": {"type": "Doc", "id": "d0"}, "attrs": {"level": 1, "owner": {"__entity": {"type": "User", "id": "u0"}},
+            "a0": 20, "a1": 21, "a2": 22, "a3": 23, "a4": 24, "a5": 25, "a6": 26, "a7": 27, "a8": 28, "a9": 29},
          "parents": [{"type": "Folder", "id": "f0"}]},
         {"uid": {"type": "Doc", "id": "d1"}, "attrs": {}, "parents": []},
         {"uid": {"type": "Doc", "id": "deep"}, "attrs": {"level": 0}, "parents": [
@@ -918,22 +920,28 @@ mod tests {
 
     #[test]
     fn remembered_attribute_reads_stay_per_entity_and_attribute() {
-        // More distinct attributes than a request remembers, each read twice, on the principal
-        // and the resource (which share attribute names with different values).
-        let attrs = [
-            "level", "name", "flag", "home", "tags", "owner", "missing", "x", "y", "z",
-        ];
+        // `User::"u0"` has a0..a9 = 10..19 and `Doc::"d0"` a0..a9 = 20..29: twenty distinct
+        // reads when both are in the request, more than a request remembers. Each policy tests
+        // one attribute against its own value (true) or a neighbour's (false), by `==` and by
+        // the fused comparisons, twice over: a read answered from the wrong memo cell, or
+        // from the other entity, gives a different answer than Cedar's.
         let mut texts = Vec::new();
-        for _ in 0..2 {
-            for a in attrs {
-                for var in ["principal", "resource"] {
+        for round in 0..2 {
+            for k in 0..10 {
+                for (var, base) in [("principal", 10), ("resource", 20)] {
+                    let v = base + k + round;
                     texts.push(format!(
-                        "permit(principal, action, resource) when {{ {var} has {a} && {var}.{a} == principal.level }};"
+                        "permit(principal, action, resource) when {{ {var} has a{k} && {var}.a{k} == {v} }};"
+                    ));
+                    texts.push(format!(
+                        "permit(principal, action, resource) when {{ {var} has a{k} && {var}.a{k} > {} && {var}.a{k} <= {v} }};",
+                        v - 1
                     ));
                 }
             }
         }
-        assert!(agree_all(&texts, 1) >= 160, "the has-guarded reads are answered");
+        // u0 and d0 meet in 1 request of 20; every policy is answered in every request.
+        assert_eq!(agree_all(&texts, 1), texts.len() * 20);
     }
 
     #[test]
