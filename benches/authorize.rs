@@ -2,11 +2,14 @@
 //! generated policies (see `examples/bundle_gen.rs`), and memory: per 1k policies (the set and
 //! its index), and the peak while a 100k-policy bundle reloads next to the one serving.
 //!
-//! `cargo bench --bench authorize` prints a p50/p99 table of single decisions, then criterion's
+//! `cargo bench --bench authorize` prints a p50/p99 table of single decisions (indexed ones timed
+//! in turns that alternate between the sizes), the ratio of the indexed p50 at the largest size
+//! to the smallest, and how many policies an indexed decision visits; then criterion's
 //! estimates. `-- --quick` (criterion's flag) shortens criterion's part. For profiling:
 //! `DEPUTY_BENCH_SIZES=10,100000` picks the sizes, `DEPUTY_BENCH_TABLE_ONLY=1` skips the memory
-//! figures and criterion's part, `DEPUTY_BENCH_INDEXED_ONLY=1` the full evaluation's columns, and `DEPUTY_BENCH_PROFILE=SECS` only loops indexed decisions
-//! at the first size for that long (for `perf record`).
+//! figures and criterion's part, `DEPUTY_BENCH_INDEXED_ONLY=1` the full evaluation's columns,
+//! and `DEPUTY_BENCH_PROFILE=SECS` only loops indexed decisions at the first size for that long
+//! (for `perf record`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../examples/bundle_gen.rs"]
