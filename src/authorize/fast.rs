@@ -274,12 +274,16 @@ fn op(e: &Expr, slots: &SlotEnv, ids: &mut AttrIds, depth: usize) -> Option<Op> 
 /// `a cmp k`, fused with `a` when it reads an attribute of a request entity.
 fn compare(a: Op, cmp: Cmp, k: i64) -> Op {
     match a {
-        Op::VarAttr(v, attr, id) if v <= usize::from(u8::MAX) => Op::CmpVarAttr {
-            var: v as u8,
-            cmp,
-            id,
-            k,
-            attr: Box::new(attr),
+        // The variable is 0, 1 or 2; a `u8` keeps `Op` at 40 bytes.
+        Op::VarAttr(v, attr, id) => match u8::try_from(v) {
+            Ok(var) => Op::CmpVarAttr {
+                var,
+                cmp,
+                id,
+                k,
+                attr: Box::new(attr),
+            },
+            Err(_) => Op::CmpLong(Box::new(Op::VarAttr(v, attr, id)), cmp, k),
         },
         a => Op::CmpLong(Box::new(a), cmp, k),
     }
