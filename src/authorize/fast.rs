@@ -399,9 +399,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// `attr` of the request's entity in `slot` (which the store holds as `e`), read from the
-    /// store once per request when it has a number.
-    fn var_attr(&self, e: &'a Entity, attr: &SmolStr, id: Option<u32>) -> Option<&'a PartialValue> {
+    /// `attr` of `e`, the stored entity of one of the request's variables, read from the store
+    /// once per request when `id` numbers it.
+    fn read_attr(&self, e: &'a Entity, attr: &SmolStr, id: Option<u32>) -> Option<&'a PartialValue> {
         let Some(id) = id else {
             return e.get(attr);
         };
@@ -523,7 +523,7 @@ fn long(v: Val<'_>) -> Option<i64> {
 /// store or lacks the attribute.
 fn var_attr<'a, 'c: 'a>(ctx: &Ctx<'c>, var: usize, attr: &SmolStr, id: Option<u32>) -> Option<Val<'a>> {
     match ctx.found.get(var)? {
-        Lookup::Found(e) => match ctx.var_attr(e, attr, id)? {
+        Lookup::Found(e) => match ctx.read_attr(e, attr, id)? {
             PartialValue::Value(v) => Some(Val::of(v)),
             PartialValue::Residual(_) => None,
         },
