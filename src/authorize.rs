@@ -252,6 +252,14 @@ pub struct Outcome {
     pub needed: Option<Needed>,
 }
 
+impl Outcome {
+    /// The taint this decision raised, as (agent id, level), to be made durable before the
+    /// decision is answered.
+    pub fn raise(&self) -> Option<(String, i64)> {
+        Some((self.agent.as_ref()?.row.id.clone(), self.taint_raised_to?))
+    }
+}
+
 /// What a denied agent would need, as a grant it could request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Needed {
@@ -329,6 +337,8 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         .flatten()
         .cloned();
     let Some(agent) = agent else {
+        let unknown =
+            is_agent && bundle.agent_model && !bundle.agent_names.declares(parts.principal.uid.id().unescaped());
         let request = build_request(
             bundle,
             parts.principal,
@@ -337,6 +347,21 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
             parts.context,
             &parts.context_field,
         )?;
+        // INVARIANT (one identity namespace): an `Agent` is declared by the bundle, managed by
+        // deputy, or unknown; an unknown one has no authority at all, not the admin maximum.
+        if unknown {
+            return Ok(Outcome {
+                decision: Decision {
+                    allow: false,
+                    reasons: Vec::new(),
+                    errors: Vec::new(),
+                },
+                denied_by: Some(DeniedBy::UnknownAgent),
+                agent: None,
+                taint_raised_to: None,
+                needed: None,
+            });
+        }
         return Ok(Outcome {
             decision: bundle.admin().evaluate(snap.entities(), &request),
             denied_by: None,

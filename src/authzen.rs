@@ -48,20 +48,30 @@ pub enum Batch {
     Many(Vec<Evaluation>),
 }
 
+/// Taint raised by the decisions of one request, as (agent id, level): the caller makes it
+/// durable before answering.
+pub type Raised = Vec<(String, i64)>;
+
 /// Decides `POST /access/v1/evaluation`.
-pub fn evaluate(snap: &Snapshot, body: &Value, now: i64) -> Result<Evaluation, RequestError> {
+pub fn evaluate(snap: &Snapshot, body: &Value, now: i64, raised: &mut Raised) -> Result<Evaluation, RequestError> {
     let top = Fields::of(body, "")?;
     let parts = to_cedar(&snap.bundle, &Parts::from_fields(&top, None)?)?;
-    decide(snap, parts, now)
+    decide(snap, parts, now, raised)
 }
 
 /// Decides `POST /access/v1/evaluations`; `max_items` bounds the batch.
-pub fn evaluate_batch(snap: &Snapshot, body: &Value, max_items: usize, now: i64) -> Result<Batch, RequestError> {
+pub fn evaluate_batch(
+    snap: &Snapshot,
+    body: &Value,
+    max_items: usize,
+    now: i64,
+    raised: &mut Raised,
+) -> Result<Batch, RequestError> {
     let top = Fields::of(body, "")?;
     let items = top.array("evaluations")?;
     let semantic = semantic(&top)?;
     let Some(items) = items.filter(|i| !i.is_empty()) else {
-        return evaluate(snap, body, now).map(Batch::Single);
+        return evaluate(snap, body, now, raised).map(Batch::Single);
     };
     if items.len() > max_items {
         return Err(RequestError::new(
@@ -76,7 +86,7 @@ pub fn evaluate_batch(snap: &Snapshot, body: &Value, max_items: usize, now: i64)
         let eval = Fields::of(item, &path)
             .and_then(|f| Parts::from_fields(&f, Some(&defaults)))
             .and_then(|parts| to_cedar(&snap.bundle, &parts))
-            .and_then(|parts| decide(snap, parts, now))
+            .and_then(|parts| decide(snap, parts, now, raised))
             .unwrap_or_else(|e| Evaluation::error(&e));
         let stop = match semantic {
             Semantic::ExecuteAll => false,
@@ -109,11 +119,11 @@ fn semantic(top: &Fields<'_>) -> Result<Semantic, RequestError> {
     }
 }
 
-fn decide(snap: &Snapshot, parts: CedarParts, now: i64) -> Result<Evaluation, RequestError> {
+fn decide(snap: &Snapshot, parts: CedarParts, now: i64, raised: &mut Raised) -> Result<Evaluation, RequestError> {
+    let outcome = crate::telemetry::decide(snap, parts, now, crate::telemetry::Api::AuthZen)?;
+    raised.extend(outcome.raise());
     Ok(Evaluation {
-        decision: crate::telemetry::decide(snap, parts, now, crate::telemetry::Api::AuthZen)?
-            .decision
-            .allow,
+        decision: outcome.decision.allow,
         context: None,
     })
 }

@@ -2,6 +2,7 @@
 //! into one immutable [`Bundle`], served through a [`BundleStore`] that swaps whole bundles
 //! atomically and keeps the last good one when a reload fails.
 
+mod agents;
 mod load;
 mod problem;
 mod store;
@@ -14,6 +15,7 @@ use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
 
 use crate::authorize::{Indexed, PolicyIndex};
 
+pub use agents::{AgentNames, AGENT_ATTRIBUTES, ASK_ANNOTATION};
 pub use problem::{BundleError, Problem};
 pub use store::{BundleStore, ReloadOutcome, ReloadStatus};
 pub use watch::{spawn_watcher, WatchOptions};
@@ -72,6 +74,11 @@ pub struct Bundle {
     pub taint_roles: HashMap<EntityUid, TaintRole>,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
+    /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).
+    pub agent_names: AgentNames,
+    /// Loaded with deputy's agent model (not `--authorize-only`): every `Agent` principal is
+    /// then declared by the bundle, managed by deputy, or unknown (and denied).
+    pub agent_model: bool,
     /// Digest of the bundle's files and revision.
     pub version: String,
     /// Git revision, from a `REVISION` file or the `.git` of the bundle directory.

@@ -1,20 +1,29 @@
 //! Delegation: agents with grants, chains, credentials, durable state and the audit trail.
 //!
-//! An agent's authority at run time is the admin policies AND every grant along its chain (see
-//! `chain`). Creating a child is proved first (see `crate::prover`) and recorded durably with
-//! its audit event in one transaction (see `store`).
+//! An agent's authority at run time is the admin policies AND each ancestor's delegable view
+//! AND its own grant (see `chain`). Creating a child is proved first (see `crate::prover`) and
+//! recorded durably with its audit event in one transaction (see `store`), under the one
+//! writer lock that every change takes (see `service`). docs/SECURITY.md lists the invariants
+//! and the tests that guard each.
 
+mod bundle_agents;
 mod chain;
 pub mod credential;
+mod identity;
+mod lifecycle;
 mod permission;
 mod registry;
 mod service;
+mod spawn;
 mod store;
 
+pub use bundle_agents::Drift;
 pub use chain::{decide, ChainDecision, DeniedBy, Guard};
-pub use permission::{Decision as PermissionDecision, RequestView, ADMIN_APPROVER};
-pub use registry::{agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, AGENT_TYPE};
-pub use service::{
-    Caller, Delegation, DelegationError, Limits, SpawnOutcome, SpawnRequest, DELEGATE_ACTION, STATE_FILE,
+pub use identity::{check_new_id, mint_id, ADMIN_APPROVER, MINTED_PREFIX, RESERVED_NAMES};
+pub use permission::{Decision as PermissionDecision, RequestView};
+pub use registry::{
+    agent_entity, agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, View, AGENT_TYPE, BUNDLE_CREATOR,
 };
-pub use store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};
+pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
+pub use spawn::{SpawnOutcome, SpawnRequest};
+pub use store::{AgentRow, AuditEvent, AuditRecord, NotLive, StateError, Store};

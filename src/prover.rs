@@ -32,8 +32,10 @@ use std::sync::Mutex;
 use cedar_policy::{Entities, EntityUid, Schema, Validator};
 
 pub use cli::{run_prove, run_prove_with};
-pub use error::{GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
-pub use grant::{validate_grant, Grant, DELEGABLE_ANNOTATION};
+pub use error::{
+    ForeignPrincipal, GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
+};
+pub use grant::{foreign_principal, validate_grant, Grant, DELEGABLE_ANNOTATION};
 pub use symcc::{
     second_opinion, SecondOpinion, SolverConfig, DEFAULT_SOLVER_QUERY_TIMEOUT_MS, DEFAULT_SOLVER_TOTAL_TIMEOUT_MS,
 };

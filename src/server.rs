@@ -65,19 +65,13 @@ impl Running {
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
     let live = Arc::new(Live::default());
-    let l = Arc::clone(&live);
-    store.on_loaded(move |bundle| l.bundle_loaded(bundle));
-    let s = Arc::clone(&store);
-    match tokio::task::spawn_blocking(move || s.reload()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
-        Err(e) => tracing::error!(error = %e, "bundle load task failed"),
-    }
     let obs = Arc::new(Observability::new(
         &config.observe,
         Arc::clone(&store),
         Arc::clone(&live),
     )?);
+    // The delegation state opens before the first bundle loads, so that the bundle is
+    // installed against the agents deputy manages (and refused if it does not fit them).
     let mut state_error = None;
     let delegation = match &config.state {
         Some(dir) if config.load.require_agent_model => {
@@ -103,20 +97,27 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         }
         _ => None,
     };
+    match &delegation {
+        Some(d) => {
+            let publisher = Arc::clone(d);
+            store.set_publisher(move |bundle| publisher.install_bundle(bundle, crate::http::now()));
+            // Re-prove live grants whenever a bundle was installed.
+            let hook = Arc::clone(d);
+            store.on_loaded(move |_| hook.reprove_all(crate::http::now()));
+        }
+        None => {
+            let l = Arc::clone(&live);
+            store.set_publisher(move |bundle| l.install_bundle(bundle));
+        }
+    }
+    let s = Arc::clone(&store);
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the bundle is invalid; serving not-ready until it is fixed"),
+        Err(e) => tracing::error!(error = %e, "bundle load task failed"),
+    }
     if let Some(d) = &delegation {
         tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
-        // Re-prove live grants whenever a bundle loads (and now, for the one serving).
-        let (d, s) = (Arc::clone(d), Arc::clone(&store));
-        tokio::task::spawn_blocking(move || {
-            let hook = Arc::clone(&d);
-            s.on_loaded(move |bundle| {
-                let now = crate::http::now();
-                hook.sync_bundle_agents(&bundle, now);
-                hook.reprove_all(now);
-            });
-        })
-        .await
-        .map_err(std::io::Error::other)?;
     }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
     let listener = http::bind(config.listen).await?;

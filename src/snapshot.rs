@@ -1,11 +1,18 @@
 //! What a request is decided against: one bundle, the live agents, and the entity store that
-//! joins them. Rebuilt (off the async threads) when the bundle reloads or an agent is created,
+//! joins them. Rebuilt (off the async threads) when the bundle reloads or an agent changes,
 //! then swapped atomically.
 //!
 //! INVARIANT: a request loads one `Arc<Snapshot>` and uses only it, so it never sees a mix of
 //! two bundles or two agent registries.
+//!
+//! INVARIANT (one writer): every change to what is served — a bundle install, an agent created,
+//! revoked or re-granted — happens while holding the one [`WriteGuard`], which covers the
+//! check against the latest state, the durable write and the publish. So writes are
+//! linearizable: a write that returned is visible to every later request and is checked against
+//! by every later write, and no two writes interleave between their checks and their commits.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 use cedar_policy::Entities;
@@ -16,8 +23,8 @@ use crate::delegation::Registry;
 pub struct Snapshot {
     pub bundle: Arc<Bundle>,
     pub agents: Registry,
-    /// The bundle's entities plus the agents'; `None` when there are no agents (then the
-    /// bundle's own store is used, and nothing is copied).
+    /// The bundle's entities plus the managed agents'; `None` when deputy manages none (then
+    /// the bundle's own store is used, and nothing is copied).
     combined: Option<Entities>,
     /// The delegation state could not be loaded: which agents exist and what they were granted
     /// is unknown, so every decision for an `Agent` principal fails closed.
@@ -28,15 +35,46 @@ impl Snapshot {
     pub fn entities(&self) -> &Entities {
         self.combined.as_ref().unwrap_or(&self.bundle.entities)
     }
+
+    /// Builds the snapshot for `bundle` and `agents`; an error when the agents cannot be
+    /// represented in the bundle's entity store (its schema no longer fits them, or an id
+    /// collides), in which case nothing may be served from it.
+    fn build(bundle: Arc<Bundle>, agents: Registry, agents_unknown: bool) -> Result<Snapshot, String> {
+        let combined = if agents.iter().any(|a| !a.is_bundle_agent()) {
+            Some(agents.combined_entities(&bundle.entities, &bundle.schema)?)
+        } else {
+            None
+        };
+        Ok(Snapshot {
+            bundle,
+            agents,
+            combined,
+            agents_unknown,
+        })
+    }
 }
 
-/// The serving snapshot, and the registry writers extend.
+/// The serving snapshot, and the state its one writer extends.
 #[derive(Default)]
 pub struct Live {
     current: ArcSwapOption<Snapshot>,
-    /// Writers (bundle reloads, agent creation) serialise here; readers never take it.
-    registry: Mutex<Registry>,
-    agents_unknown: std::sync::atomic::AtomicBool,
+    writer: Mutex<Writer>,
+    agents_unknown: AtomicBool,
+}
+
+/// What the writer holds: the latest registry and bundle, which the serving snapshot was built
+/// from.
+#[derive(Default)]
+struct Writer {
+    registry: Registry,
+    bundle: Option<Arc<Bundle>>,
+}
+
+/// Exclusive right to change what is served. Blocking work (SQLite, proofs) may run under it;
+/// it is never held across an `.await`.
+pub struct WriteGuard<'a> {
+    live: &'a Live,
+    w: MutexGuard<'a, Writer>,
 }
 
 impl Live {
@@ -44,56 +82,101 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Rebuilds the snapshot for a newly loaded bundle. Blocking.
-    pub fn bundle_loaded(&self, bundle: Arc<Bundle>) {
-        let Ok(registry) = self.registry.lock() else {
-            return;
-        };
-        self.publish(bundle, registry.clone());
-    }
-
-    /// Replaces the registry (after agents were created) and republishes. Blocking.
-    pub fn update_registry(&self, f: impl FnOnce(&Registry) -> Result<Registry, String>) -> Result<(), String> {
-        let mut registry = self.registry.lock().map_err(|_| "registry lock poisoned".to_owned())?;
-        let next = f(&registry)?;
-        if let Some(snap) = self.current() {
-            self.publish(Arc::clone(&snap.bundle), next.clone());
-        }
-        *registry = next;
-        Ok(())
+    /// Takes the one writer's lock. Blocking.
+    pub fn write(&self) -> Result<WriteGuard<'_>, String> {
+        let w = self
+            .writer
+            .lock()
+            .map_err(|_| "the writer lock is poisoned".to_owned())?;
+        Ok(WriteGuard { live: self, w })
     }
 
     /// Marks the agent state as unavailable (it failed to load) and republishes.
     pub fn agents_unknown(&self) {
-        self.agents_unknown.store(true, std::sync::atomic::Ordering::Release);
-        if let (Some(snap), Ok(registry)) = (self.current(), self.registry.lock()) {
-            self.publish(Arc::clone(&snap.bundle), registry.clone());
+        self.agents_unknown.store(true, Ordering::Release);
+        if let Ok(mut w) = self.write() {
+            let registry = w.registry().clone();
+            if let Err(e) = w.publish(registry) {
+                tracing::error!(error = %e, "cannot republish after the state failed to load");
+            }
         }
     }
 
-    pub fn registry(&self) -> Registry {
-        self.registry.lock().map(|r| r.clone()).unwrap_or_default()
+    /// Installs a bundle with the agents as they are (deputy keeps no delegation state, or it
+    /// could not be opened). Refused when the agents cannot be put in its store.
+    pub fn install_bundle(&self, bundle: Arc<Bundle>) -> Result<(), Vec<crate::bundle::Problem>> {
+        let problem = |e: String| vec![crate::bundle::Problem::new("internal", e)];
+        let mut w = self.write().map_err(problem)?;
+        let registry = w.registry().clone();
+        let prepared = w.prepare_with(bundle, registry).map_err(problem)?;
+        w.install(prepared);
+        Ok(())
     }
 
-    fn publish(&self, bundle: Arc<Bundle>, agents: Registry) {
-        let combined = if agents.is_empty() {
-            None
-        } else {
-            match agents.combined_entities(&bundle.entities, &bundle.schema) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    // The agents no longer fit the schema (drift): serve the bundle's store and
-                    // let every agent decision fail closed on missing attributes.
-                    tracing::error!(error = %e, "agent entities do not fit the bundle's schema");
-                    None
-                }
-            }
-        };
-        self.current.store(Some(Arc::new(Snapshot {
-            bundle,
-            agents,
-            combined,
-            agents_unknown: self.agents_unknown.load(std::sync::atomic::Ordering::Acquire),
-        })));
+    /// A copy of the latest registry (what the next snapshot will hold).
+    pub fn registry(&self) -> Registry {
+        self.writer.lock().map(|w| w.registry.clone()).unwrap_or_default()
+    }
+}
+
+/// A snapshot built and checked while a write is still uncommitted, installed once it commits:
+/// a write whose result cannot be served is rolled back instead.
+pub struct Prepared {
+    registry: Registry,
+    bundle: Option<Arc<Bundle>>,
+    snapshot: Option<Snapshot>,
+}
+
+impl WriteGuard<'_> {
+    /// The latest registry: writes check against this, never against an older snapshot.
+    pub fn registry(&self) -> &Registry {
+        &self.w.registry
+    }
+
+    /// The latest bundle installed, if any.
+    pub fn bundle(&self) -> Option<&Arc<Bundle>> {
+        self.w.bundle.as_ref()
+    }
+
+    /// Builds what serving `registry` with the latest bundle would be. An error (the agents do
+    /// not fit the bundle's store) means it must not be served.
+    pub fn prepare(&self, registry: Registry) -> Result<Prepared, String> {
+        match self.w.bundle.clone() {
+            Some(bundle) => self.prepare_with(bundle, registry),
+            None => Ok(Prepared {
+                registry,
+                bundle: None,
+                snapshot: None,
+            }),
+        }
+    }
+
+    /// Builds what serving `bundle` with `registry` would be.
+    pub fn prepare_with(&self, bundle: Arc<Bundle>, registry: Registry) -> Result<Prepared, String> {
+        let unknown = self.live.agents_unknown.load(Ordering::Acquire);
+        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown)?;
+        Ok(Prepared {
+            registry,
+            bundle: Some(bundle),
+            snapshot: Some(snapshot),
+        })
+    }
+
+    /// Serves what was prepared (after its write committed).
+    pub fn install(&mut self, p: Prepared) {
+        if let Some(snap) = p.snapshot {
+            self.live.current.store(Some(Arc::new(snap)));
+        }
+        self.w.registry = p.registry;
+        if p.bundle.is_some() {
+            self.w.bundle = p.bundle;
+        }
+    }
+
+    /// Prepares and installs `registry` at once (nothing to commit first).
+    pub fn publish(&mut self, registry: Registry) -> Result<(), String> {
+        let p = self.prepare(registry)?;
+        self.install(p);
+        Ok(())
     }
 }

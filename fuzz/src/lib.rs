@@ -53,7 +53,8 @@ pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let bundle = Bundle::load(&repo_root(), &LoadOptions::default())
         .unwrap_or_else(|e| panic!("the example bundle does not load: {e}"));
     let live = Live::default();
-    live.bundle_loaded(Arc::new(bundle));
+    live.install_bundle(Arc::new(bundle))
+        .unwrap_or_else(|e| panic!("cannot install the example bundle: {e:?}"));
     let row = |id: &str, parent: Option<&str>, depth, ceiling, grant: &str| AgentRow {
         id: id.to_owned(),
         parent: parent.map(str::to_owned),
@@ -74,12 +75,13 @@ pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         bundle_version: String::new(),
         proof: serde_json::Value::Null,
     };
-    live.update_registry(|r: &Registry| {
-        r.with(row("fz-root", None, 0, 2, ROOT_GRANT))
-            .and_then(|r| r.with(row("fz-child", Some("fz-root"), 1, 1, CHILD_GRANT)))
-            .map_err(|e| e.to_string())
-    })
-    .unwrap_or_else(|e| panic!("cannot build the fuzz registry: {e}"));
+    let registry = Registry::default()
+        .with(row("fz-root", None, 0, 2, ROOT_GRANT))
+        .and_then(|r| r.with(row("fz-child", Some("fz-root"), 1, 1, CHILD_GRANT)))
+        .unwrap_or_else(|e| panic!("cannot build the fuzz registry: {e}"));
+    live.write()
+        .and_then(|mut w| w.publish(registry))
+        .unwrap_or_else(|e| panic!("cannot publish the fuzz registry: {e}"));
     let snapshot = live.current().unwrap_or_else(|| panic!("no snapshot"));
     Fixture { snapshot }
 });
@@ -152,10 +154,13 @@ fn parts_key(p: &Parts) -> PartsKey {
 pub fn authzen(data: &[u8]) {
     let snap = &FIXTURE.snapshot;
     let Some(body) = body_json(data) else { return };
-    if let Ok(e) = deputy::authzen::evaluate(snap, &body, NOW) {
+    let mut raised = Vec::new();
+    if let Ok(e) = deputy::authzen::evaluate(snap, &body, NOW, &mut raised) {
         let _ = serde_json::to_vec(&e);
     }
-    if let Ok(deputy::authzen::Batch::Many(evals)) = deputy::authzen::evaluate_batch(snap, &body, MAX_BATCH, NOW) {
+    if let Ok(deputy::authzen::Batch::Many(evals)) =
+        deputy::authzen::evaluate_batch(snap, &body, MAX_BATCH, NOW, &mut raised)
+    {
         let _ = serde_json::to_vec(&evals);
     }
 }
@@ -171,7 +176,8 @@ pub fn grant(data: &[u8]) {
     if prover::validate_grant(&grant, schema).is_ok() {
         // What the registry does with an accepted grant: link it to the agent.
         if let Ok(uid) = deputy::delegation::agent_uid("fz-new") {
-            let _ = deputy::delegation::link("fz-new", src, &uid);
+            let _ = deputy::delegation::link("fz-new", src, &uid, deputy::delegation::View::Full);
+            let _ = deputy::delegation::link("fz-new", src, &uid, deputy::delegation::View::Delegable);
         }
     }
 }

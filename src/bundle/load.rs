@@ -89,6 +89,9 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     };
     if opts.require_agent_model {
         check_agent_model(&schema, &mut problems);
+        if let Err(p) = super::agents::check_representable(&schema) {
+            problems.push(p);
+        }
     }
     let entities = parse_entities(&entity_files, &schema, &mut problems);
     let validated = if opts.validate {
@@ -106,6 +109,17 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
             let actions_by_name = actions_by_name(&schema);
             let type_names = type_names(&schema);
             let index = PolicyIndex::build(&policies, &entities);
+            let entity_json: Vec<(&str, serde_json::Value)> = entity_files
+                .iter()
+                .map(|f| {
+                    (
+                        f.rel.as_str(),
+                        serde_json::from_str(&f.text).unwrap_or(serde_json::Value::Null),
+                    )
+                })
+                .collect();
+            let entity_json: Vec<(&str, &serde_json::Value)> = entity_json.iter().map(|(f, v)| (*f, v)).collect();
+            let agent_names = super::AgentNames::collect(&entity_json, &entities, &policies);
             Ok(Bundle {
                 schema,
                 policies,
@@ -116,6 +130,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 actions_by_name,
                 taint_roles,
                 grants,
+                agent_names,
+                agent_model: opts.require_agent_model,
                 version,
                 revision,
                 validated,
@@ -670,12 +686,25 @@ fn check_grants(
             );
             continue;
         }
-        let checked = crate::prover::Grant::parse(&file.text).and_then(|g| crate::prover::validate_grant(&g, schema));
+        let checked = crate::prover::Grant::parse(&file.text).and_then(|g| {
+            g.check_holder_only()?;
+            crate::prover::validate_grant(&g, schema)
+        });
         match checked {
             Ok(()) => {
                 grants.insert(id, file.text.clone());
             }
-            Err(e) => problems.push(Problem::new("grant_invalid", e.to_string()).in_file(&file.rel)),
+            Err(e) => {
+                let code = match e.code() {
+                    "grant_foreign_principal" => "grant_foreign_principal",
+                    _ => "grant_invalid",
+                };
+                let mut p = Problem::new(code, e.to_string()).in_file(&file.rel);
+                if let Some(help) = e.help() {
+                    p = p.with_help(help);
+                }
+                problems.push(p)
+            }
         }
     }
     grants

@@ -47,11 +47,15 @@ pub struct BundleStore {
     reloads_failed: std::sync::atomic::AtomicU64,
     /// Fingerprint of the files at the last load attempt, good or bad.
     attempted: Mutex<Option<String>>,
-    /// Called (on the loading thread) with every newly loaded bundle.
+    /// Installs a newly loaded bundle into what is served (the snapshot), or refuses it with
+    /// problems (it does not fit deputy's live agents); runs before the bundle is swapped in.
+    publisher: Mutex<Option<Publisher>>,
+    /// Called (on the loading thread) with every bundle after it was swapped in.
     on_loaded: Mutex<Vec<LoadedHook>>,
 }
 
 type LoadedHook = Box<dyn Fn(Arc<Bundle>) + Send + Sync>;
+type Publisher = Box<dyn Fn(Arc<Bundle>) -> Result<(), Vec<Problem>> + Send + Sync>;
 
 impl BundleStore {
     pub fn new(dir: PathBuf, opts: LoadOptions) -> Self {
@@ -64,12 +68,21 @@ impl BundleStore {
             reloads_ok: 0.into(),
             reloads_failed: 0.into(),
             attempted: Mutex::new(None),
+            publisher: Mutex::new(None),
             on_loaded: Mutex::new(Vec::new()),
         }
     }
 
-    /// Adds a hook called (in registration order, on the loading thread, before the bundle
-    /// serves) with every newly loaded bundle, and at once with the current one, if any.
+    /// Sets what installs each newly loaded bundle (see [`BundleStore::reload`]). Set it before
+    /// the first load.
+    pub fn set_publisher(&self, publish: impl Fn(Arc<Bundle>) -> Result<(), Vec<Problem>> + Send + Sync + 'static) {
+        if let Ok(mut p) = self.publisher.lock() {
+            *p = Some(Box::new(publish));
+        }
+    }
+
+    /// Adds a hook called (in registration order, on the loading thread, after the bundle was
+    /// installed) with every newly loaded bundle, and at once with the current one, if any.
     pub fn on_loaded(&self, hook: impl Fn(Arc<Bundle>) + Send + Sync + 'static) {
         if let Some(b) = self.current() {
             hook(b);
@@ -88,8 +101,9 @@ impl BundleStore {
         self.current.load_full()
     }
 
-    /// Loads the bundle from disk and swaps it in if it is valid and different.
-    /// Blocking: call from `spawn_blocking` or a plain thread.
+    /// Loads the bundle from disk and swaps it in if it is valid, different, and accepted by the
+    /// publisher (a bundle that does not fit deputy's live agents is refused like an invalid one:
+    /// the last good bundle keeps serving). Blocking: call from `spawn_blocking` or a plain thread.
     pub fn reload(&self) -> Result<ReloadOutcome, BundleError> {
         let span = crate::telemetry::reload_span();
         let _entered = span.enter();
@@ -100,37 +114,21 @@ impl BundleStore {
                 Err(_) => super::load::fingerprint(&self.dir),
             });
         }
+        let result = result.and_then(|bundle| self.install(bundle));
         let at = now_rfc3339();
         let (status, ret) = match result {
-            Ok(bundle) => {
-                let unchanged = self
-                    .current
-                    .load()
-                    .as_ref()
-                    .is_some_and(|cur| cur.version == bundle.version);
-                let version = Some(bundle.version.clone());
-                let outcome = if unchanged {
-                    ReloadOutcome::Unchanged
-                } else {
-                    tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
-                    let bundle = Arc::new(bundle);
-                    if let Ok(hooks) = self.on_loaded.lock() {
-                        for hook in hooks.iter() {
-                            hook(Arc::clone(&bundle));
-                        }
-                    }
-                    self.current.store(Some(bundle));
+            Ok((outcome, version)) => {
+                self.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if outcome == ReloadOutcome::Loaded {
                     if let Ok(mut l) = self.loaded_at.lock() {
                         *l = Some(at.clone());
                     }
-                    ReloadOutcome::Loaded
-                };
-                self.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 (
                     ReloadStatus {
                         outcome,
                         at,
-                        version,
+                        version: Some(version),
                         problems: Vec::new(),
                     },
                     Ok(outcome),
@@ -156,7 +154,37 @@ impl BundleStore {
         if let Ok(mut last) = self.last.lock() {
             *last = Some(status);
         }
+        if matches!(ret, Ok(ReloadOutcome::Loaded)) {
+            if let (Some(bundle), Ok(hooks)) = (self.current(), self.on_loaded.lock()) {
+                for hook in hooks.iter() {
+                    hook(Arc::clone(&bundle));
+                }
+            }
+        }
         ret
+    }
+
+    /// Publishes a valid bundle (unless its contents are the ones serving) and swaps it in.
+    fn install(&self, bundle: Bundle) -> Result<(ReloadOutcome, String), BundleError> {
+        let version = bundle.version.clone();
+        let unchanged = self.current.load().as_ref().is_some_and(|cur| cur.version == version);
+        if unchanged {
+            return Ok((ReloadOutcome::Unchanged, version));
+        }
+        let bundle = Arc::new(bundle);
+        let published = match self.publisher.lock() {
+            Ok(p) => p.as_ref().map_or(Ok(()), |publish| publish(Arc::clone(&bundle))),
+            Err(_) => Err(vec![Problem::new("internal", "the bundle publisher lock is poisoned")]),
+        };
+        if let Err(problems) = published {
+            return Err(BundleError {
+                dir: self.dir.display().to_string(),
+                problems,
+            });
+        }
+        tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
+        self.current.store(Some(bundle));
+        Ok((ReloadOutcome::Loaded, version))
     }
 
     /// Reloads only when the files differ from the last attempt, so a broken bundle is reported

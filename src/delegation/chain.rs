@@ -24,10 +24,13 @@ pub enum DeniedBy {
     Ceiling { classification: i64, ceiling: i64 },
     /// A sink classified below what the agent has read: no writing down.
     Taint { classification: i64, taint: i64 },
-    /// The agent was revoked (or its task completed).
+    /// The agent, or an ancestor, was revoked (or its task completed).
     Revoked,
-    /// The agent's lifetime ended.
+    /// The agent's lifetime, or an ancestor's, ended.
     Expired,
+    /// The principal is an `Agent` the bundle does not declare and deputy does not manage
+    /// (never created, or lost with its state): it has no authority at all.
+    UnknownAgent,
     /// deputy's delegation state could not be loaded, so no agent can be decided.
     StateUnavailable,
 }
@@ -49,8 +52,10 @@ pub struct Guard {
     pub classification: Option<i64>,
 }
 
-/// Decides `request` for a deputy-managed agent: lifetime, then ceiling and taint, then the
-/// admin policies, then each hop root to leaf; the first bound that denies answers.
+/// Decides `request` for a deputy-managed agent: lifetime (its own, then every ancestor's),
+/// then ceiling (the lowest on the chain) and taint, then the admin policies, then each hop root
+/// to leaf (each ancestor's delegable view, then its own grant); the first bound that denies
+/// answers.
 pub fn decide(
     admin: Indexed<'_>,
     entities: &Entities,
@@ -65,11 +70,19 @@ pub fn decide(
     if agent.is_expired(now) {
         return denied(DeniedBy::Expired);
     }
+    // Revocation and expiry cascade to descendants when recorded; this holds in between.
+    if let Some(hop) = agent.hops.iter().find(|h| !h.is_live(now)) {
+        return denied(if hop.is_revoked() {
+            DeniedBy::Revoked
+        } else {
+            DeniedBy::Expired
+        });
+    }
     if let (Some(role), Some(classification)) = (guard.role, guard.classification) {
-        if classification > agent.row.ceiling {
+        if classification > agent.chain_ceiling {
             return denied(DeniedBy::Ceiling {
                 classification,
-                ceiling: agent.row.ceiling,
+                ceiling: agent.chain_ceiling,
             });
         }
         let taint = agent.taint();

@@ -2,20 +2,30 @@
 //! approves (re-proved), denies or escalates it up the chain to a human, and the grantee polls.
 //! An approval extends every grant on the path from the approver down to the requester, each
 //! proved within its parent's delegable view first, all in one transaction.
+//!
+//! INVARIANT (approvers are identities): only the request's current approver decides it — the
+//! human with the admin credential, or the agent named, which must be a strict ancestor of the
+//! requester. A pending delegation that several `@ask` rules gate waits on each of their
+//! approvers in turn.
+//!
+//! INVARIANT: every decision is a compare-and-set on the request's status and approver inside
+//! the transaction that writes its effects, with the deciding agent and the requester's whole
+//! chain checked live there too: a request is decided once, by someone entitled to at that
+//! moment.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::identity::{may_approve, ADMIN_APPROVER};
 use super::registry::LiveAgent;
-use super::service::{grant_error, Caller, Delegation, DelegationError};
-use super::store::{AuditEvent, PermissionRow};
+use super::service::{accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS};
+use super::spawn::is_delegation;
+use super::store::{AuditEvent, PermissionRow, StateError, Tx};
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Snapshot;
 
-/// The approver name of a human holding the admin credential.
-pub const ADMIN_APPROVER: &str = "admin";
 /// How long a request stays open unless the requester asks for less.
 pub const DEFAULT_REQUEST_TTL: i64 = 3600;
 /// The longest a request may stay open.
@@ -35,7 +45,11 @@ pub struct RequestView {
     pub request_id: String,
     pub status: String,
     pub requester: String,
+    /// Who decides now: an agent id, or `admin` (a human with the admin credential).
     pub approver: String,
+    /// For a pending delegation: who still has to approve after the current approver.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<String>,
     pub grant: String,
     pub reason: String,
     pub created_at: i64,
@@ -45,11 +59,17 @@ pub struct RequestView {
 
 impl From<PermissionRow> for RequestView {
     fn from(r: PermissionRow) -> Self {
+        let then = if r.status == "pending" {
+            remaining(&r)
+        } else {
+            Vec::new()
+        };
         Self {
             request_id: r.id,
             status: r.status,
             requester: r.requester,
             approver: r.approver,
+            then,
             grant: r.grant,
             reason: r.reason,
             created_at: r.created_at,
@@ -59,17 +79,23 @@ impl From<PermissionRow> for RequestView {
     }
 }
 
-fn is_delegation(row: &PermissionRow) -> bool {
-    row.history
-        .first()
-        .is_some_and(|h| h["kind"] == super::service::DELEGATION_KIND)
-}
-
-fn caller_agent(caller: &Caller) -> Option<&Arc<LiveAgent>> {
-    match caller {
-        Caller::Admin => None,
-        Caller::Agent(a) => Some(a),
+/// The approvers a pending delegation still needs after its current one: the `remaining` of
+/// the latest step that set it, else the ones after the first of the original list.
+fn remaining(row: &PermissionRow) -> Vec<String> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    if let Some(latest) = row.history.iter().rev().find_map(|h| h.get("remaining")) {
+        return strings(latest);
     }
+    let all = row
+        .history
+        .first()
+        .map(|h| strings(&h["approvers"]))
+        .unwrap_or_default();
+    all.into_iter().skip(1).collect()
 }
 
 fn not_found(id: &str) -> DelegationError {
@@ -78,6 +104,16 @@ fn not_found(id: &str) -> DelegationError {
         "permission_request_not_found",
         format!("no permission request `{id}`"),
     )
+}
+
+fn closed(id: &str, status: &str) -> DelegationError {
+    DelegationError::new(409, "request_closed", format!("request `{id}` is already {status}"))
+}
+
+/// The grants an approval extends: (agent, the digest proved against, the new grant, its digest).
+struct Extension {
+    updates: Vec<(String, String, String, String)>,
+    steps: Vec<Value>,
 }
 
 impl Delegation {
@@ -93,7 +129,7 @@ impl Delegation {
         ttl: Option<i64>,
         now: i64,
     ) -> Result<(RequestView, Value), DelegationError> {
-        let requester = caller_agent(caller).ok_or_else(|| {
+        let requester = caller.agent().ok_or_else(|| {
             DelegationError::new(
                 400,
                 "not_an_agent",
@@ -101,24 +137,7 @@ impl Delegation {
             )
         })?;
         self.check_grant_size(grant_src)?;
-        let open = self
-            .store
-            .requests(None, Some(&requester.row.id), Some("pending"))
-            .map_err(DelegationError::state)?
-            .len();
-        if open >= self.limits.max_pending_requests {
-            return Err(DelegationError::new(
-                429,
-                "too_many_requests",
-                format!(
-                    "{open} requests are already pending; the limit is {}",
-                    self.limits.max_pending_requests
-                ),
-            )
-            .help("withdraw requests you no longer need, or wait for answers"));
-        }
-        let grant = Grant::parse(grant_src).map_err(|e| grant_error(&e))?;
-        prover::validate_grant(&grant, &snap.bundle.schema).map_err(|e| grant_error(&e))?;
+        let grant = accept_grant(grant_src, &snap.bundle)?;
         let grantor = requester.row.parent.clone();
         let (can_approve_alone, proof) = match &grantor {
             Some(g) => {
@@ -153,13 +172,32 @@ impl Delegation {
                 "proof": proof.get("verdict").cloned().unwrap_or(Value::Null), "can_approve_alone": can_approve_alone,
             })],
         };
-        self.save(
-            &row,
-            now,
-            "permission_requested",
-            caller,
-            json!({"grant_digest": grant.digest()}),
-        )?;
+        self.commit(|_, tx| {
+            Self::check_live(tx, Some(requester), now)?;
+            let open = tx.pending_of(&requester.row.id)?.len();
+            if open >= self.limits.max_pending_requests {
+                return Err(DelegationError::new(
+                    429,
+                    "too_many_requests",
+                    format!(
+                        "{open} requests are already pending; the limit is {}",
+                        self.limits.max_pending_requests
+                    ),
+                )
+                .help("withdraw requests you no longer need, or wait for answers"));
+            }
+            save(
+                tx,
+                &row,
+                None,
+                now,
+                "permission_requested",
+                caller,
+                json!({"grant_digest": grant.digest()}),
+            )?;
+            Ok(((), None))
+        })?;
+        self.requests_changed.notify_waiters();
         let extra = json!({"can_approve_alone": can_approve_alone, "proof": proof});
         Ok((row.into(), extra))
     }
@@ -168,13 +206,25 @@ impl Delegation {
     /// escalated to a human), or the caller's own requests with `mine`.
     pub fn list_requests(
         &self,
+        snap: &Snapshot,
         caller: &Caller,
         status: Option<&str>,
         mine: bool,
     ) -> Result<Vec<RequestView>, DelegationError> {
         let rows = match (caller, mine) {
             (Caller::Agent(a), true) => self.store.requests(None, Some(&a.row.id), status),
-            (Caller::Agent(a), false) => self.store.requests(Some(&a.row.id), None, status),
+            (Caller::Agent(a), false) => self.store.requests(Some(&a.row.id), None, status).map(|rows| {
+                // Only requests it is entitled to decide: never the human's, never its own.
+                rows.into_iter()
+                    .filter(|r| {
+                        may_approve(
+                            Some(&a.row.id),
+                            &r.approver,
+                            snap.agents.get(&r.requester).map(Arc::as_ref),
+                        )
+                    })
+                    .collect()
+            }),
             (Caller::Admin, _) => self.store.requests(Some(ADMIN_APPROVER), None, status),
         }
         .map_err(DelegationError::state)?;
@@ -201,9 +251,45 @@ impl Delegation {
         Ok(row.into())
     }
 
-    /// Approves, denies or escalates a pending request. The caller must be its approver, or a
-    /// human with the admin credential.
+    /// Approves, denies or escalates a pending request. The caller must be its current
+    /// approver, or a human with the admin credential.
     pub fn decide_request(
+        &self,
+        snap: &Arc<Snapshot>,
+        caller: &Caller,
+        id: &str,
+        decision: Decision,
+        reason: &str,
+        now: i64,
+    ) -> Result<RequestView, DelegationError> {
+        let mut snap = Arc::clone(snap);
+        let mut caller = caller.clone();
+        for _ in 0..ATTEMPTS {
+            match self.decide_once(&snap, &caller, id, decision, reason, now)? {
+                Attempt::Done(view) => {
+                    self.requests_changed.notify_waiters();
+                    return Ok(view);
+                }
+                Attempt::Stale => {
+                    snap = self
+                        .live
+                        .current()
+                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
+                    if let Caller::Agent(a) = &caller {
+                        caller = Caller::Agent(self.latest(a));
+                    }
+                }
+            }
+        }
+        Err(DelegationError::new(
+            409,
+            "state_changed",
+            "the request or the grants it extends kept changing; nothing was changed",
+        )
+        .help("send the decision again"))
+    }
+
+    fn decide_once(
         &self,
         snap: &Snapshot,
         caller: &Caller,
@@ -211,17 +297,14 @@ impl Delegation {
         decision: Decision,
         reason: &str,
         now: i64,
-    ) -> Result<RequestView, DelegationError> {
-        let mut row = self
+    ) -> Result<Attempt<RequestView>, DelegationError> {
+        let row = self
             .store
             .request(id)
             .map_err(DelegationError::state)?
             .ok_or_else(|| not_found(id))?;
-        let is_approver = match caller {
-            Caller::Admin => true,
-            Caller::Agent(a) => a.row.id == row.approver,
-        };
-        if !is_approver {
+        let requester = snap.agents.get(&row.requester).cloned();
+        if !may_approve(caller.agent_id(), &row.approver, requester.as_deref()) {
             return Err(DelegationError::new(
                 403,
                 "not_the_approver",
@@ -229,100 +312,205 @@ impl Delegation {
             ));
         }
         if row.status != "pending" {
-            return Err(DelegationError::new(
-                409,
-                "request_closed",
-                format!("request `{id}` is already {}", row.status),
-            ));
+            return Err(closed(id, &row.status));
         }
-        let requester = snap
-            .agents
-            .get(&row.requester)
+        let requester = requester
             .filter(|r| r.is_live(now))
-            .cloned()
             .ok_or_else(|| DelegationError::new(409, "request_closed", "the requester is no longer live"))?;
+        // The proofs of an approval run here, before the writer lock is taken.
+        let extension = match decision {
+            Decision::Approve if !is_delegation(&row) => Some(self.extension(snap, caller, &row, &requester)?),
+            _ => None,
+        };
         let by = caller.name();
-        match decision {
-            Decision::Deny => {
-                row.status = "denied".to_owned();
-                row.updated_at = now;
-                row.history
-                    .push(json!({"at": now, "event": "denied", "by": by, "reason": reason}));
-                self.save(&row, now, "permission_denied", caller, json!({"reason": reason}))?;
+        self.commit(|w, tx| {
+            let Some(current) = tx.request(id)? else {
+                return Err(not_found(id));
+            };
+            if current.status != row.status
+                || current.approver != row.approver
+                || current.history.len() != row.history.len()
+            {
+                return Ok((Attempt::Stale, None));
             }
-            Decision::Escalate => {
-                let next = match caller {
-                    Caller::Admin => None,
-                    Caller::Agent(a) => Some(a.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned())),
-                };
-                let Some(next) = next.filter(|n| *n != row.approver) else {
-                    return Err(DelegationError::new(
-                        409,
-                        "cannot_escalate",
-                        "a human is the last approver; approve or deny",
-                    ));
-                };
-                row.history
-                    .push(json!({"at": now, "event": "escalated", "by": by, "to": next, "reason": reason}));
-                row.approver = next.clone();
-                row.updated_at = now;
-                self.save(
-                    &row,
-                    now,
-                    "permission_escalated",
-                    caller,
-                    json!({"to": next, "reason": reason}),
-                )?;
+            let latest_requester = w
+                .registry()
+                .get(&row.requester)
+                .cloned()
+                .unwrap_or_else(|| Arc::clone(&requester));
+            Self::check_live(tx, Some(&latest_requester), now)
+                .map_err(|_| DelegationError::new(409, "request_closed", "the requester is no longer live"))?;
+            Self::check_live(tx, caller.agent().map(Arc::as_ref), now)?;
+            let mut next = row.clone();
+            next.updated_at = now;
+            let cas = Some((row.status.as_str(), row.approver.as_str()));
+            let mut registry = None;
+            match decision {
+                Decision::Deny => {
+                    next.status = "denied".to_owned();
+                    next.history
+                        .push(json!({"at": now, "event": "denied", "by": by, "reason": reason}));
+                    save(
+                        tx,
+                        &next,
+                        cas,
+                        now,
+                        "permission_denied",
+                        caller,
+                        json!({"reason": reason}),
+                    )?;
+                }
+                Decision::Escalate => {
+                    let to = caller
+                        .agent()
+                        .map(|a| a.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned()));
+                    let Some(to) = to.filter(|n| *n != row.approver) else {
+                        return Err(DelegationError::new(
+                            409,
+                            "cannot_escalate",
+                            "a human is the last approver; approve or deny",
+                        ));
+                    };
+                    let rest: Vec<String> = remaining(&row).into_iter().filter(|r| *r != to).collect();
+                    next.history.push(
+                        json!({"at": now, "event": "escalated", "by": by, "to": to, "reason": reason,
+                                             "remaining": rest}),
+                    );
+                    next.approver = to.clone();
+                    save(
+                        tx,
+                        &next,
+                        cas,
+                        now,
+                        "permission_escalated",
+                        caller,
+                        json!({"to": to, "reason": reason}),
+                    )?;
+                }
+                Decision::Approve if is_delegation(&row) => {
+                    // A pending delegation: once every approver said yes, the parent may carry out
+                    // exactly this delegation once (`approved_request`).
+                    let mut rest = remaining(&row);
+                    if rest.is_empty() {
+                        next.status = "approved".to_owned();
+                        next.history
+                            .push(json!({"at": now, "event": "approved", "by": by, "as": row.approver,
+                                                 "reason": reason}));
+                        save(
+                            tx,
+                            &next,
+                            cas,
+                            now,
+                            "delegation_approved",
+                            caller,
+                            json!({"reason": reason}),
+                        )?;
+                    } else {
+                        next.approver = rest.remove(0);
+                        next.history
+                            .push(json!({"at": now, "event": "approved", "by": by, "as": row.approver,
+                                                 "reason": reason, "remaining": rest}));
+                        save(
+                            tx,
+                            &next,
+                            cas,
+                            now,
+                            "delegation_approval_step",
+                            caller,
+                            json!({"reason": reason, "next": next.approver}),
+                        )?;
+                    }
+                }
+                Decision::Approve => {
+                    let Some(ext) = &extension else {
+                        return Err(DelegationError::internal("an approval without its extension"));
+                    };
+                    // Each extended grant must still be the one its proof was made against.
+                    let moved = ext.updates.iter().any(|(agent, proved, _, _)| {
+                        w.registry().get(agent).is_none_or(|a| a.row.grant_digest != *proved)
+                    });
+                    if moved {
+                        return Ok((Attempt::Stale, None));
+                    }
+                    let mut rows = Vec::new();
+                    for (agent, proved, grant, digest) in &ext.updates {
+                        if !tx.swap_grant(agent, proved, grant, digest)? {
+                            return Err(DelegationError::internal(format!(
+                                "the stored grant of `{agent}` moved under the writer lock"
+                            )));
+                        }
+                        tx.audit(
+                            now,
+                            AuditEvent {
+                                event: "grant_extended",
+                                actor: by.clone(),
+                                agent: Some(agent.clone()),
+                                details: json!({"request_id": row.id, "grant_digest": digest, "reason": reason,
+                                                "policy_version": snap.bundle.version}),
+                            },
+                        )?;
+                        if let Some(a) = w.registry().get(agent) {
+                            let mut r = a.row.clone();
+                            r.grant = grant.clone();
+                            r.grant_digest = digest.clone();
+                            rows.push(r);
+                        }
+                    }
+                    next.status = "approved".to_owned();
+                    next.history.push(
+                        json!({"at": now, "event": "approved", "by": by, "reason": reason, "extended": ext.steps}),
+                    );
+                    save(
+                        tx,
+                        &next,
+                        cas,
+                        now,
+                        "permission_approved",
+                        caller,
+                        json!({"reason": reason, "extended": ext.steps}),
+                    )?;
+                    registry = Some(w.registry().with_rows(rows).map_err(DelegationError::internal)?);
+                }
             }
-            Decision::Approve if is_delegation(&row) => {
-                // A pending delegation: the approval lets the parent carry out exactly this
-                // delegation once (`approved_request`); the child is created then, with its own
-                // credential returned to the parent.
-                row.status = "approved".to_owned();
-                row.updated_at = now;
-                row.history
-                    .push(json!({"at": now, "event": "approved", "by": by, "reason": reason}));
-                self.save(&row, now, "delegation_approved", caller, json!({"reason": reason}))?;
-            }
-            Decision::Approve => self.approve(snap, caller, &mut row, &requester, reason, now)?,
-        }
-        Ok(row.into())
+            Ok((Attempt::Done(next.into()), registry))
+        })
     }
 
-    fn approve(
+    /// The grants an approval extends: below the approving agent (or from the root, for a
+    /// human) down to the requester, each proved within its parent's grant as extended.
+    fn extension(
         &self,
         snap: &Snapshot,
         caller: &Caller,
-        row: &mut PermissionRow,
+        row: &PermissionRow,
         requester: &Arc<LiveAgent>,
-        reason: &str,
-        now: i64,
-    ) -> Result<(), DelegationError> {
-        // The path of grants to extend: below the approving agent (or from the root, for a
-        // human) down to the requester.
-        let start = match caller {
-            Caller::Admin => 0,
-            Caller::Agent(a) => {
-                let at = requester.chain.iter().position(|c| *c == a.row.id).ok_or_else(|| {
-                    DelegationError::new(403, "not_the_approver", "only an ancestor of the requester can approve")
-                })?;
+    ) -> Result<Extension, DelegationError> {
+        let start = match caller.agent() {
+            None => 0,
+            Some(a) => {
+                let at = requester
+                    .ancestors()
+                    .iter()
+                    .position(|c| *c == a.row.id)
+                    .ok_or_else(|| {
+                        DelegationError::new(403, "not_the_approver", "only an ancestor of the requester can approve")
+                    })?;
                 at + 1
             }
         };
-        let path: Vec<Arc<LiveAgent>> = requester.chain[start..]
+        let path: Vec<Arc<LiveAgent>> = requester
+            .chain
+            .get(start..)
+            .unwrap_or_default()
             .iter()
             .filter_map(|id| snap.agents.get(id).cloned())
             .collect();
-        // Prove each extension against its parent's grant as it will be after the approval.
-        let mut parent_grant: Option<String> = match caller {
-            Caller::Admin => None,
-            Caller::Agent(a) => Some(a.row.grant.clone()),
-        };
-        let mut updates: Vec<(String, String, String)> = Vec::new();
+        let mut parent_grant: Option<String> = caller.agent().map(|a| a.row.grant.clone());
+        let mut updates = Vec::new();
         let mut steps = Vec::new();
         for agent in &path {
             let extended = format!("{}\n{}", agent.row.grant.trim_end(), row.grant);
-            let grant = Grant::parse(&extended).map_err(|e| grant_error(&e))?;
+            let grant = accept_grant(&extended, &snap.bundle)?;
             let verdict = match &parent_grant {
                 None => None,
                 Some(p) => Some(self.prove_against(snap, &grant, p, agent)?),
@@ -346,89 +534,75 @@ impl Delegation {
             }
             steps.push(json!({"agent": agent.row.id, "grant_digest": grant.digest(),
                               "proof": verdict.as_ref().map_or("not_required", Verdict::name)}));
-            updates.push((agent.row.id.clone(), extended.clone(), grant.digest()));
+            updates.push((
+                agent.row.id.clone(),
+                agent.row.grant_digest.clone(),
+                extended.clone(),
+                grant.digest(),
+            ));
             parent_grant = Some(extended);
         }
-        row.status = "approved".to_owned();
-        row.updated_at = now;
-        row.history
-            .push(json!({"at": now, "event": "approved", "by": caller.name(), "reason": reason, "extended": steps}));
-        let audit: Vec<AuditEvent> = updates
-            .iter()
-            .map(|(id, _, digest)| AuditEvent {
-                event: "grant_extended",
-                actor: caller.name(),
-                agent: Some(id.clone()),
-                details: json!({"request_id": row.id, "grant_digest": digest, "reason": reason,
-                                "policy_version": snap.bundle.version}),
-            })
-            .chain(std::iter::once(AuditEvent {
-                event: "permission_approved",
-                actor: caller.name(),
-                agent: Some(row.requester.clone()),
-                details: json!({"request_id": row.id, "reason": reason, "extended": steps}),
-            }))
-            .collect();
-        self.store
-            .update_grants(&updates, now, audit, Some(row))
-            .map_err(DelegationError::state)?;
-        self.live
-            .update_registry(|r| {
-                let mut next = r.clone();
-                for (id, grant, digest) in &updates {
-                    next = next.with_grant(id, grant, digest).map_err(|e| e.to_string())?;
-                }
-                Ok(next)
-            })
-            .map_err(|e| DelegationError::new(500, "internal", e))?;
-        self.requests_changed.notify_waiters();
-        Ok(())
+        Ok(Extension { updates, steps })
     }
 
     /// The requester takes its request back.
     pub fn withdraw_request(&self, caller: &Caller, id: &str, now: i64) -> Result<RequestView, DelegationError> {
-        let mut row = self
-            .store
-            .request(id)
-            .map_err(DelegationError::state)?
-            .ok_or_else(|| not_found(id))?;
-        if caller_agent(caller).is_none_or(|a| a.row.id != row.requester) {
-            return Err(DelegationError::new(
-                403,
-                "not_the_requester",
-                "only the requester may withdraw a request",
-            ));
-        }
-        if row.status != "pending" {
-            return Err(DelegationError::new(
-                409,
-                "request_closed",
-                format!("request `{id}` is already {}", row.status),
-            ));
-        }
-        row.status = "withdrawn".to_owned();
-        row.updated_at = now;
-        row.history
-            .push(json!({"at": now, "event": "withdrawn", "by": row.requester}));
-        self.save(&row, now, "permission_withdrawn", caller, json!({}))?;
-        Ok(row.into())
+        let view = self.commit(|_, tx| {
+            let mut row = tx.request(id)?.ok_or_else(|| not_found(id))?;
+            if caller.agent_id() != Some(row.requester.as_str()) {
+                return Err(DelegationError::new(
+                    403,
+                    "not_the_requester",
+                    "only the requester may withdraw a request",
+                ));
+            }
+            if row.status != "pending" {
+                return Err(closed(id, &row.status));
+            }
+            let cas = (row.status.clone(), row.approver.clone());
+            row.status = "withdrawn".to_owned();
+            row.updated_at = now;
+            row.history
+                .push(json!({"at": now, "event": "withdrawn", "by": row.requester}));
+            save(
+                tx,
+                &row,
+                Some((&cas.0, &cas.1)),
+                now,
+                "permission_withdrawn",
+                caller,
+                json!({}),
+            )?;
+            Ok((RequestView::from(row), None))
+        })?;
+        self.requests_changed.notify_waiters();
+        Ok(view)
     }
 
-    /// Closes the pending requests of agents that were revoked, completed or expired.
-    pub(super) fn close_requests_of(&self, ids: &[String], now: i64, why: &str) {
+    /// Closes, inside a write, the pending requests of agents that were revoked, completed or
+    /// expired.
+    pub(super) fn close_requests_in(&self, tx: &Tx<'_>, ids: &[String], now: i64, why: &str) -> Result<(), StateError> {
         for id in ids {
-            let Ok(rows) = self.store.requests(None, Some(id), Some("pending")) else {
-                continue;
-            };
-            for mut row in rows {
+            for mut row in tx.pending_of(id)? {
+                // Read in this same transaction: nothing can have moved it.
                 row.status = "closed".to_owned();
                 row.updated_at = now;
                 row.history.push(json!({"at": now, "event": "closed", "why": why}));
-                if let Err(e) = self.save(&row, now, "permission_closed", &Caller::Admin, json!({"why": why})) {
-                    tracing::error!(request = %row.id, code = e.code, "cannot close a permission request");
+                match save(
+                    tx,
+                    &row,
+                    None,
+                    now,
+                    "permission_closed",
+                    &Caller::Admin,
+                    json!({"why": why}),
+                ) {
+                    Ok(()) | Err(Saved::Moved) => {}
+                    Err(Saved::State(e)) => return Err(e),
                 }
             }
         }
+        Ok(())
     }
 
     /// Expires pending requests past their deadline.
@@ -436,13 +610,34 @@ impl Delegation {
         let Ok(rows) = self.store.requests(None, None, Some("pending")) else {
             return;
         };
-        for mut row in rows.into_iter().filter(|r| r.expires_at <= now) {
-            row.status = "expired".to_owned();
-            row.updated_at = now;
-            row.history.push(json!({"at": now, "event": "expired"}));
-            if let Err(e) = self.save(&row, now, "permission_expired", &Caller::Admin, json!({})) {
-                tracing::error!(request = %row.id, code = e.code, "cannot expire a permission request");
+        let mut changed = false;
+        for row in rows.into_iter().filter(|r| r.expires_at <= now) {
+            let done = self.commit(|_, tx| {
+                let mut row = row.clone();
+                let cas = (row.status.clone(), row.approver.clone());
+                row.status = "expired".to_owned();
+                row.updated_at = now;
+                row.history.push(json!({"at": now, "event": "expired"}));
+                match save(
+                    tx,
+                    &row,
+                    Some((&cas.0, &cas.1)),
+                    now,
+                    "permission_expired",
+                    &Caller::Admin,
+                    json!({}),
+                ) {
+                    Ok(()) | Err(Saved::Moved) => Ok(((), None)),
+                    Err(Saved::State(e)) => Err(DelegationError::state(e)),
+                }
+            });
+            match done {
+                Ok(()) => changed = true,
+                Err(e) => tracing::error!(request = %row.id, code = e.code, "cannot expire a permission request"),
             }
+        }
+        if changed {
+            self.requests_changed.notify_waiters();
         }
     }
 
@@ -459,7 +654,7 @@ impl Delegation {
         principal: &LiveAgent,
     ) -> Result<Verdict, DelegationError> {
         let parent = Grant::parse(parent_src)
-            .map_err(|e| DelegationError::new(500, "internal", format!("a stored grant no longer parses: {e}")))?;
+            .map_err(|e| DelegationError::internal(format!("a stored grant no longer parses: {e}")))?;
         let opts = ProveOptions {
             child_principal: Some(principal.uid.clone()),
             solver: self.limits.solver.clone(),
@@ -470,31 +665,60 @@ impl Delegation {
         })
         .map_err(|e| grant_error(&e))
     }
+}
 
-    fn save(
-        &self,
-        row: &PermissionRow,
-        now: i64,
-        event: &'static str,
-        caller: &Caller,
-        mut details: Value,
-    ) -> Result<(), DelegationError> {
-        details["request_id"] = json!(row.id);
-        details["status"] = json!(row.status);
-        details["approver"] = json!(row.approver);
-        self.store
-            .save_request(
-                row,
-                now,
-                AuditEvent {
-                    event,
-                    actor: caller.name(),
-                    agent: Some(row.requester.clone()),
-                    details,
-                },
-            )
-            .map_err(DelegationError::state)?;
-        self.requests_changed.notify_waiters();
-        Ok(())
+/// Why a request could not be saved.
+enum Saved {
+    State(StateError),
+    /// Its status or approver changed since it was read.
+    Moved,
+}
+
+impl From<StateError> for Saved {
+    fn from(e: StateError) -> Self {
+        Saved::State(e)
     }
+}
+
+impl From<Saved> for DelegationError {
+    fn from(e: Saved) -> Self {
+        match e {
+            Saved::State(e) => DelegationError::state(e),
+            Saved::Moved => DelegationError::new(
+                409,
+                "state_changed",
+                "the request changed while this was being decided; nothing was changed",
+            )
+            .help("read it again and decide again"),
+        }
+    }
+}
+
+/// Saves a request (compare-and-set on its stored status and approver when `cas` is given)
+/// with its audit record.
+fn save(
+    tx: &Tx<'_>,
+    row: &PermissionRow,
+    cas: Option<(&str, &str)>,
+    now: i64,
+    event: &'static str,
+    caller: &Caller,
+    mut details: Value,
+) -> Result<(), Saved> {
+    if !tx.save_request(row, cas)? {
+        return Err(Saved::Moved);
+    }
+    details["request_id"] = json!(row.id);
+    details["status"] = json!(row.status);
+    details["approver"] = json!(row.approver);
+    tx.audit(
+        now,
+        AuditEvent {
+            event,
+            actor: caller.name(),
+            agent: Some(row.requester.clone()),
+            details,
+        },
+    )?;
+    Ok(())
 }

@@ -1,8 +1,15 @@
 //! The live agents, in memory: each agent's chain and, for every hop of it, that hop's grant
 //! already linked to the agent, so a decision links nothing at request time.
 //!
-//! INVARIANT: an agent's `hops` are its ancestors' grants and its own, root first, each linked
-//! to the agent itself. Run-time authority is admin AND every hop: it only narrows down a chain.
+//! INVARIANT (run time is the proof): an agent's `hops` are, root first, each ancestor's
+//! *delegable view* (its grant without the `@delegable("false")` permits) and then the agent's
+//! own whole grant, each linked to the agent itself. Run-time authority is admin AND every hop,
+//! which is exactly what a spawn proves (`child ≤ delegable_view(parent)`): a drifted or
+//! human-approved grant is still bounded by what each ancestor could pass on.
+//!
+//! INVARIANT: what changes about an agent without rebuilding it (revocation, taint) lives in one
+//! `AgentState` shared by every rebuilt copy of the agent, so a raise or a revocation is never
+//! lost to a concurrent rebuild.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -17,6 +24,8 @@ use super::store::AgentRow;
 
 /// The entity type deputy's agents have in the schema.
 pub const AGENT_TYPE: &str = "Agent";
+/// Who created an agent that the bundle declares (with a grant in `grants/`).
+pub const BUNDLE_CREATOR: &str = "bundle";
 
 /// True for deputy's `Agent` type (unqualified, as the schema must declare it), without
 /// formatting the name.
@@ -24,10 +33,34 @@ pub fn is_agent_type(t: &EntityTypeName) -> bool {
     t.basename() == AGENT_TYPE && t.namespace_components().next().is_none()
 }
 
-/// One hop of a chain: an agent's grant linked to the acting agent.
+/// What may change about a live agent between rebuilds: shared by all its copies.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    revoked: AtomicBool,
+    taint: AtomicI64,
+}
+
+/// One hop of a chain: an agent's grant (an ancestor's delegable view, or the acting agent's
+/// whole grant) linked to the acting agent.
 pub struct Hop {
     pub agent: String,
     pub policies: PolicySet,
+    /// The hop's holder's shared state: a revoked ancestor denies at once.
+    state: Arc<AgentState>,
+    /// When the hop's holder expires.
+    expires_at: i64,
+}
+
+impl Hop {
+    /// The hop's holder is neither revoked nor expired.
+    pub fn is_live(&self, now: i64) -> bool {
+        !self.is_revoked() && now < self.expires_at
+    }
+
+    /// The hop's holder was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.state.revoked.load(Ordering::Acquire)
+    }
 }
 
 /// A live (or revoked, kept for the record) agent.
@@ -37,26 +70,28 @@ pub struct LiveAgent {
     /// Root first, this agent last.
     pub chain: Vec<String>,
     pub hops: Vec<Hop>,
-    revoked: AtomicBool,
-    taint: AtomicI64,
+    /// The lowest ceiling on the chain, the one deputy enforces: an agent never touches what an
+    /// ancestor could not, even if its own ceiling says more (or an ancestor's was lowered).
+    pub chain_ceiling: i64,
+    state: Arc<AgentState>,
 }
 
 impl LiveAgent {
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.state.revoked.load(Ordering::Acquire)
     }
 
     pub fn mark_revoked(&self) {
-        self.revoked.store(true, Ordering::Release);
+        self.state.revoked.store(true, Ordering::Release);
     }
 
     pub fn taint(&self) -> i64 {
-        self.taint.load(Ordering::Acquire)
+        self.state.taint.load(Ordering::Acquire)
     }
 
     /// Raises the session taint; returns true when it went up.
     pub fn raise_taint(&self, level: i64) -> bool {
-        self.taint.fetch_max(level, Ordering::AcqRel) < level
+        self.state.taint.fetch_max(level, Ordering::AcqRel) < level
     }
 
     pub fn is_expired(&self, now: i64) -> bool {
@@ -66,6 +101,21 @@ impl LiveAgent {
     /// Live: neither revoked nor expired.
     pub fn is_live(&self, now: i64) -> bool {
         !self.is_revoked() && !self.is_expired(now)
+    }
+
+    /// Declared by the bundle (`grants/<id>.cedar`), not created through the API.
+    pub fn is_bundle_agent(&self) -> bool {
+        self.row.created_by == BUNDLE_CREATOR
+    }
+
+    /// The agent's strict ancestors, nearest last.
+    pub fn ancestors(&self) -> &[String] {
+        self.chain.split_last().map_or(&[], |(_, rest)| rest)
+    }
+
+    /// `id` is a strict ancestor of this agent.
+    pub fn has_ancestor(&self, id: &str) -> bool {
+        self.ancestors().iter().any(|a| a == id)
     }
 }
 
@@ -90,48 +140,61 @@ impl Registry {
     pub fn from_rows(rows: Vec<AgentRow>) -> Result<Registry, RegistryError> {
         let mut reg = Registry::default();
         for row in rows {
-            reg = reg.with(row)?;
+            let agent = build(&reg.agents, row, None)?;
+            reg.agents.insert(agent.row.id.clone(), Arc::new(agent));
         }
         Ok(reg)
     }
 
-    /// A registry that also holds `row`.
+    /// A registry that also holds `row` (a new agent).
     pub fn with(&self, row: AgentRow) -> Result<Registry, RegistryError> {
-        let agent = build(&self.agents, row)?;
+        let agent = build(&self.agents, row, None)?;
         let mut agents = self.agents.clone();
         agents.insert(agent.row.id.clone(), Arc::new(agent));
         Ok(Registry { agents })
     }
 
-    /// A registry in which `id`'s grant is `grant`: the agent and every descendant are rebuilt,
-    /// since each descendant holds this grant linked to itself as one of its hops.
-    pub fn with_grant(&self, id: &str, grant: &str, digest: &str) -> Result<Registry, RegistryError> {
+    /// A registry in which the agents in `rows` have those rows (a new grant, new attributes):
+    /// each of them and every descendant is rebuilt, since a descendant holds its ancestors'
+    /// grants linked to itself and the chain's lowest ceiling. Taint and revocation carry over.
+    pub fn with_rows(&self, rows: Vec<AgentRow>) -> Result<Registry, RegistryError> {
+        if rows.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut changed: HashMap<String, AgentRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut affected: Vec<Arc<LiveAgent>> = self
             .agents
             .values()
-            .filter(|a| a.chain.iter().any(|c| c == id))
+            .filter(|a| a.chain.iter().any(|c| changed.contains_key(c)))
             .cloned()
             .collect();
-        affected.sort_by_key(|a| a.row.depth);
+        affected.sort_by_key(|a| a.chain.len());
         let mut agents = self.agents.clone();
         for a in affected {
-            let mut row = a.row.clone();
-            if row.id == id {
-                row.grant = grant.to_owned();
-                row.grant_digest = digest.to_owned();
-            }
-            row.taint = a.taint();
-            let rebuilt = build(&agents, row)?;
-            if a.is_revoked() {
-                rebuilt.mark_revoked();
-            }
+            let row = changed.remove(&a.row.id).unwrap_or_else(|| a.row.clone());
+            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)))?;
             agents.insert(rebuilt.row.id.clone(), Arc::new(rebuilt));
         }
         Ok(Registry { agents })
     }
 
+    /// A registry in which `id`'s grant is `grant` (see [`Registry::with_rows`]).
+    pub fn with_grant(&self, id: &str, grant: &str, digest: &str) -> Result<Registry, RegistryError> {
+        let Some(a) = self.agents.get(id) else {
+            return Ok(self.clone());
+        };
+        let mut row = a.row.clone();
+        row.grant = grant.to_owned();
+        row.grant_digest = digest.to_owned();
+        self.with_rows(vec![row])
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<LiveAgent>> {
         self.agents.get(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.agents.contains_key(id)
     }
 
     pub fn len(&self) -> usize {
@@ -146,34 +209,48 @@ impl Registry {
         self.agents.values()
     }
 
-    /// `id` and all its descendants.
+    /// `id` and all its descendants, shallowest first.
     pub fn subtree(&self, id: &str) -> Vec<String> {
-        let mut out: Vec<String> = self
+        let mut out: Vec<&Arc<LiveAgent>> = self
             .agents
             .values()
             .filter(|a| a.chain.iter().any(|c| c == id))
-            .map(|a| a.row.id.clone())
             .collect();
-        // Deepest first does not matter for revocation, but a stable order helps the audit.
-        out.sort_by_key(|id| self.agents.get(id).map_or(0, |a| a.row.depth));
-        out
+        out.sort_by(|a, b| a.chain.len().cmp(&b.chain.len()).then_with(|| a.row.id.cmp(&b.row.id)));
+        out.into_iter().map(|a| a.row.id.clone()).collect()
     }
 
-    /// The Cedar entities of all agents, to add to the bundle's store.
-    pub fn entities(&self) -> Vec<Entity> {
-        self.agents
-            .values()
-            .filter_map(|a| agent_entity(&a.row, &a.uid).ok())
-            .collect()
+    /// Marks `ids` revoked in every snapshot that holds them (their state is shared).
+    pub fn mark_revoked(&self, ids: &[String]) {
+        for id in ids {
+            if let Some(a) = self.agents.get(id) {
+                a.mark_revoked();
+            }
+        }
     }
 
-    /// The bundle's entities plus every agent's. Built when either changes, never per request.
+    /// The bundle's entities plus the agents deputy created (a bundle agent's entity is the
+    /// bundle's own, attributes and parents included). Built when either changes, never per
+    /// request.
+    ///
+    /// INVARIANT: no managed agent shares a uid with a bundle entity (the identity namespace is
+    /// checked when agents are named and when bundles load); should one, this fails rather than
+    /// let either replace the other.
     pub fn combined_entities(&self, bundle: &Entities, schema: &cedar_policy::Schema) -> Result<Entities, String> {
-        let ids: HashSet<EntityUid> = self.agents.values().map(|a| a.uid.clone()).collect();
-        // An agent deputy created wins over a bundle entity of the same uid (ids are random,
-        // so this only happens when a bundle names one on purpose).
-        let base: Vec<Entity> = bundle.iter().filter(|e| !ids.contains(&e.uid())).cloned().collect();
-        Entities::from_entities(base.into_iter().chain(self.entities()), Some(schema)).map_err(|e| e.to_string())
+        let mut managed = Vec::new();
+        for a in self.agents.values().filter(|a| !a.is_bundle_agent()) {
+            if bundle.get(&a.uid).is_some() {
+                return Err(format!(
+                    "agent `{}` that deputy manages shares its id with an entity the bundle declares",
+                    a.row.id
+                ));
+            }
+            managed.push(agent_entity(&a.row, &a.uid)?);
+        }
+        bundle
+            .clone()
+            .add_entities(managed, Some(schema))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -182,7 +259,8 @@ pub fn agent_uid(id: &str) -> Result<EntityUid, String> {
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-fn agent_entity(row: &AgentRow, uid: &EntityUid) -> Result<Entity, String> {
+/// The entity deputy gives one of its agents: exactly the attributes its agent model names.
+pub fn agent_entity(row: &AgentRow, uid: &EntityUid) -> Result<Entity, String> {
     let attrs = HashMap::from([
         (
             "can_delegate".to_owned(),
@@ -194,60 +272,120 @@ fn agent_entity(row: &AgentRow, uid: &EntityUid) -> Result<Entity, String> {
     Entity::new(uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())
 }
 
-fn build(agents: &HashMap<String, Arc<LiveAgent>>, row: AgentRow) -> Result<LiveAgent, RegistryError> {
+/// Which part of a grant a hop holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The whole grant: the acting agent's own hop.
+    Full,
+    /// Without the permits annotated `@delegable("false")`: an ancestor's hop.
+    Delegable,
+}
+
+fn build(
+    agents: &HashMap<String, Arc<LiveAgent>>,
+    row: AgentRow,
+    state: Option<Arc<AgentState>>,
+) -> Result<LiveAgent, RegistryError> {
     let uid = agent_uid(&row.id).map_err(|message| RegistryError::Entity {
         agent: row.id.clone(),
         message,
     })?;
-    let mut chain = match &row.parent {
-        None => Vec::new(),
-        Some(parent) => agents
-            .get(parent)
-            .map(|p| p.chain.clone())
-            .ok_or_else(|| RegistryError::UnknownParent {
-                agent: row.id.clone(),
-                parent: parent.clone(),
-            })?,
+    let parent = match &row.parent {
+        None => None,
+        Some(parent) => Some(agents.get(parent).ok_or_else(|| RegistryError::UnknownParent {
+            agent: row.id.clone(),
+            parent: parent.clone(),
+        })?),
     };
+    let mut chain = parent.map(|p| p.chain.clone()).unwrap_or_default();
     chain.push(row.id.clone());
     let mut hops = Vec::with_capacity(chain.len());
-    for hop in &chain {
-        let grant = if *hop == row.id {
-            row.grant.as_str()
-        } else {
-            agents.get(hop).map_or("", |a| a.row.grant.as_str())
-        };
+    for ancestor in parent.map(|p| p.chain.as_slice()).unwrap_or_default() {
+        let a = agents.get(ancestor).ok_or_else(|| RegistryError::UnknownParent {
+            agent: row.id.clone(),
+            parent: ancestor.clone(),
+        })?;
         hops.push(Hop {
-            agent: hop.clone(),
-            policies: link(hop, grant, &uid)?,
+            agent: ancestor.clone(),
+            policies: link(ancestor, &a.row.grant, &uid, View::Delegable)?,
+            state: Arc::clone(&a.state),
+            expires_at: a.row.expires_at,
         });
     }
-    let revoked = row.revoked_at.is_some();
-    let taint = row.taint;
+    let state = state.unwrap_or_else(|| {
+        Arc::new(AgentState {
+            revoked: AtomicBool::new(row.revoked_at.is_some()),
+            taint: AtomicI64::new(row.taint),
+        })
+    });
+    hops.push(Hop {
+        agent: row.id.clone(),
+        policies: link(&row.id, &row.grant, &uid, View::Full)?,
+        state: Arc::clone(&state),
+        expires_at: row.expires_at,
+    });
+    let chain_ceiling = parent.map_or(row.ceiling, |p| p.chain_ceiling.min(row.ceiling));
     Ok(LiveAgent {
         row,
         uid,
         chain,
         hops,
-        revoked: AtomicBool::new(revoked),
-        taint: AtomicI64::new(taint),
+        chain_ceiling,
+        state,
     })
 }
 
-/// Links every template of `grant` (held by `holder`) to `principal`; ids are
-/// `<holder>/<policy id>` so a reason says whose grant it came from.
-pub fn link(holder: &str, grant: &str, principal: &EntityUid) -> Result<PolicySet, RegistryError> {
+/// Links `view` of `grant` (held by `holder`) to `principal`; ids are `<holder>/<policy id>`
+/// so a reason says whose grant it came from.
+///
+/// A policy that is not about its holder (`prover::foreign_principal`) is left out: grants are
+/// checked for this when they are accepted, so only a grant stored by an older deputy can hold
+/// one, and leaving a policy out of a hop only narrows a forbid-free hop — except a forbid,
+/// which is kept (it can only deny).
+pub fn link(holder: &str, grant: &str, principal: &EntityUid, view: View) -> Result<PolicySet, RegistryError> {
+    use cedar_policy::Effect;
     let err = |message: String| RegistryError::Grant {
         agent: holder.to_owned(),
         message,
     };
     let parsed = PolicySet::from_str(grant).map_err(|e| err(e.to_string()))?;
+    let keep = |t: &cedar_policy_core::ast::Template, effect: Effect, delegable: bool| -> bool {
+        if effect == Effect::Forbid {
+            return true;
+        }
+        if view == View::Delegable && !delegable {
+            return false;
+        }
+        match crate::prover::foreign_principal(t) {
+            None => true,
+            Some(why) => {
+                tracing::warn!(agent = holder, %why, "a stored grant holds a permit about another principal; it is left out");
+                false
+            }
+        }
+    };
+    let delegable = |a: Option<&str>| a != Some("false");
     let mut out = PolicySet::new();
     for p in parsed.policies() {
+        let core: &cedar_policy_core::ast::Policy = p.as_ref();
+        if !keep(
+            core.template(),
+            p.effect(),
+            delegable(p.annotation(crate::prover::DELEGABLE_ANNOTATION)),
+        ) {
+            continue;
+        }
         let id = PolicyId::new(format!("{holder}/{}", p.id()));
         out.add(p.new_id(id)).map_err(|e| err(e.to_string()))?;
     }
     for t in parsed.templates() {
+        if !keep(
+            t.as_ref(),
+            t.effect(),
+            delegable(t.annotation(crate::prover::DELEGABLE_ANNOTATION)),
+        ) {
+            continue;
+        }
         let tid = PolicyId::new(format!("{holder}/template/{}", t.id()));
         out.add_template(t.clone().new_id(tid.clone()))
             .map_err(|e| err(e.to_string()))?;

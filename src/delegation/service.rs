@@ -1,25 +1,30 @@
-//! The delegation operations: create an agent (a root by the admin, a child by its parent, with
-//! a proof), revoke or complete a subtree, read the audit trail. Synchronous and blocking
-//! (proofs and SQLite): the HTTP layer calls these under `spawn_blocking`.
+//! The delegation service: who is calling, the one way every change is written, and the
+//! read-only views (audit, drift, live count). The operations themselves live beside it:
+//! `spawn` (creating agents), `lifecycle` (revoke, complete, expire, taint), `bundle_agents`
+//! (agents the bundle declares, re-proof on reload) and `permission` (asking for more).
+//! Synchronous and blocking (proofs and SQLite): the HTTP layer calls these under
+//! `spawn_blocking`.
+//!
+//! INVARIANT (linearizable writes): every change goes through [`Delegation::commit`]: under the
+//! one writer lock, it re-checks what it relies on (the acting identity and every ancestor are
+//! live, a request is still in the state it was read in, a grant is still the one proved
+//! against) inside the same SQLite transaction that writes the change, builds the snapshot that
+//! will serve it before committing, and installs that snapshot before the lock is released.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use cedar_policy::{Context, EntityUid, Request};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::credential;
-use super::registry::{agent_uid, LiveAgent, Registry};
-use super::store::{AgentRow, AuditEvent, AuditRecord, StateError, Store};
-use crate::prover::{self, Grant, ProveOptions, Verdict};
-use crate::snapshot::{Live, Snapshot};
+use super::registry::{LiveAgent, Registry};
+use super::store::{AuditRecord, NotLive, StateError, Store, Tx};
+use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};
 
 /// The file name of the state database inside `--state DIR`.
 pub const STATE_FILE: &str = "deputy.sqlite3";
-/// The annotation that turns a forbid into "not without approval".
-pub const ASK_ANNOTATION: &str = "ask";
 /// Longest lifetime deputy grants an agent, whatever is asked.
 pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// The action a parent is authorized for when it spawns a child.
@@ -63,9 +68,22 @@ pub enum Caller {
 impl Caller {
     pub fn name(&self) -> String {
         match self {
-            Caller::Admin => "admin".to_owned(),
+            Caller::Admin => super::ADMIN_APPROVER.to_owned(),
             Caller::Agent(a) => format!("Agent::\"{}\"", a.row.id),
         }
+    }
+
+    /// The calling agent, or `None` for the admin.
+    pub fn agent(&self) -> Option<&Arc<LiveAgent>> {
+        match self {
+            Caller::Admin => None,
+            Caller::Agent(a) => Some(a),
+        }
+    }
+
+    /// The calling agent's id, or `None` for the admin.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.agent().map(|a| a.row.id.as_str())
     }
 }
 
@@ -113,50 +131,45 @@ impl DelegationError {
         )
     }
 
+    pub(super) fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "internal delegation error; nothing was applied");
+        Self::new(500, "internal", "internal error; nothing was changed")
+    }
+
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(401, "unauthenticated", message).help("send `Authorization: Bearer <credential>`")
     }
+
+    /// The acting agent, or one of its ancestors, is no longer live (checked at commit).
+    pub(super) fn not_live(id: &str, why: NotLive, acting: &str) -> Self {
+        let what = match why {
+            NotLive::Missing => "is unknown",
+            NotLive::Revoked => "was revoked",
+            NotLive::Expired => "has expired",
+        };
+        if id == acting {
+            Self::unauthenticated(format!("agent `{id}` {what}; nothing was changed"))
+        } else {
+            Self::unauthenticated(format!("`{acting}`'s ancestor `{id}` {what}; nothing was changed"))
+        }
+    }
 }
 
-/// What a caller asks for when creating an agent.
-#[derive(Debug, Clone)]
-pub struct SpawnRequest {
-    pub grant: String,
-    pub ttl_seconds: i64,
-    pub ceiling: Option<i64>,
-    pub can_delegate: bool,
-    pub task: String,
-    pub reason: String,
-    /// A name for the new agent; generated when absent.
-    pub agent_id: Option<String>,
-    /// The id of an approved pending delegation this request carries out (same parameters).
-    pub approved_request: Option<String>,
+impl From<StateError> for DelegationError {
+    fn from(e: StateError) -> Self {
+        DelegationError::state(e)
+    }
 }
 
-/// The outcome of a spawn that was not an error.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum SpawnOutcome {
-    Applied {
-        delegation_id: String,
-        agent: Value,
-        credential: String,
-        expires_at: i64,
-        ttl_seconds: i64,
-        ttl_capped: bool,
-        depth: i64,
-        taint: i64,
-        proof: Value,
-        policy_version: String,
-    },
-    Pending {
-        request_id: String,
-        approver: Option<String>,
-        why: String,
-        proof: Value,
-        policy_version: String,
-    },
+/// A write found that what it was planned against changed before it could commit (another
+/// write landed, or a bundle loaded): it is planned again against the new state.
+pub(super) enum Attempt<T> {
+    Done(T),
+    Stale,
 }
+
+/// How many times a write is planned again when the state moves under it.
+pub(super) const ATTEMPTS: usize = 4;
 
 pub struct Delegation {
     pub(super) store: Store,
@@ -166,27 +179,10 @@ pub struct Delegation {
     /// Woken whenever a permission request changes, for long polls.
     pub(super) requests_changed: tokio::sync::Notify,
     /// Live grants that no longer prove within their parent's under the serving bundle.
-    drift: std::sync::Mutex<Vec<Drift>>,
+    pub(super) drift: std::sync::Mutex<Vec<super::bundle_agents::Drift>>,
     /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
     bundle_tokens: HashMap<String, String>,
     pub(super) limits: Limits,
-}
-
-/// Who created an agent that the bundle declares (with a grant in `grants/`).
-pub const BUNDLE_CREATOR: &str = "bundle";
-/// Bundle-declared agents live as long as the bundle declares them.
-const BUNDLE_AGENT_EXPIRY: i64 = i64::MAX / 2;
-
-/// A live grant the current bundle no longer proves within its parent's delegable view. The
-/// run-time chain intersection still keeps it from exceeding; this is a report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Drift {
-    pub agent: String,
-    pub parent: String,
-    pub policy_version: String,
-    /// `exceeds`, `inconclusive` or `invalid` (the grant no longer validates).
-    pub verdict: String,
-    pub detail: Value,
 }
 
 impl Delegation {
@@ -203,7 +199,7 @@ impl Delegation {
         store.limit_size(limits.max_state_mib).map_err(|e| e.to_string())?;
         let rows = store.agents().map_err(|e| e.to_string())?;
         let registry = Registry::from_rows(rows).map_err(|e| e.to_string())?;
-        live.update_registry(|_| Ok(registry))?;
+        live.write()?.publish(registry)?;
         Ok(Delegation {
             store,
             live,
@@ -242,15 +238,11 @@ impl Delegation {
             .find(|(_, hash)| credential::verify(token, hash))
             .map(|(id, _)| id.as_str());
         let agent = match bundle_agent {
-            Some(id) => snap
-                .agents
-                .get(id)
-                .filter(|a| a.row.created_by == BUNDLE_CREATOR)
-                .ok_or_else(bad)?,
+            Some(id) => snap.agents.get(id).filter(|a| a.is_bundle_agent()).ok_or_else(bad)?,
             None => {
                 let id = credential::claimed_agent(token).ok_or_else(bad)?;
                 let agent = snap.agents.get(id).ok_or_else(bad)?;
-                if agent.row.created_by == BUNDLE_CREATOR || !credential::verify(token, &agent.row.credential_hash) {
+                if agent.is_bundle_agent() || !credential::verify(token, &agent.row.credential_hash) {
                     return Err(bad());
                 }
                 agent
@@ -265,578 +257,51 @@ impl Delegation {
         Ok(Caller::Agent(Arc::clone(agent)))
     }
 
-    /// Creates an agent: a root one for the admin, a child for an agent.
-    pub fn spawn(
+    /// Runs one change: under the writer lock, `f` re-checks and writes inside one SQLite
+    /// transaction and says what to serve next (`None`: what is served does not change). The
+    /// next snapshot is built before the commit (a change that cannot be served is rolled back)
+    /// and installed after it, before the lock is released.
+    pub(super) fn commit<T>(
         &self,
-        snap: &Snapshot,
-        caller: &Caller,
-        req: SpawnRequest,
-        now: i64,
-    ) -> Result<SpawnOutcome, DelegationError> {
-        let parent = match caller {
-            Caller::Admin => None,
-            Caller::Agent(a) => Some(Arc::clone(a)),
-        };
-        self.check_grant_size(&req.grant)?;
-        let parent_id = parent.as_ref().map(|p| p.row.id.clone());
-        let children = snap
-            .agents
-            .iter()
-            .filter(|a| a.row.parent == parent_id && a.row.created_by != BUNDLE_CREATOR && a.is_live(now))
-            .count();
-        if children >= self.limits.max_children {
-            return Err(DelegationError::new(
-                429,
-                "too_many_agents",
-                format!(
-                    "{} already has {children} live children; the limit is {}",
-                    caller.name(),
-                    self.limits.max_children
-                ),
-            )
-            .help("complete or revoke children whose tasks are done"));
-        }
-        let id = match &req.agent_id {
-            Some(id) => check_new_id(&snap.agents, parent.as_deref(), id)?,
-            None => format!("agt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        };
-        let child_uid =
-            agent_uid(&id).map_err(|e| DelegationError::new(400, "invalid_field", format!("`agent_id`: {e}")))?;
-        if req.ttl_seconds <= 0 {
-            return Err(DelegationError::new(
-                400,
-                "invalid_field",
-                "`ttl_seconds` must be positive",
-            ));
-        }
-        let depth = parent.as_ref().map_or(0, |p| p.row.depth + 1);
-        let taint = parent.as_ref().map_or(0, |p| p.taint());
-        let ceiling = req.ceiling.or(parent.as_ref().map(|p| p.row.ceiling)).ok_or_else(|| {
-            DelegationError::new(
-                400,
-                "missing_field",
-                "missing required field `ceiling` (a root agent has no parent to inherit it from)",
-            )
-        })?;
-        let mut ttl = req.ttl_seconds.min(MAX_TTL_SECONDS);
-        if let Some(p) = &parent {
-            ttl = ttl.min(p.row.expires_at - now);
-        }
-        let ttl_capped = ttl < req.ttl_seconds;
-
-        let grant = Grant::parse(&req.grant).map_err(|e| grant_error(&e))?;
-        prover::validate_grant(&grant, &snap.bundle.schema).map_err(|e| grant_error(&e))?;
-
-        let Some(parent) = parent else {
-            // The admin is the grantor of a root agent: nothing to prove against; the admin
-            // maximum bounds it at run time like every other agent.
-            let proof = json!({"verdict": "not_required", "reason": "a root agent is granted by the admin"});
-            return self.apply(
-                snap, caller, &id, None, depth, ceiling, taint, &grant, &req, ttl, ttl_capped, proof, now,
-            );
-        };
-
-        let mut audit_base = json!({
-            "parent": parent.row.id, "child": id, "grant_digest": grant.digest(), "task": req.task,
-            "reason": req.reason, "ttl_seconds": ttl, "ceiling": ceiling, "depth": depth,
-            "policy_version": snap.bundle.version,
-        });
-
-        // INVARIANT: deputy enforces can_delegate itself too; an admin rule can only add to it.
-        if !parent.row.can_delegate {
-            return Err(self.reject(
-                caller,
-                &mut audit_base,
-                DelegationError::new(
-                    403,
-                    "delegation_forbidden",
-                    format!("agent `{}` may not delegate (can_delegate is false)", parent.row.id),
-                )
-                .help("ask your own grantor to do this, or to give the permission to you directly"),
-                now,
-            ));
-        }
-
-        let approval = match &req.approved_request {
-            Some(rid) => Some(self.approved_delegation(rid, &parent.row.id, &req, now)?),
-            None => None,
-        };
-
-        // 1. May the parent delegate this at all? Ordinary Cedar, in the admin's policies.
-        let context = json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": req.task});
-        let cedar = delegate_decision(snap, &parent.uid, &child_uid, context)?;
-        let ask = match cedar {
-            Gate::Allow => None,
-            // The approver already said yes to exactly this delegation.
-            Gate::Ask(..) if approval.is_some() => None,
-            Gate::Ask(approver, policies) => Some((approver, policies)),
-            Gate::Deny(policies) => {
-                let message = if policies.is_empty() {
-                    "no admin policy permits this delegation".to_owned()
-                } else {
-                    format!("the admin's delegation rules forbid it: {}", policies.join(", "))
+        f: impl FnOnce(&WriteGuard<'_>, &Tx<'_>) -> Result<(T, Option<Registry>), DelegationError>,
+    ) -> Result<T, DelegationError> {
+        let mut w = self.live.write().map_err(DelegationError::internal)?;
+        let (out, prepared) = self
+            .store
+            .write(|tx| -> Result<(T, Option<Prepared>), DelegationError> {
+                let (out, next) = f(&w, tx)?;
+                let prepared = match next {
+                    Some(registry) => Some(w.prepare(registry).map_err(DelegationError::internal)?),
+                    None => None,
                 };
-                return Err(self.reject(
-                    caller,
-                    &mut audit_base,
-                    DelegationError::new(403, "delegation_forbidden", message).detail("policies", json!(policies)),
-                    now,
-                ));
-            }
-        };
+                Ok((out, prepared))
+            })?;
+        if let Some(p) = prepared {
+            w.install(p);
+        }
+        Ok(out)
+    }
 
-        // 2. Is the child's grant within the parent's delegable view?
-        let parent_grant = Grant::parse(&parent.row.grant).map_err(|e| {
-            DelegationError::new(
-                500,
-                "internal",
-                format!("the parent's stored grant no longer parses: {e}"),
-            )
-        })?;
-        let opts = ProveOptions {
-            child_principal: Some(child_uid.clone()),
-            solver: self.limits.solver.clone(),
-            ..ProveOptions::default()
-        };
-        let verdict = crate::telemetry::prove_observed(self.metrics.as_deref(), || {
-            prover::prove(&grant, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
-        })
-        .map_err(|e| grant_error(&e))?;
-        let proof = serde_json::to_value(&verdict).unwrap_or(Value::Null);
-        audit_base["proof"] = json!(verdict.name());
-        match (&verdict, ask) {
-            (Verdict::Exceeds(_), _) => Err(self.reject(
-                caller,
-                &mut audit_base,
-                DelegationError::new(
-                    403,
-                    "grant_exceeds_parent",
-                    "the child's grant allows a request the parent's delegable view denies",
-                )
-                .help("narrow the grant, or request the permission from your own grantor first")
-                .detail("proof", proof),
-                now,
-            )),
-            // Within, or Inconclusive that a human approved: apply. The run-time chain
-            // intersection bounds the child whatever the proof could not settle.
-            (Verdict::Within(_), None) | (Verdict::Inconclusive(_), None)
-                if verdict.is_within() || approval.is_some() =>
-            {
-                let applied = self.apply(
-                    snap,
-                    caller,
-                    &id,
-                    Some(&parent),
-                    depth,
-                    ceiling,
-                    taint,
-                    &grant,
-                    &req,
-                    ttl,
-                    ttl_capped,
-                    proof,
-                    now,
-                )?;
-                if let Some(rid) = &approval {
-                    self.mark_used(rid, &id, now);
-                }
-                Ok(applied)
-            }
-            (_, ask) => {
-                let (approver, why) = match ask {
-                    Some((approver, policies)) => (approver, format!("approval required by {}", policies.join(", "))),
-                    None => (None, "the proof was inconclusive; a human must decide".to_owned()),
-                };
-                let request_id = format!("req-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-                // The named approver when it is an agent on the parent's chain; else a human.
-                let decider = approver
-                    .clone()
-                    .filter(|a| parent.chain.contains(a))
-                    .unwrap_or_else(|| super::ADMIN_APPROVER.to_owned());
-                audit_base["request_id"] = json!(request_id);
-                audit_base["approver"] = json!(decider);
-                audit_base["why"] = json!(why);
-                let row = super::store::PermissionRow {
-                    id: request_id.clone(),
-                    requester: parent.row.id.clone(),
-                    approver: decider,
-                    grant: req.grant.clone(),
-                    reason: req.reason.clone(),
-                    status: "pending".to_owned(),
-                    created_at: now,
-                    expires_at: now + super::permission::DEFAULT_REQUEST_TTL,
-                    updated_at: now,
-                    history: vec![json!({
-                        "at": now, "event": "requested", "kind": DELEGATION_KIND, "by": parent.row.id, "why": why,
-                        "spawn": spawn_params(&req),
-                    })],
-                };
-                self.store
-                    .save_request(
-                        &row,
-                        now,
-                        AuditEvent {
-                            event: "pending",
-                            actor: caller.name(),
-                            agent: Some(parent.row.id.clone()),
-                            details: audit_base,
-                        },
-                    )
-                    .map_err(DelegationError::state)?;
-                self.requests_changed.notify_waiters();
-                Ok(SpawnOutcome::Pending {
-                    request_id,
-                    approver,
-                    why,
-                    proof,
-                    policy_version: snap.bundle.version.clone(),
-                })
-            }
+    /// Checks, inside a write's transaction, that the acting agent (if any) and every ancestor
+    /// are still live.
+    pub(super) fn check_live(tx: &Tx<'_>, agent: Option<&LiveAgent>, now: i64) -> Result<(), DelegationError> {
+        let Some(agent) = agent else { return Ok(()) };
+        match tx.not_live(agent.chain.iter(), now)? {
+            None => Ok(()),
+            Some((id, why)) => Err(DelegationError::not_live(&id, why, &agent.row.id)),
         }
     }
 
-    fn reject(&self, caller: &Caller, audit: &mut Value, err: DelegationError, now: i64) -> DelegationError {
-        audit["code"] = json!(err.code);
-        audit["message"] = json!(err.message);
-        let agent = audit["parent"].as_str().map(str::to_owned);
-        if let Err(e) = self.store.audit(
-            now,
-            AuditEvent {
-                event: "rejected",
-                actor: caller.name(),
-                agent,
-                details: audit.clone(),
-            },
-        ) {
-            return DelegationError::state(e);
-        }
-        err
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site per kind of grantor; a struct would only rename them"
-    )]
-    fn apply(
-        &self,
-        snap: &Snapshot,
-        caller: &Caller,
-        id: &str,
-        parent: Option<&Arc<LiveAgent>>,
-        depth: i64,
-        ceiling: i64,
-        taint: i64,
-        grant: &Grant,
-        req: &SpawnRequest,
-        ttl: i64,
-        ttl_capped: bool,
-        proof: Value,
-        now: i64,
-    ) -> Result<SpawnOutcome, DelegationError> {
-        let issued = credential::issue(id)
-            .map_err(|e| DelegationError::new(500, "internal", format!("no randomness for a credential: {e}")))?;
-        let row = AgentRow {
-            id: id.to_owned(),
-            parent: parent.map(|p| p.row.id.clone()),
-            depth,
-            can_delegate: req.can_delegate,
-            ceiling,
-            taint,
-            grant: req.grant.clone(),
-            grant_digest: grant.digest(),
-            credential_hash: issued.hash,
-            task: req.task.clone(),
-            reason: req.reason.clone(),
-            created_by: caller.name(),
-            created_at: now,
-            expires_at: now + ttl,
-            revoked_at: None,
-            revoked_reason: None,
-            bundle_version: snap.bundle.version.clone(),
-            proof: proof.clone(),
-        };
-        // Check the registry accepts it (the grant links) before anything is written.
+    /// The latest version of `agent` (it may have been re-granted since a snapshot was taken).
+    pub(super) fn latest(&self, agent: &Arc<LiveAgent>) -> Arc<LiveAgent> {
         self.live
-            .registry()
-            .with(row.clone())
-            .map_err(|e| DelegationError::new(400, "grant_invalid", e.to_string()))?;
-        let audit = AuditEvent {
-            event: "applied",
-            actor: caller.name(),
-            agent: Some(id.to_owned()),
-            details: json!({
-                "parent": row.parent, "grant_digest": row.grant_digest, "task": row.task, "reason": row.reason,
-                "ttl_seconds": ttl, "ttl_capped": ttl_capped, "ceiling": ceiling, "depth": depth, "taint": taint,
-                "can_delegate": row.can_delegate, "proof": proof.get("verdict").cloned().unwrap_or(Value::Null),
-                "policy_version": snap.bundle.version,
-            }),
-        };
-        self.store
-            .insert_agent(&row, now, audit)
-            .map_err(DelegationError::state)?;
-        self.live
-            // Extend what is current now: another spawn or a grant change may have landed since
-            // the check above, and a registry built before it would undo that change.
-            .update_registry(|current| current.with(row.clone()).map_err(|e| e.to_string()))
-            .map_err(|e| DelegationError::new(500, "internal", e))?;
-        Ok(SpawnOutcome::Applied {
-            delegation_id: id.to_owned(),
-            agent: json!({"type": super::AGENT_TYPE, "id": id}),
-            credential: issued.token,
-            expires_at: now + ttl,
-            ttl_seconds: ttl,
-            ttl_capped,
-            depth,
-            taint,
-            proof,
-            policy_version: snap.bundle.version.clone(),
-        })
-    }
-
-    /// Revokes `id` and all its descendants. The caller must be the admin, the agent itself
-    /// (for `complete` only) or one of its ancestors.
-    pub fn revoke(
-        &self,
-        snap: &Snapshot,
-        caller: &Caller,
-        id: &str,
-        completed: bool,
-        now: i64,
-    ) -> Result<Vec<String>, DelegationError> {
-        let target = snap
-            .agents
-            .get(id)
-            .ok_or_else(|| DelegationError::new(404, "delegation_not_found", format!("no delegation `{id}`")))?;
-        let allowed = match caller {
-            Caller::Admin => true,
-            Caller::Agent(a) => {
-                let ancestor = a.row.id != target.row.id && target.chain.contains(&a.row.id);
-                ancestor || (completed && a.row.id == target.row.id)
-            }
-        };
-        if !allowed {
-            return Err(DelegationError::new(
-                403,
-                "not_your_delegation",
-                format!(
-                    "only the admin or an ancestor of `{id}` may {}",
-                    if completed { "complete it" } else { "revoke it" }
-                ),
-            ));
-        }
-        let ids = snap.agents.subtree(id);
-        let (event, reason) = if completed {
-            ("completed", "task completed")
-        } else {
-            ("revoked", "revoked")
-        };
-        let details = json!({"root": id, "by": caller.name(), "cascade": ids, "policy_version": snap.bundle.version});
-        self.store
-            .revoke(&ids, now, reason, event, &caller.name(), &details)
-            .map_err(DelegationError::state)?;
-        if let Some(m) = &self.metrics {
-            m.revoked(event, ids.len());
-        }
-        self.mark_revoked(&ids);
-        self.close_requests_of(&ids, now, event);
-        Ok(ids)
-    }
-
-    /// Records and revokes agents whose lifetime ended (with their subtrees).
-    pub fn sweep_expired(&self, snap: &Snapshot, now: i64) {
-        let expired: Vec<String> = snap
-            .agents
-            .iter()
-            .filter(|a| !a.is_revoked() && a.is_expired(now))
-            .map(|a| a.row.id.clone())
-            .collect();
-        for id in expired {
-            let ids = snap.agents.subtree(&id);
-            let details = json!({"root": id, "cascade": ids});
-            match self.store.revoke(&ids, now, "expired", "expired", "deputy", &details) {
-                Ok(_) => {
-                    if let Some(m) = &self.metrics {
-                        m.revoked("expired", ids.len());
-                    }
-                    self.mark_revoked(&ids);
-                    self.close_requests_of(&ids, now, "expired");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot record an expiry"),
-            }
-        }
-        self.expire_requests(now);
-    }
-
-    /// Marks agents revoked in the live registry (whose agents every snapshot shares).
-    fn mark_revoked(&self, ids: &[String]) {
-        let registry = self.live.registry();
-        for id in ids {
-            if let Some(a) = registry.get(id) {
-                a.mark_revoked();
-            }
-        }
-    }
-
-    /// Makes the agents the bundle declares with a grant (`grants/<id>.cedar`) root agents:
-    /// new ones are recorded, changed grants replace the stored ones (descendants re-linked),
-    /// and agents the bundle no longer declares are revoked with their subtrees. Blocking; runs
-    /// when a bundle loads, before the re-proof.
-    pub fn sync_bundle_agents(&self, bundle: &crate::bundle::Bundle, now: i64) {
-        let registry = self.live.registry();
-        for (id, grant) in &bundle.grants {
-            let digest = Grant::parse(grant).map(|g| g.digest()).unwrap_or_default();
-            match registry.get(id) {
-                Some(a) if a.row.created_by != BUNDLE_CREATOR => {
-                    tracing::error!(agent = %id, "the bundle ships a grant for an agent deputy created; ignoring it");
-                }
-                Some(a) if a.row.grant == *grant && !a.is_revoked() => {}
-                Some(a) if !a.is_revoked() => {
-                    let audit = vec![AuditEvent {
-                        event: "grant_replaced",
-                        actor: BUNDLE_CREATOR.to_owned(),
-                        agent: Some(id.clone()),
-                        details: json!({"grant_digest": digest, "policy_version": bundle.version}),
-                    }];
-                    let updates = [(id.clone(), grant.clone(), digest.clone())];
-                    if let Err(e) = self.store.update_grants(&updates, now, audit, None) {
-                        tracing::error!(agent = %id, error = %e, "cannot record a bundle grant change");
-                        continue;
-                    }
-                    if let Err(e) = self
-                        .live
-                        .update_registry(|r| r.with_grant(id, grant, &digest).map_err(|e| e.to_string()))
-                    {
-                        tracing::error!(agent = %id, error = %e, "cannot apply a bundle grant change");
-                    }
-                }
-                // Revoked earlier (removed from a previous bundle): it stays revoked.
-                Some(_) => {}
-                None => self.insert_bundle_agent(bundle, id, grant, &digest, now),
-            }
-        }
-        let removed: Vec<String> = registry
-            .iter()
-            .filter(|a| a.row.created_by == BUNDLE_CREATOR && !a.is_revoked() && !bundle.grants.contains_key(&a.row.id))
-            .map(|a| a.row.id.clone())
-            .collect();
-        for id in removed {
-            let ids = registry.subtree(&id);
-            let details = json!({"root": id, "cascade": ids, "policy_version": bundle.version});
-            match self.store.revoke(
-                &ids,
-                now,
-                "removed from the bundle",
-                "revoked",
-                BUNDLE_CREATOR,
-                &details,
-            ) {
-                Ok(_) => {
-                    self.mark_revoked(&ids);
-                    self.close_requests_of(&ids, now, "revoked");
-                }
-                Err(e) => tracing::error!(agent = %id, error = %e, "cannot revoke an agent the bundle dropped"),
-            }
-        }
-    }
-
-    fn insert_bundle_agent(&self, bundle: &crate::bundle::Bundle, id: &str, grant: &str, digest: &str, now: i64) {
-        let attr = |name: &str| -> Option<cedar_policy::EvalResult> {
-            let uid = agent_uid(id).ok()?;
-            bundle.entities.get(&uid)?.attr(name)?.ok()
-        };
-        let long = |name: &str| match attr(name) {
-            Some(cedar_policy::EvalResult::Long(l)) => l,
-            _ => 0,
-        };
-        let row = AgentRow {
-            id: id.to_owned(),
-            parent: None,
-            depth: long("depth"),
-            can_delegate: matches!(attr("can_delegate"), Some(cedar_policy::EvalResult::Bool(true))),
-            ceiling: long("ceiling"),
-            taint: 0,
-            grant: grant.to_owned(),
-            grant_digest: digest.to_owned(),
-            credential_hash: String::new(),
-            task: "declared in the bundle".to_owned(),
-            reason: String::new(),
-            created_by: BUNDLE_CREATOR.to_owned(),
-            created_at: now,
-            expires_at: BUNDLE_AGENT_EXPIRY,
-            revoked_at: None,
-            revoked_reason: None,
-            bundle_version: bundle.version.clone(),
-            proof: json!({"verdict": "not_required", "reason": "shipped in the bundle by the admin"}),
-        };
-        let audit = AuditEvent {
-            event: "applied",
-            actor: BUNDLE_CREATOR.to_owned(),
-            agent: Some(id.to_owned()),
-            details: json!({"grant_digest": digest, "policy_version": bundle.version, "source": "grants/"}),
-        };
-        if let Err(e) = self.store.insert_agent(&row, now, audit) {
-            tracing::error!(agent = %id, error = %e, "cannot record an agent the bundle declares");
-            return;
-        }
-        if let Err(e) = self
-            .live
-            .update_registry(|r| r.with(row.clone()).map_err(|e| e.to_string()))
-        {
-            tracing::error!(agent = %id, error = %e, "cannot load an agent the bundle declares");
-        }
-    }
-
-    /// Re-proves every live child's grant against its parent's under the serving bundle and
-    /// reports the ones that no longer fit (log, audit, `/v1/status`). Blocking; runs when a
-    /// bundle loads.
-    pub fn reprove_all(&self, now: i64) {
-        let Some(snap) = self.live.current() else { return };
-        let mut found = Vec::new();
-        for agent in snap.agents.iter().filter(|a| a.is_live(now)) {
-            let Some(parent) = agent.row.parent.as_ref().and_then(|p| snap.agents.get(p)) else {
-                continue;
-            };
-            let result = Grant::parse(&agent.row.grant).and_then(|child| {
-                let parent_grant = Grant::parse(&parent.row.grant)?;
-                let opts = ProveOptions {
-                    child_principal: Some(agent.uid.clone()),
-                    ..ProveOptions::default()
-                };
-                prover::prove(&child, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
-            });
-            let (verdict, detail) = match result {
-                Ok(Verdict::Within(_)) => continue,
-                Ok(v) => (v.name().to_owned(), serde_json::to_value(&v).unwrap_or(Value::Null)),
-                Err(e) => ("invalid".to_owned(), json!(e.to_string())),
-            };
-            found.push(Drift {
-                agent: agent.row.id.clone(),
-                parent: parent.row.id.clone(),
-                policy_version: snap.bundle.version.clone(),
-                verdict,
-                detail,
-            });
-        }
-        for d in &found {
-            tracing::warn!(agent = %d.agent, parent = %d.parent, verdict = %d.verdict, version = %d.policy_version,
-                "a live grant no longer proves within its parent's under the new bundle; the chain intersection still bounds it");
-            let audit = AuditEvent {
-                event: "drift",
-                actor: "deputy".to_owned(),
-                agent: Some(d.agent.clone()),
-                details: json!({"parent": d.parent, "verdict": d.verdict, "policy_version": d.policy_version}),
-            };
-            if let Err(e) = self.store.audit(now, audit) {
-                tracing::error!(error = %e, "cannot record drift");
-            }
-        }
-        if let Ok(mut drift) = self.drift.lock() {
-            *drift = found;
-        }
+            .current()
+            .and_then(|s| s.agents.get(&agent.row.id).cloned())
+            .unwrap_or_else(|| Arc::clone(agent))
     }
 
     /// The drift found at the last re-proof.
-    pub fn drift(&self) -> Vec<Drift> {
+    pub fn drift(&self) -> Vec<super::bundle_agents::Drift> {
         self.drift.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
@@ -845,13 +310,6 @@ impl Delegation {
         self.live
             .current()
             .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count())
-    }
-
-    /// Persists a raised taint (best effort: the in-memory taint already holds).
-    pub fn persist_taint(&self, id: &str, taint: i64) {
-        if let Err(e) = self.store.raise_taint(id, taint) {
-            tracing::warn!(agent = id, error = %e, "cannot persist an agent's taint");
-        }
     }
 
     /// The audit trail (admin only).
@@ -878,9 +336,7 @@ impl Delegation {
     pub fn verify_audit(&self) -> Result<Option<String>, DelegationError> {
         self.store.verify_audit().map_err(DelegationError::state)
     }
-}
 
-impl Delegation {
     pub(super) fn check_grant_size(&self, grant: &str) -> Result<(), DelegationError> {
         if grant.len() > self.limits.max_grant_bytes {
             return Err(DelegationError::new(
@@ -897,154 +353,28 @@ impl Delegation {
     }
 }
 
-/// The kind of a pending request that is a whole delegation (rather than more permission).
-pub(super) const DELEGATION_KIND: &str = "delegation";
-
-/// The parameters an approval of a pending delegation is bound to.
-fn spawn_params(req: &SpawnRequest) -> Value {
-    json!({"ttl_seconds": req.ttl_seconds, "ceiling": req.ceiling, "can_delegate": req.can_delegate,
-           "task": req.task, "agent_id": req.agent_id})
-}
-
-impl Delegation {
-    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`.
-    fn approved_delegation(
-        &self,
-        rid: &str,
-        parent: &str,
-        req: &SpawnRequest,
-        now: i64,
-    ) -> Result<String, DelegationError> {
-        let row = self
-            .store
-            .request(rid)
-            .map_err(DelegationError::state)?
-            .filter(|r| r.requester == parent && r.history.first().is_some_and(|h| h["kind"] == DELEGATION_KIND))
-            .ok_or_else(|| {
-                DelegationError::new(
-                    404,
-                    "permission_request_not_found",
-                    format!("no pending delegation `{rid}` of yours"),
-                )
-            })?;
-        if row.status != "approved" || row.expires_at <= now {
-            return Err(DelegationError::new(
-                409,
-                "request_not_approved",
-                format!("delegation request `{rid}` is {}, not approved", row.status),
-            ));
+/// A grant that does not parse, is not about its holder, or fails validation: `400` with the
+/// prover's code (`grant_invalid`, `grant_foreign_principal`, …) kept where it is a user's fault.
+pub(super) fn grant_error(e: &crate::prover::GrantError) -> DelegationError {
+    use crate::prover::GrantError;
+    match e {
+        GrantError::Internal(_) => DelegationError::internal(e),
+        GrantError::ForeignPrincipal(_) => {
+            let mut err = DelegationError::new(400, "grant_foreign_principal", format!("`grant`: {e}"));
+            if let Some(help) = e.help() {
+                err = err.help(help);
+            }
+            err
         }
-        let same = row.grant == req.grant && row.history.first().is_some_and(|h| h["spawn"] == spawn_params(req));
-        if !same {
-            return Err(DelegationError::new(
-                409,
-                "request_mismatch",
-                format!("the approval of `{rid}` was for a different grant or different parameters"),
-            )
-            .help("send exactly the delegation that was approved"));
-        }
-        Ok(row.id)
-    }
-
-    /// An approval is good for one delegation.
-    fn mark_used(&self, rid: &str, child: &str, now: i64) {
-        let Ok(Some(mut row)) = self.store.request(rid) else {
-            return;
-        };
-        row.status = "used".to_owned();
-        row.updated_at = now;
-        row.history.push(json!({"at": now, "event": "used", "child": child}));
-        let audit = AuditEvent {
-            event: "approval_used",
-            actor: row.requester.clone(),
-            agent: Some(child.to_owned()),
-            details: json!({"request_id": rid}),
-        };
-        if let Err(e) = self.store.save_request(&row, now, audit) {
-            tracing::error!(request = rid, error = %e, "cannot mark an approval used");
-        }
+        _ => DelegationError::new(400, "grant_invalid", format!("`grant`: {e}")),
     }
 }
 
-pub(super) fn check_new_id(agents: &Registry, parent: Option<&LiveAgent>, id: &str) -> Result<String, DelegationError> {
-    let valid = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !valid {
-        return Err(DelegationError::new(
-            400,
-            "invalid_field",
-            format!("`agent_id` `{id}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"),
-        ));
-    }
-    if parent.is_some_and(|p| p.chain.iter().any(|c| c == id)) {
-        return Err(DelegationError::new(
-            409,
-            "delegation_cycle",
-            format!("`{id}` is already in this delegation chain"),
-        )
-        .help("every child is a fresh identity; an agent cannot delegate to itself or an ancestor"));
-    }
-    if agents.get(id).is_some() {
-        return Err(DelegationError::new(
-            409,
-            "agent_exists",
-            format!("an agent `{id}` already exists"),
-        ));
-    }
-    Ok(id.to_owned())
-}
-
-pub(super) fn grant_error(e: &prover::GrantError) -> DelegationError {
-    DelegationError::new(400, "grant_invalid", format!("`grant`: {e}"))
-}
-
-enum Gate {
-    Allow,
-    /// Denied only by `@ask` forbids: pending, with the approver they name.
-    Ask(Option<String>, Vec<String>),
-    Deny(Vec<String>),
-}
-
-fn delegate_decision(
-    snap: &Snapshot,
-    parent: &EntityUid,
-    child: &EntityUid,
-    context: Value,
-) -> Result<Gate, DelegationError> {
-    let bundle = &snap.bundle;
-    let action = bundle
-        .actions_by_name
-        .get(DELEGATE_ACTION)
-        .cloned()
-        .flatten()
-        .ok_or_else(|| DelegationError::new(503, "delegation_disabled", "the bundle declares no `delegate` action"))?;
-    let context = Context::from_json_value(context, Some((&bundle.schema, &action)))
-        .map_err(|e| DelegationError::new(400, "invalid_field", format!("delegation context: {e}")))?;
-    let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema)).map_err(|e| {
-        DelegationError::new(
-            503,
-            "delegation_disabled",
-            format!("the bundle's schema rejects a delegation request: {e}"),
-        )
-    })?;
-    let d = bundle.admin().evaluate(snap.entities(), &request);
-    if d.allow {
-        return Ok(Gate::Allow);
-    }
-    let asks: HashMap<&String, Option<&str>> = d
-        .reasons
-        .iter()
-        .map(|id| {
-            (
-                id,
-                bundle
-                    .policies
-                    .annotation(&cedar_policy::PolicyId::new(id), ASK_ANNOTATION),
-            )
-        })
-        .collect();
-    if !d.reasons.is_empty() && asks.values().all(Option::is_some) {
-        let approver = asks.values().flatten().next().map(|s| (*s).to_owned());
-        return Ok(Gate::Ask(approver, d.reasons));
-    }
-    Ok(Gate::Deny(d.reasons))
+/// Parses a grant an agent or the admin sent: Cedar syntax, about its holder only, strictly
+/// valid against the bundle's schema.
+pub(super) fn accept_grant(src: &str, bundle: &crate::bundle::Bundle) -> Result<crate::prover::Grant, DelegationError> {
+    let grant = crate::prover::Grant::parse(src).map_err(|e| grant_error(&e))?;
+    grant.check_holder_only().map_err(|e| grant_error(&e))?;
+    crate::prover::validate_grant(&grant, &bundle.schema).map_err(|e| grant_error(&e))?;
+    Ok(grant)
 }

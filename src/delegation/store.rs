@@ -181,136 +181,31 @@ impl Store {
         f(&mut conn)
     }
 
+    /// Runs `f` in one transaction, committed only when it returns `Ok`: the checks `f` makes
+    /// against the stored state and the changes it writes are one atomic step.
+    pub fn write<T, E: From<StateError>>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn.lock().map_err(|_| StateError::Poisoned)?;
+        let tx = Tx {
+            tx: conn.transaction().map_err(StateError::from)?,
+        };
+        let out = f(&tx)?;
+        tx.tx.commit().map_err(StateError::from)?;
+        Ok(out)
+    }
+
     /// Every agent ever created, oldest first (parents before children).
     pub fn agents(&self) -> Result<Vec<AgentRow>, StateError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, parent, depth, can_delegate, ceiling, taint, grant_text, grant_digest, \
-                 credential_hash, task, reason, created_by, created_at, expires_at, revoked_at, \
-                 revoked_reason, bundle_version, proof FROM agents ORDER BY rowid",
-            )?;
+            let mut stmt = c.prepare(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY rowid"))?;
             let rows = stmt.query_map([], agent_from_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
-        })
-    }
-
-    /// Inserts a new agent and its audit record atomically.
-    pub fn insert_agent(&self, row: &AgentRow, now: i64, audit: AuditEvent) -> Result<AuditRecord, StateError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO agents (id, parent, depth, can_delegate, ceiling, taint, grant_text, \
-                 grant_digest, credential_hash, task, reason, created_by, created_at, expires_at, \
-                 revoked_at, revoked_reason, bundle_version, proof) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-                params![
-                    row.id,
-                    row.parent,
-                    row.depth,
-                    row.can_delegate,
-                    row.ceiling,
-                    row.taint,
-                    row.grant,
-                    row.grant_digest,
-                    row.credential_hash,
-                    row.task,
-                    row.reason,
-                    row.created_by,
-                    row.created_at,
-                    row.expires_at,
-                    row.revoked_at,
-                    row.revoked_reason,
-                    row.bundle_version,
-                    row.proof.to_string(),
-                ],
-            )?;
-            let rec = append(&tx, now, audit)?;
-            tx.commit()?;
-            Ok(rec)
-        })
-    }
-
-    /// Marks `ids` revoked (those not already revoked) with one audit record each, atomically.
-    pub fn revoke(
-        &self,
-        ids: &[String],
-        now: i64,
-        reason: &str,
-        event: &'static str,
-        actor: &str,
-        details: &serde_json::Value,
-    ) -> Result<Vec<AuditRecord>, StateError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let mut out = Vec::new();
-            for id in ids {
-                let changed = tx.execute(
-                    "UPDATE agents SET revoked_at = ?1, revoked_reason = ?2 WHERE id = ?3 AND revoked_at IS NULL",
-                    params![now, reason, id],
-                )?;
-                if changed > 0 {
-                    out.push(append(
-                        &tx,
-                        now,
-                        AuditEvent {
-                            event,
-                            actor: actor.to_owned(),
-                            agent: Some(id.clone()),
-                            details: details.clone(),
-                        },
-                    )?);
-                }
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-    }
-
-    /// Replaces the grants of several agents (an approval extends every grant on a path) and
-    /// records the change, atomically. `grants` holds (agent id, new grant, its digest).
-    pub fn update_grants(
-        &self,
-        grants: &[(String, String, String)],
-        now: i64,
-        audit: Vec<AuditEvent>,
-        request: Option<&PermissionRow>,
-    ) -> Result<Vec<AuditRecord>, StateError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            for (id, grant, digest) in grants {
-                tx.execute(
-                    "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 WHERE id = ?3",
-                    params![grant, digest, id],
-                )?;
-            }
-            if let Some(r) = request {
-                save_request(&tx, r)?;
-            }
-            let mut out = Vec::new();
-            for ev in audit {
-                out.push(append(&tx, now, ev)?);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-    }
-
-    /// Inserts or updates a permission request, with an audit record, atomically.
-    pub fn save_request(&self, r: &PermissionRow, now: i64, audit: AuditEvent) -> Result<AuditRecord, StateError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            save_request(&tx, r)?;
-            let rec = append(&tx, now, audit)?;
-            tx.commit()?;
-            Ok(rec)
         })
     }
 
     pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
         self.with(|c| {
             Ok(c.query_row(
-                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
-                 FROM permission_requests WHERE id = ?1",
+                &format!("SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE id = ?1"),
                 params![id],
                 request_from_row,
             )
@@ -318,7 +213,7 @@ impl Store {
         })
     }
 
-    /// Requests, newest last, filtered by approver, requester and status.
+    /// Requests, oldest first, filtered by approver, requester and status.
     pub fn requests(
         &self,
         approver: Option<&str>,
@@ -326,11 +221,10 @@ impl Store {
         status: Option<&str>,
     ) -> Result<Vec<PermissionRow>, StateError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history \
-                 FROM permission_requests WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR requester = ?2) \
-                 AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE (?1 IS NULL OR approver = ?1) \
+                 AND (?2 IS NULL OR requester = ?2) AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id"
+            ))?;
             let rows = stmt
                 .query_map(params![approver, requester, status], request_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -338,25 +232,19 @@ impl Store {
         })
     }
 
-    /// Raises an agent's stored taint (never lowers it).
-    pub fn raise_taint(&self, id: &str, taint: i64) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE agents SET taint = max(taint, ?1) WHERE id = ?2",
-                params![taint, id],
-            )?;
-            Ok(())
+    /// Raises the stored taint of each agent (never lowers one), in one transaction.
+    pub fn raise_taints(&self, raises: &[(String, i64)]) -> Result<(), StateError> {
+        self.write(|tx| {
+            for (id, level) in raises {
+                tx.raise_taint(id, *level)?;
+            }
+            Ok::<_, StateError>(())
         })
     }
 
     /// Appends one audit record on its own.
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let rec = append(&tx, now, event)?;
-            tx.commit()?;
-            Ok(rec)
-        })
+        self.write(|tx| tx.audit(now, event))
     }
 
     /// Audit records, oldest first, optionally for one agent and from a time on.
@@ -410,10 +298,185 @@ impl Store {
     }
 }
 
+/// Why a stored agent cannot act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLive {
+    Missing,
+    Revoked,
+    Expired,
+}
+
+/// One open transaction (see [`Store::write`]).
+pub struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+}
+
+impl Tx<'_> {
+    /// The first of `ids` that is not live at `now` (missing, revoked or expired), if any.
+    pub fn not_live<'i>(
+        &self,
+        ids: impl IntoIterator<Item = &'i String>,
+        now: i64,
+    ) -> Result<Option<(String, NotLive)>, StateError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT revoked_at, expires_at FROM agents WHERE id = ?1")?;
+        for id in ids {
+            let row: Option<(Option<i64>, i64)> = stmt
+                .query_row(params![id], |r| Ok((r.get("revoked_at")?, r.get("expires_at")?)))
+                .optional()?;
+            let why = match row {
+                None => Some(NotLive::Missing),
+                Some((Some(_), _)) => Some(NotLive::Revoked),
+                Some((None, expires)) if now >= expires => Some(NotLive::Expired),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Ok(Some((id.clone(), why)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether any agent, live or not, was ever stored under `id`.
+    pub fn agent_exists(&self, id: &str) -> Result<bool, StateError> {
+        Ok(self
+            .tx
+            .query_row("SELECT 1 FROM agents WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The stored grant digest of `id`.
+    pub fn grant_digest(&self, id: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .tx
+            .query_row("SELECT grant_digest FROM agents WHERE id = ?1", params![id], |r| {
+                r.get("grant_digest")
+            })
+            .optional()?)
+    }
+
+    pub fn insert_agent(&self, row: &AgentRow) -> Result<(), StateError> {
+        insert_agent(&self.tx, row)
+    }
+
+    /// `root` and every stored descendant not yet revoked, shallowest first.
+    pub fn unrevoked_subtree(&self, root: &str) -> Result<Vec<String>, StateError> {
+        let mut stmt = self.tx.prepare_cached(
+            "WITH RECURSIVE sub(id, d) AS (SELECT id, 0 FROM agents WHERE id = ?1 \
+             UNION ALL SELECT a.id, sub.d + 1 FROM agents a JOIN sub ON a.parent = sub.id) \
+             SELECT sub.id FROM sub JOIN agents USING (id) WHERE agents.revoked_at IS NULL ORDER BY sub.d, sub.id",
+        )?;
+        let ids = stmt
+            .query_map(params![root], |r| r.get::<_, String>("id"))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Marks `ids` revoked (those not already) and returns the ones this changed.
+    pub fn revoke(&self, ids: &[String], now: i64, reason: &str) -> Result<Vec<String>, StateError> {
+        let mut changed = Vec::new();
+        for id in ids {
+            let n = self.tx.execute(
+                "UPDATE agents SET revoked_at = ?1, revoked_reason = ?2 WHERE id = ?3 AND revoked_at IS NULL",
+                params![now, reason, id],
+            )?;
+            if n > 0 {
+                changed.push(id.clone());
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Replaces `id`'s grant if its stored digest is still `expected` (the grant a proof was
+    /// made against); false when it changed meanwhile.
+    pub fn swap_grant(&self, id: &str, expected: &str, grant: &str, digest: &str) -> Result<bool, StateError> {
+        let n = self.tx.execute(
+            "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 \
+             WHERE id = ?3 AND grant_digest = ?4",
+            params![grant, digest, id, expected],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Records the attributes a bundle agent now has in the bundle.
+    pub fn update_attributes(&self, id: &str, can_delegate: bool, ceiling: i64, depth: i64) -> Result<(), StateError> {
+        self.tx.execute(
+            "UPDATE agents SET can_delegate = ?1, ceiling = ?2, depth = ?3 WHERE id = ?4",
+            params![can_delegate, ceiling, depth, id],
+        )?;
+        Ok(())
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
+        Ok(self
+            .tx
+            .query_row(
+                &format!("SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE id = ?1"),
+                params![id],
+                request_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Pending requests filed by `requester`.
+    pub fn pending_of(&self, requester: &str) -> Result<Vec<PermissionRow>, StateError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE requester = ?1 AND status = 'pending' ORDER BY created_at, id"
+        ))?;
+        let rows = stmt
+            .query_map(params![requester], request_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Saves a new request, or a changed one whose stored status and approver are still
+    /// `expected` (compare-and-set); false when someone else changed it first.
+    pub fn save_request(&self, row: &PermissionRow, expected: Option<(&str, &str)>) -> Result<bool, StateError> {
+        match expected {
+            None => {
+                save_request(&self.tx, row)?;
+                Ok(true)
+            }
+            Some((status, approver)) => {
+                let n = self.tx.execute(
+                    "UPDATE permission_requests SET approver = ?1, status = ?2, updated_at = ?3, history = ?4 \
+                     WHERE id = ?5 AND status = ?6 AND approver = ?7",
+                    params![
+                        row.approver,
+                        row.status,
+                        row.updated_at,
+                        serde_json::Value::Array(row.history.clone()).to_string(),
+                        row.id,
+                        status,
+                        approver
+                    ],
+                )?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// Raises an agent's stored taint (never lowers it).
+    pub fn raise_taint(&self, id: &str, taint: i64) -> Result<(), StateError> {
+        self.tx.execute(
+            "UPDATE agents SET taint = max(taint, ?1) WHERE id = ?2",
+            params![taint, id],
+        )?;
+        Ok(())
+    }
+
+    /// Appends one audit record, chained to the last.
+    pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
+        append(&self.tx, now, event)
+    }
+}
+
 fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<AuditRecord, StateError> {
     let last: Option<(i64, String)> = tx
         .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get("seq")?, r.get("hash")?))
         })
         .optional()?;
     let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
@@ -432,6 +495,44 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<Au
         prev_hash: prev,
         hash,
     })
+}
+
+/// The columns `agent_from_row` reads, by name.
+const AGENT_COLUMNS: &str =
+    "id, parent, depth, can_delegate, ceiling, taint, grant_text, grant_digest, credential_hash, \
+     task, reason, created_by, created_at, expires_at, revoked_at, revoked_reason, bundle_version, proof";
+/// The columns `request_from_row` reads, by name.
+const REQUEST_COLUMNS: &str =
+    "id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history";
+
+fn insert_agent(tx: &rusqlite::Transaction<'_>, row: &AgentRow) -> Result<(), StateError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO agents ({AGENT_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        ),
+        params![
+            row.id,
+            row.parent,
+            row.depth,
+            row.can_delegate,
+            row.ceiling,
+            row.taint,
+            row.grant,
+            row.grant_digest,
+            row.credential_hash,
+            row.task,
+            row.reason,
+            row.created_by,
+            row.created_at,
+            row.expires_at,
+            row.revoked_at,
+            row.revoked_reason,
+            row.bundle_version,
+            row.proof.to_string(),
+        ],
+    )?;
+    Ok(())
 }
 
 fn save_request(tx: &rusqlite::Transaction<'_>, r: &PermissionRow) -> Result<(), StateError> {
@@ -456,21 +557,21 @@ fn save_request(tx: &rusqlite::Transaction<'_>, r: &PermissionRow) -> Result<(),
 }
 
 fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
-    let history: String = r.get(9)?;
+    let history: String = r.get("history")?;
     let history = match serde_json::from_str(&history) {
         Ok(serde_json::Value::Array(items)) => items,
         _ => Vec::new(),
     };
     Ok(PermissionRow {
-        id: r.get(0)?,
-        requester: r.get(1)?,
-        approver: r.get(2)?,
-        grant: r.get(3)?,
-        reason: r.get(4)?,
-        status: r.get(5)?,
-        created_at: r.get(6)?,
-        expires_at: r.get(7)?,
-        updated_at: r.get(8)?,
+        id: r.get("id")?,
+        requester: r.get("requester")?,
+        approver: r.get("approver")?,
+        grant: r.get("grant_text")?,
+        reason: r.get("reason")?,
+        status: r.get("status")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        updated_at: r.get("updated_at")?,
         history,
     })
 }
@@ -501,39 +602,39 @@ fn chain_hash(
 }
 
 fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
-    let proof: String = r.get(17)?;
+    let proof: String = r.get("proof")?;
     Ok(AgentRow {
-        id: r.get(0)?,
-        parent: r.get(1)?,
-        depth: r.get(2)?,
-        can_delegate: r.get(3)?,
-        ceiling: r.get(4)?,
-        taint: r.get(5)?,
-        grant: r.get(6)?,
-        grant_digest: r.get(7)?,
-        credential_hash: r.get(8)?,
-        task: r.get(9)?,
-        reason: r.get(10)?,
-        created_by: r.get(11)?,
-        created_at: r.get(12)?,
-        expires_at: r.get(13)?,
-        revoked_at: r.get(14)?,
-        revoked_reason: r.get(15)?,
-        bundle_version: r.get(16)?,
+        id: r.get("id")?,
+        parent: r.get("parent")?,
+        depth: r.get("depth")?,
+        can_delegate: r.get("can_delegate")?,
+        ceiling: r.get("ceiling")?,
+        taint: r.get("taint")?,
+        grant: r.get("grant_text")?,
+        grant_digest: r.get("grant_digest")?,
+        credential_hash: r.get("credential_hash")?,
+        task: r.get("task")?,
+        reason: r.get("reason")?,
+        created_by: r.get("created_by")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        revoked_at: r.get("revoked_at")?,
+        revoked_reason: r.get("revoked_reason")?,
+        bundle_version: r.get("bundle_version")?,
         proof: serde_json::from_str(&proof).unwrap_or(serde_json::Value::Null),
     })
 }
 
 fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
-    let details: String = r.get(5)?;
+    let details: String = r.get("details")?;
     Ok(AuditRecord {
-        seq: r.get(0)?,
-        at: r.get(1)?,
-        event: r.get(2)?,
-        actor: r.get(3)?,
-        agent: r.get(4)?,
+        seq: r.get("seq")?,
+        at: r.get("at")?,
+        event: r.get("event")?,
+        actor: r.get("actor")?,
+        agent: r.get("agent")?,
         details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-        prev_hash: r.get(6)?,
-        hash: r.get(7)?,
+        prev_hash: r.get("prev_hash")?,
+        hash: r.get("hash")?,
     })
 }

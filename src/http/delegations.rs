@@ -263,11 +263,12 @@ pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<R
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
     loop {
         let (svc, caller, status) = (Arc::clone(&ctx.svc), ctx.caller.clone(), status.clone());
+        let snap = Arc::clone(&ctx.snap);
         let notified = ctx.svc.requests_changed();
         tokio::pin!(notified);
         // Register interest before reading, so a change between the read and the wait is seen.
         notified.as_mut().enable();
-        let list = blocking(move || Ok(svc.list_requests(&caller, status.as_deref(), mine)?)).await?;
+        let list = blocking(move || Ok(svc.list_requests(&snap, &caller, status.as_deref(), mine)?)).await?;
         if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(json_response(StatusCode::OK, &json!({ "requests": list })));
         }

@@ -74,7 +74,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             let bytes = read_body(req, &state.config).await?;
             let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
             let outcome = authorize_body(&snap, &bytes)?;
-            persist_taint(state, &outcome);
+            if let Some(raise) = outcome.raise() {
+                persist_taints(state, vec![raise]).await?;
+            }
             Ok(with_version(
                 json_response(StatusCode::OK, &decision_body(&snap, &outcome)),
                 &snap,
@@ -84,21 +86,25 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             let (snap, body) = decision_input(state, req).await?;
             let max = state.config.max_batch;
             // A large batch is many decisions in a row: keep it off the async workers.
-            if body
+            let (response, raised) = if body
                 .get("requests")
                 .and_then(Value::as_array)
                 .is_some_and(|r| r.len() > INLINE_BATCH)
             {
                 tokio::task::spawn_blocking(telemetry::carry(move || authorize_batch(&snap, &body, max)))
                     .await
-                    .map_err(ApiError::internal)?
+                    .map_err(ApiError::internal)??
             } else {
-                authorize_batch(&snap, &body, max)
-            }
+                authorize_batch(&snap, &body, max)?
+            };
+            persist_taints(state, raised).await?;
+            Ok(response)
         }
         ("/access/v1/evaluation", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
-            let eval = authzen::evaluate(&snap, &body, now())?;
+            let mut raised = Vec::new();
+            let eval = authzen::evaluate(&snap, &body, now(), &mut raised)?;
+            persist_taints(state, raised).await?;
             Ok(with_version(json_response(StatusCode::OK, &eval), &snap))
         }
         ("/access/v1/evaluations", &Method::POST) => {
@@ -108,14 +114,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 .get("evaluations")
                 .and_then(Value::as_array)
                 .is_some_and(|e| e.len() > INLINE_BATCH);
-            let batch = if large {
+            let (batch, raised) = if large {
                 let s = Arc::clone(&snap);
-                tokio::task::spawn_blocking(telemetry::carry(move || authzen::evaluate_batch(&s, &body, max, now())))
-                    .await
-                    .map_err(ApiError::internal)??
+                tokio::task::spawn_blocking(telemetry::carry(move || {
+                    let mut raised = Vec::new();
+                    authzen::evaluate_batch(&s, &body, max, now(), &mut raised).map(|b| (b, raised))
+                }))
+                .await
+                .map_err(ApiError::internal)??
             } else {
-                authzen::evaluate_batch(&snap, &body, max, now())?
+                let mut raised = Vec::new();
+                let batch = authzen::evaluate_batch(&snap, &body, max, now(), &mut raised)?;
+                (batch, raised)
             };
+            persist_taints(state, raised).await?;
             let response = match batch {
                 authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
                 authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
@@ -195,13 +207,20 @@ fn new_request_id() -> String {
     format!("{}-{n:016x}", *PREFIX)
 }
 
-/// Writes a raised taint to the state store in the background; the in-memory taint already
-/// holds for every later decision.
-fn persist_taint(state: &AppState, outcome: &Outcome) {
-    if let (Some(level), Some(agent), Some(svc)) = (outcome.taint_raised_to, &outcome.agent, &state.delegation) {
-        let (svc, id) = (Arc::clone(svc), agent.row.id.clone());
-        tokio::task::spawn_blocking(move || svc.persist_taint(&id, level));
+/// Makes the taint a request's decisions raised durable before it is answered (the in-memory
+/// taint already holds for every later decision). If it cannot be, the request fails closed
+/// (`503 state_unavailable`): after a restart the agent must not have forgotten what it read.
+async fn persist_taints(state: &AppState, raised: authzen::Raised) -> Result<(), ApiError> {
+    if raised.is_empty() {
+        return Ok(());
     }
+    let Some(svc) = state.delegation.clone() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || svc.persist_taints(&raised))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
 }
 
 /// Seconds since the Unix epoch.
@@ -339,7 +358,7 @@ fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
     }
 }
 
-fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response<Body>, ApiError> {
+fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Response<Body>, authzen::Raised), ApiError> {
     let top = Fields::of(body, "")?;
     let items = top
         .array("requests")?
@@ -356,6 +375,7 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response
         let path = format!("requests[{i}]");
         decisions.push(authorize_one(snap, item, &path));
     }
+    let raised: authzen::Raised = decisions.iter().flatten().filter_map(Outcome::raise).collect();
     let responses: Vec<Value> = decisions
         .iter()
         .map(|d| match d {
@@ -367,13 +387,14 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<Response
             }),
         })
         .collect();
-    Ok(with_version(
+    let response = with_version(
         json_response(
             StatusCode::OK,
             &json!({ "responses": responses, "policy_version": snap.bundle.version }),
         ),
         snap,
-    ))
+    );
+    Ok((response, raised))
 }
 
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {

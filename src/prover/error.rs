@@ -40,6 +40,9 @@ pub enum GrantError {
     /// The grant does not validate strictly against the schema.
     #[error(transparent)]
     Invalid(InvalidGrant),
+    /// A policy of the grant is about some principal other than the grant's holder.
+    #[error(transparent)]
+    ForeignPrincipal(ForeignPrincipal),
     /// The child principal given in the options is not usable.
     #[error(transparent)]
     Internal(InternalError),
@@ -52,6 +55,7 @@ impl GrantError {
             GrantError::Parse(_) => "grant_parse_error",
             GrantError::ResourceSlot(_) => "grant_resource_slot",
             GrantError::Invalid(_) => "grant_invalid",
+            GrantError::ForeignPrincipal(_) => "grant_foreign_principal",
             GrantError::Internal(_) => "prover_internal_error",
         }
     }
@@ -64,6 +68,10 @@ impl GrantError {
             GrantError::Invalid(_) => {
                 Some("fix the policies so that `cedar validate --validation-mode strict` accepts them")
             }
+            GrantError::ForeignPrincipal(_) => Some(
+                "a grant is about its holder only: scope each policy `principal == ?principal` (or leave \
+                 `principal` unconstrained) and do not test `principal` in `when`/`unless`",
+            ),
             GrantError::Internal(_) => None,
         }
     }
@@ -104,6 +112,21 @@ pub struct ResourceSlot {
     pub policy: String,
     /// Line the policy starts on.
     pub line: usize,
+}
+
+/// A policy names or tests a principal other than the holder: `principal == Agent::"x"`,
+/// `principal in Group::"g"`, or `principal` read in a condition. Such a policy would decide
+/// differently for the holder and for its descendants, which evaluate the holder's grant as
+/// their own bound, so no proof about the holder would cover them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy `{policy}` (line {line}) {why}; a grant may only be about its holder (`?principal`)")]
+pub struct ForeignPrincipal {
+    /// Display id of the policy.
+    pub policy: String,
+    /// Line the policy starts on.
+    pub line: usize,
+    /// What about it is foreign, in words.
+    pub why: String,
 }
 
 /// Strict validation against the schema failed.

@@ -12,7 +12,7 @@ use cedar_policy_core::ast;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use super::error::{GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
+use super::error::{ForeignPrincipal, GrantError, GrantRole, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue};
 
 /// Annotation that withholds a permit from the delegable view.
 pub const DELEGABLE_ANNOTATION: &str = "delegable";
@@ -55,6 +55,33 @@ impl GrantPolicy {
     pub(crate) fn label(&self) -> String {
         format!("`{}` (line {})", self.name, self.line)
     }
+}
+
+/// Why a grant policy is not about its holder alone, if it is not.
+///
+/// A grant is evaluated for its holder and, as their bound, for each of its descendants, with
+/// `?principal` linked to the one acting. A policy may therefore refer to the principal only
+/// through `?principal` (or not at all): a scope `principal == Agent::"kid"` or `principal in
+/// Group::"g"`, or a condition that reads `principal`, decides differently for the holder and
+/// for a descendant, so a proof about the holder would not cover the descendant (a holder could
+/// write a permit that only fires for a child it names, and pass on what it never had).
+///
+/// INVARIANT: a policy this accepts decides every request the same way whoever the acting
+/// agent is, up to the acting agent itself matching `?principal`.
+pub fn foreign_principal(t: &ast::Template) -> Option<String> {
+    use ast::{EntityReference as Ref, PrincipalOrResourceConstraint as Scope};
+    match t.principal_constraint().as_inner() {
+        Scope::Any | Scope::Is(_) => {}
+        Scope::Eq(Ref::Slot(_)) | Scope::In(Ref::Slot(_)) | Scope::IsIn(_, Ref::Slot(_)) => {}
+        Scope::Eq(Ref::EUID(uid)) => return Some(format!("is scoped to `principal == {uid}`")),
+        Scope::In(Ref::EUID(uid)) => return Some(format!("is scoped to `principal in {uid}`")),
+        Scope::IsIn(ty, Ref::EUID(uid)) => return Some(format!("is scoped to `principal is {ty} in {uid}`")),
+    }
+    let reads_principal = t.non_scope_constraints().is_some_and(|cond| {
+        cond.subexpressions()
+            .any(|e| matches!(e.expr_kind(), ast::ExprKind::Var(ast::Var::Principal)))
+    });
+    reads_principal.then(|| "tests `principal` in its conditions".to_owned())
 }
 
 /// The entity literals of a template: its condition is the conjunction of the scope
@@ -135,6 +162,21 @@ impl Grant {
             policies: out,
             digest: OnceLock::new(),
         })
+    }
+
+    /// Checks that every policy is about the grant's holder only (see [`foreign_principal`]):
+    /// `grant_foreign_principal` names the first that is not.
+    pub fn check_holder_only(&self) -> Result<(), GrantError> {
+        for p in &self.policies {
+            if let Some(why) = foreign_principal(p.core()) {
+                return Err(GrantError::ForeignPrincipal(ForeignPrincipal {
+                    policy: p.name.clone(),
+                    line: p.line,
+                    why,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// The part of this grant its holder may pass on: every policy except the permits
@@ -299,6 +341,50 @@ forbid(principal, action, resource) when { context.taint > 2 };
         let e = Grant::parse("permit(principal,\n action, resource").unwrap_err();
         assert_eq!(e.code(), "grant_parse_error");
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn grants_are_about_their_holder_only() {
+        let ok = Grant::parse(
+            "permit(principal == ?principal, action, resource in Folder::\"a\");\n\
+             permit(principal, action, resource) when { resource.owner == \"x\" };\n\
+             permit(principal is Agent, action, resource);\n\
+             permit(principal in ?principal, action, resource);\n\
+             forbid(principal, action, resource) when { context.taint > 2 };",
+        )
+        .unwrap();
+        ok.check_holder_only().unwrap();
+        for (src, why) in [
+            (
+                "permit(principal == Agent::\"kid\", action, resource);",
+                "principal == Agent::\"kid\"",
+            ),
+            (
+                "permit(principal in Team::\"t\", action, resource);",
+                "principal in Team::\"t\"",
+            ),
+            (
+                "permit(principal is Agent in Team::\"t\", action, resource);",
+                "principal is Agent in",
+            ),
+            (
+                "permit(principal == ?principal, action, resource) when { principal == Agent::\"kid\" };",
+                "tests `principal`",
+            ),
+            (
+                "forbid(principal, action, resource) unless { principal.depth == 0 };",
+                "tests `principal`",
+            ),
+            (
+                "forbid(principal == Agent::\"me\", action, resource);",
+                "principal == Agent::\"me\"",
+            ),
+        ] {
+            let e = Grant::parse(src).unwrap().check_holder_only().unwrap_err();
+            assert_eq!(e.code(), "grant_foreign_principal", "{src}");
+            assert!(e.to_string().contains(why), "{src}: {e}");
+            assert!(e.to_string().contains("line 1"), "{e}");
+        }
     }
 
     #[test]

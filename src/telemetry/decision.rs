@@ -252,6 +252,7 @@ fn bound(d: &DeniedBy) -> &'static str {
         DeniedBy::Revoked => "revoked",
         DeniedBy::Expired => "expired",
         DeniedBy::StateUnavailable => "state_unavailable",
+        DeniedBy::UnknownAgent => "unknown_agent",
     }
 }
 

@@ -1,0 +1,129 @@
+//! How agents end — revoked by an ancestor or the admin, completed, expired — and what the
+//! decision path learns about them (taint) made durable.
+//!
+//! INVARIANT: a revocation takes the subtree from the durable state inside its own transaction,
+//! so a child committed a moment before is revoked with its parent, and a child whose spawn
+//! commits after finds its parent revoked and is refused. The revoked agents are marked in
+//! memory before the answer is sent.
+//!
+//! INVARIANT: a raised taint is durable before the decision that raised it is answered.
+
+use serde_json::json;
+
+use super::service::{Caller, Delegation, DelegationError};
+use super::store::{AuditEvent, StateError, Tx};
+
+impl Delegation {
+    /// Revokes `id` and all its descendants. The caller must be the admin, the agent itself
+    /// (for `complete` only) or one of its ancestors.
+    pub fn revoke(
+        &self,
+        snap: &crate::snapshot::Snapshot,
+        caller: &Caller,
+        id: &str,
+        completed: bool,
+        now: i64,
+    ) -> Result<Vec<String>, DelegationError> {
+        let target = snap
+            .agents
+            .get(id)
+            .ok_or_else(|| DelegationError::new(404, "delegation_not_found", format!("no delegation `{id}`")))?;
+        let allowed = match caller.agent() {
+            None => true,
+            Some(a) => target.has_ancestor(&a.row.id) || (completed && a.row.id == target.row.id),
+        };
+        if !allowed {
+            return Err(DelegationError::new(
+                403,
+                "not_your_delegation",
+                format!(
+                    "only the admin or an ancestor of `{id}` may {}",
+                    if completed { "complete it" } else { "revoke it" }
+                ),
+            ));
+        }
+        let (event, reason) = if completed {
+            ("completed", "task completed")
+        } else {
+            ("revoked", "revoked")
+        };
+        let ids = self.commit(|w, tx| {
+            Self::check_live(tx, caller.agent().map(AsRef::as_ref), now)?;
+            let ids = self.end_subtree(tx, id, now, event, reason, &caller.name())?;
+            w.registry().mark_revoked(&ids);
+            Ok((ids, None))
+        })?;
+        if let Some(m) = &self.metrics {
+            m.revoked(event, ids.len());
+        }
+        self.requests_changed.notify_waiters();
+        Ok(ids)
+    }
+
+    /// Revokes `root` and its stored, not yet revoked descendants in `tx` (one audit record
+    /// each, their pending requests closed) and returns them. The caller marks them in memory
+    /// once the transaction commits.
+    pub(super) fn end_subtree(
+        &self,
+        tx: &Tx<'_>,
+        root: &str,
+        now: i64,
+        event: &'static str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, StateError> {
+        let ids = tx.unrevoked_subtree(root)?;
+        let changed = tx.revoke(&ids, now, reason)?;
+        let version = self.live.current().map(|s| s.bundle.version.clone());
+        let details = json!({"root": root, "by": actor, "cascade": changed, "policy_version": version});
+        for id in &changed {
+            tx.audit(
+                now,
+                AuditEvent {
+                    event,
+                    actor: actor.to_owned(),
+                    agent: Some(id.clone()),
+                    details: details.clone(),
+                },
+            )?;
+        }
+        self.close_requests_in(tx, &changed, now, event)?;
+        Ok(changed)
+    }
+
+    /// Records and revokes agents whose lifetime ended (with their subtrees), and expires
+    /// pending requests past their deadline.
+    pub fn sweep_expired(&self, snap: &crate::snapshot::Snapshot, now: i64) {
+        let expired: Vec<String> = snap
+            .agents
+            .iter()
+            .filter(|a| !a.is_revoked() && a.is_expired(now))
+            .map(|a| a.row.id.clone())
+            .collect();
+        for id in expired {
+            let ended = self.commit(|w, tx| {
+                let ids = self.end_subtree(tx, &id, now, "expired", "expired", "deputy")?;
+                w.registry().mark_revoked(&ids);
+                Ok((ids, None))
+            });
+            match ended {
+                Ok(ids) => {
+                    if let Some(m) = &self.metrics {
+                        m.revoked("expired", ids.len());
+                    }
+                }
+                Err(e) => tracing::error!(code = e.code, message = %e.message, "cannot record an expiry"),
+            }
+        }
+        self.expire_requests(now);
+    }
+
+    /// Makes raised taints durable (the in-memory taint already holds for every later
+    /// decision). Called before the decision that raised them is answered.
+    pub fn persist_taints(&self, raises: &[(String, i64)]) -> Result<(), DelegationError> {
+        if raises.is_empty() {
+            return Ok(());
+        }
+        self.store.raise_taints(raises).map_err(DelegationError::state)
+    }
+}

@@ -1,0 +1,650 @@
+//! Creating agents: a root by the admin, a child by its parent. A child is planned against one
+//! snapshot (deputy's own bounds, the admin's Cedar delegation rules, the proof) and then
+//! carried out under the writer lock, where everything the plan relied on is checked again.
+//!
+//! INVARIANT: a child is applied only when the prover says `Within` (or a human approved an
+//! `Inconclusive` one), Cedar allows it (or every denying `@ask` rule's approvers approved), its
+//! name is free in the identity namespace, its inherited taint is within its ceiling, and — in
+//! the transaction that inserts it — its parent and every ancestor are live and the approval it
+//! carries out is consumed (once).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cedar_policy::{Context, EntityUid, Request};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::credential;
+use super::identity::{check_new_id, mint_id, resolve_approvers};
+use super::registry::{agent_uid, LiveAgent};
+use super::service::{
+    accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS,
+};
+use super::store::{AgentRow, AuditEvent, PermissionRow};
+use super::{ADMIN_APPROVER, DELEGATE_ACTION};
+use crate::bundle::ASK_ANNOTATION;
+use crate::prover::{self, Grant, ProveOptions, Verdict};
+use crate::snapshot::Snapshot;
+
+/// The kind of a pending request that is a whole delegation (rather than more permission).
+pub(super) const DELEGATION_KIND: &str = "delegation";
+
+/// What a caller asks for when creating an agent.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    pub grant: String,
+    pub ttl_seconds: i64,
+    pub ceiling: Option<i64>,
+    pub can_delegate: bool,
+    pub task: String,
+    pub reason: String,
+    /// A name for the new agent; minted when absent.
+    pub agent_id: Option<String>,
+    /// The id of an approved pending delegation this request carries out (same parameters).
+    pub approved_request: Option<String>,
+}
+
+/// The outcome of a spawn that was not an error.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SpawnOutcome {
+    Applied {
+        delegation_id: String,
+        agent: Value,
+        credential: String,
+        expires_at: i64,
+        ttl_seconds: i64,
+        ttl_capped: bool,
+        depth: i64,
+        taint: i64,
+        proof: Value,
+        policy_version: String,
+    },
+    Pending {
+        request_id: String,
+        /// The approver the first `@ask` rule names, as written (kept for older clients).
+        approver: Option<String>,
+        /// Who must approve, in the order they decide: bundle-declared ancestors, then `admin`
+        /// (a human with the admin credential).
+        approvers: Vec<String>,
+        why: String,
+        proof: Value,
+        policy_version: String,
+    },
+}
+
+/// Everything decided about a new agent before it is written.
+struct Child {
+    id: String,
+    named: bool,
+    depth: i64,
+    ceiling: i64,
+    taint: i64,
+    ttl: i64,
+    ttl_capped: bool,
+    grant: Grant,
+}
+
+/// What the plan says to do.
+enum Plan {
+    Apply {
+        child: Child,
+        proof: Value,
+        /// The approval this carries out, consumed when the child is inserted.
+        approval: Option<String>,
+    },
+    Pending {
+        child: Child,
+        approver: Option<String>,
+        approvers: Vec<String>,
+        why: String,
+        proof: Value,
+    },
+}
+
+impl Delegation {
+    /// Creates an agent: a root one for the admin, a child for an agent.
+    pub fn spawn(
+        &self,
+        snap: &Arc<Snapshot>,
+        caller: &Caller,
+        req: SpawnRequest,
+        now: i64,
+    ) -> Result<SpawnOutcome, DelegationError> {
+        let mut snap = Arc::clone(snap);
+        let mut caller = caller.clone();
+        for _ in 0..ATTEMPTS {
+            let plan = self.plan(&snap, &caller, &req, now)?;
+            match self.carry_out(&snap, &caller, &req, plan, now)? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Stale => {
+                    snap = self
+                        .live
+                        .current()
+                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
+                    if let Caller::Agent(a) = &caller {
+                        caller = Caller::Agent(self.latest(a));
+                    }
+                }
+            }
+        }
+        Err(DelegationError::new(
+            409,
+            "state_changed",
+            "the delegation state kept changing while this request was checked; nothing was changed",
+        )
+        .help("send the request again"))
+    }
+
+    /// Checks a spawn against `snap` and decides what to do with it. Pure apart from writing a
+    /// `rejected` audit record.
+    fn plan(&self, snap: &Snapshot, caller: &Caller, req: &SpawnRequest, now: i64) -> Result<Plan, DelegationError> {
+        let parent = caller.agent().cloned();
+        self.check_grant_size(&req.grant)?;
+        self.check_children(&snap.agents, caller, now)?;
+        let (id, named) = match &req.agent_id {
+            Some(id) => {
+                check_new_id(&snap.bundle, &snap.agents, parent.as_deref(), id)?;
+                (id.clone(), true)
+            }
+            None => (mint_id(), false),
+        };
+        if req.ttl_seconds <= 0 {
+            return Err(DelegationError::new(
+                400,
+                "invalid_field",
+                "`ttl_seconds` must be positive",
+            ));
+        }
+        let depth = parent.as_ref().map_or(0, |p| p.row.depth + 1);
+        let taint = parent.as_ref().map_or(0, |p| p.taint());
+        let ceiling = req
+            .ceiling
+            .or(parent.as_ref().map(|p| p.chain_ceiling))
+            .ok_or_else(|| {
+                DelegationError::new(
+                    400,
+                    "missing_field",
+                    "missing required field `ceiling` (a root agent has no parent to inherit it from)",
+                )
+            })?;
+        let mut ttl = req.ttl_seconds.min(MAX_TTL_SECONDS);
+        if let Some(p) = &parent {
+            ttl = ttl.min(p.row.expires_at - now);
+        }
+        let ttl_capped = ttl < req.ttl_seconds;
+        let grant = accept_grant(&req.grant, &snap.bundle)?;
+        let child = Child {
+            id,
+            named,
+            depth,
+            ceiling,
+            taint,
+            ttl,
+            ttl_capped,
+            grant,
+        };
+
+        let Some(parent) = parent else {
+            // The admin is the grantor of a root agent: nothing to prove against; the admin
+            // maximum bounds it at run time like every other agent.
+            let proof = json!({"verdict": "not_required", "reason": "a root agent is granted by the admin"});
+            return Ok(Plan::Apply {
+                child,
+                proof,
+                approval: None,
+            });
+        };
+
+        let mut audit = json!({
+            "parent": parent.row.id, "child": child.id, "grant_digest": child.grant.digest(), "task": req.task,
+            "reason": req.reason, "ttl_seconds": ttl, "ceiling": ceiling, "depth": depth, "taint": taint,
+            "policy_version": snap.bundle.version,
+        });
+        let reject = |audit: &mut Value, err: DelegationError| self.reject(caller, audit, err, now);
+
+        // INVARIANT: deputy enforces can_delegate itself; an admin rule can only add to it.
+        if !parent.row.can_delegate {
+            return Err(reject(
+                &mut audit,
+                DelegationError::new(
+                    403,
+                    "delegation_forbidden",
+                    format!("agent `{}` may not delegate (can_delegate is false)", parent.row.id),
+                )
+                .help("ask your own grantor to do this, or to give the permission to you directly"),
+            ));
+        }
+        // INVARIANT: no laundering through a child, whatever the bundle's rules say: a child
+        // starts with its parent's taint, which must be within its own ceiling.
+        if taint > ceiling {
+            return Err(reject(
+                &mut audit,
+                DelegationError::new(
+                    403,
+                    "taint_above_ceiling",
+                    format!(
+                        "the child would start with taint {taint} (its parent's), above its ceiling {ceiling}"
+                    ),
+                )
+                .help("a child inherits its parent's taint; give it a ceiling at least that high, or spawn it from an agent that has read less"),
+            ));
+        }
+
+        let approval = match &req.approved_request {
+            Some(rid) => Some(self.approved_delegation(rid, &parent.row.id, req, now)?),
+            None => None,
+        };
+
+        // 1. May the parent delegate this at all? Ordinary Cedar, in the admin's policies.
+        let child_uid = agent_uid(&child.id).map_err(DelegationError::internal)?;
+        let context = json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": req.task});
+        let ask = match delegate_decision(snap, &parent.uid, &child_uid, context)? {
+            Gate::Allow => None,
+            // Every approver the rules name already said yes to exactly this delegation.
+            Gate::Ask(..) if approval.is_some() => None,
+            Gate::Ask(names, policies) => Some((names, policies)),
+            Gate::Deny(policies) => {
+                let message = if policies.is_empty() {
+                    "no admin policy permits this delegation".to_owned()
+                } else {
+                    format!("the admin's delegation rules forbid it: {}", policies.join(", "))
+                };
+                return Err(reject(
+                    &mut audit,
+                    DelegationError::new(403, "delegation_forbidden", message).detail("policies", json!(policies)),
+                ));
+            }
+        };
+
+        // 2. Is the child's grant within the parent's delegable view?
+        let parent_grant = Grant::parse(&parent.row.grant)
+            .map_err(|e| DelegationError::internal(format!("the parent's stored grant no longer parses: {e}")))?;
+        let opts = ProveOptions {
+            child_principal: Some(child_uid),
+            solver: self.limits.solver.clone(),
+            ..ProveOptions::default()
+        };
+        let verdict = crate::telemetry::prove_observed(self.metrics.as_deref(), || {
+            prover::prove(&child.grant, &parent_grant, &snap.bundle.schema, snap.entities(), &opts)
+        })
+        .map_err(|e| grant_error(&e))?;
+        let proof = serde_json::to_value(&verdict).unwrap_or(Value::Null);
+        audit["proof"] = json!(verdict.name());
+        match (&verdict, ask) {
+            (Verdict::Exceeds(_), _) => Err(reject(
+                &mut audit,
+                DelegationError::new(
+                    403,
+                    "grant_exceeds_parent",
+                    "the child's grant allows a request the parent's delegable view denies",
+                )
+                .help("narrow the grant, or request the permission from your own grantor first")
+                .detail("proof", proof),
+            )),
+            // Within, or Inconclusive that a human approved: apply. The run-time chain bounds
+            // the child by each ancestor's delegable view whatever the proof could not settle.
+            (Verdict::Within(_), None) => Ok(Plan::Apply { child, proof, approval }),
+            (Verdict::Inconclusive(_), None) if approval.is_some() => Ok(Plan::Apply { child, proof, approval }),
+            (_, ask) => {
+                let (names, why) = match ask {
+                    Some((names, policies)) => (names, format!("approval required by {}", policies.join(", "))),
+                    None => (Vec::new(), "the proof was inconclusive; a human must decide".to_owned()),
+                };
+                let approvers = if names.is_empty() {
+                    vec![ADMIN_APPROVER.to_owned()]
+                } else {
+                    resolve_approvers(&snap.bundle, &parent, names.iter().map(String::as_str))
+                };
+                Ok(Plan::Pending {
+                    child,
+                    approver: names.first().cloned(),
+                    approvers,
+                    why,
+                    proof,
+                })
+            }
+        }
+    }
+
+    /// Writes what the plan decided, after checking under the writer lock that nothing it
+    /// relied on moved.
+    fn carry_out(
+        &self,
+        snap: &Snapshot,
+        caller: &Caller,
+        req: &SpawnRequest,
+        plan: Plan,
+        now: i64,
+    ) -> Result<Attempt<SpawnOutcome>, DelegationError> {
+        let parent = caller.agent().cloned();
+        self.commit(|w, tx| {
+            // The plan is good only for the bundle and the parent's grant it was made against.
+            let moved = w.bundle().is_none_or(|b| b.version != snap.bundle.version)
+                || parent.as_ref().is_some_and(|p| {
+                    w.registry()
+                        .get(&p.row.id)
+                        .is_none_or(|latest| latest.row.grant_digest != p.row.grant_digest)
+                });
+            if moved {
+                return Ok((Attempt::Stale, None));
+            }
+            Self::check_live(tx, parent.as_deref(), now)?;
+            match plan {
+                Plan::Apply { child, proof, approval } => {
+                    let parent_id = parent.as_ref().map(|p| p.row.id.clone());
+                    self.check_children(w.registry(), caller, now)?;
+                    if child.named {
+                        let bundle = w.bundle().ok_or_else(|| DelegationError::internal("no bundle"))?;
+                        check_new_id(bundle, w.registry(), parent.as_deref(), &child.id)?;
+                    }
+                    if tx.agent_exists(&child.id)? {
+                        return Err(DelegationError::new(
+                            409,
+                            "agent_exists",
+                            format!("an agent `{}` already exists", child.id),
+                        ));
+                    }
+                    if let Some(rid) = &approval {
+                        take_approval(tx, rid, parent_id.as_deref().unwrap_or_default(), &child.id, now)?;
+                    }
+                    let issued = credential::issue(&child.id)
+                        .map_err(|e| DelegationError::internal(format!("no randomness for a credential: {e}")))?;
+                    let row = AgentRow {
+                        id: child.id.clone(),
+                        parent: parent_id,
+                        depth: child.depth,
+                        can_delegate: req.can_delegate,
+                        ceiling: child.ceiling,
+                        taint: child.taint,
+                        grant: req.grant.clone(),
+                        grant_digest: child.grant.digest(),
+                        credential_hash: issued.hash,
+                        task: req.task.clone(),
+                        reason: req.reason.clone(),
+                        created_by: caller.name(),
+                        created_at: now,
+                        expires_at: now + child.ttl,
+                        revoked_at: None,
+                        revoked_reason: None,
+                        bundle_version: snap.bundle.version.clone(),
+                        proof: proof.clone(),
+                    };
+                    let next = w
+                        .registry()
+                        .with(row.clone())
+                        .map_err(|e| DelegationError::new(400, "grant_invalid", e.to_string()))?;
+                    tx.insert_agent(&row)?;
+                    tx.audit(
+                        now,
+                        AuditEvent {
+                            event: "applied",
+                            actor: caller.name(),
+                            agent: Some(child.id.clone()),
+                            details: json!({
+                                "parent": row.parent, "grant_digest": row.grant_digest, "task": row.task,
+                                "reason": row.reason, "ttl_seconds": child.ttl, "ttl_capped": child.ttl_capped,
+                                "ceiling": child.ceiling, "depth": child.depth, "taint": child.taint,
+                                "can_delegate": row.can_delegate, "approved_request": approval,
+                                "proof": proof.get("verdict").cloned().unwrap_or(Value::Null),
+                                "policy_version": snap.bundle.version,
+                            }),
+                        },
+                    )?;
+                    let outcome = SpawnOutcome::Applied {
+                        delegation_id: child.id.clone(),
+                        agent: json!({"type": super::AGENT_TYPE, "id": child.id}),
+                        credential: issued.token,
+                        expires_at: now + child.ttl,
+                        ttl_seconds: child.ttl,
+                        ttl_capped: child.ttl_capped,
+                        depth: child.depth,
+                        taint: child.taint,
+                        proof,
+                        policy_version: snap.bundle.version.clone(),
+                    };
+                    Ok((Attempt::Done(outcome), Some(next)))
+                }
+                Plan::Pending {
+                    child,
+                    approver,
+                    approvers,
+                    why,
+                    proof,
+                } => {
+                    let parent = parent.ok_or_else(|| DelegationError::internal("a pending root"))?;
+                    let request_id = format!("req-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+                    let first = approvers.first().cloned().unwrap_or_else(|| ADMIN_APPROVER.to_owned());
+                    let row = PermissionRow {
+                        id: request_id.clone(),
+                        requester: parent.row.id.clone(),
+                        approver: first.clone(),
+                        grant: req.grant.clone(),
+                        reason: req.reason.clone(),
+                        status: "pending".to_owned(),
+                        created_at: now,
+                        expires_at: now + super::permission::DEFAULT_REQUEST_TTL,
+                        updated_at: now,
+                        history: vec![json!({
+                            "at": now, "event": "requested", "kind": DELEGATION_KIND, "by": parent.row.id,
+                            "why": why, "spawn": spawn_params(req), "approvers": approvers,
+                        })],
+                    };
+                    tx.save_request(&row, None)?;
+                    tx.audit(
+                        now,
+                        AuditEvent {
+                            event: "pending",
+                            actor: caller.name(),
+                            agent: Some(parent.row.id.clone()),
+                            details: json!({
+                                "parent": parent.row.id, "child": child.id, "grant_digest": child.grant.digest(),
+                                "task": req.task, "reason": req.reason, "ttl_seconds": child.ttl,
+                                "ceiling": child.ceiling, "depth": child.depth, "taint": child.taint,
+                                "request_id": request_id, "approvers": approvers, "why": why,
+                                "proof": proof.get("verdict").cloned().unwrap_or(Value::Null),
+                                "policy_version": snap.bundle.version,
+                            }),
+                        },
+                    )?;
+                    self.requests_changed.notify_waiters();
+                    let outcome = SpawnOutcome::Pending {
+                        request_id,
+                        approver,
+                        approvers,
+                        why,
+                        proof,
+                        policy_version: snap.bundle.version.clone(),
+                    };
+                    Ok((Attempt::Done(outcome), None))
+                }
+            }
+        })
+    }
+
+    /// Refuses a spawn that would give the caller more live children than the limit.
+    fn check_children(&self, agents: &super::Registry, caller: &Caller, now: i64) -> Result<(), DelegationError> {
+        let children = live_children(agents, caller.agent().map(Arc::as_ref), now);
+        if children < self.limits.max_children {
+            return Ok(());
+        }
+        Err(DelegationError::new(
+            429,
+            "too_many_agents",
+            format!(
+                "{} already has {children} live children; the limit is {}",
+                caller.name(),
+                self.limits.max_children
+            ),
+        )
+        .help("complete or revoke children whose tasks are done"))
+    }
+
+    /// Records a rejected delegation and returns its error.
+    fn reject(&self, caller: &Caller, audit: &mut Value, err: DelegationError, now: i64) -> DelegationError {
+        audit["code"] = json!(err.code);
+        audit["message"] = json!(err.message);
+        let agent = audit["parent"].as_str().map(str::to_owned);
+        if let Err(e) = self.store.audit(
+            now,
+            AuditEvent {
+                event: "rejected",
+                actor: caller.name(),
+                agent,
+                details: audit.clone(),
+            },
+        ) {
+            return DelegationError::state(e);
+        }
+        err
+    }
+
+    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`.
+    fn approved_delegation(
+        &self,
+        rid: &str,
+        parent: &str,
+        req: &SpawnRequest,
+        now: i64,
+    ) -> Result<String, DelegationError> {
+        let row = self
+            .store
+            .request(rid)
+            .map_err(DelegationError::state)?
+            .filter(|r| r.requester == parent && is_delegation(r))
+            .ok_or_else(|| {
+                DelegationError::new(
+                    404,
+                    "permission_request_not_found",
+                    format!("no pending delegation `{rid}` of yours"),
+                )
+            })?;
+        if row.status != "approved" || row.expires_at <= now {
+            return Err(DelegationError::new(
+                409,
+                "request_not_approved",
+                format!("delegation request `{rid}` is {}, not approved", row.status),
+            ));
+        }
+        let same = row.grant == req.grant && row.history.first().is_some_and(|h| h["spawn"] == spawn_params(req));
+        if !same {
+            return Err(DelegationError::new(
+                409,
+                "request_mismatch",
+                format!("the approval of `{rid}` was for a different grant or different parameters"),
+            )
+            .help("send exactly the delegation that was approved"));
+        }
+        Ok(row.id)
+    }
+}
+
+/// Consumes an approval inside the transaction that creates the child: compare-and-set from
+/// `approved` to `used`, so one approval creates exactly one child however many requests race.
+fn take_approval(
+    tx: &super::store::Tx<'_>,
+    rid: &str,
+    parent: &str,
+    child: &str,
+    now: i64,
+) -> Result<(), DelegationError> {
+    let not_approved = || {
+        DelegationError::new(
+            409,
+            "request_not_approved",
+            format!("delegation request `{rid}` is no longer approved (it was used or closed)"),
+        )
+    };
+    let mut row = tx.request(rid)?.ok_or_else(not_approved)?;
+    if row.status != "approved" || row.requester != parent || row.expires_at <= now {
+        return Err(not_approved());
+    }
+    let approver = row.approver.clone();
+    row.status = "used".to_owned();
+    row.updated_at = now;
+    row.history.push(json!({"at": now, "event": "used", "child": child}));
+    if !tx.save_request(&row, Some(("approved", &approver)))? {
+        return Err(not_approved());
+    }
+    tx.audit(
+        now,
+        AuditEvent {
+            event: "approval_used",
+            actor: format!("Agent::\"{parent}\""),
+            agent: Some(child.to_owned()),
+            details: json!({"request_id": rid}),
+        },
+    )?;
+    Ok(())
+}
+
+/// Whether a request is a whole pending delegation.
+pub(super) fn is_delegation(row: &PermissionRow) -> bool {
+    row.history.first().is_some_and(|h| h["kind"] == DELEGATION_KIND)
+}
+
+/// The parameters an approval of a pending delegation is bound to.
+fn spawn_params(req: &SpawnRequest) -> Value {
+    json!({"ttl_seconds": req.ttl_seconds, "ceiling": req.ceiling, "can_delegate": req.can_delegate,
+           "task": req.task, "agent_id": req.agent_id})
+}
+
+enum Gate {
+    Allow,
+    /// Denied only by `@ask` forbids: pending, with every approver they name (sorted, once
+    /// each) and the policies.
+    Ask(Vec<String>, Vec<String>),
+    Deny(Vec<String>),
+}
+
+fn delegate_decision(
+    snap: &Snapshot,
+    parent: &EntityUid,
+    child: &EntityUid,
+    context: Value,
+) -> Result<Gate, DelegationError> {
+    let bundle = &snap.bundle;
+    let action = bundle
+        .actions_by_name
+        .get(DELEGATE_ACTION)
+        .cloned()
+        .flatten()
+        .ok_or_else(|| DelegationError::new(503, "delegation_disabled", "the bundle declares no `delegate` action"))?;
+    let context = Context::from_json_value(context, Some((&bundle.schema, &action)))
+        .map_err(|e| DelegationError::new(400, "invalid_field", format!("delegation context: {e}")))?;
+    let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema)).map_err(|e| {
+        DelegationError::new(
+            503,
+            "delegation_disabled",
+            format!("the bundle's schema rejects a delegation request: {e}"),
+        )
+    })?;
+    let d = bundle.admin().evaluate(snap.entities(), &request);
+    if d.allow {
+        return Ok(Gate::Allow);
+    }
+    let mut names = BTreeSet::new();
+    for id in &d.reasons {
+        match bundle
+            .policies
+            .annotation(&cedar_policy::PolicyId::new(id), ASK_ANNOTATION)
+        {
+            Some(name) => names.insert(name.to_owned()),
+            None => return Ok(Gate::Deny(d.reasons)),
+        };
+    }
+    if names.is_empty() {
+        return Ok(Gate::Deny(d.reasons));
+    }
+    Ok(Gate::Ask(names.into_iter().collect(), d.reasons))
+}
+
+/// The live children of `parent` (`None`: the admin's roots) in `agents`.
+fn live_children(agents: &super::Registry, parent: Option<&LiveAgent>, now: i64) -> usize {
+    let parent_id = parent.map(|p| p.row.id.clone());
+    agents
+        .iter()
+        .filter(|a| a.row.parent == parent_id && !a.is_bundle_agent() && a.is_live(now))
+        .count()
+}
