@@ -128,6 +128,14 @@ pub(super) fn check_representable(schema: &Schema) -> Result<(), Problem> {
     ]);
     let probe = Entity::new(uid, attrs, HashSet::new()).map_err(|e| Problem::new("internal", e.to_string()))?;
     Entities::from_entities([probe], Some(schema)).map(|_| ()).map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        let e = text.replace("Agent::\"deputy-agent-model-probe\"", "a deputy agent");
         Problem::new(
             "schema_lacks_agent_model",
             format!(

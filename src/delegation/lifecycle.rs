@@ -111,6 +111,7 @@ impl Delegation {
                     if let Some(m) = &self.metrics {
                         m.revoked("expired", ids.len());
                     }
+                    self.requests_changed.notify_waiters();
                 }
                 Err(e) => tracing::error!(code = e.code, message = %e.message, "cannot record an expiry"),
             }

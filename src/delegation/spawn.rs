@@ -117,7 +117,13 @@ impl Delegation {
         for _ in 0..ATTEMPTS {
             let plan = self.plan(&snap, &caller, &req, now)?;
             match self.carry_out(&snap, &caller, &req, plan, now)? {
-                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Done(outcome) => {
+                    if matches!(outcome, SpawnOutcome::Pending { .. }) {
+                        // After the commit, so that a woken long poll reads the new request.
+                        self.requests_changed.notify_waiters();
+                    }
+                    return Ok(outcome);
+                }
                 Attempt::Stale => {
                     snap = self
                         .live
@@ -448,7 +454,6 @@ impl Delegation {
                             }),
                         },
                     )?;
-                    self.requests_changed.notify_waiters();
                     let outcome = SpawnOutcome::Pending {
                         request_id,
                         approver,

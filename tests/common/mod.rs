@@ -145,6 +145,11 @@ impl TestServer {
         self.request("POST", path, &headers, Some(body))
     }
 
+    /// Reloads the bundle now (as the watcher would), on the calling thread.
+    pub fn reload(&self) -> Result<deputy::bundle::ReloadOutcome, deputy::bundle::BundleError> {
+        self.running.as_ref().expect("server running").store.reload()
+    }
+
     /// The policy version now serving, from /v1/status.
     pub fn version(&self) -> Option<String> {
         self.get("/v1/status").json()["bundle"]["policy_version"]
