@@ -450,6 +450,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let signal = shutdown_signal();
+        #[cfg(unix)]
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let running = match server::start(config).await {
             Ok(r) => r,
             Err(e) => {
@@ -457,11 +459,25 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(unix)]
+        if let Some(hangup) = hangup {
+            tokio::spawn(reload_on_hangup(hangup, std::sync::Arc::clone(&running.store)));
+        }
         signal.await;
         tracing::info!("shutting down: draining connections");
         running.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the bundle on every SIGHUP (as a file change would), off the async threads.
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, store: std::sync::Arc<crate::bundle::BundleStore>) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the bundle");
+        let s = std::sync::Arc::clone(&store);
+        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called, not

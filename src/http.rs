@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use crate::bundle::BundleStore;
 
 pub use error::ApiError;
-pub use routes::now;
 
 /// Limits and settings of the HTTP API.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ pub mod authorize;
 pub mod authzen;
 pub mod bundle;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delegation;
 pub mod http;

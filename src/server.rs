@@ -100,10 +100,10 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     match &delegation {
         Some(d) => {
             let publisher = Arc::clone(d);
-            store.set_publisher(move |bundle| publisher.install_bundle(bundle, crate::http::now()));
+            store.set_publisher(move |bundle| publisher.install_bundle(bundle, crate::clock::now()));
             // Re-prove live grants whenever a bundle was installed.
             let hook = Arc::clone(d);
-            store.on_loaded(move |_| hook.reprove_all(crate::http::now()));
+            store.on_loaded(move |_| hook.reprove_all(crate::clock::now()));
         }
         None => {
             let l = Arc::clone(&live);
@@ -184,7 +184,7 @@ async fn sweep_expired(delegation: Arc<Delegation>, live: Arc<Live>) {
         tick.tick().await;
         let Some(snap) = live.current() else { continue };
         let d = Arc::clone(&delegation);
-        let now = crate::http::now();
+        let now = crate::clock::now();
         let _ = tokio::task::spawn_blocking(move || d.sweep_expired(&snap, now)).await;
     }
 }

@@ -621,3 +621,55 @@ fn a_child_never_starts_above_its_ceiling_whatever_the_bundle_says() {
     let ok = spawn(s, &r.token, b);
     assert_eq!(ok.json()["taint"], 2, "{}", ok.text());
 }
+
+/// Found by the model: a human's approval extended a bundle agent's grant, which the next
+/// reload then silently replaced. A bundle agent's grant changes only through the bundle.
+#[test]
+fn a_human_approval_never_changes_a_bundle_agents_grant() {
+    let env = start();
+    let s = &env.server;
+    let child = applied(&spawn(s, LEAD, body(READ_A)));
+    // The lead holds proj/b as not delegable: its child asks for it, and the human approves.
+    let b_grant = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/b");"#;
+    let r = post_as(s, &child.token, "/v1/permission-requests", &json!({"grant": b_grant}));
+    assert_eq!(r.json()["can_approve_alone"], false, "{}", r.text());
+    let rid = r.json()["request_id"].as_str().unwrap().to_owned();
+    let a = post_as(
+        s,
+        ADMIN,
+        &format!("/v1/permission-requests/{rid}"),
+        &json!({"decision": "approve"}),
+    );
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert_eq!(a.json()["code"], "exceeds_approver", "{}", a.text());
+    assert!(
+        a.json()["help"].as_str().unwrap().contains("grants/lead.cedar"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(decide(s, &child.id, "read", ("Doc", "in-b"))["decision"], "Deny");
+    let shown = get_as(s, ADMIN, "/v1/delegations/lead").json();
+    assert_eq!(
+        shown["grant"],
+        std::fs::read_to_string(fixture().join("grants/lead.cedar")).unwrap()
+    );
+    // Within what the lead may pass on, the human's approval extends the child alone.
+    let c_grant = r#"permit(principal == ?principal, action == Action::"write", resource in Folder::"proj/a/c");"#;
+    let r = post_as(s, &child.token, "/v1/permission-requests", &json!({"grant": c_grant}));
+    let rid = r.json()["request_id"].as_str().unwrap().to_owned();
+    let a = post_as(
+        s,
+        ADMIN,
+        &format!("/v1/permission-requests/{rid}"),
+        &json!({"decision": "approve"}),
+    );
+    assert_eq!(a.json()["status"], "approved", "{}", a.text());
+    let extended = a.json()["history"][1]["extended"].clone();
+    assert_eq!(extended.as_array().unwrap().len(), 1, "{extended}");
+    assert_eq!(extended[0]["agent"], child.id.as_str(), "{extended}");
+    assert_eq!(decide(s, &child.id, "write", ("Doc", "in-c"))["decision"], "Allow");
+    // The lead itself cannot ask the API for more: its grant is in git.
+    let r = post_as(s, LEAD, "/v1/permission-requests", &json!({"grant": c_grant}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "grant_from_bundle", "{}", r.text());
+}

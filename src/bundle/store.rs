@@ -118,7 +118,6 @@ impl BundleStore {
         let at = now_rfc3339();
         let (status, ret) = match result {
             Ok((outcome, version)) => {
-                self.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if outcome == ReloadOutcome::Loaded {
                     if let Ok(mut l) = self.loaded_at.lock() {
                         *l = Some(at.clone());
@@ -138,7 +137,6 @@ impl BundleStore {
                 for p in &err.problems {
                     tracing::error!(code = p.code, problem = %p, "bundle rejected; the last good bundle keeps serving");
                 }
-                self.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (
                     ReloadStatus {
                         outcome: ReloadOutcome::Failed,
@@ -151,9 +149,16 @@ impl BundleStore {
             }
         };
         crate::telemetry::reload_done(&span, &status);
+        // The status first, then the count: whoever sees the count move sees this status.
+        let counter = if ret.is_ok() {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
         if let Ok(mut last) = self.last.lock() {
             *last = Some(status);
         }
+        counter.fetch_add(1, std::sync::atomic::Ordering::Release);
         if matches!(ret, Ok(ReloadOutcome::Loaded)) {
             if let (Some(bundle), Ok(hooks)) = (self.current(), self.on_loaded.lock()) {
                 for hook in hooks.iter() {
@@ -207,8 +212,8 @@ impl BundleStore {
 
     /// (successful, failed) reload attempts since start.
     pub fn reload_counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed))
+        use std::sync::atomic::Ordering::Acquire;
+        (self.reloads_ok.load(Acquire), self.reloads_failed.load(Acquire))
     }
 }
 

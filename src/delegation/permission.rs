@@ -106,6 +106,16 @@ fn not_found(id: &str) -> DelegationError {
     )
 }
 
+/// A bundle agent's grant is changed through the bundle, never through the API.
+fn bundle_grant(id: &str) -> DelegationError {
+    DelegationError::new(
+        409,
+        "grant_from_bundle",
+        format!("`{id}`'s grant comes from the bundle (`grants/{id}.cedar`); no approval can change it"),
+    )
+    .help("change the grant in the bundle's git repository; it applies on the next reload")
+}
+
 fn closed(id: &str, status: &str) -> DelegationError {
     DelegationError::new(409, "request_closed", format!("request `{id}` is already {status}"))
 }
@@ -136,6 +146,9 @@ impl Delegation {
                 "permission requests come from agents; the admin grants directly",
             )
         })?;
+        if requester.is_bundle_agent() {
+            return Err(bundle_grant(&requester.row.id));
+        }
         self.check_grant_size(grant_src)?;
         let grant = accept_grant(grant_src, &snap.bundle)?;
         let grantor = requester.row.parent.clone();
@@ -485,8 +498,20 @@ impl Delegation {
         row: &PermissionRow,
         requester: &Arc<LiveAgent>,
     ) -> Result<Extension, DelegationError> {
-        let start = match caller.agent() {
-            None => 0,
+        // A bundle agent's grant comes from the bundle alone: a human's extension starts below
+        // the deepest one on the chain, proved against its grant as if it had approved.
+        let bundle_top = requester
+            .chain
+            .iter()
+            .rposition(|id| snap.agents.get(id).is_some_and(|a| a.is_bundle_agent()));
+        let (start, approver) = match caller.agent() {
+            None => match bundle_top {
+                Some(at) => (
+                    at + 1,
+                    requester.chain.get(at).and_then(|id| snap.agents.get(id)).cloned(),
+                ),
+                None => (0, None),
+            },
             Some(a) => {
                 let at = requester
                     .ancestors()
@@ -495,9 +520,12 @@ impl Delegation {
                     .ok_or_else(|| {
                         DelegationError::new(403, "not_the_approver", "only an ancestor of the requester can approve")
                     })?;
-                at + 1
+                (at + 1, Some(Arc::clone(a)))
             }
         };
+        if start >= requester.chain.len() {
+            return Err(bundle_grant(&requester.row.id));
+        }
         let path: Vec<Arc<LiveAgent>> = requester
             .chain
             .get(start..)
@@ -505,7 +533,7 @@ impl Delegation {
             .iter()
             .filter_map(|id| snap.agents.get(id).cloned())
             .collect();
-        let mut parent_grant: Option<String> = caller.agent().map(|a| a.row.grant.clone());
+        let mut parent_grant: Option<String> = approver.map(|a| a.row.grant.clone());
         let mut updates = Vec::new();
         let mut steps = Vec::new();
         for agent in &path {
@@ -519,6 +547,16 @@ impl Delegation {
                 Some(Verdict::Within(_)) | None => {}
                 Some(v) => {
                     let proof = serde_json::to_value(v).unwrap_or(Value::Null);
+                    let help = match (
+                        caller.agent(),
+                        agent.row.parent.as_ref().and_then(|p| snap.agents.get(p)),
+                    ) {
+                        (None, Some(top)) if top.is_bundle_agent() => format!(
+                            "`{}`'s grant comes from the bundle: extend `grants/{}.cedar` first, then approve",
+                            top.row.id, top.row.id
+                        ),
+                        _ => "escalate it to your own grantor or a human".to_owned(),
+                    };
                     return Err(DelegationError::new(
                         409,
                         "exceeds_approver",
@@ -528,7 +566,7 @@ impl Delegation {
                             v.name()
                         ),
                     )
-                    .help("escalate it to your own grantor or a human")
+                    .help(help)
                     .detail("proof", proof));
                 }
             }

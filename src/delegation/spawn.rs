@@ -193,6 +193,13 @@ impl Delegation {
         };
 
         let Some(parent) = parent else {
+            if req.approved_request.is_some() {
+                return Err(DelegationError::new(
+                    400,
+                    "invalid_field",
+                    "`approved_request` carries out a child's pending delegation; the admin creates root agents directly",
+                ));
+            }
             // The admin is the grantor of a root agent: nothing to prove against; the admin
             // maximum bounds it at run time like every other agent.
             let proof = json!({"verdict": "not_required", "reason": "a root agent is granted by the admin"});

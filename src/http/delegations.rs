@@ -10,9 +10,10 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::routes::{json_response, now, read_json};
+use super::routes::{json_response, read_json};
 use super::{ApiError, AppState};
 use crate::authorize::{Fields, RequestError};
+use crate::clock::now;
 use std::time::Duration;
 
 use crate::delegation::{Caller, Delegation, PermissionDecision, SpawnOutcome, SpawnRequest};

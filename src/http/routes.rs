@@ -16,6 +16,7 @@ use tracing::Instrument;
 use super::{delegations, ApiError, AppState};
 use crate::authorize::{self, Decision, Fields, Outcome, RequestError};
 use crate::authzen;
+use crate::clock::now;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{self, Api};
 
@@ -221,13 +222,6 @@ async fn persist_taints(state: &AppState, raised: authzen::Raised) -> Result<(),
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 pub(super) async fn read_json(req: Request<Incoming>, config: &super::HttpConfig) -> Result<Value, ApiError> {

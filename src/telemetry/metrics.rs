@@ -224,7 +224,7 @@ impl Collector for Serving {
             ConstGauge::new(1).encode(info.encode_family(&[("version", bundle.version.as_str())])?)?;
         }
 
-        let now = crate::http::now();
+        let now = crate::clock::now();
         let live = self
             .live
             .current()
