@@ -9,6 +9,9 @@
 # Sanitizer: none by default (deputy forbids `unsafe`; the targets look for panics and broken
 # laws); FUZZ_SANITIZER=address to build with ASan.
 #
+# The model target starts a deputy process per input (about ten inputs a second): give it a long
+# budget (fuzz/run.sh 1800 model).
+#
 # Seeds live in fuzz/seeds/<target>/ (committed); the growing corpus in fuzz/corpus/<target>/
 # and crash inputs in fuzz/artifacts/<target>/ (both ignored by git). A crash input becomes a
 # file in fuzz/regressions/<target>/ and a test in tests/fuzz_regressions.rs.
@@ -17,7 +20,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(authorize authzen grant bundle_load prover)
+[ ${#targets[@]} -gt 0 ] || targets=(authorize authzen grant bundle_load prover model)
 sanitizer=${FUZZ_SANITIZER:-none}
 toolchain=${FUZZ_TOOLCHAIN:-}
 export RUSTC_BOOTSTRAP=1
@@ -30,6 +33,9 @@ fuzz() { if [ -n "$toolchain" ]; then cargo "+$toolchain" fuzz "$@"; else cargo 
 
 build_flags=(-O -a -s "$sanitizer")
 fuzz build "${build_flags[@]}"
+# The model target drives the real binary; a debug build, the only kind with the test clock.
+(cd .. && cargo build --quiet --bin deputy)
+export DEPUTY_BIN="$PWD/../target/debug/deputy"
 
 failed=()
 for t in "${targets[@]}"; do

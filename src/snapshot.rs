@@ -113,6 +113,14 @@ impl Live {
         Ok(())
     }
 
+    /// Marks agents revoked in every snapshot that holds them (their state is shared): called
+    /// once their revocation committed, before it is answered.
+    pub fn mark_revoked(&self, ids: &[String]) {
+        if let Ok(w) = self.writer.lock() {
+            w.registry.mark_revoked(ids);
+        }
+    }
+
     /// A copy of the latest registry (what the next snapshot will hold).
     pub fn registry(&self) -> Registry {
         self.writer.lock().map(|w| w.registry.clone()).unwrap_or_default()

@@ -28,28 +28,7 @@ mod run;
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 
-use run::{Op, World};
-
-/// The reference machine only generates operations; agents are picked by index among those the
-/// world has seen (modulo), so every sequence is meaningful whatever deputy answered before.
-pub struct Ops;
-
-impl ReferenceStateMachine for Ops {
-    type State = ();
-    type Transition = Op;
-
-    fn init_state() -> BoxedStrategy<Self::State> {
-        Just(()).boxed()
-    }
-
-    fn transitions(_: &Self::State) -> BoxedStrategy<Self::Transition> {
-        run::op_strategy()
-    }
-
-    fn apply(state: Self::State, _: &Self::Transition) -> Self::State {
-        state
-    }
-}
+use run::{Op, Ops, World};
 
 impl StateMachineTest for World {
     type SystemUnderTest = World;

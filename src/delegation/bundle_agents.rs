@@ -206,6 +206,7 @@ impl Delegation {
         });
         match installed {
             Ok((prepared, revoked)) => {
+                // Committed: the revoked ones are marked before the new bundle serves.
                 w.registry().mark_revoked(&revoked);
                 w.install(prepared);
                 drop(w);

@@ -47,12 +47,13 @@ impl Delegation {
         } else {
             ("revoked", "revoked")
         };
-        let ids = self.commit(|w, tx| {
+        let ids = self.commit(|_, tx| {
             Self::check_live(tx, caller.agent().map(AsRef::as_ref), now)?;
             let ids = self.end_subtree(tx, id, now, event, reason, &caller.name())?;
-            w.registry().mark_revoked(&ids);
             Ok((ids, None))
         })?;
+        // Committed: now (before answering) no snapshot shows them live.
+        self.live.mark_revoked(&ids);
         if let Some(m) = &self.metrics {
             m.revoked(event, ids.len());
         }
@@ -101,13 +102,11 @@ impl Delegation {
             .map(|a| a.row.id.clone())
             .collect();
         for id in expired {
-            let ended = self.commit(|w, tx| {
-                let ids = self.end_subtree(tx, &id, now, "expired", "expired", "deputy")?;
-                w.registry().mark_revoked(&ids);
-                Ok((ids, None))
-            });
+            let ended =
+                self.commit(|_, tx| Ok((self.end_subtree(tx, &id, now, "expired", "expired", "deputy")?, None)));
             match ended {
                 Ok(ids) => {
+                    self.live.mark_revoked(&ids);
                     if let Some(m) = &self.metrics {
                         m.revoked("expired", ids.len());
                     }

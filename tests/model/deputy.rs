@@ -116,8 +116,19 @@ fn signal(child: &Child, name: &str) {
     assert!(ok, "kill -{name} failed");
 }
 
+/// The `deputy` binary: cargo's for an integration test, `DEPUTY_BIN` for the fuzz target. It must
+/// be a debug build (only those honour the test clock).
+fn deputy_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_deputy") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("DEPUTY_BIN")
+            .map(PathBuf::from)
+            .expect("set DEPUTY_BIN to a debug build of deputy (fuzz/run.sh does)"),
+    }
+}
+
 fn launch(bundle: &Path, state: &Path, secrets: &Path, clock: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deputy"))
+    let mut child = Command::new(deputy_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--no-watch"])
         .arg("--bundle")
         .arg(bundle)

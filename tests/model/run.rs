@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use proptest_state_machine::ReferenceStateMachine;
 use serde_json::{json, Value};
 
 use super::deputy::{Deputy, ADMIN, LEAD};
@@ -229,6 +230,49 @@ fn note(what: &'static str) {
 
 pub fn coverage() -> BTreeMap<&'static str, usize> {
     COVERAGE.lock().unwrap().clone()
+}
+
+/// The reference machine only generates operations; agents are picked by index among those the
+/// world has seen (modulo), so every sequence is meaningful whatever deputy answered before.
+pub struct Ops;
+
+impl ReferenceStateMachine for Ops {
+    type State = ();
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Self::State> {
+        Just(()).boxed()
+    }
+
+    fn transitions(_: &Self::State) -> BoxedStrategy<Self::Transition> {
+        op_strategy()
+    }
+
+    fn apply(state: Self::State, _: &Self::Transition) -> Self::State {
+        state
+    }
+}
+
+/// Runs one sequence drawn from `data` (fuzzer bytes taken as the generator's random stream),
+/// with every check of the test after each step. For `fuzz/fuzz_targets/model.rs`.
+#[allow(dead_code)]
+pub fn fuzz(data: &[u8]) {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        proptest::test_runner::Config::default(),
+        TestRng::from_seed(RngAlgorithm::PassThrough, data),
+    );
+    let Ok(tree) = Ops::sequential_strategy(1..30).new_tree(&mut runner) else {
+        return;
+    };
+    let (_, ops, _) = tree.current();
+    let mut world = World::start();
+    world.check();
+    for op in &ops {
+        world.apply(op);
+        world.check();
+    }
 }
 
 /// One agent as the model knows it.
