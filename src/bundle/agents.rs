@@ -28,12 +28,16 @@ pub struct AgentNames {
     pub referenced: BTreeSet<String>,
     /// Named by an `@ask("<name>")` rule.
     pub approvers: BTreeSet<String>,
+    /// Every name above, lowercased: a name that differs from one of them only in case is
+    /// refused too (`Lead` beside `lead` misleads whoever reads an inbox).
+    folded: BTreeSet<String>,
 }
 
 impl AgentNames {
-    /// The bundle owns `id`: no agent deputy creates may take it.
+    /// The bundle owns `id`, or a name that differs from it only in case: no agent deputy
+    /// creates may take it.
     pub fn owns(&self, id: &str) -> bool {
-        self.declared.contains_key(id) || self.referenced.contains(id) || self.approvers.contains(id)
+        self.folded.contains(&id.to_lowercase())
     }
 
     /// The bundle declares `Agent::"<id>"` as an entity.
@@ -87,6 +91,13 @@ impl AgentNames {
         // Declared names are not also listed as references.
         let declared: HashSet<&String> = names.declared.keys().collect();
         names.referenced.retain(|id| !declared.contains(id));
+        names.folded = names
+            .declared
+            .keys()
+            .chain(&names.referenced)
+            .chain(&names.approvers)
+            .map(|n| n.to_lowercase())
+            .collect();
         names
     }
 

@@ -688,6 +688,7 @@ fn check_grants(
         }
         let checked = crate::prover::Grant::parse(&file.text).and_then(|g| {
             g.check_holder_only()?;
+            g.check_annotations()?;
             crate::prover::validate_grant(&g, schema)
         });
         match checked {

@@ -1,7 +1,7 @@
 //! Run-time authority of an agent: the admin policies AND every grant along its chain, each
 //! linked to the acting agent. A deny says which bound denied it.
 
-use cedar_policy::{Entities, Request};
+use cedar_policy::{Entities, EntityUid, Request};
 use serde::Serialize;
 
 use super::registry::LiveAgent;
@@ -13,7 +13,13 @@ use crate::bundle::TaintRole;
 #[serde(tag = "bound", rename_all = "snake_case")]
 pub enum DeniedBy {
     /// The admin maximum (the bundle's policies): forbidden by `policies`, or nothing permits.
-    Admin { policies: Vec<String> },
+    /// `agent` names the ancestor the admin policies deny it to, when it is not the acting agent
+    /// itself: no agent does what the admin forbids any agent above it.
+    Admin {
+        policies: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
     /// A grant along the chain: `agent`'s grant (the acting agent's own when `own`).
     Grant {
         agent: String,
@@ -53,9 +59,14 @@ pub struct Guard {
 }
 
 /// Decides `request` for a deputy-managed agent: lifetime (its own, then every ancestor's),
-/// then ceiling (the lowest on the chain) and taint, then the admin policies, then each hop root
-/// to leaf (each ancestor's delegable view, then its own grant); the first bound that denies
-/// answers.
+/// then ceiling (the lowest on the chain) and taint, then the admin policies — for the agent,
+/// then for each ancestor, root first, with the same action, resource and context — then each
+/// hop root to leaf (each ancestor's delegable view, then its own grant); the first bound that
+/// denies answers.
+///
+/// INVARIANT (child ≤ parent): the admin maximum is asked about every agent on the chain, so an
+/// admin rule that binds an agent through its entity (its groups, its attributes, its id) binds
+/// every descendant too, whatever the descendant's own entity says.
 pub fn decide(
     admin: Indexed<'_>,
     entities: &Entities,
@@ -95,9 +106,33 @@ pub fn decide(
         return ChainDecision {
             denied_by: Some(DeniedBy::Admin {
                 policies: admin_decision.reasons.clone(),
+                agent: None,
             }),
             decision: admin_decision,
         };
+    }
+    let ancestors = agent.hops.split_last().map_or(&[][..], |(_, rest)| rest);
+    for hop in ancestors {
+        let Some(as_ancestor) = with_principal(request, &hop.uid) else {
+            return denied(DeniedBy::Admin {
+                policies: Vec::new(),
+                agent: Some(hop.agent.clone()),
+            });
+        };
+        let d = admin.evaluate(entities, &as_ancestor);
+        if !d.allow {
+            return ChainDecision {
+                denied_by: Some(DeniedBy::Admin {
+                    policies: d.reasons.clone(),
+                    agent: Some(hop.agent.clone()),
+                }),
+                decision: Decision {
+                    allow: false,
+                    reasons: d.reasons,
+                    errors: d.errors,
+                },
+            };
+        }
     }
     let mut allowed = admin_decision;
     for hop in &agent.hops {
@@ -125,6 +160,20 @@ pub fn decide(
         decision: allowed,
         denied_by: None,
     }
+}
+
+/// `request` asked on behalf of `principal` (same action, resource and context). `None` when the
+/// request lacks a part (it never does once built for a decision): the caller denies.
+pub fn with_principal(request: &Request, principal: &EntityUid) -> Option<Request> {
+    let context = request.context()?.clone();
+    Request::new(
+        principal.clone(),
+        request.action()?.clone(),
+        request.resource()?.clone(),
+        context,
+        None,
+    )
+    .ok()
 }
 
 pub(crate) fn denied(by: DeniedBy) -> ChainDecision {

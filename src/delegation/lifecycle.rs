@@ -32,6 +32,14 @@ impl Delegation {
             None => true,
             Some(a) => target.has_ancestor(&a.row.id) || (completed && a.row.id == target.row.id),
         };
+        if completed && target.is_bundle_agent() {
+            return Err(DelegationError::new(
+                409,
+                "declared_in_bundle",
+                format!("`{id}` is declared by the bundle: it lives as long as the bundle declares it"),
+            )
+            .help("remove its grant from the bundle to end it; the admin may also revoke it (for good)"));
+        }
         if !allowed {
             return Err(DelegationError::new(
                 403,

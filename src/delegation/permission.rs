@@ -340,7 +340,10 @@ impl Delegation {
             let Some(current) = tx.request(id)? else {
                 return Err(not_found(id));
             };
-            if current.status != row.status
+            // Decided on what was read, against the bundle its proofs were made under.
+            let bundle_moved = extension.is_some() && w.bundle().is_none_or(|b| b.version != snap.bundle.version);
+            if bundle_moved
+                || current.status != row.status
                 || current.approver != row.approver
                 || current.history.len() != row.history.len()
             {

@@ -44,6 +44,8 @@ pub struct AgentState {
 /// whole grant) linked to the acting agent.
 pub struct Hop {
     pub agent: String,
+    /// The hop's holder as a principal: the admin policies are asked about it too.
+    pub uid: EntityUid,
     pub policies: PolicySet,
     /// The hop's holder's shared state: a revoked ancestor denies at once.
     state: Arc<AgentState>,
@@ -245,7 +247,7 @@ impl Registry {
                     a.row.id
                 ));
             }
-            managed.push(agent_entity(&a.row, &a.uid)?);
+            managed.push(agent_entity(&a.row, &a.uid, a.chain_ceiling)?);
         }
         bundle
             .clone()
@@ -259,14 +261,15 @@ pub fn agent_uid(id: &str) -> Result<EntityUid, String> {
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-/// The entity deputy gives one of its agents: exactly the attributes its agent model names.
-pub fn agent_entity(row: &AgentRow, uid: &EntityUid) -> Result<Entity, String> {
+/// The entity deputy gives one of its agents: exactly the attributes its agent model names, with
+/// `ceiling` the lowest on its chain (what admin rules reading `principal.ceiling` must see).
+pub fn agent_entity(row: &AgentRow, uid: &EntityUid, ceiling: i64) -> Result<Entity, String> {
     let attrs = HashMap::from([
         (
             "can_delegate".to_owned(),
             RestrictedExpression::new_bool(row.can_delegate),
         ),
-        ("ceiling".to_owned(), RestrictedExpression::new_long(row.ceiling)),
+        ("ceiling".to_owned(), RestrictedExpression::new_long(ceiling)),
         ("depth".to_owned(), RestrictedExpression::new_long(row.depth)),
     ]);
     Entity::new(uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())
@@ -307,6 +310,7 @@ fn build(
         })?;
         hops.push(Hop {
             agent: ancestor.clone(),
+            uid: a.uid.clone(),
             policies: link(ancestor, &a.row.grant, &uid, View::Delegable)?,
             state: Arc::clone(&a.state),
             expires_at: a.row.expires_at,
@@ -320,6 +324,7 @@ fn build(
     });
     hops.push(Hop {
         agent: row.id.clone(),
+        uid: uid.clone(),
         policies: link(&row.id, &row.grant, &uid, View::Full)?,
         state: Arc::clone(&state),
         expires_at: row.expires_at,
@@ -364,7 +369,9 @@ pub fn link(holder: &str, grant: &str, principal: &EntityUid, view: View) -> Res
             }
         }
     };
-    let delegable = |a: Option<&str>| a != Some("false");
+    // Only an absent annotation or exactly "true" passes a permit on (grants with any other
+    // spelling are refused when accepted; one stored by an older deputy fails closed here).
+    let delegable = |a: Option<&str>| a.is_none_or(|v| v == "true");
     let mut out = PolicySet::new();
     for p in parsed.policies() {
         let core: &cedar_policy_core::ast::Policy = p.as_ref();

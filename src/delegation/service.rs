@@ -292,6 +292,11 @@ impl Delegation {
         }
     }
 
+    /// The names of the bundle agents the sidecar holds credentials for.
+    pub(super) fn configured_names(&self) -> impl Iterator<Item = &String> {
+        self.bundle_tokens.keys()
+    }
+
     /// The latest version of `agent` (it may have been re-granted since a snapshot was taken).
     pub(super) fn latest(&self, agent: &Arc<LiveAgent>) -> Arc<LiveAgent> {
         self.live
@@ -375,6 +380,7 @@ pub(super) fn grant_error(e: &crate::prover::GrantError) -> DelegationError {
 pub(super) fn accept_grant(src: &str, bundle: &crate::bundle::Bundle) -> Result<crate::prover::Grant, DelegationError> {
     let grant = crate::prover::Grant::parse(src).map_err(|e| grant_error(&e))?;
     grant.check_holder_only().map_err(|e| grant_error(&e))?;
+    grant.check_annotations().map_err(|e| grant_error(&e))?;
     crate::prover::validate_grant(&grant, &bundle.schema).map_err(|e| grant_error(&e))?;
     Ok(grant)
 }

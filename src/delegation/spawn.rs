@@ -56,6 +56,9 @@ pub enum SpawnOutcome {
         expires_at: i64,
         ttl_seconds: i64,
         ttl_capped: bool,
+        /// The child's ceiling: as asked, or capped at the lowest on the parent's chain.
+        ceiling: i64,
+        ceiling_capped: bool,
         depth: i64,
         taint: i64,
         proof: Value,
@@ -83,6 +86,7 @@ struct Child {
     taint: i64,
     ttl: i64,
     ttl_capped: bool,
+    ceiling_capped: bool,
     grant: Grant,
 }
 
@@ -151,7 +155,7 @@ impl Delegation {
         self.check_children(&snap.agents, caller, now)?;
         let (id, named) = match &req.agent_id {
             Some(id) => {
-                check_new_id(&snap.bundle, &snap.agents, parent.as_deref(), id)?;
+                self.check_name(&snap.bundle, &snap.agents, parent.as_deref(), id)?;
                 (id.clone(), true)
             }
             None => (mint_id(), false),
@@ -165,7 +169,7 @@ impl Delegation {
         }
         let depth = parent.as_ref().map_or(0, |p| p.row.depth + 1);
         let taint = parent.as_ref().map_or(0, |p| p.taint());
-        let ceiling = req
+        let asked = req
             .ceiling
             .or(parent.as_ref().map(|p| p.chain_ceiling))
             .ok_or_else(|| {
@@ -175,6 +179,8 @@ impl Delegation {
                     "missing required field `ceiling` (a root agent has no parent to inherit it from)",
                 )
             })?;
+        // INVARIANT: a child's ceiling is never above the lowest on its parent's chain.
+        let ceiling = parent.as_ref().map_or(asked, |p| asked.min(p.chain_ceiling));
         let mut ttl = req.ttl_seconds.min(MAX_TTL_SECONDS);
         if let Some(p) = &parent {
             ttl = ttl.min(p.row.expires_at - now);
@@ -186,6 +192,7 @@ impl Delegation {
             named,
             depth,
             ceiling,
+            ceiling_capped: ceiling < asked,
             taint,
             ttl,
             ttl_capped,
@@ -217,16 +224,26 @@ impl Delegation {
         });
         let reject = |audit: &mut Value, err: DelegationError| self.reject(caller, audit, err, now);
 
-        // INVARIANT: deputy enforces can_delegate itself; an admin rule can only add to it.
-        if !parent.row.can_delegate {
+        // INVARIANT: deputy enforces can_delegate itself, for the parent and every agent above
+        // it (a bundle agent turned role-locked locks its whole subtree); an admin rule can only
+        // add to it.
+        let locked = parent
+            .chain
+            .iter()
+            .find(|id| snap.agents.get(id).is_none_or(|a| !a.row.can_delegate));
+        if let Some(locked) = locked {
+            let message = if *locked == parent.row.id {
+                format!("agent `{locked}` may not delegate (can_delegate is false)")
+            } else {
+                format!(
+                    "agent `{}` may not delegate: its ancestor `{locked}` may not (can_delegate is false)",
+                    parent.row.id
+                )
+            };
             return Err(reject(
                 &mut audit,
-                DelegationError::new(
-                    403,
-                    "delegation_forbidden",
-                    format!("agent `{}` may not delegate (can_delegate is false)", parent.row.id),
-                )
-                .help("ask your own grantor to do this, or to give the permission to you directly"),
+                DelegationError::new(403, "delegation_forbidden", message)
+                    .help("ask your own grantor to do this, or to give the permission to you directly"),
             ));
         }
         // INVARIANT: no laundering through a child, whatever the bundle's rules say: a child
@@ -250,13 +267,12 @@ impl Delegation {
             None => None,
         };
 
-        // 1. May the parent delegate this at all? Ordinary Cedar, in the admin's policies.
+        // 1. May the parent (and every agent above it) delegate this at all? Ordinary Cedar, in
+        // the admin's policies.
         let child_uid = agent_uid(&child.id).map_err(DelegationError::internal)?;
         let context = json!({"depth": depth, "ttl_seconds": ttl, "ceiling": ceiling, "taint": taint, "task": req.task});
-        let ask = match delegate_decision(snap, &parent.uid, &child_uid, context)? {
+        let ask = match delegate_decision(snap, &parent, &child_uid, context)? {
             Gate::Allow => None,
-            // Every approver the rules name already said yes to exactly this delegation.
-            Gate::Ask(..) if approval.is_some() => None,
             Gate::Ask(names, policies) => Some((names, policies)),
             Gate::Deny(policies) => {
                 let message = if policies.is_empty() {
@@ -285,6 +301,35 @@ impl Delegation {
         .map_err(|e| grant_error(&e))?;
         let proof = serde_json::to_value(&verdict).unwrap_or(Value::Null);
         audit["proof"] = json!(verdict.name());
+        // Who must approve: each bundle-declared ancestor the `@ask` rules name, and a human if
+        // any names someone else — or if the proof is inconclusive (only a human stands in for a
+        // proof).
+        let inconclusive = matches!(verdict, Verdict::Inconclusive(_));
+        let names: Vec<String> = ask.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
+        let mut required = resolve_approvers(&snap.bundle, &parent, names.iter().map(String::as_str));
+        if inconclusive && !required.iter().any(|a| a == ADMIN_APPROVER) {
+            required.push(ADMIN_APPROVER.to_owned());
+        }
+        if let (Some((rid, approved)), false) = (&approval, matches!(verdict, Verdict::Exceeds(_))) {
+            let missing: Vec<&String> = required.iter().filter(|a| !approved.contains(*a)).collect();
+            if !missing.is_empty() {
+                return Err(DelegationError::new(
+                    409,
+                    "request_not_approved",
+                    format!(
+                        "the approval of `{rid}` does not cover {}, whose approval this delegation now needs",
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .help("send the delegation again without `approved_request` to ask the approvers it needs now"));
+            }
+        }
+        let approval = approval.map(|(rid, _)| rid);
+        let ask = if required.is_empty() || approval.is_some() {
+            None
+        } else {
+            ask
+        };
         match (&verdict, ask) {
             (Verdict::Exceeds(_), _) => Err(reject(
                 &mut audit,
@@ -301,19 +346,20 @@ impl Delegation {
             (Verdict::Within(_), None) => Ok(Plan::Apply { child, proof, approval }),
             (Verdict::Inconclusive(_), None) if approval.is_some() => Ok(Plan::Apply { child, proof, approval }),
             (_, ask) => {
-                let (names, why) = match ask {
-                    Some((names, policies)) => (names, format!("approval required by {}", policies.join(", "))),
-                    None => (Vec::new(), "the proof was inconclusive; a human must decide".to_owned()),
+                let mut why = match &ask {
+                    Some((_, policies)) => format!("approval required by {}", policies.join(", ")),
+                    None => String::new(),
                 };
-                let approvers = if names.is_empty() {
-                    vec![ADMIN_APPROVER.to_owned()]
-                } else {
-                    resolve_approvers(&snap.bundle, &parent, names.iter().map(String::as_str))
-                };
+                if inconclusive {
+                    if !why.is_empty() {
+                        why.push_str("; ");
+                    }
+                    why.push_str("the proof was inconclusive; a human must decide");
+                }
                 Ok(Plan::Pending {
                     child,
                     approver: names.first().cloned(),
-                    approvers,
+                    approvers: required,
                     why,
                     proof,
                 })
@@ -334,11 +380,18 @@ impl Delegation {
         let parent = caller.agent().cloned();
         self.commit(|w, tx| {
             // The plan is good only for the bundle and the parent's grant it was made against.
+            let planned_taint = match &plan {
+                Plan::Apply { child, .. } | Plan::Pending { child, .. } => child.taint,
+            };
+            // The plan is good only for the bundle, the parent's grant and the parent's taint
+            // it was made against (a read answered while the proof ran raised the taint the
+            // child must start with, and the rules that see it).
             let moved = w.bundle().is_none_or(|b| b.version != snap.bundle.version)
                 || parent.as_ref().is_some_and(|p| {
-                    w.registry()
-                        .get(&p.row.id)
-                        .is_none_or(|latest| latest.row.grant_digest != p.row.grant_digest)
+                    p.taint() != planned_taint
+                        || w.registry()
+                            .get(&p.row.id)
+                            .is_none_or(|latest| latest.row.grant_digest != p.row.grant_digest)
                 });
             if moved {
                 return Ok((Attempt::Stale, None));
@@ -350,7 +403,7 @@ impl Delegation {
                     self.check_children(w.registry(), caller, now)?;
                     if child.named {
                         let bundle = w.bundle().ok_or_else(|| DelegationError::internal("no bundle"))?;
-                        check_new_id(bundle, w.registry(), parent.as_deref(), &child.id)?;
+                        self.check_name(bundle, w.registry(), parent.as_deref(), &child.id)?;
                     }
                     if tx.agent_exists(&child.id)? {
                         return Err(DelegationError::new(
@@ -412,6 +465,8 @@ impl Delegation {
                         expires_at: now + child.ttl,
                         ttl_seconds: child.ttl,
                         ttl_capped: child.ttl_capped,
+                        ceiling: child.ceiling,
+                        ceiling_capped: child.ceiling_capped,
                         depth: child.depth,
                         taint: child.taint,
                         proof,
@@ -427,6 +482,18 @@ impl Delegation {
                     proof,
                 } => {
                     let parent = parent.ok_or_else(|| DelegationError::internal("a pending root"))?;
+                    let open = tx.pending_of(&parent.row.id)?.len();
+                    if open >= self.limits.max_pending_requests {
+                        return Err(DelegationError::new(
+                            429,
+                            "too_many_requests",
+                            format!(
+                                "{open} requests are already pending; the limit is {}",
+                                self.limits.max_pending_requests
+                            ),
+                        )
+                        .help("withdraw requests you no longer need, or wait for answers"));
+                    }
                     let request_id = format!("req-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
                     let first = approvers.first().cloned().unwrap_or_else(|| ADMIN_APPROVER.to_owned());
                     let row = PermissionRow {
@@ -512,14 +579,15 @@ impl Delegation {
         err
     }
 
-    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`.
+    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`, and
+    /// returns it with the approvers who approved it (`admin` when a human did any step).
     fn approved_delegation(
         &self,
         rid: &str,
         parent: &str,
         req: &SpawnRequest,
         now: i64,
-    ) -> Result<String, DelegationError> {
+    ) -> Result<(String, Vec<String>), DelegationError> {
         let row = self
             .store
             .request(rid)
@@ -548,7 +616,39 @@ impl Delegation {
             )
             .help("send exactly the delegation that was approved"));
         }
-        Ok(row.id)
+        let mut approved: Vec<String> = Vec::new();
+        for h in row.history.iter().filter(|h| h["event"] == "approved") {
+            if let Some(slot) = h["as"].as_str() {
+                approved.push(slot.to_owned());
+            }
+            if h["by"] == ADMIN_APPROVER {
+                approved.push(ADMIN_APPROVER.to_owned());
+            }
+        }
+        Ok((row.id, approved))
+    }
+
+    /// Checks a requested name: the identity namespace, and the names of bundle agents the
+    /// sidecar holds credentials for (`--agent-credential-file`), which the bundle may not have
+    /// declared yet.
+    fn check_name(
+        &self,
+        bundle: &crate::bundle::Bundle,
+        agents: &super::Registry,
+        parent: Option<&LiveAgent>,
+        id: &str,
+    ) -> Result<(), DelegationError> {
+        if self.configured_names().any(|n| n.eq_ignore_ascii_case(id)) {
+            return Err(DelegationError::new(
+                409,
+                "agent_id_reserved",
+                format!(
+                    "`agent_id` `{id}` is reserved: the sidecar holds a credential for a bundle agent of that name"
+                ),
+            )
+            .help("leave `agent_id` out and deputy mints a fresh id"));
+        }
+        check_new_id(bundle, agents, parent, id)
     }
 }
 
@@ -610,7 +710,37 @@ enum Gate {
     Deny(Vec<String>),
 }
 
+/// Asks the admin's delegation rules about the parent delegating to `child` — and about every
+/// agent above the parent doing so, since a rule that stops an agent from delegating (by its
+/// groups, attributes or id) must stop its descendants too. Any plain deny denies; `@ask`
+/// denies from any of them are collected.
 fn delegate_decision(
+    snap: &Snapshot,
+    parent: &LiveAgent,
+    child: &EntityUid,
+    context: Value,
+) -> Result<Gate, DelegationError> {
+    let mut names = BTreeSet::new();
+    let mut asked_by = Vec::new();
+    for hop in parent.hops.iter().rev() {
+        match delegate_decision_for(snap, &hop.uid, child, context.clone())? {
+            Gate::Allow => {}
+            Gate::Deny(policies) => return Ok(Gate::Deny(policies)),
+            Gate::Ask(n, policies) => {
+                names.extend(n);
+                asked_by.extend(policies);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(Gate::Allow);
+    }
+    asked_by.sort();
+    asked_by.dedup();
+    Ok(Gate::Ask(names.into_iter().collect(), asked_by))
+}
+
+fn delegate_decision_for(
     snap: &Snapshot,
     parent: &EntityUid,
     child: &EntityUid,

@@ -140,7 +140,8 @@ impl Grant {
                 GrantPolicy {
                     name,
                     line,
-                    delegable: template.annotation(DELEGABLE_ANNOTATION) != Some("false"),
+                    // Fail closed: only an absent annotation or exactly "true" passes a permit on.
+                    delegable: template.annotation(DELEGABLE_ANNOTATION).is_none_or(|v| v == "true"),
                     effect: template.effect(),
                     entity_literals: entity_literals(template.as_ref()),
                     template,
@@ -177,6 +178,41 @@ impl Grant {
             }
         }
         Ok(())
+    }
+
+    /// Checks the grant's annotations: `@id("…")`, and `@delegable("true")` or
+    /// `@delegable("false")`. Anything else (`@delegable("False")`, `@Delegable`, a bare
+    /// `@delegable`) is refused rather than guessed at, since a misspelt `@delegable("false")`
+    /// would otherwise pass a permit on.
+    pub fn check_annotations(&self) -> Result<(), GrantError> {
+        let mut issues = Vec::new();
+        for p in &self.policies {
+            for (key, value) in p.template.annotations() {
+                let ok = match key {
+                    "id" => true,
+                    DELEGABLE_ANNOTATION => value == "true" || value == "false",
+                    _ => false,
+                };
+                if !ok {
+                    issues.push(ValidationIssue {
+                        policy: p.name.clone(),
+                        line: p.line,
+                        message: format!("annotation `@{key}(\"{value}\")` is not one deputy knows"),
+                        help: Some(
+                            "grants accept `@id(\"…\")` and `@delegable(\"true\")` or `@delegable(\"false\")`"
+                                .to_owned(),
+                        ),
+                    });
+                }
+            }
+        }
+        if issues.is_empty() {
+            return Ok(());
+        }
+        Err(GrantError::Invalid(InvalidGrant {
+            role: GrantRole::Grant,
+            issues,
+        }))
     }
 
     /// The part of this grant its holder may pass on: every policy except the permits
@@ -384,6 +420,29 @@ forbid(principal, action, resource) when { context.taint > 2 };
             assert_eq!(e.code(), "grant_foreign_principal", "{src}");
             assert!(e.to_string().contains(why), "{src}: {e}");
             assert!(e.to_string().contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_known_annotations_are_accepted() {
+        Grant::parse("@id(\"a\")\n@delegable(\"false\")\npermit(principal == ?principal, action, resource);")
+            .unwrap()
+            .check_annotations()
+            .unwrap();
+        for bad in [
+            "@delegable(\"False\")",
+            "@delegable(\"no\")",
+            "@Delegable(\"false\")",
+            "@delegable",
+        ] {
+            let g = Grant::parse(&format!("{bad}\npermit(principal == ?principal, action, resource);")).unwrap();
+            let e = g.check_annotations().unwrap_err();
+            assert_eq!(e.code(), "grant_invalid", "{bad}");
+            assert!(e.to_string().contains("line 1"), "{bad}: {e}");
+            // And a permit with another spelling of `@delegable` is never passed on.
+            if bad.starts_with("@delegable") {
+                assert!(g.delegable_view().is_empty(), "{bad}");
+            }
         }
     }
 

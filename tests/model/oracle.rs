@@ -1,8 +1,10 @@
 //! The model's oracle: what an agent may do, computed from the model's own record of agents and
 //! grants with Cedar's own `Authorizer`, following DESIGN.md's definition and none of deputy's
-//! code: admin(req) AND, for each strict ancestor, its grant without the `@delegable("false")`
-//! permits linked to the agent AND the agent's own whole grant linked to it; deputy's own bounds
-//! (live, the lowest ceiling on the chain, no writing below the taint) on top.
+//! code: the admin policies asked about the agent and about each ancestor (same action,
+//! resource and context) AND, for each strict ancestor, its grant without the
+//! `@delegable("false")` permits linked to the agent AND the agent's own whole grant linked to
+//! it; deputy's own bounds (live, the lowest ceiling on the chain, no writing below the taint)
+//! on top. A managed agent's entity carries the lowest ceiling on its chain.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -151,7 +153,11 @@ impl Oracle {
                 continue;
             }
             let request = self.request(a.id, action, ty, id, Some(a.taint));
-            if self.allows(&self.admin, &request) && hops.iter().all(|h| self.allows(h, &request)) {
+            let admin = a
+                .chain
+                .iter()
+                .all(|(holder, _)| self.allows(&self.admin, &self.request(holder, action, ty, id, Some(a.taint))));
+            if admin && hops.iter().all(|h| self.allows(h, &request)) {
                 out.insert((action.to_string(), ty.to_string(), id.to_string()));
             }
         }

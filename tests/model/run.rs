@@ -228,6 +228,7 @@ fn note(what: &'static str) {
     *COVERAGE.lock().unwrap().entry(what).or_default() += 1;
 }
 
+#[allow(dead_code)]
 pub fn coverage() -> BTreeMap<&'static str, usize> {
     COVERAGE.lock().unwrap().clone()
 }
@@ -405,8 +406,9 @@ impl World {
         let managed: Vec<(String, bool, i64, i64)> = self
             .agents
             .iter()
+            .enumerate()
             .skip(1)
-            .map(|a| (a.id.clone(), a.can_delegate, a.ceiling, a.depth))
+            .map(|(i, a)| (a.id.clone(), a.can_delegate, self.chain_ceiling(i), a.depth))
             .collect();
         Oracle::load(self.d.bundle.path(), &managed)
     }
@@ -686,13 +688,14 @@ impl World {
             return Some(self.record_root(&body, &r.json()));
         };
         assert!(self.live(parent), "an agent that is not live spawned: {}", r.text());
-        let p = &self.agents[parent];
+        let locked = self.chain(parent).into_iter().any(|a| !self.agents[a].can_delegate);
         assert!(
-            p.can_delegate,
-            "an agent with can_delegate = false spawned: {}",
+            !locked,
+            "an agent with can_delegate = false on its chain spawned: {}",
             r.text()
         );
-        let ceiling = body["ceiling"].as_i64().unwrap();
+        let p = &self.agents[parent];
+        let ceiling = body["ceiling"].as_i64().unwrap().min(self.chain_ceiling(parent));
         assert!(p.taint <= ceiling, "a child started above its ceiling: {}", r.text());
         let depth = p.depth + 1;
         assert!(depth <= 3, "a child beyond the depth limit: {}", r.text());
@@ -733,6 +736,12 @@ impl World {
 
     fn record_child(&mut self, parent: usize, body: &Value, resp: &Value) -> usize {
         let (taint, depth) = (self.agents[parent].taint, self.agents[parent].depth + 1);
+        let asked = body["ceiling"].as_i64().unwrap();
+        assert_eq!(
+            resp["ceiling"],
+            json!(asked.min(self.chain_ceiling(parent))),
+            "a child's ceiling is not capped at its parent's chain: {resp}"
+        );
         assert_eq!(
             resp["taint"],
             json!(taint),
@@ -752,7 +761,7 @@ impl World {
             token: resp["credential"].as_str().unwrap().to_owned(),
             parent,
             grant: vec![body["grant"].as_str().unwrap().to_owned()],
-            ceiling: body["ceiling"].as_i64().unwrap(),
+            ceiling: resp["ceiling"].as_i64().unwrap(),
             can_delegate: body["can_delegate"].as_bool().unwrap(),
             depth,
             expires_at: resp["expires_at"].as_i64().unwrap(),
