@@ -375,32 +375,22 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         Some(serde_json::Value::Object(m)) => m,
         Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
     };
-    // deputy supplies the taint for its agents; whatever a caller sent is replaced.
+    // deputy supplies the taint for its agents, where the action's context declares it;
+    // whatever a caller sent is replaced (or dropped).
     context.remove(TAINT_FIELD);
-    let without_taint = serde_json::Value::Object(context.clone());
-    context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
+    if bundle.taint_in_context.contains(&parts.action.uid) {
+        context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
+    }
     let resource_uid = parts.resource.uid.clone();
     let action_uid = parts.action.uid.clone();
-    let request = match build_request(
+    let request = build_request(
         bundle,
-        parts.principal.clone(),
-        parts.action.clone(),
-        parts.resource.clone(),
+        parts.principal,
+        parts.action,
+        parts.resource,
         Some(serde_json::Value::Object(context)),
         &parts.context_field,
-    ) {
-        Ok(r) => r,
-        // The schema does not declare `taint` for this action: decide without it.
-        Err(e) if e.code == "invalid_context" && e.message.contains(TAINT_FIELD) => build_request(
-            bundle,
-            parts.principal,
-            parts.action,
-            parts.resource,
-            Some(without_taint),
-            &parts.context_field,
-        )?,
-        Err(e) => return Err(e),
-    };
+    )?;
     let guard = Guard {
         role: bundle.taint_roles.get(&action_uid).copied(),
         classification: classification(snap.entities(), &resource_uid),

@@ -8,7 +8,7 @@
 //!   `context.subject`, `context.resource` and `context.action`. They never change the entity
 //!   store, so a caller cannot rewrite what the bundle says about an entity.
 
-use serde::Serialize;
+use crate::error::ErrorCode;
 use serde_json::{Map, Value};
 
 use crate::authorize::{parse_uid, EntityRef, Fields, Parts as CedarParts, RequestError};
@@ -23,21 +23,20 @@ pub enum Semantic {
     PermitOnFirstPermit,
 }
 
-/// One AuthZEN decision.
-#[derive(Debug, Clone, Serialize)]
+/// One AuthZEN decision. An item of a batch that could not be evaluated is a `false` decision
+/// carrying its error; the HTTP layer renders it (with the status of its code) as the item's
+/// `context.error`.
+#[derive(Debug, Clone)]
 pub struct Evaluation {
     pub decision: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<Value>,
+    pub error: Option<RequestError>,
 }
 
 impl Evaluation {
-    fn error(e: &RequestError) -> Self {
+    fn error(e: RequestError) -> Self {
         Self {
             decision: false,
-            context: Some(serde_json::json!({
-                "error": { "status": 400, "code": e.code, "message": e.message }
-            })),
+            error: Some(e),
         }
     }
 }
@@ -75,7 +74,7 @@ pub fn evaluate_batch(
     };
     if items.len() > max_items {
         return Err(RequestError::new(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("`evaluations` has {} items; the limit is {max_items}", items.len()),
         ));
     }
@@ -87,7 +86,7 @@ pub fn evaluate_batch(
             .and_then(|f| Parts::from_fields(&f, Some(&defaults)))
             .and_then(|parts| to_cedar(&snap.bundle, &parts))
             .and_then(|parts| decide(snap, parts, now, raised))
-            .unwrap_or_else(|e| Evaluation::error(&e));
+            .unwrap_or_else(Evaluation::error);
         let stop = match semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !eval.decision,
@@ -110,7 +109,7 @@ fn semantic(top: &Fields<'_>) -> Result<Semantic, RequestError> {
         Some("deny_on_first_deny") => Ok(Semantic::DenyOnFirstDeny),
         Some("permit_on_first_permit") => Ok(Semantic::PermitOnFirstPermit),
         Some(other) => Err(RequestError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!(
                 "field `options.evaluations_semantic` is `{other}`; expected `execute_all`, \
                  `deny_on_first_deny` or `permit_on_first_permit`"
@@ -124,7 +123,7 @@ fn decide(snap: &Snapshot, parts: CedarParts, now: i64, raised: &mut Raised) -> 
     raised.extend(outcome.raise());
     Ok(Evaluation {
         decision: outcome.decision.allow,
-        context: None,
+        error: None,
     })
 }
 
@@ -185,7 +184,7 @@ fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<CedarParts, RequestErr
         }
         if context.contains_key(key) {
             return Err(RequestError::new(
-                "context_conflict",
+                ErrorCode::ContextConflict,
                 format!(
                     "`context.{key}` is set, and so is `{}`: they would collide",
                     part.field_path("properties")
@@ -215,14 +214,14 @@ fn action_uid(bundle: &Bundle, action: &Fields<'_>) -> Result<EntityRef, Request
             field: action.path.clone(),
         }),
         Some(None) => Err(RequestError::new(
-            "unknown_action",
+            ErrorCode::UnknownAction,
             format!(
                 "field `{}`: action `{name}` is declared in more than one namespace",
                 action.field_path("name")
             ),
         )),
         None => Err(RequestError::new(
-            "unknown_action",
+            ErrorCode::UnknownAction,
             format!(
                 "field `{}`: action `{name}` is not declared in the schema",
                 action.field_path("name")

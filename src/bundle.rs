@@ -72,6 +72,8 @@ pub struct Bundle {
     pub actions_by_name: HashMap<String, Option<EntityUid>>,
     /// Actions the schema marks `@taint("source")` or `@taint("sink")`.
     pub taint_roles: HashMap<EntityUid, TaintRole>,
+    /// Actions whose context type declares `taint` (deputy supplies it for its agents there).
+    pub taint_in_context: std::collections::HashSet<EntityUid>,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
     /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delegation;
+pub mod error;
 pub mod http;
 pub mod probe;
 pub mod prover;

@@ -11,6 +11,7 @@
 //! linearizable: a write that returned is visible to every later request and is checked against
 //! by every later write, and no two writes interleave between their checks and their commits.
 
+use crate::error::ProblemCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -105,7 +106,7 @@ impl Live {
     /// Installs a bundle with the agents as they are (deputy keeps no delegation state, or it
     /// could not be opened). Refused when the agents cannot be put in its store.
     pub fn install_bundle(&self, bundle: Arc<Bundle>) -> Result<(), Vec<crate::bundle::Problem>> {
-        let problem = |e: String| vec![crate::bundle::Problem::new("internal", e)];
+        let problem = |e: String| vec![crate::bundle::Problem::new(ProblemCode::Internal, e)];
         let mut w = self.write().map_err(problem)?;
         let registry = w.registry().clone();
         let prepared = w.prepare_with(bundle, registry).map_err(problem)?;

@@ -625,6 +625,6 @@ fn a_shipped_grant_for_an_undeclared_agent_is_a_bundle_error() {
     std::fs::create_dir_all(bundle.path().join("grants")).unwrap();
     std::fs::write(bundle.path().join("grants/ghost.cedar"), ORCHESTRATOR_GRANT).unwrap();
     let err = deputy::bundle::Bundle::load(bundle.path(), &deputy::bundle::LoadOptions::default()).unwrap_err();
-    assert_eq!(err.problems[0].code, "grant_invalid");
+    assert_eq!(err.problems[0].code.as_str(), "grant_invalid");
     assert_eq!(err.problems[0].file.as_deref(), Some("grants/ghost.cedar"));
 }

@@ -156,12 +156,18 @@ pub fn authzen(data: &[u8]) {
     let Some(body) = body_json(data) else { return };
     let mut raised = Vec::new();
     if let Ok(e) = deputy::authzen::evaluate(snap, &body, NOW, &mut raised) {
-        let _ = serde_json::to_vec(&e);
+        assert!(
+            e.error.is_none() || !e.decision,
+            "an evaluation that failed was allowed"
+        );
     }
     if let Ok(deputy::authzen::Batch::Many(evals)) =
         deputy::authzen::evaluate_batch(snap, &body, MAX_BATCH, NOW, &mut raised)
     {
-        let _ = serde_json::to_vec(&evals);
+        assert!(
+            evals.iter().all(|e| e.error.is_none() || !e.decision),
+            "an item that failed was allowed"
+        );
     }
 }
 

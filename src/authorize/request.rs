@@ -10,17 +10,18 @@ use serde_json::{Map, Value};
 
 use super::Parts;
 use crate::bundle::Bundle;
+use crate::error::ErrorCode;
 
 /// A client error in a request: a stable code, a message naming the field, maybe a hint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub help: Option<String>,
 }
 
 impl RequestError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -34,24 +35,24 @@ impl RequestError {
     }
 
     pub fn missing(field: &str) -> Self {
-        Self::new("missing_field", format!("missing required field `{field}`"))
+        Self::new(ErrorCode::MissingField, format!("missing required field `{field}`"))
     }
 
     pub fn wrong_type(field: &str, expected: &str) -> Self {
-        Self::new("invalid_field", format!("field `{field}` must be {expected}"))
+        Self::new(ErrorCode::InvalidField, format!("field `{field}` must be {expected}"))
     }
 
     pub(crate) fn from_validation(e: &RequestValidationError, principal: &str, action: &str, resource: &str) -> Self {
         let (code, field) = match e {
             RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
-                ("unknown_action", action)
+                (ErrorCode::UnknownAction, action)
             }
-            RequestValidationError::UndeclaredPrincipalType(_) => ("unknown_entity_type", principal),
-            RequestValidationError::UndeclaredResourceType(_) => ("unknown_entity_type", resource),
-            RequestValidationError::InvalidPrincipalType(_) => ("action_not_applicable", principal),
-            RequestValidationError::InvalidResourceType(_) => ("action_not_applicable", resource),
-            RequestValidationError::InvalidEnumEntity(_) => ("invalid_field", principal),
-            _ => ("invalid_context", "context"),
+            RequestValidationError::UndeclaredPrincipalType(_) => (ErrorCode::UnknownEntityType, principal),
+            RequestValidationError::UndeclaredResourceType(_) => (ErrorCode::UnknownEntityType, resource),
+            RequestValidationError::InvalidPrincipalType(_) => (ErrorCode::ActionNotApplicable, principal),
+            RequestValidationError::InvalidResourceType(_) => (ErrorCode::ActionNotApplicable, resource),
+            RequestValidationError::InvalidEnumEntity(_) => (ErrorCode::InvalidField, principal),
+            _ => (ErrorCode::InvalidContext, "context"),
         };
         let mut err = Self::new(code, format!("`{field}`: {e}"));
         if let Some(help) = miette::Diagnostic::help(e) {
@@ -158,8 +159,12 @@ fn path_or_body(path: &str) -> &str {
 
 /// Parses a request body as JSON.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, RequestError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| RequestError::new("malformed_json", format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        RequestError::new(
+            ErrorCode::MalformedJson,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// A well-formed Cedar-shaped body, read without building a `serde_json::Value` tree.
@@ -233,7 +238,7 @@ pub fn entity_ref(bundle: &Bundle, ty: &str, id: &str, field: String) -> Result<
                 format!("{field}.type")
             };
             RequestError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("field `{at}` is not a Cedar entity type name: `{ty}`: {e}"),
             )
         })?,
@@ -261,10 +266,10 @@ pub fn parse_context(
     Context::from_json_value(value, Some((&bundle.schema, action))).map_err(|e| {
         let mut err = match e {
             cedar_policy::ContextJsonError::MissingAction(_) => RequestError::new(
-                "unknown_action",
+                ErrorCode::UnknownAction,
                 format!("action `{action}` is not declared in the schema"),
             ),
-            _ => RequestError::new("invalid_context", format!("`{field}`: {e}")),
+            _ => RequestError::new(ErrorCode::InvalidContext, format!("`{field}`: {e}")),
         };
         if let Some(help) = miette::Diagnostic::help(&e) {
             err.help = Some(help.to_string());

@@ -7,6 +7,7 @@
 //! policy, an entity or an approval rule written about one agent can never come to mean
 //! another one that some agent chose to name that way.
 
+use crate::error::ProblemCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cedar_policy::{Entities, Entity, PolicySet, RestrictedExpression, Schema};
@@ -131,13 +132,15 @@ impl AgentNames {
 /// requires more (say a new `team` attribute) would leave the agents out of the store, and
 /// forbids that read `principal.*` would then err and be skipped: fail closed by refusing it.
 pub(super) fn check_representable(schema: &Schema) -> Result<(), Problem> {
-    let uid = crate::delegation::agent_uid("deputy-agent-model-probe").map_err(|e| Problem::new("internal", e))?;
+    let uid =
+        crate::delegation::agent_uid("deputy-agent-model-probe").map_err(|e| Problem::new(ProblemCode::Internal, e))?;
     let attrs = HashMap::from([
         ("can_delegate".to_owned(), RestrictedExpression::new_bool(false)),
         ("ceiling".to_owned(), RestrictedExpression::new_long(0)),
         ("depth".to_owned(), RestrictedExpression::new_long(0)),
     ]);
-    let probe = Entity::new(uid, attrs, HashSet::new()).map_err(|e| Problem::new("internal", e.to_string()))?;
+    let probe =
+        Entity::new(uid, attrs, HashSet::new()).map_err(|e| Problem::new(ProblemCode::Internal, e.to_string()))?;
     Entities::from_entities([probe], Some(schema)).map(|_| ()).map_err(|e| {
         let mut text = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -148,7 +151,7 @@ pub(super) fn check_representable(schema: &Schema) -> Result<(), Problem> {
         }
         let e = text.replace("Agent::\"deputy-agent-model-probe\"", "a deputy agent");
         Problem::new(
-            "schema_lacks_agent_model",
+            ProblemCode::SchemaLacksAgentModel,
             format!(
                 "deputy's agents cannot be represented under this schema (deputy gives each exactly \
                  `{}`): {e}",

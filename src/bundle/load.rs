@@ -3,6 +3,7 @@
 //!
 //! Every problem is collected before giving up, so `deputy validate` lists them all at once.
 
+use crate::error::ProblemCode;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     };
     if !dir.is_dir() {
         return Err(fail(vec![Problem::new(
-            "bundle_not_found",
+            ProblemCode::BundleNotFound,
             format!(
                 "bundle directory `{}` does not exist or is not a directory",
                 dir.display()
@@ -69,7 +70,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     if schema_files.is_empty() && problems.is_empty() {
         problems.push(
             Problem::new(
-                "schema_missing",
+                ProblemCode::SchemaMissing,
                 "the bundle has no schema: `schema/*.cedarschema` is empty",
             )
             .with_help("every bundle is validated strictly, so it needs a Cedar schema"),
@@ -120,6 +121,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 .collect();
             let entity_json: Vec<(&str, &serde_json::Value)> = entity_json.iter().map(|(f, v)| (*f, v)).collect();
             let agent_names = super::AgentNames::collect(&entity_json, &entities, &policies);
+            let taint_in_context = taint_in_context(&schema);
             Ok(Bundle {
                 schema,
                 policies,
@@ -128,6 +130,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 sources,
                 type_names,
                 actions_by_name,
+                taint_in_context,
                 taint_roles,
                 grants,
                 agent_names,
@@ -198,7 +201,8 @@ fn read_dir_files(
             match fs::read_to_string(&path) {
                 Ok(text) => Some(SourceFile { rel, text }),
                 Err(e) => {
-                    problems.push(Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(rel));
+                    problems
+                        .push(Problem::new(ProblemCode::FileUnreadable, format!("cannot read file: {e}")).in_file(rel));
                     None
                 }
             }
@@ -218,7 +222,8 @@ fn collect(
         Ok(entries) => entries,
         Err(e) => {
             problems.push(
-                Problem::new("file_unreadable", format!("cannot read directory: {e}")).in_file(relative(root, at)),
+                Problem::new(ProblemCode::FileUnreadable, format!("cannot read directory: {e}"))
+                    .in_file(relative(root, at)),
             );
             return;
         }
@@ -235,7 +240,8 @@ fn collect(
             Ok(meta) => meta,
             Err(e) => {
                 problems.push(
-                    Problem::new("file_unreadable", format!("cannot read file: {e}")).in_file(relative(root, &path)),
+                    Problem::new(ProblemCode::FileUnreadable, format!("cannot read file: {e}"))
+                        .in_file(relative(root, &path)),
                 );
                 continue;
             }
@@ -309,12 +315,15 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Sc
     let mut ok = true;
     for file in files {
         let parsed = if file.rel.ends_with(".json") {
-            SchemaFragment::from_json_str(&file.text)
-                .map_err(|e| Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text)))
+            SchemaFragment::from_json_str(&file.text).map_err(|e| {
+                Problem::from_diagnostic(ProblemCode::SchemaInvalid, &e, Some(&file.rel), Some(&file.text))
+            })
         } else {
             SchemaFragment::from_cedarschema_str(&file.text)
                 .map(|(fragment, _warnings)| fragment)
-                .map_err(|e| Problem::from_diagnostic("schema_invalid", &e, Some(&file.rel), Some(&file.text)))
+                .map_err(|e| {
+                    Problem::from_diagnostic(ProblemCode::SchemaInvalid, &e, Some(&file.rel), Some(&file.text))
+                })
         };
         match parsed {
             Ok(fragment) => fragments.push(fragment),
@@ -338,7 +347,7 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Sc
                 .then(|| files.first().map(|f| f.rel.as_str()))
                 .flatten();
             problems.extend(Problem::from_diagnostic(
-                "schema_invalid",
+                ProblemCode::SchemaInvalid,
                 &e,
                 file.or(Some(SCHEMA_DIR)),
                 None,
@@ -373,7 +382,7 @@ fn taint_roles(
                 }
                 other => problems.push(
                     Problem::new(
-                        "schema_invalid",
+                        ProblemCode::SchemaInvalid,
                         format!(
                             "action `{action}` has @{TAINT_ANNOTATION}(\"{other}\"); expected \"source\" or \"sink\""
                         ),
@@ -391,7 +400,7 @@ fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
         Ok(p) => p,
         Err(e) => {
             problems.push(Problem::new(
-                "internal",
+                ProblemCode::Internal,
                 format!("agent model probe does not parse: {e}"),
             ));
             return;
@@ -405,7 +414,7 @@ fn check_agent_model(schema: &Schema, problems: &mut Vec<Problem>) {
     for err in result.validation_errors() {
         problems.push(
             Problem::new(
-                "schema_lacks_agent_model",
+                ProblemCode::SchemaLacksAgentModel,
                 format!(
                     "the schema does not declare what deputy's agent model needs: {}",
                     err.to_string()
@@ -435,7 +444,7 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
             Ok(parsed) => parsed,
             Err(e) => {
                 problems.extend(Problem::from_diagnostic(
-                    "policy_parse",
+                    ProblemCode::PolicyParse,
                     &e,
                     Some(&file.rel),
                     Some(&file.text),
@@ -470,7 +479,7 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
             if let Some(prev) = sources.get(&id) {
                 problems.push(
                     Problem::new(
-                        "policy_id_duplicate",
+                        ProblemCode::PolicyIdDuplicate,
                         format!("policy id `{id}` is already used at {}:{}", prev.file, prev.line),
                     )
                     .in_file(&file.rel)
@@ -484,7 +493,11 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
                 Item::Template(t) => set.add_template(t.new_id(id.clone())).map_err(|e| e.to_string()),
             };
             if let Err(e) = added {
-                problems.push(Problem::new("policy_invalid", e).in_file(&file.rel).at(line, 1));
+                problems.push(
+                    Problem::new(ProblemCode::PolicyInvalid, e)
+                        .in_file(&file.rel)
+                        .at(line, 1),
+                );
                 continue;
             }
             sources.insert(
@@ -581,7 +594,7 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
             Ok(_) => {
                 ok = false;
                 problems.push(
-                    Problem::new("entities_invalid", "expected a JSON array of entities")
+                    Problem::new(ProblemCode::EntitiesInvalid, "expected a JSON array of entities")
                         .in_file(&file.rel)
                         .with_help(
                             "Cedar's entity format: [{\"uid\": {\"type\", \"id\"}, \"attrs\": {}, \"parents\": []}]",
@@ -591,7 +604,7 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
             Err(e) => {
                 ok = false;
                 problems.push(
-                    Problem::new("entities_json", format!("not valid JSON: {e}"))
+                    Problem::new(ProblemCode::EntitiesJson, format!("not valid JSON: {e}"))
                         .in_file(&file.rel)
                         .at(e.line(), e.column().max(1)),
                 );
@@ -608,13 +621,18 @@ fn parse_entities(files: &[SourceFile], schema: &Schema, problems: &mut Vec<Prob
             for file in files {
                 let value = serde_json::from_str(&file.text).unwrap_or(serde_json::Value::Null);
                 if let Err(e) = Entities::from_json_value(value, Some(schema)) {
-                    problems.extend(Problem::from_diagnostic("entities_invalid", &e, Some(&file.rel), None));
+                    problems.extend(Problem::from_diagnostic(
+                        ProblemCode::EntitiesInvalid,
+                        &e,
+                        Some(&file.rel),
+                        None,
+                    ));
                 }
             }
             if problems.len() == before {
                 // Each file is fine alone: the files disagree (e.g. one entity in two files).
                 problems.extend(Problem::from_diagnostic(
-                    "entities_invalid",
+                    ProblemCode::EntitiesInvalid,
                     &combined,
                     Some(ENTITIES_DIR),
                     None,
@@ -635,7 +653,7 @@ fn validate(
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
     for err in result.validation_errors() {
         let source = sources.get(err.policy_id());
-        let mut p = Problem::new("policy_invalid", err.to_string());
+        let mut p = Problem::new(ProblemCode::PolicyInvalid, err.to_string());
         if let Some(help) = miette::Diagnostic::help(err) {
             p = p.with_help(help.to_string());
         }
@@ -675,7 +693,7 @@ fn check_grants(
         if !declared {
             problems.push(
                 Problem::new(
-                    "grant_invalid",
+                    ProblemCode::GrantInvalid,
                     format!(
                         "`{}` is a grant for `Agent::\"{id}\"`, which the entities do not declare",
                         file.rel
@@ -696,9 +714,9 @@ fn check_grants(
                 grants.insert(id, file.text.clone());
             }
             Err(e) => {
-                let code = match e.code() {
-                    "grant_foreign_principal" => "grant_foreign_principal",
-                    _ => "grant_invalid",
+                let code = match e {
+                    crate::prover::GrantError::ForeignPrincipal(_) => ProblemCode::GrantForeignPrincipal,
+                    _ => ProblemCode::GrantInvalid,
                 };
                 let mut p = Problem::new(code, e.to_string()).in_file(&file.rel);
                 if let Some(help) = e.help() {
@@ -709,6 +727,21 @@ fn check_grants(
         }
     }
     grants
+}
+
+/// The actions whose context type declares a `taint` attribute, read from the schema once.
+fn taint_in_context(schema: &Schema) -> std::collections::HashSet<EntityUid> {
+    use cedar_policy_core::validator::types::Type;
+    let core: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+    schema
+        .actions()
+        .filter(|uid| {
+            let core_uid: &cedar_policy_core::ast::EntityUID = (*uid).as_ref();
+            matches!(core.context_type(core_uid), Some(Type::Record { attrs, .. })
+                if attrs.get_attr(crate::authorize::TAINT_FIELD).is_some())
+        })
+        .cloned()
+        .collect()
 }
 
 /// AuthZEN names actions by their id alone; map each id to its uid when it is unambiguous.

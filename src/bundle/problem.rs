@@ -6,11 +6,13 @@ use std::fmt;
 use miette::Diagnostic;
 use serde::Serialize;
 
+use crate::error::ProblemCode;
+
 /// One problem in a bundle. `file` is relative to the bundle root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// Stable snake_case code, see docs/ERRORS.md.
-    pub code: &'static str,
+    pub code: ProblemCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -23,7 +25,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ProblemCode, message: impl Into<String>) -> Self {
         Self {
             code,
             file: None,
@@ -53,7 +55,7 @@ impl Problem {
     /// Flattens a Cedar diagnostic (and its related diagnostics) into problems, locating each
     /// by the first label's offset into `text`, the source of `file`.
     pub fn from_diagnostic(
-        code: &'static str,
+        code: ProblemCode,
         diag: &dyn Diagnostic,
         file: Option<&str>,
         text: Option<&str>,
@@ -143,7 +145,7 @@ mod tests {
 
     #[test]
     fn display_names_file_and_line() {
-        let p = Problem::new("policy_parse", "unexpected token")
+        let p = Problem::new(ProblemCode::PolicyParse, "unexpected token")
             .in_file("policies/a.cedar")
             .at(3, 7);
         assert_eq!(p.to_string(), "policies/a.cedar:3:7: unexpected token");

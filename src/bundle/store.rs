@@ -3,6 +3,7 @@
 //! INVARIANT: a request loads the current bundle once and uses only that `Arc` for its whole
 //! life, so it sees the old bundle or the new one, never a mix.
 
+use crate::error::ProblemCode;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -135,7 +136,7 @@ impl BundleStore {
             }
             Err(err) => {
                 for p in &err.problems {
-                    tracing::error!(code = p.code, problem = %p, "bundle rejected; the last good bundle keeps serving");
+                    tracing::error!(code = p.code.as_str(), problem = %p, "bundle rejected; the last good bundle keeps serving");
                 }
                 (
                     ReloadStatus {
@@ -179,7 +180,10 @@ impl BundleStore {
         let bundle = Arc::new(bundle);
         let published = match self.publisher.lock() {
             Ok(p) => p.as_ref().map_or(Ok(()), |publish| publish(Arc::clone(&bundle))),
-            Err(_) => Err(vec![Problem::new("internal", "the bundle publisher lock is poisoned")]),
+            Err(_) => Err(vec![Problem::new(
+                ProblemCode::Internal,
+                "the bundle publisher lock is poisoned",
+            )]),
         };
         if let Err(problems) = published {
             return Err(BundleError {

@@ -11,6 +11,7 @@
 //! created holds is refused with `agent_id_conflict`; a bundle under which deputy's agents
 //! cannot be put in the entity store is refused too. The last good bundle keeps serving.
 
+use crate::error::ProblemCode;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -69,7 +70,10 @@ impl Delegation {
     /// the bundle's own agents in line with it, and publishes the snapshot — in one transaction
     /// under the writer lock. Refused (with problems) when it does not fit; nothing changes then.
     pub fn install_bundle(&self, bundle: Arc<Bundle>, now: i64) -> Result<(), Vec<Problem>> {
-        let mut w = self.live.write().map_err(|e| vec![Problem::new("internal", e)])?;
+        let mut w = self
+            .live
+            .write()
+            .map_err(|e| vec![Problem::new(ProblemCode::Internal, e)])?;
         let conflicts: Vec<Problem> = w
             .registry()
             .iter()
@@ -78,7 +82,7 @@ impl Delegation {
                 let file = bundle.agent_names.declared.get(&a.row.id)?;
                 Some(
                     Problem::new(
-                        "agent_id_conflict",
+                        ProblemCode::AgentIdConflict,
                         format!(
                             "`Agent::\"{}\"` is declared here, but deputy already manages an agent with that id \
                              (created by {}); a bundle cannot take over an identity",
@@ -188,15 +192,14 @@ impl Delegation {
             for id in removed {
                 revoked.extend(self.end_subtree(tx, &id, now, "revoked", "removed from the bundle", BUNDLE_CREATOR)?);
             }
-            let mut next = registry.with_rows(changed).map_err(|e| Refused::Problems(vec![Problem::new("internal", e.to_string())]))?;
+            let mut next = registry.with_rows(changed).map_err(|e| Refused::Problems(vec![Problem::new(ProblemCode::Internal, e.to_string())]))?;
             for row in added {
                 next = next
                     .with(row)
-                    .map_err(|e| Refused::Problems(vec![Problem::new("grant_invalid", e.to_string())]))?;
+                    .map_err(|e| Refused::Problems(vec![Problem::new(ProblemCode::GrantInvalid, e.to_string())]))?;
             }
             let prepared = w.prepare_with(Arc::clone(&bundle), next).map_err(|e| {
-                Refused::Problems(vec![Problem::new(
-                    "schema_lacks_agent_model",
+                Refused::Problems(vec![Problem::new(ProblemCode::SchemaLacksAgentModel,
                     format!("the agents deputy manages cannot be served under this bundle: {e}"),
                 )
                 .in_file("schema")
@@ -219,7 +222,7 @@ impl Delegation {
             Err(Refused::State(e)) => {
                 tracing::error!(error = %e, "cannot record the bundle's agents; the bundle is not installed");
                 Err(vec![Problem::new(
-                    "state_unavailable",
+                    ProblemCode::StateUnavailable,
                     format!("the delegation state store failed while installing the bundle: {e}"),
                 )])
             }

@@ -12,6 +12,7 @@
 //! into an approver.
 
 use crate::bundle::Bundle;
+use crate::error::ErrorCode;
 
 use super::registry::{LiveAgent, Registry};
 use super::service::DelegationError;
@@ -39,15 +40,13 @@ pub fn check_new_id(
     let valid = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid {
         return Err(DelegationError::new(
-            400,
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("`agent_id` `{id}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"),
         ));
     }
     if parent.is_some_and(|p| p.chain.iter().any(|c| c == id)) {
         return Err(DelegationError::new(
-            409,
-            "delegation_cycle",
+            ErrorCode::DelegationCycle,
             format!("`{id}` is already in this delegation chain"),
         )
         .help("every child is a fresh identity; an agent cannot delegate to itself or an ancestor"));
@@ -57,8 +56,7 @@ pub fn check_new_id(
         || bundle.agent_names.owns(id);
     if reserved {
         return Err(DelegationError::new(
-            409,
-            "agent_id_reserved",
+            ErrorCode::AgentIdReserved,
             format!(
                 "`agent_id` `{id}` is reserved: the bundle names an agent `{id}`, or it is one of deputy's own \
                  names (`admin`, `human`, `bundle`, `deputy`, `agt-…`)"
@@ -68,8 +66,7 @@ pub fn check_new_id(
     }
     if agents.contains(id) {
         return Err(DelegationError::new(
-            409,
-            "agent_exists",
+            ErrorCode::AgentExists,
             format!("an agent `{id}` already exists"),
         ));
     }

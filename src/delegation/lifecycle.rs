@@ -8,6 +8,7 @@
 //!
 //! INVARIANT: a raised taint is durable before the decision that raised it is answered.
 
+use crate::error::ErrorCode;
 use serde_json::json;
 
 use super::service::{Caller, Delegation, DelegationError};
@@ -27,23 +28,21 @@ impl Delegation {
         let target = snap
             .agents
             .get(id)
-            .ok_or_else(|| DelegationError::new(404, "delegation_not_found", format!("no delegation `{id}`")))?;
+            .ok_or_else(|| DelegationError::new(ErrorCode::DelegationNotFound, format!("no delegation `{id}`")))?;
         let allowed = match caller.agent() {
             None => true,
             Some(a) => target.has_ancestor(&a.row.id) || (completed && a.row.id == target.row.id),
         };
         if completed && target.is_bundle_agent() {
             return Err(DelegationError::new(
-                409,
-                "declared_in_bundle",
+                ErrorCode::DeclaredInBundle,
                 format!("`{id}` is declared by the bundle: it lives as long as the bundle declares it"),
             )
             .help("remove its grant from the bundle to end it; the admin may also revoke it (for good)"));
         }
         if !allowed {
             return Err(DelegationError::new(
-                403,
-                "not_your_delegation",
+                ErrorCode::NotYourDelegation,
                 format!(
                     "only the admin or an ancestor of `{id}` may {}",
                     if completed { "complete it" } else { "revoke it" }
@@ -120,7 +119,7 @@ impl Delegation {
                     }
                     self.requests_changed.notify_waiters();
                 }
-                Err(e) => tracing::error!(code = e.code, message = %e.message, "cannot record an expiry"),
+                Err(e) => tracing::error!(code = e.code.as_str(), message = %e.message, "cannot record an expiry"),
             }
         }
         self.expire_requests(now);

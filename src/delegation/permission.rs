@@ -13,6 +13,7 @@
 //! chain checked live there too: a request is decided once, by someone entitled to at that
 //! moment.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -100,8 +101,7 @@ fn remaining(row: &PermissionRow) -> Vec<String> {
 
 fn not_found(id: &str) -> DelegationError {
     DelegationError::new(
-        404,
-        "permission_request_not_found",
+        ErrorCode::PermissionRequestNotFound,
         format!("no permission request `{id}`"),
     )
 }
@@ -109,15 +109,14 @@ fn not_found(id: &str) -> DelegationError {
 /// A bundle agent's grant is changed through the bundle, never through the API.
 fn bundle_grant(id: &str) -> DelegationError {
     DelegationError::new(
-        409,
-        "grant_from_bundle",
+        ErrorCode::GrantFromBundle,
         format!("`{id}`'s grant comes from the bundle (`grants/{id}.cedar`); no approval can change it"),
     )
     .help("change the grant in the bundle's git repository; it applies on the next reload")
 }
 
 fn closed(id: &str, status: &str) -> DelegationError {
-    DelegationError::new(409, "request_closed", format!("request `{id}` is already {status}"))
+    DelegationError::new(ErrorCode::RequestClosed, format!("request `{id}` is already {status}"))
 }
 
 /// The grants an approval extends: (agent, the digest proved against, the new grant, its digest).
@@ -141,8 +140,7 @@ impl Delegation {
     ) -> Result<(RequestView, Value), DelegationError> {
         let requester = caller.agent().ok_or_else(|| {
             DelegationError::new(
-                400,
-                "not_an_agent",
+                ErrorCode::NotAnAgent,
                 "permission requests come from agents; the admin grants directly",
             )
         })?;
@@ -190,8 +188,7 @@ impl Delegation {
             let open = tx.pending_of(&requester.row.id)?.len();
             if open >= self.limits.max_pending_requests {
                 return Err(DelegationError::new(
-                    429,
-                    "too_many_requests",
+                    ErrorCode::TooManyRequests,
                     format!(
                         "{open} requests are already pending; the limit is {}",
                         self.limits.max_pending_requests
@@ -295,8 +292,7 @@ impl Delegation {
             }
         }
         Err(DelegationError::new(
-            409,
-            "state_changed",
+            ErrorCode::StateChanged,
             "the request or the grants it extends kept changing; nothing was changed",
         )
         .help("send the decision again"))
@@ -319,8 +315,7 @@ impl Delegation {
         let requester = snap.agents.get(&row.requester).cloned();
         if !may_approve(caller.agent_id(), &row.approver, requester.as_deref()) {
             return Err(DelegationError::new(
-                403,
-                "not_the_approver",
+                ErrorCode::NotTheApprover,
                 format!("request `{id}` waits on `{}`, not on you", row.approver),
             ));
         }
@@ -329,7 +324,7 @@ impl Delegation {
         }
         let requester = requester
             .filter(|r| r.is_live(now))
-            .ok_or_else(|| DelegationError::new(409, "request_closed", "the requester is no longer live"))?;
+            .ok_or_else(|| DelegationError::new(ErrorCode::RequestClosed, "the requester is no longer live"))?;
         // The proofs of an approval run here, before the writer lock is taken.
         let extension = match decision {
             Decision::Approve if !is_delegation(&row) => Some(self.extension(snap, caller, &row, &requester)?),
@@ -355,7 +350,7 @@ impl Delegation {
                 .cloned()
                 .unwrap_or_else(|| Arc::clone(&requester));
             Self::check_live(tx, Some(&latest_requester), now)
-                .map_err(|_| DelegationError::new(409, "request_closed", "the requester is no longer live"))?;
+                .map_err(|_| DelegationError::new(ErrorCode::RequestClosed, "the requester is no longer live"))?;
             Self::check_live(tx, caller.agent().map(Arc::as_ref), now)?;
             let mut next = row.clone();
             next.updated_at = now;
@@ -382,8 +377,7 @@ impl Delegation {
                         .map(|a| a.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned()));
                     let Some(to) = to.filter(|n| *n != row.approver) else {
                         return Err(DelegationError::new(
-                            409,
-                            "cannot_escalate",
+                            ErrorCode::CannotEscalate,
                             "a human is the last approver; approve or deny",
                         ));
                     };
@@ -521,7 +515,10 @@ impl Delegation {
                     .iter()
                     .position(|c| *c == a.row.id)
                     .ok_or_else(|| {
-                        DelegationError::new(403, "not_the_approver", "only an ancestor of the requester can approve")
+                        DelegationError::new(
+                            ErrorCode::NotTheApprover,
+                            "only an ancestor of the requester can approve",
+                        )
                     })?;
                 (at + 1, Some(Arc::clone(a)))
             }
@@ -561,8 +558,7 @@ impl Delegation {
                         _ => "escalate it to your own grantor or a human".to_owned(),
                     };
                     return Err(DelegationError::new(
-                        409,
-                        "exceeds_approver",
+                        ErrorCode::ExceedsApprover,
                         format!(
                             "the request is not within the delegable view of `{}` ({}); it can only be escalated",
                             agent.row.parent.as_deref().unwrap_or(ADMIN_APPROVER),
@@ -592,8 +588,7 @@ impl Delegation {
             let mut row = tx.request(id)?.ok_or_else(|| not_found(id))?;
             if caller.agent_id() != Some(row.requester.as_str()) {
                 return Err(DelegationError::new(
-                    403,
-                    "not_the_requester",
+                    ErrorCode::NotTheRequester,
                     "only the requester may withdraw a request",
                 ));
             }
@@ -674,7 +669,9 @@ impl Delegation {
             });
             match done {
                 Ok(()) => changed = true,
-                Err(e) => tracing::error!(request = %row.id, code = e.code, "cannot expire a permission request"),
+                Err(e) => {
+                    tracing::error!(request = %row.id, code = e.code.as_str(), "cannot expire a permission request")
+                }
             }
         }
         if changed {
@@ -726,8 +723,7 @@ impl From<Saved> for DelegationError {
         match e {
             Saved::State(e) => DelegationError::state(e),
             Saved::Moved => DelegationError::new(
-                409,
-                "state_changed",
+                ErrorCode::StateChanged,
                 "the request changed while this was being decided; nothing was changed",
             )
             .help("read it again and decide again"),

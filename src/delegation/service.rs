@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::credential;
 use super::registry::{LiveAgent, Registry};
 use super::store::{AuditRecord, NotLive, StateError, Store, Tx};
+use crate::error::ErrorCode;
 use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};
 
 /// The file name of the state database inside `--state DIR`.
@@ -87,13 +88,11 @@ impl Caller {
     }
 }
 
-/// A delegation error: an HTTP status, a stable code, a message, maybe a hint and details
-/// (a counterexample, the policies that denied).
+/// A delegation error: a stable code (its HTTP status is the HTTP layer's choice), a message,
+/// maybe a hint and details (a counterexample, the policies that denied).
 #[derive(Debug, Clone, Serialize)]
 pub struct DelegationError {
-    #[serde(skip)]
-    pub status: u16,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
@@ -102,9 +101,8 @@ pub struct DelegationError {
 }
 
 impl DelegationError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             help: None,
@@ -125,19 +123,18 @@ impl DelegationError {
     pub(super) fn state(e: StateError) -> Self {
         tracing::error!(error = %e, "delegation state failed; nothing was applied");
         Self::new(
-            503,
-            "state_unavailable",
+            ErrorCode::StateUnavailable,
             "the delegation state store failed; nothing was changed",
         )
     }
 
     pub(super) fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!(error = %message, "internal delegation error; nothing was applied");
-        Self::new(500, "internal", "internal error; nothing was changed")
+        Self::new(ErrorCode::Internal, "internal error; nothing was changed")
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(401, "unauthenticated", message).help("send `Authorization: Bearer <credential>`")
+        Self::new(ErrorCode::Unauthenticated, message).help("send `Authorization: Bearer <credential>`")
     }
 
     /// The acting agent, or one of its ancestors, is no longer live (checked at commit).
@@ -327,8 +324,7 @@ impl Delegation {
     ) -> Result<Vec<AuditRecord>, DelegationError> {
         if !matches!(caller, Caller::Admin) {
             return Err(DelegationError::new(
-                403,
-                "admin_only",
+                ErrorCode::AdminOnly,
                 "the audit trail needs the admin credential",
             ));
         }
@@ -345,8 +341,7 @@ impl Delegation {
     pub(super) fn check_grant_size(&self, grant: &str) -> Result<(), DelegationError> {
         if grant.len() > self.limits.max_grant_bytes {
             return Err(DelegationError::new(
-                413,
-                "grant_too_large",
+                ErrorCode::GrantTooLarge,
                 format!(
                     "`grant` is {} bytes; the limit is {}",
                     grant.len(),
@@ -365,13 +360,13 @@ pub(super) fn grant_error(e: &crate::prover::GrantError) -> DelegationError {
     match e {
         GrantError::Internal(_) => DelegationError::internal(e),
         GrantError::ForeignPrincipal(_) => {
-            let mut err = DelegationError::new(400, "grant_foreign_principal", format!("`grant`: {e}"));
+            let mut err = DelegationError::new(ErrorCode::GrantForeignPrincipal, format!("`grant`: {e}"));
             if let Some(help) = e.help() {
                 err = err.help(help);
             }
             err
         }
-        _ => DelegationError::new(400, "grant_invalid", format!("`grant`: {e}")),
+        _ => DelegationError::new(ErrorCode::GrantInvalid, format!("`grant`: {e}")),
     }
 }
 

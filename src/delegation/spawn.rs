@@ -8,6 +8,7 @@
 //! the transaction that inserts it — its parent and every ancestor are live and the approval it
 //! carries out is consumed (once).
 
+use crate::error::ErrorCode;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -140,8 +141,7 @@ impl Delegation {
             }
         }
         Err(DelegationError::new(
-            409,
-            "state_changed",
+            ErrorCode::StateChanged,
             "the delegation state kept changing while this request was checked; nothing was changed",
         )
         .help("send the request again"))
@@ -162,8 +162,7 @@ impl Delegation {
         };
         if req.ttl_seconds <= 0 {
             return Err(DelegationError::new(
-                400,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "`ttl_seconds` must be positive",
             ));
         }
@@ -174,8 +173,7 @@ impl Delegation {
             .or(parent.as_ref().map(|p| p.chain_ceiling))
             .ok_or_else(|| {
                 DelegationError::new(
-                    400,
-                    "missing_field",
+                    ErrorCode::MissingField,
                     "missing required field `ceiling` (a root agent has no parent to inherit it from)",
                 )
             })?;
@@ -201,9 +199,7 @@ impl Delegation {
 
         let Some(parent) = parent else {
             if req.approved_request.is_some() {
-                return Err(DelegationError::new(
-                    400,
-                    "invalid_field",
+                return Err(DelegationError::new(ErrorCode::InvalidField,
                     "`approved_request` carries out a child's pending delegation; the admin creates root agents directly",
                 ));
             }
@@ -242,7 +238,7 @@ impl Delegation {
             };
             return Err(reject(
                 &mut audit,
-                DelegationError::new(403, "delegation_forbidden", message)
+                DelegationError::new(ErrorCode::DelegationForbidden, message)
                     .help("ask your own grantor to do this, or to give the permission to you directly"),
             ));
         }
@@ -251,9 +247,7 @@ impl Delegation {
         if taint > ceiling {
             return Err(reject(
                 &mut audit,
-                DelegationError::new(
-                    403,
-                    "taint_above_ceiling",
+                DelegationError::new(ErrorCode::TaintAboveCeiling,
                     format!(
                         "the child would start with taint {taint} (its parent's), above its ceiling {ceiling}"
                     ),
@@ -282,7 +276,7 @@ impl Delegation {
                 };
                 return Err(reject(
                     &mut audit,
-                    DelegationError::new(403, "delegation_forbidden", message).detail("policies", json!(policies)),
+                    DelegationError::new(ErrorCode::DelegationForbidden, message).detail("policies", json!(policies)),
                 ));
             }
         };
@@ -314,8 +308,7 @@ impl Delegation {
             let missing: Vec<&String> = required.iter().filter(|a| !approved.contains(*a)).collect();
             if !missing.is_empty() {
                 return Err(DelegationError::new(
-                    409,
-                    "request_not_approved",
+                    ErrorCode::RequestNotApproved,
                     format!(
                         "the approval of `{rid}` does not cover {}, whose approval this delegation now needs",
                         missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
@@ -334,8 +327,7 @@ impl Delegation {
             (Verdict::Exceeds(_), _) => Err(reject(
                 &mut audit,
                 DelegationError::new(
-                    403,
-                    "grant_exceeds_parent",
+                    ErrorCode::GrantExceedsParent,
                     "the child's grant allows a request the parent's delegable view denies",
                 )
                 .help("narrow the grant, or request the permission from your own grantor first")
@@ -407,8 +399,7 @@ impl Delegation {
                     }
                     if tx.agent_exists(&child.id)? {
                         return Err(DelegationError::new(
-                            409,
-                            "agent_exists",
+                            ErrorCode::AgentExists,
                             format!("an agent `{}` already exists", child.id),
                         ));
                     }
@@ -440,7 +431,7 @@ impl Delegation {
                     let next = w
                         .registry()
                         .with(row.clone())
-                        .map_err(|e| DelegationError::new(400, "grant_invalid", e.to_string()))?;
+                        .map_err(|e| DelegationError::new(ErrorCode::GrantInvalid, e.to_string()))?;
                     tx.insert_agent(&row)?;
                     tx.audit(
                         now,
@@ -485,8 +476,7 @@ impl Delegation {
                     let open = tx.pending_of(&parent.row.id)?.len();
                     if open >= self.limits.max_pending_requests {
                         return Err(DelegationError::new(
-                            429,
-                            "too_many_requests",
+                            ErrorCode::TooManyRequests,
                             format!(
                                 "{open} requests are already pending; the limit is {}",
                                 self.limits.max_pending_requests
@@ -549,8 +539,7 @@ impl Delegation {
             return Ok(());
         }
         Err(DelegationError::new(
-            429,
-            "too_many_agents",
+            ErrorCode::TooManyAgents,
             format!(
                 "{} already has {children} live children; the limit is {}",
                 caller.name(),
@@ -595,23 +584,20 @@ impl Delegation {
             .filter(|r| r.requester == parent && is_delegation(r))
             .ok_or_else(|| {
                 DelegationError::new(
-                    404,
-                    "permission_request_not_found",
+                    ErrorCode::PermissionRequestNotFound,
                     format!("no pending delegation `{rid}` of yours"),
                 )
             })?;
         if row.status != "approved" || row.expires_at <= now {
             return Err(DelegationError::new(
-                409,
-                "request_not_approved",
+                ErrorCode::RequestNotApproved,
                 format!("delegation request `{rid}` is {}, not approved", row.status),
             ));
         }
         let same = row.grant == req.grant && row.history.first().is_some_and(|h| h["spawn"] == spawn_params(req));
         if !same {
             return Err(DelegationError::new(
-                409,
-                "request_mismatch",
+                ErrorCode::RequestMismatch,
                 format!("the approval of `{rid}` was for a different grant or different parameters"),
             )
             .help("send exactly the delegation that was approved"));
@@ -640,8 +626,7 @@ impl Delegation {
     ) -> Result<(), DelegationError> {
         if self.configured_names().any(|n| n.eq_ignore_ascii_case(id)) {
             return Err(DelegationError::new(
-                409,
-                "agent_id_reserved",
+                ErrorCode::AgentIdReserved,
                 format!(
                     "`agent_id` `{id}` is reserved: the sidecar holds a credential for a bundle agent of that name"
                 ),
@@ -663,8 +648,7 @@ fn take_approval(
 ) -> Result<(), DelegationError> {
     let not_approved = || {
         DelegationError::new(
-            409,
-            "request_not_approved",
+            ErrorCode::RequestNotApproved,
             format!("delegation request `{rid}` is no longer approved (it was used or closed)"),
         )
     };
@@ -752,13 +736,17 @@ fn delegate_decision_for(
         .get(DELEGATE_ACTION)
         .cloned()
         .flatten()
-        .ok_or_else(|| DelegationError::new(503, "delegation_disabled", "the bundle declares no `delegate` action"))?;
+        .ok_or_else(|| {
+            DelegationError::new(
+                ErrorCode::DelegationDisabled,
+                "the bundle declares no `delegate` action",
+            )
+        })?;
     let context = Context::from_json_value(context, Some((&bundle.schema, &action)))
-        .map_err(|e| DelegationError::new(400, "invalid_field", format!("delegation context: {e}")))?;
+        .map_err(|e| DelegationError::new(ErrorCode::InvalidField, format!("delegation context: {e}")))?;
     let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema)).map_err(|e| {
         DelegationError::new(
-            503,
-            "delegation_disabled",
+            ErrorCode::DelegationDisabled,
             format!("the bundle's schema rejects a delegation request: {e}"),
         )
     })?;

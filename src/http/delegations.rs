@@ -1,6 +1,7 @@
 //! Delegation endpoints: create, revoke, complete, audit. Proofs and SQLite writes are
 //! blocking, so each runs under `spawn_blocking`; the snapshot is loaded once per request.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,15 +28,13 @@ const AUDIT_PAGE: usize = 1000;
 fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
     if let Some(e) = &state.state_error {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "state_unavailable",
+            ErrorCode::StateUnavailable,
             format!("the delegation state cannot be opened: {e}"),
         ));
     }
     state.delegation.clone().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "delegation_disabled",
+            ErrorCode::DelegationDisabled,
             "delegation is not enabled on this sidecar (it serves with --authorize-only)",
         )
     })
@@ -77,8 +76,7 @@ fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str
         return Ok(());
     }
     Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "not_your_delegation",
+        ErrorCode::NotYourDelegation,
         format!("only the admin, `{}` itself or its ancestors may {to}", agent.row.id),
     ))
 }
@@ -139,13 +137,11 @@ pub async fn revoke(
 /// `GET /v1/delegations/{id}`: the agent's record (its own credential, an ancestor's, or admin).
 pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(req).as_deref())?;
-    let agent = ctx.snap.agents.get(id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "delegation_not_found",
-            format!("no delegation `{id}`"),
-        )
-    })?;
+    let agent = ctx
+        .snap
+        .agents
+        .get(id)
+        .ok_or_else(|| ApiError::new(ErrorCode::DelegationNotFound, format!("no delegation `{id}`")))?;
     check_visible(&ctx.caller, agent, "read it")?;
     let now = now();
     Ok(json_response(
@@ -184,7 +180,7 @@ pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<
             "since" => {
                 since = Some(v.parse::<i64>().map_err(|_| {
                     RequestError::new(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         format!("query `since` must be Unix seconds, got `{v}`"),
                     )
                 })?)
@@ -193,12 +189,17 @@ pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<
                 limit = v
                     .parse::<usize>()
                     .map_err(|_| {
-                        RequestError::new("invalid_field", format!("query `limit` must be a count, got `{v}`"))
+                        RequestError::new(
+                            ErrorCode::InvalidField,
+                            format!("query `limit` must be a count, got `{v}`"),
+                        )
                     })?
                     .min(AUDIT_PAGE)
             }
             other => {
-                return Err(RequestError::new("invalid_field", format!("unknown query parameter `{other}`")).into())
+                return Err(
+                    RequestError::new(ErrorCode::InvalidField, format!("unknown query parameter `{other}`")).into(),
+                )
             }
         }
     }
@@ -215,7 +216,7 @@ fn wait_param(query: &str) -> Result<Option<Duration>, RequestError> {
         if let Some(v) = pair.strip_prefix("wait=") {
             let secs: u64 = v.trim_end_matches('s').parse().map_err(|_| {
                 RequestError::new(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("query `wait` must be seconds like `30s`, got `{v}`"),
                 )
             })?;
@@ -316,7 +317,7 @@ pub async fn decide_request(state: &AppState, req: Request<Incoming>, id: String
         "escalate" => PermissionDecision::Escalate,
         other => {
             return Err(RequestError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("field `decision` is `{other}`; expected `approve`, `deny` or `escalate`"),
             )
             .into())
@@ -357,7 +358,7 @@ pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -
         .snap
         .agents
         .get(id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", format!("no agent `{id}`")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, format!("no agent `{id}`")))?;
     check_visible(&ctx.caller, agent, "list its capabilities")?;
     // One decision per (action, entity): enumeration is blocking work.
     let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));

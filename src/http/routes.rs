@@ -1,5 +1,6 @@
 //! Routing and handlers. Each request loads the serving bundle once and decides against it.
 
+use crate::error::ErrorCode;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             let mut raised = Vec::new();
             let eval = authzen::evaluate(&snap, &body, now(), &mut raised)?;
             persist_taints(state, raised).await?;
-            Ok(with_version(json_response(StatusCode::OK, &eval), &snap))
+            Ok(with_version(
+                json_response(StatusCode::OK, &evaluation_body(&eval)),
+                &snap,
+            ))
         }
         ("/access/v1/evaluations", &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
@@ -130,8 +134,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             };
             persist_taints(state, raised).await?;
             let response = match batch {
-                authzen::Batch::Single(eval) => json_response(StatusCode::OK, &eval),
-                authzen::Batch::Many(evals) => json_response(StatusCode::OK, &json!({ "evaluations": evals })),
+                authzen::Batch::Single(eval) => json_response(StatusCode::OK, &evaluation_body(&eval)),
+                authzen::Batch::Many(evals) => {
+                    let evals: Vec<Value> = evals.iter().map(evaluation_body).collect();
+                    json_response(StatusCode::OK, &json!({ "evaluations": evals }))
+                }
             };
             Ok(with_version(response, &snap))
         }
@@ -241,7 +248,7 @@ async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(RequestError::new(
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("`Content-Type` is `{essence}`; send `application/json`"),
             )
             .into());
@@ -251,8 +258,7 @@ async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result
     let bytes = match collected {
         Err(_) => {
             return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!(
                     "the request body did not arrive within {}s",
                     BODY_READ_TIMEOUT.as_secs()
@@ -264,19 +270,22 @@ async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result
                 return Err(ApiError::body_too_large(limit));
             }
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
+                ErrorCode::BodyUnreadable,
                 format!("cannot read the request body: {e}"),
             ));
         }
         Ok(Ok(c)) => c.to_bytes(),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(RequestError::new("malformed_json", "the request body is empty; send a JSON object").into());
+        return Err(RequestError::new(
+            ErrorCode::MalformedJson,
+            "the request body is empty; send a JSON object",
+        )
+        .into());
     }
     if let Some(depth) = too_deep(&bytes, config.max_json_depth) {
         return Err(RequestError::new(
-            "json_too_deep",
+            ErrorCode::JsonTooDeep,
             format!(
                 "the request body nests deeper than {} levels (at byte {depth})",
                 config.max_json_depth
@@ -352,6 +361,20 @@ fn decision_body<'a>(snap: &'a Snapshot, o: &'a Outcome) -> DecisionBody<'a> {
     }
 }
 
+/// An AuthZEN evaluation as answered: `{decision}`, or for an item that could not be evaluated
+/// `{decision: false, context: {error: {status, code, message}}}`.
+fn evaluation_body(e: &authzen::Evaluation) -> Value {
+    match &e.error {
+        None => json!({ "decision": e.decision }),
+        Some(err) => json!({
+            "decision": false,
+            "context": { "error": {
+                "status": super::error::status(err.code).as_u16(), "code": err.code, "message": err.message,
+            }},
+        }),
+    }
+}
+
 fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Response<Body>, authzen::Raised), ApiError> {
     let top = Fields::of(body, "")?;
     let items = top
@@ -359,7 +382,7 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
         .ok_or_else(|| RequestError::missing("requests"))?;
     if items.len() > max {
         return Err(RequestError::new(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("`requests` has {} items; the limit is {max}", items.len()),
         )
         .into());
@@ -394,8 +417,7 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
     if let Some(e) = &state.state_error {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "state_unavailable",
+            ErrorCode::StateUnavailable,
             format!("the delegation state cannot be opened: {e}"),
         ));
     }

@@ -16,6 +16,7 @@ use super::{Observability, TRACE_ONLY};
 use crate::authorize::{self, Outcome, Parts, PolicyError, RequestError};
 use crate::bundle::{ReloadOutcome, ReloadStatus};
 use crate::delegation::{DeniedBy, SpawnOutcome};
+use crate::error::ErrorCode;
 use crate::http::ApiError;
 use crate::prover::Verdict;
 use crate::snapshot::Snapshot;
@@ -132,7 +133,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
             }
         }
         Err(e) => {
-            span.record("deputy.error", e.code);
+            span.record("deputy.error", e.code.as_str());
         }
     }
     let Some(scope) = &scope else { return result };
@@ -157,7 +158,7 @@ pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outco
                 errors: result.as_ref().map_or(&[][..], |o| &o.decision.errors[..]),
                 denied_by: result.as_ref().ok().and_then(|o| o.denied_by.as_ref()),
                 error: result.as_ref().err().map(|e| LineError {
-                    code: e.code,
+                    code: e.code.as_str(),
                     message: &e.message,
                 }),
                 policy_version: &snap.bundle.version,
@@ -273,7 +274,7 @@ pub fn delegation_done(obs: &Observability, span: &Span, result: &Result<SpawnOu
     let (outcome, proof) = match result {
         Ok(SpawnOutcome::Applied { proof, .. }) => ("applied", Some(proof)),
         Ok(SpawnOutcome::Pending { proof, .. }) => ("pending", Some(proof)),
-        Err(e) if matches!(e.code, "delegation_forbidden" | "grant_exceeds_parent") => {
+        Err(e) if matches!(e.code, ErrorCode::DelegationForbidden | ErrorCode::GrantExceedsParent) => {
             ("rejected", e.details.get("proof"))
         }
         Err(_) => ("error", None),
@@ -283,7 +284,7 @@ pub fn delegation_done(obs: &Observability, span: &Span, result: &Result<SpawnOu
         span.record("deputy.proof.verdict", verdict);
     }
     if let Err(e) = result {
-        span.record("deputy.error", e.code);
+        span.record("deputy.error", e.code.as_str());
     }
     obs.metrics.delegated(outcome);
 }
