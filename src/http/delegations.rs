@@ -169,13 +169,12 @@ pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Respo
 /// `GET /v1/audit?agent=&since=&limit=` (admin)
 pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
-    let query = req.uri().query().unwrap_or("").to_owned();
     let mut agent = None;
     let mut since = None;
     let mut limit = AUDIT_PAGE;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
+    for (k, v) in query_pairs(&req) {
+        let v = v.as_str();
+        match k.as_str() {
             "agent" => agent = Some(v.to_owned()),
             "since" => {
                 since = Some(v.parse::<i64>().map_err(|_| {
@@ -210,26 +209,29 @@ pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<
 /// Longest long-poll wait.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Reads `wait=30s` / `wait=30` from a query string.
-fn wait_param(query: &str) -> Result<Option<Duration>, RequestError> {
-    for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("wait=") {
-            let secs: u64 = v.trim_end_matches('s').parse().map_err(|_| {
-                RequestError::new(
-                    ErrorCode::InvalidField,
-                    format!("query `wait` must be seconds like `30s`, got `{v}`"),
-                )
-            })?;
-            return Ok(Some(Duration::from_secs(secs).min(MAX_WAIT)));
-        }
-    }
-    Ok(None)
+/// The query string's pairs, percent-decoded (`+` is a space).
+fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
-fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|p| p.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Reads `wait=30s` / `wait=30` from a query.
+fn wait_param(pairs: &[(String, String)]) -> Result<Option<Duration>, RequestError> {
+    let Some(v) = query_value(pairs, "wait") else {
+        return Ok(None);
+    };
+    let secs: u64 = v.trim_end_matches('s').parse().map_err(|_| {
+        RequestError::new(
+            ErrorCode::InvalidField,
+            format!("query `wait` must be seconds like `30s`, got `{v}`"),
+        )
+    })?;
+    Ok(Some(Duration::from_secs(secs).min(MAX_WAIT)))
 }
 
 /// `POST /v1/permission-requests` (the grantee's credential): `{grant, reason, ttl_seconds?}`.
@@ -258,7 +260,7 @@ pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Res
 /// caller (or the caller's own with `mine=true`). With `wait`, an empty answer waits for a change.
 pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
-    let query = req.uri().query().unwrap_or("").to_owned();
+    let query = query_pairs(&req);
     let wait = wait_param(&query)?;
     let status = query_value(&query, "status").map(str::to_owned);
     let mine = query_value(&query, "mine") == Some("true");
@@ -282,7 +284,7 @@ pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<R
 /// it changes (approved, denied, escalated, …) or the wait ends.
 pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
-    let wait = wait_param(req.uri().query().unwrap_or(""))?;
+    let wait = wait_param(&query_pairs(&req))?;
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
     let mut first: Option<(String, String)> = None;
     loop {

@@ -24,10 +24,6 @@ use crate::telemetry::{self, Api};
 const REQUEST_ID: &str = "x-request-id";
 /// Batches up to this many items are decided inline; larger ones on the blocking pool.
 const INLINE_BATCH: usize = 32;
-const DELEGATIONS_PREFIX: &str = "/v1/delegations/";
-const REQUESTS_PREFIX: &str = "/v1/permission-requests/";
-const AGENTS_PREFIX: &str = "/v1/agents/";
-const CAPABILITIES_SUFFIX: &str = "/capabilities";
 const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,9 +37,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .map_or_else(new_request_id, str::to_owned);
-    let hot = is_decision_route(req.uri().path());
+    let found = lookup(req.uri().path());
+    let hot = found.as_ref().is_some_and(|(e, _)| e.is_decision());
     let (span, trace_id) = telemetry::http_span(req.method(), req.uri().path(), &request_id, req.headers(), hot);
-    let routed = telemetry::scoped(&state.obs, trace_id, &request_id, route(&state, req));
+    let routed = telemetry::scoped(&state.obs, trace_id, &request_id, route(&state, req, found));
     let mut response = match routed.instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -55,24 +52,98 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
     Ok(response)
 }
 
-/// The decision endpoints: called before every tool call, so kept lean (see `http_span`).
-fn is_decision_route(path: &str) -> bool {
-    matches!(
-        path,
-        "/v1/authorize" | "/v1/authorize/batch" | "/access/v1/evaluation" | "/access/v1/evaluations"
-    )
+/// Every endpoint deputy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    Readyz,
+    Metrics,
+    Status,
+    AuthzenConfiguration,
+    Authorize,
+    AuthorizeBatch,
+    Evaluation,
+    Evaluations,
+    Delegations,
+    Delegation,
+    DelegationComplete,
+    Audit,
+    PermissionRequests,
+    PermissionRequest,
+    Capabilities,
 }
 
-async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+impl Endpoint {
+    /// The decision endpoints: called before every tool call, so kept lean (see `http_span`).
+    fn is_decision(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Authorize | Endpoint::AuthorizeBatch | Endpoint::Evaluation | Endpoint::Evaluations
+        )
+    }
+}
+
+/// The one list of routes (matchit syntax: `{id}` is one path segment).
+const ROUTES: &[(&str, Endpoint)] = &[
+    ("/healthz", Endpoint::Healthz),
+    ("/readyz", Endpoint::Readyz),
+    ("/metrics", Endpoint::Metrics),
+    ("/v1/status", Endpoint::Status),
+    ("/.well-known/authzen-configuration", Endpoint::AuthzenConfiguration),
+    ("/v1/authorize", Endpoint::Authorize),
+    ("/v1/authorize/batch", Endpoint::AuthorizeBatch),
+    ("/access/v1/evaluation", Endpoint::Evaluation),
+    ("/access/v1/evaluations", Endpoint::Evaluations),
+    ("/v1/delegations", Endpoint::Delegations),
+    ("/v1/delegations/{id}", Endpoint::Delegation),
+    ("/v1/delegations/{id}/complete", Endpoint::DelegationComplete),
+    ("/v1/audit", Endpoint::Audit),
+    ("/v1/permission-requests", Endpoint::PermissionRequests),
+    ("/v1/permission-requests/{id}", Endpoint::PermissionRequest),
+    ("/v1/agents/{id}/capabilities", Endpoint::Capabilities),
+];
+
+static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
+    let mut router = matchit::Router::new();
+    for (path, endpoint) in ROUTES {
+        if let Err(e) = router.insert(*path, *endpoint) {
+            // A conflict between two literal routes: a bug the unit test below catches.
+            tracing::error!(path, error = %e, "route not served");
+        }
+    }
+    router
+});
+
+/// The endpoint a path names and its `{id}`, percent-decoded.
+fn lookup(path: &str) -> Option<(Endpoint, Option<String>)> {
+    let matched = ROUTER.at(path).ok()?;
+    let id = matched.params.get("id").map(|raw| {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    Some((*matched.value, id))
+}
+
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    found: Option<(Endpoint, Option<String>)>,
+) -> Result<Response<Body>, ApiError> {
+    use Endpoint as E;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    match (path.as_str(), &method) {
-        ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        ("/readyz", &Method::GET) => readyz(state),
-        ("/metrics", &Method::GET) => Ok(metrics(state)),
-        ("/v1/status", &Method::GET) => Ok(status(state)),
-        ("/.well-known/authzen-configuration", &Method::GET) => Ok(authzen_configuration(&req)),
-        ("/v1/authorize", &Method::POST) => {
+    let Some((endpoint, id)) = found else {
+        return Err(ApiError::not_found(&path));
+    };
+    let id = id.unwrap_or_default();
+    match (endpoint, &method) {
+        (E::Healthz, &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (E::Readyz, &Method::GET) => readyz(state),
+        (E::Metrics, &Method::GET) => Ok(metrics(state)),
+        (E::Status, &Method::GET) => Ok(status(state)),
+        (E::AuthzenConfiguration, &Method::GET) => Ok(authzen_configuration(&req)),
+        (E::Authorize, &Method::POST) => {
             let bytes = read_body(req, &state.config).await?;
             let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
             let outcome = authorize_body(&snap, &bytes)?;
@@ -84,7 +155,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 &snap,
             ))
         }
-        ("/v1/authorize/batch", &Method::POST) => {
+        (E::AuthorizeBatch, &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
             let max = state.config.max_batch;
             // A large batch is many decisions in a row: keep it off the async workers.
@@ -102,7 +173,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             persist_taints(state, raised).await?;
             Ok(response)
         }
-        ("/access/v1/evaluation", &Method::POST) => {
+        (E::Evaluation, &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
             let mut raised = Vec::new();
             let eval = authzen::evaluate(&snap, &body, now(), &mut raised)?;
@@ -112,7 +183,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
                 &snap,
             ))
         }
-        ("/access/v1/evaluations", &Method::POST) => {
+        (E::Evaluations, &Method::POST) => {
             let (snap, body) = decision_input(state, req).await?;
             let max = state.config.max_batch;
             let large = body
@@ -142,58 +213,18 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             };
             Ok(with_version(response, &snap))
         }
-        ("/v1/delegations", &Method::POST) => delegations::create(state, req).await,
-        ("/v1/audit", &Method::GET) => delegations::audit(state, req).await,
-        ("/v1/permission-requests", &Method::POST) => delegations::request_permission(state, req).await,
-        ("/v1/permission-requests", &Method::GET) => delegations::list_requests(state, req).await,
-        (p, m) if p.starts_with(REQUESTS_PREFIX) => {
-            let id = p.get(REQUESTS_PREFIX.len()..).unwrap_or("").to_owned();
-            match *m {
-                _ if id.is_empty() || id.contains('/') => Err(ApiError::not_found(&path)),
-                Method::GET => delegations::get_request(state, req, id).await,
-                Method::POST => delegations::decide_request(state, req, id).await,
-                Method::DELETE => delegations::withdraw_request(state, req, id).await,
-                _ => Err(ApiError::method_not_allowed(&method, &path)),
-            }
-        }
-        (p, &Method::GET) if p.starts_with(AGENTS_PREFIX) && p.ends_with(CAPABILITIES_SUFFIX) => {
-            let id = p
-                .get(AGENTS_PREFIX.len()..p.len() - CAPABILITIES_SUFFIX.len())
-                .unwrap_or("")
-                .to_owned();
-            delegations::capabilities(state, &req, &id).await
-        }
-        (p, m) if p.starts_with(DELEGATIONS_PREFIX) => {
-            let rest = p.get(DELEGATIONS_PREFIX.len()..).unwrap_or("").to_owned();
-            match (rest.split_once('/'), m) {
-                (None, &Method::DELETE) if !rest.is_empty() => delegations::revoke(state, req, rest, false).await,
-                (None, &Method::GET) if !rest.is_empty() => delegations::show(state, &req, &rest),
-                (Some((id, "complete")), &Method::POST) => {
-                    let id = id.to_owned();
-                    delegations::revoke(state, req, id, true).await
-                }
-                (None, _) | (Some((_, "complete")), _) if !rest.is_empty() => {
-                    Err(ApiError::method_not_allowed(&method, &path))
-                }
-                _ => Err(ApiError::not_found(&path)),
-            }
-        }
-        (
-            "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/v1/status"
-            | "/.well-known/authzen-configuration"
-            | "/v1/authorize"
-            | "/v1/authorize/batch"
-            | "/access/v1/evaluation"
-            | "/access/v1/evaluations"
-            | "/v1/delegations"
-            | "/v1/audit"
-            | "/v1/permission-requests",
-            _,
-        ) => Err(ApiError::method_not_allowed(&method, &path)),
-        _ => Err(ApiError::not_found(&path)),
+        (E::Delegations, &Method::POST) => delegations::create(state, req).await,
+        (E::Delegation, &Method::GET) => delegations::show(state, &req, &id),
+        (E::Delegation, &Method::DELETE) => delegations::revoke(state, req, id, false).await,
+        (E::DelegationComplete, &Method::POST) => delegations::revoke(state, req, id, true).await,
+        (E::Audit, &Method::GET) => delegations::audit(state, req).await,
+        (E::PermissionRequests, &Method::POST) => delegations::request_permission(state, req).await,
+        (E::PermissionRequests, &Method::GET) => delegations::list_requests(state, req).await,
+        (E::PermissionRequest, &Method::GET) => delegations::get_request(state, req, id).await,
+        (E::PermissionRequest, &Method::POST) => delegations::decide_request(state, req, id).await,
+        (E::PermissionRequest, &Method::DELETE) => delegations::withdraw_request(state, req, id).await,
+        (E::Capabilities, &Method::GET) => delegations::capabilities(state, &req, &id).await,
+        _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }
 
@@ -507,4 +538,22 @@ fn error_response(e: &ApiError) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn every_route_is_served_and_ids_are_decoded() {
+        for (path, endpoint) in ROUTES {
+            let concrete = path.replace("{id}", "x");
+            assert_eq!(lookup(&concrete).map(|(e, _)| e), Some(*endpoint), "{path}");
+        }
+        let (e, id) = lookup("/v1/delegations/agt%2D1%20x").unwrap();
+        assert_eq!((e, id.as_deref()), (Endpoint::Delegation, Some("agt-1 x")));
+        assert!(lookup("/v1/delegations/a/b").is_none());
+        assert!(lookup("/nope").is_none());
+    }
 }
