@@ -17,6 +17,8 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 pub enum StateError {
     #[error("state database `{path}`: {source}")]
     Open { path: String, source: rusqlite::Error },
+    #[error("state database `{path}` cannot be brought to this deputy's schema: {message}")]
+    Migrate { path: String, message: String },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database is poisoned by an earlier panic")]
@@ -74,7 +76,9 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = r"
+/// The first schema (what every deputy before versioned migrations wrote, at user_version 0;
+/// `IF NOT EXISTS` makes it a no-op on such a state directory).
+const SCHEMA_V1: &str = r"
 CREATE TABLE IF NOT EXISTS agents (
   id TEXT PRIMARY KEY,
   parent TEXT REFERENCES agents(id),
@@ -123,6 +127,19 @@ CREATE TABLE IF NOT EXISTS permission_requests (
 CREATE INDEX IF NOT EXISTS requests_approver ON permission_requests(approver, status);
 ";
 
+/// Pending requests are counted per requester on every spawn and request.
+const SCHEMA_V2: &str = "CREATE INDEX IF NOT EXISTS requests_requester ON permission_requests(requester, status);";
+
+/// The schema's versions, applied in order (SQLite's `user_version` says how far a state
+/// directory is). Append, never edit: a state directory written by any earlier deputy upgrades,
+/// and one written by a later deputy is refused rather than misread.
+fn migrations() -> rusqlite_migration::Migrations<'static> {
+    rusqlite_migration::Migrations::new(vec![
+        rusqlite_migration::M::up(SCHEMA_V1),
+        rusqlite_migration::M::up(SCHEMA_V2),
+    ])
+}
+
 /// A request for more permission, as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct PermissionRow {
@@ -148,12 +165,15 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrations().to_latest(&mut conn).map_err(|e| StateError::Migrate {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let integrity: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(open_err)?;
@@ -269,7 +289,25 @@ impl Store {
 
     /// Walks the whole audit chain; returns the first broken link, if any.
     pub fn verify_audit(&self) -> Result<Option<String>, StateError> {
-        let records = self.audit_records(None, None, usize::MAX)?;
+        let records = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT seq, at, event, actor, agent, details, prev_hash, hash FROM audit ORDER BY seq")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredAudit {
+                        seq: r.get("seq")?,
+                        at: r.get("at")?,
+                        event: r.get("event")?,
+                        actor: r.get("actor")?,
+                        agent: r.get("agent")?,
+                        stored: r.get("details")?,
+                        prev_hash: r.get("prev_hash")?,
+                        hash: r.get("hash")?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
         let mut prev = GENESIS.to_owned();
         for (expected_seq, r) in (1..).zip(records.iter()) {
             if r.seq != expected_seq {
@@ -285,7 +323,7 @@ impl Store {
                     r.seq - 1
                 )));
             }
-            let h = chain_hash(&prev, r.seq, r.at, &r.event, &r.actor, r.agent.as_deref(), &r.details);
+            let h = chain_hash(&prev, r.seq, r.at, &r.event, &r.actor, r.agent.as_deref(), &r.stored);
             if h != r.hash {
                 return Ok(Some(format!(
                     "audit record {} was altered (its hash does not match its content)",
@@ -296,6 +334,19 @@ impl Store {
         }
         Ok(None)
     }
+}
+
+/// An audit record exactly as stored: its hash covers these bytes, whatever a JSON library
+/// would make of them today.
+struct StoredAudit {
+    seq: i64,
+    at: i64,
+    event: String,
+    actor: String,
+    agent: Option<String>,
+    stored: String,
+    prev_hash: String,
+    hash: String,
 }
 
 /// Why a stored agent cannot act.
@@ -480,10 +531,13 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<Au
         })
         .optional()?;
     let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
-    let hash = chain_hash(&prev, seq, now, ev.event, &ev.actor, ev.agent.as_deref(), &ev.details);
+    // INVARIANT: the hash covers exactly the bytes stored (so verifying never depends on how a
+    // JSON library would serialise the details again).
+    let stored = ev.details.to_string();
+    let hash = chain_hash(&prev, seq, now, ev.event, &ev.actor, ev.agent.as_deref(), &stored);
     tx.execute(
         "INSERT INTO audit (seq, at, event, actor, agent, details, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![seq, now, ev.event, ev.actor, ev.agent, ev.details.to_string(), prev, hash],
+        params![seq, now, ev.event, ev.actor, ev.agent, stored, prev, hash],
     )?;
     Ok(AuditRecord {
         seq,
@@ -576,15 +630,7 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
     })
 }
 
-fn chain_hash(
-    prev: &str,
-    seq: i64,
-    at: i64,
-    event: &str,
-    actor: &str,
-    agent: Option<&str>,
-    details: &serde_json::Value,
-) -> String {
+fn chain_hash(prev: &str, seq: i64, at: i64, event: &str, actor: &str, agent: Option<&str>, details: &str) -> String {
     let mut h = Sha256::new();
     for part in [
         prev,
@@ -593,7 +639,7 @@ fn chain_hash(
         event,
         actor,
         agent.unwrap_or(""),
-        &details.to_string(),
+        details,
     ] {
         h.update(part.as_bytes());
         h.update([0]);
