@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::{Context, Entities, EntityUid, PolicySet, Request, Schema};
 use criterion::{BenchmarkId, Criterion};
-use deputy::authorize::{evaluate, evaluate_indexed, PolicyIndex};
 use deputy::bundle::{Bundle, LoadOptions};
+use deputy::eval::{evaluate, evaluate_indexed, PolicyIndex};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 /// Counts heap bytes, so memory per 1k policies is what is allocated and kept, not RSS (which

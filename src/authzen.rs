@@ -119,7 +119,7 @@ fn semantic(top: &Fields<'_>) -> Result<Semantic, RequestError> {
 }
 
 fn decide(snap: &Snapshot, parts: CedarParts, now: i64, raised: &mut Raised) -> Result<Evaluation, RequestError> {
-    let outcome = crate::telemetry::decide(snap, parts, now, crate::telemetry::Api::AuthZen)?;
+    let outcome = crate::authorize::decide_observed(snap, parts, now, crate::telemetry::Api::AuthZen)?;
     raised.extend(outcome.raise());
     Ok(Evaluation {
         decision: outcome.decision.allow,

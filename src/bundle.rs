@@ -13,9 +13,9 @@ use std::path::Path;
 
 use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
 
-use crate::authorize::{Indexed, PolicyIndex};
+use crate::eval::{Indexed, PolicyIndex};
 
-pub use agents::{AgentNames, AGENT_ATTRIBUTES, ASK_ANNOTATION};
+pub use agents::{AgentNames, AGENT_ATTRIBUTES, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, TAINT_FIELD};
 pub use problem::{BundleError, Problem};
 pub use store::{BundleStore, ReloadOutcome, ReloadStatus};
 pub use watch::{spawn_watcher, WatchOptions};

@@ -7,23 +7,21 @@
 //! and the tests that guard each.
 
 mod bundle_agents;
-mod chain;
 pub mod credential;
 mod identity;
 mod lifecycle;
 mod permission;
-mod registry;
 mod service;
 mod spawn;
 mod store;
 
-pub use bundle_agents::Drift;
-pub use chain::{decide, ChainDecision, DeniedBy, Guard};
-pub use identity::{check_new_id, mint_id, ADMIN_APPROVER, MINTED_PREFIX, RESERVED_NAMES};
-pub use permission::{Decision as PermissionDecision, RequestView};
-pub use registry::{
+pub use crate::agents::ADMIN_APPROVER;
+pub use crate::agents::{
     agent_entity, agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, View, AGENT_TYPE, BUNDLE_CREATOR,
 };
+pub use bundle_agents::Drift;
+pub use identity::{check_new_id, mint_id, MINTED_PREFIX, RESERVED_NAMES};
+pub use permission::{Decision as PermissionDecision, RequestView};
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};
 pub use store::{AgentRow, AuditEvent, AuditRecord, NotLive, StateError, Store};

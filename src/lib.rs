@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for how the modules fit together.
 
+pub mod agents;
 pub mod authorize;
 pub mod authzen;
 pub mod bundle;
@@ -10,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod delegation;
 pub mod error;
+pub mod eval;
 pub mod http;
 pub mod probe;
 pub mod prover;

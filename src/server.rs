@@ -65,11 +65,11 @@ impl Running {
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
     let live = Arc::new(Live::default());
-    let obs = Arc::new(Observability::new(
-        &config.observe,
-        Arc::clone(&store),
-        Arc::clone(&live),
-    )?);
+    let serving = Arc::new(Serving {
+        store: Arc::clone(&store),
+        live: Arc::clone(&live),
+    });
+    let obs = Arc::new(Observability::new(&config.observe, serving)?);
     // The delegation state opens before the first bundle loads, so that the bundle is
     // installed against the agents deputy manages (and refused if it does not fit them).
     let mut state_error = None;
@@ -186,5 +186,29 @@ async fn sweep_expired(delegation: Arc<Delegation>, live: Arc<Live>) {
         let d = Arc::clone(&delegation);
         let now = crate::clock::now();
         let _ = tokio::task::spawn_blocking(move || d.sweep_expired(&snap, now)).await;
+    }
+}
+
+/// What the metrics read at scrape time: the bundle store's reloads and version, and the live
+/// agents of the serving snapshot.
+struct Serving {
+    store: Arc<BundleStore>,
+    live: Arc<Live>,
+}
+
+impl crate::telemetry::ServingState for Serving {
+    fn reload_counts(&self) -> (u64, u64) {
+        self.store.reload_counts()
+    }
+
+    fn bundle_version(&self) -> Option<String> {
+        self.store.current().map(|b| b.version.clone())
+    }
+
+    fn live_agents(&self) -> usize {
+        let now = crate::clock::now();
+        self.live
+            .current()
+            .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count())
     }
 }

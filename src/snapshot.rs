@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwapOption;
 use cedar_policy::Entities;
 
+use crate::agents::Registry;
 use crate::bundle::Bundle;
-use crate::delegation::Registry;
 
 pub struct Snapshot {
     pub bundle: Arc<Bundle>,

@@ -18,15 +18,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::bundle::BundleStore;
 use crate::config::ENV_LOG;
-use crate::snapshot::Live;
 
 pub use decision::{
-    carry, decide, delegation_done, delegation_span, prove_observed, reload_done, reload_span, request_id, scoped, Api,
+    carry, decision_done, decision_span, delegation_done, delegation_span, log_pending, prove_observed, reload_done,
+    reload_span, request_id, scoped, Api, ChainHop, DecisionEvent, LogPending,
 };
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
-pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
+pub use metrics::{Metrics, ServingState, METRICS_CONTENT_TYPE};
 pub use otel::{http_done, http_span, Telemetry};
 
 /// The target of spans that exist for traces only (one per decision, delegation, proof and
@@ -81,9 +80,9 @@ pub struct Observability {
 }
 
 impl Observability {
-    /// Sets up metrics over the serving bundle and agents, and opens the decision log.
-    pub fn new(config: &ObserveConfig, store: Arc<BundleStore>, live: Arc<Live>) -> std::io::Result<Self> {
-        let metrics = Arc::new(Metrics::new(Some((store, live))));
+    /// Sets up metrics over the serving state, and opens the decision log.
+    pub fn new(config: &ObserveConfig, serving: Arc<dyn ServingState>) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new(Some(serving)));
         let decision_log = config
             .decision_log
             .as_ref()

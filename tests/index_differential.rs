@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use cedar_policy::{Context, Entities, EntityUid, PolicyId, PolicySet, Request, SlotId};
-use deputy::authorize::{evaluate, evaluate_indexed, Decision, PolicyError, PolicyIndex};
+use deputy::eval::{evaluate, evaluate_indexed, Decision, PolicyError, PolicyIndex};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -92,7 +92,7 @@ struct PolicySpec {
 }
 
 /// Conditions, several of which err: a missing attribute, an overflow, a type error. Most are in
-/// the fragment deputy evaluates itself (`authorize::fast`); `like` and `+` are Cedar's alone.
+/// the fragment deputy evaluates itself (`eval::fast`); `like` and `+` are Cedar's alone.
 const CONDITIONS: &[&str] = &[
     "",
     "when { true }",

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{decide_with, EntityRef, Parts};
-use crate::delegation::{is_agent_type, LiveAgent};
+use crate::agents::{is_agent_type, LiveAgent};
 use crate::snapshot::Snapshot;
 
 /// The resource type listed first: tools are what a harness shows or hides.
@@ -54,7 +54,7 @@ pub fn capabilities(snap: &Snapshot, agent: &LiveAgent, now: i64) -> Capabilitie
             .principals_for_action(action)
             .is_some_and(|mut p| p.any(is_agent_type));
         // Delegating is reported as `can_delegate`; its context describes a child to be.
-        if !applies_to_agents || action.id().unescaped() == crate::delegation::DELEGATE_ACTION {
+        if !applies_to_agents || action.id().unescaped() == crate::bundle::DELEGATE_ACTION {
             continue;
         }
         let resource_types: Vec<String> = snap

@@ -17,6 +17,12 @@ use super::problem::Problem;
 
 /// The annotation that turns a forbid into "not without approval": `@ask("<approver>")`.
 pub const ASK_ANNOTATION: &str = "ask";
+/// The action a parent is authorized for when it spawns a child.
+pub const DELEGATE_ACTION: &str = "delegate";
+/// The context attribute deputy supplies for managed agents: the session's taint.
+pub const TAINT_FIELD: &str = "taint";
+/// The resource attribute holding its classification level.
+pub const CLASSIFICATION_ATTR: &str = "classification";
 /// The attributes deputy gives the `Agent` entities it creates (its agent model).
 pub const AGENT_ATTRIBUTES: [&str; 3] = ["can_delegate", "ceiling", "depth"];
 
@@ -55,14 +61,14 @@ impl AgentNames {
                 let uid = item.get("uid").map(|u| u.get("__entity").unwrap_or(u));
                 let ty = uid.and_then(|u| u.get("type")).and_then(|t| t.as_str());
                 let id = uid.and_then(|u| u.get("id")).and_then(|i| i.as_str());
-                if let (Some(crate::delegation::AGENT_TYPE), Some(id)) = (ty, id) {
+                if let (Some(crate::agents::AGENT_TYPE), Some(id)) = (ty, id) {
                     file_of.insert(id.to_owned(), file);
                 }
             }
         }
         for e in entities.iter() {
             let core: &ast::Entity = e.as_ref();
-            if crate::delegation::is_agent_type(e.uid().type_name()) {
+            if crate::agents::is_agent_type(e.uid().type_name()) {
                 let id = e.uid().id().unescaped().to_owned();
                 let file = file_of.get(&id).copied().unwrap_or("entities");
                 names.declared.insert(id, file.to_owned());
@@ -104,7 +110,7 @@ impl AgentNames {
 
     fn note(&mut self, uid: &ast::EntityUID) {
         let name = uid.entity_type().name();
-        if AsRef::<str>::as_ref(name.basename_as_ref()) == crate::delegation::AGENT_TYPE && name.is_unqualified() {
+        if AsRef::<str>::as_ref(name.basename_as_ref()) == crate::agents::AGENT_TYPE && name.is_unqualified() {
             self.referenced.insert(uid.eid().as_ref().to_owned());
         }
     }
@@ -133,7 +139,7 @@ impl AgentNames {
 /// forbids that read `principal.*` would then err and be skipped: fail closed by refusing it.
 pub(super) fn check_representable(schema: &Schema) -> Result<(), Problem> {
     let uid =
-        crate::delegation::agent_uid("deputy-agent-model-probe").map_err(|e| Problem::new(ProblemCode::Internal, e))?;
+        crate::agents::agent_uid("deputy-agent-model-probe").map_err(|e| Problem::new(ProblemCode::Internal, e))?;
     let attrs = HashMap::from([
         ("can_delegate".to_owned(), RestrictedExpression::new_bool(false)),
         ("ceiling".to_owned(), RestrictedExpression::new_long(0)),

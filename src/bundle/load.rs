@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::problem::{BundleError, Problem};
 use super::{Bundle, LoadOptions, PolicySource, TaintRole};
-use crate::authorize::PolicyIndex;
+use crate::eval::PolicyIndex;
 
 /// Sub-directories of a bundle and the file endings read from each.
 const SCHEMA_DIR: &str = "schema";
@@ -686,7 +686,7 @@ fn check_grants(
         else {
             continue;
         };
-        let declared = crate::delegation::agent_uid(&id)
+        let declared = crate::agents::agent_uid(&id)
             .ok()
             .and_then(|uid| entities.get(&uid))
             .is_some();
@@ -738,7 +738,7 @@ fn taint_in_context(schema: &Schema) -> std::collections::HashSet<EntityUid> {
         .filter(|uid| {
             let core_uid: &cedar_policy_core::ast::EntityUID = (*uid).as_ref();
             matches!(core.context_type(core_uid), Some(Type::Record { attrs, .. })
-                if attrs.get_attr(crate::authorize::TAINT_FIELD).is_some())
+                if attrs.get_attr(super::TAINT_FIELD).is_some())
         })
         .cloned()
         .collect()

@@ -149,7 +149,12 @@ impl BundleStore {
                 )
             }
         };
-        crate::telemetry::reload_done(&span, &status);
+        let outcome = match status.outcome {
+            ReloadOutcome::Loaded => "loaded",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Failed => "failed",
+        };
+        crate::telemetry::reload_done(&span, outcome, status.version.as_deref());
         // The status first, then the count: whoever sees the count move sees this status.
         let counter = if ret.is_ok() {
             &self.reloads_ok

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::registry::{agent_uid, BUNDLE_CREATOR};
 use super::service::Delegation;
 use super::store::{AgentRow, AuditEvent, StateError};
+use crate::agents::{agent_uid, BUNDLE_CREATOR};
 use crate::bundle::{Bundle, Problem};
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Prepared;

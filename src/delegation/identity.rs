@@ -14,11 +14,10 @@
 use crate::bundle::Bundle;
 use crate::error::ErrorCode;
 
-use super::registry::{LiveAgent, Registry};
 use super::service::DelegationError;
+use crate::agents::{LiveAgent, Registry};
 
-/// The approver name of a human holding the admin credential.
-pub const ADMIN_APPROVER: &str = "admin";
+pub use crate::agents::ADMIN_APPROVER;
 /// Names deputy itself uses for actors in the audit trail and in approvals.
 pub const RESERVED_NAMES: [&str; 4] = [ADMIN_APPROVER, "human", "bundle", "deputy"];
 /// The prefix of ids deputy mints; no requested name may start with it.

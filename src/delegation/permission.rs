@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::identity::{may_approve, ADMIN_APPROVER};
-use super::registry::LiveAgent;
 use super::service::{accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS};
 use super::spawn::is_delegation;
 use super::store::{AuditEvent, PermissionRow, StateError, Tx};
+use crate::agents::LiveAgent;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Snapshot;
 

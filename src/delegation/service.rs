@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::credential;
-use super::registry::{LiveAgent, Registry};
 use super::store::{AuditRecord, NotLive, StateError, Store, Tx};
+use crate::agents::{LiveAgent, Registry};
 use crate::error::ErrorCode;
 use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};
 
@@ -28,8 +28,7 @@ use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};
 pub const STATE_FILE: &str = "deputy.sqlite3";
 /// Longest lifetime deputy grants an agent, whatever is asked.
 pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
-/// The action a parent is authorized for when it spawns a child.
-pub const DELEGATE_ACTION: &str = "delegate";
+pub use crate::bundle::DELEGATE_ACTION;
 
 /// Bounds on what callers can make deputy hold.
 #[derive(Debug, Clone)]

@@ -18,12 +18,12 @@ use serde_json::{json, Value};
 
 use super::credential;
 use super::identity::{check_new_id, mint_id, resolve_approvers};
-use super::registry::{agent_uid, LiveAgent};
 use super::service::{
     accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS,
 };
 use super::store::{AgentRow, AuditEvent, PermissionRow};
 use super::{ADMIN_APPROVER, DELEGATE_ACTION};
+use crate::agents::{agent_uid, LiveAgent};
 use crate::bundle::ASK_ANNOTATION;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Snapshot;

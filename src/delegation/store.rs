@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
+
+pub use crate::agents::AgentRow;
 use sha2::{Digest, Sha256};
 
 /// The hash before the first audit record.
@@ -23,31 +25,6 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
     #[error("state database is poisoned by an earlier panic")]
     Poisoned,
-}
-
-/// One agent as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentRow {
-    pub id: String,
-    pub parent: Option<String>,
-    pub depth: i64,
-    pub can_delegate: bool,
-    pub ceiling: i64,
-    pub taint: i64,
-    pub grant: String,
-    pub grant_digest: String,
-    #[serde(skip)]
-    pub credential_hash: String,
-    pub task: String,
-    pub reason: String,
-    pub created_by: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub revoked_at: Option<i64>,
-    pub revoked_reason: Option<String>,
-    pub bundle_version: String,
-    /// The proof that admitted this grant, as JSON.
-    pub proof: serde_json::Value,
 }
 
 /// An audit event before it is chained.

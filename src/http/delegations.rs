@@ -94,7 +94,16 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
         Ok(ctx.svc.spawn(&ctx.snap, &ctx.caller, spawn, now())?)
     })
     .await;
-    crate::telemetry::delegation_done(&state.obs, &span, &outcome);
+    let (what, proof, error) = match &outcome {
+        Ok(SpawnOutcome::Applied { proof, .. }) => ("applied", Some(proof), None),
+        Ok(SpawnOutcome::Pending { proof, .. }) => ("pending", Some(proof), None),
+        Err(e) if matches!(e.code, ErrorCode::DelegationForbidden | ErrorCode::GrantExceedsParent) => {
+            ("rejected", e.details.get("proof"), Some(e.code))
+        }
+        Err(e) => ("error", None, Some(e.code)),
+    };
+    let verdict = proof.and_then(|p| p.get("verdict")).and_then(Value::as_str);
+    crate::telemetry::delegation_done(&state.obs, &span, what, verdict, error);
     let outcome = outcome?;
     let status = match outcome {
         SpawnOutcome::Applied { .. } => StatusCode::CREATED,

@@ -359,13 +359,13 @@ fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
 /// Decides a `/v1/authorize` body.
 fn authorize_body(snap: &Snapshot, bytes: &[u8]) -> Result<Outcome, RequestError> {
     let parts = authorize::read_parts(&snap.bundle, bytes)?;
-    telemetry::decide(snap, parts, now(), Api::Authorize)
+    authorize::decide_observed(snap, parts, now(), Api::Authorize)
 }
 
 /// Reads a Cedar-shaped request `{principal, action, resource, context}` at `path`.
 fn authorize_one(snap: &Snapshot, body: &Value, path: &str) -> Result<Outcome, RequestError> {
     let parts = authorize::parts_of(&snap.bundle, body, path)?;
-    telemetry::decide(snap, parts, now(), Api::Authorize)
+    authorize::decide_observed(snap, parts, now(), Api::Authorize)
 }
 
 #[derive(Serialize)]
@@ -374,7 +374,7 @@ struct DecisionBody<'a> {
     reasons: &'a [String],
     errors: &'a [authorize::PolicyError],
     #[serde(skip_serializing_if = "Option::is_none")]
-    denied_by: Option<&'a crate::delegation::DeniedBy>,
+    denied_by: Option<&'a authorize::DeniedBy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     needed: Option<&'a authorize::Needed>,
     policy_version: &'a str,

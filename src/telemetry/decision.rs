@@ -1,7 +1,8 @@
-//! Observing the work: the decision path (span, metrics, decision log), delegation, proofs and
-//! reloads. The HTTP layer runs each request inside `scoped`, which makes the server's
-//! `Observability` and the request's trace id reachable from the decision path without
-//! threading them through every signature.
+//! Observing the work as typed events: decisions (span, metrics, decision log), delegations,
+//! proofs and reloads. The HTTP layer runs each request inside `scoped`, which makes the
+//! server's `Observability` and the request's trace id reachable from where events are recorded
+//! without threading them through every signature. Telemetry knows nothing of the modules that
+//! record events: they hand it plain values.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,13 +14,9 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use super::{Observability, TRACE_ONLY};
-use crate::authorize::{self, Outcome, Parts, PolicyError, RequestError};
-use crate::bundle::{ReloadOutcome, ReloadStatus};
-use crate::delegation::{DeniedBy, SpawnOutcome};
 use crate::error::ErrorCode;
-use crate::http::ApiError;
+use crate::eval::PolicyError;
 use crate::prover::Verdict;
-use crate::snapshot::Snapshot;
 
 /// Which API a decision was asked through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,107 +82,140 @@ pub fn carry<T>(f: impl FnOnce() -> T + Send) -> impl FnOnce() -> T + Send {
     }
 }
 
-/// `authorize::decide`, observed: an `authorize` span with the decision's attributes, the
-/// decision metrics and, when configured, a decision log line.
-pub fn decide(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Result<Outcome, RequestError> {
-    // Field values are only evaluated when the span is enabled (traces are exported).
-    let span = tracing::info_span!(
+/// The span of one decision (trace-only: created only when traces are exported, so its fields
+/// are evaluated only then).
+pub fn decision_span(
+    api: Api,
+    principal: &dyn std::fmt::Display,
+    action: &dyn std::fmt::Display,
+    resource_type: &dyn std::fmt::Display,
+    policy_version: &str,
+) -> Span {
+    tracing::info_span!(
         target: TRACE_ONLY,
         "authorize",
         deputy.api = api.as_str(),
-        deputy.principal = %parts.principal.uid,
-        deputy.action = %parts.action.uid,
-        "deputy.resource.type" = %parts.resource.uid.type_name(),
-        deputy.policy_version = snap.bundle.version.as_str(),
+        deputy.principal = %principal,
+        deputy.action = %action,
+        "deputy.resource.type" = %resource_type,
+        deputy.policy_version = policy_version,
         deputy.decision = Empty,
         deputy.chain_depth = Empty,
         deputy.denied_by = Empty,
         deputy.decision_id = Empty,
         deputy.error = Empty,
-    );
-    let _entered = span.enter();
-    let scope = REQUEST.try_with(Clone::clone).ok();
-    let log = scope.as_ref().and_then(|s| s.obs.decision_log.as_ref());
-    let logged = log.map(|l| Logged {
-        principal: parts.principal.uid.to_string(),
-        action: parts.action.uid.to_string(),
-        resource: parts.resource.uid.to_string(),
-        context: l.masked(parts.context.as_ref()),
-    });
-
-    let started = Instant::now();
-    let result = authorize::decide(snap, parts, now);
-    let took = started.elapsed();
-
-    let outcome = match &result {
-        Ok(o) if o.decision.allow => "allow",
-        Ok(_) => "deny",
-        Err(_) => "error",
-    };
-    span.record("deputy.decision", outcome);
-    match &result {
-        Ok(o) => {
-            if let Some(agent) = &o.agent {
-                span.record("deputy.chain_depth", agent.row.depth);
-            }
-            if let Some(d) = &o.denied_by {
-                span.record("deputy.denied_by", bound(d));
-            }
-        }
-        Err(e) => {
-            span.record("deputy.error", e.code.as_str());
-        }
-    }
-    let Some(scope) = &scope else { return result };
-    scope.obs.metrics.decided(api, outcome, took);
-    if let (Some(log), Some(logged)) = (log, logged) {
-        if !(log.drops_allows() && outcome == "allow") {
-            let id = uuid::Uuid::new_v4().to_string();
-            span.record("deputy.decision_id", id.as_str());
-            let line = Line {
-                decision_id: &id,
-                time: now_rfc3339(),
-                trace_id: scope.trace_id.as_deref(),
-                request_id: &scope.request_id,
-                api: api.as_str(),
-                principal: &logged.principal,
-                chain: result.as_ref().ok().and_then(|o| chain(snap, o)),
-                action: &logged.action,
-                resource: &logged.resource,
-                context: logged.context,
-                decision: outcome,
-                reasons: result.as_ref().map_or(&[][..], |o| &o.decision.reasons[..]),
-                errors: result.as_ref().map_or(&[][..], |o| &o.decision.errors[..]),
-                denied_by: result.as_ref().ok().and_then(|o| o.denied_by.as_ref()),
-                error: result.as_ref().err().map(|e| LineError {
-                    code: e.code.as_str(),
-                    message: &e.message,
-                }),
-                policy_version: &snap.bundle.version,
-                took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            };
-            match serde_json::to_string(&line) {
-                Ok(s) => log.send(s),
-                Err(e) => {
-                    tracing::error!(error = %e, request_id = %scope.request_id, "cannot encode a decision log line")
-                }
-            }
-        }
-    }
-    result
+    )
 }
 
-/// What the decision log needs from the request, taken before it is consumed.
-struct Logged {
+/// What the decision log keeps of a request, taken before the request is decided.
+pub struct LogPending {
     principal: String,
     action: String,
     resource: String,
     context: Option<Value>,
 }
 
+/// Takes what the decision log will need (the context masked); `None` unless this request's
+/// server writes a decision log.
+pub fn log_pending(
+    principal: &dyn std::fmt::Display,
+    action: &dyn std::fmt::Display,
+    resource: &dyn std::fmt::Display,
+    context: Option<&Value>,
+) -> Option<LogPending> {
+    REQUEST
+        .try_with(|s| {
+            s.obs.decision_log.as_ref().map(|l| LogPending {
+                principal: principal.to_string(),
+                action: action.to_string(),
+                resource: resource.to_string(),
+                context: l.masked(context),
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+/// One hop of a decided agent's chain, as the decision log shows it.
+#[derive(Serialize)]
+pub struct ChainHop<'a> {
+    pub agent: &'a str,
+    pub grant_digest: &'a str,
+}
+
+/// A decision, as telemetry records it: the span's fields, the metrics and a log line.
+pub struct DecisionEvent<'a, D: Serialize> {
+    pub api: Api,
+    /// `allow`, `deny` or `error`.
+    pub outcome: &'static str,
+    pub took: Duration,
+    pub reasons: &'a [String],
+    pub errors: &'a [PolicyError],
+    /// The acting agent's chain, for a managed agent.
+    pub chain: Option<Vec<ChainHop<'a>>>,
+    pub chain_depth: Option<i64>,
+    /// The bound that denied (serialised as is) and its name.
+    pub denied_by: Option<(&'a D, &'static str)>,
+    pub error: Option<(ErrorCode, &'a str)>,
+    pub policy_version: &'a str,
+}
+
+/// Records a decision: the span's fields, the decision metrics and, when configured (and not
+/// an allow the log drops), one decision log line.
+pub fn decision_done<D: Serialize>(span: &Span, pending: Option<LogPending>, event: DecisionEvent<'_, D>) {
+    span.record("deputy.decision", event.outcome);
+    if let Some(depth) = event.chain_depth {
+        span.record("deputy.chain_depth", depth);
+    }
+    if let Some((_, bound)) = event.denied_by {
+        span.record("deputy.denied_by", bound);
+    }
+    if let Some((code, _)) = event.error {
+        span.record("deputy.error", code.as_str());
+    }
+    let Ok(scope) = REQUEST.try_with(Clone::clone) else {
+        return;
+    };
+    scope.obs.metrics.decided(event.api, event.outcome, event.took);
+    let (Some(log), Some(logged)) = (scope.obs.decision_log.as_ref(), pending) else {
+        return;
+    };
+    if log.drops_allows() && event.outcome == "allow" {
+        return;
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    span.record("deputy.decision_id", id.as_str());
+    let line = Line {
+        decision_id: &id,
+        time: now_rfc3339(),
+        trace_id: scope.trace_id.as_deref(),
+        request_id: &scope.request_id,
+        api: event.api.as_str(),
+        principal: &logged.principal,
+        chain: event.chain,
+        action: &logged.action,
+        resource: &logged.resource,
+        context: logged.context,
+        decision: event.outcome,
+        reasons: event.reasons,
+        errors: event.errors,
+        denied_by: event.denied_by.map(|(d, _)| d),
+        error: event.error.map(|(code, message)| LineError {
+            code: code.as_str(),
+            message,
+        }),
+        policy_version: event.policy_version,
+        took_us: u64::try_from(event.took.as_micros()).unwrap_or(u64::MAX),
+    };
+    match serde_json::to_string(&line) {
+        Ok(s) => log.send(s),
+        Err(e) => tracing::error!(error = %e, request_id = %scope.request_id, "cannot encode a decision log line"),
+    }
+}
+
 /// One decision log line (docs/OBSERVABILITY.md).
 #[derive(Serialize)]
-struct Line<'a> {
+struct Line<'a, D: Serialize> {
     decision_id: &'a str,
     time: String,
     trace_id: Option<&'a str>,
@@ -193,7 +223,7 @@ struct Line<'a> {
     api: &'static str,
     principal: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    chain: Option<Vec<Hop<'a>>>,
+    chain: Option<Vec<ChainHop<'a>>>,
     action: &'a str,
     resource: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,17 +233,11 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [PolicyError],
     #[serde(skip_serializing_if = "Option::is_none")]
-    denied_by: Option<&'a DeniedBy>,
+    denied_by: Option<&'a D>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<LineError<'a>>,
     policy_version: &'a str,
     took_us: u64,
-}
-
-#[derive(Serialize)]
-struct Hop<'a> {
-    agent: &'a str,
-    grant_digest: &'a str,
 }
 
 #[derive(Serialize)]
@@ -222,39 +246,10 @@ struct LineError<'a> {
     message: &'a str,
 }
 
-/// The acting agent's chain, root first, each hop with its grant's digest.
-fn chain<'a>(snap: &'a Snapshot, outcome: &Outcome) -> Option<Vec<Hop<'a>>> {
-    let agent = outcome.agent.as_ref()?;
-    Some(
-        agent
-            .chain
-            .iter()
-            .filter_map(|id| snap.agents.get(id))
-            .map(|a| Hop {
-                agent: &a.row.id,
-                grant_digest: &a.row.grant_digest,
-            })
-            .collect(),
-    )
-}
-
 fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
-}
-
-fn bound(d: &DeniedBy) -> &'static str {
-    match d {
-        DeniedBy::Admin { .. } => "admin",
-        DeniedBy::Grant { .. } => "grant",
-        DeniedBy::Ceiling { .. } => "ceiling",
-        DeniedBy::Taint { .. } => "taint",
-        DeniedBy::Revoked => "revoked",
-        DeniedBy::Expired => "expired",
-        DeniedBy::StateUnavailable => "state_unavailable",
-        DeniedBy::UnknownAgent => "unknown_agent",
-    }
 }
 
 /// The span of one delegation request; the proof's span nests under it.
@@ -268,23 +263,22 @@ pub fn delegation_span() -> Span {
     )
 }
 
-/// Records what a delegation request came to: applied, pending (a permission request),
-/// rejected (by the admin's rules or the proof) or error (bad input, authentication, state).
-pub fn delegation_done(obs: &Observability, span: &Span, result: &Result<SpawnOutcome, ApiError>) {
-    let (outcome, proof) = match result {
-        Ok(SpawnOutcome::Applied { proof, .. }) => ("applied", Some(proof)),
-        Ok(SpawnOutcome::Pending { proof, .. }) => ("pending", Some(proof)),
-        Err(e) if matches!(e.code, ErrorCode::DelegationForbidden | ErrorCode::GrantExceedsParent) => {
-            ("rejected", e.details.get("proof"))
-        }
-        Err(_) => ("error", None),
-    };
+/// Records what a delegation request came to: `applied`, `pending` (a permission request),
+/// `rejected` (by the admin's rules or the proof) or `error` (bad input, authentication,
+/// state), with the proof's verdict and the error's code when there are.
+pub fn delegation_done(
+    obs: &Observability,
+    span: &Span,
+    outcome: &'static str,
+    verdict: Option<&str>,
+    error: Option<ErrorCode>,
+) {
     span.record("deputy.delegation.outcome", outcome);
-    if let Some(verdict) = proof.and_then(|p| p.get("verdict")).and_then(Value::as_str) {
+    if let Some(verdict) = verdict {
         span.record("deputy.proof.verdict", verdict);
     }
-    if let Err(e) = result {
-        span.record("deputy.error", e.code.as_str());
+    if let Some(code) = error {
+        span.record("deputy.error", code.as_str());
     }
     obs.metrics.delegated(outcome);
 }
@@ -313,15 +307,11 @@ pub fn reload_span() -> Span {
     tracing::info_span!(target: TRACE_ONLY, "reload", deputy.reload.outcome = Empty, deputy.policy_version = Empty)
 }
 
-/// Records a load attempt's outcome and the version it produced or that keeps serving.
-pub fn reload_done(span: &Span, status: &ReloadStatus) {
-    let outcome = match status.outcome {
-        ReloadOutcome::Loaded => "loaded",
-        ReloadOutcome::Unchanged => "unchanged",
-        ReloadOutcome::Failed => "failed",
-    };
+/// Records a load attempt's outcome (`loaded`, `unchanged`, `failed`) and the version it
+/// produced or that keeps serving.
+pub fn reload_done(span: &Span, outcome: &'static str, version: Option<&str>) {
     span.record("deputy.reload.outcome", outcome);
-    if let Some(v) = &status.version {
-        span.record("deputy.policy_version", v.as_str());
+    if let Some(v) = version {
+        span.record("deputy.policy_version", v);
     }
 }

@@ -2,7 +2,6 @@
 //! histograms are updated on the decision, delegation and proof paths; the bundle's reloads
 //! and version and the live agents are read from the live state at scrape time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -15,8 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::Api;
-use crate::bundle::BundleStore;
-use crate::snapshot::Live;
+use std::sync::Arc as SharedState;
 
 /// The `Content-Type` of `GET /metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -59,7 +57,7 @@ fn decision_histogram() -> Histogram {
 impl Metrics {
     /// The metrics, reading reloads, the bundle version and live agents from `serving` (when
     /// given) at each scrape.
-    pub fn new(serving: Option<(Arc<BundleStore>, Arc<Live>)>) -> Self {
+    pub fn new(serving: Option<SharedState<dyn ServingState>>) -> Self {
         let mut registry = Registry::default();
         let decisions = Family::<Labels2, Counter>::default();
         registry.register(
@@ -117,8 +115,8 @@ impl Metrics {
             "Decision log lines that could not be written",
             log_errors.clone(),
         );
-        if let Some((store, live)) = serving {
-            registry.register_collector(Box::new(Serving { store, live }));
+        if let Some(serving) = serving {
+            registry.register_collector(Box::new(Serving(serving)));
         }
         let decided = [Api::Authorize, Api::AuthZen].map(|api| {
             let counters = OUTCOMES.map(|outcome| {
@@ -182,11 +180,18 @@ impl Metrics {
     }
 }
 
-/// What is read from the live state at scrape time.
-struct Serving {
-    store: Arc<BundleStore>,
-    live: Arc<Live>,
+/// What the metrics read from the serving state at scrape time (the server provides it).
+pub trait ServingState: Send + Sync {
+    /// Bundle load attempts: (ok, failed).
+    fn reload_counts(&self) -> (u64, u64);
+    /// The serving bundle's version, if one is serving.
+    fn bundle_version(&self) -> Option<String>;
+    /// Agents neither revoked nor expired.
+    fn live_agents(&self) -> usize;
 }
+
+/// The serving state, as a collector.
+struct Serving(SharedState<dyn ServingState>);
 
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,7 +201,7 @@ impl std::fmt::Debug for Serving {
 
 impl Collector for Serving {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (ok, failed) = self.store.reload_counts();
+        let (ok, failed) = self.0.reload_counts();
         let mut reloads = encoder.encode_descriptor(
             "deputy_bundle_reloads",
             "Bundle load attempts by outcome (ok: loaded or unchanged; failed: rejected, the last good bundle keeps serving)",
@@ -206,29 +211,25 @@ impl Collector for Serving {
         ConstCounter::new(ok).encode(reloads.encode_family(&[("outcome", "ok")])?)?;
         ConstCounter::new(failed).encode(reloads.encode_family(&[("outcome", "failed")])?)?;
 
-        let bundle = self.store.current();
-        let ready = ConstGauge::new(i64::from(bundle.is_some()));
+        let version = self.0.bundle_version();
+        let ready = ConstGauge::new(i64::from(version.is_some()));
         ready.encode(encoder.encode_descriptor(
             "deputy_bundle_ready",
             "1 when a valid bundle is serving",
             None,
             ready.metric_type(),
         )?)?;
-        if let Some(bundle) = bundle {
+        if let Some(version) = version {
             let mut info = encoder.encode_descriptor(
                 "deputy_bundle_info",
                 "The serving bundle; its version is the `version` label",
                 None,
                 MetricType::Gauge,
             )?;
-            ConstGauge::new(1).encode(info.encode_family(&[("version", bundle.version.as_str())])?)?;
+            ConstGauge::new(1).encode(info.encode_family(&[("version", version.as_str())])?)?;
         }
 
-        let now = crate::clock::now();
-        let live = self
-            .live
-            .current()
-            .map_or(0, |s| s.agents.iter().filter(|a| a.is_live(now)).count());
+        let live = self.0.live_agents();
         let agents = ConstGauge::new(i64::try_from(live).unwrap_or(i64::MAX));
         agents.encode(encoder.encode_descriptor(
             "deputy_agents_live",

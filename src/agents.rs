@@ -1,5 +1,6 @@
-//! The live agents, in memory: each agent's chain and, for every hop of it, that hop's grant
-//! already linked to the agent, so a decision links nothing at request time.
+//! The agents deputy manages, in memory: each agent's record, its chain and, for every hop of
+//! it, that hop's grant already linked to the agent, so a decision links nothing at request
+//! time. Shared by the decision path (which reads it) and delegation (which changes it).
 //!
 //! INVARIANT (run time is the proof): an agent's `hops` are, root first, each ancestor's
 //! *delegable view* (its grant without the `@delegable("false")` permits) and then the agent's
@@ -20,12 +21,39 @@ use cedar_policy::{
     Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, RestrictedExpression, SlotId,
 };
 
-use super::store::AgentRow;
+use serde::Serialize;
 
 /// The entity type deputy's agents have in the schema.
 pub const AGENT_TYPE: &str = "Agent";
+/// The approver name of a human holding the admin credential (never an agent's name).
+pub const ADMIN_APPROVER: &str = "admin";
 /// Who created an agent that the bundle declares (with a grant in `grants/`).
 pub const BUNDLE_CREATOR: &str = "bundle";
+
+/// One agent as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub id: String,
+    pub parent: Option<String>,
+    pub depth: i64,
+    pub can_delegate: bool,
+    pub ceiling: i64,
+    pub taint: i64,
+    pub grant: String,
+    pub grant_digest: String,
+    #[serde(skip)]
+    pub credential_hash: String,
+    pub task: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub bundle_version: String,
+    /// The proof that admitted this grant, as JSON.
+    pub proof: serde_json::Value,
+}
 
 /// True for deputy's `Agent` type (unqualified, as the schema must declare it), without
 /// formatting the name.

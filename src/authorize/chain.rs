@@ -4,9 +4,9 @@
 use cedar_policy::{Entities, EntityUid, Request};
 use serde::Serialize;
 
-use super::registry::LiveAgent;
-use crate::authorize::{evaluate, Decision, Indexed};
+use crate::agents::LiveAgent;
 use crate::bundle::TaintRole;
+use crate::eval::{evaluate, Decision, Indexed};
 
 /// Which bound denied a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

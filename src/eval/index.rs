@@ -18,7 +18,7 @@
 //! an entity missing from the store is `in` only itself). So a policy whose scope does not match
 //! the request is neither satisfied nor erring: leaving it out changes neither the decision, nor
 //! the determining policies, nor the errors. The slices a request visits are disjoint and hold
-//! every policy whose scope can match it; `authorize::evaluate_indexed` combines their answers
+//! every policy whose scope can match it; `eval::evaluate_indexed` combines their answers
 //! exactly as Cedar combines policies (any satisfied forbid denies and is the reason; else any
 //! satisfied permit allows and the permits are the reasons; errors are the union).
 //!
