@@ -89,6 +89,8 @@ pub struct Bundle {
     pub validated: bool,
     /// Files read, relative to the bundle root, in load order.
     pub files: Vec<String>,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
 }
 
 impl Bundle {

@@ -26,3 +26,10 @@ fn test_clock() -> Option<i64> {
     let path = PATH.as_ref()?;
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// The wall-clock time now as RFC 3339 (for status and log lines, never for decisions).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}

@@ -39,13 +39,30 @@ pub struct HttpConfig {
 pub struct AppState {
     pub store: Arc<BundleStore>,
     pub live: Arc<crate::snapshot::Live>,
-    /// Delegation, when the sidecar keeps state (not with `--authorize-only`).
-    pub delegation: Option<Arc<crate::delegation::Delegation>>,
-    /// Why the delegation state could not be opened, when it could not.
-    pub state_error: Option<String>,
+    pub delegation: DelegationState,
     pub config: HttpConfig,
     /// Metrics and the decision log.
     pub obs: Arc<crate::telemetry::Observability>,
+}
+
+/// Whether this sidecar delegates.
+pub enum DelegationState {
+    /// It serves with `--authorize-only`: no agents of its own, no state.
+    Off,
+    /// Its delegation state is open.
+    Open(Arc<crate::delegation::Delegation>),
+    /// Its state could not be opened (the reason): every agent decision and delegation call
+    /// fails closed until it is repaired.
+    Unavailable(String),
+}
+
+impl DelegationState {
+    pub fn open(&self) -> Option<&Arc<crate::delegation::Delegation>> {
+        match self {
+            DelegationState::Open(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// A listening socket: TCP (the default, loopback) or a Unix domain socket.

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::bundle::{spawn_watcher, BundleStore, LoadOptions, WatchOptions};
 use crate::delegation::Delegation;
-use crate::http::{self, AppState, HttpConfig};
+use crate::http::{self, AppState, DelegationState, HttpConfig};
 use crate::snapshot::Live;
 use crate::telemetry::Observability;
 
@@ -99,11 +99,15 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     };
     match &delegation {
         Some(d) => {
+            // Live grants are re-proved against every bundle installed, on a worker of their
+            // own: the reload (and the watcher) never wait for proofs.
+            let reprove = spawn_reprover(Arc::clone(d))?;
             let publisher = Arc::clone(d);
-            store.set_publisher(move |bundle| publisher.install_bundle(bundle, crate::clock::now()));
-            // Re-prove live grants whenever a bundle was installed.
-            let hook = Arc::clone(d);
-            store.on_loaded(move |_| hook.reprove_all(crate::clock::now()));
+            store.set_publisher(move |bundle| {
+                publisher.install_bundle(bundle, crate::clock::now())?;
+                let _ = reprove.send(());
+                Ok(())
+            });
         }
         None => {
             let l = Arc::clone(&live);
@@ -134,11 +138,15 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         _ => None,
     };
     tracing::info!(%addr, bundle = %config.bundle.display(), "deputy listening");
+    let delegation = match (delegation, state_error) {
+        (Some(d), _) => DelegationState::Open(d),
+        (None, Some(e)) => DelegationState::Unavailable(e),
+        (None, None) => DelegationState::Off,
+    };
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         live: Arc::clone(&live),
         delegation,
-        state_error,
         config: config.http.clone(),
         obs,
     });
@@ -174,6 +182,20 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     })
 }
 
+/// Starts the thread that re-proves live grants after each bundle install. Installs that arrive
+/// while it works are coalesced: it then proves once more, against the snapshot serving then.
+/// It stops when the sender (held by the bundle store's publisher) is dropped.
+fn spawn_reprover(delegation: Arc<Delegation>) -> std::io::Result<std::sync::mpsc::Sender<()>> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new().name("deputy-reprove".into()).spawn(move || {
+        while rx.recv().is_ok() {
+            while rx.try_recv().is_ok() {}
+            delegation.reprove_all(crate::clock::now());
+        }
+    })?;
+    Ok(tx)
+}
+
 /// How often expired agents are recorded and revoked. Expired agents are denied at once
 /// regardless; the sweep writes the audit record and cascades.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -202,7 +224,7 @@ impl crate::telemetry::ServingState for Serving {
     }
 
     fn bundle_version(&self) -> Option<String> {
-        self.store.current().map(|b| b.version.clone())
+        self.live.current().map(|s| s.bundle.version.clone())
     }
 
     fn live_agents(&self) -> usize {

@@ -371,7 +371,7 @@ fn run_time_bounds_a_child_by_each_ancestors_delegable_view() {
     });
     let last = reloaded(s);
     assert_eq!(last["outcome"], "loaded", "{last}");
-    let drift = s.get("/v1/status").json()["delegation"]["drift"].clone();
+    let drift = common::status_reproved(s.addr)["delegation"]["drift"].clone();
     assert_eq!(drift[0]["agent"], child.id.as_str(), "{drift}");
     let d = decide(s, &child.id, "read", ("Doc", "in-c"));
     assert_eq!(d["decision"], "Deny", "{d}");

@@ -138,6 +138,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 version,
                 revision,
                 validated,
+                loaded_at: crate::clock::now_rfc3339(),
                 files: schema_files
                     .iter()
                     .chain(&policy_files)

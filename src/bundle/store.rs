@@ -1,14 +1,11 @@
-//! The live bundle: an atomically swapped `Arc<Bundle>` plus the result of the last reload.
-//!
-//! INVARIANT: a request loads the current bundle once and uses only that `Arc` for its whole
-//! life, so it sees the old bundle or the new one, never a mix.
+//! Loading the bundle directory and handing each new valid bundle to its publisher, plus the
+//! result of the last reload. The store keeps no bundle of its own: what serves is the one
+//! published `Snapshot` (`snapshot::Live`), which readiness, status and decisions all read.
 
 use crate::error::ProblemCode;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::{Bundle, BundleError, LoadOptions, Problem};
@@ -37,25 +34,22 @@ pub enum ReloadOutcome {
     Failed,
 }
 
-/// Live state of the bundle: what is serving and what the last reload did.
+/// The bundle directory's loader: which version it last published and what the last reload did.
 pub struct BundleStore {
     dir: PathBuf,
     opts: LoadOptions,
-    current: ArcSwapOption<Bundle>,
-    loaded_at: Mutex<Option<String>>,
+    /// The version of the last bundle its publisher accepted (the one serving).
+    published: Mutex<Option<String>>,
     last: Mutex<Option<ReloadStatus>>,
     reloads_ok: std::sync::atomic::AtomicU64,
     reloads_failed: std::sync::atomic::AtomicU64,
     /// Fingerprint of the files at the last load attempt, good or bad.
     attempted: Mutex<Option<String>>,
     /// Installs a newly loaded bundle into what is served (the snapshot), or refuses it with
-    /// problems (it does not fit deputy's live agents); runs before the bundle is swapped in.
+    /// problems (it does not fit deputy's live agents).
     publisher: Mutex<Option<Publisher>>,
-    /// Called (on the loading thread) with every bundle after it was swapped in.
-    on_loaded: Mutex<Vec<LoadedHook>>,
 }
 
-type LoadedHook = Box<dyn Fn(Arc<Bundle>) + Send + Sync>;
 type Publisher = Box<dyn Fn(Arc<Bundle>) -> Result<(), Vec<Problem>> + Send + Sync>;
 
 impl BundleStore {
@@ -63,14 +57,12 @@ impl BundleStore {
         Self {
             dir,
             opts,
-            current: ArcSwapOption::empty(),
-            loaded_at: Mutex::new(None),
+            published: Mutex::new(None),
             last: Mutex::new(None),
             reloads_ok: 0.into(),
             reloads_failed: 0.into(),
             attempted: Mutex::new(None),
             publisher: Mutex::new(None),
-            on_loaded: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,29 +74,18 @@ impl BundleStore {
         }
     }
 
-    /// Adds a hook called (in registration order, on the loading thread, after the bundle was
-    /// installed) with every newly loaded bundle, and at once with the current one, if any.
-    pub fn on_loaded(&self, hook: impl Fn(Arc<Bundle>) + Send + Sync + 'static) {
-        if let Some(b) = self.current() {
-            hook(b);
-        }
-        if let Ok(mut h) = self.on_loaded.lock() {
-            h.push(Box::new(hook));
-        }
-    }
-
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 
-    /// The bundle serving now, if any valid one was ever loaded.
-    pub fn current(&self) -> Option<Arc<Bundle>> {
-        self.current.load_full()
+    /// The version its publisher last accepted, if any.
+    pub fn published_version(&self) -> Option<String> {
+        self.published.lock().ok().and_then(|v| v.clone())
     }
 
-    /// Loads the bundle from disk and swaps it in if it is valid, different, and accepted by the
-    /// publisher (a bundle that does not fit deputy's live agents is refused like an invalid one:
-    /// the last good bundle keeps serving). Blocking: call from `spawn_blocking` or a plain thread.
+    /// Loads the bundle from disk and publishes it if it is valid, different, and accepted by
+    /// the publisher (a bundle that does not fit deputy's live agents is refused like an invalid
+    /// one: the last good bundle keeps serving). Blocking: call from `spawn_blocking` or a plain thread.
     pub fn reload(&self) -> Result<ReloadOutcome, BundleError> {
         let span = crate::telemetry::reload_span();
         let _entered = span.enter();
@@ -116,24 +97,17 @@ impl BundleStore {
             });
         }
         let result = result.and_then(|bundle| self.install(bundle));
-        let at = now_rfc3339();
+        let at = crate::clock::now_rfc3339();
         let (status, ret) = match result {
-            Ok((outcome, version)) => {
-                if outcome == ReloadOutcome::Loaded {
-                    if let Ok(mut l) = self.loaded_at.lock() {
-                        *l = Some(at.clone());
-                    }
-                }
-                (
+            Ok((outcome, version)) => (
                     ReloadStatus {
                         outcome,
                         at,
                         version: Some(version),
                         problems: Vec::new(),
                     },
-                    Ok(outcome),
-                )
-            }
+                Ok(outcome),
+            ),
             Err(err) => {
                 for p in &err.problems {
                     tracing::error!(code = p.code.as_str(), problem = %p, "bundle rejected; the last good bundle keeps serving");
@@ -142,7 +116,7 @@ impl BundleStore {
                     ReloadStatus {
                         outcome: ReloadOutcome::Failed,
                         at,
-                        version: self.current.load().as_ref().map(|b| b.version.clone()),
+                        version: self.published_version(),
                         problems: err.problems.clone(),
                     },
                     Err(err),
@@ -165,21 +139,13 @@ impl BundleStore {
             *last = Some(status);
         }
         counter.fetch_add(1, std::sync::atomic::Ordering::Release);
-        if matches!(ret, Ok(ReloadOutcome::Loaded)) {
-            if let (Some(bundle), Ok(hooks)) = (self.current(), self.on_loaded.lock()) {
-                for hook in hooks.iter() {
-                    hook(Arc::clone(&bundle));
-                }
-            }
-        }
         ret
     }
 
-    /// Publishes a valid bundle (unless its contents are the ones serving) and swaps it in.
+    /// Publishes a valid bundle unless its contents are the ones serving.
     fn install(&self, bundle: Bundle) -> Result<(ReloadOutcome, String), BundleError> {
         let version = bundle.version.clone();
-        let unchanged = self.current.load().as_ref().is_some_and(|cur| cur.version == version);
-        if unchanged {
+        if self.published_version().as_deref() == Some(version.as_str()) {
             return Ok((ReloadOutcome::Unchanged, version));
         }
         let bundle = Arc::new(bundle);
@@ -197,7 +163,9 @@ impl BundleStore {
             });
         }
         tracing::info!(version = %bundle.version, revision = ?bundle.revision, files = bundle.files.len(), "bundle loaded");
-        self.current.store(Some(bundle));
+        if let Ok(mut p) = self.published.lock() {
+            *p = Some(version.clone());
+        }
         Ok((ReloadOutcome::Loaded, version))
     }
 
@@ -215,19 +183,9 @@ impl BundleStore {
         self.last.lock().ok().and_then(|l| l.clone())
     }
 
-    pub fn loaded_at(&self) -> Option<String> {
-        self.loaded_at.lock().ok().and_then(|l| l.clone())
-    }
-
     /// (successful, failed) reload attempts since start.
     pub fn reload_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Acquire;
         (self.reloads_ok.load(Acquire), self.reloads_failed.load(Acquire))
     }
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::from(SystemTime::now());
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }

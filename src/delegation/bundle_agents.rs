@@ -39,6 +39,14 @@ pub struct Drift {
     pub detail: Value,
 }
 
+/// What the last re-proof found, and against which bundle version it ran.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DriftReport {
+    /// The bundle version the live grants were last re-proved against; `None` before the first.
+    pub policy_version: Option<String>,
+    pub agents: Vec<Drift>,
+}
+
 /// Why an install was refused.
 enum Refused {
     State(StateError),
@@ -274,7 +282,10 @@ impl Delegation {
             }
         }
         if let Ok(mut drift) = self.drift.lock() {
-            *drift = found;
+            *drift = DriftReport {
+                policy_version: Some(snap.bundle.version.clone()),
+                agents: found,
+            };
         }
     }
 }

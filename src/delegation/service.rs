@@ -175,7 +175,7 @@ pub struct Delegation {
     /// Woken whenever a permission request changes, for long polls.
     pub(super) requests_changed: tokio::sync::Notify,
     /// Live grants that no longer prove within their parent's under the serving bundle.
-    pub(super) drift: std::sync::Mutex<Vec<super::bundle_agents::Drift>>,
+    pub(super) drift: std::sync::Mutex<super::bundle_agents::DriftReport>,
     /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
     bundle_tokens: HashMap<String, String>,
     pub(super) limits: Limits,
@@ -202,7 +202,7 @@ impl Delegation {
             admin_token,
             metrics: None,
             requests_changed: tokio::sync::Notify::new(),
-            drift: std::sync::Mutex::new(Vec::new()),
+            drift: std::sync::Mutex::new(Default::default()),
             bundle_tokens: agent_tokens
                 .iter()
                 .map(|(id, t)| (id.clone(), credential::hash(t)))
@@ -302,7 +302,7 @@ impl Delegation {
     }
 
     /// The drift found at the last re-proof.
-    pub fn drift(&self) -> Vec<super::bundle_agents::Drift> {
+    pub fn drift(&self) -> super::bundle_agents::DriftReport {
         self.drift.lock().map(|d| d.clone()).unwrap_or_default()
     }
 

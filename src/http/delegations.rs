@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::routes::{json_response, read_json};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, DelegationState};
 use crate::authorize::{Fields, RequestError};
 use crate::clock::now;
 use std::time::Duration;
@@ -26,18 +26,17 @@ type Body = Full<Bytes>;
 const AUDIT_PAGE: usize = 1000;
 
 fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
-    if let Some(e) = &state.state_error {
-        return Err(ApiError::new(
+    match &state.delegation {
+        DelegationState::Open(d) => Ok(Arc::clone(d)),
+        DelegationState::Unavailable(e) => Err(ApiError::new(
             ErrorCode::StateUnavailable,
             format!("the delegation state cannot be opened: {e}"),
-        ));
-    }
-    state.delegation.clone().ok_or_else(|| {
-        ApiError::new(
+        )),
+        DelegationState::Off => Err(ApiError::new(
             ErrorCode::DelegationDisabled,
             "delegation is not enabled on this sidecar (it serves with --authorize-only)",
-        )
-    })
+        )),
+    }
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::{delegations, ApiError, AppState};
+use super::{delegations, ApiError, AppState, DelegationState};
 use crate::authorize::{self, Decision, Fields, Outcome, RequestError};
 use crate::authzen;
 use crate::clock::now;
@@ -253,7 +253,7 @@ async fn persist_taints(state: &AppState, raised: authzen::Raised) -> Result<(),
     if raised.is_empty() {
         return Ok(());
     }
-    let Some(svc) = state.delegation.clone() else {
+    let Some(svc) = state.delegation.open().cloned() else {
         return Ok(());
     };
     tokio::task::spawn_blocking(move || svc.persist_taints(&raised))
@@ -446,42 +446,50 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
 }
 
 fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
-    if let Some(e) = &state.state_error {
+    if let DelegationState::Unavailable(e) = &state.delegation {
         return Err(ApiError::new(
             ErrorCode::StateUnavailable,
             format!("the delegation state cannot be opened: {e}"),
         ));
     }
-    match state.store.current() {
-        Some(b) => Ok(json_response(
+    match state.live.current() {
+        Some(s) => Ok(json_response(
             StatusCode::OK,
-            &json!({"status": "ready", "policy_version": b.version}),
+            &json!({"status": "ready", "policy_version": s.bundle.version}),
         )),
         None => Err(ApiError::no_bundle()),
     }
 }
 
 fn status(state: &AppState) -> Response<Body> {
-    let current = state.store.current();
+    let current = state.live.current();
     let (ok, failed) = state.store.reload_counts();
+    let state_error = match &state.delegation {
+        DelegationState::Unavailable(e) => Some(e),
+        _ => None,
+    };
     let body = json!({
-        "ready": current.is_some(),
-        "bundle": current.as_ref().map(|b| json!({
+        "ready": current.is_some() && state_error.is_none(),
+        "bundle": current.as_ref().map(|s| &s.bundle).map(|b| json!({
             "dir": state.store.dir().display().to_string(),
             "policy_version": b.version,
             "revision": b.revision,
-            "loaded_at": state.store.loaded_at(),
+            "loaded_at": b.loaded_at,
             "validated": b.validated,
             "policies": b.policies.policies().count(),
             "templates": b.policies.templates().count(),
             "files": b.files,
         })),
         "last_reload": state.store.last_reload(),
-        "state_error": state.state_error,
-        "delegation": state.delegation.as_ref().map(|d| json!({
-            "live_agents": d.live_agents(now()),
-            "drift": d.drift(),
-        })),
+        "state_error": state_error,
+        "delegation": state.delegation.open().map(|d| {
+            let drift = d.drift();
+            json!({
+                "live_agents": d.live_agents(now()),
+                "drift": drift.agents,
+                "reproved_version": drift.policy_version,
+            })
+        }),
         "reloads": { "ok": ok, "failed": failed },
     });
     json_response(StatusCode::OK, &body)

@@ -187,7 +187,7 @@ pub fn decision_done<D: Serialize>(span: &Span, pending: Option<LogPending>, eve
     span.record("deputy.decision_id", id.as_str());
     let line = Line {
         decision_id: &id,
-        time: now_rfc3339(),
+        time: crate::clock::now_rfc3339(),
         trace_id: scope.trace_id.as_deref(),
         request_id: &scope.request_id,
         api: event.api.as_str(),
@@ -244,12 +244,6 @@ struct Line<'a, D: Serialize> {
 struct LineError<'a> {
     code: &'static str,
     message: &'a str,
-}
-
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// The span of one delegation request; the proof's span nests under it.

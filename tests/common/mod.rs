@@ -269,6 +269,18 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// `/v1/status` once the live grants were re-proved against the serving bundle (re-proofs run
+/// on a worker after each install; this waits for the one of the version serving).
+pub fn status_reproved(addr: SocketAddr) -> Value {
+    let mut status = Value::Null;
+    let done = wait_until(Duration::from_secs(30), || {
+        status = send(addr, "GET", "/v1/status", &[], None).json();
+        status["delegation"]["reproved_version"] == status["bundle"]["policy_version"]
+    });
+    assert!(done, "the live grants were not re-proved: {status}");
+    status
+}
+
 /// A request with `Authorization: Bearer <token>`.
 pub fn get_as(s: &TestServer, token: &str, path: &str) -> Resp {
     let auth = format!("Bearer {token}");

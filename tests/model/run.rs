@@ -893,7 +893,7 @@ impl World {
             note("reload installed");
             assert_ne!(last["outcome"], "failed", "{last}");
             self.sync_lead();
-            let drift = self.d.get("/v1/status").json()["delegation"]["drift"].clone();
+            let drift = crate::common::status_reproved(self.d.addr)["delegation"]["drift"].clone();
             if drift.as_array().is_some_and(|d| !d.is_empty()) {
                 note("drift");
             }
