@@ -6,6 +6,7 @@
 //! writer lock that every change takes (see `service`). docs/SECURITY.md lists the invariants
 //! and the tests that guard each.
 
+mod audit;
 mod bundle_agents;
 pub mod credential;
 mod identity;
@@ -19,9 +20,10 @@ pub use crate::agents::ADMIN_APPROVER;
 pub use crate::agents::{
     agent_entity, agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, View, AGENT_TYPE, BUNDLE_CREATOR,
 };
+pub use audit::{AuditEvent, AuditKind, AuditRecord};
 pub use bundle_agents::Drift;
 pub use identity::{check_new_id, mint_id, MINTED_PREFIX, RESERVED_NAMES};
 pub use permission::{Decision as PermissionDecision, RequestView};
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};
-pub use store::{AgentRow, AuditEvent, AuditRecord, NotLive, StateError, Store};
+pub use store::{AgentRow, NotLive, RequestStatus, StateError, Store};

@@ -187,12 +187,14 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
 /// It stops when the sender (held by the bundle store's publisher) is dropped.
 fn spawn_reprover(delegation: Arc<Delegation>) -> std::io::Result<std::sync::mpsc::Sender<()>> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new().name("deputy-reprove".into()).spawn(move || {
-        while rx.recv().is_ok() {
-            while rx.try_recv().is_ok() {}
-            delegation.reprove_all(crate::clock::now());
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("deputy-reprove".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                delegation.reprove_all(crate::clock::now());
+            }
+        })?;
     Ok(tx)
 }
 

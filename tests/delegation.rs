@@ -628,3 +628,30 @@ fn a_shipped_grant_for_an_undeclared_agent_is_a_bundle_error() {
     assert_eq!(err.problems[0].code.as_str(), "grant_invalid");
     assert_eq!(err.problems[0].file.as_deref(), Some("grants/ghost.cedar"));
 }
+
+#[test]
+fn a_request_status_filter_must_name_a_status() {
+    let env = start();
+    let s = &env.server;
+    let root = root(s, true, 3600);
+    let bad = common::get_as(s, &root.token, "/v1/permission-requests?status=bogus");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(bad.json()["code"], "invalid_field");
+    assert!(
+        bad.json()["message"].as_str().unwrap().contains("`status`"),
+        "{}",
+        bad.text()
+    );
+    for status in [
+        "pending",
+        "approved",
+        "denied",
+        "withdrawn",
+        "expired",
+        "closed",
+        "used",
+    ] {
+        let ok = common::get_as(s, &root.token, &format!("/v1/permission-requests?status={status}"));
+        assert_eq!(ok.status, 200, "{status}: {}", ok.text());
+    }
+}

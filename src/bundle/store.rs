@@ -100,12 +100,12 @@ impl BundleStore {
         let at = crate::clock::now_rfc3339();
         let (status, ret) = match result {
             Ok((outcome, version)) => (
-                    ReloadStatus {
-                        outcome,
-                        at,
-                        version: Some(version),
-                        problems: Vec::new(),
-                    },
+                ReloadStatus {
+                    outcome,
+                    at,
+                    version: Some(version),
+                    problems: Vec::new(),
+                },
                 Ok(outcome),
             ),
             Err(err) => {

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::audit::{AuditEvent, AuditKind};
 use super::service::Delegation;
-use super::store::{AgentRow, AuditEvent, StateError};
+use super::store::{AgentRow, StateError};
 use crate::agents::{agent_uid, BUNDLE_CREATOR};
 use crate::bundle::{Bundle, Problem};
 use crate::prover::{self, Grant, ProveOptions, Verdict};
@@ -124,7 +125,7 @@ impl Delegation {
                             tx.audit(
                                 now,
                                 AuditEvent {
-                                    event: "grant_replaced",
+                                    kind: AuditKind::GrantReplaced,
                                     actor: BUNDLE_CREATOR.to_owned(),
                                     agent: Some(id.clone()),
                                     details: json!({"grant_digest": digest, "policy_version": bundle.version}),
@@ -138,7 +139,7 @@ impl Delegation {
                             tx.audit(
                                 now,
                                 AuditEvent {
-                                    event: "attributes_replaced",
+                                    kind: AuditKind::AttributesReplaced,
                                     actor: BUNDLE_CREATOR.to_owned(),
                                     agent: Some(id.clone()),
                                     details: json!({
@@ -181,7 +182,7 @@ impl Delegation {
                         tx.audit(
                             now,
                             AuditEvent {
-                                event: "applied",
+                                kind: AuditKind::Applied,
                                 actor: BUNDLE_CREATOR.to_owned(),
                                 agent: Some(id.clone()),
                                 details: json!({"grant_digest": digest, "policy_version": bundle.version, "source": "grants/"}),
@@ -198,7 +199,7 @@ impl Delegation {
                 .collect();
             let mut revoked = Vec::new();
             for id in removed {
-                revoked.extend(self.end_subtree(tx, &id, now, "revoked", "removed from the bundle", BUNDLE_CREATOR)?);
+                revoked.extend(self.end_subtree(tx, &id, now, AuditKind::Revoked, "removed from the bundle", BUNDLE_CREATOR)?);
             }
             let mut next = registry.with_rows(changed).map_err(|e| Refused::Problems(vec![Problem::new(ProblemCode::Internal, e.to_string())]))?;
             for row in added {
@@ -272,7 +273,7 @@ impl Delegation {
             tracing::warn!(agent = %d.agent, parent = %d.parent, verdict = %d.verdict, version = %d.policy_version,
                 "a live grant no longer proves within its parent's under the new bundle; every ancestor's delegable view still bounds it");
             let audit = AuditEvent {
-                event: "drift",
+                kind: AuditKind::Drift,
                 actor: "deputy".to_owned(),
                 agent: Some(d.agent.clone()),
                 details: json!({"parent": d.parent, "verdict": d.verdict, "policy_version": d.policy_version}),

@@ -11,8 +11,9 @@
 use crate::error::ErrorCode;
 use serde_json::json;
 
+use super::audit::{AuditEvent, AuditKind};
 use super::service::{Caller, Delegation, DelegationError};
-use super::store::{AuditEvent, StateError, Tx};
+use super::store::{StateError, Tx};
 
 impl Delegation {
     /// Revokes `id` and all its descendants. The caller must be the admin, the agent itself
@@ -50,9 +51,9 @@ impl Delegation {
             ));
         }
         let (event, reason) = if completed {
-            ("completed", "task completed")
+            (AuditKind::Completed, "task completed")
         } else {
-            ("revoked", "revoked")
+            (AuditKind::Revoked, "revoked")
         };
         let ids = self.commit(|_, tx| {
             Self::check_live(tx, caller.agent().map(AsRef::as_ref), now)?;
@@ -62,7 +63,7 @@ impl Delegation {
         // Committed: now (before answering) no snapshot shows them live.
         self.live.mark_revoked(&ids);
         if let Some(m) = &self.metrics {
-            m.revoked(event, ids.len());
+            m.revoked(event.as_str(), ids.len());
         }
         self.requests_changed.notify_waiters();
         Ok(ids)
@@ -76,7 +77,7 @@ impl Delegation {
         tx: &Tx<'_>,
         root: &str,
         now: i64,
-        event: &'static str,
+        kind: AuditKind,
         reason: &str,
         actor: &str,
     ) -> Result<Vec<String>, StateError> {
@@ -88,14 +89,14 @@ impl Delegation {
             tx.audit(
                 now,
                 AuditEvent {
-                    event,
+                    kind,
                     actor: actor.to_owned(),
                     agent: Some(id.clone()),
                     details: details.clone(),
                 },
             )?;
         }
-        self.close_requests_in(tx, &changed, now, event)?;
+        self.close_requests_in(tx, &changed, now, kind.as_str())?;
         Ok(changed)
     }
 
@@ -109,8 +110,12 @@ impl Delegation {
             .map(|a| a.row.id.clone())
             .collect();
         for id in expired {
-            let ended =
-                self.commit(|_, tx| Ok((self.end_subtree(tx, &id, now, "expired", "expired", "deputy")?, None)));
+            let ended = self.commit(|_, tx| {
+                Ok((
+                    self.end_subtree(tx, &id, now, AuditKind::Expired, "expired", "deputy")?,
+                    None,
+                ))
+            });
             match ended {
                 Ok(ids) => {
                     self.live.mark_revoked(&ids);

@@ -19,10 +19,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::audit::{AuditEvent, AuditKind};
 use super::identity::{may_approve, ADMIN_APPROVER};
 use super::service::{accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS};
 use super::spawn::is_delegation;
-use super::store::{AuditEvent, PermissionRow, StateError, Tx};
+use super::store::{PermissionRow, RequestStatus, StateError, Tx};
 use crate::agents::LiveAgent;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Snapshot;
@@ -44,7 +45,7 @@ pub enum Decision {
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestView {
     pub request_id: String,
-    pub status: String,
+    pub status: RequestStatus,
     pub requester: String,
     /// Who decides now: an agent id, or `admin` (a human with the admin credential).
     pub approver: String,
@@ -60,7 +61,7 @@ pub struct RequestView {
 
 impl From<PermissionRow> for RequestView {
     fn from(r: PermissionRow) -> Self {
-        let then = if r.status == "pending" {
+        let then = if r.status == RequestStatus::Pending {
             remaining(&r)
         } else {
             Vec::new()
@@ -115,8 +116,11 @@ fn bundle_grant(id: &str) -> DelegationError {
     .help("change the grant in the bundle's git repository; it applies on the next reload")
 }
 
-fn closed(id: &str, status: &str) -> DelegationError {
-    DelegationError::new(ErrorCode::RequestClosed, format!("request `{id}` is already {status}"))
+fn closed(id: &str, status: RequestStatus) -> DelegationError {
+    DelegationError::new(
+        ErrorCode::RequestClosed,
+        format!("request `{id}` is already {}", status.as_str()),
+    )
 }
 
 /// The grants an approval extends: (agent, the digest proved against, the new grant, its digest).
@@ -174,7 +178,7 @@ impl Delegation {
             approver: grantor.unwrap_or_else(|| ADMIN_APPROVER.to_owned()),
             grant: grant_src.to_owned(),
             reason: reason.to_owned(),
-            status: "pending".to_owned(),
+            status: RequestStatus::Pending,
             created_at: now,
             expires_at: now + ttl.max(1),
             updated_at: now,
@@ -201,8 +205,8 @@ impl Delegation {
                 &row,
                 None,
                 now,
-                "permission_requested",
-                caller,
+                AuditKind::PermissionRequested,
+                &caller.name(),
                 json!({"grant_digest": grant.digest()}),
             )?;
             Ok(((), None))
@@ -218,7 +222,7 @@ impl Delegation {
         &self,
         snap: &Snapshot,
         caller: &Caller,
-        status: Option<&str>,
+        status: Option<RequestStatus>,
         mine: bool,
     ) -> Result<Vec<RequestView>, DelegationError> {
         let rows = match (caller, mine) {
@@ -319,8 +323,8 @@ impl Delegation {
                 format!("request `{id}` waits on `{}`, not on you", row.approver),
             ));
         }
-        if row.status != "pending" {
-            return Err(closed(id, &row.status));
+        if row.status != RequestStatus::Pending {
+            return Err(closed(id, row.status));
         }
         let requester = requester
             .filter(|r| r.is_live(now))
@@ -354,11 +358,11 @@ impl Delegation {
             Self::check_live(tx, caller.agent().map(Arc::as_ref), now)?;
             let mut next = row.clone();
             next.updated_at = now;
-            let cas = Some((row.status.as_str(), row.approver.as_str()));
+            let cas = Some((row.status, row.approver.as_str()));
             let mut registry = None;
             match decision {
                 Decision::Deny => {
-                    next.status = "denied".to_owned();
+                    next.status = RequestStatus::Denied;
                     next.history
                         .push(json!({"at": now, "event": "denied", "by": by, "reason": reason}));
                     save(
@@ -366,8 +370,8 @@ impl Delegation {
                         &next,
                         cas,
                         now,
-                        "permission_denied",
-                        caller,
+                        AuditKind::PermissionDenied,
+                        &caller.name(),
                         json!({"reason": reason}),
                     )?;
                 }
@@ -392,8 +396,8 @@ impl Delegation {
                         &next,
                         cas,
                         now,
-                        "permission_escalated",
-                        caller,
+                        AuditKind::PermissionEscalated,
+                        &caller.name(),
                         json!({"to": to, "reason": reason}),
                     )?;
                 }
@@ -402,7 +406,7 @@ impl Delegation {
                     // exactly this delegation once (`approved_request`).
                     let mut rest = remaining(&row);
                     if rest.is_empty() {
-                        next.status = "approved".to_owned();
+                        next.status = RequestStatus::Approved;
                         next.history
                             .push(json!({"at": now, "event": "approved", "by": by, "as": row.approver,
                                                  "reason": reason}));
@@ -411,8 +415,8 @@ impl Delegation {
                             &next,
                             cas,
                             now,
-                            "delegation_approved",
-                            caller,
+                            AuditKind::DelegationApproved,
+                            &caller.name(),
                             json!({"reason": reason}),
                         )?;
                     } else {
@@ -425,8 +429,8 @@ impl Delegation {
                             &next,
                             cas,
                             now,
-                            "delegation_approval_step",
-                            caller,
+                            AuditKind::DelegationApprovalStep,
+                            &caller.name(),
                             json!({"reason": reason, "next": next.approver}),
                         )?;
                     }
@@ -452,7 +456,7 @@ impl Delegation {
                         tx.audit(
                             now,
                             AuditEvent {
-                                event: "grant_extended",
+                                kind: AuditKind::GrantExtended,
                                 actor: by.clone(),
                                 agent: Some(agent.clone()),
                                 details: json!({"request_id": row.id, "grant_digest": digest, "reason": reason,
@@ -466,7 +470,7 @@ impl Delegation {
                             rows.push(r);
                         }
                     }
-                    next.status = "approved".to_owned();
+                    next.status = RequestStatus::Approved;
                     next.history.push(
                         json!({"at": now, "event": "approved", "by": by, "reason": reason, "extended": ext.steps}),
                     );
@@ -475,8 +479,8 @@ impl Delegation {
                         &next,
                         cas,
                         now,
-                        "permission_approved",
-                        caller,
+                        AuditKind::PermissionApproved,
+                        &caller.name(),
                         json!({"reason": reason, "extended": ext.steps}),
                     )?;
                     registry = Some(w.registry().with_rows(rows).map_err(DelegationError::internal)?);
@@ -592,21 +596,21 @@ impl Delegation {
                     "only the requester may withdraw a request",
                 ));
             }
-            if row.status != "pending" {
-                return Err(closed(id, &row.status));
+            if row.status != RequestStatus::Pending {
+                return Err(closed(id, row.status));
             }
-            let cas = (row.status.clone(), row.approver.clone());
-            row.status = "withdrawn".to_owned();
+            let cas = (row.status, row.approver.clone());
+            row.status = RequestStatus::Withdrawn;
             row.updated_at = now;
             row.history
                 .push(json!({"at": now, "event": "withdrawn", "by": row.requester}));
             save(
                 tx,
                 &row,
-                Some((&cas.0, &cas.1)),
+                Some((cas.0, &cas.1)),
                 now,
-                "permission_withdrawn",
-                caller,
+                AuditKind::PermissionWithdrawn,
+                &caller.name(),
                 json!({}),
             )?;
             Ok((RequestView::from(row), None))
@@ -621,7 +625,7 @@ impl Delegation {
         for id in ids {
             for mut row in tx.pending_of(id)? {
                 // Read in this same transaction: nothing can have moved it.
-                row.status = "closed".to_owned();
+                row.status = RequestStatus::Closed;
                 row.updated_at = now;
                 row.history.push(json!({"at": now, "event": "closed", "why": why}));
                 match save(
@@ -629,8 +633,8 @@ impl Delegation {
                     &row,
                     None,
                     now,
-                    "permission_closed",
-                    &Caller::Admin,
+                    AuditKind::PermissionClosed,
+                    "deputy",
                     json!({"why": why}),
                 ) {
                     Ok(()) | Err(Saved::Moved) => {}
@@ -643,24 +647,24 @@ impl Delegation {
 
     /// Expires pending requests past their deadline.
     pub(super) fn expire_requests(&self, now: i64) {
-        let Ok(rows) = self.store.requests(None, None, Some("pending")) else {
+        let Ok(rows) = self.store.requests(None, None, Some(RequestStatus::Pending)) else {
             return;
         };
         let mut changed = false;
         for row in rows.into_iter().filter(|r| r.expires_at <= now) {
             let done = self.commit(|_, tx| {
                 let mut row = row.clone();
-                let cas = (row.status.clone(), row.approver.clone());
-                row.status = "expired".to_owned();
+                let cas = (row.status, row.approver.clone());
+                row.status = RequestStatus::Expired;
                 row.updated_at = now;
                 row.history.push(json!({"at": now, "event": "expired"}));
                 match save(
                     tx,
                     &row,
-                    Some((&cas.0, &cas.1)),
+                    Some((cas.0, &cas.1)),
                     now,
-                    "permission_expired",
-                    &Caller::Admin,
+                    AuditKind::PermissionExpired,
+                    "deputy",
                     json!({}),
                 ) {
                     Ok(()) | Err(Saved::Moved) => Ok(((), None)),
@@ -736,10 +740,10 @@ impl From<Saved> for DelegationError {
 fn save(
     tx: &Tx<'_>,
     row: &PermissionRow,
-    cas: Option<(&str, &str)>,
+    cas: Option<(RequestStatus, &str)>,
     now: i64,
-    event: &'static str,
-    caller: &Caller,
+    kind: AuditKind,
+    actor: &str,
     mut details: Value,
 ) -> Result<(), Saved> {
     if !tx.save_request(row, cas)? {
@@ -751,8 +755,8 @@ fn save(
     tx.audit(
         now,
         AuditEvent {
-            event,
-            actor: caller.name(),
+            kind,
+            actor: actor.to_owned(),
             agent: Some(row.requester.clone()),
             details,
         },

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::audit::AuditRecord;
 use super::credential;
-use super::store::{AuditRecord, NotLive, StateError, Store, Tx};
+use super::store::{NotLive, StateError, Store, Tx};
 use crate::agents::{LiveAgent, Registry};
 use crate::error::ErrorCode;
 use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};

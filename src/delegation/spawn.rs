@@ -16,12 +16,13 @@ use cedar_policy::{Context, EntityUid, Request};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::audit::{AuditEvent, AuditKind};
 use super::credential;
 use super::identity::{check_new_id, mint_id, resolve_approvers};
 use super::service::{
     accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS,
 };
-use super::store::{AgentRow, AuditEvent, PermissionRow};
+use super::store::{AgentRow, PermissionRow, RequestStatus};
 use super::{ADMIN_APPROVER, DELEGATE_ACTION};
 use crate::agents::{agent_uid, LiveAgent};
 use crate::bundle::ASK_ANNOTATION;
@@ -436,7 +437,7 @@ impl Delegation {
                     tx.audit(
                         now,
                         AuditEvent {
-                            event: "applied",
+                            kind: AuditKind::Applied,
                             actor: caller.name(),
                             agent: Some(child.id.clone()),
                             details: json!({
@@ -492,7 +493,7 @@ impl Delegation {
                         approver: first.clone(),
                         grant: req.grant.clone(),
                         reason: req.reason.clone(),
-                        status: "pending".to_owned(),
+                        status: RequestStatus::Pending,
                         created_at: now,
                         expires_at: now + super::permission::DEFAULT_REQUEST_TTL,
                         updated_at: now,
@@ -505,7 +506,7 @@ impl Delegation {
                     tx.audit(
                         now,
                         AuditEvent {
-                            event: "pending",
+                            kind: AuditKind::Pending,
                             actor: caller.name(),
                             agent: Some(parent.row.id.clone()),
                             details: json!({
@@ -557,7 +558,7 @@ impl Delegation {
         if let Err(e) = self.store.audit(
             now,
             AuditEvent {
-                event: "rejected",
+                kind: AuditKind::Rejected,
                 actor: caller.name(),
                 agent,
                 details: audit.clone(),
@@ -588,7 +589,7 @@ impl Delegation {
                     format!("no pending delegation `{rid}` of yours"),
                 )
             })?;
-        if row.status != "approved" || row.expires_at <= now {
+        if row.status != RequestStatus::Approved || row.expires_at <= now {
             return Err(DelegationError::new(
                 ErrorCode::RequestNotApproved,
                 format!("delegation request `{rid}` is {}, not approved", row.status),
@@ -653,20 +654,20 @@ fn take_approval(
         )
     };
     let mut row = tx.request(rid)?.ok_or_else(not_approved)?;
-    if row.status != "approved" || row.requester != parent || row.expires_at <= now {
+    if row.status != RequestStatus::Approved || row.requester != parent || row.expires_at <= now {
         return Err(not_approved());
     }
     let approver = row.approver.clone();
-    row.status = "used".to_owned();
+    row.status = RequestStatus::Used;
     row.updated_at = now;
     row.history.push(json!({"at": now, "event": "used", "child": child}));
-    if !tx.save_request(&row, Some(("approved", &approver)))? {
+    if !tx.save_request(&row, Some((RequestStatus::Approved, &approver)))? {
         return Err(not_approved());
     }
     tx.audit(
         now,
         AuditEvent {
-            event: "approval_used",
+            kind: AuditKind::ApprovalUsed,
             actor: format!("Agent::\"{parent}\""),
             agent: Some(child.to_owned()),
             details: json!({"request_id": rid}),

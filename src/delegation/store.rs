@@ -9,11 +9,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::audit::{self, AuditEvent, AuditRecord};
 pub use crate::agents::AgentRow;
-use sha2::{Digest, Sha256};
-
-/// The hash before the first audit record.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -25,28 +22,6 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
     #[error("state database is poisoned by an earlier panic")]
     Poisoned,
-}
-
-/// An audit event before it is chained.
-#[derive(Debug, Clone)]
-pub struct AuditEvent {
-    pub event: &'static str,
-    pub actor: String,
-    pub agent: Option<String>,
-    pub details: serde_json::Value,
-}
-
-/// An audit record as stored: chained to the one before by `prev_hash`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRecord {
-    pub seq: i64,
-    pub at: i64,
-    pub event: String,
-    pub actor: String,
-    pub agent: Option<String>,
-    pub details: serde_json::Value,
-    pub prev_hash: String,
-    pub hash: String,
 }
 
 pub struct Store {
@@ -117,6 +92,69 @@ fn migrations() -> rusqlite_migration::Migrations<'static> {
     ])
 }
 
+/// Where a permission request (or a pending delegation) stands. Only `pending` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Withdrawn,
+    Expired,
+    /// Its requester is gone (revoked, completed, expired).
+    Closed,
+    /// An approved delegation whose child was created (an approval is used once).
+    Used,
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl RequestStatus {
+    pub const ALL: &'static [RequestStatus] = &[
+        RequestStatus::Pending,
+        RequestStatus::Approved,
+        RequestStatus::Denied,
+        RequestStatus::Withdrawn,
+        RequestStatus::Expired,
+        RequestStatus::Closed,
+        RequestStatus::Used,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Withdrawn => "withdrawn",
+            RequestStatus::Expired => "expired",
+            RequestStatus::Closed => "closed",
+            RequestStatus::Used => "used",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestStatus> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+impl rusqlite::ToSql for RequestStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for RequestStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        RequestStatus::parse(s)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("unknown request status `{s}`").into()))
+    }
+}
+
 /// A request for more permission, as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct PermissionRow {
@@ -126,8 +164,7 @@ pub struct PermissionRow {
     pub approver: String,
     pub grant: String,
     pub reason: String,
-    /// `pending`, `approved`, `denied`, `withdrawn`, `expired` or `closed`.
-    pub status: String,
+    pub status: RequestStatus,
     pub created_at: i64,
     pub expires_at: i64,
     pub updated_at: i64,
@@ -215,7 +252,7 @@ impl Store {
         &self,
         approver: Option<&str>,
         requester: Option<&str>,
-        status: Option<&str>,
+        status: Option<RequestStatus>,
     ) -> Result<Vec<PermissionRow>, StateError> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
@@ -252,13 +289,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StateError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT seq, at, event, actor, agent, details, prev_hash, hash FROM audit \
-                 WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR at >= ?2) ORDER BY seq LIMIT ?3",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM audit WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR at >= ?2) \
+                 ORDER BY seq LIMIT ?3",
+                audit::COLUMNS
+            ))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt
-                .query_map(params![agent, since, limit], audit_from_row)?
+                .query_map(params![agent, since, limit], audit::from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -266,64 +304,8 @@ impl Store {
 
     /// Walks the whole audit chain; returns the first broken link, if any.
     pub fn verify_audit(&self) -> Result<Option<String>, StateError> {
-        let records = self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT seq, at, event, actor, agent, details, prev_hash, hash FROM audit ORDER BY seq")?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(StoredAudit {
-                        seq: r.get("seq")?,
-                        at: r.get("at")?,
-                        event: r.get("event")?,
-                        actor: r.get("actor")?,
-                        agent: r.get("agent")?,
-                        stored: r.get("details")?,
-                        prev_hash: r.get("prev_hash")?,
-                        hash: r.get("hash")?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })?;
-        let mut prev = GENESIS.to_owned();
-        for (expected_seq, r) in (1..).zip(records.iter()) {
-            if r.seq != expected_seq {
-                return Ok(Some(format!(
-                    "audit record {expected_seq} is missing (found {} next)",
-                    r.seq
-                )));
-            }
-            if r.prev_hash != prev {
-                return Ok(Some(format!(
-                    "audit record {} does not link to record {}",
-                    r.seq,
-                    r.seq - 1
-                )));
-            }
-            let h = chain_hash(&prev, r.seq, r.at, &r.event, &r.actor, r.agent.as_deref(), &r.stored);
-            if h != r.hash {
-                return Ok(Some(format!(
-                    "audit record {} was altered (its hash does not match its content)",
-                    r.seq
-                )));
-            }
-            prev = h;
-        }
-        Ok(None)
+        self.with(|c| audit::verify(c))
     }
-}
-
-/// An audit record exactly as stored: its hash covers these bytes, whatever a JSON library
-/// would make of them today.
-struct StoredAudit {
-    seq: i64,
-    at: i64,
-    event: String,
-    actor: String,
-    agent: Option<String>,
-    stored: String,
-    prev_hash: String,
-    hash: String,
 }
 
 /// Why a stored agent cannot act.
@@ -461,7 +443,11 @@ impl Tx<'_> {
 
     /// Saves a new request, or a changed one whose stored status and approver are still
     /// `expected` (compare-and-set); false when someone else changed it first.
-    pub fn save_request(&self, row: &PermissionRow, expected: Option<(&str, &str)>) -> Result<bool, StateError> {
+    pub fn save_request(
+        &self,
+        row: &PermissionRow,
+        expected: Option<(RequestStatus, &str)>,
+    ) -> Result<bool, StateError> {
         match expected {
             None => {
                 save_request(&self.tx, row)?;
@@ -497,35 +483,8 @@ impl Tx<'_> {
 
     /// Appends one audit record, chained to the last.
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
-        append(&self.tx, now, event)
+        audit::append(&self.tx, now, event)
     }
-}
-
-fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<AuditRecord, StateError> {
-    let last: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get("seq")?, r.get("hash")?))
-        })
-        .optional()?;
-    let (seq, prev) = last.map_or((1, GENESIS.to_owned()), |(s, h)| (s + 1, h));
-    // INVARIANT: the hash covers exactly the bytes stored (so verifying never depends on how a
-    // JSON library would serialise the details again).
-    let stored = ev.details.to_string();
-    let hash = chain_hash(&prev, seq, now, ev.event, &ev.actor, ev.agent.as_deref(), &stored);
-    tx.execute(
-        "INSERT INTO audit (seq, at, event, actor, agent, details, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![seq, now, ev.event, ev.actor, ev.agent, stored, prev, hash],
-    )?;
-    Ok(AuditRecord {
-        seq,
-        at: now,
-        event: ev.event.to_owned(),
-        actor: ev.actor,
-        agent: ev.agent,
-        details: ev.details,
-        prev_hash: prev,
-        hash,
-    })
 }
 
 /// The columns `agent_from_row` reads, by name.
@@ -607,23 +566,6 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
     })
 }
 
-fn chain_hash(prev: &str, seq: i64, at: i64, event: &str, actor: &str, agent: Option<&str>, details: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        prev,
-        &seq.to_string(),
-        &at.to_string(),
-        event,
-        actor,
-        agent.unwrap_or(""),
-        details,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
-}
-
 fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     let proof: String = r.get("proof")?;
     Ok(AgentRow {
@@ -645,19 +587,5 @@ fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         revoked_reason: r.get("revoked_reason")?,
         bundle_version: r.get("bundle_version")?,
         proof: serde_json::from_str(&proof).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
-    let details: String = r.get("details")?;
-    Ok(AuditRecord {
-        seq: r.get("seq")?,
-        at: r.get("at")?,
-        event: r.get("event")?,
-        actor: r.get("actor")?,
-        agent: r.get("agent")?,
-        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-        prev_hash: r.get("prev_hash")?,
-        hash: r.get("hash")?,
     })
 }

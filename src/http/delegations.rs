@@ -17,7 +17,7 @@ use crate::authorize::{Fields, RequestError};
 use crate::clock::now;
 use std::time::Duration;
 
-use crate::delegation::{Caller, Delegation, PermissionDecision, SpawnOutcome, SpawnRequest};
+use crate::delegation::{Caller, Delegation, PermissionDecision, RequestStatus, SpawnOutcome, SpawnRequest};
 use crate::snapshot::Snapshot;
 
 type Body = Full<Bytes>;
@@ -242,6 +242,19 @@ fn wait_param(pairs: &[(String, String)]) -> Result<Option<Duration>, RequestErr
     Ok(Some(Duration::from_secs(secs).min(MAX_WAIT)))
 }
 
+fn status_param(pairs: &[(String, String)]) -> Result<Option<RequestStatus>, RequestError> {
+    let Some(v) = query_value(pairs, "status") else {
+        return Ok(None);
+    };
+    RequestStatus::parse(v).map(Some).ok_or_else(|| {
+        let known: Vec<&str> = RequestStatus::ALL.iter().map(|s| s.as_str()).collect();
+        RequestError::new(
+            ErrorCode::InvalidField,
+            format!("query `status` must be one of {}, got `{v}`", known.join(", ")),
+        )
+    })
+}
+
 /// `POST /v1/permission-requests` (the grantee's credential): `{grant, reason, ttl_seconds?}`.
 pub async fn request_permission(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
@@ -270,17 +283,17 @@ pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<R
     let ctx = context(state, bearer(&req).as_deref())?;
     let query = query_pairs(&req);
     let wait = wait_param(&query)?;
-    let status = query_value(&query, "status").map(str::to_owned);
+    let status = status_param(&query)?;
     let mine = query_value(&query, "mine") == Some("true");
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
     loop {
-        let (svc, caller, status) = (Arc::clone(&ctx.svc), ctx.caller.clone(), status.clone());
+        let (svc, caller) = (Arc::clone(&ctx.svc), ctx.caller.clone());
         let snap = Arc::clone(&ctx.snap);
         let notified = ctx.svc.requests_changed();
         tokio::pin!(notified);
         // Register interest before reading, so a change between the read and the wait is seen.
         notified.as_mut().enable();
-        let list = blocking(move || Ok(svc.list_requests(&snap, &caller, status.as_deref(), mine)?)).await?;
+        let list = blocking(move || Ok(svc.list_requests(&snap, &caller, status, mine)?)).await?;
         if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(json_response(StatusCode::OK, &json!({ "requests": list })));
         }
@@ -294,7 +307,7 @@ pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -
     let ctx = context(state, bearer(&req).as_deref())?;
     let wait = wait_param(&query_pairs(&req))?;
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
-    let mut first: Option<(String, String)> = None;
+    let mut first: Option<(RequestStatus, String)> = None;
     loop {
         let notified = ctx.svc.requests_changed();
         tokio::pin!(notified);
@@ -306,9 +319,9 @@ pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -
             id.clone(),
         );
         let view = blocking(move || Ok(svc.get_request(&snap, &caller, &rid)?)).await?;
-        let now_state = (view.status.clone(), view.approver.clone());
+        let now_state = (view.status, view.approver.clone());
         let changed = first.as_ref().is_some_and(|f| *f != now_state);
-        if view.status != "pending" || changed || tokio::time::Instant::now() >= deadline {
+        if view.status != RequestStatus::Pending || changed || tokio::time::Instant::now() >= deadline {
             return Ok(json_response(StatusCode::OK, &view));
         }
         first.get_or_insert(now_state);
