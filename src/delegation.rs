@@ -15,6 +15,8 @@ mod permission;
 mod service;
 mod spawn;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use crate::agents::ADMIN_APPROVER;
 pub use crate::agents::{
