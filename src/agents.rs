@@ -208,17 +208,6 @@ impl Registry {
         Ok(Registry { agents })
     }
 
-    /// A registry in which `id`'s grant is `grant` (see [`Registry::with_rows`]).
-    pub fn with_grant(&self, id: &str, grant: &str, digest: &str) -> Result<Registry, RegistryError> {
-        let Some(a) = self.agents.get(id) else {
-            return Ok(self.clone());
-        };
-        let mut row = a.row.clone();
-        row.grant = grant.to_owned();
-        row.grant_digest = digest.to_owned();
-        self.with_rows(vec![row])
-    }
-
     pub fn get(&self, id: &str) -> Option<&Arc<LiveAgent>> {
         self.agents.get(id)
     }
@@ -227,27 +216,8 @@ impl Registry {
         self.agents.contains_key(id)
     }
 
-    pub fn len(&self) -> usize {
-        self.agents.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &Arc<LiveAgent>> {
         self.agents.values()
-    }
-
-    /// `id` and all its descendants, shallowest first.
-    pub fn subtree(&self, id: &str) -> Vec<String> {
-        let mut out: Vec<&Arc<LiveAgent>> = self
-            .agents
-            .values()
-            .filter(|a| a.chain.iter().any(|c| c == id))
-            .collect();
-        out.sort_by(|a, b| a.chain.len().cmp(&b.chain.len()).then_with(|| a.row.id.cmp(&b.row.id)));
-        out.into_iter().map(|a| a.row.id.clone()).collect()
     }
 
     /// Marks `ids` revoked in every snapshot that holds them (their state is shared).

@@ -17,18 +17,10 @@ use crate::bundle::TaintRole;
 use crate::snapshot::Snapshot;
 
 pub use crate::eval::{Decision, PolicyError};
-pub use capabilities::{capabilities, Capabilities};
-pub use chain::{with_principal, ChainDecision, DeniedBy, Guard};
-pub use observed::{bound, decide_observed};
-pub use request::{
-    entity_ref, parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError,
-};
-
-/// Decides `request` against the bundle's policies and entities. Never fails: evaluation
-/// errors are reported in `errors` and, as in Cedar, an erring policy does not apply.
-pub fn authorize(bundle: &Bundle, request: &Request) -> Decision {
-    bundle.admin().evaluate(&bundle.entities, request)
-}
+pub use capabilities::capabilities;
+pub use chain::{DeniedBy, Guard};
+pub use observed::decide_observed;
+pub use request::{parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError};
 
 /// The parts of one request, as read from the wire.
 pub struct Parts {

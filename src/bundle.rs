@@ -15,9 +15,9 @@ use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
 
 use crate::eval::{Indexed, PolicyIndex};
 
-pub use agents::{AgentNames, AGENT_ATTRIBUTES, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, TAINT_FIELD};
+pub use agents::{AgentNames, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, TAINT_FIELD};
 pub use problem::{BundleError, Problem};
-pub use store::{BundleStore, ReloadOutcome, ReloadStatus};
+pub use store::{BundleStore, ReloadOutcome};
 pub use watch::{spawn_watcher, WatchOptions};
 
 /// How strictly a bundle is checked.
@@ -59,27 +59,39 @@ pub struct PolicySource {
 /// One loaded, validated bundle. Immutable once built; shared behind an `Arc`.
 #[derive(Debug)]
 pub struct Bundle {
+    /// The schema (`schema/*.cedarschema`).
     pub schema: Schema,
+    /// The admin policies (`policies/*.cedar`), each with its stable id.
     pub policies: PolicySet,
     /// `policies` cut into slices by scope, so a request evaluates only what can apply to it.
+    #[doc(hidden)]
     pub index: PolicyIndex,
+    /// The entities (`entities/*.json`), validated against the schema.
     pub entities: Entities,
+    /// Where each policy came from (file, line).
+    #[doc(hidden)]
     pub sources: HashMap<PolicyId, PolicySource>,
     /// The schema's entity and action type names, parsed once: a request's `type` is looked up
     /// here instead of going through Cedar's parser.
+    #[doc(hidden)]
     pub type_names: HashMap<String, cedar_policy::EntityTypeName>,
     /// AuthZEN action name -> action uid; `None` when the name is ambiguous across namespaces.
+    #[doc(hidden)]
     pub actions_by_name: HashMap<String, Option<EntityUid>>,
     /// Actions the schema marks `@taint("source")` or `@taint("sink")`.
+    #[doc(hidden)]
     pub taint_roles: HashMap<EntityUid, TaintRole>,
     /// Actions whose context type declares `taint` (deputy supplies it for its agents there).
+    #[doc(hidden)]
     pub taint_in_context: std::collections::HashSet<EntityUid>,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
     /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).
+    #[doc(hidden)]
     pub agent_names: AgentNames,
     /// Loaded with deputy's agent model (not `--authorize-only`): every `Agent` principal is
     /// then declared by the bundle, managed by deputy, or unknown (and denied).
+    #[doc(hidden)]
     pub agent_model: bool,
     /// Digest of the bundle's files and revision.
     pub version: String,

@@ -461,7 +461,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         #[cfg(unix)]
         if let Some(hangup) = hangup {
-            tokio::spawn(reload_on_hangup(hangup, std::sync::Arc::clone(&running.store)));
+            tokio::spawn(reload_on_hangup(hangup, std::sync::Arc::clone(running.store())));
         }
         signal.await;
         tracing::info!("shutting down: draining connections");

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 /// Where the sidecar listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
+/// [`DEFAULT_LISTEN`] as an address.
+pub const DEFAULT_LISTEN_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8180));
 /// The bundle served unless told otherwise: the example bundle at the repository root.
 pub const DEFAULT_BUNDLE: &str = ".";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -32,3 +35,11 @@ pub const ENV_LISTEN: &str = "DEPUTY_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "DEPUTY_LOG_FORMAT";
 pub const ENV_LOG: &str = "DEPUTY_LOG";
 pub const ENV_DECISION_LOG: &str = "DEPUTY_DECISION_LOG";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_listen_address_is_one() {
+        assert_eq!(super::DEFAULT_LISTEN.parse::<std::net::SocketAddr>().ok(), Some(super::DEFAULT_LISTEN_ADDR));
+    }
+}

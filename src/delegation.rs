@@ -18,14 +18,10 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use crate::agents::ADMIN_APPROVER;
-pub use crate::agents::{
-    agent_entity, agent_uid, is_agent_type, link, LiveAgent, Registry, RegistryError, View, AGENT_TYPE, BUNDLE_CREATOR,
-};
-pub use audit::{AuditEvent, AuditKind, AuditRecord};
-pub use bundle_agents::Drift;
-pub use identity::{check_new_id, mint_id, MINTED_PREFIX, RESERVED_NAMES};
-pub use permission::{Decision as PermissionDecision, RequestView};
+pub use crate::agents::{LiveAgent, Registry, ADMIN_APPROVER, AGENT_TYPE};
+#[cfg(test)]
+use audit::AuditKind;
+pub use permission::Decision as PermissionDecision;
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};
-pub use store::{AgentRow, NotLive, RequestStatus, StateError, Store};
+pub use store::{RequestStatus, Store};

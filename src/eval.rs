@@ -11,16 +11,18 @@ use std::sync::LazyLock;
 use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request};
 use serde::Serialize;
 
-pub use index::{IndexStats, PolicyIndex};
+pub use index::PolicyIndex;
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
 
 /// A decision, with Cedar's diagnostics: the determining policies and the policies that erred.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// Allow or deny (a request no policy permits is denied).
     pub allow: bool,
     /// Policies that determined the decision (the satisfied permits on Allow, forbids on Deny).
     pub reasons: Vec<String>,
+    /// Policies that erred while evaluating; as in Cedar, an erring policy does not apply.
     pub errors: Vec<PolicyError>,
 }
 
@@ -33,9 +35,12 @@ impl Decision {
     }
 }
 
+/// A policy that erred on a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyError {
+    /// The policy's id.
     pub policy: String,
+    /// Cedar's message.
     pub message: String,
 }
 

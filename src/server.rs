@@ -36,16 +36,138 @@ pub struct ServeConfig {
     pub observe: crate::telemetry::ObserveConfig,
 }
 
+impl ServeConfig {
+    /// What `deputy serve --bundle DIR` runs with: loopback on the default port, state in
+    /// `.deputy-state`, the bundle watched, the default limits; no admin credential.
+    pub fn new(bundle: PathBuf) -> ServeConfig {
+        use crate::config::*;
+        ServeConfig {
+            bundle,
+            listen: DEFAULT_LISTEN_ADDR,
+            load: LoadOptions::default(),
+            http: HttpConfig {
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_batch: DEFAULT_MAX_BATCH,
+                max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+            },
+            watch: Some(WatchOptions {
+                debounce: DEFAULT_RELOAD_DEBOUNCE,
+                poll_interval: DEFAULT_POLL_INTERVAL,
+            }),
+            drain: DEFAULT_DRAIN,
+            state: Some(PathBuf::from(DEFAULT_STATE)),
+            admin_token: None,
+            limits: crate::delegation::Limits::default(),
+            listen_unix: None,
+            agent_tokens: std::collections::HashMap::new(),
+            observe: crate::telemetry::ObserveConfig::default(),
+        }
+    }
+}
+
+/// The sidecar, for running inside another Rust program: the same server `deputy serve` runs.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let running = deputy::Sidecar::new("policies/")
+///     .listen("127.0.0.1:0".parse().unwrap())
+///     .state_dir("/var/lib/deputy")
+///     .admin_token(std::env::var("DEPUTY_ADMIN_TOKEN").unwrap_or_default())
+///     .start()
+///     .await?;
+/// println!("deciding on http://{}", running.addr());
+/// running.wait().await;
+/// # Ok(()) }
+/// ```
+pub struct Sidecar {
+    config: ServeConfig,
+}
+
+impl Sidecar {
+    /// A sidecar serving the bundle in `bundle_dir`, with `deputy serve`'s defaults.
+    pub fn new(bundle_dir: impl Into<PathBuf>) -> Sidecar {
+        Sidecar {
+            config: ServeConfig::new(bundle_dir.into()),
+        }
+    }
+
+    /// Where to listen for HTTP (default `127.0.0.1:8180`; port 0 picks a free one).
+    pub fn listen(mut self, addr: SocketAddr) -> Sidecar {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Also serve on this Unix domain socket.
+    pub fn listen_unix(mut self, path: impl Into<PathBuf>) -> Sidecar {
+        self.config.listen_unix = Some(path.into());
+        self
+    }
+
+    /// Where delegation state lives (default `.deputy-state`).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Sidecar {
+        self.config.state = Some(dir.into());
+        self
+    }
+
+    /// Decide only: no agents of deputy's own, no state, no agent model required of the bundle.
+    pub fn authorize_only(mut self) -> Sidecar {
+        self.config.state = None;
+        self.config.load.require_agent_model = false;
+        self
+    }
+
+    /// The admin credential (creating root agents, the audit trail, human approvals).
+    pub fn admin_token(mut self, token: impl Into<String>) -> Sidecar {
+        self.config.admin_token = Some(token.into()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The credential of an agent the bundle declares (`grants/<id>.cedar`).
+    pub fn agent_credential(mut self, id: impl Into<String>, token: impl Into<String>) -> Sidecar {
+        self.config.agent_tokens.insert(id.into(), token.into());
+        self
+    }
+
+    /// Do not watch the bundle directory (reload with [`Running::reload`] instead).
+    pub fn no_watch(mut self) -> Sidecar {
+        self.config.watch = None;
+        self
+    }
+
+    /// Loads the bundle, opens the state, binds and starts serving on the current Tokio
+    /// runtime. An invalid bundle does not fail the start: the sidecar answers `503 no_bundle`
+    /// until a valid one appears (as `deputy serve` does).
+    pub async fn start(self) -> std::io::Result<Running> {
+        start(self.config).await
+    }
+}
+
 /// A running sidecar.
 pub struct Running {
-    pub addr: SocketAddr,
-    pub store: Arc<BundleStore>,
-    pub live: Arc<Live>,
+    addr: SocketAddr,
+    store: Arc<BundleStore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// The TCP address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Loads the bundle again now (what SIGHUP does). Blocking: call it from a blocking
+    /// thread. An invalid bundle is reported and the last good one keeps serving.
+    pub fn reload(&self) -> Result<crate::bundle::ReloadOutcome, crate::bundle::BundleError> {
+        self.store.reload()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<BundleStore> {
+        &self.store
+    }
+
     /// Stops accepting, drains open connections, and waits for the server to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -176,7 +298,6 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     Ok(Running {
         addr,
         store,
-        live,
         shutdown: Some(tx),
         task,
     })

@@ -37,6 +37,16 @@ impl Snapshot {
         self.combined.as_ref().unwrap_or(&self.bundle.entities)
     }
 
+    /// A snapshot of `bundle` alone: no agents of deputy's own (an embedded decision path).
+    pub fn of_bundle(bundle: Arc<Bundle>) -> Snapshot {
+        Snapshot {
+            bundle,
+            agents: Registry::default(),
+            combined: None,
+            agents_unknown: false,
+        }
+    }
+
     /// Builds the snapshot for `bundle` and `agents`; an error when the agents cannot be
     /// represented in the bundle's entity store (its schema no longer fits them, or an id
     /// collides), in which case nothing may be served from it.
@@ -120,11 +130,6 @@ impl Live {
         if let Ok(w) = self.writer.lock() {
             w.registry.mark_revoked(ids);
         }
-    }
-
-    /// A copy of the latest registry (what the next snapshot will hold).
-    pub fn registry(&self) -> Registry {
-        self.writer.lock().map(|w| w.registry.clone()).unwrap_or_default()
     }
 }
 

@@ -22,7 +22,7 @@ use crate::config::ENV_LOG;
 
 pub use decision::{
     carry, decision_done, decision_span, delegation_done, delegation_span, log_pending, prove_observed, reload_done,
-    reload_span, request_id, scoped, Api, ChainHop, DecisionEvent, LogPending,
+    reload_span, request_id, scoped, Api, ChainHop, DecisionEvent,
 };
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, ServingState, METRICS_CONTENT_TYPE};

@@ -74,7 +74,7 @@ fn seed_corpora_and_regressions_replay_without_a_crash() {
 fn soundness_check_accepts_within_and_catches_an_exceeding_child() {
     let fixture = &harness::FIXTURE;
     let bundle = &fixture.snapshot.bundle;
-    let child_uid = deputy::delegation::agent_uid("child").unwrap();
+    let child_uid = deputy::agents::agent_uid("child").unwrap();
     let parent = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;
     let within = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#;
     let exceeds = r#"permit(principal == ?principal, action == Action::"write", resource in Folder::"repo/src");"#;

@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "bundle",
     "snapshot",
     "authorize",
+    "decider",
     "authzen",
     "delegation",
     "http",
@@ -85,7 +86,13 @@ fn modules_depend_on_lower_layers_only() {
         if top == "lib" || top == "main" {
             continue;
         }
-        let text = std::fs::read_to_string(&f).unwrap();
+        // Code only: a doc comment may link to any item.
+        let text: String = std::fs::read_to_string(&f)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let entry = uses.entry(top.clone()).or_default();
         entry.extend(named(&text).into_iter().filter(|m| *m != top));
     }

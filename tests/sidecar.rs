@@ -169,3 +169,85 @@ fn an_invalid_bundle_at_start_serves_not_ready_and_denies() {
     assert_eq!(status["last_reload"]["problems"][0]["file"], "policies/broken.cedar");
     assert_eq!(status["last_reload"]["problems"][0]["line"], 1);
 }
+
+/// The public embedding API: `Sidecar` serves what `deputy serve` serves, and `Decider` decides
+/// exactly as the sidecar does, on the same bundle.
+#[test]
+fn the_embedding_api_serves_and_decides_like_the_sidecar() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt
+        .block_on(
+            deputy::Sidecar::new(repo_root())
+                .listen("127.0.0.1:0".parse().unwrap())
+                .state_dir(state.path())
+                .admin_token("embedded-admin-token-0123456789")
+                .no_watch()
+                .start(),
+        )
+        .unwrap();
+    let addr = running.addr();
+    let bundle = deputy::Bundle::load(&repo_root(), &deputy::LoadOptions::default()).unwrap();
+    let decider = deputy::Decider::new(bundle);
+    for (p, a, r) in [
+        (("Agent", "coder-1"), "read", ("File", "repo/src/main.rs")),
+        (("Agent", "coder-1"), "read", ("File", "repo/src/payroll.rs")),
+        (("Agent", "nobody"), "read", ("File", "repo/src/main.rs")),
+        (
+            ("Agent", "orchestrator"),
+            "use_credential",
+            ("Credential", "github-token"),
+        ),
+    ] {
+        let body = authz(p, a, r);
+        let served = common::send(
+            addr,
+            "POST",
+            "/v1/authorize",
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+        .json();
+        let decided = decider.decide(&body).unwrap();
+        assert_eq!(served["decision"] == "Allow", decided.allow, "{body}: {served}");
+        assert_eq!(served["reasons"], json!(decided.reasons), "{body}");
+    }
+    // A request the schema refuses is the same error both ways.
+    let bad = authz(("Agent", "coder-1"), "fly", ("File", "x"));
+    let served = common::send(
+        addr,
+        "POST",
+        "/v1/authorize",
+        &[("Content-Type", "application/json")],
+        Some(bad.to_string().as_bytes()),
+    )
+    .json();
+    let err = decider.decide(&bad).unwrap_err();
+    assert_eq!(served["code"], err.code.as_str(), "{served}");
+    // The admin credential given to the builder is the one the API takes.
+    let audit = common::send(
+        addr,
+        "GET",
+        "/v1/audit",
+        &[("Authorization", "Bearer embedded-admin-token-0123456789")],
+        None,
+    );
+    assert_eq!(audit.status, 200, "{}", audit.text());
+    let outcome = rt.block_on(async {
+        tokio::task::spawn_blocking(move || {
+            let r = running.reload();
+            (r.map_err(|e| e.to_string()), running)
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(outcome.0.unwrap(), deputy::ReloadOutcome::Unchanged);
+    rt.block_on(outcome.1.stop());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening after stop"
+    );
+}

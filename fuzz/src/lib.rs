@@ -16,9 +16,9 @@ use std::sync::{Arc, LazyLock};
 use cedar_policy::{
     Authorizer, Context, Decision, Effect, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, SlotId,
 };
+use deputy::agents::{AgentRow, Registry};
 use deputy::authorize::{self, Parts};
 use deputy::bundle::{Bundle, LoadOptions};
-use deputy::delegation::{AgentRow, Registry};
 use deputy::prover::{self, Grant, ProveOptions, Verdict};
 use deputy::snapshot::{Live, Snapshot};
 
@@ -181,9 +181,9 @@ pub fn grant(data: &[u8]) {
     let schema = &FIXTURE.snapshot.bundle.schema;
     if prover::validate_grant(&grant, schema).is_ok() {
         // What the registry does with an accepted grant: link it to the agent.
-        if let Ok(uid) = deputy::delegation::agent_uid("fz-new") {
-            let _ = deputy::delegation::link("fz-new", src, &uid, deputy::delegation::View::Full);
-            let _ = deputy::delegation::link("fz-new", src, &uid, deputy::delegation::View::Delegable);
+        if let Ok(uid) = deputy::agents::agent_uid("fz-new") {
+            let _ = deputy::agents::link("fz-new", src, &uid, deputy::agents::View::Full);
+            let _ = deputy::agents::link("fz-new", src, &uid, deputy::agents::View::Delegable);
         }
     }
 }
@@ -426,7 +426,7 @@ pub fn prover_verdict(data: &[u8]) -> &'static str {
 }
 
 fn agent(id: &str) -> EntityUid {
-    deputy::delegation::agent_uid(id).unwrap_or_else(|e| panic!("agent uid: {e}"))
+    deputy::agents::agent_uid(id).unwrap_or_else(|e| panic!("agent uid: {e}"))
 }
 
 fn uid(ty: &str, id: &str) -> EntityUid {

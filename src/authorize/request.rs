@@ -13,14 +13,19 @@ use crate::bundle::Bundle;
 use crate::error::ErrorCode;
 
 /// A client error in a request: a stable code, a message naming the field, maybe a hint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
 pub struct RequestError {
+    /// The stable code (docs/ERRORS.md).
     pub code: ErrorCode,
+    /// What is wrong, naming the field at fault.
     pub message: String,
+    /// How to fix it, when deputy knows.
     pub help: Option<String>,
 }
 
 impl RequestError {
+    /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -29,15 +34,18 @@ impl RequestError {
         }
     }
 
+    /// Adds how to fix it.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// `missing_field`: `field` is required.
     pub fn missing(field: &str) -> Self {
         Self::new(ErrorCode::MissingField, format!("missing required field `{field}`"))
     }
 
+    /// `invalid_field`: `field` must be `expected`.
     pub fn wrong_type(field: &str, expected: &str) -> Self {
         Self::new(ErrorCode::InvalidField, format!("field `{field}` must be {expected}"))
     }

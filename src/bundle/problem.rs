@@ -13,18 +13,24 @@ use crate::error::ProblemCode;
 pub struct Problem {
     /// Stable snake_case code, see docs/ERRORS.md.
     pub code: ProblemCode,
+    /// The file at fault, relative to the bundle root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// 1-based line in `file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// 1-based column in `file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// What is wrong, naming the policy, entity or field.
     pub message: String,
+    /// How to fix it, when deputy knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
 }
 
 impl Problem {
+    /// A problem with no location yet.
     pub fn new(code: ProblemCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -36,17 +42,20 @@ impl Problem {
         }
     }
 
+    /// Locates it in `file`.
     pub fn in_file(mut self, file: impl Into<String>) -> Self {
         self.file = Some(file.into());
         self
     }
 
+    /// Locates it at `line`, `column`.
     pub fn at(mut self, line: usize, column: usize) -> Self {
         self.line = Some(line);
         self.column = Some(column);
         self
     }
 
+    /// Adds how to fix it.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
@@ -127,7 +136,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("bundle `{dir}` is invalid: {} problem(s), first: {}", problems.len(), problems.first().map(ToString::to_string).unwrap_or_default())]
 pub struct BundleError {
+    /// The bundle directory.
     pub dir: String,
+    /// Every problem found, in file order.
     pub problems: Vec<Problem>,
 }
 

@@ -25,6 +25,7 @@ pub struct ReloadStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+/// What a reload did.
 pub enum ReloadOutcome {
     /// A new bundle was loaded and is serving.
     Loaded,

@@ -334,6 +334,7 @@ impl Delegation {
     }
 
     /// Checks the audit hash chain; `Some(problem)` names the first broken record.
+    #[cfg(test)]
     pub fn verify_audit(&self) -> Result<Option<String>, DelegationError> {
         self.store.verify_audit().map_err(DelegationError::state)
     }

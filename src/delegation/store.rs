@@ -357,16 +357,6 @@ impl Tx<'_> {
             .is_some())
     }
 
-    /// The stored grant digest of `id`.
-    pub fn grant_digest(&self, id: &str) -> Result<Option<String>, StateError> {
-        Ok(self
-            .tx
-            .query_row("SELECT grant_digest FROM agents WHERE id = ?1", params![id], |r| {
-                r.get("grant_digest")
-            })
-            .optional()?)
-    }
-
     pub fn insert_agent(&self, row: &AgentRow) -> Result<(), StateError> {
         insert_agent(&self.tx, row)
     }

@@ -42,11 +42,6 @@ impl Telemetry {
         Self { provider }
     }
 
-    /// True when spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still queued and stops the exporter. Blocking.
     pub fn shutdown(&mut self) {
         if let Some(p) = self.provider.take() {

@@ -121,7 +121,7 @@ impl TestServer {
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {
-            addr: running.addr,
+            addr: running.addr(),
             running: Some(running),
             rt,
         }
@@ -147,7 +147,7 @@ impl TestServer {
 
     /// Reloads the bundle now (as the watcher would), on the calling thread.
     pub fn reload(&self) -> Result<deputy::bundle::ReloadOutcome, deputy::bundle::BundleError> {
-        self.running.as_ref().expect("server running").store.reload()
+        self.running.as_ref().expect("server running").reload()
     }
 
     /// The policy version now serving, from /v1/status.
