@@ -6,7 +6,7 @@ The rendered deputy container is also run for real: its arguments, with the in-p
 mapped to temporary directories, start the deputy binary on the bundle the ConfigMap would
 mount, and /readyz and /healthz must answer 200.
 
-Run: pip install -r helm/tests/requirements.txt && python3 -m pytest -q helm/tests
+Run: scripts/setup && .venv/bin/python3 -m pytest -q helm/tests
 (`cargo test --locked` runs it through tests/helm.rs, which also passes DEPUTY_BIN).
 """
 
