@@ -27,7 +27,11 @@ fn readme_starts_with_serve_then_the_suite_and_ci_runs_that_suite() {
         .and_then(|rest| rest.split("```").next())
         .expect("README.md has no ```sh block");
     let first = commands(block);
-    assert_eq!(first.len(), 2, "README's first block should hold exactly two commands: {first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "README's first block should hold exactly two commands: {first:?}"
+    );
     assert_eq!(first[0], "cargo run --release -- serve");
     let suite = &first[1];
 
