@@ -2,7 +2,8 @@
 # Load benchmark: wrk against `deputy serve` (example bundle) and, in the same run, against the
 # bare hyper floor (examples/floor.rs). Prints requests/s, p50/p99, non-2xx responses, deputy's
 # share of the floor and deputy's resident memory (VmRSS) idle and after its run. Needs wrk
-# (apt-get install wrk).
+# (apt-get install wrk). Builds with the `dist` profile (fat LTO, as the container image), so the
+# first run takes several minutes.
 #
 #   bench/http.sh [--policies N] [seconds] [connections] [threads]
 #
@@ -15,22 +16,22 @@ generated=""
 if [ "${1:-}" = "--policies" ]; then generated=$2; shift 2; fi
 secs=${1:-10}; conns=${2:-64}; threads=${3:-2}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --bin deputy --example floor --example bundle_gen
+cargo build --profile dist --locked --quiet --bin deputy --example floor --example bundle_gen
 serve_args=()
 body='{"principal":{"type":"Agent","id":"coder-1"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"repo/src/main.rs"}}'
 bundle_dir=""
 if [ -n "$generated" ]; then
   bundle_dir=$(mktemp -d)
-  ./target/release/examples/bundle_gen "$generated" "$bundle_dir" 2>/dev/null
+  ./target/dist/examples/bundle_gen "$generated" "$bundle_dir" 2>/dev/null
   serve_args=(--bundle "$bundle_dir" --authorize-only)
   body='{"principal":{"type":"Agent","id":"a7"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"x7"},"context":{"n":1}}'
 fi
 
 deputy_port=18180; floor_port=18181
 lua=$(mktemp --suffix .lua)
-./target/release/deputy serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
+./target/dist/deputy serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
 deputy_pid=$!
-./target/release/examples/floor 127.0.0.1:$floor_port 2>/dev/null &
+./target/dist/examples/floor 127.0.0.1:$floor_port 2>/dev/null &
 floor_pid=$!
 trap 'kill $deputy_pid $floor_pid 2>/dev/null || true; rm -f "$lua"; [ -z "$bundle_dir" ] || rm -rf "$bundle_dir"' EXIT
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Soak: wrk drives N clients at full speed against `deputy serve` (release build, a temp copy of
-# the example bundle, --poll-interval-secs 1) while the bundle is rewritten REWRITES times:
+# Soak: wrk drives N clients at full speed against `deputy serve` (the `dist` build: fat LTO, as
+# in the container image; a temp copy of the example bundle, --poll-interval-secs 1) while the
+# bundle is rewritten REWRITES times:
 # valid edits alternate between two policy sets (so `coder-1 write repo/src/main.rs` flips
 # between Allow and Deny), and every tenth edit is broken (a policy that does not parse, or one
 # that fails validation) and must not be applied. Loopback only. Needs wrk (apt-get install wrk).
@@ -16,9 +17,9 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}; conns=${2:-64}; threads=${3:-2}; rewrites=${4:-100}
 port=${SOAK_PORT:-18190}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-# DEPUTY_BIN: a deputy binary already built (skips the release build).
-deputy=${DEPUTY_BIN:-./target/release/deputy}
-[ -n "${DEPUTY_BIN:-}" ] || cargo build --release --quiet --bin deputy
+# DEPUTY_BIN: a deputy binary already built (skips the dist build).
+deputy=${DEPUTY_BIN:-./target/dist/deputy}
+[ -n "${DEPUTY_BIN:-}" ] || cargo build --profile dist --locked --quiet --bin deputy
 
 work=$(mktemp -d)
 bundle=$work/bundle

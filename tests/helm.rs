@@ -1,38 +1,43 @@
 //! The Helm chart in `helm/deputy`, tested by `helm/tests/test_chart.py` with the real Helm
 //! engine (PyPI `helm-python-sdk`) and the Kubernetes schemas (PyPI `kubernetes-validate`).
-//! This runs that suite so that `cargo test` covers the chart, and hands it the deputy binary
-//! so that the rendered container is started for real.
+//! This runs that suite with the project's virtualenv (`scripts/setup` installs the packages
+//! there) so that `cargo test` covers the chart, and hands it the deputy binary so that the
+//! rendered container is started for real.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/venv.rs"]
+mod venv;
 
 use std::path::Path;
 use std::process::Command;
 
 const DEPUTY: &str = env!("CARGO_BIN_EXE_deputy");
-const INSTALL_HINT: &str = "pip install -r helm/tests/requirements.txt";
 
 #[test]
 fn helm_chart_renders_lints_and_validates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let probe = Command::new("python3")
+    let python = venv::tool("python3");
+    let probe = Command::new(&python)
         .args(["-c", "import helm_python, kubernetes_validate, pytest, yaml"])
         .current_dir(root)
         .output();
     match probe {
-        Err(e) => panic!("cannot run python3 ({e}): the Helm chart tests need Python 3 and `{INSTALL_HINT}`"),
+        Err(e) => panic!("cannot run {} ({e}): {}", python.display(), venv::SETUP_HINT),
         Ok(out) if !out.status.success() => panic!(
-            "the Helm chart tests need their Python packages: run `{INSTALL_HINT}`\n{}",
+            "the Helm chart tests need their Python packages (helm/tests/requirements.txt): {}\n{}",
+            venv::SETUP_HINT,
             String::from_utf8_lossy(&out.stderr)
         ),
         Ok(_) => {}
     }
 
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "helm/tests"])
         .current_dir(root)
         .env("DEPUTY_BIN", DEPUTY)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
-        .expect("python3 -m pytest");
+        .expect(".venv/bin/python3 -m pytest");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
