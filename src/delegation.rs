@@ -6,9 +6,11 @@
 //! writer lock that every change takes (see `service`). docs/SECURITY.md lists the invariants
 //! and the tests that guard each.
 
+mod approval;
 mod audit;
 mod bundle_agents;
 pub mod credential;
+mod gate;
 mod identity;
 mod lifecycle;
 mod permission;

@@ -9,10 +9,8 @@
 //! carries out is consumed (once).
 
 use crate::error::ErrorCode;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cedar_policy::{Context, EntityUid, Request};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -23,14 +21,12 @@ use super::service::{
     accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS,
 };
 use super::store::{AgentRow, PermissionRow, RequestStatus};
-use super::{ADMIN_APPROVER, DELEGATE_ACTION};
+use super::approval::{spawn_params, take_approval, DELEGATION_KIND};
+use super::gate::{delegate_decision, Gate};
+use super::ADMIN_APPROVER;
 use crate::agents::{agent_uid, LiveAgent};
-use crate::bundle::ASK_ANNOTATION;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
 use crate::snapshot::Snapshot;
-
-/// The kind of a pending request that is a whole delegation (rather than more permission).
-pub(super) const DELEGATION_KIND: &str = "delegation";
 
 /// What a caller asks for when creating an agent.
 #[derive(Debug, Clone)]
@@ -569,52 +565,6 @@ impl Delegation {
         err
     }
 
-    /// Checks that `rid` is an approved pending delegation of `parent` for exactly `req`, and
-    /// returns it with the approvers who approved it (`admin` when a human did any step).
-    fn approved_delegation(
-        &self,
-        rid: &str,
-        parent: &str,
-        req: &SpawnRequest,
-        now: i64,
-    ) -> Result<(String, Vec<String>), DelegationError> {
-        let row = self
-            .store
-            .request(rid)
-            .map_err(DelegationError::state)?
-            .filter(|r| r.requester == parent && is_delegation(r))
-            .ok_or_else(|| {
-                DelegationError::new(
-                    ErrorCode::PermissionRequestNotFound,
-                    format!("no pending delegation `{rid}` of yours"),
-                )
-            })?;
-        if row.status != RequestStatus::Approved || row.expires_at <= now {
-            return Err(DelegationError::new(
-                ErrorCode::RequestNotApproved,
-                format!("delegation request `{rid}` is {}, not approved", row.status),
-            ));
-        }
-        let same = row.grant == req.grant && row.history.first().is_some_and(|h| h["spawn"] == spawn_params(req));
-        if !same {
-            return Err(DelegationError::new(
-                ErrorCode::RequestMismatch,
-                format!("the approval of `{rid}` was for a different grant or different parameters"),
-            )
-            .help("send exactly the delegation that was approved"));
-        }
-        let mut approved: Vec<String> = Vec::new();
-        for h in row.history.iter().filter(|h| h["event"] == "approved") {
-            if let Some(slot) = h["as"].as_str() {
-                approved.push(slot.to_owned());
-            }
-            if h["by"] == ADMIN_APPROVER {
-                approved.push(ADMIN_APPROVER.to_owned());
-            }
-        }
-        Ok((row.id, approved))
-    }
-
     /// Checks a requested name: the identity namespace, and the names of bundle agents the
     /// sidecar holds credentials for (`--agent-credential-file`), which the bundle may not have
     /// declared yet.
@@ -636,139 +586,6 @@ impl Delegation {
         }
         check_new_id(bundle, agents, parent, id)
     }
-}
-
-/// Consumes an approval inside the transaction that creates the child: compare-and-set from
-/// `approved` to `used`, so one approval creates exactly one child however many requests race.
-fn take_approval(
-    tx: &super::store::Tx<'_>,
-    rid: &str,
-    parent: &str,
-    child: &str,
-    now: i64,
-) -> Result<(), DelegationError> {
-    let not_approved = || {
-        DelegationError::new(
-            ErrorCode::RequestNotApproved,
-            format!("delegation request `{rid}` is no longer approved (it was used or closed)"),
-        )
-    };
-    let mut row = tx.request(rid)?.ok_or_else(not_approved)?;
-    if row.status != RequestStatus::Approved || row.requester != parent || row.expires_at <= now {
-        return Err(not_approved());
-    }
-    let approver = row.approver.clone();
-    row.status = RequestStatus::Used;
-    row.updated_at = now;
-    row.history.push(json!({"at": now, "event": "used", "child": child}));
-    if !tx.save_request(&row, Some((RequestStatus::Approved, &approver)))? {
-        return Err(not_approved());
-    }
-    tx.audit(
-        now,
-        AuditEvent {
-            kind: AuditKind::ApprovalUsed,
-            actor: format!("Agent::\"{parent}\""),
-            agent: Some(child.to_owned()),
-            details: json!({"request_id": rid}),
-        },
-    )?;
-    Ok(())
-}
-
-/// Whether a request is a whole pending delegation.
-pub(super) fn is_delegation(row: &PermissionRow) -> bool {
-    row.history.first().is_some_and(|h| h["kind"] == DELEGATION_KIND)
-}
-
-/// The parameters an approval of a pending delegation is bound to.
-fn spawn_params(req: &SpawnRequest) -> Value {
-    json!({"ttl_seconds": req.ttl_seconds, "ceiling": req.ceiling, "can_delegate": req.can_delegate,
-           "task": req.task, "agent_id": req.agent_id})
-}
-
-enum Gate {
-    Allow,
-    /// Denied only by `@ask` forbids: pending, with every approver they name (sorted, once
-    /// each) and the policies.
-    Ask(Vec<String>, Vec<String>),
-    Deny(Vec<String>),
-}
-
-/// Asks the admin's delegation rules about the parent delegating to `child` — and about every
-/// agent above the parent doing so, since a rule that stops an agent from delegating (by its
-/// groups, attributes or id) must stop its descendants too. Any plain deny denies; `@ask`
-/// denies from any of them are collected.
-fn delegate_decision(
-    snap: &Snapshot,
-    parent: &LiveAgent,
-    child: &EntityUid,
-    context: Value,
-) -> Result<Gate, DelegationError> {
-    let mut names = BTreeSet::new();
-    let mut asked_by = Vec::new();
-    for hop in parent.hops.iter().rev() {
-        match delegate_decision_for(snap, &hop.uid, child, context.clone())? {
-            Gate::Allow => {}
-            Gate::Deny(policies) => return Ok(Gate::Deny(policies)),
-            Gate::Ask(n, policies) => {
-                names.extend(n);
-                asked_by.extend(policies);
-            }
-        }
-    }
-    if names.is_empty() {
-        return Ok(Gate::Allow);
-    }
-    asked_by.sort();
-    asked_by.dedup();
-    Ok(Gate::Ask(names.into_iter().collect(), asked_by))
-}
-
-fn delegate_decision_for(
-    snap: &Snapshot,
-    parent: &EntityUid,
-    child: &EntityUid,
-    context: Value,
-) -> Result<Gate, DelegationError> {
-    let bundle = &snap.bundle;
-    let action = bundle
-        .actions_by_name
-        .get(DELEGATE_ACTION)
-        .cloned()
-        .flatten()
-        .ok_or_else(|| {
-            DelegationError::new(
-                ErrorCode::DelegationDisabled,
-                "the bundle declares no `delegate` action",
-            )
-        })?;
-    let context = Context::from_json_value(context, Some((&bundle.schema, &action)))
-        .map_err(|e| DelegationError::new(ErrorCode::InvalidField, format!("delegation context: {e}")))?;
-    let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema)).map_err(|e| {
-        DelegationError::new(
-            ErrorCode::DelegationDisabled,
-            format!("the bundle's schema rejects a delegation request: {e}"),
-        )
-    })?;
-    let d = bundle.admin().evaluate(snap.entities(), &request);
-    if d.allow {
-        return Ok(Gate::Allow);
-    }
-    let mut names = BTreeSet::new();
-    for id in &d.reasons {
-        match bundle
-            .policies
-            .annotation(&cedar_policy::PolicyId::new(id), ASK_ANNOTATION)
-        {
-            Some(name) => names.insert(name.to_owned()),
-            None => return Ok(Gate::Deny(d.reasons)),
-        };
-    }
-    if names.is_empty() {
-        return Ok(Gate::Deny(d.reasons));
-    }
-    Ok(Gate::Ask(names.into_iter().collect(), d.reasons))
 }
 
 /// The live children of `parent` (`None`: the admin's roots) in `agents`.
