@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::repo_root;
@@ -24,93 +25,133 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const ADMIN: &str = "admin-token-for-otel-tests-0123";
 
-/// What the receiver got: every span, with its resource's attributes.
+/// Every span deputy exported, with its resource's attributes.
 #[derive(Default)]
 struct Received {
     spans: Vec<(Vec<KeyValue>, Span)>,
-    paths: Vec<String>,
 }
 
-/// A minimal OTLP/HTTP receiver: HTTP/1.1 on a loopback port, `POST /v1/traces` with an
-/// `application/x-protobuf` body, answered with an empty `ExportTraceServiceResponse`.
-fn receiver() -> (SocketAddr, Arc<Mutex<Received>>) {
+/// One request the receiver got, as it came; the test thread decodes and checks it.
+struct Export {
+    path: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A minimal OTLP/HTTP receiver: HTTP/1.1 on a loopback port, each request answered with an
+/// empty `ExportTraceServiceResponse` and handed, undecoded, to the test thread. A connection
+/// it cannot read is handed over as an error; a connection thread that panics is found when
+/// the test joins it (`Receiver::finish`), so nothing the receiver sees can fail unnoticed.
+struct Receiver {
+    addr: SocketAddr,
+    exports: mpsc::Receiver<Result<Export, String>>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn receiver() -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Received::default()));
-    let r = Arc::clone(&received);
+    let (tx, exports) = mpsc::channel();
+    let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    let held = Arc::clone(&connections);
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let r = Arc::clone(&r);
-            std::thread::spawn(move || serve_connection(stream, &r));
+            let tx = tx.clone();
+            // INVARIANT: the handle is pushed under the lock taken before the thread starts, so
+            // once deputy got an answer on this connection, `finish` (which takes the lock after
+            // deputy exited) sees the handle.
+            let mut handles = held.lock().unwrap();
+            handles.push(std::thread::spawn(move || {
+                if let Err(e) = serve_connection(stream, &tx) {
+                    let _ = tx.send(Err(e));
+                }
+            }));
         }
     });
-    (addr, received)
+    Receiver {
+        addr,
+        exports,
+        connections,
+    }
 }
 
-fn serve_connection(stream: TcpStream, received: &Mutex<Received>) {
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut writer = stream.try_clone().unwrap();
+impl Receiver {
+    /// Once the exporter has exited: joins every connection thread (failing on a panic) and
+    /// returns what they received, failing on any request they could not read.
+    fn finish(self) -> Vec<Export> {
+        let handles = std::mem::take(&mut *self.connections.lock().unwrap());
+        assert!(!handles.is_empty(), "deputy never connected to the OTLP receiver");
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        self.exports
+            .try_iter()
+            .map(|e| e.unwrap_or_else(|e| panic!("the receiver could not read an export: {e}")))
+            .collect()
+    }
+}
+
+/// Serves one connection until the client closes it, sending each request to `tx`.
+fn serve_connection(stream: TcpStream, tx: &mpsc::Sender<Result<Export, String>>) -> Result<(), String> {
+    let err = |e: std::io::Error| e.to_string();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(err)?;
+    let mut writer = stream.try_clone().map_err(err)?;
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
+        if reader.read_line(&mut request_line).map_err(err)? == 0 {
+            return Ok(());
         }
         let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
         let mut headers = HashMap::new();
         loop {
             let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
+            reader.read_line(&mut line).map_err(err)?;
             let line = line.trim_end();
             if line.is_empty() {
                 break;
             }
-            let (k, v) = line.split_once(':').unwrap();
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| format!("bad header line `{line}`"))?;
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
         let body = if let Some(len) = headers.get("content-length") {
-            let mut body = vec![0; len.parse().unwrap()];
-            reader.read_exact(&mut body).unwrap();
+            let mut body = vec![0; len.parse().map_err(|e| format!("content-length `{len}`: {e}"))?];
+            reader.read_exact(&mut body).map_err(err)?;
             body
         } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-            read_chunked(&mut reader)
+            read_chunked(&mut reader)?
         } else {
             Vec::new()
         };
-        assert_eq!(
-            headers.get("content-type").map(String::as_str),
-            Some("application/x-protobuf")
-        );
-        let export = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
-        {
-            let mut got = received.lock().unwrap();
-            got.paths.push(path);
-            for rs in export.resource_spans {
-                let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
-                for ss in rs.scope_spans {
-                    for span in ss.spans {
-                        got.spans.push((resource.clone(), span));
-                    }
-                }
-            }
-        }
+        let content_type = headers.remove("content-type");
+        // The test thread holds the receiving end until it has joined this thread.
+        let _ = tx.send(Ok(Export {
+            path,
+            content_type,
+            body,
+        }));
         let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
         if writer.write_all(response).is_err() {
-            return;
+            return Ok(());
         }
     }
 }
 
-fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
+fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, String> {
+    let err = |e: std::io::Error| e.to_string();
     let mut body = Vec::new();
     loop {
         let mut size = String::new();
-        reader.read_line(&mut size).unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        reader.read_line(&mut size).map_err(err)?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| format!("chunk size `{size}`: {e}"))?;
         let mut chunk = vec![0; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
+        reader.read_exact(&mut chunk).map_err(err)?;
         if size == 0 {
-            return body;
+            return Ok(body);
         }
         body.extend_from_slice(&chunk[..size]);
     }
@@ -171,9 +212,9 @@ fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 
 #[test]
 fn request_and_decision_spans_join_the_callers_trace() {
-    let (otlp, received) = receiver();
+    let otlp = receiver();
     let state = tempfile::tempdir().unwrap();
-    let mut sidecar = serve(otlp, state.path());
+    let mut sidecar = serve(otlp.addr, state.path());
 
     let body = serde_json::to_vec(&json!({
         "principal": {"type": "Agent", "id": "coder-1"},
@@ -229,14 +270,23 @@ fn request_and_decision_spans_join_the_callers_trace() {
     let status = sidecar.child.wait().unwrap();
     assert!(status.success(), "deputy exited with {status}");
 
-    let ok = common::wait_until(Duration::from_secs(10), || {
-        let got = received.lock().unwrap();
-        got.spans.iter().any(|(_, s)| s.name == "authorize") && got.spans.iter().any(|(_, s)| s.name == "GET /healthz")
-    });
-    let got = received.lock().unwrap();
+    // deputy has exited, so every export it made was answered: the receiver has them all.
+    let exports = otlp.finish();
+    let mut got = Received::default();
+    for export in exports {
+        assert_eq!(export.path, "/v1/traces");
+        assert_eq!(export.content_type.as_deref(), Some("application/x-protobuf"));
+        let request = ExportTraceServiceRequest::decode(export.body.as_slice()).expect("an OTLP protobuf body");
+        for rs in request.resource_spans {
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    got.spans.push((resource.clone(), span));
+                }
+            }
+        }
+    }
     let names: Vec<&str> = got.spans.iter().map(|(_, s)| s.name.as_str()).collect();
-    assert!(ok, "spans received: {names:?}");
-    assert!(got.paths.iter().all(|p| p == "/v1/traces"), "{:?}", got.paths);
 
     let trace_id = hex::decode(TRACE_ID).unwrap();
     let caller = hex::decode(CALLER_SPAN).unwrap();

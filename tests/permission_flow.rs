@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{get_as, repo_root, Options, Resp, TestServer};
 use serde_json::{json, Value};
@@ -100,6 +100,40 @@ fn decide_request(s: &TestServer, token: &str, id: &str, decision: &str) -> Resp
     )
 }
 
+/// The `wait` of the long polls below (under `common::send`'s 30 s read timeout).
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+/// `deputy_long_polls_waiting`: long polls whose read found nothing to answer and that now wait
+/// for a change.
+fn long_polls_waiting(s: &TestServer) -> u64 {
+    let metrics = s.get("/metrics").text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("deputy_long_polls_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no deputy_long_polls_waiting in {metrics}"))
+}
+
+/// Waits until deputy counts the long poll `poll` sent as waiting (it is the only one).
+fn wait_for_long_poll(s: &TestServer, poll: &std::thread::JoinHandle<Resp>) {
+    assert!(
+        common::wait_until(Duration::from_secs(10), || long_polls_waiting(s) == 1),
+        "the long poll never waited (answered already: {})",
+        poll.is_finished()
+    );
+    assert!(!poll.is_finished(), "a waiting long poll answered with nothing changed");
+}
+
+/// A long poll that waited answered because of the change made at `changed_at`, not because
+/// its wait ran out (it then re-reads and would find the change all the same).
+fn woken(changed_at: Instant) {
+    let took = changed_at.elapsed();
+    assert!(
+        took < LONG_POLL / 2,
+        "the long poll answered {took:?} after the change: it was not woken, its wait ran out"
+    );
+}
+
 #[test]
 fn the_whole_loop_from_denial_to_acting_under_the_extended_grant() {
     let (s, _state) = start();
@@ -123,46 +157,42 @@ fn the_whole_loop_from_denial_to_acting_under_the_extended_grant() {
     assert_eq!(denied["needed"]["approver"], root.id.as_str());
     let template = denied["needed"]["template"].as_str().unwrap().to_owned();
 
-    // 5. The grantor long-polls for pending requests before any exists.
+    // 5. The grantor long-polls for pending requests before any exists. Once deputy counts the
+    //    poll as waiting, its read found nothing: only the filing below can answer it before
+    //    its deadline.
     let (addr, root_token) = (s.addr, root.token.clone());
     let poll = std::thread::spawn(move || {
         let auth = format!("Bearer {root_token}");
-        common::send(
-            addr,
-            "GET",
-            "/v1/permission-requests?status=pending&wait=20s",
-            &[("Authorization", &auth)],
-            None,
-        )
+        let path = format!("/v1/permission-requests?status=pending&wait={}s", LONG_POLL.as_secs());
+        common::send(addr, "GET", &path, &[("Authorization", &auth)], None)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_long_poll(&s, &poll);
 
     // 4. The grantee asks; the grantor can approve it alone.
     let filed = request(&s, &child, &template, json!({}));
+    let filed_at = Instant::now();
     assert_eq!(filed["status"], "pending");
     assert_eq!(filed["approver"], root.id.as_str());
     assert_eq!(filed["can_approve_alone"], true);
     let id = filed["request_id"].as_str().unwrap().to_owned();
     let polled = poll.join().unwrap().json();
+    woken(filed_at);
     assert_eq!(polled["requests"][0]["request_id"], id.as_str(), "{polled}");
 
     // 7. The grantee long-polls its request while the grantor decides.
     let (addr, child_token, rid) = (s.addr, child.token.clone(), id.clone());
     let waiter = std::thread::spawn(move || {
         let auth = format!("Bearer {child_token}");
-        common::send(
-            addr,
-            "GET",
-            &format!("/v1/permission-requests/{rid}?wait=20s"),
-            &[("Authorization", &auth)],
-            None,
-        )
+        let path = format!("/v1/permission-requests/{rid}?wait={}s", LONG_POLL.as_secs());
+        common::send(addr, "GET", &path, &[("Authorization", &auth)], None)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_long_poll(&s, &waiter);
     // 6. Approve: re-proved against the grantor's delegable view.
     let r = decide_request(&s, &root.token, &id, "approve");
+    let approved_at = Instant::now();
     assert_eq!(r.status, 200, "{}", r.text());
     let answer = waiter.join().unwrap().json();
+    woken(approved_at);
     assert_eq!(answer["status"], "approved", "{answer}");
 
     // 8. The grantee acts under the updated grant.

@@ -4,7 +4,8 @@
 #[path = "common/prover.rs"]
 mod fx;
 
-use deputy::prover::{prove, Grant, GrantError, ProveOptions, Verdict};
+use deputy::prover::{prove, run_prove, Grant, GrantError, ProveOptions, Verdict};
+use serde_json::Value;
 
 struct Pair {
     name: String,
@@ -113,19 +114,57 @@ fn curated_pairs_have_their_expected_verdicts() {
     );
 }
 
+/// `deputy prove` answers every curated pair as the library does: its exit code and both its
+/// output forms name the expected verdict. (The human form of any pair is what `deputy prove
+/// --parent P --child C` prints; this replaces an ignored test that only printed them.)
 #[test]
-#[ignore = "prints every verdict; run with --ignored --nocapture"]
-fn print_verdicts() {
+fn the_cli_answers_every_curated_pair_with_its_verdict() {
     let schema = fx::schema();
     let store = fx::entities(&schema);
-    for pair in load_pairs() {
-        let parent = Grant::parse(&pair.parent).unwrap();
-        let child = Grant::parse(&pair.child).unwrap();
-        match prove(&child, &parent, &schema, &store, &ProveOptions::default()) {
-            Ok(v) => println!("== {}\n{}", pair.name, v.render()),
-            Err(e) => println!("== {}\nerror: {e}", pair.name),
+    let pairs = load_pairs();
+    assert!(pairs.len() >= 40, "the curated suite needs at least 40 pairs");
+    let mut failures = Vec::new();
+    for pair in &pairs {
+        let run = |json: bool| {
+            let mut out = Vec::new();
+            let code = run_prove(&schema, &store, &pair.parent, &pair.child, json, &mut out);
+            (code, String::from_utf8(out).unwrap())
+        };
+        let (code, text) = run(false);
+        let (json_code, json) = run(true);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let (want_code, text_starts, json_ok) = match pair.expect.as_str() {
+            "within" => (
+                0,
+                "within",
+                v["verdict"] == "within" && v["evidence"]["permits"].is_array(),
+            ),
+            "exceeds" => (
+                1,
+                "error[exceeds]",
+                v["verdict"] == "exceeds" && v["counterexample"]["action"].is_string(),
+            ),
+            "inconclusive" => (
+                2,
+                "warning[",
+                v["verdict"] == "inconclusive" && v["reason"]["code"].is_string(),
+            ),
+            "invalid" => (64, "error[grant_invalid]", v["error"]["code"] == "grant_invalid"),
+            other => panic!("{}: unknown expectation `{other}`", pair.name),
+        };
+        if code != want_code || json_code != want_code || !text.starts_with(text_starts) || !json_ok {
+            failures.push(format!(
+                "{}: expected {} (exit {want_code}), got exits {code} and {json_code}:\n{text}\n{json}",
+                pair.name, pair.expect
+            ));
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]

@@ -297,6 +297,7 @@ pub async fn list_requests(state: &AppState, req: Request<Incoming>) -> Result<R
         if !list.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(json_response(StatusCode::OK, &json!({ "requests": list })));
         }
+        let _waiting = state.obs.metrics.long_poll_waiting();
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
 }
@@ -325,6 +326,7 @@ pub async fn get_request(state: &AppState, req: Request<Incoming>, id: String) -
             return Ok(json_response(StatusCode::OK, &view));
         }
         first.get_or_insert(now_state);
+        let _waiting = state.obs.metrics.long_poll_waiting();
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
 }

@@ -8,7 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -46,6 +46,7 @@ pub struct Metrics {
     permission_requests: Family<Labels1, Counter>,
     proofs: Family<Labels1, Counter>,
     proof_seconds: Histogram,
+    long_polls: Gauge,
     pub(super) log_dropped: Counter,
     pub(super) log_errors: Counter,
 }
@@ -103,6 +104,12 @@ impl Metrics {
             Unit::Seconds,
             proof_seconds.clone(),
         );
+        let long_polls = Gauge::default();
+        registry.register(
+            "deputy_long_polls_waiting",
+            "Long polls on permission requests waiting for a change now",
+            long_polls.clone(),
+        );
         let log_dropped = Counter::default();
         registry.register(
             "deputy_decision_log_dropped",
@@ -137,6 +144,7 @@ impl Metrics {
             permission_requests,
             proofs,
             proof_seconds,
+            long_polls,
             log_dropped,
             log_errors,
         }
@@ -177,6 +185,21 @@ impl Metrics {
     pub fn proved(&self, verdict: &'static str, took: Duration) {
         self.proofs.get_or_create(&[("verdict", verdict)]).inc();
         self.proof_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts a long poll as waiting for a change until the guard is dropped.
+    pub fn long_poll_waiting(&self) -> LongPollWaiting {
+        self.long_polls.inc();
+        LongPollWaiting(self.long_polls.clone())
+    }
+}
+
+/// A long poll counted in `deputy_long_polls_waiting` while it is held.
+pub struct LongPollWaiting(Gauge);
+
+impl Drop for LongPollWaiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
