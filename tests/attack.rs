@@ -407,7 +407,14 @@ fn a_child_spawned_after_its_parent_read_something_starts_with_that_taint() {
             );
             (resp, Instant::now())
         });
-        std::thread::sleep(Duration::from_millis(150));
+        // The read lands while the spawn's proof runs (unless the spawn is answered first).
+        let proving = || {
+            s.get("/metrics")
+                .text()
+                .lines()
+                .any(|l| l.starts_with("deputy_proofs_running ") && l != "deputy_proofs_running 0")
+        };
+        assert!(common::wait_until(Duration::from_secs(30), || spawner.is_finished() || proving()));
         let read = decide(s, &r.id, "read", ("Doc", "secret"));
         let read_at = Instant::now();
         let (resp, spawned_at) = spawner.join().unwrap();

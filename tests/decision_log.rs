@@ -77,22 +77,24 @@ fn post_traced(s: &TestServer, path: &str, body: &Value) -> Value {
     r.json()
 }
 
-/// The log's lines once `n` have been written.
-fn lines(path: &PathBuf, n: usize) -> Vec<Value> {
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
+/// The log's lines once every decision answered so far is written: a line is queued before its
+/// decision is answered, and leaves `deputy_decision_log_queued` only once it is flushed.
+fn lines(s: &TestServer, path: &PathBuf) -> Vec<Value> {
+    let drained = || {
+        s.get("/metrics")
+            .text()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+            .any(|l| l == "deputy_decision_log_queued 0")
     };
     assert!(
-        common::wait_until(Duration::from_secs(10), || read().len() >= n),
-        "{:?}",
-        read()
+        common::wait_until(Duration::from_secs(10), drained),
+        "the decision log never drained"
     );
-    std::thread::sleep(Duration::from_millis(100));
-    read()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -123,7 +125,7 @@ fn every_decision_is_a_line_with_its_fields_and_masked_context() {
     );
     assert_eq!(eval["decision"], true);
 
-    let got = lines(&log, 5);
+    let got = lines(&s, &log);
     assert_eq!(got.len(), 5, "{got:#?}");
     let first = &got[0];
     assert_eq!(first["decision"], "allow");
@@ -177,7 +179,7 @@ fn allows_can_be_left_out() {
     post_traced(&s, "/v1/authorize", &view("alice"));
     post_traced(&s, "/v1/authorize", &view("bob"));
     post_traced(&s, "/v1/authorize", &view("alice"));
-    let got = lines(&log, 1);
+    let got = lines(&s, &log);
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0]["decision"], "deny");
     assert_eq!(got[0]["context"]["ssn"], "123-45-6789", "unmasked unless asked");
@@ -240,7 +242,7 @@ fn an_agents_line_carries_its_chain_with_grant_digests() {
         "Deny"
     );
 
-    let got = lines(&log, 2);
+    let got = lines(&s, &log);
     let chain = got[0]["chain"].as_array().unwrap();
     assert_eq!(chain.len(), 2, "{chain:?}");
     assert_eq!(chain[0]["agent"], root_id);
@@ -333,7 +335,7 @@ fn a_large_batch_off_the_async_workers_is_logged_and_counted() {
         .collect();
     let r = post_traced(&s, "/v1/authorize/batch", &json!({ "requests": requests }));
     assert_eq!(r["responses"].as_array().unwrap().len(), 40);
-    let got = lines(&log, 40);
+    let got = lines(&s, &log);
     assert_eq!(got.len(), 40);
     assert!(got.iter().all(|l| l["trace_id"] == TRACE_ID));
     let metrics = s.get("/metrics").text();
@@ -370,7 +372,7 @@ fn a_reload_shows_as_a_new_policy_version_in_the_log_and_metrics() {
     let after = s.version().unwrap();
     assert_eq!(post_traced(&s, "/v1/authorize", &view("bob"))["decision"], "Allow");
 
-    let got = lines(&log, 2);
+    let got = lines(&s, &log);
     assert_eq!(
         (got[0]["decision"].as_str(), got[0]["policy_version"].as_str()),
         (Some("deny"), Some(before.as_str()))

@@ -151,7 +151,13 @@ fn kill_9_during_a_burst_loses_nothing_acknowledged() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        // Killed mid-burst, once this round has had some delegations acknowledged (the workers
+        // keep sending, so others are in flight when it dies).
+        let target = acknowledged.lock().unwrap().len() + 5 + 5 * usize::try_from(round).unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(60), || acknowledged.lock().unwrap().len() >= target),
+            "the burst never got going"
+        );
         s.child.kill().unwrap(); // SIGKILL
         let _ = s.child.wait();
         stop.store(true, Ordering::Relaxed);
