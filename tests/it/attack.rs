@@ -1,5 +1,5 @@
 //! Attacks on the delegation promise (`child <= delegable_view(parent) <= parent <= admin`) found
-//! by a review that attacked the first round of fixes (tests/adversary.rs): each broke the
+//! by a review that attacked the first round of fixes (tests/it/adversary.rs): each broke the
 //! promise before its fix and is kept as a regression test. Each runs over HTTP against a real
 //! server on `127.0.0.1:0`, on a bundle of its own (`tests/fixtures/attack`: the adversary
 //! bundle plus teams, a tool action that is neither a taint source nor a sink, a vault folder, a
@@ -7,7 +7,7 @@
 //! `@ask("human")` rule for tainted parents). docs/SECURITY.md maps each to its invariant.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

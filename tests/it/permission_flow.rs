@@ -3,7 +3,7 @@
 //! expired, withdrawn, closed), and act under the extended grant.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

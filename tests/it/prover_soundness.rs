@@ -8,10 +8,8 @@
 //! relation law requires a proof for every child that only narrows its parent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/prover.rs"]
-mod fx;
-#[path = "common/prover_gen.rs"]
-mod gen;
+use crate::common::prover as fx;
+use crate::common::prover_gen as gen;
 
 use std::cell::Cell;
 use std::str::FromStr;

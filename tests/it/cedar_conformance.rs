@@ -7,7 +7,7 @@
 //! The expectations come only from the shared files, which are read in place and never edited.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -2,7 +2,7 @@
 //! leaving allows out; and, for deputy's agents, the chain with each hop's grant digest.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,11 +12,9 @@
 //! cvc5 is required (CI installs Debian's `cvc5`); without it these tests fail, by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "common/prover.rs"]
-mod fx;
-#[path = "common/prover_gen.rs"]
-mod gen;
+use crate::common;
+use crate::common::prover as fx;
+use crate::common::prover_gen as gen;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -40,7 +38,7 @@ fn cvc5() -> PathBuf {
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "cvc5 is required by tests/prover_symcc.rs but `{}` cannot be run; install it \
+        "cvc5 is required by tests/it/prover_symcc.rs but `{}` cannot be run; install it \
          (`apt-get install cvc5` on Debian/Ubuntu) or point $CVC5 at the executable",
         program.display()
     );

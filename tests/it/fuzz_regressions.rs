@@ -9,7 +9,7 @@
 // The fuzz crate's harness, compiled into this test: the fuzzer and the regression run the
 // same code. Not every item is used from here.
 #[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 mod harness;
 
 use std::path::PathBuf;
@@ -105,7 +105,7 @@ fn soundness_check_accepts_within_and_catches_an_exceeding_child() {
 }
 
 /// How the prover corpus splits by verdict (how often the soundness law was actually checked):
-/// `cargo test --test fuzz_regressions -- --ignored --nocapture` after a fuzz run.
+/// `cargo test --test it fuzz_regressions:: -- --ignored --nocapture` after a fuzz run.
 #[test]
 #[ignore = "reads the local fuzz/corpus/prover, which is not committed"]
 fn prover_corpus_verdicts() {

@@ -4,6 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+pub mod prover;
+pub mod prover_gen;
+pub mod venv;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,9 +1,6 @@
 //! The prover on a namespaced schema with action groups and an enumerated entity type.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/prover.rs"]
-mod fx;
-
 use cedar_policy::{Entities, Schema};
 use deputy::prover::{prove, Grant, ProveOptions, Verdict};
 

@@ -5,8 +5,7 @@
 //! rendered container is started for real.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/venv.rs"]
-mod venv;
+use crate::common::venv;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! The curated suite: parent/child pairs with their expected verdicts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/prover.rs"]
-mod fx;
+use crate::common::prover as fx;
 
 use deputy::prover::{prove, run_prove, Grant, GrantError, ProveOptions, Verdict};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! `GET /metrics` after real traffic, parsed with a Prometheus text-format parser.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{delete_as, post_as, repo_root, Options, TestServer};
 use prometheus_parse::{Sample, Scrape, Value as PromValue};

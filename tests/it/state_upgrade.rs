@@ -4,7 +4,7 @@
 //! revocations and taint are all there, its audit trail still verifies, and new records chain on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -1,9 +1,9 @@
 //! Attacks on the delegation promise that held: each test asserts deputy's answer to one
-//! attempt (over HTTP, against a real server, on `tests/fixtures/attack`). See tests/attack.rs
+//! attempt (over HTTP, against a real server, on `tests/fixtures/attack`). See tests/it/attack.rs
 //! for the ones that did not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{post_as, Options, Resp, TestServer};
 use serde_json::{json, Value};

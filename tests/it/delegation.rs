@@ -1,7 +1,7 @@
 //! Delegation end to end: a real server, a real state directory, the example bundle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

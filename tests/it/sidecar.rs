@@ -1,7 +1,7 @@
 //! The sidecar core end to end: the example bundle over real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{repo_root, Options, TestServer};
 use serde_json::json;

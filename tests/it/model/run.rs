@@ -1,5 +1,5 @@
 //! The operations of the model-based test, their effect on the model, and the checks made after
-//! each (see tests/model.rs).
+//! each (see tests/it/model.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

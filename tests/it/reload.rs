@@ -2,7 +2,7 @@
 //! Kubernetes ConfigMap `..data` swaps, git-sync symlink swaps, and reloads under load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::symlink;

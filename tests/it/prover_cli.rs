@@ -1,8 +1,7 @@
 //! The `deputy prove` back end: exit codes and output forms.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/prover.rs"]
-mod fx;
+use crate::common::prover as fx;
 
 use deputy::prover::run_prove;
 

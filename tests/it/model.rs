@@ -17,12 +17,9 @@
 //! `DEPUTY_MODEL_CASES` (default 64) sets how many sequences run, `DEPUTY_MODEL_SEED` which.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "model/deputy.rs"]
+use crate::common;
 mod deputy;
-#[path = "model/oracle.rs"]
 mod oracle;
-#[path = "model/run.rs"]
 mod run;
 
 use proptest::prelude::*;

@@ -2,7 +2,7 @@
 //! the server keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{repo_root, Options, TestServer};
 

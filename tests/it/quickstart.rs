@@ -3,7 +3,7 @@
 //! server that cannot tell it, so that the script is known to fail when an answer is wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};

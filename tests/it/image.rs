@@ -5,8 +5,7 @@
 //! `scripts/test`, through `scripts/image-check` without `--static`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "common/venv.rs"]
-mod venv;
+use crate::common::venv;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! with its reason. A case that does not pass fails the test with the file and the case id.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
