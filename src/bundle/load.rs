@@ -286,17 +286,16 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
         for t in parsed.templates() {
             items.insert(parser_index(t.id()), Item::Template(t.clone()));
         }
-        let offsets = policy_offsets(&file.text);
         // Lines are counted from the previous policy on, not from the file's start: a file of
         // 100k policies would otherwise be rescanned 100k times.
         let mut line_at = (0usize, 1usize);
-        for (index, item) in items.into_values().enumerate() {
+        for item in items.into_values() {
             let id = match item.annotation(ID_ANNOTATION) {
                 Some(id) => PolicyId::new(id),
                 None => PolicyId::new(format!("policy{counter}")),
             };
             counter += 1;
-            let offset = offsets.get(index).copied().unwrap_or(0);
+            let offset = item.start();
             let line = match file.text.get(line_at.0..offset) {
                 Some(between) if offset >= line_at.0 => line_at.1 + between.matches('\n').count(),
                 _ => super::problem::line_col(&file.text, offset).0,
@@ -352,54 +351,16 @@ impl Item {
             Item::Template(t) => t.annotation(key).map(str::to_owned),
         }
     }
-}
 
-/// Byte offsets where each top-level policy of a (successfully parsed) policy file starts:
-/// after the previous policy's `;`, skipping white space and comments. Cedar's public API does
-/// not expose policies' source locations, and policies cannot nest, so this scan is exact.
-fn policy_offsets(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut depth = 0i32;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut in_comment = false;
-    let mut at_start = true;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if in_comment {
-            in_comment = c != '\n';
-            continue;
-        }
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        if c == '/' && chars.peek().is_some_and(|&(_, n)| n == '/') {
-            in_comment = true;
-            continue;
-        }
-        if c.is_whitespace() {
-            continue;
-        }
-        if at_start {
-            starts.push(i);
-            at_start = false;
-        }
-        match c {
-            '"' => in_string = true,
-            '(' | '{' | '[' => depth += 1,
-            ')' | '}' | ']' => depth -= 1,
-            ';' if depth <= 0 => at_start = true,
-            _ => {}
-        }
+    /// Where the policy starts in its file (its first annotation, or its effect), as the parser
+    /// recorded it.
+    fn start(&self) -> usize {
+        let loc = match self {
+            Item::Policy(p) => AsRef::<cedar_policy_core::ast::Policy>::as_ref(p).loc(),
+            Item::Template(t) => AsRef::<cedar_policy_core::ast::Template>::as_ref(t).loc(),
+        };
+        loc.map_or(0, cedar_policy_core::parser::Loc::start)
     }
-    starts
 }
 
 fn parser_index(id: &PolicyId) -> usize {
