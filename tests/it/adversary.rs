@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{get_as, post_as, Options, Resp, TestServer};
+use common::{applied, decide, get_as, post_as, spawn, Agent, Options, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-adversary-tests";
@@ -62,24 +62,6 @@ impl Env {
     }
 }
 
-struct Agent {
-    id: String,
-    token: String,
-}
-
-fn spawn(s: &TestServer, token: &str, body: Value) -> Resp {
-    post_as(s, token, "/v1/delegations", &body)
-}
-
-fn applied(r: &Resp) -> Agent {
-    assert_eq!(r.status, 201, "expected applied: {}", r.text());
-    let b = r.json();
-    Agent {
-        id: b["delegation_id"].as_str().unwrap().to_owned(),
-        token: b["credential"].as_str().unwrap().to_owned(),
-    }
-}
-
 const READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
 
 fn body(grant: &str) -> Value {
@@ -100,19 +82,6 @@ fn root(s: &TestServer) -> Agent {
         json!({"grant": r#"permit(principal == ?principal, action in [Action::"read", Action::"write"], resource in Folder::"proj");"#,
                "ttl_seconds": 3600, "ceiling": 3, "can_delegate": true, "task": "orchestrate"}),
     ))
-}
-
-fn decide(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> Value {
-    let r = s.post(
-        "/v1/authorize",
-        &json!({
-            "principal": {"type": "Agent", "id": agent},
-            "action": {"type": "Action", "id": action},
-            "resource": {"type": resource.0, "id": resource.1},
-        }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 fn reloaded(s: &TestServer) -> Value {

@@ -12,7 +12,7 @@ use crate::common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{get_as, post_as, Options, Resp, TestServer};
+use common::{applied, decide, get_as, post_as, spawn, Options, Resp, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-attack-tests";
@@ -65,24 +65,6 @@ impl Env {
     }
 }
 
-struct Agent {
-    id: String,
-    token: String,
-}
-
-fn spawn(s: &TestServer, token: &str, body: Value) -> Resp {
-    post_as(s, token, "/v1/delegations", &body)
-}
-
-fn applied(r: &Resp) -> Agent {
-    assert_eq!(r.status, 201, "expected applied: {}", r.text());
-    let b = r.json();
-    Agent {
-        id: b["delegation_id"].as_str().unwrap().to_owned(),
-        token: b["credential"].as_str().unwrap().to_owned(),
-    }
-}
-
 const READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
 const READ_WRITE_A: &str =
     r#"permit(principal == ?principal, action in [Action::"read", Action::"write"], resource in Folder::"proj/a");"#;
@@ -91,19 +73,6 @@ const READ_ANYTHING: &str = r#"permit(principal == ?principal, action == Action:
 
 fn body(grant: &str) -> Value {
     json!({"grant": grant, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"})
-}
-
-fn decide(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> Value {
-    let r = s.post(
-        "/v1/authorize",
-        &json!({
-            "principal": {"type": "Agent", "id": agent},
-            "action": {"type": "Action", "id": action},
-            "resource": {"type": resource.0, "id": resource.1},
-        }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 fn reloaded(s: &TestServer) -> Value {

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{post_as, Options, Resp, TestServer};
+use common::{spawn, Options, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-attack-tests";
@@ -31,10 +31,6 @@ const READ_A: &str = r#"permit(principal == ?principal, action == Action::"read"
 
 fn body(grant: &str) -> Value {
     json!({"grant": grant, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"})
-}
-
-fn spawn(s: &TestServer, token: &str, b: Value) -> Resp {
-    post_as(s, token, "/v1/delegations", &b)
 }
 
 /// Foreign principals hidden in other syntax are all refused.

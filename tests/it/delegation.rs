@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{post_as, repo_root, Options, Resp, TestServer};
+use common::{applied, decide, post_as, repo_root, spawn, Agent, Options, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-tests-0123456789";
@@ -32,10 +32,6 @@ fn start_on(state: &std::path::Path) -> TestServer {
     )
 }
 
-fn spawn(s: &TestServer, token: &str, body: Value) -> Resp {
-    post_as(s, token, "/v1/delegations", &body)
-}
-
 /// A root agent the admin creates: reads the repo, writes src, may push (not delegable).
 const ROOT_GRANT: &str = r#"
 permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");
@@ -44,21 +40,6 @@ permit(principal == ?principal, action == Action::"write", resource in Folder::"
 permit(principal == ?principal, action == Action::"invoke", resource == Tool::"git_push");
 permit(principal == ?principal, action == Action::"invoke", resource == Tool::"pytest");
 "#;
-
-struct Agent {
-    id: String,
-    token: String,
-}
-
-fn applied(r: &Resp) -> Agent {
-    assert_eq!(r.status, 201, "expected applied: {}", r.text());
-    let b = r.json();
-    assert_eq!(b["outcome"], "applied");
-    Agent {
-        id: b["delegation_id"].as_str().unwrap().to_owned(),
-        token: b["credential"].as_str().unwrap().to_owned(),
-    }
-}
 
 fn root(s: &TestServer, can_delegate: bool, ttl: i64) -> Agent {
     applied(&spawn(
@@ -70,19 +51,6 @@ fn root(s: &TestServer, can_delegate: bool, ttl: i64) -> Agent {
 
 fn child_body(grant: &str) -> Value {
     json!({"grant": grant, "ttl_seconds": 600, "ceiling": 1, "can_delegate": true, "task": "subtask", "reason": "because"})
-}
-
-fn decide(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> Value {
-    let r = s.post(
-        "/v1/authorize",
-        &json!({
-            "principal": {"type": "Agent", "id": agent},
-            "action": {"type": "Action", "id": action},
-            "resource": {"type": resource.0, "id": resource.1},
-        }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 const READ_SRC: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#;

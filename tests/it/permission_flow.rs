@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{get_as, repo_root, Options, Resp, TestServer};
+use common::{decide, get_as, repo_root, Agent, Options, Resp, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-permission-tests";
@@ -28,11 +28,6 @@ fn call(s: &TestServer, method: &str, token: &str, path: &str, body: Option<&Val
         &[("Content-Type", "application/json"), ("Authorization", &auth)],
         bytes.as_deref(),
     )
-}
-
-struct Agent {
-    id: String,
-    token: String,
 }
 
 fn create(s: &TestServer, token: &str, body: Value) -> Agent {
@@ -68,16 +63,6 @@ fn family(s: &TestServer) -> (Agent, Agent) {
         json!({"grant": CHILD_GRANT, "ttl_seconds": 600, "ceiling": 1, "can_delegate": false, "task": "code"}),
     );
     (root, child)
-}
-
-fn decide(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> Value {
-    let r = s.post(
-        "/v1/authorize",
-        &json!({"principal": {"type": "Agent", "id": agent}, "action": {"type": "Action", "id": action},
-                "resource": {"type": resource.0, "id": resource.1}}),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 fn request(s: &TestServer, agent: &Agent, grant: &str, extra: Value) -> Value {

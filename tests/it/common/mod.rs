@@ -14,7 +14,7 @@ use std::time::Duration;
 use deputy::bundle::{LoadOptions, WatchOptions};
 use deputy::http::HttpConfig;
 use deputy::server::{self, Running, ServeConfig};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The repository root, which holds the example bundle.
 pub fn repo_root() -> PathBuf {
@@ -324,4 +324,40 @@ pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
         }
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("deputy did not start")
+}
+
+/// An agent deputy created: its id and credential.
+pub struct Agent {
+    pub id: String,
+    pub token: String,
+}
+
+/// `POST /v1/delegations` with `token`.
+pub fn spawn(s: &TestServer, token: &str, body: Value) -> Resp {
+    post_as(s, token, "/v1/delegations", &body)
+}
+
+/// The agent a spawn applied; fails unless it was applied (201, `outcome: applied`).
+pub fn applied(r: &Resp) -> Agent {
+    assert_eq!(r.status, 201, "expected applied: {}", r.text());
+    let b = r.json();
+    assert_eq!(b["outcome"], "applied", "{b}");
+    Agent {
+        id: b["delegation_id"].as_str().unwrap().to_owned(),
+        token: b["credential"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// `POST /v1/authorize` for agent `agent` (200 expected): the decision's JSON.
+pub fn decide(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> Value {
+    let r = s.post(
+        "/v1/authorize",
+        &json!({
+            "principal": {"type": "Agent", "id": agent},
+            "action": {"type": "Action", "id": action},
+            "resource": {"type": resource.0, "id": resource.1},
+        }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
 }
