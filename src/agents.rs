@@ -23,6 +23,8 @@ use cedar_policy::{
 
 use serde::Serialize;
 
+use crate::eval::PolicyIndex;
+
 /// The entity type deputy's agents have in the schema.
 pub const AGENT_TYPE: &str = "Agent";
 /// The approver name of a human holding the admin credential (never an agent's name).
@@ -75,6 +77,8 @@ pub struct Hop {
     /// The hop's holder as a principal: the admin policies are asked about it too.
     pub uid: EntityUid,
     pub policies: PolicySet,
+    /// `policies` indexed and compiled for deputy's evaluator, once, when the agent is built.
+    pub index: PolicyIndex,
     /// The hop's holder's shared state: a revoked ancestor denies at once.
     state: Arc<AgentState>,
     /// When the hop's holder expires.
@@ -306,10 +310,12 @@ fn build(
             agent: row.id.clone(),
             parent: ancestor.clone(),
         })?;
+        let policies = link(ancestor, &a.row.grant, &uid, View::Delegable)?;
         hops.push(Hop {
             agent: ancestor.clone(),
             uid: a.uid.clone(),
-            policies: link(ancestor, &a.row.grant, &uid, View::Delegable)?,
+            index: hop_index(&policies),
+            policies,
             state: Arc::clone(&a.state),
             expires_at: a.row.expires_at,
         });
@@ -320,10 +326,12 @@ fn build(
             taint: AtomicI64::new(row.taint),
         })
     });
+    let policies = link(&row.id, &row.grant, &uid, View::Full)?;
     hops.push(Hop {
         agent: row.id.clone(),
         uid: uid.clone(),
-        policies: link(&row.id, &row.grant, &uid, View::Full)?,
+        index: hop_index(&policies),
+        policies,
         state: Arc::clone(&state),
         expires_at: row.expires_at,
     });
@@ -336,6 +344,14 @@ fn build(
         chain_ceiling,
         state,
     })
+}
+
+/// A hop's linked grant, indexed for deputy's evaluator. Built without the bundle's action
+/// hierarchy (an agent outlives bundles): a request whose action sits under an action a grant
+/// names finds the hierarchy differs and is evaluated policy by policy instead, as the index
+/// does whenever the store disagrees with it.
+fn hop_index(policies: &PolicySet) -> PolicyIndex {
+    PolicyIndex::build(policies, &Entities::empty())
 }
 
 /// Links `view` of `grant` (held by `holder`) to `principal`; ids are `<holder>/<policy id>`

@@ -355,7 +355,8 @@ pub(crate) struct Ctx<'a> {
     context: Option<&'a BTreeMap<SmolStr, Value>>,
     /// Attributes of the request's entities already read, by their `AttrIds` number: the value
     /// (`None` when the entity lacks the attribute). Filled in order; the first empty cell ends it.
-    /// INVARIANT: a `Ctx` evaluates the conditions of one index (one `AttrIds`), and the
+    /// INVARIANT: a `Ctx` evaluates the conditions of one index (one `AttrIds`; `forget`
+    /// clears it before another index's), and the
     /// request's entities and the store do not change while it lives, so a number names one
     /// attribute of one entity and its value stays what the store holds.
     memo: [Cell<Remembered<'a>>; MEMO],
@@ -417,6 +418,14 @@ impl<'a> Ctx<'a> {
             }
         }
         e.get(attr)
+    }
+
+    /// Forgets the remembered attribute reads, before conditions of another index (whose
+    /// `AttrIds` number attributes differently) are evaluated.
+    pub(crate) fn forget(&self) {
+        for cell in &self.memo {
+            cell.set(None);
+        }
     }
 
     /// Whether the store could not say whether one of the request's entities exists.

@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use cedar_policy::{Context, Entities, EntityUid, PolicyId, PolicySet, Request, SlotId};
-use deputy::eval::{evaluate, evaluate_indexed, Decision, PolicyError, PolicyIndex};
+use deputy::eval::{evaluate, evaluate_indexed, Asked, Decision, PolicyError, PolicyIndex};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -414,6 +414,12 @@ proptest! {
         let built_store = entities(&built_on);
         let other_store = entities(&other);
         let index = PolicyIndex::build(&set, &built_store);
+        // As an agent's chain hop is indexed: without any store's action hierarchy.
+        let bare = PolicyIndex::build(&set, &Entities::empty());
+        // Two halves asked in turn through one `Asked`, as the hops of a chain are.
+        let (first, second) = specs.split_at(specs.len() / 2);
+        let halves = [policy_set(first), policy_set(second)];
+        let half_indexes = [PolicyIndex::build(&halves[0], &built_store), PolicyIndex::build(&halves[1], &Entities::empty())];
         for spec in &requests {
             let request = cedar_request(spec);
             for store in [&built_store, &other_store] {
@@ -422,6 +428,14 @@ proptest! {
                 let indexed = evaluate_indexed(&set, &index, store, &request);
                 prop_assert_eq!(&full, &cedar, "request {:?}\npolicies:\n{}", spec, set);
                 prop_assert_eq!(&indexed, &cedar, "request {:?}\npolicies:\n{}", spec, set);
+                let hop = evaluate_indexed(&set, &bare, store, &request);
+                prop_assert_eq!(&hop, &cedar, "bare index; request {:?}\npolicies:\n{}", spec, set);
+                let asked = Asked::new(store, &request);
+                for i in [0, 1, 0] {
+                    let want = cedar_decision(&halves[i], store, &request);
+                    let got = asked.evaluate(&halves[i], &half_indexes[i]);
+                    prop_assert_eq!(&got, &want, "half {} asked in turn; request {:?}\npolicies:\n{}", i, spec, halves[i]);
+                }
             }
         }
     }
@@ -481,4 +495,35 @@ fn the_generator_covers_errors_and_links() {
         )
         .unwrap_or_default();
     assert_eq!(slices.len(), 2);
+}
+
+/// One `Asked` through two indexes whose conditions read different attributes under the same
+/// number: each answers for its own attribute, not the one the other read first.
+#[test]
+fn a_request_asked_of_several_indexes_reads_each_ones_attributes() {
+    let set = |src: &str| PolicySet::from_str(src).unwrap();
+    let by_principal = set(r#"permit(principal, action, resource) when { principal.level > 1 };"#);
+    let by_resource = set(r#"permit(principal, action, resource) when { resource.level > 1 };"#);
+    let store_spec = StoreSpec {
+        users: vec![(true, Some(5), vec![], None); USERS],
+        groups: vec![vec![]; GROUPS],
+        docs: vec![(true, Some(0), vec![]); DOCS],
+        folders: vec![vec![]; FOLDERS],
+        actions: vec![vec![]; ACTIONS],
+    };
+    let store = entities(&store_spec);
+    let indexes = [
+        PolicyIndex::build(&by_principal, &store),
+        PolicyIndex::build(&by_resource, &store),
+    ];
+    let request = cedar_request(&RequestSpec {
+        principal: 0,
+        action: 0,
+        resource: 0,
+        n: 0,
+    });
+    let asked = Asked::new(&store, &request);
+    assert!(asked.evaluate(&by_principal, &indexes[0]).allow);
+    assert!(!asked.evaluate(&by_resource, &indexes[1]).allow, "resource.level is 0");
+    assert!(asked.evaluate(&by_principal, &indexes[0]).allow);
 }
