@@ -233,6 +233,59 @@ impl Registry {
         }
     }
 
+    /// The agents this registry holds beyond `base`, when it holds every agent of `base`
+    /// unchanged (the same shared `Arc`); `None` when any was changed or dropped.
+    pub fn added_to(&self, base: &Registry) -> Option<Vec<Arc<LiveAgent>>> {
+        let unchanged = base
+            .agents
+            .iter()
+            .all(|(id, a)| self.agents.get(id).is_some_and(|b| Arc::ptr_eq(a, b)));
+        if !unchanged || self.agents.len() < base.agents.len() {
+            return None;
+        }
+        Some(
+            self.agents
+                .iter()
+                .filter(|(id, _)| !base.agents.contains_key(id.as_str()))
+                .map(|(_, a)| Arc::clone(a))
+                .collect(),
+        )
+    }
+
+    /// `store` (a combined store built for this bundle) plus the entities of `added`, agents
+    /// deputy created since. Their entities have no parents, so no entity's ancestors change
+    /// and the transitive closure needs no repair; each is checked against the schema.
+    pub fn extend_entities(
+        store: &Entities,
+        added: &[Arc<LiveAgent>],
+        bundle: &Entities,
+        schema: &cedar_policy::Schema,
+    ) -> Result<Entities, String> {
+        let mut new = Vec::new();
+        for a in added.iter().filter(|a| !a.is_bundle_agent()) {
+            if bundle.get(&a.uid).is_some() || store.get(&a.uid).is_some() {
+                return Err(format!(
+                    "agent `{}` that deputy manages shares its id with an entity already in the store",
+                    a.row.id
+                ));
+            }
+            let e = agent_entity(&a.row, &a.uid, a.chain_ceiling)?;
+            let core: &cedar_policy_core::ast::Entity = e.as_ref();
+            new.push(Arc::new(core.clone()));
+        }
+        let base: &cedar_policy_core::entities::Entities = store.as_ref();
+        let core_schema = cedar_policy_core::validator::CoreSchema::new(schema.as_ref());
+        base.clone()
+            .add_entities(
+                new,
+                Some(&core_schema),
+                cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+                cedar_policy_core::extensions::Extensions::all_available(),
+            )
+            .map(Entities::from)
+            .map_err(|e| e.to_string())
+    }
+
     /// The bundle's entities plus the agents deputy created (a bundle agent's entity is the
     /// bundle's own, attributes and parents included). Built when either changes, never per
     /// request.
