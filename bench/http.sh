@@ -27,8 +27,13 @@ profile=${BENCH_PROFILE:-dist}
 out_dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 # Two builds: the examples turn on the dev-dependency's `test-support` feature, and the binary
 # measured must be the one that ships (`--bin deputy` alone, as the Dockerfile builds it).
-cargo build --profile "$profile" --locked --quiet --bin deputy
-cp "$out_dir/deputy" "$out_dir/deputy-bench"
+# DEPUTY_BIN=path measures that binary instead (e.g. an older build, for a before/after).
+if [ -n "${DEPUTY_BIN:-}" ]; then
+  cp "$DEPUTY_BIN" "$out_dir/deputy-bench"
+else
+  cargo build --profile "$profile" --locked --quiet --bin deputy
+  cp "$out_dir/deputy" "$out_dir/deputy-bench"
+fi
 cargo build --profile "$profile" --locked --quiet --example floor --example bundle_gen
 serve_args=()
 body='{"principal":{"type":"Agent","id":"coder-1"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"repo/src/main.rs"}}'

@@ -6,6 +6,7 @@
 //! move it forward (tests/it/model.rs expires agents that way) without sleeping.
 
 /// The variable naming a test clock file (debug builds only).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 pub const ENV_TEST_CLOCK: &str = "DEPUTY_TEST_CLOCK";
 
 /// Seconds since the Unix epoch.
