@@ -172,14 +172,33 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
     }
     let resource_uid = parts.resource.uid.clone();
     let action_uid = parts.action.uid.clone();
-    let request = build_request(
-        bundle,
-        parts.principal,
-        parts.action,
-        parts.resource,
-        Some(serde_json::Value::Object(context)),
-        &parts.context_field,
-    )?;
+    let request = match context.get(TAINT_FIELD) {
+        // Only the taint deputy supplies: built directly rather than through the JSON parser
+        // (an agent's usual request); `Request::new` checks it against the schema all the same.
+        Some(taint) if context.len() == 1 => {
+            let taint = cedar_policy::RestrictedExpression::new_long(taint.as_i64().unwrap_or_default());
+            let context = cedar_policy::Context::from_pairs([(TAINT_FIELD.to_owned(), taint)])
+                .map_err(|e| RequestError::new(crate::error::ErrorCode::InvalidContext, e.to_string()))?;
+            cedar_policy::Request::new(
+                parts.principal.uid,
+                parts.action.uid,
+                parts.resource.uid,
+                context,
+                Some(&bundle.schema),
+            )
+            .map_err(|e| {
+                RequestError::from_validation(&e, &parts.principal.field, &parts.action.field, &parts.resource.field)
+            })?
+        }
+        _ => build_request(
+            bundle,
+            parts.principal,
+            parts.action,
+            parts.resource,
+            Some(serde_json::Value::Object(context)),
+            &parts.context_field,
+        )?,
+    };
     let guard = Guard {
         role: bundle.taint_roles.get(&action_uid).copied(),
         classification: classification(snap.entities(), &resource_uid),
