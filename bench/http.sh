@@ -5,35 +5,49 @@
 # (apt-get install wrk). Builds with the `dist` profile (fat LTO, as the container image), so the
 # first run takes several minutes.
 #
-#   bench/http.sh [--policies N] [seconds] [connections] [threads]
+#   bench/http.sh [--policies N | --chain] [seconds] [connections] [threads]
+#
+# With --chain, deputy also keeps delegation state (a temp dir): the admin creates a root agent,
+# the root a child, the child a grandchild (one-policy grants, each proved), and the run prints,
+# in one sitting, the floor, the bundle agent `coder-1` and the managed grandchild (depth 3)
+# asking the same question, with the grandchild's share of the bundle agent's req/s.
 #
 # With --policies N, deputy serves a generated bundle of N policies over a 1000-entity hierarchy
 # (examples/bundle_gen.rs, written to a temp dir) with --authorize-only, asked about an agent
 # that has a grant there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-generated=""
+generated=""; chain=""
 if [ "${1:-}" = "--policies" ]; then generated=$2; shift 2; fi
+if [ "${1:-}" = "--chain" ]; then chain=1; shift; fi
 secs=${1:-10}; conns=${2:-64}; threads=${3:-2}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-cargo build --profile dist --locked --quiet --bin deputy --example floor --example bundle_gen
+# BENCH_PROFILE=release (or dev) builds faster, for trying the script; figures come from dist.
+profile=${BENCH_PROFILE:-dist}
+out_dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+cargo build --profile "$profile" --locked --quiet --bin deputy --example floor --example bundle_gen
 serve_args=()
 body='{"principal":{"type":"Agent","id":"coder-1"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"repo/src/main.rs"}}'
-bundle_dir=""
+bundle_dir=""; state_dir=""
+if [ -n "$chain" ]; then
+  state_dir=$(mktemp -d)
+  export DEPUTY_ADMIN_TOKEN=bench-admin-credential-0123456789
+  serve_args=(--state "$state_dir")
+fi
 if [ -n "$generated" ]; then
   bundle_dir=$(mktemp -d)
-  ./target/dist/examples/bundle_gen "$generated" "$bundle_dir" 2>/dev/null
+  ./$out_dir/examples/bundle_gen "$generated" "$bundle_dir" 2>/dev/null
   serve_args=(--bundle "$bundle_dir" --authorize-only)
   body='{"principal":{"type":"Agent","id":"a7"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"x7"},"context":{"n":1}}'
 fi
 
 deputy_port=18180; floor_port=18181
 lua=$(mktemp --suffix .lua)
-./target/dist/deputy serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
+./$out_dir/deputy serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
 deputy_pid=$!
-./target/dist/examples/floor 127.0.0.1:$floor_port 2>/dev/null &
+./$out_dir/examples/floor 127.0.0.1:$floor_port 2>/dev/null &
 floor_pid=$!
-trap 'kill $deputy_pid $floor_pid 2>/dev/null || true; rm -f "$lua"; [ -z "$bundle_dir" ] || rm -rf "$bundle_dir"' EXIT
+trap 'kill $deputy_pid $floor_pid 2>/dev/null || true; rm -f "$lua" "$lua.chain"; [ -z "$bundle_dir" ] || rm -rf "$bundle_dir"; [ -z "$state_dir" ] || rm -rf "$state_dir"' EXIT
 
 # Ready means answering on the port while still alive: if the port was taken, the server we
 # started has exited and a readiness probe would be answered by someone else's.
@@ -56,9 +70,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$body'
 LUA
 
-run() { # name port path -> prints a line on stderr, req/s on stdout
+run() { # name port path [script] -> prints a line on stderr, req/s on stdout
   local out rps p50 p99 non2xx
-  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$lua" "http://127.0.0.1:$2$3")
+  out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "${4:-$lua}" "http://127.0.0.1:$2$3")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
@@ -68,6 +82,30 @@ run() { # name port path -> prints a line on stderr, req/s on stdout
   echo "$rps"
 }
 echo "wrk: ${secs}s, ${conns} connections, ${threads} threads; $(nproc) cores; deputy serving ${policies:-?} policies" >&2
+if [ -n "$chain" ]; then
+  spawn() { # token grant -> the new agent's "id token"
+    curl -sf -X POST "http://127.0.0.1:$deputy_port/v1/delegations" -H "Authorization: Bearer $1" \
+      -H 'Content-Type: application/json' \
+      -d "{\"grant\": \"$2\", \"ttl_seconds\": 86400, \"ceiling\": 2, \"can_delegate\": true, \"task\": \"bench\"}" |
+      python3 -c 'import json,sys; b=json.load(sys.stdin); assert b["outcome"]=="applied", b; print(b["delegation_id"], b["credential"])'
+  }
+  read_in() { echo "permit(principal == ?principal, action == Action::\\\"read\\\", resource in Folder::\\\"$1\\\");"; }
+  read -r root root_token < <(spawn "$DEPUTY_ADMIN_TOKEN" "$(read_in repo)")
+  read -r child child_token < <(spawn "$root_token" "$(read_in repo/src)")
+  read -r grandchild _ < <(spawn "$child_token" "$(read_in repo/src)")
+  chain_body=${body//coder-1/$grandchild}
+  printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' "'$chain_body'" > "$lua.chain"
+  decision=$(curl -sf -X POST "http://127.0.0.1:$deputy_port/v1/authorize" -H 'Content-Type: application/json' -d "$chain_body")
+  case $decision in *'"decision":"Allow"'*) ;; *) echo "the grandchild is not allowed: $decision" >&2; exit 1;; esac
+  echo "managed chain: $root -> $child -> $grandchild (depth 3)" >&2
+  floor=$(run floor $floor_port /)
+  bundle=$(run bundle $deputy_port /v1/authorize)
+  managed=$(run chain $deputy_port /v1/authorize "$lua.chain")
+  floor2=$(run floor $floor_port /)
+  awk -v b="$bundle" -v m="$managed" -v f1="$floor" -v f2="$floor2" 'BEGIN { f=(f1+f2)/2;
+    printf "bundle agent / floor: %.1f%%   managed grandchild / floor: %.1f%%   managed / bundle: %.1f%%\n", 100*b/f, 100*m/f, 100*m/b }'
+  exit 0
+fi
 rss_idle=$(rss)
 floor=$(run floor $floor_port /)
 deputy=$(run deputy $deputy_port /v1/authorize)

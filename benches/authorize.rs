@@ -280,7 +280,7 @@ fn main() {
     );
     let indexed = indexed_percentiles(&fixtures);
     for (f, &(ip50, ip99, ia)) in fixtures.iter().zip(&indexed) {
-        // The same decisions (a spot check; tests/index_differential.rs is the proof).
+        // The same decisions (a spot check; tests/it/index_differential.rs is the proof).
         let checked = match (indexed_only, f.n >= 100_000) {
             (true, _) => 0,
             (false, true) => 20,

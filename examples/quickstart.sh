@@ -11,7 +11,7 @@
 # grant that exceeds its parent's refused, a denial that says what is needed, a permission
 # request approved by the parent, and a revocation that takes parent and child down. Each step
 # checks deputy's answer and the script exits non-zero at the first one that is not what it
-# expects. Needs bash, curl and python3 (for reading JSON). tests/quickstart.rs runs it.
+# expects. Needs bash, curl and python3 (for reading JSON). tests/it/quickstart.rs runs it.
 set -euo pipefail
 
 url=${DEPUTY_URL:-http://127.0.0.1:8180}

@@ -14,7 +14,7 @@
 #
 # Seeds live in fuzz/seeds/<target>/ (committed); the growing corpus in fuzz/corpus/<target>/
 # and crash inputs in fuzz/artifacts/<target>/ (both ignored by git). A crash input becomes a
-# file in fuzz/regressions/<target>/ and a test in tests/fuzz_regressions.rs.
+# file in fuzz/regressions/<target>/ and a test in tests/it/fuzz_regressions.rs.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}

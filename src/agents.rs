@@ -23,6 +23,8 @@ use cedar_policy::{
 
 use serde::Serialize;
 
+use crate::eval::PolicyIndex;
+
 /// The entity type deputy's agents have in the schema.
 pub const AGENT_TYPE: &str = "Agent";
 /// The approver name of a human holding the admin credential (never an agent's name).
@@ -93,6 +95,8 @@ pub struct Hop {
     /// The hop's holder as a principal: the admin policies are asked about it too.
     pub uid: EntityUid,
     pub policies: PolicySet,
+    /// `policies` indexed and compiled for deputy's evaluator, once, when the agent is built.
+    pub index: PolicyIndex,
     /// The hop's holder's shared state: a revoked ancestor denies at once.
     state: Arc<AgentState>,
     /// When the hop's holder expires.
@@ -258,6 +262,59 @@ impl Registry {
         }
     }
 
+    /// The agents this registry holds beyond `base`, when it holds every agent of `base`
+    /// unchanged (the same shared `Arc`); `None` when any was changed or dropped.
+    pub fn added_to(&self, base: &Registry) -> Option<Vec<Arc<LiveAgent>>> {
+        let unchanged = base
+            .agents
+            .iter()
+            .all(|(id, a)| self.agents.get(id).is_some_and(|b| Arc::ptr_eq(a, b)));
+        if !unchanged || self.agents.len() < base.agents.len() {
+            return None;
+        }
+        Some(
+            self.agents
+                .iter()
+                .filter(|(id, _)| !base.agents.contains_key(id.as_str()))
+                .map(|(_, a)| Arc::clone(a))
+                .collect(),
+        )
+    }
+
+    /// `store` (a combined store built for this bundle) plus the entities of `added`, agents
+    /// deputy created since. Their entities have no parents, so no entity's ancestors change
+    /// and the transitive closure needs no repair; each is checked against the schema.
+    pub fn extend_entities(
+        store: &Entities,
+        added: &[Arc<LiveAgent>],
+        bundle: &Entities,
+        schema: &cedar_policy::Schema,
+    ) -> Result<Entities, String> {
+        let mut new = Vec::new();
+        for a in added.iter().filter(|a| !a.is_bundle_agent()) {
+            if bundle.get(&a.uid).is_some() || store.get(&a.uid).is_some() {
+                return Err(format!(
+                    "agent `{}` that deputy manages shares its id with an entity already in the store",
+                    a.row.id
+                ));
+            }
+            let e = agent_entity(&a.row, &a.uid, a.chain_ceiling)?;
+            let core: &cedar_policy_core::ast::Entity = e.as_ref();
+            new.push(Arc::new(core.clone()));
+        }
+        let base: &cedar_policy_core::entities::Entities = store.as_ref();
+        let core_schema = cedar_policy_core::validator::CoreSchema::new(schema.as_ref());
+        base.clone()
+            .add_entities(
+                new,
+                Some(&core_schema),
+                cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+                cedar_policy_core::extensions::Extensions::all_available(),
+            )
+            .map(Entities::from)
+            .map_err(|e| e.to_string())
+    }
+
     /// The bundle's entities plus the agents deputy created (a bundle agent's entity is the
     /// bundle's own, attributes and parents included). Built when either changes, never per
     /// request.
@@ -336,10 +393,12 @@ fn build(
             agent: row.id.clone(),
             parent: ancestor.clone(),
         })?;
+        let policies = link(ancestor, &a.row.grant, &uid, View::Delegable)?;
         hops.push(Hop {
             agent: ancestor.clone(),
             uid: a.uid.clone(),
-            policies: link(ancestor, &a.row.grant, &uid, View::Delegable)?,
+            index: hop_index(&policies),
+            policies,
             state: Arc::clone(&a.state),
             expires_at: a.row.expires_at,
         });
@@ -350,10 +409,12 @@ fn build(
             taint: AtomicI64::new(row.taint),
         })
     });
+    let policies = link(&row.id, &row.grant, &uid, View::Full)?;
     hops.push(Hop {
         agent: row.id.clone(),
         uid: uid.clone(),
-        policies: link(&row.id, &row.grant, &uid, View::Full)?,
+        index: hop_index(&policies),
+        policies,
         state: Arc::clone(&state),
         expires_at: row.expires_at,
     });
@@ -367,6 +428,14 @@ fn build(
         session,
         state,
     })
+}
+
+/// A hop's linked grant, indexed for deputy's evaluator. Built without the bundle's action
+/// hierarchy (an agent outlives bundles): a request whose action sits under an action a grant
+/// names finds the hierarchy differs and is evaluated policy by policy instead, as the index
+/// does whenever the store disagrees with it.
+fn hop_index(policies: &PolicySet) -> PolicyIndex {
+    PolicyIndex::build(policies, &Entities::empty())
 }
 
 /// Links `view` of `grant` (held by `holder`) to `principal`; ids are `<holder>/<policy id>`

@@ -3,6 +3,7 @@
 //! atomically and keeps the last good one when a reload fails.
 
 mod agents;
+mod files;
 mod load;
 mod problem;
 mod store;

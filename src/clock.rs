@@ -3,7 +3,7 @@
 //!
 //! Debug builds only (never a release or `dist` build) honour `DEPUTY_TEST_CLOCK=PATH`: the time
 //! is then the number in that file, read at every call, so a test can hold the clock still and
-//! move it forward (tests/model.rs expires agents that way) without sleeping.
+//! move it forward (tests/it/model.rs expires agents that way) without sleeping.
 
 /// The variable naming a test clock file (debug builds only).
 pub const ENV_TEST_CLOCK: &str = "DEPUTY_TEST_CLOCK";

@@ -51,10 +51,15 @@ pub struct Indexed<'a> {
     pub index: &'a PolicyIndex,
 }
 
-impl Indexed<'_> {
+impl<'a> Indexed<'a> {
     /// Decides `request` exactly as [`evaluate`] over the whole set would.
     pub fn evaluate(&self, entities: &Entities, request: &Request) -> Decision {
         evaluate_indexed(self.policies, self.index, entities, request)
+    }
+
+    /// [`Indexed::evaluate`] for a request already looked up.
+    pub fn evaluate_asked(&self, asked: &Asked<'a>) -> Decision {
+        asked.evaluate(self.policies, self.index)
     }
 }
 
@@ -72,15 +77,45 @@ pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) ->
 /// `index`), so evaluating their policies is evaluating every policy that can be satisfied or
 /// err; policies whose scope does not match are neither.
 pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &Entities, request: &Request) -> Decision {
-    let core_request: &cedar_policy_core::ast::Request = request.as_ref();
-    let ctx = fast::Ctx::new(entities.as_ref(), core_request);
-    let mut slices = Vec::new();
-    if !index.slices_for(&ctx, &mut slices) {
-        return evaluate(policies, entities, request);
+    Asked::new(entities, request).evaluate(policies, index)
+}
+
+/// One request against one store, its entities looked up once, asked of several indexed
+/// policy sets in turn (the admin policies and each hop of an agent's chain).
+pub struct Asked<'a> {
+    ctx: fast::Ctx<'a>,
+    entities: &'a Entities,
+    request: &'a Request,
+    slices: std::cell::RefCell<Vec<&'a index::Slice>>,
+}
+
+impl<'a> Asked<'a> {
+    pub fn new(entities: &'a Entities, request: &'a Request) -> Asked<'a> {
+        let core_request: &cedar_policy_core::ast::Request = request.as_ref();
+        Asked {
+            ctx: fast::Ctx::new(entities.as_ref(), core_request),
+            entities,
+            request,
+            slices: std::cell::RefCell::new(Vec::new()),
+        }
     }
-    let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
-    evaluate_candidates(ready, Some(&ctx), entities, request)
-        .unwrap_or_else(|| authorizer_decision(policies, entities, request))
+
+    /// Decides the request exactly as [`evaluate`] over the whole of `policies` would, `index`
+    /// having been built from `policies`.
+    pub fn evaluate(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Decision {
+        // The remembered attribute reads are numbered per index: start afresh for this one.
+        self.ctx.forget();
+        let Ok(mut slices) = self.slices.try_borrow_mut() else {
+            return evaluate(policies, self.entities, self.request);
+        };
+        slices.clear();
+        if !index.slices_for(&self.ctx, &mut slices) {
+            return evaluate(policies, self.entities, self.request);
+        }
+        let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
+        evaluate_candidates(ready, Some(&self.ctx), self.entities, self.request)
+            .unwrap_or_else(|| authorizer_decision(policies, self.entities, self.request))
+    }
 }
 
 /// A policy to evaluate: from an index slice (condition built at load) or straight from a set.

@@ -50,8 +50,17 @@ impl Snapshot {
     /// Builds the snapshot for `bundle` and `agents`; an error when the agents cannot be
     /// represented in the bundle's entity store (its schema no longer fits them, or an id
     /// collides), in which case nothing may be served from it.
-    fn build(bundle: Arc<Bundle>, agents: Registry, agents_unknown: bool) -> Result<Snapshot, String> {
-        let combined = if agents.iter().any(|a| !a.is_bundle_agent()) {
+    ///
+    /// When `prev` served the same bundle and `agents` only adds agents to its registry (a
+    /// spawn), the store is `prev`'s plus the new agents' entities: the cost of a spawn does not
+    /// grow with the number of live agents' entities to rebuild.
+    fn build(bundle: Arc<Bundle>, agents: Registry, agents_unknown: bool, prev: Option<&Snapshot>) -> Result<Snapshot, String> {
+        let extended = prev
+            .filter(|p| Arc::ptr_eq(&p.bundle, &bundle))
+            .and_then(|p| Some((p.combined.as_ref()?, agents.added_to(&p.agents)?)));
+        let combined = if let Some((store, added)) = extended {
+            Some(Registry::extend_entities(store, &added, &bundle.entities, &bundle.schema)?)
+        } else if agents.iter().any(|a| !a.is_bundle_agent()) {
             Some(agents.combined_entities(&bundle.entities, &bundle.schema)?)
         } else {
             None
@@ -168,7 +177,8 @@ impl WriteGuard<'_> {
     /// Builds what serving `bundle` with `registry` would be.
     pub fn prepare_with(&self, bundle: Arc<Bundle>, registry: Registry) -> Result<Prepared, String> {
         let unknown = self.live.agents_unknown.load(Ordering::Acquire);
-        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown)?;
+        let prev = self.live.current();
+        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown, prev.as_deref())?;
         Ok(Prepared {
             registry,
             bundle: Some(bundle),
@@ -192,5 +202,84 @@ impl WriteGuard<'_> {
         let p = self.prepare(registry)?;
         self.install(p);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::agents::AgentRow;
+    use crate::bundle::LoadOptions;
+
+    fn row(id: &str, parent: Option<&str>, depth: i64, ceiling: i64) -> AgentRow {
+        AgentRow {
+            id: id.to_owned(),
+            parent: parent.map(str::to_owned),
+            depth,
+            can_delegate: true,
+            ceiling,
+            taint: 0,
+            grant: r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#
+                .to_owned(),
+            grant_digest: String::new(),
+            credential_hash: String::new(),
+            task: "t".to_owned(),
+            reason: String::new(),
+            created_by: "admin".to_owned(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            revoked_at: None,
+            revoked_reason: None,
+            bundle_version: String::new(),
+            proof: serde_json::Value::Null,
+        }
+    }
+
+    /// Entity for entity, attributes and ancestors included (Cedar's `==` compares uids only).
+    fn same(a: &Entities, b: &Entities) -> bool {
+        let (a, b): (&cedar_policy_core::entities::Entities, &cedar_policy_core::entities::Entities) =
+            (a.as_ref(), b.as_ref());
+        a.deep_eq(b)
+    }
+
+    /// Spawns extend the served store instead of rebuilding it: the result is the store a
+    /// rebuild gives, entity for entity; a change to an existing agent rebuilds.
+    #[test]
+    fn a_spawn_extends_the_store_exactly_as_a_rebuild_would() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(dir, &LoadOptions::default()).unwrap());
+        let live = Live::default();
+        live.install_bundle(Arc::clone(&bundle)).unwrap();
+        let rows = [
+            row("agt-000000000001", None, 1, 3),
+            row("agt-000000000002", Some("agt-000000000001"), 2, 2),
+            row("agt-000000000003", Some("agt-000000000002"), 3, 5),
+            row("agt-000000000004", None, 1, 1),
+        ];
+        for r in rows {
+            let mut w = live.write().unwrap();
+            let next = w.registry().with(r).unwrap();
+            w.publish(next).unwrap();
+            let served = live.current().unwrap();
+            let rebuilt = served
+                .agents
+                .combined_entities(&bundle.entities, &bundle.schema)
+                .unwrap();
+            assert!(same(served.entities(), &rebuilt));
+        }
+        // A re-granted agent (a new row for an existing id) is rebuilt, not added twice.
+        let mut w = live.write().unwrap();
+        let next = w
+            .registry()
+            .with_rows(vec![row("agt-000000000002", Some("agt-000000000001"), 2, 1)])
+            .unwrap();
+        w.publish(next).unwrap();
+        let served = live.current().unwrap();
+        let rebuilt = served
+            .agents
+            .combined_entities(&bundle.entities, &bundle.schema)
+            .unwrap();
+        assert!(same(served.entities(), &rebuilt));
     }
 }

@@ -1,7 +1,7 @@
 //! The fuzz harness: one function per target, each feeding bytes to deputy's library the way the
 //! server does, against the example bundle at the repository root (loaded once).
 //!
-//! Shared with `tests/fuzz_regressions.rs` (included there with `#[path]`), so a crash input
+//! Shared with `tests/it/fuzz_regressions.rs` (included there with `#[path]`), so a crash input
 //! replays through exactly the code the fuzzer ran. It therefore depends only on what deputy's
 //! own tests can use: deputy, cedar-policy, serde_json and tempfile.
 //!

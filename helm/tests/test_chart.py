@@ -7,7 +7,7 @@ mapped to temporary directories, start the deputy binary on the bundle the Confi
 mount, and /readyz and /healthz must answer 200.
 
 Run: scripts/setup && .venv/bin/python3 -m pytest -q helm/tests
-(`cargo test --locked` runs it through tests/helm.rs, which also passes DEPUTY_BIN).
+(`cargo test --locked` runs it through tests/it/helm.rs, which also passes DEPUTY_BIN).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::agents::LiveAgent;
 use crate::bundle::TaintRole;
-use crate::eval::{evaluate, Decision, Indexed};
+use crate::eval::{Asked, Decision, Indexed};
 
 /// Which bound denied a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -160,7 +160,8 @@ pub fn decide_bounded(
     if let Some(by) = bounds.check(guard) {
         return denied(by);
     }
-    let admin_decision = admin.evaluate(entities, request);
+    let asked = Asked::new(entities, request);
+    let admin_decision = admin.evaluate_asked(&asked);
     if !admin_decision.allow {
         return ChainDecision {
             denied_by: Some(DeniedBy::Admin {
@@ -195,7 +196,7 @@ pub fn decide_bounded(
     }
     let mut allowed = admin_decision;
     for hop in &agent.hops {
-        let d = evaluate(&hop.policies, entities, request);
+        let d = asked.evaluate(&hop.policies, &hop.index);
         if !d.allow {
             let mut errors = allowed.errors;
             errors.extend(d.errors.iter().cloned());

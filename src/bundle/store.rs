@@ -94,7 +94,7 @@ impl BundleStore {
         if let Ok(mut a) = self.attempted.lock() {
             *a = Some(match &result {
                 Ok(b) => b.version.clone(),
-                Err(_) => super::load::fingerprint(&self.dir),
+                Err(_) => super::files::fingerprint(&self.dir),
             });
         }
         let result = result.and_then(|bundle| self.install(bundle));
@@ -173,7 +173,7 @@ impl BundleStore {
     /// Reloads only when the files differ from the last attempt, so a broken bundle is reported
     /// once rather than on every poll. Blocking.
     pub fn reload_if_changed(&self) -> Option<Result<ReloadOutcome, BundleError>> {
-        let fp = super::load::fingerprint(&self.dir);
+        let fp = super::files::fingerprint(&self.dir);
         if self.attempted.lock().ok().and_then(|a| a.clone()).as_deref() == Some(fp.as_str()) {
             return None;
         }

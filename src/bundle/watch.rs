@@ -97,7 +97,7 @@ fn watch_set(dir: &Path) -> Vec<(PathBuf, RecursiveMode, Option<PathBuf>)> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         set.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
     }
-    for sub in super::load::SUBDIRS {
+    for sub in super::files::SUBDIRS {
         let path = dir.join(sub);
         if path.exists() {
             set.push((path, RecursiveMode::Recursive));

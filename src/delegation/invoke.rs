@@ -26,7 +26,7 @@ use super::audit::{AuditEvent, AuditKind};
 use super::credential;
 use super::gate::{invoke_configured, invoke_decision, Gate};
 use super::identity::mint_id;
-use super::service::{Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS};
+use super::service::{Attempt, Caller, Delegation, DelegationError, MAX_TTL_SECONDS};
 use super::store::{AgentRow, SessionRow};
 use crate::agents::{LiveAgent, AGENT_TYPE};
 use crate::authorize::{session_standing, standing, Callee};
@@ -101,28 +101,15 @@ impl Delegation {
         req: InvokeRequest,
         now: i64,
     ) -> Result<Invoked, DelegationError> {
-        let mut snap = Arc::clone(snap);
-        let mut caller = caller.clone();
-        for _ in 0..ATTEMPTS {
-            let plan = self.plan_invocation(&snap, &caller, &req, now)?;
-            match self.carry_out_invocation(&snap, &caller, &req, plan, now)? {
-                Attempt::Done(invoked) => return Ok(invoked),
-                Attempt::Stale => {
-                    snap = self
-                        .live
-                        .current()
-                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
-                    if let Caller::Agent(a) = &caller {
-                        caller = Caller::Agent(self.latest(a));
-                    }
-                }
-            }
-        }
-        Err(DelegationError::new(
-            ErrorCode::StateChanged,
-            "the delegation state kept changing while this invocation was checked; nothing was changed",
+        self.retrying(
+            snap,
+            caller,
+            "the delegation state kept changing while this invocation was checked",
+            |snap, caller| {
+                let plan = self.plan_invocation(snap, caller, &req, now)?;
+                self.carry_out_invocation(snap, caller, &req, plan, now)
+            },
         )
-        .help("send the request again"))
     }
 
     fn plan_invocation(

@@ -184,6 +184,38 @@ pub(super) enum Attempt<T> {
 /// How many times a write is planned again when the state moves under it.
 pub(super) const ATTEMPTS: usize = 4;
 
+impl Delegation {
+    /// Runs `attempt` (plan against a snapshot, carry out under the writer) until it is done,
+    /// on a fresh snapshot and a fresh copy of the calling agent each time it finds what it
+    /// planned against changed; after [`ATTEMPTS`] it gives up with `409 state_changed`.
+    pub(super) fn retrying<T>(
+        &self,
+        snap: &Arc<Snapshot>,
+        caller: &Caller,
+        gave_up: &str,
+        mut attempt: impl FnMut(&Arc<Snapshot>, &Caller) -> Result<Attempt<T>, DelegationError>,
+    ) -> Result<T, DelegationError> {
+        let mut snap = Arc::clone(snap);
+        let mut caller = caller.clone();
+        for _ in 0..ATTEMPTS {
+            match attempt(&snap, &caller)? {
+                Attempt::Done(done) => return Ok(done),
+                Attempt::Stale => {
+                    snap = self
+                        .live
+                        .current()
+                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
+                    if let Caller::Agent(a) = &caller {
+                        caller = Caller::Agent(self.latest(a));
+                    }
+                }
+            }
+        }
+        Err(DelegationError::new(ErrorCode::StateChanged, format!("{gave_up}; nothing was changed"))
+            .help("send the request again"))
+    }
+}
+
 pub struct Delegation {
     pub(super) store: Store,
     pub(super) live: Arc<Live>,

@@ -18,7 +18,7 @@ use super::audit::{AuditEvent, AuditKind};
 use super::credential;
 use super::identity::{check_new_id, mint_id, resolve_approvers};
 use super::service::{
-    accept_grant, grant_error, not_for_sessions, Attempt, Caller, Delegation, DelegationError, ATTEMPTS, MAX_TTL_SECONDS,
+    accept_grant, grant_error, not_for_sessions, Attempt, Caller, Delegation, DelegationError, MAX_TTL_SECONDS,
 };
 use super::store::{AgentRow, PermissionRow, RequestStatus};
 use super::approval::{spawn_params, take_approval, DELEGATION_KIND};
@@ -114,34 +114,20 @@ impl Delegation {
         req: SpawnRequest,
         now: i64,
     ) -> Result<SpawnOutcome, DelegationError> {
-        let mut snap = Arc::clone(snap);
-        let mut caller = caller.clone();
-        for _ in 0..ATTEMPTS {
-            let plan = self.plan(&snap, &caller, &req, now)?;
-            match self.carry_out(&snap, &caller, &req, plan, now)? {
-                Attempt::Done(outcome) => {
-                    if matches!(outcome, SpawnOutcome::Pending { .. }) {
-                        // After the commit, so that a woken long poll reads the new request.
-                        self.requests_changed.notify_waiters();
-                    }
-                    return Ok(outcome);
-                }
-                Attempt::Stale => {
-                    snap = self
-                        .live
-                        .current()
-                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
-                    if let Caller::Agent(a) = &caller {
-                        caller = Caller::Agent(self.latest(a));
-                    }
-                }
-            }
+        let outcome = self.retrying(
+            snap,
+            caller,
+            "the delegation state kept changing while this request was checked",
+            |snap, caller| {
+                let plan = self.plan(snap, caller, &req, now)?;
+                self.carry_out(snap, caller, &req, plan, now)
+            },
+        )?;
+        if matches!(outcome, SpawnOutcome::Pending { .. }) {
+            // After the commit, so that a woken long poll reads the new request.
+            self.requests_changed.notify_waiters();
         }
-        Err(DelegationError::new(
-            ErrorCode::StateChanged,
-            "the delegation state kept changing while this request was checked; nothing was changed",
-        )
-        .help("send the request again"))
+        Ok(outcome)
     }
 
     /// Checks a spawn against `snap` and decides what to do with it. Pure apart from writing a

@@ -284,8 +284,10 @@ pub fn prove_observed<E>(
 ) -> Result<Verdict, E> {
     let span = tracing::info_span!(target: TRACE_ONLY, "proof", deputy.proof.verdict = Empty, deputy.proof.duration_ms = Empty);
     let _entered = span.enter();
+    let running = metrics.map(super::Metrics::proof_running);
     let started = Instant::now();
     let result = prove();
+    drop(running);
     let took: Duration = started.elapsed();
     let verdict = result.as_ref().map_or("error", Verdict::name);
     span.record("deputy.proof.verdict", verdict);

@@ -8,6 +8,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use super::Metrics;
@@ -63,6 +64,7 @@ pub struct DecisionLog {
     mask: Vec<Vec<String>>,
     drop_allows: bool,
     dropped: Counter,
+    queued: Gauge,
 }
 
 impl DecisionLog {
@@ -84,9 +86,10 @@ impl DecisionLog {
     fn start(out: Writer, config: &DecisionLogConfig, metrics: &Metrics) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue.max(1));
         let errors = metrics.log_errors.clone();
+        let queued = metrics.log_queued.clone();
         let writer = std::thread::Builder::new()
             .name("decision-log".to_owned())
-            .spawn(move || write_lines(&rx, out, &errors))?;
+            .spawn(move || write_lines(&rx, out, &errors, &queued))?;
         Ok(Self {
             tx: Some(tx),
             writer: Some(writer),
@@ -97,6 +100,7 @@ impl DecisionLog {
                 .collect(),
             drop_allows: config.drop_allows,
             dropped: metrics.log_dropped.clone(),
+            queued: metrics.log_queued.clone(),
         })
     }
 
@@ -116,9 +120,12 @@ impl DecisionLog {
     /// Queues one line; never blocks.
     pub fn send(&self, line: String) {
         let Some(tx) = &self.tx else { return };
+        // Counted before it is sent, so the gauge never reads 0 while this line is unwritten.
+        self.queued.inc();
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.dec();
                 self.dropped.inc();
             }
         }
@@ -151,8 +158,9 @@ fn mask_path(value: &mut Value, path: &[String]) {
     }
 }
 
-/// Writes lines as they come, flushing whenever the queue runs empty.
-fn write_lines(rx: &Receiver<String>, mut out: Writer, errors: &Counter) {
+/// Writes lines as they come, flushing whenever the queue runs empty; a line leaves the
+/// `queued` gauge once it is flushed (or failed).
+fn write_lines(rx: &Receiver<String>, mut out: Writer, errors: &Counter, queued: &Gauge) {
     let mut failing = false;
     let mut write = |out: &mut Writer, line: &str| {
         let result = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n"));
@@ -168,13 +176,16 @@ fn write_lines(rx: &Receiver<String>, mut out: Writer, errors: &Counter) {
     };
     while let Ok(line) = rx.recv() {
         write(&mut out, &line);
+        let mut batch = 1;
         while let Ok(line) = rx.try_recv() {
             write(&mut out, &line);
+            batch += 1;
         }
         if let Err(e) = out.flush() {
             errors.inc();
             tracing::error!(error = %e, "cannot flush the decision log");
         }
+        queued.dec_by(batch);
     }
 }
 

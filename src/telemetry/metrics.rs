@@ -49,6 +49,8 @@ pub struct Metrics {
     long_polls: Gauge,
     pub(super) log_dropped: Counter,
     pub(super) log_errors: Counter,
+    pub(super) log_queued: Gauge,
+    proofs_running: Gauge,
 }
 
 fn decision_histogram() -> Histogram {
@@ -122,6 +124,18 @@ impl Metrics {
             "Decision log lines that could not be written",
             log_errors.clone(),
         );
+        let proofs_running = Gauge::default();
+        registry.register(
+            "deputy_proofs_running",
+            "Containment proofs running now",
+            proofs_running.clone(),
+        );
+        let log_queued = Gauge::default();
+        registry.register(
+            "deputy_decision_log_queued",
+            "Decision log lines queued and not yet written and flushed",
+            log_queued.clone(),
+        );
         if let Some(serving) = serving {
             registry.register_collector(Box::new(Serving(serving)));
         }
@@ -147,6 +161,8 @@ impl Metrics {
             long_polls,
             log_dropped,
             log_errors,
+            log_queued,
+            proofs_running,
         }
     }
 
@@ -188,16 +204,22 @@ impl Metrics {
     }
 
     /// Counts a long poll as waiting for a change until the guard is dropped.
-    pub fn long_poll_waiting(&self) -> LongPollWaiting {
+    pub fn long_poll_waiting(&self) -> Held {
         self.long_polls.inc();
-        LongPollWaiting(self.long_polls.clone())
+        Held(self.long_polls.clone())
+    }
+
+    /// Counts a proof as running until the guard is dropped.
+    pub fn proof_running(&self) -> Held {
+        self.proofs_running.inc();
+        Held(self.proofs_running.clone())
     }
 }
 
-/// A long poll counted in `deputy_long_polls_waiting` while it is held.
-pub struct LongPollWaiting(Gauge);
+/// Something counted in a gauge while it is held (a long poll waiting, a proof running).
+pub struct Held(Gauge);
 
-impl Drop for LongPollWaiting {
+impl Drop for Held {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -11,7 +11,7 @@ use crate::agents::LiveAgent;
 use crate::delegation::approval::is_delegation;
 use crate::delegation::audit::{AuditEvent, AuditKind};
 use crate::delegation::identity::{may_approve, ADMIN_APPROVER};
-use crate::delegation::service::{accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, ATTEMPTS};
+use crate::delegation::service::{accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError};
 use crate::delegation::store::{PermissionRow, RequestStatus};
 use crate::error::ErrorCode;
 use crate::prover::{self, Grant, ProveOptions, Verdict};
@@ -35,30 +35,14 @@ impl Delegation {
         reason: &str,
         now: i64,
     ) -> Result<RequestView, DelegationError> {
-        let mut snap = Arc::clone(snap);
-        let mut caller = caller.clone();
-        for _ in 0..ATTEMPTS {
-            match self.decide_once(&snap, &caller, id, decision, reason, now)? {
-                Attempt::Done(view) => {
-                    self.requests_changed.notify_waiters();
-                    return Ok(view);
-                }
-                Attempt::Stale => {
-                    snap = self
-                        .live
-                        .current()
-                        .ok_or_else(|| DelegationError::internal("no snapshot"))?;
-                    if let Caller::Agent(a) = &caller {
-                        caller = Caller::Agent(self.latest(a));
-                    }
-                }
-            }
-        }
-        Err(DelegationError::new(
-            ErrorCode::StateChanged,
-            "the request or the grants it extends kept changing; nothing was changed",
-        )
-        .help("send the decision again"))
+        let view = self.retrying(
+            snap,
+            caller,
+            "the request or the grants it extends kept changing",
+            |snap, caller| self.decide_once(snap, caller, id, decision, reason, now),
+        )?;
+        self.requests_changed.notify_waiters();
+        Ok(view)
     }
 
     fn decide_once(

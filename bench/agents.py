@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Live-agent scale and spawn throughput, against a real `deputy serve` (python3 stdlib + wrk).
+
+    bench/agents.py [--deputy PATH] [--agents 10000] [--parents 16] [--seconds 8]
+
+In one sitting, on the example bundle with a fresh state directory:
+
+1. spawns: `--parents` root agents, then one thread per root spawning children under it as
+   fast as it can (each a proof and a durable commit: a 201 means on disk); spawns/s and the
+   latency percentiles;
+2. the decision of a managed grandchild (wrk, 64 connections) with few live agents;
+3. the store grown to `--agents` live agents; the same wrk run again (p50 ratio), and the
+   resident memory per live agent (VmRSS difference over the agents added);
+4. a restart on that state: time from exec to `/readyz` answering 200 with every agent loaded.
+
+Build first (the figures in docs/BENCHMARKS.md use the dist profile):
+    cargo build --profile dist --locked --bin deputy
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ADMIN = "bench-admin-credential-0123456789"
+READ_REPO = 'permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");'
+READ_SRC = 'permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");'
+
+
+def call(port, method, path, token=None, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, (json.loads(data) if data else None)
+
+
+def spawn(port, token, grant, task):
+    status, b = call(port, "POST", "/v1/delegations", token,
+                     {"grant": grant, "ttl_seconds": 86400, "ceiling": 2, "can_delegate": True, "task": task})
+    if status != 201 or b.get("outcome") != "applied":
+        raise SystemExit(f"spawn failed: {status} {b}")
+    return b["delegation_id"], b["credential"]
+
+
+def serve(binary, state, port):
+    env = dict(os.environ, DEPUTY_ADMIN_TOKEN=ADMIN)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    started = time.monotonic()
+    p = subprocess.Popen([binary, "serve", "--bundle", root, "--state", state, "--listen", f"127.0.0.1:{port}",
+                          "--log-format", "json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        if p.poll() is not None:
+            raise SystemExit(f"deputy exited with {p.returncode} (port {port} in use?)")
+        try:
+            status, _ = call(port, "GET", "/readyz")
+            if status == 200:
+                return p, time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+    return 0
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def wrk(port, agent, seconds):
+    body = json.dumps({"principal": {"type": "Agent", "id": agent}, "action": {"type": "Action", "id": "read"},
+                       "resource": {"type": "File", "id": "repo/src/main.rs"}})
+    status, d = call(port, "POST", "/v1/authorize", body=json.loads(body))
+    if status != 200 or d["decision"] != "Allow":
+        raise SystemExit(f"the grandchild is not allowed: {status} {d}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = \'{body}\'\n')
+        lua = f.name
+    try:
+        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", "-s", lua,
+                              f"http://127.0.0.1:{port}/v1/authorize"], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(lua)
+    rps = float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
+    p50 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("50%"))
+    p99 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("99%"))
+    return rps, p50, p99
+
+
+def micros(s):
+    for unit, f in (("us", 1), ("ms", 1000), ("s", 1_000_000)):
+        if s.endswith(unit) and not (unit == "s" and s.endswith(("us", "ms"))):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--deputy", default="target/dist/deputy")
+    ap.add_argument("--agents", type=int, default=10_000)
+    ap.add_argument("--parents", type=int, default=16)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--port", type=int, default=18190)
+    a = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    state = tempfile.mkdtemp()
+    p, _ = serve(a.deputy, state, a.port)
+    try:
+        root, root_token = spawn(a.port, ADMIN, READ_REPO, "root")
+        child, child_token = spawn(a.port, root_token, READ_SRC, "child")
+        grandchild, _ = spawn(a.port, child_token, READ_SRC, "grandchild")
+        parents = [spawn(a.port, ADMIN, READ_REPO, f"parent {i}") for i in range(a.parents)]
+
+        # 1. spawn throughput: one thread per parent, each for a fixed time.
+        lat, lock, stop = [], threading.Lock(), time.monotonic() + a.seconds
+
+        def worker(token, i):
+            n = 0
+            while time.monotonic() < stop:
+                t = time.monotonic()
+                spawn(a.port, token, READ_SRC, f"burst {i} #{n}")
+                with lock:
+                    lat.append(time.monotonic() - t)
+                n += 1
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(tok, i)) for i, (_, tok) in enumerate(parents)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - t0
+        print(f"spawns: {len(lat)} in {took:.1f}s with {a.parents} concurrent parents = {len(lat) / took:.0f}/s; "
+              f"latency p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms")
+        live = 3 + a.parents + len(lat)
+
+        # 2. the grandchild's decision with few agents.
+        rss_few = rss_kib(p.pid)
+        few = wrk(a.port, grandchild, a.seconds)
+        print(f"decision, {live} live agents: {few[0]:.0f} req/s, p50 {few[1]}, p99 {few[2]}; VmRSS {rss_few} KiB")
+
+        # 3. grow to --agents live agents (16 threads) and decide again.
+        todo = max(0, a.agents - live)
+        per = [todo // a.parents + (1 if i < todo % a.parents else 0) for i in range(a.parents)]
+        t0 = time.monotonic()
+
+        def grow(token, n, i):
+            for k in range(n):
+                spawn(a.port, token, READ_SRC, f"grow {i} #{k}")
+
+        threads = [threading.Thread(target=grow, args=(tok, per[i], i)) for i, (_, tok) in enumerate(parents)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        grew = time.monotonic() - t0
+        live += todo
+        print(f"grew by {todo} agents in {grew:.1f}s ({todo / grew if grew else 0:.0f}/s on the way to {live})")
+        rss_many = rss_kib(p.pid)
+        many = wrk(a.port, grandchild, a.seconds)
+        print(f"decision, {live} live agents: {many[0]:.0f} req/s, p50 {many[1]}, p99 {many[2]}; VmRSS {rss_many} KiB")
+        print(f"p50 at {live} / at few: {micros(many[1]) / micros(few[1]):.2f}x; "
+              f"resident memory per live agent: {(rss_many - rss_few) * 1024 / max(1, todo):.0f} bytes")
+    finally:
+        p.terminate()
+        p.wait()
+
+    # 4. restart on that state.
+    p, ready = serve(a.deputy, state, a.port)
+    try:
+        status, st = call(a.port, "GET", "/v1/status")
+        print(f"restart to ready with {live} agents: {ready * 1000:.0f} ms (status {status}, "
+              f"live agents {st.get('delegation', {}).get('live_agents', '?') if st else '?'})")
+    finally:
+        p.terminate()
+        p.wait()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+//! Attacks on the delegation promise that held: each test asserts deputy's answer to one
+//! attempt (over HTTP, against a real server, on `tests/fixtures/attack`). See tests/it/attack.rs
+//! for the ones that did not.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::common;
+
+use common::{spawn, Options, TestServer};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-for-attack-tests";
+const LEAD: &str = "lead-credential-from-a-secret-0123";
+
+fn start() -> (TestServer, tempfile::TempDir, tempfile::TempDir) {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/attack"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
+            ..Options::default()
+        },
+    );
+    (server, bundle, state)
+}
+
+const READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
+
+fn body(grant: &str) -> Value {
+    json!({"grant": grant, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"})
+}
+
+/// Foreign principals hidden in other syntax are all refused.
+#[test]
+fn foreign_principals_in_other_syntax_are_refused() {
+    let (s, _b, _st) = start();
+    for grant in [
+        r#"permit(principal == ?principal, action, resource) when { if true then principal == Agent::"x" else false };"#,
+        r#"permit(principal == ?principal, action, resource) when { [principal].contains(Agent::"x") };"#,
+        r#"permit(principal == ?principal, action, resource) when { {p: principal}.p == Agent::"x" };"#,
+        r#"permit(principal == ?principal, action, resource) when { principal has team };"#,
+        r#"permit(principal == ?principal, action, resource) when { principal is Agent && principal in Team::"contractors" };"#,
+        r#"permit(principal is Agent in Team::"contractors", action, resource);"#,
+        r#"forbid(principal, action, resource) unless { principal.ceiling > 0 };"#,
+        r#"permit(principal == ?principal, action, resource) when { resource == principal };"#,
+    ] {
+        let r = spawn(&s, LEAD, body(grant));
+        assert!(
+            r.status == 400
+                && ["grant_foreign_principal", "grant_invalid"].contains(&r.json()["code"].as_str().unwrap()),
+            "{grant}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+/// Names: deputy's own names in any case, minted-looking ids in any case, `Agent` ids the
+/// bundle owns; a revoked agent's id is never given out again.
+#[test]
+fn names_held() {
+    let (s, _b, _st) = start();
+    for id in [
+        "Admin",
+        "HUMAN",
+        "Bundle",
+        "AGT-0",
+        "agt-x",
+        "lead",
+        "vendor",
+        "worker",
+        "auditor",
+        "contractors",
+    ] {
+        let mut b = body(READ_A);
+        b["agent_id"] = json!(id);
+        let r = spawn(&s, LEAD, b);
+        // `contractors` is a Team, not an Agent: free (Cedar tells types apart).
+        if id == "contractors" {
+            assert_eq!(r.status, 201, "{id}: {}", r.text());
+        } else {
+            assert_eq!(r.status, 409, "{id}: {}", r.text());
+        }
+    }
+    let mut b = body(READ_A);
+    b["agent_id"] = json!("kid");
+    assert_eq!(spawn(&s, LEAD, b.clone()).status, 201);
+    let rev = common::delete_as(&s, ADMIN, "/v1/delegations/kid");
+    assert_eq!(rev.status, 200, "{}", rev.text());
+    let again = spawn(&s, LEAD, b);
+    assert_eq!(again.json()["code"], "agent_exists", "{}", again.text());
+}
+
+/// Within one batch, a read that raises the taint denies a later write-down in the same batch,
+/// and a caller-sent taint is replaced.
+#[test]
+fn taint_within_one_batch() {
+    let (s, _b, _st) = start();
+    let kid = spawn(
+        &s,
+        LEAD,
+        body(
+            r#"permit(principal == ?principal, action in [Action::"read", Action::"write"], resource in Folder::"proj/a");"#,
+        ),
+    );
+    let id = kid.json()["delegation_id"].as_str().unwrap().to_owned();
+    let item = |action: &str, doc: &str| {
+        json!({"principal": {"type": "Agent", "id": id}, "action": {"type": "Action", "id": action},
+               "resource": {"type": "Doc", "id": doc}, "context": {"taint": 0}})
+    };
+    let r = s.post(
+        "/v1/authorize/batch",
+        &json!({"requests": [item("read", "secret"), item("write", "public")]}),
+    );
+    let v = r.json();
+    assert_eq!(v["responses"][0]["decision"], "Allow", "{v}");
+    assert_eq!(v["responses"][1]["decision"], "Deny", "{v}");
+    assert_eq!(v["responses"][1]["denied_by"]["bound"], "taint", "{v}");
+}
