@@ -187,7 +187,8 @@ pub enum RegistryError {
 /// All agents by id. Cheap to extend: agents are shared `Arc`s.
 #[derive(Clone, Default)]
 pub struct Registry {
-    agents: HashMap<String, Arc<LiveAgent>>,
+    /// Keyed by shared ids, so that copying the registry for a new snapshot copies pointers.
+    agents: HashMap<Arc<str>, Arc<LiveAgent>>,
 }
 
 impl Registry {
@@ -199,7 +200,7 @@ impl Registry {
         for row in rows {
             let session = sessions.remove(&row.id);
             let agent = build(&reg.agents, row, None, session)?;
-            reg.agents.insert(agent.row.id.clone(), Arc::new(agent));
+            reg.agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         }
         Ok(reg)
     }
@@ -213,7 +214,7 @@ impl Registry {
     pub fn with_session(&self, row: AgentRow, session: Option<SessionRow>) -> Result<Registry, RegistryError> {
         let agent = build(&self.agents, row, None, session.map(Arc::new))?;
         let mut agents = self.agents.clone();
-        agents.insert(agent.row.id.clone(), Arc::new(agent));
+        agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         Ok(Registry { agents })
     }
 
@@ -236,7 +237,7 @@ impl Registry {
         for a in affected {
             let row = changed.remove(&a.row.id).unwrap_or_else(|| a.row.clone());
             let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)), a.session.clone())?;
-            agents.insert(rebuilt.row.id.clone(), Arc::new(rebuilt));
+            agents.insert(Arc::from(rebuilt.row.id.as_str()), Arc::new(rebuilt));
         }
         Ok(Registry { agents })
     }
@@ -256,7 +257,7 @@ impl Registry {
     /// Marks `ids` revoked in every snapshot that holds them (their state is shared).
     pub fn mark_revoked(&self, ids: &[String]) {
         for id in ids {
-            if let Some(a) = self.agents.get(id) {
+            if let Some(a) = self.agents.get(id.as_str()) {
                 a.mark_revoked();
             }
         }
@@ -268,14 +269,14 @@ impl Registry {
         let unchanged = base
             .agents
             .iter()
-            .all(|(id, a)| self.agents.get(id).is_some_and(|b| Arc::ptr_eq(a, b)));
+            .all(|(id, a)| self.agents.get(id.as_ref()).is_some_and(|b| Arc::ptr_eq(a, b)));
         if !unchanged || self.agents.len() < base.agents.len() {
             return None;
         }
         Some(
             self.agents
                 .iter()
-                .filter(|(id, _)| !base.agents.contains_key(id.as_str()))
+                .filter(|(id, _)| !base.agents.contains_key(id.as_ref()))
                 .map(|(_, a)| Arc::clone(a))
                 .collect(),
         )
@@ -369,7 +370,7 @@ pub enum View {
 }
 
 fn build(
-    agents: &HashMap<String, Arc<LiveAgent>>,
+    agents: &HashMap<Arc<str>, Arc<LiveAgent>>,
     row: AgentRow,
     state: Option<Arc<AgentState>>,
     session: Option<Arc<SessionRow>>,
@@ -380,7 +381,7 @@ fn build(
     })?;
     let parent = match &row.parent {
         None => None,
-        Some(parent) => Some(agents.get(parent).ok_or_else(|| RegistryError::UnknownParent {
+        Some(parent) => Some(agents.get(parent.as_str()).ok_or_else(|| RegistryError::UnknownParent {
             agent: row.id.clone(),
             parent: parent.clone(),
         })?),
@@ -389,7 +390,7 @@ fn build(
     chain.push(row.id.clone());
     let mut hops = Vec::with_capacity(chain.len());
     for ancestor in parent.map(|p| p.chain.as_slice()).unwrap_or_default() {
-        let a = agents.get(ancestor).ok_or_else(|| RegistryError::UnknownParent {
+        let a = agents.get(ancestor.as_str()).ok_or_else(|| RegistryError::UnknownParent {
             agent: row.id.clone(),
             parent: ancestor.clone(),
         })?;
