@@ -536,3 +536,30 @@ fn a_revocation_racing_invocations_never_leaves_a_live_session_under_a_revoked_c
         assert_eq!(record(&env.server, id)["status"], "revoked");
     }
 }
+
+#[test]
+fn a_session_ends_when_the_bundle_stops_declaring_its_callee() {
+    let env = Env::start();
+    let s = &env.server;
+    let of_librarian = started(&invoke(s, &token("reviewer"), "librarian", 600));
+    let of_analyst = started(&invoke(s, &token("reviewer"), "analyst", 600));
+    assert!(allowed(s, &of_librarian.id, "read", ("Doc", "minutes")));
+    // The next bundle declares neither the librarian nor (with a grant) the analyst.
+    let agents = env.bundle.path().join("entities/agents.json");
+    let text = std::fs::read_to_string(&agents).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"librarian\"") && !l.contains("\"analyst\""))
+        .collect();
+    std::fs::write(&agents, kept.join("\n").replace("},\n]", "}\n]")).unwrap();
+    std::fs::remove_file(env.bundle.path().join("grants/analyst.cedar")).unwrap();
+    s.reload().unwrap();
+    assert_eq!(
+        decide(s, &of_librarian.id, "read", ("Doc", "minutes"))["denied_by"]["bound"],
+        "revoked"
+    );
+    refused(&invoke(s, &of_librarian.token, "sales", 600), 401, "unauthenticated");
+    assert_eq!(record(s, &of_analyst.id)["status"], "revoked");
+    refused(&invoke(s, &of_analyst.token, "sales", 600), 401, "unauthenticated");
+    assert!(allowed(s, "reviewer", "send", ("Channel", "public")));
+}
