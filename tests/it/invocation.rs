@@ -559,6 +559,7 @@ fn a_session_ends_when_the_bundle_stops_declaring_its_callee() {
         "revoked"
     );
     refused(&invoke(s, &of_librarian.token, "sales", 600), 401, "unauthenticated");
+    assert_eq!(record(s, &of_librarian.id)["status"], "revoked");
     assert_eq!(record(s, &of_analyst.id)["status"], "revoked");
     refused(&invoke(s, &of_analyst.token, "sales", 600), 401, "unauthenticated");
     assert!(allowed(s, "reviewer", "send", ("Channel", "public")));
