@@ -88,6 +88,15 @@ pub struct Live {
 struct Writer {
     registry: Registry,
     bundle: Option<Arc<Bundle>>,
+    /// Writes prepared but not yet durable (a group commit in progress): what they would serve,
+    /// and what was served before them (restored when they roll back).
+    staged: Option<Staged>,
+}
+
+struct Staged {
+    snapshot: Option<Snapshot>,
+    registry: Registry,
+    bundle: Option<Arc<Bundle>>,
 }
 
 /// Exclusive right to change what is served. Blocking work (SQLite, proofs) may run under it;
@@ -177,13 +186,54 @@ impl WriteGuard<'_> {
     /// Builds what serving `bundle` with `registry` would be.
     pub fn prepare_with(&self, bundle: Arc<Bundle>, registry: Registry) -> Result<Prepared, String> {
         let unknown = self.live.agents_unknown.load(Ordering::Acquire);
-        let prev = self.live.current();
-        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown, prev.as_deref())?;
+        let current = self.live.current();
+        let prev = match self.w.staged.as_ref().and_then(|s| s.snapshot.as_ref()) {
+            Some(staged) => Some(staged),
+            None => current.as_deref(),
+        };
+        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown, prev)?;
         Ok(Prepared {
             registry,
             bundle: Some(bundle),
             snapshot: Some(snapshot),
         })
+    }
+
+    /// Makes what was prepared the state later writes check against, without serving it: its
+    /// write is in a group transaction not yet committed. [`WriteGuard::publish_staged`] serves
+    /// it once the group commits; [`WriteGuard::discard_staged`] forgets it if it rolls back.
+    pub fn stage(&mut self, p: Prepared) {
+        let before = self.w.staged.take().unwrap_or_else(|| Staged {
+            snapshot: None,
+            registry: self.w.registry.clone(),
+            bundle: self.w.bundle.clone(),
+        });
+        let snapshot = p.snapshot.or(before.snapshot);
+        self.w.registry = p.registry;
+        if p.bundle.is_some() {
+            self.w.bundle = p.bundle;
+        }
+        self.w.staged = Some(Staged {
+            snapshot,
+            registry: before.registry,
+            bundle: before.bundle,
+        });
+    }
+
+    /// Serves the staged writes (their group committed).
+    pub fn publish_staged(&mut self) {
+        if let Some(snap) = self.w.staged.take().and_then(|s| s.snapshot) {
+            self.live.current.store(Some(Arc::new(snap)));
+        }
+    }
+
+    /// Forgets the staged writes (their group rolled back): later writes check against what is
+    /// served.
+    pub fn discard_staged(&mut self) {
+        if let Some(s) = self.w.staged.take() {
+            self.w.registry = s.registry;
+            self.w.bundle = s.bundle;
+        }
     }
 
     /// Serves what was prepared (after its write committed).

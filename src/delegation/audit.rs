@@ -154,7 +154,7 @@ pub struct AuditRecord {
 pub(super) const COLUMNS: &str = "seq, at, event, actor, agent, details, prev_hash, hash";
 
 /// Appends one record in `tx`, chained to the last.
-pub(super) fn append(tx: &rusqlite::Transaction<'_>, now: i64, ev: AuditEvent) -> Result<AuditRecord, StateError> {
+pub(super) fn append(tx: &rusqlite::Connection, now: i64, ev: AuditEvent) -> Result<AuditRecord, StateError> {
     let last: Option<(i64, String)> = tx
         .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
             Ok((r.get("seq")?, r.get("hash")?))

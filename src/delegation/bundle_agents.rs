@@ -80,9 +80,8 @@ impl Delegation {
     /// under the writer lock. Refused (with problems) when it does not fit; nothing changes then.
     pub fn install_bundle(&self, bundle: Arc<Bundle>, now: i64) -> Result<(), Vec<Problem>> {
         let mut w = self
-            .live
-            .write()
-            .map_err(|e| vec![Problem::new(ProblemCode::Internal, e)])?;
+            .writer()
+            .map_err(|e| vec![Problem::new(ProblemCode::Internal, e.message)])?;
         let conflicts: Vec<Problem> = w
             .registry()
             .iter()

@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -228,6 +230,41 @@ pub struct Delegation {
     /// Credential hashes of agents the bundle declares (`--agent-credential-file ID=FILE`).
     bundle_tokens: HashMap<String, String>,
     pub(super) limits: Limits,
+    /// Writes waiting to join a group commit, and how groups ended (see [`Delegation::commit`]).
+    groups: Groups,
+}
+
+/// Group commit: writes queued behind the writer lock join the open group transaction; the last
+/// in line commits it for all (one sync), and each write is answered only once its group has
+/// committed.
+#[derive(Default)]
+struct Groups {
+    /// Writes waiting for the writer lock.
+    queued: AtomicUsize,
+    ended: Mutex<Ended>,
+    changed: Condvar,
+}
+
+/// Groups end in order: every group up to `upto` has ended; those in `failed` rolled back.
+#[derive(Default)]
+struct Ended {
+    upto: u64,
+    failed: BTreeSet<u64>,
+}
+
+impl Groups {
+    fn end(&self, group: u64, committed: bool) {
+        if let Ok(mut e) = self.ended.lock() {
+            e.upto = e.upto.max(group);
+            if !committed {
+                e.failed.insert(group);
+            }
+            // Only a waiter of a recent group can still ask.
+            let keep_from = e.upto.saturating_sub(4096);
+            e.failed.retain(|g| *g >= keep_from);
+        }
+        self.changed.notify_all();
+    }
 }
 
 impl Delegation {
@@ -253,6 +290,7 @@ impl Delegation {
             metrics: None,
             requests_changed: tokio::sync::Notify::new(),
             drift: std::sync::Mutex::new(Default::default()),
+            groups: Groups::default(),
             bundle_tokens: agent_tokens
                 .iter()
                 .map(|(id, t)| (id.clone(), credential::hash(t)))
@@ -308,29 +346,114 @@ impl Delegation {
         Ok(Caller::Agent(Arc::clone(agent)))
     }
 
-    /// Runs one change: under the writer lock, `f` re-checks and writes inside one SQLite
-    /// transaction and says what to serve next (`None`: what is served does not change). The
-    /// next snapshot is built before the commit (a change that cannot be served is rolled back)
-    /// and installed after it, before the lock is released.
+    /// Runs one change: under the writer lock, `f` re-checks and writes (in its own savepoint
+    /// of the group transaction) and says what to serve next (`None`: what is served does not
+    /// change). The next snapshot is built before the commit (a change that cannot be served is
+    /// rolled back) and staged, so the writes after it check against it.
+    ///
+    /// Group commit: when other writes are waiting for the writer lock, this one leaves the
+    /// group open for them and waits; the last in line commits the group (one sync for all),
+    /// serves what it staged, and wakes the others. Every write is answered only after its group
+    /// committed and what it changed is served: acknowledged means durable and visible.
     pub(super) fn commit<T>(
         &self,
         f: impl FnOnce(&WriteGuard<'_>, &Tx<'_>) -> Result<(T, Option<Registry>), DelegationError>,
     ) -> Result<T, DelegationError> {
-        let mut w = self.live.write().map_err(DelegationError::internal)?;
-        let (out, prepared) = self
+        self.groups.queued.fetch_add(1, Ordering::SeqCst);
+        let w = self.live.write();
+        self.groups.queued.fetch_sub(1, Ordering::SeqCst);
+        let mut w = w.map_err(DelegationError::internal)?;
+        let (ran, group) = self
             .store
-            .write(|tx| -> Result<(T, Option<Prepared>), DelegationError> {
+            .write_in_group(|tx| -> Result<(T, Option<Prepared>), DelegationError> {
                 let (out, next) = f(&w, tx)?;
                 let prepared = match next {
                     Some(registry) => Some(w.prepare(registry).map_err(DelegationError::internal)?),
                     None => None,
                 };
                 Ok((out, prepared))
-            })?;
-        if let Some(p) = prepared {
-            w.install(p);
+            });
+        let out = match ran {
+            Ok((out, prepared)) => {
+                if let Some(p) = prepared {
+                    w.stage(p);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                if self.store.open_group() != Some(group) {
+                    // The group rolled back with this write: so did the writes staged before it.
+                    w.discard_staged();
+                    self.groups.end(group, false);
+                }
+                Err(e)
+            }
+        };
+        if out.is_ok() && self.groups.queued.load(Ordering::SeqCst) > 0 {
+            drop(w);
+            return self.wait_for(group).and(out);
         }
-        Ok(out)
+        let flushed = self.flush(&mut w);
+        drop(w);
+        let out = out?;
+        flushed.map(|()| out)
+    }
+
+    /// Takes the writer lock with no group left open: for writes outside [`Delegation::commit`]
+    /// (a bundle install), which must not build on writes that are not yet durable.
+    pub(super) fn writer(&self) -> Result<WriteGuard<'_>, DelegationError> {
+        let mut w = self.live.write().map_err(DelegationError::internal)?;
+        self.flush(&mut w)?;
+        Ok(w)
+    }
+
+    /// Commits the open group, if any: serves what it staged, or forgets it when it rolled back;
+    /// then wakes its writers.
+    fn flush(&self, w: &mut WriteGuard<'_>) -> Result<(), DelegationError> {
+        let Some((group, committed)) = self.store.commit_group() else {
+            return Ok(());
+        };
+        match committed {
+            Ok(()) => {
+                w.publish_staged();
+                self.groups.end(group, true);
+                Ok(())
+            }
+            Err(e) => {
+                w.discard_staged();
+                self.groups.end(group, false);
+                Err(DelegationError::state(e))
+            }
+        }
+    }
+
+    /// Waits until `group` has ended; an error when it rolled back. Should the writes queued
+    /// behind it never end it (they failed before joining), this ends it itself: any holder of
+    /// the writer lock may commit the open group.
+    fn wait_for(&self, group: u64) -> Result<(), DelegationError> {
+        loop {
+            {
+                let ended = self.groups.ended.lock().map_err(|_| DelegationError::internal("poisoned"))?;
+                let (ended, _) = self
+                    .groups
+                    .changed
+                    .wait_timeout_while(ended, std::time::Duration::from_millis(20), |e| e.upto < group)
+                    .map_err(|_| DelegationError::internal("poisoned"))?;
+                if ended.upto >= group {
+                    return if ended.failed.contains(&group) {
+                        Err(DelegationError::new(
+                            ErrorCode::StateUnavailable,
+                            "the delegation state store failed; nothing was changed",
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            let mut w = self.live.write().map_err(DelegationError::internal)?;
+            // The outcome is read above on the next turn, whoever ended the group.
+            let _ = self.flush(&mut w);
+        }
     }
 
     /// Checks, inside a write's transaction, that the acting agent (if any) and every ancestor

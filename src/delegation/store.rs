@@ -4,7 +4,7 @@
 //! leaves half of one. Blocking: call from `spawn_blocking`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -25,7 +25,16 @@ pub enum StateError {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    inner: Mutex<Inner>,
+    /// Signalled when a group transaction ends.
+    idle: Condvar,
+}
+
+struct Inner {
+    conn: Connection,
+    /// The group transaction open on `conn` (see [`Store::write_in_group`]), by number.
+    group: Option<u64>,
+    next_group: u64,
 }
 
 /// The first schema (what every deputy before versioned migrations wrote, at user_version 0;
@@ -215,7 +224,14 @@ impl Store {
                 "integrity check failed: {integrity}"
             ))));
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            inner: Mutex::new(Inner {
+                conn,
+                group: None,
+                next_group: 1,
+            }),
+            idle: Condvar::new(),
+        })
     }
 
     /// Caps the database size; past it, writes fail with "database or disk is full" and the
@@ -229,21 +245,96 @@ impl Store {
         })
     }
 
+    /// The connection once no group transaction is open: nothing outside a group reads what a
+    /// group has written before it commits (it may yet roll back).
+    fn idle(&self) -> Result<MutexGuard<'_, Inner>, StateError> {
+        let mut inner = self.inner.lock().map_err(|_| StateError::Poisoned)?;
+        while inner.group.is_some() {
+            inner = self.idle.wait(inner).map_err(|_| StateError::Poisoned)?;
+        }
+        Ok(inner)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
-        let mut conn = self.conn.lock().map_err(|_| StateError::Poisoned)?;
-        f(&mut conn)
+        let mut inner = self.idle()?;
+        f(&mut inner.conn)
     }
 
     /// Runs `f` in one transaction, committed only when it returns `Ok`: the checks `f` makes
-    /// against the stored state and the changes it writes are one atomic step.
+    /// against the stored state and the changes it writes are one atomic step. Waits for an
+    /// open group transaction to end first.
     pub fn write<T, E: From<StateError>>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E> {
-        let mut conn = self.conn.lock().map_err(|_| StateError::Poisoned)?;
-        let tx = Tx {
-            tx: conn.transaction().map_err(StateError::from)?,
-        };
-        let out = f(&tx)?;
-        tx.tx.commit().map_err(StateError::from)?;
+        let mut inner = self.idle()?;
+        let tx = inner.conn.transaction().map_err(StateError::from)?;
+        let out = f(&Tx { conn: &tx })?;
+        tx.commit().map_err(StateError::from)?;
         Ok(out)
+    }
+
+    /// Runs `f` inside the group transaction (opening one if none is open), in a savepoint of
+    /// its own: when `f` fails, only its writes are undone. Nothing is durable until
+    /// [`Store::commit_group`]; the number of the group is returned either way.
+    ///
+    /// INVARIANT: the caller holds the one writer lock, so groups and their writes are
+    /// serialized, and a group is committed (or rolled back) by whoever holds it next.
+    pub fn write_in_group<T, E: From<StateError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> (Result<T, E>, u64) {
+        let mut inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(_) => return (Err(StateError::Poisoned.into()), 0),
+        };
+        let group = match inner.group {
+            Some(g) => g,
+            None => {
+                let g = inner.next_group;
+                if let Err(e) = inner.conn.execute_batch("BEGIN IMMEDIATE") {
+                    return (Err(StateError::from(e).into()), g);
+                }
+                inner.next_group += 1;
+                inner.group = Some(g);
+                g
+            }
+        };
+        if let Err(e) = inner.conn.execute_batch("SAVEPOINT one_write") {
+            return (Err(StateError::from(e).into()), group);
+        }
+        let out = f(&Tx { conn: &inner.conn });
+        let ended = if out.is_ok() {
+            inner.conn.execute_batch("RELEASE one_write")
+        } else {
+            inner.conn.execute_batch("ROLLBACK TO one_write; RELEASE one_write")
+        };
+        match ended {
+            Ok(()) => (out, group),
+            // The savepoint could not be ended: the group cannot be trusted; it rolls back whole.
+            Err(e) => {
+                let _ = inner.conn.execute_batch("ROLLBACK");
+                inner.group = None;
+                self.idle.notify_all();
+                (Err(StateError::from(e).into()), group)
+            }
+        }
+    }
+
+    /// The group transaction open now, if any.
+    pub fn open_group(&self) -> Option<u64> {
+        self.inner.lock().ok()?.group
+    }
+
+    /// Commits the open group transaction, if any, making every write in it durable at once
+    /// (one sync); on failure it is rolled back whole. Returns the group's number and whether
+    /// it committed; `None` when no group was open.
+    pub fn commit_group(&self) -> Option<(u64, Result<(), StateError>)> {
+        let mut inner = self.inner.lock().ok()?;
+        let group = inner.group.take()?;
+        let committed = inner.conn.execute_batch("COMMIT").map_err(StateError::from);
+        if committed.is_err() {
+            let _ = inner.conn.execute_batch("ROLLBACK");
+        }
+        self.idle.notify_all();
+        Some((group, committed))
     }
 
     /// Every agent ever created, oldest first (parents before children).
@@ -346,7 +437,7 @@ pub enum NotLive {
 
 /// One open transaction (see [`Store::write`]).
 pub struct Tx<'c> {
-    tx: rusqlite::Transaction<'c>,
+    conn: &'c Connection,
 }
 
 impl Tx<'_> {
@@ -357,7 +448,7 @@ impl Tx<'_> {
         now: i64,
     ) -> Result<Option<(String, NotLive)>, StateError> {
         let mut stmt = self
-            .tx
+            .conn
             .prepare_cached("SELECT revoked_at, expires_at FROM agents WHERE id = ?1")?;
         for id in ids {
             let row: Option<(Option<i64>, i64)> = stmt
@@ -379,14 +470,14 @@ impl Tx<'_> {
     /// Whether any agent, live or not, was ever stored under `id`.
     pub fn agent_exists(&self, id: &str) -> Result<bool, StateError> {
         Ok(self
-            .tx
+            .conn
             .query_row("SELECT 1 FROM agents WHERE id = ?1", params![id], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
     pub fn insert_agent(&self, row: &AgentRow) -> Result<(), StateError> {
-        insert_agent(&self.tx, row)
+        insert_agent(self.conn, row)
     }
 
     /// Records what a session (already inserted as an agent) serves.
@@ -394,7 +485,7 @@ impl Tx<'_> {
         let chain = serde_json::to_string(&row.chain).map_err(|e| {
             StateError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
         })?;
-        self.tx.execute(
+        self.conn.execute(
             &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
             params![row.id, row.caller, row.callee, row.depth, chain, row.caller_taint, row.created_at],
         )?;
@@ -404,7 +495,7 @@ impl Tx<'_> {
     /// The session stored under `id`, if `id` is one.
     pub fn session(&self, id: &str) -> Result<Option<SessionRow>, StateError> {
         Ok(self
-            .tx
+            .conn
             .query_row(
                 &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
                 params![id],
@@ -417,7 +508,7 @@ impl Tx<'_> {
     /// children (by `parent`) and sessions: those `root` invoked and those started of `root`
     /// (a session ends with either side), followed down.
     pub fn unrevoked_subtree(&self, root: &str) -> Result<Vec<String>, StateError> {
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "WITH RECURSIVE sub(id, d) AS (SELECT id, 0 FROM agents WHERE id = ?1 \
              UNION SELECT a.id, sub.d + 1 FROM agents a JOIN sub ON a.parent = sub.id \
              UNION SELECT s.id, sub.d + 1 FROM sessions s JOIN sub ON s.caller = sub.id OR s.callee = sub.id) \
@@ -434,7 +525,7 @@ impl Tx<'_> {
     pub fn revoke(&self, ids: &[String], now: i64, reason: &str) -> Result<Vec<String>, StateError> {
         let mut changed = Vec::new();
         for id in ids {
-            let n = self.tx.execute(
+            let n = self.conn.execute(
                 "UPDATE agents SET revoked_at = ?1, revoked_reason = ?2 WHERE id = ?3 AND revoked_at IS NULL",
                 params![now, reason, id],
             )?;
@@ -448,7 +539,7 @@ impl Tx<'_> {
     /// Replaces `id`'s grant if its stored digest is still `expected` (the grant a proof was
     /// made against); false when it changed meanwhile.
     pub fn swap_grant(&self, id: &str, expected: &str, grant: &str, digest: &str) -> Result<bool, StateError> {
-        let n = self.tx.execute(
+        let n = self.conn.execute(
             "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 \
              WHERE id = ?3 AND grant_digest = ?4",
             params![grant, digest, id, expected],
@@ -458,7 +549,7 @@ impl Tx<'_> {
 
     /// Records the attributes a bundle agent now has in the bundle.
     pub fn update_attributes(&self, id: &str, can_delegate: bool, ceiling: i64, depth: i64) -> Result<(), StateError> {
-        self.tx.execute(
+        self.conn.execute(
             "UPDATE agents SET can_delegate = ?1, ceiling = ?2, depth = ?3 WHERE id = ?4",
             params![can_delegate, ceiling, depth, id],
         )?;
@@ -467,7 +558,7 @@ impl Tx<'_> {
 
     pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
         Ok(self
-            .tx
+            .conn
             .query_row(
                 &format!("SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE id = ?1"),
                 params![id],
@@ -478,7 +569,7 @@ impl Tx<'_> {
 
     /// Pending requests filed by `requester`.
     pub fn pending_of(&self, requester: &str) -> Result<Vec<PermissionRow>, StateError> {
-        let mut stmt = self.tx.prepare_cached(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {REQUEST_COLUMNS} FROM permission_requests WHERE requester = ?1 AND status = 'pending' ORDER BY created_at, id"
         ))?;
         let rows = stmt
@@ -496,11 +587,11 @@ impl Tx<'_> {
     ) -> Result<bool, StateError> {
         match expected {
             None => {
-                save_request(&self.tx, row)?;
+                save_request(self.conn, row)?;
                 Ok(true)
             }
             Some((status, approver)) => {
-                let n = self.tx.execute(
+                let n = self.conn.execute(
                     "UPDATE permission_requests SET approver = ?1, status = ?2, updated_at = ?3, history = ?4 \
                      WHERE id = ?5 AND status = ?6 AND approver = ?7",
                     params![
@@ -521,14 +612,14 @@ impl Tx<'_> {
     /// An agent's stored taint.
     pub fn taint(&self, id: &str) -> Result<Option<i64>, StateError> {
         Ok(self
-            .tx
+            .conn
             .query_row("SELECT taint FROM agents WHERE id = ?1", params![id], |r| r.get(0))
             .optional()?)
     }
 
     /// Raises an agent's stored taint (never lowers it).
     pub fn raise_taint(&self, id: &str, taint: i64) -> Result<(), StateError> {
-        self.tx.execute(
+        self.conn.execute(
             "UPDATE agents SET taint = max(taint, ?1) WHERE id = ?2",
             params![taint, id],
         )?;
@@ -537,7 +628,7 @@ impl Tx<'_> {
 
     /// Appends one audit record, chained to the last.
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
-        audit::append(&self.tx, now, event)
+        audit::append(self.conn, now, event)
     }
 }
 
@@ -551,7 +642,7 @@ const SESSION_COLUMNS: &str = "id, caller, callee, depth, chain, caller_taint, c
 const REQUEST_COLUMNS: &str =
     "id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history";
 
-fn insert_agent(tx: &rusqlite::Transaction<'_>, row: &AgentRow) -> Result<(), StateError> {
+fn insert_agent(tx: &Connection, row: &AgentRow) -> Result<(), StateError> {
     tx.execute(
         &format!(
             "INSERT INTO agents ({AGENT_COLUMNS}) \
@@ -581,7 +672,7 @@ fn insert_agent(tx: &rusqlite::Transaction<'_>, row: &AgentRow) -> Result<(), St
     Ok(())
 }
 
-fn save_request(tx: &rusqlite::Transaction<'_>, r: &PermissionRow) -> Result<(), StateError> {
+fn save_request(tx: &Connection, r: &PermissionRow) -> Result<(), StateError> {
     tx.execute(
         "INSERT INTO permission_requests (id, requester, approver, grant_text, reason, status, created_at, expires_at, \
          updated_at, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO UPDATE SET \
