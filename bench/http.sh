@@ -25,7 +25,11 @@ command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" 
 # BENCH_PROFILE=release (or dev) builds faster, for trying the script; figures come from dist.
 profile=${BENCH_PROFILE:-dist}
 out_dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
-cargo build --profile "$profile" --locked --quiet --bin deputy --example floor --example bundle_gen
+# Two builds: the examples turn on the dev-dependency's `test-support` feature, and the binary
+# measured must be the one that ships (`--bin deputy` alone, as the Dockerfile builds it).
+cargo build --profile "$profile" --locked --quiet --bin deputy
+cp "$out_dir/deputy" "$out_dir/deputy-bench"
+cargo build --profile "$profile" --locked --quiet --example floor --example bundle_gen
 serve_args=()
 body='{"principal":{"type":"Agent","id":"coder-1"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"repo/src/main.rs"}}'
 bundle_dir=""; state_dir=""
@@ -43,7 +47,7 @@ fi
 
 deputy_port=18180; floor_port=18181
 lua=$(mktemp --suffix .lua)
-./$out_dir/deputy serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
+./$out_dir/deputy-bench serve "${serve_args[@]}" --listen 127.0.0.1:$deputy_port --log-format json 2>/dev/null &
 deputy_pid=$!
 ./$out_dir/examples/floor 127.0.0.1:$floor_port 2>/dev/null &
 floor_pid=$!

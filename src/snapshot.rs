@@ -93,8 +93,8 @@ struct Writer {
     staged: Option<Staged>,
 }
 
+/// What was served before the staged writes (restored when they roll back).
 struct Staged {
-    snapshot: Option<Snapshot>,
     registry: Registry,
     bundle: Option<Arc<Bundle>>,
 }
@@ -186,12 +186,8 @@ impl WriteGuard<'_> {
     /// Builds what serving `bundle` with `registry` would be.
     pub fn prepare_with(&self, bundle: Arc<Bundle>, registry: Registry) -> Result<Prepared, String> {
         let unknown = self.live.agents_unknown.load(Ordering::Acquire);
-        let current = self.live.current();
-        let prev = match self.w.staged.as_ref().and_then(|s| s.snapshot.as_ref()) {
-            Some(staged) => Some(staged),
-            None => current.as_deref(),
-        };
-        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown, prev)?;
+        let prev = self.live.current();
+        let snapshot = Snapshot::build(Arc::clone(&bundle), registry.clone(), unknown, prev.as_deref())?;
         Ok(Prepared {
             registry,
             bundle: Some(bundle),
@@ -199,31 +195,34 @@ impl WriteGuard<'_> {
         })
     }
 
-    /// Makes what was prepared the state later writes check against, without serving it: its
-    /// write is in a group transaction not yet committed. [`WriteGuard::publish_staged`] serves
-    /// it once the group commits; [`WriteGuard::discard_staged`] forgets it if it rolls back.
-    pub fn stage(&mut self, p: Prepared) {
-        let before = self.w.staged.take().unwrap_or_else(|| Staged {
-            snapshot: None,
-            registry: self.w.registry.clone(),
-            bundle: self.w.bundle.clone(),
-        });
-        let snapshot = p.snapshot.or(before.snapshot);
-        self.w.registry = p.registry;
-        if p.bundle.is_some() {
-            self.w.bundle = p.bundle;
+    /// Makes `registry` what later writes check against, without serving it: its write is in a
+    /// group transaction not yet committed. [`WriteGuard::prepare_staged`] builds what the group
+    /// would serve (once, for all its writes) before it commits; [`WriteGuard::discard_staged`]
+    /// forgets it if it rolls back.
+    pub fn stage(&mut self, registry: Registry) {
+        if self.w.staged.is_none() {
+            self.w.staged = Some(Staged {
+                registry: self.w.registry.clone(),
+                bundle: self.w.bundle.clone(),
+            });
         }
-        self.w.staged = Some(Staged {
-            snapshot,
-            registry: before.registry,
-            bundle: before.bundle,
-        });
+        self.w.registry = registry;
     }
 
-    /// Serves the staged writes (their group committed).
-    pub fn publish_staged(&mut self) {
-        if let Some(snap) = self.w.staged.take().and_then(|s| s.snapshot) {
-            self.live.current.store(Some(Arc::new(snap)));
+    /// What serving the staged writes would be; `None` when nothing is staged. An error (the
+    /// agents do not fit the bundle's store) means the group must roll back.
+    pub fn prepare_staged(&self) -> Result<Option<Prepared>, String> {
+        if self.w.staged.is_none() {
+            return Ok(None);
+        }
+        self.prepare(self.w.registry.clone()).map(Some)
+    }
+
+    /// Serves what [`WriteGuard::prepare_staged`] built (the group committed).
+    pub fn publish_staged(&mut self, p: Option<Prepared>) {
+        self.w.staged = None;
+        if let Some(p) = p {
+            self.install(p);
         }
     }
 

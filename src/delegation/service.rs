@@ -25,7 +25,7 @@ use super::credential;
 use super::store::{NotLive, StateError, Store, Tx};
 use crate::agents::{LiveAgent, Registry};
 use crate::error::ErrorCode;
-use crate::snapshot::{Live, Prepared, Snapshot, WriteGuard};
+use crate::snapshot::{Live, Snapshot, WriteGuard};
 
 /// The file name of the state database inside `--state DIR`.
 pub const STATE_FILE: &str = "deputy.sqlite3";
@@ -363,20 +363,11 @@ impl Delegation {
         let w = self.live.write();
         self.groups.queued.fetch_sub(1, Ordering::SeqCst);
         let mut w = w.map_err(DelegationError::internal)?;
-        let (ran, group) = self
-            .store
-            .write_in_group(|tx| -> Result<(T, Option<Prepared>), DelegationError> {
-                let (out, next) = f(&w, tx)?;
-                let prepared = match next {
-                    Some(registry) => Some(w.prepare(registry).map_err(DelegationError::internal)?),
-                    None => None,
-                };
-                Ok((out, prepared))
-            });
+        let (ran, group) = self.store.write_in_group(|tx| f(&w, tx));
         let out = match ran {
-            Ok((out, prepared)) => {
-                if let Some(p) = prepared {
-                    w.stage(p);
+            Ok((out, next)) => {
+                if let Some(registry) = next {
+                    w.stage(registry);
                 }
                 Ok(out)
             }
@@ -407,22 +398,37 @@ impl Delegation {
         Ok(w)
     }
 
-    /// Commits the open group, if any: serves what it staged, or forgets it when it rolled back;
+    /// Commits the open group, if any: builds what it will serve first (a group whose agents
+    /// cannot be served rolls back), commits, serves it — or forgets it when it rolled back;
     /// then wakes its writers.
     fn flush(&self, w: &mut WriteGuard<'_>) -> Result<(), DelegationError> {
-        let Some((group, committed)) = self.store.commit_group() else {
+        let Some(group) = self.store.open_group() else {
             return Ok(());
         };
-        match committed {
-            Ok(()) => {
-                w.publish_staged();
+        let prepared = match w.prepare_staged() {
+            Ok(p) => p,
+            Err(e) => {
+                self.store.rollback_group();
+                w.discard_staged();
+                self.groups.end(group, false);
+                return Err(DelegationError::internal(e));
+            }
+        };
+        match self.store.commit_group() {
+            Some((_, Ok(()))) => {
+                w.publish_staged(prepared);
                 self.groups.end(group, true);
                 Ok(())
             }
-            Err(e) => {
+            Some((_, Err(e))) => {
                 w.discard_staged();
                 self.groups.end(group, false);
                 Err(DelegationError::state(e))
+            }
+            None => {
+                w.discard_staged();
+                self.groups.end(group, false);
+                Err(DelegationError::internal("the group transaction ended unseen"))
             }
         }
     }

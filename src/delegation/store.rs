@@ -318,6 +318,16 @@ impl Store {
         }
     }
 
+    /// Rolls the open group transaction back, if any.
+    pub fn rollback_group(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.group.take().is_some() {
+                let _ = inner.conn.execute_batch("ROLLBACK");
+            }
+        }
+        self.idle.notify_all();
+    }
+
     /// The group transaction open now, if any.
     pub fn open_group(&self) -> Option<u64> {
         self.inner.lock().ok()?.group

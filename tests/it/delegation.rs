@@ -626,3 +626,38 @@ fn a_request_status_filter_must_name_a_status() {
         assert_eq!(ok.status, 200, "{status}: {}", ok.text());
     }
 }
+
+/// Group commit: concurrent spawns from many parents share commits, yet each child is served
+/// the moment its 201 arrives and is there after a restart.
+#[test]
+fn concurrent_spawns_are_served_and_durable_when_acknowledged() {
+    let state = tempfile::tempdir().unwrap();
+    let s = start_on(state.path());
+    let roots: Vec<Agent> = (0..8).map(|_| root(&s, true, 3600)).collect();
+    let children: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = roots
+            .iter()
+            .map(|r| {
+                let s = &s;
+                scope.spawn(move || {
+                    (0..12)
+                        .map(|_| {
+                            let child = applied(&spawn(s, &r.token, child_body(READ_SRC)));
+                            let d = decide(s, &child.id, "read", ("File", "repo/src/main.rs"));
+                            assert_eq!(d["decision"], "Allow", "acknowledged but not served: {d}");
+                            child.id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(children.len(), 96);
+    drop(s);
+    let s = start_on(state.path());
+    for id in &children {
+        let d = decide(&s, id, "read", ("File", "repo/src/main.rs"));
+        assert_eq!(d["decision"], "Allow", "{id} lost in the restart: {d}");
+    }
+}
