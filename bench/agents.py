@@ -132,14 +132,21 @@ def main():
         # 1. spawn throughput: one thread per parent, each for a fixed time.
         lat, lock, stop = [], threading.Lock(), time.monotonic() + a.seconds
 
+        errors = []
+
         def worker(token, i):
             n = 0
-            while time.monotonic() < stop:
-                t = time.monotonic()
-                spawn(a.port, token, READ_SRC, f"burst {i} #{n}")
-                with lock:
-                    lat.append(time.monotonic() - t)
-                n += 1
+            try:
+                while time.monotonic() < stop:
+                    if n and n % 200 == 0:  # a fresh parent below the default limit of children
+                        _, token = spawn(a.port, ADMIN, READ_REPO, f"parent {i}/{n}")
+                    t = time.monotonic()
+                    spawn(a.port, token, READ_SRC, f"burst {i} #{n}")
+                    with lock:
+                        lat.append(time.monotonic() - t)
+                    n += 1
+            except BaseException as e:
+                errors.append(e)
 
         t0 = time.monotonic()
         threads = [threading.Thread(target=worker, args=(tok, i)) for i, (_, tok) in enumerate(parents)]
@@ -148,9 +155,11 @@ def main():
         for t in threads:
             t.join()
         took = time.monotonic() - t0
+        if errors:
+            raise SystemExit(f"a spawn failed: {errors[0]}")
         print(f"spawns: {len(lat)} in {took:.1f}s with {a.parents} concurrent parents = {len(lat) / took:.0f}/s; "
               f"latency p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms")
-        live = 3 + a.parents + len(lat)
+        live = 3 + a.parents + len(lat) + len(lat) // 200
 
         # 2. the grandchild's decision with few agents.
         rss_few = rss_kib(p.pid)
@@ -162,17 +171,28 @@ def main():
         per = [todo // a.parents + (1 if i < todo % a.parents else 0) for i in range(a.parents)]
         t0 = time.monotonic()
 
-        def grow(token, n, i):
-            for k in range(n):
-                spawn(a.port, token, READ_SRC, f"grow {i} #{k}")
+        failures = []
 
-        threads = [threading.Thread(target=grow, args=(tok, per[i], i)) for i, (_, tok) in enumerate(parents)]
+        def grow(n, i):
+            # Under roots of its own, 200 children each (below the default limit of children).
+            try:
+                token = None
+                for k in range(n):
+                    if k % 200 == 0:
+                        _, token = spawn(a.port, ADMIN, READ_REPO, f"grow root {i}/{k}")
+                    spawn(a.port, token, READ_SRC, f"grow {i} #{k}")
+            except BaseException as e:  # a thread's SystemExit would vanish silently
+                failures.append(e)
+
+        threads = [threading.Thread(target=grow, args=(per[i], i)) for i in range(a.parents)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         grew = time.monotonic() - t0
-        live += todo
+        if failures:
+            raise SystemExit(f"growing failed: {failures[0]}")
+        live += todo + sum((n + 199) // 200 for n in per)
         print(f"grew by {todo} agents in {grew:.1f}s ({todo / grew if grew else 0:.0f}/s on the way to {live})")
         rss_many = rss_kib(p.pid)
         many = wrk(a.port, grandchild, a.seconds)

@@ -129,6 +129,8 @@ pub struct LiveAgent {
     /// is empty; it is decided as its callee (see `authorize`).
     pub session: Option<Arc<SessionRow>>,
     state: Arc<AgentState>,
+    /// The agent's grant as parsed, once: its descendants link their hops from it.
+    parsed: Arc<PolicySet>,
 }
 
 impl LiveAgent {
@@ -394,7 +396,7 @@ fn build(
             agent: row.id.clone(),
             parent: ancestor.clone(),
         })?;
-        let policies = link(ancestor, &a.row.grant, &uid, View::Delegable)?;
+        let policies = link_parsed(ancestor, &a.parsed, &uid, View::Delegable)?;
         hops.push(Hop {
             agent: ancestor.clone(),
             uid: a.uid.clone(),
@@ -410,7 +412,8 @@ fn build(
             taint: AtomicI64::new(row.taint),
         })
     });
-    let policies = link(&row.id, &row.grant, &uid, View::Full)?;
+    let parsed = Arc::new(parse_grant(&row.id, &row.grant)?);
+    let policies = link_parsed(&row.id, &parsed, &uid, View::Full)?;
     hops.push(Hop {
         agent: row.id.clone(),
         uid: uid.clone(),
@@ -428,6 +431,7 @@ fn build(
         chain_ceiling,
         session,
         state,
+        parsed,
     })
 }
 
@@ -439,20 +443,34 @@ fn hop_index(policies: &PolicySet) -> PolicyIndex {
     PolicyIndex::build(policies, &Entities::empty())
 }
 
-/// Links `view` of `grant` (held by `holder`) to `principal`; ids are `<holder>/<policy id>`
-/// so a reason says whose grant it came from.
+/// Links `view` of the grant text `grant` (see [`link_parsed`]): for the fuzz harness, which
+/// feeds it arbitrary grants.
+#[cfg(feature = "test-support")]
+pub fn link(holder: &str, grant: &str, principal: &EntityUid, view: View) -> Result<PolicySet, RegistryError> {
+    link_parsed(holder, &parse_grant(holder, grant)?, principal, view)
+}
+
+/// An agent's grant text as Cedar parses it.
+fn parse_grant(holder: &str, grant: &str) -> Result<PolicySet, RegistryError> {
+    PolicySet::from_str(grant).map_err(|e| RegistryError::Grant {
+        agent: holder.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Links `view` of `parsed` (the grant held by `holder`) to `principal`; ids are
+/// `<holder>/<policy id>` so a reason says whose grant it came from.
 ///
 /// A policy that is not about its holder (`prover::foreign_principal`) is left out: grants are
 /// checked for this when they are accepted, so only a grant stored by an older deputy can hold
 /// one, and leaving a policy out of a hop only narrows a forbid-free hop — except a forbid,
 /// which is kept (it can only deny).
-pub fn link(holder: &str, grant: &str, principal: &EntityUid, view: View) -> Result<PolicySet, RegistryError> {
+fn link_parsed(holder: &str, parsed: &PolicySet, principal: &EntityUid, view: View) -> Result<PolicySet, RegistryError> {
     use cedar_policy::Effect;
     let err = |message: String| RegistryError::Grant {
         agent: holder.to_owned(),
         message,
     };
-    let parsed = PolicySet::from_str(grant).map_err(|e| err(e.to_string()))?;
     let keep = |t: &cedar_policy_core::ast::Template, effect: Effect, delegable: bool| -> bool {
         if effect == Effect::Forbid {
             return true;

@@ -296,13 +296,14 @@ fn expiry_and_completion_revoke() {
     let s = &env.server;
     let a = root(s, true, 3600);
     let mut body = child_body(READ_SRC);
-    body["ttl_seconds"] = json!(1);
+    // Two seconds: lifetimes end on whole seconds, so a one-second one can end at once.
+    body["ttl_seconds"] = json!(2);
     let short = applied(&spawn(s, &a.token, body));
     assert_eq!(
         decide(s, &short.id, "read", ("File", "repo/src/main.rs"))["decision"],
         "Allow"
     );
-    // Waits for the clock to pass its one-second lifetime (and no longer).
+    // Waits for the clock to pass its lifetime (and no longer).
     let mut d = Value::Null;
     assert!(common::wait_until(Duration::from_secs(10), || {
         d = decide(s, &short.id, "read", ("File", "repo/src/main.rs"));
