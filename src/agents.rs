@@ -57,6 +57,24 @@ pub struct AgentRow {
     pub proof: serde_json::Value,
 }
 
+/// A session as stored: an agent deputy minted when `caller` invoked `callee`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    /// The session's own agent id (its `agents` row).
+    pub id: String,
+    /// Who invoked: an agent, or another session.
+    pub caller: String,
+    /// The agent the session serves: managed by deputy, or declared by the bundle.
+    pub callee: String,
+    /// 1 when an agent invoked, the caller session's depth + 1 when a session did.
+    pub depth: i64,
+    /// The identities on the invocation chain, first caller first, `callee` last.
+    pub chain: Vec<String>,
+    /// The caller's taint when it invoked: the session starts at least this tainted.
+    pub caller_taint: i64,
+    pub created_at: i64,
+}
+
 /// True for deputy's `Agent` type (unqualified, as the schema must declare it), without
 /// formatting the name.
 pub fn is_agent_type(t: &EntityTypeName) -> bool {
@@ -107,6 +125,9 @@ pub struct LiveAgent {
     /// The lowest ceiling on the chain, the one deputy enforces: an agent never touches what an
     /// ancestor could not, even if its own ceiling says more (or an ancestor's was lowered).
     pub chain_ceiling: i64,
+    /// Set for a session: whom it serves, and on which invocation chain. A session's own grant
+    /// is empty; it is decided as its callee (see `authorize`).
+    pub session: Option<Arc<SessionRow>>,
     state: Arc<AgentState>,
     /// The agent's grant as parsed, once: its descendants link their hops from it.
     parsed: Arc<PolicySet>,
@@ -173,11 +194,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry from stored rows (parents before children).
-    pub fn from_rows(rows: Vec<AgentRow>) -> Result<Registry, RegistryError> {
+    /// Builds the registry from stored rows (parents before children) and sessions.
+    pub fn from_rows_with_sessions(rows: Vec<AgentRow>, sessions: Vec<SessionRow>) -> Result<Registry, RegistryError> {
+        let mut sessions: HashMap<String, Arc<SessionRow>> =
+            sessions.into_iter().map(|s| (s.id.clone(), Arc::new(s))).collect();
         let mut reg = Registry::default();
         for row in rows {
-            let agent = build(&reg.agents, row, None)?;
+            let session = sessions.remove(&row.id);
+            let agent = build(&reg.agents, row, None, session)?;
             reg.agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         }
         Ok(reg)
@@ -185,7 +209,12 @@ impl Registry {
 
     /// A registry that also holds `row` (a new agent).
     pub fn with(&self, row: AgentRow) -> Result<Registry, RegistryError> {
-        let agent = build(&self.agents, row, None)?;
+        self.with_session(row, None)
+    }
+
+    /// A registry that also holds `row` (a new agent), a session when `session` is set.
+    pub fn with_session(&self, row: AgentRow, session: Option<SessionRow>) -> Result<Registry, RegistryError> {
+        let agent = build(&self.agents, row, None, session.map(Arc::new))?;
         let mut agents = self.agents.clone();
         agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         Ok(Registry { agents })
@@ -209,7 +238,7 @@ impl Registry {
         let mut agents = self.agents.clone();
         for a in affected {
             let row = changed.remove(&a.row.id).unwrap_or_else(|| a.row.clone());
-            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)))?;
+            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)), a.session.clone())?;
             agents.insert(Arc::from(rebuilt.row.id.as_str()), Arc::new(rebuilt));
         }
         Ok(Registry { agents })
@@ -346,6 +375,7 @@ fn build(
     agents: &HashMap<Arc<str>, Arc<LiveAgent>>,
     row: AgentRow,
     state: Option<Arc<AgentState>>,
+    session: Option<Arc<SessionRow>>,
 ) -> Result<LiveAgent, RegistryError> {
     let uid = agent_uid(&row.id).map_err(|message| RegistryError::Entity {
         agent: row.id.clone(),
@@ -399,6 +429,7 @@ fn build(
         chain,
         hops,
         chain_ceiling,
+        session,
         state,
         parsed,
     })

@@ -11,14 +11,15 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use crate::agents::{is_agent_type, LiveAgent, ADMIN_APPROVER};
+use crate::agents::{is_agent_type, LiveAgent, SessionRow, ADMIN_APPROVER};
+use cedar_policy::EntityUid;
 use crate::bundle::Bundle;
 use crate::bundle::TaintRole;
 use crate::snapshot::Snapshot;
 
 pub use crate::eval::{Decision, PolicyError};
 pub use capabilities::capabilities;
-pub use chain::{DeniedBy, Guard};
+pub use chain::{Bounds, DeniedBy, Guard};
 pub use observed::decide_observed;
 pub use request::{parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError};
 
@@ -159,17 +160,11 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
             needed: None,
         });
     };
-    let mut context = match parts.context {
-        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
-        Some(serde_json::Value::Object(m)) => m,
-        Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
-    };
-    // deputy supplies the taint for its agents, where the action's context declares it;
-    // whatever a caller sent is replaced (or dropped).
-    context.remove(TAINT_FIELD);
-    if bundle.taint_in_context.contains(&parts.action.uid) {
-        context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(agent.taint()));
+    if let Some(session) = agent.session.clone() {
+        return decide_session(snap, parts, agent, &session, now, raise_taint);
     }
+    let mut parts = parts;
+    let context = with_taint(bundle, &mut parts, agent.taint())?;
     let resource_uid = parts.resource.uid.clone();
     let action_uid = parts.action.uid.clone();
     let request = match context.get(TAINT_FIELD) {
@@ -227,6 +222,209 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         taint_raised_to,
         needed,
     })
+}
+
+/// The request's context with deputy's `taint` in place of whatever the caller sent (where the
+/// action's context declares one).
+fn with_taint(
+    bundle: &Bundle,
+    parts: &mut Parts,
+    taint: i64,
+) -> Result<serde_json::Map<String, serde_json::Value>, RequestError> {
+    let mut context = match parts.context.take() {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(RequestError::wrong_type(&parts.context_field, "a JSON object")),
+    };
+    context.remove(TAINT_FIELD);
+    if bundle.taint_in_context.contains(&parts.action.uid) {
+        context.insert(TAINT_FIELD.to_owned(), serde_json::Value::from(taint));
+    }
+    Ok(context)
+}
+
+/// Decides a request of a session: as its callee (the admin policies, the callee's chain and
+/// grant, all asked about the callee), under the session's own bounds — its lifetime and every
+/// caller's up its invocation chain, the callee's ceiling, and the session's taint (at least
+/// its caller's when it was invoked, and the callee's). A session's taint rises on its own.
+///
+/// INVARIANT (a session never exceeds its callee): every allow for a session is an allow for
+/// its callee on the same action, resource and context (with the session's taint, never lower
+/// than the callee's); the session's own entity, id and (empty) grant play no part.
+fn decide_session(
+    snap: &Snapshot,
+    parts: Parts,
+    agent: Arc<LiveAgent>,
+    session: &SessionRow,
+    now: i64,
+    raise_taint: bool,
+) -> Result<Outcome, RequestError> {
+    let bundle = &snap.bundle;
+    let denied = |by: DeniedBy, agent: Arc<LiveAgent>| Outcome {
+        decision: Decision {
+            allow: false,
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        },
+        denied_by: Some(by),
+        agent: Some(agent),
+        taint_raised_to: None,
+        needed: None,
+    };
+    let callee = match session_standing(snap, &agent, now) {
+        Ok(c) => c,
+        Err(by) => return Ok(denied(by, agent)),
+    };
+    let bounds = Bounds {
+        ceiling: agent.row.ceiling.min(callee.ceiling()),
+        taint: agent.taint().max(callee.taint()),
+        inherited: Some((session.caller_taint, session.caller.clone())),
+    };
+    let mut parts = parts;
+    let context = with_taint(bundle, &mut parts, bounds.taint)?;
+    let resource_uid = parts.resource.uid.clone();
+    let action_uid = parts.action.uid.clone();
+    let principal = EntityRef {
+        uid: callee.uid().clone(),
+        field: parts.principal.field,
+    };
+    let request = build_request(
+        bundle,
+        principal,
+        parts.action,
+        parts.resource,
+        Some(serde_json::Value::Object(context)),
+        &parts.context_field,
+    )?;
+    let guard = Guard {
+        role: bundle.taint_roles.get(&action_uid).copied(),
+        classification: classification(snap.entities(), &resource_uid),
+    };
+    let chain = match &callee {
+        Callee::Managed(c) => chain::decide_bounded(bundle.admin(), snap.entities(), c, &request, guard, now, &bounds),
+        Callee::Declared { .. } => chain::decide_admin_only(bundle.admin(), snap.entities(), &request, guard, &bounds),
+    };
+    let mut taint_raised_to = None;
+    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
+        if let Some(level) = guard.classification {
+            if agent.raise_taint(level) {
+                taint_raised_to = Some(level);
+            }
+        }
+    }
+    Ok(Outcome {
+        decision: chain.decision,
+        denied_by: chain.denied_by,
+        agent: Some(agent),
+        taint_raised_to,
+        needed: None,
+    })
+}
+
+/// The agent a session serves, as the serving snapshot has it.
+pub enum Callee {
+    /// An agent deputy manages (created through the API, or a bundle agent with a grant).
+    Managed(Arc<LiveAgent>),
+    /// An agent only the bundle declares: the admin policies alone bound it.
+    Declared { uid: EntityUid, ceiling: i64 },
+}
+
+impl Callee {
+    /// `id` as a callee in `snap`, if it is an agent at all (live or not, session or not: the
+    /// caller checks).
+    pub fn resolve(snap: &Snapshot, id: &str) -> Option<Callee> {
+        if let Some(a) = snap.agents.get(id) {
+            return Some(Callee::Managed(Arc::clone(a)));
+        }
+        if !snap.bundle.agent_names.declares(id) {
+            return None;
+        }
+        let uid = crate::agents::agent_uid(id).ok()?;
+        // Fail closed: a declared agent without a Long `ceiling` may touch nothing classified,
+        // and no tainted caller may invoke it.
+        let ceiling = match snap.entities().get(&uid)?.attr("ceiling") {
+            Some(Ok(cedar_policy::EvalResult::Long(l))) => l,
+            _ => i64::MIN,
+        };
+        Some(Callee::Declared { uid, ceiling })
+    }
+
+    pub fn uid(&self) -> &EntityUid {
+        match self {
+            Callee::Managed(a) => &a.uid,
+            Callee::Declared { uid, .. } => uid,
+        }
+    }
+
+    /// The ceiling deputy enforces for it: the lowest on its chain.
+    pub fn ceiling(&self) -> i64 {
+        match self {
+            Callee::Managed(a) => a.chain_ceiling,
+            Callee::Declared { ceiling, .. } => *ceiling,
+        }
+    }
+
+    /// Its own taint (an agent only the bundle declares reads nothing through deputy).
+    pub fn taint(&self) -> i64 {
+        match self {
+            Callee::Managed(a) => a.taint(),
+            Callee::Declared { .. } => 0,
+        }
+    }
+
+    /// When it stops being able to act (an agent the bundle declares: while declared).
+    pub fn expires_at(&self) -> i64 {
+        match self {
+            Callee::Managed(a) => a.row.expires_at,
+            Callee::Declared { .. } => i64::MAX,
+        }
+    }
+}
+
+/// The bound that stops `agent` acting: it, or an ancestor, was revoked or expired.
+pub fn standing(agent: &LiveAgent, now: i64) -> Option<DeniedBy> {
+    if agent.is_revoked() {
+        return Some(DeniedBy::Revoked);
+    }
+    if agent.is_expired(now) {
+        return Some(DeniedBy::Expired);
+    }
+    let hop = agent.hops.iter().find(|h| !h.is_live(now))?;
+    Some(if hop.is_revoked() {
+        DeniedBy::Revoked
+    } else {
+        DeniedBy::Expired
+    })
+}
+
+/// Longest invocation chain walked; a longer one (never written) fails closed.
+const MAX_CHAIN_WALK: usize = 64;
+
+/// Whether a session can act now, and as whom: the session, every caller up its invocation
+/// chain (with their ancestors) and its callee must be live, and the callee an agent the
+/// snapshot still knows. Revocations cascade to sessions when recorded; this holds in between.
+pub fn session_standing(snap: &Snapshot, agent: &Arc<LiveAgent>, now: i64) -> Result<Callee, DeniedBy> {
+    let session = agent.session.as_ref().ok_or(DeniedBy::Revoked)?;
+    let mut current = Arc::clone(agent);
+    for _ in 0..MAX_CHAIN_WALK {
+        if let Some(by) = standing(&current, now) {
+            return Err(by);
+        }
+        let Some(s) = &current.session else {
+            let callee = Callee::resolve(snap, &session.callee).ok_or(DeniedBy::Revoked)?;
+            if let Callee::Managed(c) = &callee {
+                if c.session.is_some() {
+                    return Err(DeniedBy::Revoked);
+                }
+                if let Some(by) = standing(c, now) {
+                    return Err(by);
+                }
+            }
+            return Ok(callee);
+        };
+        current = Arc::clone(snap.agents.get(&s.caller).ok_or(DeniedBy::Revoked)?);
+    }
+    Err(DeniedBy::Revoked)
 }
 
 fn classification(entities: &Entities, uid: &cedar_policy::EntityUid) -> Option<i64> {

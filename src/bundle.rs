@@ -16,7 +16,7 @@ use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
 
 use crate::eval::{Indexed, PolicyIndex};
 
-pub use agents::{AgentNames, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, TAINT_FIELD};
+pub use agents::{AgentNames, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, INVOKE_ACTION, TAINT_FIELD};
 pub use problem::{BundleError, Problem};
 pub use store::{BundleStore, ReloadOutcome};
 pub use watch::{spawn_watcher, WatchOptions};

@@ -438,6 +438,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_pending_requests: args.max_pending_requests,
             max_state_mib: args.max_state_mib,
             solver: args.solver.config(),
+            ..crate::delegation::Limits::default()
         },
         observe: args.observe_config(),
     };

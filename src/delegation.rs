@@ -12,6 +12,7 @@ mod bundle_agents;
 pub mod credential;
 mod gate;
 mod identity;
+mod invoke;
 mod lifecycle;
 mod permission;
 mod service;
@@ -23,6 +24,7 @@ mod tests;
 pub use crate::agents::{LiveAgent, Registry, ADMIN_APPROVER, AGENT_TYPE};
 #[cfg(test)]
 use audit::AuditKind;
+pub use invoke::InvokeRequest;
 pub use permission::Decision as PermissionDecision;
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};

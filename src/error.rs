@@ -131,6 +131,16 @@ ErrorCode {
     AgentExists = "agent_exists",
     /// The id belongs to the bundle or to deputy.
     AgentIdReserved = "agent_id_reserved",
+    /// The bundle's schema declares no `invoke_agent` action (or a context deputy cannot supply).
+    InvocationNotConfigured = "invocation_not_configured",
+    /// The admin's `invoke_agent` rules deny the invocation.
+    InvocationForbidden = "invocation_forbidden",
+    /// The callee is already on the caller's invocation chain.
+    InvocationCycle = "invocation_cycle",
+    /// The invocation chain would be deeper than the limit.
+    InvocationTooDeep = "invocation_too_deep",
+    /// A session acts for its callee only: it cannot spawn, ask for permission, or be invoked.
+    SessionRestricted = "session_restricted",
     /// The state store failed.
     StateUnavailable = "state_unavailable",
     /// No such route.

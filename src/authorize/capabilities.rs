@@ -54,7 +54,9 @@ pub fn capabilities(snap: &Snapshot, agent: &LiveAgent, now: i64) -> Capabilitie
             .principals_for_action(action)
             .is_some_and(|mut p| p.any(is_agent_type));
         // Delegating is reported as `can_delegate`; its context describes a child to be.
-        if !applies_to_agents || action.id().unescaped() == crate::bundle::DELEGATE_ACTION {
+        // Invoking is asked of `POST /v1/invocations`, with a context deputy builds.
+        let name = action.id().unescaped();
+        if !applies_to_agents || name == crate::bundle::DELEGATE_ACTION || name == crate::bundle::INVOKE_ACTION {
             continue;
         }
         let resource_types: Vec<String> = snap

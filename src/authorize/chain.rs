@@ -28,8 +28,15 @@ pub enum DeniedBy {
     },
     /// The resource is classified above the agent's ceiling (a taint source or sink action).
     Ceiling { classification: i64, ceiling: i64 },
-    /// A sink classified below what the agent has read: no writing down.
-    Taint { classification: i64, taint: i64 },
+    /// A sink classified below what the agent has read: no writing down. For a session,
+    /// `inherited_from` names the caller whose taint the session inherited, when that taint
+    /// alone denies the write.
+    Taint {
+        classification: i64,
+        taint: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inherited_from: Option<String>,
+    },
     /// The agent, or an ancestor, was revoked (or its task completed).
     Revoked,
     /// The agent's lifetime, or an ancestor's, ended.
@@ -58,6 +65,53 @@ pub struct Guard {
     pub classification: Option<i64>,
 }
 
+/// What deputy bounds a decision by itself, before any policy: the lowest ceiling on the chain
+/// and the session's taint.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub ceiling: i64,
+    pub taint: i64,
+    /// For a session: the taint it inherited from its caller, and the caller.
+    pub inherited: Option<(i64, String)>,
+}
+
+impl Bounds {
+    /// An agent's own bounds.
+    pub fn of(agent: &LiveAgent) -> Bounds {
+        Bounds {
+            ceiling: agent.chain_ceiling,
+            taint: agent.taint(),
+            inherited: None,
+        }
+    }
+
+    /// Ceiling, then no writing down: the bound that denies, if one does.
+    fn check(&self, guard: Guard) -> Option<DeniedBy> {
+        let (Some(role), Some(classification)) = (guard.role, guard.classification) else {
+            return None;
+        };
+        if classification > self.ceiling {
+            return Some(DeniedBy::Ceiling {
+                classification,
+                ceiling: self.ceiling,
+            });
+        }
+        if role == TaintRole::Sink && classification < self.taint {
+            let inherited_from = self
+                .inherited
+                .as_ref()
+                .filter(|(level, _)| classification < *level)
+                .map(|(_, caller)| caller.clone());
+            return Some(DeniedBy::Taint {
+                classification,
+                taint: self.taint,
+                inherited_from,
+            });
+        }
+        None
+    }
+}
+
 /// Decides `request` for a deputy-managed agent: lifetime (its own, then every ancestor's),
 /// then ceiling (the lowest on the chain) and taint, then the admin policies — for the agent,
 /// then for each ancestor, root first, with the same action, resource and context — then each
@@ -75,6 +129,20 @@ pub fn decide(
     guard: Guard,
     now: i64,
 ) -> ChainDecision {
+    decide_bounded(admin, entities, agent, request, guard, now, &Bounds::of(agent))
+}
+
+/// `decide` with deputy's own bounds given (a session's taint and ceiling, deciding as its
+/// callee): bounds can only deny more than the agent's own would.
+pub fn decide_bounded(
+    admin: Indexed<'_>,
+    entities: &Entities,
+    agent: &LiveAgent,
+    request: &Request,
+    guard: Guard,
+    now: i64,
+    bounds: &Bounds,
+) -> ChainDecision {
     if agent.is_revoked() {
         return denied(DeniedBy::Revoked);
     }
@@ -89,17 +157,8 @@ pub fn decide(
             DeniedBy::Expired
         });
     }
-    if let (Some(role), Some(classification)) = (guard.role, guard.classification) {
-        if classification > agent.chain_ceiling {
-            return denied(DeniedBy::Ceiling {
-                classification,
-                ceiling: agent.chain_ceiling,
-            });
-        }
-        let taint = agent.taint();
-        if role == TaintRole::Sink && classification < taint {
-            return denied(DeniedBy::Taint { classification, taint });
-        }
+    if let Some(by) = bounds.check(guard) {
+        return denied(by);
     }
     let asked = Asked::new(entities, request);
     let admin_decision = admin.evaluate_asked(&asked);
@@ -160,6 +219,22 @@ pub fn decide(
     ChainDecision {
         decision: allowed,
         denied_by: None,
+    }
+}
+
+/// Decides `request` for a principal the admin policies alone bound (an agent the bundle
+/// declares without a grant, serving a session), under deputy's own `bounds` first.
+pub fn decide_admin_only(admin: Indexed<'_>, entities: &Entities, request: &Request, guard: Guard, bounds: &Bounds) -> ChainDecision {
+    if let Some(by) = bounds.check(guard) {
+        return denied(by);
+    }
+    let d = admin.evaluate(entities, request);
+    ChainDecision {
+        denied_by: (!d.allow).then(|| DeniedBy::Admin {
+            policies: d.reasons.clone(),
+            agent: None,
+        }),
+        decision: d,
     }
 }
 

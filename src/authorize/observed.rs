@@ -34,9 +34,17 @@ pub fn decide_observed(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Res
             reasons: &o.decision.reasons,
             errors: &o.decision.errors,
             chain: o.agent.as_ref().map(|agent| {
-                agent
-                    .chain
+                // A session is decided as its callee: the log shows the callee's chain, then
+                // the session.
+                let served = agent
+                    .session
+                    .as_ref()
+                    .and_then(|s| snap.agents.get(&s.callee))
+                    .map(|c| c.chain.as_slice())
+                    .unwrap_or_default();
+                served
                     .iter()
+                    .chain(agent.chain.iter())
                     .filter_map(|id| snap.agents.get(id))
                     .map(|a| ChainHop {
                         agent: &a.row.id,

@@ -19,6 +19,8 @@ use super::problem::Problem;
 pub const ASK_ANNOTATION: &str = "ask";
 /// The action a parent is authorized for when it spawns a child.
 pub const DELEGATE_ACTION: &str = "delegate";
+/// The action a caller is authorized for when it invokes an existing agent (`POST /v1/invocations`).
+pub const INVOKE_ACTION: &str = "invoke_agent";
 /// The context attribute deputy supplies for managed agents: the session's taint.
 pub const TAINT_FIELD: &str = "taint";
 /// The resource attribute holding its classification level.

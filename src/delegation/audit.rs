@@ -58,6 +58,12 @@ pub enum AuditKind {
     DelegationApproved,
     /// One approver of a pending delegation approved; the next is asked.
     DelegationApprovalStep,
+    /// An agent (or a session) invoked an agent: a session of the callee started.
+    Invoked,
+    /// An invocation was refused.
+    InvocationRejected,
+    /// A session ended: completed, revoked (itself, its caller or its callee) or expired.
+    SessionEnded,
 }
 
 impl AuditKind {
@@ -84,6 +90,9 @@ impl AuditKind {
         AuditKind::PermissionExpired,
         AuditKind::DelegationApproved,
         AuditKind::DelegationApprovalStep,
+        AuditKind::Invoked,
+        AuditKind::InvocationRejected,
+        AuditKind::SessionEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +117,9 @@ impl AuditKind {
             AuditKind::PermissionExpired => "permission_expired",
             AuditKind::DelegationApproved => "delegation_approved",
             AuditKind::DelegationApprovalStep => "delegation_approval_step",
+            AuditKind::Invoked => "invoked",
+            AuditKind::InvocationRejected => "invocation_rejected",
+            AuditKind::SessionEnded => "session_ended",
         }
     }
 }

@@ -200,6 +200,28 @@ impl Delegation {
             for id in removed {
                 revoked.extend(self.end_subtree(tx, &id, now, AuditKind::Revoked, "removed from the bundle", BUNDLE_CREATOR)?);
             }
+            // A session of an agent only the bundle declared ends when the bundle no longer does
+            // (it would deny everything meanwhile; recorded, it stays ended if the agent returns).
+            let orphaned: Vec<String> = registry
+                .iter()
+                .filter(|a| !a.is_revoked())
+                .filter(|a| {
+                    a.session
+                        .as_ref()
+                        .is_some_and(|s| registry.get(&s.callee).is_none() && !bundle.agent_names.declares(&s.callee))
+                })
+                .map(|a| a.row.id.clone())
+                .collect();
+            for id in orphaned {
+                revoked.extend(self.end_subtree(
+                    tx,
+                    &id,
+                    now,
+                    AuditKind::Revoked,
+                    "its callee is no longer declared by the bundle",
+                    BUNDLE_CREATOR,
+                )?);
+            }
             let mut next = registry.with_rows(changed).map_err(|e| Refused::Problems(vec![Problem::new(ProblemCode::Internal, e.to_string())]))?;
             for row in added {
                 next = next

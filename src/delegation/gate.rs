@@ -1,5 +1,6 @@
-//! The admin's Cedar rules about agents acting on agents (`Action::"delegate"`): allowed,
-//! denied, or denied only by `@ask` rules that name who may approve.
+//! The admin's Cedar rules about agents acting on agents (`Action::"delegate"`,
+//! `Action::"invoke_agent"`): allowed, denied, or denied only by `@ask` rules that name who may
+//! approve.
 
 use std::collections::BTreeSet;
 
@@ -8,6 +9,7 @@ use serde_json::Value;
 
 use super::service::DelegationError;
 use super::DELEGATE_ACTION;
+use crate::bundle::INVOKE_ACTION;
 use crate::agents::LiveAgent;
 use crate::bundle::ASK_ANNOTATION;
 use crate::error::ErrorCode;
@@ -34,7 +36,7 @@ pub(super) fn delegate_decision(
     let mut names = BTreeSet::new();
     let mut asked_by = Vec::new();
     for hop in parent.hops.iter().rev() {
-        match delegate_decision_for(snap, &hop.uid, child, context.clone())? {
+        match decision_for(snap, &Act::Delegate, &hop.uid, child, context.clone())? {
             Gate::Allow => {}
             Gate::Deny(policies) => return Ok(Gate::Deny(policies)),
             Gate::Ask(n, policies) => {
@@ -51,32 +53,83 @@ pub(super) fn delegate_decision(
     Ok(Gate::Ask(names.into_iter().collect(), asked_by))
 }
 
-fn delegate_decision_for(
+/// Which act of one agent towards another is asked about.
+pub(super) enum Act {
+    Delegate,
+    Invoke,
+}
+
+impl Act {
+    fn action(&self) -> &'static str {
+        match self {
+            Act::Delegate => DELEGATE_ACTION,
+            Act::Invoke => INVOKE_ACTION,
+        }
+    }
+
+    /// The bundle cannot ask about this act: it is off.
+    fn off(&self, message: String) -> DelegationError {
+        match self {
+            Act::Delegate => DelegationError::new(ErrorCode::DelegationDisabled, message),
+            Act::Invoke => DelegationError::new(ErrorCode::InvocationNotConfigured, message).help(
+                "declare `action invoke_agent appliesTo { principal: [Agent], resource: [Agent], context: \
+                 { caller_taint: Long, depth: Long, task: String } };` in the schema and permit the invocations you allow",
+            ),
+        }
+    }
+}
+
+/// Asks the admin's `invoke_agent` rules about each of `callers` (the acting identity and every
+/// agent above it: what an agent may not invoke, its descendants may not either) invoking
+/// `callee`. Any deny denies; an `@ask` deny denies too (invocations are not queued).
+pub(super) fn invoke_decision(
     snap: &Snapshot,
+    callers: &[EntityUid],
+    callee: &EntityUid,
+    context: &Value,
+) -> Result<Gate, DelegationError> {
+    for caller in callers.iter().rev() {
+        match decision_for(snap, &Act::Invoke, caller, callee, context.clone())? {
+            Gate::Allow => {}
+            Gate::Deny(policies) | Gate::Ask(_, policies) => return Ok(Gate::Deny(policies)),
+        }
+    }
+    Ok(Gate::Allow)
+}
+
+/// Whether the bundle can be asked about invocations at all (its schema declares the action).
+pub(super) fn invoke_configured(snap: &Snapshot) -> Result<(), DelegationError> {
+    match snap.bundle.actions_by_name.get(INVOKE_ACTION) {
+        Some(Some(_)) => Ok(()),
+        _ => Err(Act::Invoke.off(format!(
+            "the bundle's schema declares no `{INVOKE_ACTION}` action, so no agent may invoke another"
+        ))),
+    }
+}
+
+fn decision_for(
+    snap: &Snapshot,
+    act: &Act,
     parent: &EntityUid,
     child: &EntityUid,
     context: Value,
 ) -> Result<Gate, DelegationError> {
     let bundle = &snap.bundle;
+    let name = act.action();
     let action = bundle
         .actions_by_name
-        .get(DELEGATE_ACTION)
+        .get(name)
         .cloned()
         .flatten()
-        .ok_or_else(|| {
-            DelegationError::new(
-                ErrorCode::DelegationDisabled,
-                "the bundle declares no `delegate` action",
-            )
-        })?;
-    let context = Context::from_json_value(context, Some((&bundle.schema, &action)))
-        .map_err(|e| DelegationError::new(ErrorCode::InvalidField, format!("delegation context: {e}")))?;
-    let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema)).map_err(|e| {
-        DelegationError::new(
-            ErrorCode::DelegationDisabled,
-            format!("the bundle's schema rejects a delegation request: {e}"),
-        )
+        .ok_or_else(|| act.off(format!("the bundle declares no `{name}` action")))?;
+    let context = Context::from_json_value(context, Some((&bundle.schema, &action))).map_err(|e| match act {
+        Act::Delegate => DelegationError::new(ErrorCode::InvalidField, format!("delegation context: {e}")),
+        Act::Invoke => act.off(format!(
+            "the bundle's `{name}` context is not the one deputy supplies (`caller_taint`, `depth`, `task`): {e}"
+        )),
     })?;
+    let request = Request::new(parent.clone(), action, child.clone(), context, Some(&bundle.schema))
+        .map_err(|e| act.off(format!("the bundle's schema rejects a `{name}` request: {e}")))?;
     let d = bundle.admin().evaluate(snap.entities(), &request);
     if d.allow {
         return Ok(Gate::Allow);

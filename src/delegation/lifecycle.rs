@@ -30,9 +30,14 @@ impl Delegation {
             .agents
             .get(id)
             .ok_or_else(|| DelegationError::new(ErrorCode::DelegationNotFound, format!("no delegation `{id}`")))?;
+        // A session may also be ended by the caller that started it (cancelling the task).
         let allowed = match caller.agent() {
             None => true,
-            Some(a) => target.has_ancestor(&a.row.id) || (completed && a.row.id == target.row.id),
+            Some(a) => {
+                target.has_ancestor(&a.row.id)
+                    || (completed && a.row.id == target.row.id)
+                    || target.session.as_ref().is_some_and(|s| s.caller == a.row.id)
+            }
         };
         if completed && target.is_bundle_agent() {
             return Err(DelegationError::new(
@@ -55,11 +60,24 @@ impl Delegation {
         } else {
             (AuditKind::Revoked, "revoked")
         };
+        // A session that completes hands its result to its caller: the caller has now read
+        // what the session read (no laundering back up the chain).
+        let flows_back = target
+            .session
+            .as_ref()
+            .filter(|_| completed && caller.agent_id() == Some(id))
+            .and_then(|s| Some((snap.agents.get(&s.caller)?, target.taint())));
         let ids = self.commit(|_, tx| {
             Self::check_live(tx, caller.agent().map(AsRef::as_ref), now)?;
             let ids = self.end_subtree(tx, id, now, event, reason, &caller.name())?;
+            if let Some((to, level)) = &flows_back {
+                tx.raise_taint(&to.row.id, *level)?;
+            }
             Ok((ids, None))
         })?;
+        if let Some((to, level)) = flows_back {
+            to.raise_taint(level);
+        }
         // Committed: now (before answering) no snapshot shows them live.
         self.live.mark_revoked(&ids);
         if let Some(m) = &self.metrics {
@@ -86,13 +104,25 @@ impl Delegation {
         let version = self.live.current().map(|s| s.bundle.version.clone());
         let details = json!({"root": root, "by": actor, "cascade": changed, "policy_version": version});
         for id in &changed {
+            let (kind, details) = match tx.session(id)? {
+                None => (kind, details.clone()),
+                Some(session) => {
+                    let mut d = details.clone();
+                    d["how"] = json!(kind.as_str());
+                    d["caller"] = json!(session.caller);
+                    d["callee"] = json!(session.callee);
+                    d["depth"] = json!(session.depth);
+                    d["taint"] = json!(tx.taint(id)?);
+                    (AuditKind::SessionEnded, d)
+                }
+            };
             tx.audit(
                 now,
                 AuditEvent {
                     kind,
                     actor: actor.to_owned(),
                     agent: Some(id.clone()),
-                    details: details.clone(),
+                    details,
                 },
             )?;
         }

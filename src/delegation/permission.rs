@@ -144,6 +144,7 @@ impl Delegation {
         if requester.is_bundle_agent() {
             return Err(bundle_grant(&requester.row.id));
         }
+        super::service::not_for_sessions(caller, "file permission requests")?;
         self.check_grant_size(grant_src)?;
         let grant = accept_grant(grant_src, &snap.bundle)?;
         let grantor = requester.row.parent.clone();

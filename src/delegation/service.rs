@@ -47,6 +47,9 @@ pub struct Limits {
     /// The SMT second opinion (SymCC + cvc5) that settles inconclusive delegation and
     /// permission proofs, bounded by its time limits. `None`: deputy proves alone.
     pub solver: Option<crate::prover::SolverConfig>,
+    /// Deepest an invocation chain may go: a session at this depth cannot invoke (3; a bundle
+    /// lowers it in Cedar with `context.depth` on `invoke_agent`).
+    pub max_invocation_depth: i64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_pending_requests: 32,
             max_state_mib: 1024,
             solver: None,
+            max_invocation_depth: 3,
         }
     }
 }
@@ -87,6 +91,18 @@ impl Caller {
     /// The calling agent's id, or `None` for the admin.
     pub fn agent_id(&self) -> Option<&str> {
         self.agent().map(|a| a.row.id.as_str())
+    }
+}
+
+/// Refuses what a session may not do: it acts for its callee and nothing more.
+pub(super) fn not_for_sessions(caller: &Caller, what: &str) -> Result<(), DelegationError> {
+    match caller.agent().and_then(|a| a.session.as_ref()) {
+        None => Ok(()),
+        Some(s) => Err(DelegationError::new(
+            ErrorCode::SessionRestricted,
+            format!("a session cannot {what}: it acts for `{}` on one task, with `{}`'s authority and no more", s.callee, s.callee),
+        )
+        .help("ask the agent that invoked you, or complete the session and let it act")),
     }
 }
 
@@ -264,7 +280,8 @@ impl Delegation {
         let store = Store::open(&dir.join(STATE_FILE)).map_err(|e| e.to_string())?;
         store.limit_size(limits.max_state_mib).map_err(|e| e.to_string())?;
         let rows = store.agents().map_err(|e| e.to_string())?;
-        let registry = Registry::from_rows(rows).map_err(|e| e.to_string())?;
+        let sessions = store.sessions().map_err(|e| e.to_string())?;
+        let registry = Registry::from_rows_with_sessions(rows, sessions).map_err(|e| e.to_string())?;
         live.write()?.publish(registry)?;
         Ok(Delegation {
             store,
@@ -320,6 +337,11 @@ impl Delegation {
         }
         if agent.is_expired(now) {
             return Err(DelegationError::unauthenticated("this agent's lifetime ended"));
+        }
+        if agent.session.is_some() && crate::authorize::session_standing(snap, agent, now).is_err() {
+            return Err(DelegationError::unauthenticated(
+                "this session ended: its caller or its callee was revoked or expired",
+            ));
         }
         Ok(Caller::Agent(Arc::clone(agent)))
     }

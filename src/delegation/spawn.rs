@@ -18,7 +18,7 @@ use super::audit::{AuditEvent, AuditKind};
 use super::credential;
 use super::identity::{check_new_id, mint_id, resolve_approvers};
 use super::service::{
-    accept_grant, grant_error, Attempt, Caller, Delegation, DelegationError, MAX_TTL_SECONDS,
+    accept_grant, grant_error, not_for_sessions, Attempt, Caller, Delegation, DelegationError, MAX_TTL_SECONDS,
 };
 use super::store::{AgentRow, PermissionRow, RequestStatus};
 use super::approval::{spawn_params, take_approval, DELEGATION_KIND};
@@ -134,6 +134,7 @@ impl Delegation {
     /// `rejected` audit record.
     fn plan(&self, snap: &Snapshot, caller: &Caller, req: &SpawnRequest, now: i64) -> Result<Plan, DelegationError> {
         let parent = caller.agent().cloned();
+        not_for_sessions(caller, "spawn agents")?;
         self.check_grant_size(&req.grant)?;
         self.check_children(&snap.agents, caller, now)?;
         let (id, named) = match &req.agent_id {
@@ -579,6 +580,6 @@ fn live_children(agents: &super::Registry, parent: Option<&LiveAgent>, now: i64)
     let parent_id = parent.map(|p| p.row.id.clone());
     agents
         .iter()
-        .filter(|a| a.row.parent == parent_id && !a.is_bundle_agent() && a.is_live(now))
+        .filter(|a| a.row.parent == parent_id && !a.is_bundle_agent() && a.session.is_none() && a.is_live(now))
         .count()
 }

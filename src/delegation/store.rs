@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::audit::{self, AuditEvent, AuditRecord};
-pub use crate::agents::AgentRow;
+pub use crate::agents::{AgentRow, SessionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -91,6 +91,24 @@ CREATE INDEX IF NOT EXISTS requests_approver ON permission_requests(approver, st
 /// Pending requests are counted per requester on every spawn and request.
 const SCHEMA_V2: &str = "CREATE INDEX IF NOT EXISTS requests_requester ON permission_requests(requester, status);";
 
+/// Sessions: the agents deputy mints when one agent invokes another (`POST /v1/invocations`).
+/// Each is also a row of `agents` (credential, lifetime, revocation, taint); this says whom it
+/// serves and on which invocation chain. `callee` may be an agent only the bundle declares (no
+/// `agents` row), so it carries no foreign key.
+const SCHEMA_V3: &str = r"
+CREATE TABLE IF NOT EXISTS sessions (
+  id TEXT PRIMARY KEY REFERENCES agents(id),
+  caller TEXT NOT NULL REFERENCES agents(id),
+  callee TEXT NOT NULL,
+  depth INTEGER NOT NULL,
+  chain TEXT NOT NULL,
+  caller_taint INTEGER NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_caller ON sessions(caller);
+CREATE INDEX IF NOT EXISTS sessions_callee ON sessions(callee);
+";
+
 /// The schema's versions, applied in order (SQLite's `user_version` says how far a state
 /// directory is). Append, never edit: a state directory written by any earlier deputy upgrades,
 /// and one written by a later deputy is refused rather than misread.
@@ -98,6 +116,7 @@ fn migrations() -> rusqlite_migration::Migrations<'static> {
     rusqlite_migration::Migrations::new(vec![
         rusqlite_migration::M::up(SCHEMA_V1),
         rusqlite_migration::M::up(SCHEMA_V2),
+        rusqlite_migration::M::up(SCHEMA_V3),
     ])
 }
 
@@ -337,6 +356,15 @@ impl Store {
         })
     }
 
+    /// Every session ever started, oldest first.
+    pub fn sessions(&self) -> Result<Vec<SessionRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY rowid"))?;
+            let rows = stmt.query_map([], session_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn request(&self, id: &str) -> Result<Option<PermissionRow>, StateError> {
         self.with(|c| {
             Ok(c.query_row(
@@ -462,12 +490,40 @@ impl Tx<'_> {
         insert_agent(self.conn, row)
     }
 
-    /// `root` and every stored descendant not yet revoked, shallowest first.
+    /// Records what a session (already inserted as an agent) serves.
+    pub fn insert_session(&self, row: &SessionRow) -> Result<(), StateError> {
+        let chain = serde_json::to_string(&row.chain).map_err(|e| {
+            StateError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
+        self.conn.execute(
+            &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![row.id, row.caller, row.callee, row.depth, chain, row.caller_taint, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// The session stored under `id`, if `id` is one.
+    pub fn session(&self, id: &str) -> Result<Option<SessionRow>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+                params![id],
+                session_from_row,
+            )
+            .optional()?)
+    }
+
+    /// `root` and every stored descendant not yet revoked, shallowest first. Descendants are
+    /// children (by `parent`) and sessions: those `root` invoked and those started of `root`
+    /// (a session ends with either side), followed down.
     pub fn unrevoked_subtree(&self, root: &str) -> Result<Vec<String>, StateError> {
         let mut stmt = self.conn.prepare_cached(
             "WITH RECURSIVE sub(id, d) AS (SELECT id, 0 FROM agents WHERE id = ?1 \
-             UNION ALL SELECT a.id, sub.d + 1 FROM agents a JOIN sub ON a.parent = sub.id) \
-             SELECT sub.id FROM sub JOIN agents USING (id) WHERE agents.revoked_at IS NULL ORDER BY sub.d, sub.id",
+             UNION SELECT a.id, sub.d + 1 FROM agents a JOIN sub ON a.parent = sub.id \
+             UNION SELECT s.id, sub.d + 1 FROM sessions s JOIN sub ON s.caller = sub.id OR s.callee = sub.id) \
+             SELECT sub.id FROM sub JOIN agents USING (id) WHERE agents.revoked_at IS NULL \
+             GROUP BY sub.id ORDER BY min(sub.d), sub.id",
         )?;
         let ids = stmt
             .query_map(params![root], |r| r.get::<_, String>("id"))?
@@ -563,6 +619,14 @@ impl Tx<'_> {
         }
     }
 
+    /// An agent's stored taint.
+    pub fn taint(&self, id: &str) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT taint FROM agents WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?)
+    }
+
     /// Raises an agent's stored taint (never lowers it).
     pub fn raise_taint(&self, id: &str, taint: i64) -> Result<(), StateError> {
         self.conn.execute(
@@ -582,6 +646,8 @@ impl Tx<'_> {
 const AGENT_COLUMNS: &str =
     "id, parent, depth, can_delegate, ceiling, taint, grant_text, grant_digest, credential_hash, \
      task, reason, created_by, created_at, expires_at, revoked_at, revoked_reason, bundle_version, proof";
+/// The columns `session_from_row` reads, by name.
+const SESSION_COLUMNS: &str = "id, caller, callee, depth, chain, caller_taint, created_at";
 /// The columns `request_from_row` reads, by name.
 const REQUEST_COLUMNS: &str =
     "id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history";
@@ -654,6 +720,22 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
         expires_at: r.get("expires_at")?,
         updated_at: r.get("updated_at")?,
         history,
+    })
+}
+
+fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    let chain: String = r.get("chain")?;
+    let chain = serde_json::from_str(&chain).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(SessionRow {
+        id: r.get("id")?,
+        caller: r.get("caller")?,
+        callee: r.get("callee")?,
+        depth: r.get("depth")?,
+        chain,
+        caller_taint: r.get("caller_taint")?,
+        created_at: r.get("created_at")?,
     })
 }
 

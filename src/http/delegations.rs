@@ -17,7 +17,7 @@ use crate::authorize::{Fields, RequestError};
 use crate::clock::now;
 use std::time::Duration;
 
-use crate::delegation::{Caller, Delegation, PermissionDecision, RequestStatus, SpawnOutcome, SpawnRequest};
+use crate::delegation::{Caller, Delegation, InvokeRequest, PermissionDecision, RequestStatus, SpawnOutcome, SpawnRequest};
 use crate::snapshot::Snapshot;
 
 type Body = Full<Bytes>;
@@ -65,11 +65,13 @@ fn context(state: &AppState, token: Option<&str>) -> Result<Ctx, ApiError> {
     Ok(Ctx { svc, snap, caller })
 }
 
-/// Only the admin, the agent itself and its ancestors may see an agent.
+/// Only the admin, the agent itself and its ancestors (and a session's caller) may see an agent.
 fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str) -> Result<(), ApiError> {
     let visible = match caller {
         Caller::Admin => true,
-        Caller::Agent(a) => agent.chain.contains(&a.row.id),
+        Caller::Agent(a) => {
+            agent.chain.contains(&a.row.id) || agent.session.as_ref().is_some_and(|s| s.caller == a.row.id)
+        }
     };
     if visible {
         return Ok(());
@@ -109,6 +111,36 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
         SpawnOutcome::Pending { .. } => StatusCode::ACCEPTED,
     };
     Ok(json_response(status, &outcome))
+}
+
+/// `POST /v1/invocations`: the calling agent (or session) invokes an existing agent.
+pub async fn invoke(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let token = bearer(&req);
+    let ctx = context(state, token.as_deref())?;
+    let body = read_json(req, &state.config).await?;
+    let invoke = invoke_request(&body)?;
+    let invoked = blocking(move || Ok(ctx.svc.invoke(&ctx.snap, &ctx.caller, invoke, now())?)).await?;
+    Ok(json_response(StatusCode::CREATED, &invoked))
+}
+
+fn invoke_request(body: &Value) -> Result<InvokeRequest, RequestError> {
+    let f = Fields::of(body, "")?;
+    let c = f.require_object("callee")?;
+    let ty = c.require_string("type")?;
+    if ty != crate::delegation::AGENT_TYPE {
+        return Err(RequestError::new(
+            ErrorCode::InvalidField,
+            format!("`callee.type` is `{ty}`; only an `Agent` is invoked"),
+        ));
+    }
+    Ok(InvokeRequest {
+        callee: c.require_string("id")?.to_owned(),
+        task: f.require_string("task")?.to_owned(),
+        reason: f.string("reason")?.unwrap_or_default().to_owned(),
+        ttl_seconds: f
+            .i64("ttl_seconds")?
+            .ok_or_else(|| RequestError::missing("ttl_seconds"))?,
+    })
 }
 
 fn spawn_request(body: &Value) -> Result<SpawnRequest, RequestError> {
@@ -170,6 +202,10 @@ pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Respo
             "status": if agent.is_revoked() { "revoked" } else if agent.is_expired(now) { "expired" } else { "live" },
             "proof": agent.row.proof,
             "bundle_version": agent.row.bundle_version,
+            "session": agent.session.as_ref().map(|s| json!({
+                "caller": s.caller, "callee": s.callee, "chain": s.chain, "depth": s.depth,
+                "caller_taint": s.caller_taint,
+            })),
         }),
     ))
 }

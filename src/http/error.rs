@@ -33,7 +33,11 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::NotYourDelegation
         | C::AdminOnly
         | C::NotTheApprover
-        | C::NotTheRequester => StatusCode::FORBIDDEN,
+        | C::NotTheRequester
+        | C::InvocationNotConfigured
+        | C::InvocationForbidden
+        | C::InvocationTooDeep
+        | C::SessionRestricted => StatusCode::FORBIDDEN,
         C::DelegationNotFound
         | C::DelegationDisabled
         | C::PermissionRequestNotFound
@@ -50,6 +54,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::StateChanged
         | C::CannotEscalate
         | C::DelegationCycle
+        | C::InvocationCycle
         | C::AgentExists
         | C::AgentIdReserved => StatusCode::CONFLICT,
         C::BodyTooLarge | C::GrantTooLarge | C::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

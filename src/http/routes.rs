@@ -71,6 +71,7 @@ enum Endpoint {
     PermissionRequests,
     PermissionRequest,
     Capabilities,
+    Invocations,
 }
 
 impl Endpoint {
@@ -101,6 +102,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/permission-requests", Endpoint::PermissionRequests),
     ("/v1/permission-requests/{id}", Endpoint::PermissionRequest),
     ("/v1/agents/{id}/capabilities", Endpoint::Capabilities),
+    ("/v1/invocations", Endpoint::Invocations),
 ];
 
 static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
@@ -224,6 +226,7 @@ async fn route(
         (E::PermissionRequest, &Method::POST) => delegations::decide_request(state, req, id).await,
         (E::PermissionRequest, &Method::DELETE) => delegations::withdraw_request(state, req, id).await,
         (E::Capabilities, &Method::GET) => delegations::capabilities(state, &req, &id).await,
+        (E::Invocations, &Method::POST) => delegations::invoke(state, req).await,
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }

@@ -17,6 +17,7 @@ mod fuzz_regressions;
 mod helm;
 mod image;
 mod index_differential;
+mod invocation;
 mod layering;
 mod metrics;
 mod model;

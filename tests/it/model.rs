@@ -14,6 +14,12 @@
 //! checked against what it may only do for an entitled, live caller; each approval creates at
 //! most one child; a restart keeps everything, taint included.
 //!
+//! Invocations (issue 19) are operations too: the model predicts deputy's answer exactly (the
+//! bundle permits every `invoke_agent`, so deputy's own rules decide: liveness, sessions are
+//! not callees, cycles, depth, taint above the callee's ceiling), and a session's authority is
+//! the oracle's for its callee under the session's own taint and liveness; revocations end the
+//! sessions of either side.
+//!
 //! `DEPUTY_MODEL_CASES` (default 64) sets how many sequences run, `DEPUTY_MODEL_SEED` which.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -104,6 +110,8 @@ fn the_delegation_promise_holds_against_random_adversaries() {
         "race against revocation",
         "race for one approval",
         "drift",
+        "invoked",
+        "invocation refused",
     ] {
         assert!(
             seen.get(what).copied().unwrap_or(0) > 0,

@@ -124,7 +124,7 @@ fn a_state_directory_written_before_migrations_opens_and_keeps_everything() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    assert_eq!(user_version(&db), 2, "migrated to the current schema");
+    assert_eq!(user_version(&db), 3, "migrated to the current schema");
     let out = audit_verify(state.path());
     assert!(
         out.status.success(),

@@ -174,6 +174,24 @@ impl Oracle {
             .collect()
     }
 
+    /// What a session of a principal the bundle declares without a grant may do: the admin
+    /// policies asked about that principal, under the session's liveness, ceiling and taint.
+    pub fn declared_bounded(&self, id: &str, live: bool, ceiling: i64, taint: i64) -> BTreeSet<Pair> {
+        if !live {
+            return BTreeSet::new();
+        }
+        DOMAIN
+            .iter()
+            .filter(|(action, ty, rid)| {
+                let c = self.classification(ty, rid);
+                c <= ceiling
+                    && (*action == "read" || c >= taint)
+                    && self.allows(&self.admin, &self.request(id, action, ty, rid, Some(taint)))
+            })
+            .map(|(a, t, i)| (a.to_string(), t.to_string(), i.to_string()))
+            .collect()
+    }
+
     /// The classification of a resource in `DOMAIN`, and whether its action raises taint.
     pub fn source_level(&self, action: &str, ty: &str, id: &str) -> Option<i64> {
         (action == "read").then(|| self.classification(ty, id))

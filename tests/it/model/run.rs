@@ -140,6 +140,13 @@ pub enum Op {
     RacingCarryOut {
         by: usize,
     },
+    /// The agent (or session) at `by` invokes the agent at `callee` (`None`: the bundle's
+    /// `worker`, which has no grant).
+    Invoke {
+        by: usize,
+        callee: Option<usize>,
+        long: bool,
+    },
 }
 
 fn who() -> impl Strategy<Value = Who> {
@@ -217,6 +224,8 @@ pub fn op_strategy() -> BoxedStrategy<Op> {
         5 => any::<bool>().prop_map(|kill| Op::Restart { kill }),
         3 => (0..32usize).prop_map(|by| Op::SpawnRacingRevoke { by }),
         3 => (0..32usize).prop_map(|by| Op::RacingCarryOut { by }),
+        6 => (0..32usize, prop::option::weighted(0.85, 0..32usize), any::<bool>())
+            .prop_map(|(by, callee, long)| Op::Invoke { by, callee, long }),
     ]
     .boxed()
 }
@@ -289,7 +298,22 @@ struct Agent {
     expires_at: i64,
     revoked: bool,
     taint: i64,
+    /// Set for a session: whom it serves and on which invocation chain.
+    session: Option<Session>,
 }
+
+/// A session as the model knows it.
+#[derive(Debug, Clone)]
+struct Session {
+    caller: usize,
+    /// The agent it serves; `None`: the bundle's `worker`.
+    callee: Option<usize>,
+    chain: Vec<String>,
+    depth: i64,
+}
+
+/// The bundle's agent without a grant, and its ceiling in `entities/agents.json`.
+const WORKER_CEILING: i64 = 1;
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -340,6 +364,7 @@ impl World {
             expires_at: i64::MAX / 2,
             revoked: false,
             taint: 0,
+            session: None,
         };
         World {
             d,
@@ -358,7 +383,34 @@ impl World {
 
     fn live(&self, i: usize) -> bool {
         let a = &self.agents[i];
-        !a.revoked && self.d.now < a.expires_at && a.parent.is_none_or(|p| self.live(p))
+        !a.revoked
+            && self.d.now < a.expires_at
+            && a.parent.is_none_or(|p| self.live(p))
+            && a.session
+                .as_ref()
+                .is_none_or(|s| self.live(s.caller) && s.callee.is_none_or(|c| self.live(c)))
+    }
+
+    /// `t` and everything that ends with it: its descendants, the sessions any of them invoked
+    /// or that serve any of them, and on.
+    fn ended_with(&self, t: usize) -> BTreeSet<usize> {
+        let mut out: BTreeSet<usize> = (0..self.agents.len()).filter(|i| self.chain(*i).contains(&t)).collect();
+        loop {
+            let more: Vec<usize> = (0..self.agents.len())
+                .filter(|i| !out.contains(i))
+                .filter(|i| {
+                    self.agents[*i]
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| out.contains(&s.caller) || s.callee.is_some_and(|c| out.contains(&c)))
+                        || self.agents[*i].parent.is_some_and(|p| out.contains(&p))
+                })
+                .collect();
+            if more.is_empty() {
+                return out;
+            }
+            out.extend(more);
+        }
     }
 
     /// The lead's attributes as the bundle now says.
@@ -414,6 +466,15 @@ impl World {
     }
 
     fn facts(&self, i: usize) -> AgentFacts<'_> {
+        // A session is decided as its callee, under its own liveness, taint and the callee's
+        // ceiling.
+        if let Some(Session { callee: Some(c), .. }) = &self.agents[i].session {
+            let mut facts = self.facts(*c);
+            facts.live = self.live(i);
+            facts.ceiling = facts.ceiling.min(self.agents[i].ceiling);
+            facts.taint = facts.taint.max(self.agents[i].taint);
+            return facts;
+        }
         AgentFacts {
             id: &self.agents[i].id,
             chain: self
@@ -587,7 +648,9 @@ impl World {
                 }
                 note("revoked");
                 if let Some(c) = caller {
-                    let entitled = self.live(c) && (self.is_strict_ancestor(c, t) || (complete && c == t));
+                    let started_it = self.agents[t].session.as_ref().is_some_and(|s| s.caller == c);
+                    let entitled =
+                        self.live(c) && (self.is_strict_ancestor(c, t) || (complete && c == t) || started_it);
                     assert!(
                         entitled,
                         "`{}` ended `{}`: {}",
@@ -602,19 +665,25 @@ impl World {
                     .iter()
                     .map(|v| v.as_str().unwrap().to_owned())
                     .collect();
-                for i in 0..self.agents.len() {
-                    if self.chain(i).contains(&t) {
-                        let a = &self.agents[i];
-                        if !a.revoked && self.d.now < a.expires_at {
-                            assert!(
-                                revoked.contains(&a.id),
-                                "`{}` outlived its ancestor's revocation: {}",
-                                a.id,
-                                r.text()
-                            );
-                        }
-                        self.agents[i].revoked = true;
+                // A session that completes hands its taint back to its caller.
+                if let (true, Some(c), Some(s)) = (complete, caller, self.agents[t].session.as_ref()) {
+                    if c == t {
+                        let (to, level) = (s.caller, self.agents[t].taint);
+                        self.agents[to].taint = self.agents[to].taint.max(level);
                     }
+                }
+                for i in self.ended_with(t) {
+                    let a = &self.agents[i];
+                    if !a.revoked && self.d.now < a.expires_at {
+                        assert!(
+                            revoked.contains(&a.id),
+                            "`{}` outlived the revocation of `{}`: {}",
+                            a.id,
+                            self.agents[t].id,
+                            r.text()
+                        );
+                    }
+                    self.agents[i].revoked = true;
                 }
             }
             Op::Authorize {
@@ -627,7 +696,114 @@ impl World {
             Op::Restart { kill } => self.restart(kill),
             Op::SpawnRacingRevoke { by } => self.spawn_racing_revoke(by),
             Op::RacingCarryOut { by } => self.racing_carry_out(by),
+            Op::Invoke { by, callee, long } => self.invoke(by, callee, long),
         }
+    }
+
+    /// What the oracle says agent `i` may do: a session of the `worker` is the admin policies
+    /// asked about the worker, under the session's bounds.
+    fn expected(&self, oracle: &Oracle, i: usize) -> BTreeSet<Pair> {
+        match &self.agents[i].session {
+            Some(Session { callee: None, .. }) => {
+                let a = &self.agents[i];
+                oracle.declared_bounded("worker", self.live(i), a.ceiling.min(WORKER_CEILING), a.taint)
+            }
+            _ => oracle.managed(&self.facts(i)),
+        }
+    }
+
+    /// The invocation chain, depth and taint an invocation by `i` carries.
+    fn acting(&self, i: usize) -> (Vec<String>, i64, i64) {
+        let a = &self.agents[i];
+        match &a.session {
+            None => (vec![a.id.clone()], 0, a.taint),
+            Some(s) => {
+                let callee_taint = s.callee.map_or(0, |c| self.agents[c].taint);
+                (s.chain.clone(), s.depth, a.taint.max(callee_taint))
+            }
+        }
+    }
+
+    /// An invocation: deputy's answer must be exactly what the model predicts (the bundle's
+    /// `invoke_agent` rules permit every invocation, so deputy's own rules decide).
+    fn invoke(&mut self, by: usize, callee: Option<usize>, long: bool) {
+        let i = self.agent(by);
+        let callee = callee.map(|c| self.agent(c));
+        let callee_id = callee.map_or("worker".to_owned(), |c| self.agents[c].id.clone());
+        let ttl = if long { 7200 } else { 600 };
+        let body = json!({"callee": {"type": "Agent", "id": callee_id}, "task": "model", "ttl_seconds": ttl});
+        let token = self.agents[i].token.clone();
+        let (chain, depth, taint) = self.acting(i);
+        let callee_ceiling = callee.map_or(WORKER_CEILING, |c| self.chain_ceiling(c));
+        let predicted = if !self.live(i) {
+            (401, "unauthenticated")
+        } else if callee.is_some_and(|c| self.agents[c].session.is_some()) {
+            (403, "session_restricted")
+        } else if callee.is_some_and(|c| !self.live(c)) {
+            (404, "agent_not_found")
+        } else if chain.contains(&callee_id) {
+            (409, "invocation_cycle")
+        } else if depth + 1 > 3 {
+            (403, "invocation_too_deep")
+        } else if taint > callee_ceiling {
+            (403, "taint_above_ceiling")
+        } else if self.agents.len() > MAX_AGENTS {
+            return;
+        } else {
+            (201, "")
+        };
+        let r = self.d.call("POST", "/v1/invocations", Some(&token), Some(&body));
+        assert_eq!(
+            r.status,
+            predicted.0,
+            "`{}` (chain {chain:?}, taint {taint}) invoking `{callee_id}` (ceiling {callee_ceiling}): expected {predicted:?}, got {}",
+            self.agents[i].id,
+            r.text()
+        );
+        if r.status != 201 {
+            note("invocation refused");
+            assert_eq!(r.json()["code"], predicted.1, "{}", r.text());
+            if predicted.1 == "invocation_cycle" {
+                note("invocation cycle");
+            }
+            return;
+        }
+        note("invoked");
+        let v = r.json();
+        let callee_taint = callee.map_or(0, |c| self.agents[c].taint);
+        assert_eq!(
+            v["taint"],
+            json!(taint.max(callee_taint)),
+            "a session's starting taint: {v}"
+        );
+        assert_eq!(v["depth"], json!(depth + 1), "{v}");
+        let expires_at = v["expires_at"].as_i64().unwrap();
+        let callee_expires = callee.map_or(i64::MAX, |c| self.agents[c].expires_at);
+        assert!(
+            expires_at <= self.agents[i].expires_at && expires_at <= callee_expires && expires_at <= self.d.now + ttl,
+            "a session outlives its caller, its callee or its request: {v}"
+        );
+        let mut session_chain = chain;
+        session_chain.push(callee_id);
+        assert_eq!(v["chain"], json!(session_chain), "{v}");
+        self.agents.push(Agent {
+            id: v["session_id"].as_str().unwrap().to_owned(),
+            token: v["credential"].as_str().unwrap().to_owned(),
+            parent: None,
+            grant: Vec::new(),
+            ceiling: v["ceiling"].as_i64().unwrap(),
+            can_delegate: false,
+            depth: depth + 1,
+            expires_at,
+            revoked: false,
+            taint: taint.max(callee_taint),
+            session: Some(Session {
+                caller: i,
+                callee,
+                chain: session_chain,
+                depth: depth + 1,
+            }),
+        });
     }
 
     fn pick_pending(&self, i: usize, delegation: bool) -> Option<Pending> {
@@ -767,6 +943,7 @@ impl World {
             expires_at: resp["expires_at"].as_i64().unwrap(),
             revoked: false,
             taint,
+            session: None,
         });
         i
     }
@@ -777,10 +954,9 @@ impl World {
         let (id, expected, managed) = match principal {
             Principal::Agent(i) => {
                 let i = self.agent(i);
-                let expected =
-                    oracle
-                        .managed(&self.facts(i))
-                        .contains(&(action.to_owned(), ty.to_owned(), rid.to_owned()));
+                let expected = self
+                    .expected(&oracle, i)
+                    .contains(&(action.to_owned(), ty.to_owned(), rid.to_owned()));
                 (self.agents[i].id.clone(), expected, Some(i))
             }
             Principal::Worker => (
@@ -992,10 +1168,8 @@ impl World {
             None,
         );
         assert_eq!(r.status, 200, "{}", r.text());
-        for j in 0..self.agents.len() {
-            if self.chain(j).contains(&i) {
-                self.agents[j].revoked = true;
-            }
+        for j in self.ended_with(i) {
+            self.agents[j].revoked = true;
         }
         stream.write_all(&body).unwrap();
         let mut raw = Vec::new();
@@ -1093,7 +1267,7 @@ impl World {
                     )
                 })
                 .collect();
-            let want = oracle.managed(&self.facts(i));
+            let want = self.expected(&oracle, i);
             assert_eq!(
                 got,
                 want,
