@@ -12,6 +12,7 @@ mod cedar_conformance;
 mod common;
 mod decision_log;
 mod delegation;
+mod discovery;
 mod faults;
 mod fuzz_regressions;
 mod helm;
