@@ -8,6 +8,7 @@ mod attack;
 mod attack_held;
 mod authzen_conformance;
 mod bad_input;
+mod capabilities;
 mod cedar_conformance;
 mod common;
 mod decision_log;
