@@ -15,6 +15,8 @@
 //! (`invalid_page_token`) for another search or after a reload. A request without `page` is
 //! answered in full, without `page`.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -80,7 +82,7 @@ pub fn search(snap: &Snapshot, kind: Kind, body: &Value, now: i64) -> Result<Fou
     let page = read_page(&top, &fingerprint)?;
     let bundle = &snap.bundle;
     let subject = require(&parts.subject, "subject")?;
-    let (candidates, template): (Vec<Value>, Template) = match kind {
+    let (candidates, template): (Arc<Vec<Value>>, Template) = match kind {
         Kind::Subject => {
             let ty = subject.require_string("type")?;
             let resource = parse_uid(bundle, &require(&parts.resource, "resource")?)?;
@@ -104,7 +106,7 @@ pub fn search(snap: &Snapshot, kind: Kind, body: &Value, now: i64) -> Result<Fou
                 .collect();
             names.sort();
             let candidates = names.into_iter().map(|n| json!({ "name": n })).collect();
-            (candidates, Template::Action { principal, resource })
+            (Arc::new(candidates), Template::Action { principal, resource })
         }
     };
     let (context, context_field) = context_of(
@@ -186,8 +188,17 @@ impl Template {
     }
 }
 
-/// The entities of type `ty` in the snapshot's store, as AuthZEN `{type, id}`, in id order.
-fn entities_of(snap: &Snapshot, ty: &str) -> Vec<Value> {
+/// The entities of type `ty` in the snapshot's store, as AuthZEN `{type, id}`, in id order;
+/// kept in the snapshot's memo for the types the schema declares (no other type has entities).
+fn entities_of(snap: &Snapshot, ty: &str) -> Arc<Vec<Value>> {
+    if !snap.bundle.type_names.contains_key(ty) {
+        return Arc::new(Vec::new());
+    }
+    snap.memo
+        .get_or_insert(&format!("search\u{0}{ty}"), || list_entities(snap, ty))
+}
+
+fn list_entities(snap: &Snapshot, ty: &str) -> Vec<Value> {
     let mut ids: Vec<String> = snap
         .entities()
         .iter()
