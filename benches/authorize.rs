@@ -13,6 +13,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../examples/bundle_gen.rs"]
+#[allow(
+    dead_code,
+    reason = "the generator serves several benchmarks; each uses its own bundles"
+)]
 mod bundle_gen;
 
 use std::hint::black_box;

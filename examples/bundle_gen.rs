@@ -4,7 +4,9 @@
 //! policies that grows with `n` up to a cap. Used by `benches/authorize.rs` (in-process) and by
 //! `bench/http.sh --policies N` (over HTTP):
 //!
-//! `cargo run --release --example bundle_gen -- 100000 /tmp/bundle`
+//! `cargo run --release --example bundle_gen -- 100000 /tmp/bundle`; with a third argument, an
+//! entity count, the discovery bundle (`generate_discovery`, used by `benches/discovery.rs`):
+//! `cargo run --release --example bundle_gen -- 1000 /tmp/bundle 10000`
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -122,6 +124,119 @@ fn entities() -> String {
     serde_json::Value::Array(all).to_string()
 }
 
+/// The discovery benchmark's schema: deputy's agent model, every action needing context (`hour`).
+pub const DISCOVERY_SCHEMA: &str = r#"
+entity Agent = { can_delegate: Bool, ceiling: Long, depth: Long };
+entity Folder in [Folder] = { classification: Long };
+entity File in [Folder] = { classification: Long };
+type Ctx = { taint?: Long, hour: Long, flag?: Bool };
+@taint("source")
+action read appliesTo { principal: [Agent], resource: [Folder, File], context: Ctx };
+@taint("sink")
+action write appliesTo { principal: [Agent], resource: [Folder, File], context: Ctx };
+action delegate appliesTo {
+  principal: [Agent], resource: [Agent],
+  context: { depth: Long, ttl_seconds: Long, ceiling: Long, taint: Long, task: String },
+};
+"#;
+
+/// A bundle for discovery: `n` policies, most about one agent each, over `entities` entities
+/// (100 folders nesting ten to a parent, 500 declared agents, the rest files), with conditions
+/// on the context; the agents `a0`..`a9` are left for deputy to manage (the benchmark's chain).
+pub fn generate_discovery(n: usize, entities: usize) -> Generated {
+    const DFOLDERS: usize = 100;
+    const DAGENTS: usize = 500;
+    let files = entities.saturating_sub(DFOLDERS + DAGENTS);
+    let mut policies = String::with_capacity(n * 160);
+    let shared = (n / 10).clamp(1, 100);
+    for i in 0..n.saturating_sub(shared) {
+        let agent = i % (DAGENTS + 10);
+        let action = if i % 3 == 0 { "write" } else { "read" };
+        let _ = match i % 4 {
+            0 => writeln!(
+                policies,
+                r#"permit(principal == Agent::"a{agent}", action == Action::"{action}", resource in Folder::"f{}");"#,
+                i % DFOLDERS
+            ),
+            1 => writeln!(
+                policies,
+                r#"permit(principal == Agent::"a{agent}", action == Action::"{action}", resource in Folder::"f{}") when {{ context.hour >= {} && context.hour < {} }};"#,
+                i % DFOLDERS,
+                i % 12,
+                12 + i % 12
+            ),
+            2 => writeln!(
+                policies,
+                r#"permit(principal == Agent::"a{agent}", action == Action::"{action}", resource == File::"x{}") when {{ context has flag && context.flag }};"#,
+                i % files.max(1)
+            ),
+            _ => writeln!(
+                policies,
+                r#"forbid(principal == Agent::"a{agent}", action == Action::"{action}", resource in Folder::"f{}") when {{ context.hour > 22 }};"#,
+                i % DFOLDERS
+            ),
+        };
+    }
+    // Every agent's share (deputy's managed agents included): reads of some folders in office
+    // hours, writes elsewhere, and forbids on some files after 18:00.
+    for i in 0..shared {
+        let _ = match i % 3 {
+            0 => writeln!(
+                policies,
+                r#"permit(principal is Agent, action == Action::"read", resource in Folder::"f{}") when {{ context.hour >= 8 && context.hour < 20 }};"#,
+                i % DFOLDERS
+            ),
+            1 => writeln!(
+                policies,
+                r#"permit(principal is Agent, action == Action::"write", resource in Folder::"f{}");"#,
+                i % DFOLDERS
+            ),
+            _ => writeln!(
+                policies,
+                r#"forbid(principal is Agent, action == Action::"write", resource == File::"x{}") unless {{ context.hour < 18 }};"#,
+                (i * 37) % files.max(1)
+            ),
+        };
+    }
+    let mut all = Vec::new();
+    for f in 0..DFOLDERS {
+        let parents: Vec<_> = if f >= 10 {
+            vec![uid("Folder", &format!("f{}", f / 10 - 1))]
+        } else {
+            vec![]
+        };
+        all.push(serde_json::json!({ "uid": uid("Folder", &format!("f{f}")), "attrs": { "classification": 0 }, "parents": parents }));
+    }
+    for a in 10..DAGENTS + 10 {
+        all.push(serde_json::json!({
+            "uid": uid("Agent", &format!("a{a}")), "attrs": { "can_delegate": false, "ceiling": 2, "depth": 0 }, "parents": []
+        }));
+    }
+    for x in 0..files {
+        all.push(serde_json::json!({
+            "uid": uid("File", &format!("x{x}")),
+            "attrs": { "classification": (x % 4) as i64 },
+            "parents": [uid("Folder", &format!("f{}", x % DFOLDERS))]
+        }));
+    }
+    Generated {
+        policies,
+        entities: serde_json::Value::Array(all).to_string(),
+    }
+}
+
+/// Writes the discovery bundle (`generate_discovery`) to `dir`.
+pub fn write_discovery(n: usize, entities: usize, dir: &Path) -> std::io::Result<()> {
+    let g = generate_discovery(n, entities);
+    for sub in ["schema", "policies", "entities"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::write(dir.join("schema/bench.cedarschema"), DISCOVERY_SCHEMA)?;
+    std::fs::write(dir.join("policies/bench.cedar"), g.policies)?;
+    std::fs::write(dir.join("entities/bench.json"), g.entities)?;
+    Ok(())
+}
+
 /// Writes a bundle with `n` policies to `dir` (schema/, policies/, entities/).
 pub fn write(n: usize, dir: &Path) -> std::io::Result<()> {
     let g = generate(n);
@@ -142,7 +257,16 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let dir = args.next().unwrap_or_else(|| "bench-bundle".to_owned());
-    write(n, Path::new(&dir))?;
-    eprintln!("wrote a bundle of {n} policies to {dir}");
+    // A third argument, an entity count, writes the discovery bundle instead.
+    match args.next().and_then(|s| s.parse::<usize>().ok()) {
+        Some(entities) => {
+            write_discovery(n, entities, Path::new(&dir))?;
+            eprintln!("wrote a discovery bundle of {n} policies over {entities} entities to {dir}");
+        }
+        None => {
+            write(n, Path::new(&dir))?;
+            eprintln!("wrote a bundle of {n} policies to {dir}");
+        }
+    }
     Ok(())
 }

@@ -21,7 +21,9 @@ pub use crate::eval::{Decision, PolicyError};
 pub use capabilities::capabilities;
 pub use chain::{Bounds, DeniedBy, Guard};
 pub use observed::decide_observed;
-pub use request::{parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError};
+pub use request::{
+    entity_ref, parse_context, parse_json, parse_uid, parts_of, read_parts, EntityRef, Fields, RequestError,
+};
 
 /// The parts of one request, as read from the wire.
 pub struct Parts {

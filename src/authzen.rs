@@ -15,6 +15,10 @@ use crate::authorize::{parse_uid, EntityRef, Fields, Parts as CedarParts, Reques
 use crate::bundle::Bundle;
 use crate::snapshot::Snapshot;
 
+mod search;
+
+pub use search::{search, Kind};
+
 /// How a batch stops early (AuthZEN `options.evaluations_semantic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Semantic {
@@ -167,14 +171,28 @@ fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<CedarParts, RequestErr
     let principal = parse_uid(bundle, subject)?;
     let resource_ref = parse_uid(bundle, resource)?;
     let action_ref = action_uid(bundle, action)?;
+    let (context, context_field) = context_of(parts, [Some(subject), Some(resource), Some(action)])?;
+    Ok(CedarParts {
+        principal,
+        action: action_ref,
+        resource: resource_ref,
+        context: Some(context),
+        context_field,
+    })
+}
 
+/// The Cedar context of an evaluation: its `context` with the `properties` of the subject,
+/// resource and action (those present) as `context.subject`, `context.resource` and
+/// `context.action`; and the context's field path, for messages.
+fn context_of(parts: &Parts<'_>, with: [Option<&Fields<'_>>; 3]) -> Result<(Value, String), RequestError> {
     let mut context = match &parts.context {
         None => Map::new(),
         Some((Value::Object(m), _)) => m.clone(),
         Some((Value::Null, _)) => Map::new(),
         Some((_, path)) => return Err(RequestError::wrong_type(path, "a JSON object")),
     };
-    for (key, part) in [("subject", subject), ("resource", resource), ("action", action)] {
+    for (key, part) in ["subject", "resource", "action"].into_iter().zip(with) {
+        let Some(part) = part else { continue };
         let Some(props) = part.get("properties") else { continue };
         if !props.is_object() {
             return Err(RequestError::wrong_type(
@@ -197,13 +215,7 @@ fn to_cedar(bundle: &Bundle, parts: &Parts<'_>) -> Result<CedarParts, RequestErr
         context.insert(key.to_owned(), props.clone());
     }
     let context_field = parts.context.as_ref().map_or("context", |(_, p)| p.as_str()).to_owned();
-    Ok(CedarParts {
-        principal,
-        action: action_ref,
-        resource: resource_ref,
-        context: Some(Value::Object(context)),
-        context_field,
-    })
+    Ok((Value::Object(context), context_field))
 }
 
 fn action_uid(bundle: &Bundle, action: &Fields<'_>) -> Result<EntityRef, RequestError> {

@@ -63,6 +63,8 @@ ErrorCode {
     InvalidContext = "invalid_context",
     /// An AuthZEN context key collides with a `properties` mapping.
     ContextConflict = "context_conflict",
+    /// A search's `page.token` is not one deputy issued for this search and policy version.
+    InvalidPageToken = "invalid_page_token",
     /// The connection failed while the body was read.
     BodyUnreadable = "body_unreadable",
     /// The body did not arrive in time.

@@ -12,11 +12,13 @@
 //! by every later write, and no two writes interleave between their checks and their commits.
 
 use crate::error::ProblemCode;
+use std::any::Any;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use cedar_policy::Entities;
+use cedar_policy::{Entities, PartialEntities, Schema};
 
 use crate::agents::Registry;
 use crate::bundle::Bundle;
@@ -30,6 +32,56 @@ pub struct Snapshot {
     /// The delegation state could not be loaded: which agents exist and what they were granted
     /// is unknown, so every decision for an `Agent` principal fails closed.
     pub agents_unknown: bool,
+    /// Answers computed from this snapshot alone (discovery), kept while it serves: a reload or
+    /// an agent change builds a new snapshot, so nothing here is ever stale.
+    pub memo: Memo,
+}
+
+/// What discovery computes once per snapshot: the entity store as Cedar's partial evaluator
+/// takes it, and answers keyed by the caller (an agent with its taint and liveness).
+#[derive(Default)]
+pub struct Memo {
+    partial: OnceLock<Result<Arc<PartialEntities>, String>>,
+    answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+/// Answers kept per snapshot at most; beyond, the memo starts over (a snapshot lives until the
+/// next change, and an answer costs one computation to rebuild).
+const MEMO_CAPACITY: usize = 4096;
+
+impl Memo {
+    /// The snapshot's entities for partial evaluation, converted (one copy) on first use.
+    pub fn partial_entities(&self, entities: &Entities, schema: &Schema) -> Result<Arc<PartialEntities>, String> {
+        self.partial
+            .get_or_init(|| {
+                PartialEntities::from_concrete(entities.clone(), schema)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// The answer kept under `key`, or `compute`'s, kept. Two callers that miss at once both
+    /// compute; both answers are equal, the last is kept.
+    pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
+        let found = self
+            .answers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).cloned())
+            .and_then(|a| a.downcast::<T>().ok());
+        if let Some(hit) = found {
+            return hit;
+        }
+        let answer = Arc::new(compute());
+        if let Ok(mut m) = self.answers.lock() {
+            if m.len() >= MEMO_CAPACITY {
+                m.clear();
+            }
+            m.insert(key.to_owned(), Arc::clone(&answer) as Arc<dyn Any + Send + Sync>);
+        }
+        answer
+    }
 }
 
 impl Snapshot {
@@ -44,6 +96,7 @@ impl Snapshot {
             agents: Registry::default(),
             combined: None,
             agents_unknown: false,
+            memo: Memo::default(),
         }
     }
 
@@ -70,6 +123,7 @@ impl Snapshot {
             agents,
             combined,
             agents_unknown,
+            memo: Memo::default(),
         })
     }
 }

@@ -1,24 +1,32 @@
-//! What an agent may do now: every (action, resource) pair over the bundle's entities, each
-//! decided by the same path `/v1/authorize` takes (admin AND the chain, with the agent's taint),
-//! without raising the taint.
+//! What an agent may do: for every action that applies to agents, the resources of the store it
+//! may act on unconditionally, those it may act on under a condition on the context (Cedar's
+//! residual, rendered as Cedar), and which types admit resources outside the store. Computed by
+//! Cedar's type-aware partial evaluation of every bound `/v1/authorize` checks — the admin
+//! policies for the agent and for each ancestor, each hop's grant — with the ceiling, taint and
+//! liveness checks deputy makes itself, so an entry never claims more than `/v1/authorize` allows
+//! for some context (tests/it/capabilities.rs checks it on random bundles).
 //!
-//! Enumeration rather than Cedar partial evaluation: it gives exactly the authorizer's answer
-//! for every entity the bundle knows (partial evaluation would need the experimental feature
-//! and still leave residuals to interpret), and a sidecar's bundle holds the resources its
-//! agent can name. Resources the bundle does not hold are not listed; authorize still decides
-//! them.
+//! Cached per snapshot (a reload or any agent change builds a new one) and per agent, taint and
+//! liveness: the answer depends on nothing else.
 
-use cedar_policy::EntityUid;
+mod residual;
+
+use std::sync::Arc;
+
+use cedar_policy::{EntityTypeName, EntityUid};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{decide_with, EntityRef, Parts};
+use super::chain::DeniedBy;
 use crate::agents::{is_agent_type, LiveAgent};
+use crate::bundle::TaintRole;
 use crate::snapshot::Snapshot;
+use residual::{Answer, Bound, Env};
 
 /// The resource type listed first: tools are what a harness shows or hides.
 const TOOL_TYPE: &str = "Tool";
 
+/// A resource the agent may act on whatever the context.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capability {
     pub action: String,
@@ -26,93 +34,324 @@ pub struct Capability {
     pub reasons: Vec<String>,
 }
 
+/// A resource the agent may act on when `condition` (Cedar, over `context`) holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conditional {
+    pub action: String,
+    pub resource: serde_json::Value,
+    pub condition: String,
+}
+
+/// Resources of `type` outside the store the action admits: always (no `condition`), or when
+/// `condition` holds (it may name `resource`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherResources {
+    pub action: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+}
+
+/// An action deputy could not answer for, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotEnumerated {
+    pub action: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
     pub agent: String,
-    /// Allowed (action, resource) pairs, tools first.
+    /// Allowed (action, resource) pairs whatever the context, tools first.
     pub allowed: Vec<Capability>,
-    /// Actions whose context needs more than deputy can supply, so they were not enumerated.
-    pub not_enumerated: Vec<String>,
+    /// Pairs allowed under a condition on the context, tools first.
+    pub conditional: Vec<Conditional>,
+    /// Per action and resource type, whether resources the store does not hold may be allowed.
+    pub other_resources: Vec<OtherResources>,
+    /// Actions deputy could not answer for, each with the reason.
+    pub not_enumerated: Vec<NotEnumerated>,
     /// Whether the agent may spawn children at all (its `can_delegate`).
     pub can_delegate: bool,
+    /// The taint deputy supplies as `context.taint` (already put into every condition).
+    pub taint: i64,
+    /// Set when the agent or an ancestor is revoked or expired: it may do nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<DeniedBy>,
     pub policy_version: String,
 }
 
-pub fn capabilities(snap: &Snapshot, agent: &LiveAgent, now: i64) -> Capabilities {
-    let mut allowed = Vec::new();
-    let mut not_enumerated = Vec::new();
-    let principal = EntityRef {
-        uid: agent.uid.clone(),
-        field: "principal".to_owned(),
+/// The agent's capabilities now, from the snapshot's cache when it holds them. A session's are
+/// its callee's, under the session's taint and standing (as `/v1/authorize` decides it).
+pub fn capabilities(snap: &Snapshot, agent: &Arc<LiveAgent>, now: i64) -> Arc<Capabilities> {
+    if agent.session.is_some() {
+        return session_capabilities(snap, agent, now);
+    }
+    let inactive = inactive(agent, now);
+    let taint = agent.taint();
+    let key = format!(
+        "capabilities\u{0}{}\u{0}{taint}\u{0}{}",
+        agent.row.id,
+        inactive.as_ref().map_or_else(String::new, |d| format!("{d:?}"))
+    );
+    let subject = Subject {
+        id: &agent.row.id,
+        uid: &agent.uid,
+        hops: &agent.hops,
+        ceiling: agent.chain_ceiling,
+        taint,
+        can_delegate: agent.row.can_delegate,
     };
-    let mut actions: Vec<&EntityUid> = snap.bundle.schema.actions().collect();
-    actions.sort_by_key(|a| a.to_string());
-    for action in actions {
-        let applies_to_agents = snap
-            .bundle
-            .schema
-            .principals_for_action(action)
-            .is_some_and(|mut p| p.any(is_agent_type));
-        // Delegating is reported as `can_delegate`; its context describes a child to be.
-        // Invoking is asked of `POST /v1/invocations`, with a context deputy builds.
-        let name = action.id().unescaped();
-        if !applies_to_agents || name == crate::bundle::DELEGATE_ACTION || name == crate::bundle::INVOKE_ACTION {
-            continue;
+    snap.memo.get_or_insert(&key, || compute(snap, &subject, inactive))
+}
+
+fn session_capabilities(snap: &Snapshot, session: &Arc<LiveAgent>, now: i64) -> Arc<Capabilities> {
+    let standing = super::session_standing(snap, session, now);
+    let taint = match &standing {
+        Ok(callee) => session.taint().max(callee.taint()),
+        Err(_) => session.taint(),
+    };
+    let key = format!(
+        "session capabilities\u{0}{}\u{0}{taint}\u{0}{}",
+        session.row.id,
+        standing.as_ref().err().map_or_else(String::new, |d| format!("{d:?}"))
+    );
+    snap.memo.get_or_insert(&key, || {
+        let (uid, hops, ceiling, inactive) = match &standing {
+            Ok(callee) => (
+                callee.uid(),
+                match callee {
+                    super::Callee::Managed(c) => c.hops.as_slice(),
+                    super::Callee::Declared { .. } => &[],
+                },
+                session.row.ceiling.min(callee.ceiling()),
+                None,
+            ),
+            Err(by) => (&session.uid, &[][..], session.row.ceiling, Some(by.clone())),
+        };
+        let subject = Subject {
+            id: &session.row.id,
+            uid,
+            hops,
+            ceiling,
+            taint,
+            can_delegate: false,
+        };
+        compute(snap, &subject, inactive)
+    })
+}
+
+/// Whom capabilities are computed for: an agent, or a session as its callee (the callee's uid
+/// and chain under the session's ceiling and taint), exactly as `/v1/authorize` decides each.
+struct Subject<'a> {
+    id: &'a str,
+    uid: &'a EntityUid,
+    hops: &'a [crate::agents::Hop],
+    ceiling: i64,
+    taint: i64,
+    can_delegate: bool,
+}
+
+/// Why the agent may do nothing at all now: it or an ancestor was revoked or expired.
+fn inactive(agent: &LiveAgent, now: i64) -> Option<DeniedBy> {
+    if agent.is_revoked() || agent.hops.iter().any(|h| h.is_revoked()) {
+        return Some(DeniedBy::Revoked);
+    }
+    if agent.is_expired(now) || agent.hops.iter().any(|h| !h.is_live(now)) {
+        return Some(DeniedBy::Expired);
+    }
+    None
+}
+
+fn compute(snap: &Snapshot, agent: &Subject<'_>, inactive: Option<DeniedBy>) -> Capabilities {
+    let taint = agent.taint;
+    let mut caps = Capabilities {
+        agent: agent.id.to_owned(),
+        allowed: Vec::new(),
+        conditional: Vec::new(),
+        other_resources: Vec::new(),
+        not_enumerated: Vec::new(),
+        can_delegate: agent.can_delegate && inactive.is_none(),
+        taint,
+        denied_by: inactive,
+        policy_version: snap.bundle.version.clone(),
+    };
+    if caps.denied_by.is_some() {
+        return caps;
+    }
+    let bundle = &snap.bundle;
+    let partial = match snap.memo.partial_entities(snap.entities(), &bundle.schema) {
+        Ok(p) => p,
+        Err(e) => {
+            for action in agent_actions(snap) {
+                caps.not_enumerated.push(NotEnumerated {
+                    action: action.id().unescaped().to_owned(),
+                    reason: format!("the entity store cannot be partially evaluated: {e}"),
+                });
+            }
+            return caps;
         }
-        let resource_types: Vec<String> = snap
-            .bundle
-            .schema
-            .resources_for_action(action)
-            .map(|r| r.map(ToString::to_string).collect())
-            .unwrap_or_default();
-        let mut context_ok = true;
-        for entity in snap.entities().iter() {
-            let uid = entity.uid();
-            if !resource_types.contains(&uid.type_name().to_string()) {
+    };
+    // Admin for the agent, admin for each ancestor (root first), then each hop's grant.
+    let ancestors = agent.hops.split_last().map_or(&[][..], |(_, rest)| rest);
+    let mut bounds = vec![Bound {
+        policies: &bundle.policies,
+        index: Some(&bundle.index),
+        principal: agent.uid,
+        reasons: true,
+    }];
+    bounds.extend(ancestors.iter().map(|hop| Bound {
+        policies: &bundle.policies,
+        index: Some(&bundle.index),
+        principal: &hop.uid,
+        reasons: false,
+    }));
+    bounds.extend(agent.hops.iter().map(|hop| Bound {
+        policies: &hop.policies,
+        index: None,
+        principal: agent.uid,
+        reasons: true,
+    }));
+    for action in agent_actions(snap) {
+        let env = Env {
+            schema: &bundle.schema,
+            entities: &partial,
+            concrete: snap.entities(),
+            action,
+            taint: bundle.taint_in_context.contains(action).then_some(taint),
+        };
+        if let Err(reason) = for_action(snap, agent, &bounds, &env, &mut caps) {
+            caps.not_enumerated.push(NotEnumerated {
+                action: action.id().unescaped().to_owned(),
+                reason,
+            });
+        }
+    }
+    let order = |action: &str, resource: &serde_json::Value| {
+        (
+            resource["type"] != TOOL_TYPE,
+            action.to_owned(),
+            resource["type"].as_str().map(str::to_owned),
+            resource["id"].as_str().map(str::to_owned),
+        )
+    };
+    caps.allowed.sort_by_key(|c| order(&c.action, &c.resource));
+    caps.conditional.sort_by_key(|c| order(&c.action, &c.resource));
+    caps
+}
+
+/// The actions that apply to agents, by id; delegating is reported as `can_delegate` (its
+/// context describes a child to be).
+fn agent_actions(snap: &Snapshot) -> Vec<&EntityUid> {
+    let schema = &snap.bundle.schema;
+    let mut actions: Vec<&EntityUid> = schema
+        .actions()
+        .filter(|a| {
+            schema
+                .principals_for_action(a)
+                .is_some_and(|mut p| p.any(is_agent_type))
+        })
+        // Delegating is reported as `can_delegate`; invoking is asked of `POST /v1/invocations`,
+        // with a context deputy builds.
+        .filter(|a| {
+            let name = a.id().unescaped();
+            name != crate::bundle::DELEGATE_ACTION && name != crate::bundle::INVOKE_ACTION
+        })
+        .collect();
+    actions.sort_by_key(|a| a.to_string());
+    actions
+}
+
+/// Fills `caps` for one action; an error (Cedar's partial evaluator refused) is the action's
+/// reason in `not_enumerated`, with nothing listed for it.
+fn for_action(
+    snap: &Snapshot,
+    agent: &Subject<'_>,
+    bounds: &[Bound<'_>],
+    env: &Env<'_>,
+    caps: &mut Capabilities,
+) -> Result<(), String> {
+    let name = env.action.id().unescaped().to_owned();
+    let mut types: Vec<&EntityTypeName> = snap
+        .bundle
+        .schema
+        .resources_for_action(env.action)
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    types.sort_by_key(|t| t.to_string());
+    let role = snap.bundle.taint_roles.get(env.action).copied();
+    let (mut allowed, mut conditional, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    for ty in types {
+        let levels = bounds
+            .iter()
+            .map(|b| residual::type_level(b, ty, env))
+            .collect::<Result<Vec<_>, _>>()?;
+        let whole = residual::combine(
+            levels
+                .iter()
+                .zip(bounds)
+                .map(|(l, b)| (l.answer.clone(), b.reasons)),
+        );
+        match &whole {
+            Answer::Deny => continue,
+            Answer::Allow(_) => other.push(OtherResources {
+                action: name.clone(),
+                resource_type: ty.to_string(),
+                condition: None,
+            }),
+            Answer::When(c) => other.push(OtherResources {
+                action: name.clone(),
+                resource_type: ty.to_string(),
+                condition: Some(c.clone()),
+            }),
+        }
+        let mut resources: Vec<EntityUid> = env
+            .concrete
+            .iter()
+            .map(cedar_policy::Entity::uid)
+            .filter(|uid| uid.type_name() == ty)
+            .collect();
+        resources.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+        for uid in &resources {
+            if guard_denies(snap, agent, role, uid) {
                 continue;
             }
-            let parts = Parts {
-                principal: principal.clone(),
-                action: EntityRef {
-                    uid: action.clone(),
-                    field: "action".to_owned(),
-                },
-                resource: EntityRef {
-                    uid: uid.clone(),
-                    field: "resource".to_owned(),
-                },
-                context: None,
-                context_field: "context".to_owned(),
-            };
-            match decide_with(snap, parts, now, false) {
-                Ok(o) if o.decision.allow => allowed.push(Capability {
-                    action: action.id().unescaped().to_owned(),
-                    resource: json!({"type": uid.type_name().to_string(), "id": uid.id().unescaped()}),
-                    reasons: o.decision.reasons,
-                }),
-                Ok(_) => {}
-                Err(_) => {
-                    context_ok = false;
+            let mut answers = Vec::with_capacity(bounds.len());
+            for (bound, level) in bounds.iter().zip(&levels) {
+                let a = residual::at(bound, level, uid, env)?;
+                let deny = a == Answer::Deny;
+                answers.push((a, bound.reasons));
+                if deny {
                     break;
                 }
             }
-        }
-        if !context_ok {
-            not_enumerated.push(action.id().unescaped().to_owned());
+            let resource = json!({"type": ty.to_string(), "id": uid.id().unescaped()});
+            match residual::combine(answers) {
+                Answer::Deny => {}
+                Answer::Allow(reasons) => allowed.push(Capability {
+                    action: name.clone(),
+                    resource,
+                    reasons,
+                }),
+                Answer::When(condition) => conditional.push(Conditional {
+                    action: name.clone(),
+                    resource,
+                    condition,
+                }),
+            }
         }
     }
-    allowed.sort_by_key(|c| {
-        (
-            c.resource["type"] != TOOL_TYPE,
-            c.action.clone(),
-            c.resource.to_string(),
-        )
-    });
-    Capabilities {
-        agent: agent.row.id.clone(),
-        allowed,
-        not_enumerated,
-        can_delegate: agent.row.can_delegate && agent.is_live(now),
-        policy_version: snap.bundle.version.clone(),
-    }
+    caps.allowed.extend(allowed);
+    caps.conditional.extend(conditional);
+    caps.other_resources.extend(other);
+    Ok(())
+}
+
+/// deputy's own checks for a taint source or sink: the resource above the chain's ceiling, or
+/// a sink below the agent's taint (context-free, as `chain::decide` makes them).
+fn guard_denies(snap: &Snapshot, agent: &Subject<'_>, role: Option<TaintRole>, uid: &EntityUid) -> bool {
+    let (Some(role), Some(classification)) = (role, super::classification(snap.entities(), uid)) else {
+        return false;
+    };
+    classification > agent.ceiling || (role == TaintRole::Sink && classification < agent.taint)
 }

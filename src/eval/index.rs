@@ -233,6 +233,19 @@ impl PolicyIndex {
         .then_some(out)
     }
 
+    /// The ids (as Cedar prints them) of the policies whose scope can match a request, or `None`
+    /// as for `slices`: what discovery partially evaluates for one resource.
+    pub fn policy_names<'a>(
+        &'a self,
+        entities: &Entities,
+        principal: &cedar_policy::EntityUid,
+        action: &cedar_policy::EntityUid,
+        resource: &cedar_policy::EntityUid,
+    ) -> Option<impl Iterator<Item = &'a str>> {
+        let slices = self.slices(entities, principal, action, resource)?;
+        Some(slices.into_iter().flat_map(|s| s.iter().map(|r| r.rest.name.as_str())))
+    }
+
     /// `slices` for a request whose entities `ctx` has looked up.
     pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut Vec<&'a Slice>) -> bool {
         let (Some(principal), Some(action), Some(resource)) = (ctx.uid(0), ctx.uid(1), ctx.uid(2)) else {

@@ -421,8 +421,8 @@ pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -
         .get(id)
         .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, format!("no agent `{id}`")))?;
     check_visible(&ctx.caller, agent, "list its capabilities")?;
-    // One decision per (action, entity): enumeration is blocking work.
+    // Partial evaluation over every resource: blocking work (a cache hit is not, but is cheap).
     let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));
     let caps = blocking(move || Ok(crate::authorize::capabilities(&snap, &agent, now()))).await?;
-    Ok(json_response(StatusCode::OK, &caps))
+    Ok(json_response(StatusCode::OK, &*caps))
 }

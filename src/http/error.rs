@@ -22,6 +22,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::ActionNotApplicable
         | C::InvalidContext
         | C::ContextConflict
+        | C::InvalidPageToken
         | C::BodyUnreadable
         | C::GrantInvalid
         | C::GrantForeignPrincipal

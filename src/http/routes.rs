@@ -64,6 +64,9 @@ enum Endpoint {
     AuthorizeBatch,
     Evaluation,
     Evaluations,
+    SearchSubject,
+    SearchResource,
+    SearchAction,
     Delegations,
     Delegation,
     DelegationComplete,
@@ -95,6 +98,9 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/authorize/batch", Endpoint::AuthorizeBatch),
     ("/access/v1/evaluation", Endpoint::Evaluation),
     ("/access/v1/evaluations", Endpoint::Evaluations),
+    ("/access/v1/search/subject", Endpoint::SearchSubject),
+    ("/access/v1/search/resource", Endpoint::SearchResource),
+    ("/access/v1/search/action", Endpoint::SearchAction),
     ("/v1/delegations", Endpoint::Delegations),
     ("/v1/delegations/{id}", Endpoint::Delegation),
     ("/v1/delegations/{id}/complete", Endpoint::DelegationComplete),
@@ -215,6 +221,9 @@ async fn route(
             };
             Ok(with_version(response, &snap))
         }
+        (E::SearchSubject, &Method::POST) => search(state, req, authzen::Kind::Subject).await,
+        (E::SearchResource, &Method::POST) => search(state, req, authzen::Kind::Resource).await,
+        (E::SearchAction, &Method::POST) => search(state, req, authzen::Kind::Action).await,
         (E::Delegations, &Method::POST) => delegations::create(state, req).await,
         (E::Delegation, &Method::GET) => delegations::show(state, &req, &id),
         (E::Delegation, &Method::DELETE) => delegations::revoke(state, req, id, false).await,
@@ -229,6 +238,16 @@ async fn route(
         (E::Invocations, &Method::POST) => delegations::invoke(state, req).await,
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
+}
+
+/// An AuthZEN search: one decision per candidate, so on the blocking pool.
+async fn search(state: &AppState, req: Request<Incoming>, kind: authzen::Kind) -> Result<Response<Body>, ApiError> {
+    let (snap, body) = decision_input(state, req).await?;
+    let s = Arc::clone(&snap);
+    let found = tokio::task::spawn_blocking(telemetry::carry(move || authzen::search(&s, kind, &body, now())))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(with_version(json_response(StatusCode::OK, &found.body()), &snap))
 }
 
 /// Reads a JSON body and the serving bundle. The bundle is loaded once, here, and the request
@@ -518,6 +537,9 @@ fn authzen_configuration(req: &Request<Incoming>) -> Response<Body> {
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
             "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+            "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
+            "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
+            "search_action_endpoint": format!("{base}/access/v1/search/action"),
         }),
     )
 }

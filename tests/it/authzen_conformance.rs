@@ -3,6 +3,9 @@
 //! certification vectors in `../shared/conformance/authzen/`, read untouched. Every expectation
 //! comes from those files; the test only knows how to send a case and compare its answer.
 //!
+//! The search files (`search/*/results.json`, `idp/results.json`) run against
+//! `tests/fixtures/authzen/search/`, the search demo's users and records with RULES.md's rules.
+//!
 //! Each file prints a summary line (run with `--nocapture` to see them) and every skipped case
 //! with its reason. A case that does not pass fails the test with the file and the case id.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -16,16 +19,20 @@ use serde_json::{Map, Value};
 
 const EVALUATION: &str = "/access/v1/evaluation";
 const EVALUATIONS: &str = "/access/v1/evaluations";
-const SEARCH_PREFIX: &str = "/access/v1/search/";
 
-/// Certification levels a localhost evaluation PDP answers; search levels are skipped.
-const CERTIFICATION_LEVELS: [&str; 5] = [
+/// Every certification level: deputy answers them all, so a case of any other level fails.
+const CERTIFICATION_LEVELS: [&str; 7] = [
     "basic-core",
     "basic-properties",
     "batch-core",
     "batch-properties",
+    "search-core",
+    "search-properties",
     "discovery",
 ];
+
+/// The placeholder a certification case puts where the previous answer's `page.next_token` goes.
+const PREVIOUS_TOKEN: &str = "<next_token from previous response>";
 
 #[test]
 fn todo_decision_files() {
@@ -43,6 +50,19 @@ fn todo_decision_files() {
 fn api_gateway_decision_file() {
     let server = start("api-gateway");
     conclude(&[run_decision_file(&server, "api-gateway/decisions.json")]);
+}
+
+#[test]
+fn search_interop_files() {
+    let server = start("search");
+    let reports = [
+        ("search/subject/results.json", "evaluation", "subject"),
+        ("search/resource/results.json", "evaluation", "resource"),
+        ("search/action/results.json", "evaluation", "action"),
+        ("idp/results.json", "search", "resource"),
+    ]
+    .map(|(file, key, kind)| run_search_file(&server, file, key, kind));
+    conclude(&reports);
 }
 
 #[test]
@@ -129,6 +149,12 @@ fn conclude(reports: &[Report]) {
     );
     for r in reports {
         assert!(r.passed > 0, "{}: no case ran", r.file);
+        assert!(
+            r.skipped.is_empty(),
+            "{}: {} case(s) skipped; every case must run",
+            r.file,
+            r.skipped.len()
+        );
     }
 }
 
@@ -248,6 +274,52 @@ fn check_batch(server: &TestServer, case: &Value) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Search files (search demo, IdP): the upstream runner sorts the results and compares the sets
+
+fn run_search_file(server: &TestServer, file: &str, key: &str, kind: &str) -> Report {
+    let doc = load(file);
+    let mut report = Report::new(file);
+    let Some(doc) = doc.as_object() else {
+        panic!("{file}: the top level is not a JSON object");
+    };
+    for k in doc.keys() {
+        assert!(
+            k == key,
+            "{file}: unknown top-level key `{k}`; this runner reads `{key}`"
+        );
+    }
+    let endpoint = format!("/access/v1/search/{kind}");
+    for (i, case) in cases(doc, key, file).iter().enumerate() {
+        let id = format!("{key}[{i}] ({})", describe(&case["request"]));
+        report.record(id, check_search(server, &endpoint, case));
+    }
+    report
+}
+
+fn check_search(server: &TestServer, endpoint: &str, case: &Value) -> Result<(), String> {
+    let sorted = |v: &Value| -> Result<Vec<String>, String> {
+        let mut items: Vec<String> = v
+            .as_array()
+            .ok_or_else(|| format!("`results` is not an array: {v}"))?
+            .iter()
+            .map(|r| format!("{}/{}/{}", r["type"], r["id"], r["name"]))
+            .collect();
+        items.sort();
+        Ok(items)
+    };
+    let want = sorted(&case["expected"]["results"])?;
+    let resp = server.post(endpoint, &case["request"]);
+    require_status(&resp, 200)?;
+    let body = body_json(&resp)?;
+    let got = sorted(&body["results"])?;
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("expected the results {want:?}, got {got:?}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Certification vectors
 
 /// Keys a certification case may carry; anything else fails the case rather than being ignored.
@@ -269,32 +341,38 @@ const CASE_KEYS: [&str; 12] = [
 fn run_certification(server: &TestServer, file: &str) -> Report {
     let doc = load(file);
     let mut report = Report::new(file);
+    let mut previous_token: Option<String> = None;
     let all = doc["cases"]
         .as_array()
         .unwrap_or_else(|| panic!("{file}: no `cases` array"));
     for case in all {
         let id = case["id"].as_str().unwrap_or("(no id)").to_owned();
         let level = case["level"].as_str().unwrap_or("(no level)");
-        let endpoint = case["endpoint"].as_str().unwrap_or("");
-        if endpoint.starts_with(SEARCH_PREFIX) {
-            report.skip(
-                &id,
-                format!(
-                    "level `{level}`: deputy does not implement the AuthZEN search endpoints \
-                     (`{endpoint}`) yet"
-                ),
-            );
-            continue;
-        }
         if !CERTIFICATION_LEVELS.contains(&level) {
-            report.skip(&id, format!("level `{level}` does not apply to deputy"));
+            report.record(id, Err(format!("unknown level `{level}`")));
             continue;
         }
         if let Some(note) = https_note(case) {
             report.notes.push((id.clone(), note));
         }
-        let outcome = run_certification_case(server, case);
-        report.record(id, outcome);
+        let mut case = case.clone();
+        if case["request"]["page"]["token"] == PREVIOUS_TOKEN {
+            match &previous_token {
+                Some(t) => case["request"]["page"]["token"] = Value::from(t.clone()),
+                None => {
+                    report.skip(&id, "the previous case returned no `page.next_token`");
+                    continue;
+                }
+            }
+        }
+        let outcome = run_certification_case(server, &case);
+        previous_token = outcome
+            .as_ref()
+            .ok()
+            .and_then(|b| b["page"]["next_token"].as_str())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        report.record(id, outcome.map(drop));
     }
     report
 }
@@ -309,7 +387,8 @@ fn https_note(case: &Value) -> Option<String> {
     })
 }
 
-fn run_certification_case(server: &TestServer, case: &Value) -> Result<(), String> {
+/// Runs one case; its answer's body (the last try's), when it passed.
+fn run_certification_case(server: &TestServer, case: &Value) -> Result<Value, String> {
     let case = case.as_object().ok_or("the case is not a JSON object")?;
     if let Some(key) = case.keys().find(|k| !CASE_KEYS.contains(&k.as_str())) {
         return Err(format!("the case has a key this runner does not know: `{key}`"));
@@ -359,25 +438,33 @@ fn run_certification_case(server: &TestServer, case: &Value) -> Result<(), Strin
 
     let base = format!("http://{}", server.addr);
     let mut decisions = Vec::new();
+    let mut last = Value::Null;
     for n in 1..=repeat {
         let resp = server.request(method, endpoint, &headers, body.as_deref());
-        check_expect(expect, &resp, &base).map_err(|e| {
+        check_expect(expect, &resp, &base, (case.get("request"), endpoint)).map_err(|e| {
             if repeat > 1 {
                 format!("try {n} of {repeat}: {e}")
             } else {
                 e
             }
         })?;
-        decisions.push(body_json(&resp).ok().map(|b| b["decision"].clone()));
+        last = body_json(&resp).unwrap_or(Value::Null);
+        decisions.push(last["decision"].clone());
     }
     if decisions.windows(2).any(|w| w[0] != w[1]) {
         return Err(format!("decisions differ across {repeat} tries: {decisions:?}"));
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Checks one response against a case's `expect` (keys documented in the vectors' `expect_keys`).
-fn check_expect(expect: &Map<String, Value>, resp: &Resp, base: &str) -> Result<(), String> {
+/// `searched` is the case's request and endpoint, for the search expectations.
+fn check_expect(
+    expect: &Map<String, Value>,
+    resp: &Resp,
+    base: &str,
+    searched: (Option<&Value>, &str),
+) -> Result<(), String> {
     let extra_context_allowed = expect
         .get("extra_context_allowed")
         .and_then(Value::as_bool)
@@ -497,10 +584,68 @@ fn check_expect(expect: &Map<String, Value>, resp: &Resp, base: &str) -> Result<
                     }
                 }
             }
+            "results_include" => {
+                let want = want.as_array().ok_or("`expect.results_include` is not an array")?;
+                let got = results(resp)?;
+                if let Some(missing) = want.iter().find(|w| !got.contains(w)) {
+                    return Err(format!(
+                        "expected the results to include {missing}, got {}",
+                        Value::Array(got)
+                    ));
+                }
+            }
+            "results_type_matches_request" => {
+                if want.as_bool() == Some(true) {
+                    let (request, endpoint) = searched;
+                    let kind = endpoint
+                        .rsplit('/')
+                        .next()
+                        .filter(|k| *k == "subject" || *k == "resource")
+                        .ok_or_else(|| format!("`{endpoint}` is not a subject or resource search"))?;
+                    let ty = request.map_or(Value::Null, |r| r[kind]["type"].clone());
+                    let got = results(resp)?;
+                    if let Some(bad) = got.iter().find(|g| g["type"] != ty) {
+                        return Err(format!("a result is not of the searched type {ty}: {bad}"));
+                    }
+                }
+            }
+            "results_is_array" => {
+                if want.as_bool() == Some(true) {
+                    results(resp)?;
+                }
+            }
+            "page_if_present" | "page_required" => {
+                let body = body_json(resp)?;
+                let page = match body.get("page") {
+                    None if key == "page_if_present" => continue,
+                    None => return Err(format!("the answer has no `page`: {body}")),
+                    Some(p) => p,
+                };
+                let want = want.as_object().ok_or("the page expectation is not an object")?;
+                for (field, ty) in want {
+                    let ok = match ty.as_str() {
+                        Some("string") => page[field].is_string(),
+                        Some("number") => page[field].is_number(),
+                        _ => return Err(format!("unknown page field type {ty}")),
+                    };
+                    if !ok {
+                        return Err(format!("`page.{field}` is not a {ty}: {body}"));
+                    }
+                }
+            }
             other => return Err(format!("unknown expectation `{other}`")),
         }
     }
     Ok(())
+}
+
+/// The `results` array of a search response.
+fn results(resp: &Resp) -> Result<Vec<Value>, String> {
+    let body = body_json(resp)?;
+    match body.get("results") {
+        Some(Value::Array(a)) => Ok(a.clone()),
+        _ => Err(format!("the response has no `results` array: {body}")),
+    }
 }
 
 /// The `evaluations` array of a batch response.

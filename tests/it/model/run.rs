@@ -1272,13 +1272,14 @@ impl World {
                 got,
                 want,
                 "`{}` (chain {:?}, live {}, taint {}) may do {:?} more and {:?} less than admin AND each ancestor's \
-                 delegable view AND its own grant allow",
+                 delegable view AND its own grant allow: {}",
                 a.id,
                 self.chain(i).iter().map(|c| &self.agents[*c].id).collect::<Vec<_>>(),
                 self.live(i),
                 a.taint,
                 got.difference(&want).collect::<Vec<_>>(),
                 want.difference(&got).collect::<Vec<_>>(),
+                caps.text(),
             );
             let shown = self
                 .d

@@ -1,0 +1,189 @@
+//! Discovery on a generated bundle of 1,000 policies over 10,000 entities
+//! (`bundle_gen::generate_discovery`): capabilities of a managed child (a two-hop chain) on a
+//! cache miss (a fresh snapshot, as after a reload or an agent change) and on a hit, and each
+//! AuthZEN search, in process. Prints p50/p99 per operation; a baseline, the evaluation of one
+//! request through the same path, is measured in the same run.
+//!
+//! `cargo bench --bench discovery` (`DEPUTY_BENCH_ROUNDS=N` changes the rounds of the slow
+//! operations, 20 by default).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../examples/bundle_gen.rs"]
+#[allow(
+    dead_code,
+    reason = "the generator serves several benchmarks; each uses its own bundles"
+)]
+mod bundle_gen;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deputy::agents::{AgentRow, Registry};
+use deputy::authzen::{self, Kind};
+use deputy::bundle::{Bundle, LoadOptions};
+use deputy::snapshot::{Live, Snapshot};
+use serde_json::json;
+
+const POLICIES: usize = 1_000;
+const ENTITIES: usize = 10_000;
+
+fn row(id: &str, parent: Option<&str>, grant: &str) -> AgentRow {
+    AgentRow {
+        id: id.to_owned(),
+        parent: parent.map(str::to_owned),
+        depth: i64::from(parent.is_some()),
+        can_delegate: true,
+        ceiling: 2,
+        taint: 0,
+        grant: grant.to_owned(),
+        grant_digest: String::new(),
+        credential_hash: String::new(),
+        task: "bench".to_owned(),
+        reason: String::new(),
+        created_by: "admin".to_owned(),
+        created_at: 0,
+        expires_at: i64::MAX,
+        revoked_at: None,
+        revoked_reason: None,
+        bundle_version: String::new(),
+        proof: serde_json::Value::Null,
+    }
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn time<T>(rounds: usize, mut f: impl FnMut() -> T) -> (Duration, Duration) {
+    let samples = (0..rounds)
+        .map(|_| {
+            let started = Instant::now();
+            black_box(f());
+            started.elapsed()
+        })
+        .collect();
+    percentiles(samples)
+}
+
+fn report(name: &str, (p50, p99): (Duration, Duration)) {
+    println!("{name:<44} p50 {:>12.3?}  p99 {:>12.3?}", p50, p99);
+}
+
+fn main() {
+    let rounds: usize = std::env::var("DEPUTY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    bundle_gen::write_discovery(POLICIES, ENTITIES, dir.path()).unwrap();
+    let opts = LoadOptions {
+        validate: true,
+        require_agent_model: true,
+    };
+    let bundle = Arc::new(Bundle::load(dir.path(), &opts).unwrap());
+    println!(
+        "bundle: {} policies, {} entities",
+        bundle.policies.policies().count(),
+        bundle.entities.iter().count()
+    );
+    let rows = vec![
+        row(
+            "a0",
+            None,
+            r#"permit(principal == ?principal, action == Action::"read", resource);
+               permit(principal == ?principal, action == Action::"write", resource in Folder::"f0");"#,
+        ),
+        row(
+            "a1",
+            Some("a0"),
+            r#"permit(principal == ?principal, action == Action::"read", resource) when { context.hour >= 9 };
+               permit(principal == ?principal, action == Action::"write", resource in Folder::"f0");"#,
+        ),
+    ];
+    let registry = Registry::from_rows_with_sessions(rows, Vec::new()).unwrap();
+    let live = Live::default();
+    live.install_bundle(Arc::clone(&bundle)).unwrap();
+    let fresh = || -> Arc<Snapshot> {
+        live.write().unwrap().publish(registry.clone()).unwrap();
+        live.current().unwrap()
+    };
+    let snap = fresh();
+    let agent = Arc::clone(snap.agents.get("a1").unwrap());
+    let now = 1;
+
+    let evaluation = json!({"subject": {"type": "Agent", "id": "a1"}, "action": {"name": "read"},
+                            "resource": {"type": "File", "id": "x1"}, "context": {"hour": 10}});
+    report(
+        "baseline: one evaluation (a1 read File::x1)",
+        time(rounds * 100, || {
+            let mut raised = Vec::new();
+            authzen::evaluate(&snap, &evaluation, now, &mut raised)
+                .unwrap()
+                .decision
+        }),
+    );
+
+    let caps = deputy::authorize::capabilities(&snap, &agent, now);
+    println!(
+        "capabilities of a1: {} allowed, {} conditional, {} other, {} not enumerated",
+        caps.allowed.len(),
+        caps.conditional.len(),
+        caps.other_resources.len(),
+        caps.not_enumerated.len()
+    );
+    let mut snapshots: Vec<Arc<Snapshot>> = (0..rounds).map(|_| fresh()).collect();
+    report(
+        "capabilities, cache miss (fresh snapshot)",
+        time(rounds, || {
+            let s = snapshots.pop().unwrap();
+            let a = Arc::clone(s.agents.get("a1").unwrap());
+            deputy::authorize::capabilities(&s, &a, now).allowed.len()
+        }),
+    );
+    report(
+        "capabilities, cache hit",
+        time(rounds * 100, || {
+            deputy::authorize::capabilities(&snap, &agent, now).allowed.len()
+        }),
+    );
+
+    let searches = [
+        (
+            "search/subject (Agent, read, File::x1)",
+            Kind::Subject,
+            json!({"subject": {"type": "Agent"}, "action": {"name": "read"},
+                   "resource": {"type": "File", "id": "x1"}, "context": {"hour": 10}}),
+        ),
+        (
+            "search/resource (a1, read, File)",
+            Kind::Resource,
+            json!({"subject": {"type": "Agent", "id": "a1"}, "action": {"name": "read"},
+                   "resource": {"type": "File"}, "context": {"hour": 10}}),
+        ),
+        (
+            "search/resource (a1, read, File), limit 10",
+            Kind::Resource,
+            json!({"subject": {"type": "Agent", "id": "a1"}, "action": {"name": "read"},
+                   "resource": {"type": "File"}, "context": {"hour": 10}, "page": {"limit": 10}}),
+        ),
+        (
+            "search/action (a1, File::x1)",
+            Kind::Action,
+            json!({"subject": {"type": "Agent", "id": "a1"},
+                   "resource": {"type": "File", "id": "x1"}, "context": {"hour": 10}}),
+        ),
+    ];
+    for (name, kind, body) in searches {
+        let found = authzen::search(&snap, kind, &body, now).unwrap();
+        let n = found.results.len();
+        report(
+            &format!("{name} [{n} results]"),
+            time(rounds, || {
+                authzen::search(&snap, kind, &body, now).unwrap().results.len()
+            }),
+        );
+    }
+}
