@@ -1,5 +1,9 @@
 //! The operations of the model-based test, their effect on the model, and the checks made after
 //! each (see tests/it/model.rs).
+//!
+//! Longer than the house's ~600 lines on purpose: one `World` (the model's record of every agent,
+//! session and request) is what each operation updates and every check reads, and it is included
+//! as one file by the fuzz target (fuzz/fuzz_targets/model.rs) as well as by the test binary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
