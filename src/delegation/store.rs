@@ -6,10 +6,16 @@
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::audit::{self, AuditEvent, AuditRecord};
+
+mod rows;
+mod schema;
+
+use rows::{agent_from_row, insert_agent, request_from_row, save_request, session_from_row, AGENT_COLUMNS, REQUEST_COLUMNS, SESSION_COLUMNS};
+use schema::migrations;
 pub use crate::agents::{AgentRow, SessionRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,89 +41,6 @@ struct Inner {
     /// The group transaction open on `conn` (see [`Store::write_in_group`]), by number.
     group: Option<u64>,
     next_group: u64,
-}
-
-/// The first schema (what every deputy before versioned migrations wrote, at user_version 0;
-/// `IF NOT EXISTS` makes it a no-op on such a state directory).
-const SCHEMA_V1: &str = r"
-CREATE TABLE IF NOT EXISTS agents (
-  id TEXT PRIMARY KEY,
-  parent TEXT REFERENCES agents(id),
-  depth INTEGER NOT NULL,
-  can_delegate INTEGER NOT NULL,
-  ceiling INTEGER NOT NULL,
-  taint INTEGER NOT NULL,
-  grant_text TEXT NOT NULL,
-  grant_digest TEXT NOT NULL,
-  grant_version INTEGER NOT NULL DEFAULT 1,
-  credential_hash TEXT NOT NULL,
-  task TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  created_by TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL,
-  revoked_at INTEGER,
-  revoked_reason TEXT,
-  bundle_version TEXT NOT NULL,
-  proof TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS agents_parent ON agents(parent);
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY,
-  at INTEGER NOT NULL,
-  event TEXT NOT NULL,
-  actor TEXT NOT NULL,
-  agent TEXT,
-  details TEXT NOT NULL,
-  prev_hash TEXT NOT NULL,
-  hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent);
-CREATE TABLE IF NOT EXISTS permission_requests (
-  id TEXT PRIMARY KEY,
-  requester TEXT NOT NULL REFERENCES agents(id),
-  approver TEXT NOT NULL,
-  grant_text TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  status TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL,
-  history TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_approver ON permission_requests(approver, status);
-";
-
-/// Pending requests are counted per requester on every spawn and request.
-const SCHEMA_V2: &str = "CREATE INDEX IF NOT EXISTS requests_requester ON permission_requests(requester, status);";
-
-/// Sessions: the agents deputy mints when one agent invokes another (`POST /v1/invocations`).
-/// Each is also a row of `agents` (credential, lifetime, revocation, taint); this says whom it
-/// serves and on which invocation chain. `callee` may be an agent only the bundle declares (no
-/// `agents` row), so it carries no foreign key.
-const SCHEMA_V3: &str = r"
-CREATE TABLE IF NOT EXISTS sessions (
-  id TEXT PRIMARY KEY REFERENCES agents(id),
-  caller TEXT NOT NULL REFERENCES agents(id),
-  callee TEXT NOT NULL,
-  depth INTEGER NOT NULL,
-  chain TEXT NOT NULL,
-  caller_taint INTEGER NOT NULL,
-  created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_caller ON sessions(caller);
-CREATE INDEX IF NOT EXISTS sessions_callee ON sessions(callee);
-";
-
-/// The schema's versions, applied in order (SQLite's `user_version` says how far a state
-/// directory is). Append, never edit: a state directory written by any earlier deputy upgrades,
-/// and one written by a later deputy is refused rather than misread.
-fn migrations() -> rusqlite_migration::Migrations<'static> {
-    rusqlite_migration::Migrations::new(vec![
-        rusqlite_migration::M::up(SCHEMA_V1),
-        rusqlite_migration::M::up(SCHEMA_V2),
-        rusqlite_migration::M::up(SCHEMA_V3),
-    ])
 }
 
 /// Where a permission request (or a pending delegation) stands. Only `pending` changes.
@@ -640,125 +563,4 @@ impl Tx<'_> {
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
         audit::append(self.conn, now, event)
     }
-}
-
-/// The columns `agent_from_row` reads, by name.
-const AGENT_COLUMNS: &str =
-    "id, parent, depth, can_delegate, ceiling, taint, grant_text, grant_digest, credential_hash, \
-     task, reason, created_by, created_at, expires_at, revoked_at, revoked_reason, bundle_version, proof";
-/// The columns `session_from_row` reads, by name.
-const SESSION_COLUMNS: &str = "id, caller, callee, depth, chain, caller_taint, created_at";
-/// The columns `request_from_row` reads, by name.
-const REQUEST_COLUMNS: &str =
-    "id, requester, approver, grant_text, reason, status, created_at, expires_at, updated_at, history";
-
-fn insert_agent(tx: &Connection, row: &AgentRow) -> Result<(), StateError> {
-    tx.execute(
-        &format!(
-            "INSERT INTO agents ({AGENT_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-        ),
-        params![
-            row.id,
-            row.parent,
-            row.depth,
-            row.can_delegate,
-            row.ceiling,
-            row.taint,
-            row.grant,
-            row.grant_digest,
-            row.credential_hash,
-            row.task,
-            row.reason,
-            row.created_by,
-            row.created_at,
-            row.expires_at,
-            row.revoked_at,
-            row.revoked_reason,
-            row.bundle_version,
-            row.proof.to_string(),
-        ],
-    )?;
-    Ok(())
-}
-
-fn save_request(tx: &Connection, r: &PermissionRow) -> Result<(), StateError> {
-    tx.execute(
-        "INSERT INTO permission_requests (id, requester, approver, grant_text, reason, status, created_at, expires_at, \
-         updated_at, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO UPDATE SET \
-         approver = excluded.approver, status = excluded.status, updated_at = excluded.updated_at, history = excluded.history",
-        params![
-            r.id,
-            r.requester,
-            r.approver,
-            r.grant,
-            r.reason,
-            r.status,
-            r.created_at,
-            r.expires_at,
-            r.updated_at,
-            serde_json::Value::Array(r.history.clone()).to_string()
-        ],
-    )?;
-    Ok(())
-}
-
-fn request_from_row(r: &Row<'_>) -> rusqlite::Result<PermissionRow> {
-    let history: String = r.get("history")?;
-    let history = match serde_json::from_str(&history) {
-        Ok(serde_json::Value::Array(items)) => items,
-        _ => Vec::new(),
-    };
-    Ok(PermissionRow {
-        id: r.get("id")?,
-        requester: r.get("requester")?,
-        approver: r.get("approver")?,
-        grant: r.get("grant_text")?,
-        reason: r.get("reason")?,
-        status: r.get("status")?,
-        created_at: r.get("created_at")?,
-        expires_at: r.get("expires_at")?,
-        updated_at: r.get("updated_at")?,
-        history,
-    })
-}
-
-fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
-    let chain: String = r.get("chain")?;
-    let chain = serde_json::from_str(&chain).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(SessionRow {
-        id: r.get("id")?,
-        caller: r.get("caller")?,
-        callee: r.get("callee")?,
-        depth: r.get("depth")?,
-        chain,
-        caller_taint: r.get("caller_taint")?,
-        created_at: r.get("created_at")?,
-    })
-}
-
-fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
-    let proof: String = r.get("proof")?;
-    Ok(AgentRow {
-        id: r.get("id")?,
-        parent: r.get("parent")?,
-        depth: r.get("depth")?,
-        can_delegate: r.get("can_delegate")?,
-        ceiling: r.get("ceiling")?,
-        taint: r.get("taint")?,
-        grant: r.get("grant_text")?,
-        grant_digest: r.get("grant_digest")?,
-        credential_hash: r.get("credential_hash")?,
-        task: r.get("task")?,
-        reason: r.get("reason")?,
-        created_by: r.get("created_by")?,
-        created_at: r.get("created_at")?,
-        expires_at: r.get("expires_at")?,
-        revoked_at: r.get("revoked_at")?,
-        revoked_reason: r.get("revoked_reason")?,
-        bundle_version: r.get("bundle_version")?,
-        proof: serde_json::from_str(&proof).unwrap_or(serde_json::Value::Null),
-    })
 }
