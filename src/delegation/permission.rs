@@ -183,17 +183,7 @@ impl Delegation {
         };
         self.commit(|_, tx| {
             Self::check_live(tx, Some(requester), now)?;
-            let open = tx.pending_of(&requester.row.id)?.len();
-            if open >= self.limits.max_pending_requests {
-                return Err(DelegationError::new(
-                    ErrorCode::TooManyRequests,
-                    format!(
-                        "{open} requests are already pending; the limit is {}",
-                        self.limits.max_pending_requests
-                    ),
-                )
-                .help("withdraw requests you no longer need, or wait for answers"));
-            }
+            self.check_pending_limit(tx, &requester.row.id)?;
             save(
                 tx,
                 &row,

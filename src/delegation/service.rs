@@ -462,6 +462,23 @@ impl Delegation {
         }
     }
 
+    /// Checks, inside a write's transaction, that `requester` may file one more pending request
+    /// (a permission request or a delegation waiting on an approver): both count.
+    pub(super) fn check_pending_limit(&self, tx: &Tx<'_>, requester: &str) -> Result<(), DelegationError> {
+        let open = tx.pending_of(requester)?.len();
+        if open >= self.limits.max_pending_requests {
+            return Err(DelegationError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "{open} requests are already pending; the limit is {}",
+                    self.limits.max_pending_requests
+                ),
+            )
+            .help("withdraw requests you no longer need, or wait for answers"));
+        }
+        Ok(())
+    }
+
     /// Checks, inside a write's transaction, that the acting agent (if any) and every ancestor
     /// are still live.
     pub(super) fn check_live(tx: &Tx<'_>, agent: Option<&LiveAgent>, now: i64) -> Result<(), DelegationError> {

@@ -457,17 +457,7 @@ impl Delegation {
                     proof,
                 } => {
                     let parent = parent.ok_or_else(|| DelegationError::internal("a pending root"))?;
-                    let open = tx.pending_of(&parent.row.id)?.len();
-                    if open >= self.limits.max_pending_requests {
-                        return Err(DelegationError::new(
-                            ErrorCode::TooManyRequests,
-                            format!(
-                                "{open} requests are already pending; the limit is {}",
-                                self.limits.max_pending_requests
-                            ),
-                        )
-                        .help("withdraw requests you no longer need, or wait for answers"));
-                    }
+                    self.check_pending_limit(tx, &parent.row.id)?;
                     let request_id = format!("req-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
                     let first = approvers.first().cloned().unwrap_or_else(|| ADMIN_APPROVER.to_owned());
                     let row = PermissionRow {
