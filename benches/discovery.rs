@@ -29,26 +29,7 @@ const POLICIES: usize = 1_000;
 const ENTITIES: usize = 10_000;
 
 fn row(id: &str, parent: Option<&str>, grant: &str) -> AgentRow {
-    AgentRow {
-        id: id.to_owned(),
-        parent: parent.map(str::to_owned),
-        depth: i64::from(parent.is_some()),
-        can_delegate: true,
-        ceiling: 2,
-        taint: 0,
-        grant: grant.to_owned(),
-        grant_digest: String::new(),
-        credential_hash: String::new(),
-        task: "bench".to_owned(),
-        reason: String::new(),
-        created_by: "admin".to_owned(),
-        created_at: 0,
-        expires_at: i64::MAX,
-        revoked_at: None,
-        revoked_reason: None,
-        bundle_version: String::new(),
-        proof: serde_json::Value::Null,
-    }
+    AgentRow::sketch(id, parent, i64::from(parent.is_some()), 2, grant)
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {

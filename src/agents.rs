@@ -57,6 +57,34 @@ pub struct AgentRow {
     pub proof: serde_json::Value,
 }
 
+impl AgentRow {
+    /// A live agent's row with its place in the tree, ceiling and grant, every other field empty
+    /// (no credential, no proof): for deputy's own tests, benchmarks and fuzz targets.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn sketch(id: &str, parent: Option<&str>, depth: i64, ceiling: i64, grant: &str) -> AgentRow {
+        AgentRow {
+            id: id.to_owned(),
+            parent: parent.map(str::to_owned),
+            depth,
+            can_delegate: true,
+            ceiling,
+            taint: 0,
+            grant: grant.to_owned(),
+            grant_digest: String::new(),
+            credential_hash: String::new(),
+            task: "sketch".to_owned(),
+            reason: String::new(),
+            created_by: ADMIN_APPROVER.to_owned(),
+            created_at: 0,
+            expires_at: i64::MAX,
+            revoked_at: None,
+            revoked_reason: None,
+            bundle_version: String::new(),
+            proof: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A session as stored: an agent deputy minted when `caller` invoked `callee`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRow {
@@ -290,12 +318,12 @@ impl Registry {
     pub fn extend_entities(
         store: &Entities,
         added: &[Arc<LiveAgent>],
-        bundle: &Entities,
         schema: &cedar_policy::Schema,
     ) -> Result<Entities, String> {
         let mut new = Vec::new();
         for a in added.iter().filter(|a| !a.is_bundle_agent()) {
-            if bundle.get(&a.uid).is_some() || store.get(&a.uid).is_some() {
+            // `store` holds the bundle's entities and every managed agent's so far.
+            if store.get(&a.uid).is_some() {
                 return Err(format!(
                     "agent `{}` that deputy manages shares its id with an entity already in the store",
                     a.row.id

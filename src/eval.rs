@@ -86,7 +86,6 @@ pub struct Asked<'a> {
     ctx: fast::Ctx<'a>,
     entities: &'a Entities,
     request: &'a Request,
-    slices: std::cell::RefCell<Vec<&'a index::Slice>>,
 }
 
 impl<'a> Asked<'a> {
@@ -96,7 +95,6 @@ impl<'a> Asked<'a> {
             ctx: fast::Ctx::new(entities.as_ref(), core_request),
             entities,
             request,
-            slices: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -105,10 +103,7 @@ impl<'a> Asked<'a> {
     pub fn evaluate(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Decision {
         // The remembered attribute reads are numbered per index: start afresh for this one.
         self.ctx.forget();
-        let Ok(mut slices) = self.slices.try_borrow_mut() else {
-            return evaluate(policies, self.entities, self.request);
-        };
-        slices.clear();
+        let mut slices = Vec::new();
         if !index.slices_for(&self.ctx, &mut slices) {
             return evaluate(policies, self.entities, self.request);
         }

@@ -112,7 +112,7 @@ impl Snapshot {
             .filter(|p| Arc::ptr_eq(&p.bundle, &bundle))
             .and_then(|p| Some((p.combined.as_ref()?, agents.added_to(&p.agents)?)));
         let combined = if let Some((store, added)) = extended {
-            Some(Registry::extend_entities(store, &added, &bundle.entities, &bundle.schema)?)
+            Some(Registry::extend_entities(store, &added, &bundle.schema)?)
         } else if agents.iter().any(|a| !a.is_bundle_agent()) {
             Some(agents.combined_entities(&bundle.entities, &bundle.schema)?)
         } else {
@@ -316,27 +316,8 @@ mod tests {
     use crate::bundle::LoadOptions;
 
     fn row(id: &str, parent: Option<&str>, depth: i64, ceiling: i64) -> AgentRow {
-        AgentRow {
-            id: id.to_owned(),
-            parent: parent.map(str::to_owned),
-            depth,
-            can_delegate: true,
-            ceiling,
-            taint: 0,
-            grant: r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#
-                .to_owned(),
-            grant_digest: String::new(),
-            credential_hash: String::new(),
-            task: "t".to_owned(),
-            reason: String::new(),
-            created_by: "admin".to_owned(),
-            created_at: 0,
-            expires_at: i64::MAX,
-            revoked_at: None,
-            revoked_reason: None,
-            bundle_version: String::new(),
-            proof: serde_json::Value::Null,
-        }
+        let grant = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;
+        AgentRow::sketch(id, parent, depth, ceiling, grant)
     }
 
     /// Entity for entity, attributes and ancestors included (Cedar's `==` compares uids only).

@@ -56,25 +56,10 @@ pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     live.install_bundle(Arc::new(bundle))
         .unwrap_or_else(|e| panic!("cannot install the example bundle: {e:?}"));
     let row = |id: &str, parent: Option<&str>, depth, ceiling, grant: &str| AgentRow {
-        id: id.to_owned(),
-        parent: parent.map(str::to_owned),
-        depth,
         can_delegate: parent.is_none(),
-        ceiling,
-        taint: 0,
-        grant: grant.to_owned(),
-        grant_digest: String::new(),
-        credential_hash: String::new(),
-        task: "fuzz".to_owned(),
-        reason: String::new(),
-        created_by: "admin".to_owned(),
-        created_at: 0,
-        expires_at: i64::MAX,
-        revoked_at: None,
-        revoked_reason: None,
-        bundle_version: String::new(),
-        proof: serde_json::Value::Null,
+        ..AgentRow::sketch(id, parent, depth, ceiling, grant)
     };
+
     let registry = Registry::default()
         .with(row("fz-root", None, 0, 2, ROOT_GRANT))
         .and_then(|r| r.with(row("fz-child", Some("fz-root"), 1, 1, CHILD_GRANT)))
