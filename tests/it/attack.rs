@@ -510,3 +510,129 @@ fn a_misspelled_delegable_annotation_is_refused_not_passed_on() {
         "permits the author marked non-delegable were passed on: {passed_on:?}"
     );
 }
+
+// --- Group commit (src/delegation/service.rs `commit`/`flush`/`wait_for`) -------------------
+
+const GROUP_READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
+
+fn group_body(id: Option<&str>) -> Value {
+    let mut b = json!({"grant": GROUP_READ_A, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"});
+    if let Some(id) = id {
+        b["agent_id"] = json!(id);
+    }
+    b
+}
+
+fn state_db(env: &Env) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(env.state.path().join("deputy.sqlite3")).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c
+}
+
+fn stored_ids(env: &Env) -> std::collections::BTreeSet<String> {
+    let c = state_db(env);
+    let mut st = c.prepare("SELECT id FROM agents").unwrap();
+    let ids = st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect();
+    ids
+}
+
+/// Group commit, failed group start: when `BEGIN IMMEDIATE` fails (the state file is locked
+/// by another process past the busy timeout), the write reports its group number as failed —
+/// but that number was never used, so the next group gets the same number while it is
+/// already marked ended-and-failed. Writes that then wait for that group (others queued behind
+/// them) are answered `state_unavailable ... nothing was changed` at once, while their write
+/// stays staged and is committed by the last in line. Invariant checked: a spawn is stored
+/// exactly when it was answered 201.
+#[test]
+fn group_failed_begin_never_misanswers_later_writes() {
+    let env = start();
+    let s = &env.server;
+    applied(&spawn(s, LEAD, group_body(Some("warmup"))));
+    // Another process holds the write lock past deputy's 5 s busy timeout: the first spawn
+    // fails in `BEGIN IMMEDIATE` while holding the writer lock, with a burst queued behind it.
+    let blocker = state_db(&env);
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ids: Vec<String> = (0..12).map(|i| format!("g-{i}")).collect();
+    let answered: Vec<(String, u16, String)> = std::thread::scope(|sc| {
+        let blocked = sc.spawn(|| spawn(s, LEAD, group_body(Some("blocked"))));
+        std::thread::sleep(Duration::from_millis(1000));
+        let hs: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                sc.spawn(move || {
+                    let r = spawn(s, LEAD, group_body(Some(id)));
+                    (id.clone(), r.status, r.text())
+                })
+            })
+            .collect();
+        let r = blocked.join().unwrap();
+        assert_ne!(r.status, 201, "a spawn against a locked state must fail: {}", r.text());
+        // The next writer is now waiting in `BEGIN IMMEDIATE`: let it through.
+        std::thread::sleep(Duration::from_millis(300));
+        blocker.execute_batch("ROLLBACK").unwrap();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(blocker);
+    let stored = stored_ids(&env);
+    let mut wrong = Vec::new();
+    for (id, status, text) in &answered {
+        if (*status == 201) != stored.contains(id) {
+            wrong.push(format!("{id}: answered {status} but stored={}: {text}", stored.contains(id)));
+        }
+    }
+    assert!(!stored.contains("blocked"));
+    assert!(wrong.is_empty(), "spawns answered against what was stored:\n{}", wrong.join("\n"));
+}
+
+/// Group commit, revocation racing spawns: a parent spawns from many threads while `lead`
+/// revokes it; no child of a revoked parent may be left live (stored or served), and every
+/// spawn answered 201 is stored.
+#[test]
+fn group_revoke_racing_many_spawns_leaves_no_live_child() {
+    let env = start();
+    let s = &env.server;
+    for round in 0..4 {
+        let p = applied(&spawn(s, LEAD, group_body(None)));
+        let outs: Vec<(u16, String)> = std::thread::scope(|sc| {
+            let mut hs = Vec::new();
+            for i in 0..10 {
+                let tok = p.token.clone();
+                hs.push(sc.spawn(move || {
+                    if i == 5 {
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                    let r = spawn(s, &tok, group_body(None));
+                    (r.status, r.text())
+                }));
+            }
+            let pid = p.id.clone();
+            let rev = sc.spawn(move || {
+                std::thread::sleep(Duration::from_millis(2 + round));
+                common::delete_as(s, LEAD, &format!("/v1/delegations/{pid}"))
+            });
+            let r = rev.join().unwrap();
+            assert!(r.status < 300, "revoke: {} {}", r.status, r.text());
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let c = state_db(&env);
+        let live_children: i64 = c
+            .query_row(
+                "SELECT count(*) FROM agents WHERE parent = ?1 AND revoked_at IS NULL",
+                [&p.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(live_children, 0, "round {round}: live children of a revoked parent");
+        for (status, text) in outs {
+            if status == 201 {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                let id = v["delegation_id"].as_str().unwrap().to_owned();
+                let n: i64 = c.query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+                assert_eq!(n, 1, "acknowledged child {id} not stored");
+                // Served as revoked: the child's credential no longer spawns.
+                let tok = v["credential"].as_str().unwrap();
+                assert_ne!(spawn(s, tok, group_body(None)).status, 201, "revoked child {id} still spawns");
+            }
+        }
+    }
+}
