@@ -636,3 +636,93 @@ fn group_revoke_racing_many_spawns_leaves_no_live_child() {
         }
     }
 }
+
+/// Group commit, a write failing inside its savepoint: spawns racing for the same `agent_id`
+/// land in the same groups; the losers fail in their own savepoint only. Every id is stored
+/// once, exactly the 201s are stored, and after a restart right after the acknowledgements
+/// every acknowledged credential still works (acknowledged means durable).
+#[test]
+fn group_duplicate_ids_fail_alone_and_acks_survive_restart() {
+    let Env { server, bundle, state } = start();
+    let s = &server;
+    let ids: Vec<String> = (0..14).map(|i| format!("dup-{}", i / 2)).collect();
+    let outs: Vec<(String, u16, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                sc.spawn(move || {
+                    let r = spawn(s, LEAD, group_body(Some(id)));
+                    (id.clone(), r.status, r.text())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(server);
+    let c = rusqlite::Connection::open(state.path().join("deputy.sqlite3")).unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..7 {
+        let id = format!("dup-{i}");
+        let won: Vec<_> = outs.iter().filter(|(x, st, _)| *x == id && *st == 201).collect();
+        assert_eq!(won.len(), 1, "{id}: {outs:?}");
+        let n: i64 = c.query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "{id} not stored once");
+        let v: Value = serde_json::from_str(&won[0].2).unwrap();
+        tokens.push(v["credential"].as_str().unwrap().to_owned());
+    }
+    for (id, st, text) in &outs {
+        assert!(*st == 201 || (400..500).contains(st), "{id}: {st} {text}");
+    }
+    drop(c);
+    let server = TestServer::start(bundle.path(), options(state.path()));
+    for t in tokens {
+        // Authenticated (201, or 202 when the bundle asks for an approval of a grandchild).
+        let r = spawn(&server, &t, group_body(None));
+        assert!(r.status == 201 || r.status == 202, "{} {}", r.status, r.text());
+    }
+}
+
+/// Group commit, revocation racing approvals: a child's grandchild spawns wait for `lead`'s
+/// approval (`deep`); `lead` approves them all while revoking the child from another thread.
+/// No live grandchild of the revoked child may remain, stored or served.
+#[test]
+fn group_revoke_racing_approvals_leaves_no_live_grandchild() {
+    let env = start();
+    let s = &env.server;
+    for round in 0..3u64 {
+        let c = applied(&spawn(s, LEAD, group_body(None)));
+        let rids: Vec<String> = (0..6)
+            .map(|_| {
+                let r = spawn(s, &c.token, group_body(None));
+                assert_eq!(r.status, 202, "{}", r.text());
+                r.json()["request_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let outs: Vec<Resp> = std::thread::scope(|sc| {
+            let hs: Vec<_> = rids.iter().map(|rid| sc.spawn(move || approve(s, LEAD, rid))).collect();
+            let cid = c.id.clone();
+            let rev = sc.spawn(move || {
+                std::thread::sleep(Duration::from_millis(1 + round));
+                common::delete_as(s, LEAD, &format!("/v1/delegations/{cid}"))
+            });
+            let r = rev.join().unwrap();
+            assert!(r.status < 300, "revoke: {} {}", r.status, r.text());
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let db = state_db(&env);
+        let live: i64 = db
+            .query_row(
+                "SELECT count(*) FROM agents WHERE parent = ?1 AND revoked_at IS NULL",
+                [&c.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(live, 0, "round {round}: live grandchildren of a revoked child");
+        for r in outs {
+            if let Some(tok) = r.json()["credential"].as_str() {
+                assert_ne!(spawn(s, tok, group_body(None)).status, 201, "revoked grandchild still acts");
+                assert_ne!(spawn(s, tok, group_body(None)).status, 202, "revoked grandchild still acts");
+            }
+        }
+    }
+}
