@@ -256,7 +256,9 @@ impl Groups {
     fn end(&self, group: u64, committed: bool) {
         if let Ok(mut e) = self.ended.lock() {
             e.upto = e.upto.max(group);
-            if !committed {
+            if committed {
+                e.failed.remove(&group);
+            } else {
                 e.failed.insert(group);
             }
             // Only a waiter of a recent group can still ask.

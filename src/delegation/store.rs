@@ -211,11 +211,13 @@ impl Store {
         let group = match inner.group {
             Some(g) => g,
             None => {
+                // The number is used up even when the group fails to open: a number a caller
+                // was given for a failed group never names a later one.
                 let g = inner.next_group;
+                inner.next_group += 1;
                 if let Err(e) = inner.conn.execute_batch("BEGIN IMMEDIATE") {
                     return (Err(StateError::from(e).into()), g);
                 }
-                inner.next_group += 1;
                 inner.group = Some(g);
                 g
             }

@@ -513,10 +513,12 @@ fn a_misspelled_delegable_annotation_is_refused_not_passed_on() {
 
 // --- Group commit (src/delegation/service.rs `commit`/`flush`/`wait_for`) -------------------
 
-const GROUP_READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
+const GROUP_READ_A: &str =
+    r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
 
 fn group_body(id: Option<&str>) -> Value {
-    let mut b = json!({"grant": GROUP_READ_A, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"});
+    let mut b =
+        json!({"grant": GROUP_READ_A, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"});
     if let Some(id) = id {
         b["agent_id"] = json!(id);
     }
@@ -532,7 +534,11 @@ fn state_db(env: &Env) -> rusqlite::Connection {
 fn stored_ids(env: &Env) -> std::collections::BTreeSet<String> {
     let c = state_db(env);
     let mut st = c.prepare("SELECT id FROM agents").unwrap();
-    let ids = st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect();
+    let ids = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     ids
 }
 
@@ -577,11 +583,18 @@ fn group_failed_begin_never_misanswers_later_writes() {
     let mut wrong = Vec::new();
     for (id, status, text) in &answered {
         if (*status == 201) != stored.contains(id) {
-            wrong.push(format!("{id}: answered {status} but stored={}: {text}", stored.contains(id)));
+            wrong.push(format!(
+                "{id}: answered {status} but stored={}: {text}",
+                stored.contains(id)
+            ));
         }
     }
     assert!(!stored.contains("blocked"));
-    assert!(wrong.is_empty(), "spawns answered against what was stored:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "spawns answered against what was stored:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// Group commit, revocation racing spawns: a parent spawns from many threads while `lead`
@@ -627,11 +640,17 @@ fn group_revoke_racing_many_spawns_leaves_no_live_child() {
             if status == 201 {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 let id = v["delegation_id"].as_str().unwrap().to_owned();
-                let n: i64 = c.query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+                let n: i64 = c
+                    .query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0))
+                    .unwrap();
                 assert_eq!(n, 1, "acknowledged child {id} not stored");
                 // Served as revoked: the child's credential no longer spawns.
                 let tok = v["credential"].as_str().unwrap();
-                assert_ne!(spawn(s, tok, group_body(None)).status, 201, "revoked child {id} still spawns");
+                assert_ne!(
+                    spawn(s, tok, group_body(None)).status,
+                    201,
+                    "revoked child {id} still spawns"
+                );
             }
         }
     }
@@ -665,7 +684,9 @@ fn group_duplicate_ids_fail_alone_and_acks_survive_restart() {
         let id = format!("dup-{i}");
         let won: Vec<_> = outs.iter().filter(|(x, st, _)| *x == id && *st == 201).collect();
         assert_eq!(won.len(), 1, "{id}: {outs:?}");
-        let n: i64 = c.query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM agents WHERE id = ?1", [&id], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1, "{id} not stored once");
         let v: Value = serde_json::from_str(&won[0].2).unwrap();
         tokens.push(v["credential"].as_str().unwrap().to_owned());
@@ -720,8 +741,16 @@ fn group_revoke_racing_approvals_leaves_no_live_grandchild() {
         assert_eq!(live, 0, "round {round}: live grandchildren of a revoked child");
         for r in outs {
             if let Some(tok) = r.json()["credential"].as_str() {
-                assert_ne!(spawn(s, tok, group_body(None)).status, 201, "revoked grandchild still acts");
-                assert_ne!(spawn(s, tok, group_body(None)).status, 202, "revoked grandchild still acts");
+                assert_ne!(
+                    spawn(s, tok, group_body(None)).status,
+                    201,
+                    "revoked grandchild still acts"
+                );
+                assert_ne!(
+                    spawn(s, tok, group_body(None)).status,
+                    202,
+                    "revoked grandchild still acts"
+                );
             }
         }
     }
