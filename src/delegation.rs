@@ -18,6 +18,7 @@ mod permission;
 mod service;
 mod spawn;
 mod store;
+mod taint;
 #[cfg(test)]
 mod tests;
 

@@ -141,6 +141,8 @@ ErrorCode {
     InvocationCycle = "invocation_cycle",
     /// The invocation chain would be deeper than the limit.
     InvocationTooDeep = "invocation_too_deep",
+    /// The session was already accepted: its credential is handed out once.
+    SessionAlreadyAccepted = "session_already_accepted",
     /// A session acts for its callee only: it cannot spawn, ask for permission, or be invoked.
     SessionRestricted = "session_restricted",
     /// The state store failed.

@@ -62,6 +62,9 @@ pub enum AuditKind {
     Invoked,
     /// An invocation was refused.
     InvocationRejected,
+    /// The callee accepted a session with its own credential (or the admin did): the session's
+    /// credential was handed out, once.
+    SessionAccepted,
     /// A session ended: completed, revoked (itself, its caller or its callee) or expired.
     SessionEnded,
 }
@@ -92,6 +95,7 @@ impl AuditKind {
         AuditKind::DelegationApprovalStep,
         AuditKind::Invoked,
         AuditKind::InvocationRejected,
+        AuditKind::SessionAccepted,
         AuditKind::SessionEnded,
     ];
 
@@ -119,6 +123,7 @@ impl AuditKind {
             AuditKind::DelegationApprovalStep => "delegation_approval_step",
             AuditKind::Invoked => "invoked",
             AuditKind::InvocationRejected => "invocation_rejected",
+            AuditKind::SessionAccepted => "session_accepted",
             AuditKind::SessionEnded => "session_ended",
         }
     }

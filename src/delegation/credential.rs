@@ -33,8 +33,12 @@ pub fn claimed_agent(token: &str) -> Option<&str> {
     (secret.len() == 64 && !id.is_empty()).then_some(id)
 }
 
-/// Whether `token` hashes to `stored_hash`, in time independent of where they differ.
+/// Whether `token` hashes to `stored_hash`, in time independent of where they differ. An empty
+/// stored hash (a session not yet accepted, a bundle agent's row) matches no token.
 pub fn verify(token: &str, stored_hash: &str) -> bool {
+    if stored_hash.is_empty() {
+        return false;
+    }
     let h = hash(token);
     h.as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
@@ -59,6 +63,8 @@ mod tests {
         let b = issue("agt-1").unwrap();
         assert_ne!(a.token, b.token);
         assert!(!verify(&b.token, &a.hash));
+        assert!(!verify(&a.token, ""), "an empty stored hash must match nothing");
+        assert!(!verify("", ""));
     }
 
     #[test]

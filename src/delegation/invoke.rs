@@ -1,8 +1,14 @@
 //! Invoking an agent that already exists: the caller asks, deputy and the admin's Cedar rules
-//! decide, and the callee gets a *session* — a fresh agent deputy mints, with its own id and
-//! credential, that is decided as the callee under the session's own taint and lifetime (see
+//! decide, and the callee gets a *session* — a fresh agent deputy mints, with its own id, that
+//! is decided as the callee under the session's own taint and lifetime (see
 //! `authorize::decide_session`). Planned against one snapshot, carried out under the writer
 //! lock with everything the plan relied on checked again in the transaction.
+//!
+//! INVARIANT (a caller never holds its callee's authority): the caller gets the session's id,
+//! never its credential. The callee claims the session with its *own* credential (or the admin,
+//! for an agent that has none) and gets the session's credential, once: the claim is a
+//! compare-and-set on the stored (empty) credential digest, and an empty digest matches no
+//! token. What a caller can reach through an invocation is what the callee chooses to do for it.
 //!
 //! INVARIANT (deputy's own invocation rules, whatever the bundle says): a caller whose taint is
 //! above the callee's ceiling is refused (`taint_above_ceiling`); a callee already on the
@@ -10,6 +16,11 @@
 //! chain deeper than `Limits::max_invocation_depth` is refused (`invocation_too_deep`); a
 //! session is never a callee and never spawns, so a session's authority is never more than its
 //! callee's.
+//!
+//! INVARIANT (no laundering back): a live invocation is a channel both ways, so the caller (and
+//! everyone live invocation links join to it) is raised to the session's starting taint in the
+//! transaction that inserts it, and every later raise flows along the links (`taint`), durable
+//! before the decision that raised it is answered.
 //!
 //! INVARIANT: a session starts with taint max(caller's, callee's), expires no later than the
 //! caller, the callee or the requested lifetime, and — in the transaction that inserts it —
@@ -43,13 +54,15 @@ pub struct InvokeRequest {
     pub ttl_seconds: i64,
 }
 
-/// A session started.
+/// A session started, waiting for its callee to accept it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invoked {
     pub session_id: String,
     pub session: Value,
-    /// The session's own credential: whoever holds it acts as the callee's session.
-    pub credential: String,
+    /// Always false here: the callee accepts with its own credential at `accept`.
+    pub accepted: bool,
+    /// Where the callee accepts the session (`POST`, with its own credential).
+    pub accept: String,
     pub caller: String,
     pub callee: Value,
     /// The invocation chain, first caller first, the callee last.
@@ -60,6 +73,22 @@ pub struct Invoked {
     pub expires_at: i64,
     pub ttl_seconds: i64,
     pub ttl_capped: bool,
+    pub policy_version: String,
+}
+
+/// A session accepted: its credential, handed to the callee once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub session_id: String,
+    pub session: Value,
+    /// The session's own credential: whoever holds it acts as the callee's session.
+    pub credential: String,
+    pub caller: String,
+    pub callee: Value,
+    pub chain: Vec<String>,
+    pub depth: i64,
+    pub taint: i64,
+    pub expires_at: i64,
     pub policy_version: String,
 }
 
@@ -264,7 +293,8 @@ impl Delegation {
             let moved = w.bundle().is_none_or(|b| b.version != snap.bundle.version)
                 || !same(&plan.caller)
                 || plan.callee_agent.as_ref().is_some_and(|c| !same(c))
-                || acting_taint(&plan.caller, snap) != plan.acting.taint;
+                || acting_taint(&plan.caller, snap) != plan.acting.taint
+                || plan.callee_agent.as_ref().is_some_and(|c| c.taint() > plan.taint);
             if moved {
                 return Ok((Attempt::Stale, None));
             }
@@ -284,8 +314,6 @@ impl Delegation {
             if tx.agent_exists(&id)? {
                 return Ok((Attempt::Stale, None));
             }
-            let issued = credential::issue(&id)
-                .map_err(|e| DelegationError::internal(format!("no randomness for a credential: {e}")))?;
             let mut chain = plan.acting.chain.clone();
             chain.push(plan.callee.clone());
             let row = AgentRow {
@@ -297,7 +325,8 @@ impl Delegation {
                 taint: plan.taint,
                 grant: String::new(),
                 grant_digest: String::new(),
-                credential_hash: issued.hash,
+                // No credential until the callee accepts (an empty digest matches no token).
+                credential_hash: String::new(),
                 task: req.task.clone(),
                 reason: req.reason.clone(),
                 created_by: caller.name(),
@@ -323,6 +352,12 @@ impl Delegation {
                 .map_err(DelegationError::internal)?;
             tx.insert_agent(&row)?;
             tx.insert_session(&session)?;
+            // The session joins its caller's taint (see `taint`): the caller, and everyone live
+            // invocation links join to it, hold at least the session's taint from now on (raised
+            // in memory here; a failed commit leaves them over-tainted, never under).
+            for (up, level) in super::taint::propagate(&next, &[(id.clone(), plan.taint)], now) {
+                tx.raise_taint(&up, level)?;
+            }
             tx.audit(
                 now,
                 AuditEvent {
@@ -340,7 +375,8 @@ impl Delegation {
             let invoked = Invoked {
                 session_id: id.clone(),
                 session: json!({"type": AGENT_TYPE, "id": id}),
-                credential: issued.token,
+                accepted: false,
+                accept: format!("/v1/invocations/{id}/accept"),
                 caller: plan.caller.row.id.clone(),
                 callee: json!({"type": AGENT_TYPE, "id": plan.callee}),
                 chain,
@@ -353,6 +389,81 @@ impl Delegation {
                 policy_version: snap.bundle.version.clone(),
             };
             Ok((Attempt::Done(invoked), Some(next)))
+        })
+    }
+
+    /// The callee (with its own credential) or the admin accepts session `id`: the session's
+    /// credential is issued and handed out, once.
+    pub fn accept(&self, snap: &Arc<Snapshot>, caller: &Caller, id: &str, now: i64) -> Result<Accepted, DelegationError> {
+        let not_found = || DelegationError::new(ErrorCode::DelegationNotFound, format!("no session `{id}`"));
+        let target = snap.agents.get(id).ok_or_else(not_found)?;
+        let session = target.session.clone().ok_or_else(|| {
+            DelegationError::new(
+                ErrorCode::DelegationNotFound,
+                format!("`{id}` is not a session: only a session is accepted"),
+            )
+        })?;
+        // INVARIANT: only the callee itself (never one of its sessions) or the admin.
+        let is_callee = caller
+            .agent()
+            .is_some_and(|a| a.session.is_none() && a.row.id == session.callee);
+        if !is_callee && caller.agent().is_some() {
+            return Err(DelegationError::new(
+                ErrorCode::NotYourDelegation,
+                format!(
+                    "only `{}`, with its own credential, or the admin may accept session `{id}`",
+                    session.callee
+                ),
+            ));
+        }
+        if !target.row.credential_hash.is_empty() {
+            return Err(already_accepted(id));
+        }
+        if !target.is_live(now) || session_standing(snap, target, now).is_err() {
+            return Err(session_ended(id));
+        }
+        let issued = credential::issue(id)
+            .map_err(|e| DelegationError::internal(format!("no randomness for a credential: {e}")))?;
+        self.commit(|w, tx| {
+            let latest = w.registry().get(id).ok_or_else(not_found)?;
+            if !latest.row.credential_hash.is_empty() {
+                return Err(already_accepted(id));
+            }
+            if !tx.claim_credential(id, &issued.hash, now)? {
+                return Err(match tx.not_live(std::iter::once(&target.row.id), now)? {
+                    Some(_) => session_ended(id),
+                    None => already_accepted(id),
+                });
+            }
+            tx.audit(
+                now,
+                AuditEvent {
+                    kind: AuditKind::SessionAccepted,
+                    actor: caller.name(),
+                    agent: Some(id.to_owned()),
+                    details: json!({
+                        "caller": session.caller, "callee": session.callee, "session": id,
+                        "chain": session.chain, "depth": session.depth, "taint": latest.taint(),
+                        "policy_version": snap.bundle.version,
+                    }),
+                },
+            )?;
+            let mut row = latest.row.clone();
+            row.credential_hash = issued.hash.clone();
+            let next = w.registry().with_rows(vec![row]).map_err(DelegationError::internal)?;
+            let accepted = Accepted {
+                session_id: id.to_owned(),
+                session: json!({"type": AGENT_TYPE, "id": id}),
+                credential: issued.token.clone(),
+                caller: session.caller.clone(),
+                callee: json!({"type": AGENT_TYPE, "id": session.callee}),
+                chain: session.chain.clone(),
+                depth: session.depth,
+                taint: latest.taint(),
+                expires_at: latest.row.expires_at,
+                policy_version: snap.bundle.version.clone(),
+            };
+            Ok((accepted, Some(next)))
         })
     }
 
@@ -393,6 +504,21 @@ impl Delegation {
         }
         err
     }
+}
+
+fn already_accepted(id: &str) -> DelegationError {
+    DelegationError::new(
+        ErrorCode::SessionAlreadyAccepted,
+        format!("session `{id}` was already accepted: its credential is handed out once"),
+    )
+    .help("if the credential was lost, cancel the session and invoke again")
+}
+
+fn session_ended(id: &str) -> DelegationError {
+    DelegationError::new(
+        ErrorCode::DelegationNotFound,
+        format!("session `{id}` ended (completed, cancelled, revoked or expired) before it was accepted"),
+    )
 }
 
 /// The taint an invocation by `agent` carries: a session's own, or its callee's if higher.

@@ -161,11 +161,19 @@ impl Delegation {
     }
 
     /// Makes raised taints durable (the in-memory taint already holds for every later
-    /// decision). Called before the decision that raised them is answered.
+    /// decision), with everything they flow to along live invocation links (see `taint`).
+    /// Called before the decision that raised them is answered.
     pub fn persist_taints(&self, raises: &[(String, i64)]) -> Result<(), DelegationError> {
         if raises.is_empty() {
             return Ok(());
         }
-        self.store.raise_taints(raises).map_err(DelegationError::state)
+        let now = crate::clock::now();
+        self.commit(|w, tx| {
+            let flowed = super::taint::propagate(w.registry(), raises, now);
+            for (id, level) in raises.iter().chain(&flowed) {
+                tx.raise_taint(id, *level)?;
+            }
+            Ok(((), None))
+        })
     }
 }

@@ -320,16 +320,6 @@ impl Store {
         })
     }
 
-    /// Raises the stored taint of each agent (never lowers one), in one transaction.
-    pub fn raise_taints(&self, raises: &[(String, i64)]) -> Result<(), StateError> {
-        self.write(|tx| {
-            for (id, level) in raises {
-                tx.raise_taint(id, *level)?;
-            }
-            Ok::<_, StateError>(())
-        })
-    }
-
     /// Appends one audit record on its own.
     pub fn audit(&self, now: i64, event: AuditEvent) -> Result<AuditRecord, StateError> {
         self.write(|tx| tx.audit(now, event))
@@ -478,6 +468,18 @@ impl Tx<'_> {
             "UPDATE agents SET grant_text = ?1, grant_digest = ?2, grant_version = grant_version + 1 \
              WHERE id = ?3 AND grant_digest = ?4",
             params![grant, digest, id, expected],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Gives the unclaimed, live session `id` the credential whose digest is `hash`; false when
+    /// it was claimed, ended or expired meanwhile (a compare-and-set: one claim wins).
+    pub fn claim_credential(&self, id: &str, hash: &str, now: i64) -> Result<bool, StateError> {
+        let n = self.conn.execute(
+            "UPDATE agents SET credential_hash = ?1 \
+             WHERE id = ?2 AND credential_hash = '' AND revoked_at IS NULL AND expires_at > ?3 \
+             AND id IN (SELECT id FROM sessions)",
+            params![hash, id, now],
         )?;
         Ok(n > 0)
     }

@@ -70,7 +70,7 @@ fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str
     let visible = match caller {
         Caller::Admin => true,
         Caller::Agent(a) => {
-            agent.chain.contains(&a.row.id) || agent.session.as_ref().is_some_and(|s| s.caller == a.row.id)
+            agent.chain.contains(&a.row.id) || agent.session.as_ref().is_some_and(|s| takes_part(a, s))
         }
     };
     if visible {
@@ -80,6 +80,11 @@ fn check_visible(caller: &Caller, agent: &crate::delegation::LiveAgent, to: &str
         ErrorCode::NotYourDelegation,
         format!("only the admin, `{}` itself or its ancestors may {to}", agent.row.id),
     ))
+}
+
+/// `a` started session `s`, or is (itself, not a session of it) the agent `s` serves.
+fn takes_part(a: &crate::delegation::LiveAgent, s: &crate::agents::SessionRow) -> bool {
+    s.caller == a.row.id || (a.session.is_none() && s.callee == a.row.id)
 }
 
 /// `POST /v1/delegations`
@@ -121,6 +126,43 @@ pub async fn invoke(state: &AppState, req: Request<Incoming>) -> Result<Response
     let invoke = invoke_request(&body)?;
     let invoked = blocking(move || Ok(ctx.svc.invoke(&ctx.snap, &ctx.caller, invoke, now())?)).await?;
     Ok(json_response(StatusCode::CREATED, &invoked))
+}
+
+/// `POST /v1/invocations/{id}/accept`: the callee, with its own credential (or the admin),
+/// takes the session's credential, once.
+pub async fn accept(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(&req).as_deref())?;
+    let accepted = blocking(move || Ok(ctx.svc.accept(&ctx.snap, &ctx.caller, &id, now())?)).await?;
+    Ok(json_response(StatusCode::OK, &accepted))
+}
+
+/// `GET /v1/invocations`: the live sessions the caller started or serves (the admin: all), so
+/// a callee's runtime finds the sessions waiting for it.
+pub fn list_sessions(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let ctx = context(state, bearer(req).as_deref())?;
+    let now = now();
+    let mut sessions: Vec<Value> = ctx
+        .snap
+        .agents
+        .iter()
+        .filter(|a| a.is_live(now))
+        .filter_map(|a| {
+            let s = a.session.as_ref()?;
+            let visible = match &ctx.caller {
+                Caller::Admin => true,
+                Caller::Agent(me) => takes_part(me, s),
+            };
+            visible.then(|| {
+                json!({
+                    "session_id": a.row.id, "caller": s.caller, "callee": s.callee, "chain": s.chain,
+                    "depth": s.depth, "taint": a.taint(), "task": a.row.task, "created_at": a.row.created_at,
+                    "expires_at": a.row.expires_at, "accepted": !a.row.credential_hash.is_empty(),
+                })
+            })
+        })
+        .collect();
+    sessions.sort_by(|a, b| a["created_at"].as_i64().cmp(&b["created_at"].as_i64()).then_with(|| a["session_id"].as_str().cmp(&b["session_id"].as_str())));
+    Ok(json_response(StatusCode::OK, &json!({ "sessions": sessions })))
 }
 
 fn invoke_request(body: &Value) -> Result<InvokeRequest, RequestError> {
@@ -204,7 +246,7 @@ pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Respo
             "bundle_version": agent.row.bundle_version,
             "session": agent.session.as_ref().map(|s| json!({
                 "caller": s.caller, "callee": s.callee, "chain": s.chain, "depth": s.depth,
-                "caller_taint": s.caller_taint,
+                "caller_taint": s.caller_taint, "accepted": !agent.row.credential_hash.is_empty(),
             })),
         }),
     ))

@@ -56,6 +56,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::CannotEscalate
         | C::DelegationCycle
         | C::InvocationCycle
+        | C::SessionAlreadyAccepted
         | C::AgentExists
         | C::AgentIdReserved => StatusCode::CONFLICT,
         C::BodyTooLarge | C::GrantTooLarge | C::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

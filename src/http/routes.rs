@@ -75,6 +75,9 @@ enum Endpoint {
     PermissionRequest,
     Capabilities,
     Invocations,
+    Invocation,
+    InvocationAccept,
+    InvocationComplete,
 }
 
 impl Endpoint {
@@ -109,6 +112,9 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/permission-requests/{id}", Endpoint::PermissionRequest),
     ("/v1/agents/{id}/capabilities", Endpoint::Capabilities),
     ("/v1/invocations", Endpoint::Invocations),
+    ("/v1/invocations/{id}", Endpoint::Invocation),
+    ("/v1/invocations/{id}/accept", Endpoint::InvocationAccept),
+    ("/v1/invocations/{id}/complete", Endpoint::InvocationComplete),
 ];
 
 static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
@@ -236,6 +242,11 @@ async fn route(
         (E::PermissionRequest, &Method::DELETE) => delegations::withdraw_request(state, req, id).await,
         (E::Capabilities, &Method::GET) => delegations::capabilities(state, &req, &id).await,
         (E::Invocations, &Method::POST) => delegations::invoke(state, req).await,
+        (E::Invocations, &Method::GET) => delegations::list_sessions(state, &req),
+        (E::Invocation, &Method::GET) => delegations::show(state, &req, &id),
+        (E::Invocation, &Method::DELETE) => delegations::revoke(state, req, id, false).await,
+        (E::InvocationAccept, &Method::POST) => delegations::accept(state, req, id).await,
+        (E::InvocationComplete, &Method::POST) => delegations::revoke(state, req, id, true).await,
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }

@@ -71,14 +71,40 @@ fn invoke(s: &TestServer, caller_token: &str, callee: &str, ttl: i64) -> Resp {
     )
 }
 
-fn started(r: &Resp) -> Session {
+/// The session an invocation started, accepted by its callee's runtime with `callee_token`.
+fn started_for(s: &TestServer, r: &Resp, callee_token: &str) -> Session {
     assert_eq!(r.status, 201, "expected a session: {}", r.text());
     let body = r.json();
+    assert!(
+        body.get("credential").is_none(),
+        "the caller must never get the session's credential: {body}"
+    );
+    assert_eq!(body["accepted"], false, "{body}");
+    let id = body["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["accept"], format!("/v1/invocations/{id}/accept"));
+    let a = accept(s, &id, callee_token);
+    assert_eq!(a.status, 200, "the callee could not accept: {}", a.text());
     Session {
-        id: body["session_id"].as_str().unwrap().to_owned(),
-        token: body["credential"].as_str().unwrap().to_owned(),
+        token: a.json()["credential"].as_str().unwrap().to_owned(),
+        id,
         body,
     }
+}
+
+/// The session an invocation started, accepted with the callee's own credential (the admin's
+/// for an agent only the bundle declares, which has none).
+fn started(s: &TestServer, r: &Resp) -> Session {
+    let callee = r.json()["callee"]["id"].as_str().map(str::to_owned).unwrap_or_default();
+    let with = if AGENTS.contains(&callee.as_str()) {
+        token(&callee)
+    } else {
+        ADMIN.to_owned()
+    };
+    started_for(s, r, &with)
+}
+
+fn accept(s: &TestServer, session: &str, with: &str) -> Resp {
+    post_as(s, with, &format!("/v1/invocations/{session}/accept"), &json!({}))
 }
 
 fn refused(r: &Resp, status: u16, code: &str) -> Value {
@@ -121,7 +147,7 @@ fn a_confidential_caller_cannot_launder_through_a_public_agent() {
     assert!(body["message"].as_str().unwrap().contains("publisher"), "{body}");
 
     // A CONFIDENTIAL-ceiling analyst may: its session starts with sales's taint.
-    let session = started(&invoke(s, &token("sales"), "analyst", 600));
+    let session = started(s, &invoke(s, &token("sales"), "analyst", 600));
     assert_eq!(session.body["taint"], 2);
     assert_eq!(session.body["depth"], 1);
     assert_eq!(session.body["chain"], json!(["sales", "analyst"]));
@@ -176,13 +202,13 @@ fn who_may_invoke_whom_is_ordinary_cedar() {
     );
     assert_eq!(body["policies"], json!(["analyst-allowlist"]));
     // The same caller may invoke an agent without an allowlist; a listed caller the analyst.
-    started(&invoke(s, &token("outsider"), "reviewer", 600));
-    started(&invoke(s, &token("reviewer"), "analyst", 600));
+    started(s, &invoke(s, &token("outsider"), "reviewer", 600));
+    started(s, &invoke(s, &token("reviewer"), "analyst", 600));
 
     // A session is asked about as the agent it serves: the outsider's session of the reviewer
     // is the reviewer invoking, and the allowlist names the reviewer.
-    let via = started(&invoke(s, &token("outsider"), "reviewer", 600));
-    started(&invoke(s, &via.token, "analyst", 600));
+    let via = started(s, &invoke(s, &token("outsider"), "reviewer", 600));
+    started(s, &invoke(s, &via.token, "analyst", 600));
 }
 
 #[test]
@@ -190,14 +216,14 @@ fn cycles_on_the_invocation_chain_are_rejected() {
     let env = Env::start();
     let s = &env.server;
     refused(&invoke(s, &token("sales"), "sales", 600), 409, "invocation_cycle");
-    let b = started(&invoke(s, &token("sales"), "analyst", 600));
+    let b = started(s, &invoke(s, &token("sales"), "analyst", 600));
     // A → B → A
     let body = refused(&invoke(s, &b.token, "sales", 600), 409, "invocation_cycle");
     assert_eq!(body["chain"], json!(["sales", "analyst"]));
     // B's session invoking B
     refused(&invoke(s, &b.token, "analyst", 600), 409, "invocation_cycle");
     // A → B → C → A
-    let c = started(&invoke(s, &b.token, "reviewer", 600));
+    let c = started(s, &invoke(s, &b.token, "reviewer", 600));
     assert_eq!(c.body["chain"], json!(["sales", "analyst", "reviewer"]));
     refused(&invoke(s, &c.token, "sales", 600), 409, "invocation_cycle");
     refused(&invoke(s, &c.token, "analyst", 600), 409, "invocation_cycle");
@@ -207,9 +233,9 @@ fn cycles_on_the_invocation_chain_are_rejected() {
 fn the_invocation_chain_is_at_most_three_deep() {
     let env = Env::start();
     let s = &env.server;
-    let d1 = started(&invoke(s, &token("publisher"), "analyst", 600));
-    let d2 = started(&invoke(s, &d1.token, "reviewer", 600));
-    let d3 = started(&invoke(s, &d2.token, "sales", 600));
+    let d1 = started(s, &invoke(s, &token("publisher"), "analyst", 600));
+    let d2 = started(s, &invoke(s, &d1.token, "reviewer", 600));
+    let d3 = started(s, &invoke(s, &d2.token, "sales", 600));
     assert_eq!(d3.body["depth"], 3);
     assert_eq!(d3.body["chain"], json!(["publisher", "analyst", "reviewer", "sales"]));
     refused(&invoke(s, &d3.token, "outsider", 600), 403, "invocation_too_deep");
@@ -223,7 +249,7 @@ fn concurrent_callers_get_separate_sessions_of_one_callee() {
     let (tainted, clean) = std::thread::scope(|scope| {
         let a = scope.spawn(|| invoke(s, &token("sales"), "analyst", 600));
         let b = scope.spawn(|| invoke(s, &token("publisher"), "analyst", 600));
-        (started(&a.join().unwrap()), started(&b.join().unwrap()))
+        (started(s, &a.join().unwrap()), started(s, &b.join().unwrap()))
     });
     assert_ne!(tainted.id, clean.id);
     assert_eq!(tainted.body["taint"], 2);
@@ -238,7 +264,9 @@ fn concurrent_callers_get_separate_sessions_of_one_callee() {
     assert!(!allowed(s, &clean.id, "send", ("Channel", "public")));
     assert_eq!(record(s, "analyst")["taint"], 0);
     assert!(allowed(s, "analyst", "send", ("Channel", "public")));
-    let fresh = started(&invoke(s, &token("publisher"), "analyst", 600));
+    // ... and its caller, whom the session's answers reach.
+    assert_eq!(record(s, "publisher")["taint"], 2);
+    let fresh = started(s, &invoke(s, &token("reviewer"), "analyst", 600));
     assert!(allowed(s, &fresh.id, "send", ("Channel", "public")));
 }
 
@@ -269,11 +297,11 @@ fn revoking_the_caller_or_the_callee_ends_the_session() {
     let env = Env::start();
     let s = &env.server;
     let (caller, caller_token) = managed_root(s, 3600);
-    let session = started(&invoke(s, &caller_token, "reviewer", 7 * 24 * 3600));
+    let session = started(s, &invoke(s, &caller_token, "reviewer", 7 * 24 * 3600));
     // Never longer than the caller lives.
     assert_eq!(session.body["ttl_capped"], true);
     assert!(session.body["ttl_seconds"].as_i64().unwrap() <= 3600);
-    let nested = started(&invoke(s, &session.token, "analyst", 600));
+    let nested = started(s, &invoke(s, &session.token, "analyst", 600));
     assert!(allowed(s, &session.id, "send", ("Channel", "public")));
 
     let r = delete_as(s, ADMIN, &format!("/v1/delegations/{caller}"));
@@ -303,8 +331,8 @@ fn revoking_the_caller_or_the_callee_ends_the_session() {
 
     // Revoking the callee ends its sessions too (and leaves its callers alone).
     let (other, other_token) = managed_root(s, 3600);
-    let (callee, _) = managed_root(s, 3600);
-    let of_callee = started(&invoke(s, &other_token, &callee, 600));
+    let (callee, callee_token) = managed_root(s, 3600);
+    let of_callee = started_for(s, &invoke(s, &other_token, &callee, 600), &callee_token);
     assert!(allowed(s, &of_callee.id, "send", ("Channel", "public")));
     assert_eq!(delete_as(s, ADMIN, &format!("/v1/delegations/{callee}")).status, 200);
     assert_eq!(
@@ -316,35 +344,147 @@ fn revoking_the_caller_or_the_callee_ends_the_session() {
 }
 
 #[test]
-fn a_completed_session_ends_and_hands_its_taint_back_to_its_caller() {
+fn what_a_session_reads_reaches_its_caller_at_once() {
     let env = Env::start();
     let s = &env.server;
     let (caller, caller_token) = managed_root(s, 3600);
-    let session = started(&invoke(s, &caller_token, "reviewer", 600));
-    assert!(allowed(s, &session.id, "read", ("Doc", "deals")));
+    let session = started(s, &invoke(s, &caller_token, "reviewer", 600));
     assert!(allowed(s, &caller, "send", ("Channel", "public")));
+    // The session's answers may reach its caller at any moment (before `complete`, or with
+    // no `complete` at all): the read that taints the session taints the caller with it.
+    assert!(allowed(s, &session.id, "read", ("Doc", "deals")));
+    assert_eq!(record(s, &caller)["taint"], 2);
+    assert!(!allowed(s, &caller, "send", ("Channel", "public")));
+    // The session completes (its callee's runtime, with the session's credential).
     let r = post_as(
         s,
         &session.token,
-        &format!("/v1/delegations/{}/complete", session.id),
+        &format!("/v1/invocations/{}/complete", session.id),
         &json!({}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     refused(&invoke(s, &session.token, "sales", 600), 401, "unauthenticated");
-    // The result the caller receives carries what the session read.
     assert_eq!(record(s, &caller)["taint"], 2);
-    assert!(!allowed(s, &caller, "send", ("Channel", "public")));
     let events = audit_events(s, &session.id);
     assert!(events
         .iter()
         .any(|e| e["event"] == "session_ended" && e["details"]["how"] == "completed"));
+
+    // Invoking an agent that has read something is reading it: what the callee holds may come
+    // back in the session's answers, so the caller starts at the session's taint.
+    let (second, second_token) = managed_root(s, 3600);
+    assert!(allowed(s, "sales", "read", ("Doc", "deals")));
+    let of_sales = started(s, &invoke(s, &second_token, "sales", 600));
+    assert_eq!(of_sales.body["taint"], 2);
+    assert_eq!(record(s, &second)["taint"], 2);
+    // A session of a session: the raise goes all the way up the invocation chain.
+    let (third, third_token) = managed_root(s, 3600);
+    let first = started(s, &invoke(s, &third_token, "reviewer", 600));
+    let nested = started(s, &invoke(s, &first.token, "outsider", 600));
+    assert!(allowed(s, &nested.id, "read", ("Doc", "deals")));
+    assert_eq!(record(s, &first.id)["taint"], 2);
+    assert_eq!(record(s, &third)["taint"], 2);
+    // Durable: after a restart the callers still hold what reached them.
+    let env = env.restart();
+    for id in [&caller, &second, &third] {
+        assert_eq!(record(&env.server, id)["taint"], 2, "{id}");
+    }
+}
+
+#[test]
+fn only_the_callee_claims_its_session_and_only_once() {
+    let env = Env::start();
+    let s = &env.server;
+    assert!(allowed(s, "sales", "read", ("Doc", "deals")));
+    let r = invoke(s, &token("sales"), "analyst", 600);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    assert!(body.get("credential").is_none(), "{body}");
+    let id = body["session_id"].as_str().unwrap().to_owned();
+    // Until it is claimed, nothing authenticates as the session.
+    let forged = format!("dpt.{id}.{}", "0".repeat(64));
+    refused(&invoke(s, &forged, "reviewer", 600), 401, "unauthenticated");
+    // Neither the caller, nor another agent, nor a session of the callee claims it.
+    for other in [token("sales"), token("reviewer")] {
+        refused(&accept(s, &id, &other), 403, "not_your_delegation");
+    }
+    let of_analyst = started(s, &invoke(s, &token("reviewer"), "analyst", 600));
+    refused(&accept(s, &id, &of_analyst.token), 403, "not_your_delegation");
+    refused(
+        &accept(s, "agt-nothing", &token("analyst")),
+        404,
+        "delegation_not_found",
+    );
+    refused(&accept(s, "sales", &token("analyst")), 404, "delegation_not_found");
+
+    // The callee's runtime finds what waits for it; the caller sees what it started.
+    let listed = |with: &str| -> Vec<Value> {
+        let r = get_as(s, with, "/v1/invocations");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["sessions"].as_array().unwrap().clone()
+    };
+    let waiting: Vec<Value> = listed(&token("analyst"))
+        .into_iter()
+        .filter(|v| v["accepted"] == false)
+        .collect();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["session_id"], json!(id));
+    assert_eq!(waiting[0]["caller"], "sales");
+    assert!(listed(&token("sales")).iter().any(|v| v["session_id"] == json!(id)));
+    assert!(listed(&token("outsider")).is_empty());
+
+    // The callee claims it from eight threads at once: exactly one gets the credential.
+    let barrier = std::sync::Barrier::new(8);
+    let answers: Vec<Resp> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    accept(s, &id, &token("analyst"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&Resp> = answers.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(won.len(), 1, "{:?}", answers.iter().map(Resp::text).collect::<Vec<_>>());
+    for r in answers.iter().filter(|r| r.status != 200) {
+        refused(r, 409, "session_already_accepted");
+    }
+    let credential = won[0].json()["credential"].as_str().unwrap().to_owned();
+    assert_eq!(won[0].json()["taint"], 2);
+    let nested = started(s, &invoke(s, &credential, "reviewer", 600));
+    assert_eq!(nested.body["chain"], json!(["sales", "analyst", "reviewer"]));
+    assert_eq!(record(s, &id)["session"]["accepted"], true);
+    let accepted = audit_events(s, &id);
+    let claim = accepted
+        .iter()
+        .find(|e| e["event"] == "session_accepted")
+        .expect("a session_accepted record");
+    assert_eq!(claim["actor"], "Agent::\"analyst\"");
+
+    // After a restart the claimed credential still works and a second claim still fails.
+    let env = env.restart();
+    let s = &env.server;
+    refused(&accept(s, &id, &token("analyst")), 409, "session_already_accepted");
+    refused(&accept(s, &id, ADMIN), 409, "session_already_accepted");
+    started(s, &invoke(s, &credential, "outsider", 600));
+
+    // A session cancelled before it was claimed cannot be claimed.
+    let r = invoke(s, &token("sales"), "analyst", 600);
+    let cancelled = r.json()["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        delete_as(s, &token("sales"), &format!("/v1/invocations/{cancelled}")).status,
+        200
+    );
+    refused(&accept(s, &cancelled, &token("analyst")), 404, "delegation_not_found");
 }
 
 #[test]
 fn a_session_acts_for_its_callee_and_nothing_more() {
     let env = Env::start();
     let s = &env.server;
-    let session = started(&invoke(s, &token("sales"), "publisher", 600));
+    let session = started(s, &invoke(s, &token("sales"), "publisher", 600));
     // The publisher's grant reads the news only; neither sales's authority nor more.
     assert!(allowed(s, &session.id, "read", ("Doc", "press")));
     let d = decide(s, &session.id, "read", ("Doc", "deals"));
@@ -413,7 +553,7 @@ fn a_session_acts_for_its_callee_and_nothing_more() {
 fn an_agent_only_the_bundle_declares_is_invoked_with_the_admin_policies_as_its_authority() {
     let env = Env::start();
     let s = &env.server;
-    let session = started(&invoke(s, &token("reviewer"), "librarian", 600));
+    let session = started(s, &invoke(s, &token("reviewer"), "librarian", 600));
     assert_eq!(session.body["ceiling"], 1);
     // The admin lets only the librarian read the archive: its session may, its caller may not.
     assert!(allowed(s, &session.id, "read", ("Doc", "minutes")));
@@ -436,9 +576,9 @@ fn restart_keeps_sessions_their_taint_and_chains() {
     let env = Env::start();
     let s = &env.server;
     assert!(allowed(s, "sales", "read", ("Doc", "deals")));
-    let b = started(&invoke(s, &token("sales"), "analyst", 600));
-    let c = started(&invoke(s, &b.token, "reviewer", 600));
-    let clean = started(&invoke(s, &token("publisher"), "analyst", 600));
+    let b = started(s, &invoke(s, &token("sales"), "analyst", 600));
+    let c = started(s, &invoke(s, &b.token, "reviewer", 600));
+    let clean = started(s, &invoke(s, &token("publisher"), "analyst", 600));
     assert!(allowed(s, &clean.id, "read", ("Doc", "deals")));
 
     let env = env.restart();
@@ -456,7 +596,7 @@ fn restart_keeps_sessions_their_taint_and_chains() {
     assert_eq!(shown["session"]["chain"], json!(["sales", "analyst", "reviewer"]));
     assert_eq!(shown["session"]["depth"], 2);
     refused(&invoke(s, &c.token, "sales", 600), 409, "invocation_cycle");
-    let d3 = started(&invoke(s, &c.token, "outsider", 600));
+    let d3 = started(s, &invoke(s, &c.token, "outsider", 600));
     refused(&invoke(s, &d3.token, "publisher", 600), 403, "invocation_too_deep");
     // Cascades still follow the chain after a restart.
     assert_eq!(delete_as(s, ADMIN, "/v1/delegations/sales").status, 200);
@@ -541,8 +681,8 @@ fn a_revocation_racing_invocations_never_leaves_a_live_session_under_a_revoked_c
 fn a_session_ends_when_the_bundle_stops_declaring_its_callee() {
     let env = Env::start();
     let s = &env.server;
-    let of_librarian = started(&invoke(s, &token("reviewer"), "librarian", 600));
-    let of_analyst = started(&invoke(s, &token("reviewer"), "analyst", 600));
+    let of_librarian = started(s, &invoke(s, &token("reviewer"), "librarian", 600));
+    let of_analyst = started(s, &invoke(s, &token("reviewer"), "analyst", 600));
     assert!(allowed(s, &of_librarian.id, "read", ("Doc", "minutes")));
     // The next bundle declares neither the librarian nor (with a grant) the analyst.
     let agents = env.bundle.path().join("entities/agents.json");
@@ -562,5 +702,8 @@ fn a_session_ends_when_the_bundle_stops_declaring_its_callee() {
     assert_eq!(record(s, &of_librarian.id)["status"], "revoked");
     assert_eq!(record(s, &of_analyst.id)["status"], "revoked");
     refused(&invoke(s, &of_analyst.token, "sales", 600), 401, "unauthenticated");
-    assert!(allowed(s, "reviewer", "send", ("Channel", "public")));
+    // What the librarian's session read reached the reviewer, and stays with it.
+    assert_eq!(record(s, "reviewer")["taint"], 1);
+    assert!(allowed(s, "reviewer", "send", ("Channel", "internal")));
+    assert!(!allowed(s, "reviewer", "send", ("Channel", "public")));
 }

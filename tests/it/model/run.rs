@@ -395,6 +395,35 @@ impl World {
                 .is_none_or(|s| self.live(s.caller) && s.callee.is_none_or(|c| self.live(c)))
     }
 
+    /// A raise of `from` to `level` flows along live invocation links: to a session's caller, to
+    /// the sessions an agent started, and to the sessions that serve an agent (never from a
+    /// session to its callee).
+    fn flow_taint(&mut self, from: usize, level: i64) {
+        let mut queue = vec![from];
+        while let Some(x) = queue.pop() {
+            let mut next = Vec::new();
+            if let Some(s) = &self.agents[x].session {
+                if self.live(x) {
+                    next.push(s.caller);
+                }
+            }
+            let x_is_session = self.agents[x].session.is_some();
+            for (j, a) in self.agents.iter().enumerate() {
+                if let Some(s) = &a.session {
+                    if self.live(j) && (s.caller == x || (!x_is_session && s.callee == Some(x))) {
+                        next.push(j);
+                    }
+                }
+            }
+            for n in next {
+                if self.agents[n].taint < level {
+                    self.agents[n].taint = level;
+                    queue.push(n);
+                }
+            }
+        }
+    }
+
     /// `t` and everything that ends with it: its descendants, the sessions any of them invoked
     /// or that serve any of them, and on.
     fn ended_with(&self, t: usize) -> BTreeSet<usize> {
@@ -790,9 +819,28 @@ impl World {
         let mut session_chain = chain;
         session_chain.push(callee_id);
         assert_eq!(v["chain"], json!(session_chain), "{v}");
+        // The caller never holds the session's credential: the callee claims it, once.
+        assert!(
+            v.get("credential").is_none(),
+            "the caller got the session's credential: {v}"
+        );
+        let sid = v["session_id"].as_str().unwrap().to_owned();
+        let accept = format!("/v1/invocations/{sid}/accept");
+        let by_caller = self.d.call("POST", &accept, Some(&token), Some(&json!({})));
+        assert_eq!(
+            by_caller.status,
+            403,
+            "the caller claimed the session: {}",
+            by_caller.text()
+        );
+        let callee_token = callee.map_or(ADMIN.to_owned(), |c| self.agents[c].token.clone());
+        let accepted = self.d.call("POST", &accept, Some(&callee_token), Some(&json!({})));
+        assert_eq!(accepted.status, 200, "the callee could not claim: {}", accepted.text());
+        let again = self.d.call("POST", &accept, Some(&callee_token), Some(&json!({})));
+        assert_eq!(again.status, 409, "a session was claimed twice: {}", again.text());
         self.agents.push(Agent {
-            id: v["session_id"].as_str().unwrap().to_owned(),
-            token: v["credential"].as_str().unwrap().to_owned(),
+            id: sid,
+            token: accepted.json()["credential"].as_str().unwrap().to_owned(),
             parent: None,
             grant: Vec::new(),
             ceiling: v["ceiling"].as_i64().unwrap(),
@@ -808,6 +856,9 @@ impl World {
                 depth: depth + 1,
             }),
         });
+        // The caller (and everyone joined to it) holds at least the session's taint from now on.
+        let session = self.agents.len() - 1;
+        self.flow_taint(session, taint.max(callee_taint));
     }
 
     fn pick_pending(&self, i: usize, delegation: bool) -> Option<Pending> {
@@ -997,8 +1048,10 @@ impl World {
         );
         note(if allowed { "allowed" } else { "denied" });
         if let (true, Some(i), Some(level)) = (allowed, managed, oracle.source_level(action, ty, rid)) {
-            let a = &mut self.agents[i];
-            a.taint = a.taint.max(level);
+            if self.agents[i].taint < level {
+                self.agents[i].taint = level;
+                self.flow_taint(i, level);
+            }
         }
     }
 

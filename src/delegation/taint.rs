@@ -1,0 +1,81 @@
+//! Where a raised taint flows: along the live invocation links.
+//!
+//! INVARIANT (an invocation is a channel both ways): while a session is live, what its caller
+//! holds may reach it (a follow-up message) and what it holds may reach its caller (a result, a
+//! partial answer, before or without `complete`); what its callee holds may reach it too. So a
+//! raise of any of them raises the others: a caller and each live session it started hold the
+//! same taint, and a session never holds less than its callee. The callee itself is not raised
+//! by its sessions: one tainted caller does not taint every session of a shared agent.
+//!
+//! Every raise is propagated under the writer lock (`Delegation::persist_taints`), where the
+//! registry holds every session an invocation has written, and invocations compute their
+//! starting taint under the same lock: a session is either visible to a propagation or created
+//! after it, reading the taint it raised. Propagated raises are durable before the decision or
+//! invocation that caused them is answered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::agents::{LiveAgent, Registry};
+
+/// Raises, in memory, every agent joined by a live invocation link to an agent in `raised`
+/// (which were raised already) and returns those whose taint went up, as (agent id, level).
+pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(String, i64)> {
+    let links = Links::of(agents, now);
+    if links.is_empty() {
+        return Vec::new();
+    }
+    let mut flowed = Vec::new();
+    let mut queue: VecDeque<(Arc<str>, i64)> = raised.iter().map(|(id, l)| (Arc::from(id.as_str()), *l)).collect();
+    while let Some((id, level)) = queue.pop_front() {
+        for next in links.neighbours(agents, &id) {
+            if next.raise_taint(level) {
+                flowed.push((next.row.id.clone(), level));
+                queue.push_back((Arc::from(next.row.id.as_str()), level));
+            }
+        }
+    }
+    flowed
+}
+
+/// The live sessions by the agent that started them and by the agent they serve.
+struct Links {
+    now: i64,
+    by_caller: HashMap<String, Vec<Arc<LiveAgent>>>,
+    by_callee: HashMap<String, Vec<Arc<LiveAgent>>>,
+}
+
+impl Links {
+    fn of(agents: &Registry, now: i64) -> Links {
+        let mut links = Links {
+            now,
+            by_caller: HashMap::new(),
+            by_callee: HashMap::new(),
+        };
+        for a in agents.iter().filter(|a| a.is_live(now)) {
+            if let Some(s) = &a.session {
+                links.by_caller.entry(s.caller.clone()).or_default().push(Arc::clone(a));
+                links.by_callee.entry(s.callee.clone()).or_default().push(Arc::clone(a));
+            }
+        }
+        links
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_caller.is_empty()
+    }
+
+    /// Whom a raise of `id` reaches: its caller (for a live session), the live sessions it
+    /// started, and (for an agent that is not a session) the live sessions that serve it.
+    fn neighbours<'a>(&'a self, agents: &'a Registry, id: &str) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
+        let agent = agents.get(id);
+        let is_session = agent.is_some_and(|a| a.session.is_some());
+        let caller = agent
+            .filter(|a| a.is_live(self.now))
+            .and_then(|a| a.session.as_ref())
+            .and_then(|s| agents.get(&s.caller));
+        let started = self.by_caller.get(id).into_iter().flatten();
+        let served = (!is_session).then(|| self.by_callee.get(id)).flatten().into_iter().flatten();
+        caller.into_iter().chain(started).chain(served)
+    }
+}
