@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the decision API on localhost, hot-reloading the bundle.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load and strictly validate a bundle; list every problem as `file:line: message`.
     Validate(ValidateArgs),
     /// Check the delegation audit trail's hash chain: exit 0 intact, 1 tampered (names the
@@ -169,6 +169,11 @@ pub struct ServeArgs {
     /// Most live children one agent may have at once.
     #[arg(long, default_value_t = crate::delegation::Limits::default().max_children)]
     pub max_children: usize,
+    /// Deepest an invocation chain may go (a session at this depth cannot invoke); a bundle may
+    /// forbid less deep chains in Cedar with `context.depth`.
+    #[arg(long, default_value_t = crate::delegation::Limits::default().max_invocation_depth,
+          value_parser = clap::value_parser!(i64).range(1..=16))]
+    pub max_invocation_depth: i64,
     /// Most pending permission requests one agent may have open.
     #[arg(long, default_value_t = crate::delegation::Limits::default().max_pending_requests)]
     pub max_pending_requests: usize,
@@ -261,7 +266,7 @@ pub struct ValidateArgs {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
         Command::Probe(args) => probe(&args),
@@ -438,7 +443,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_pending_requests: args.max_pending_requests,
             max_state_mib: args.max_state_mib,
             solver: args.solver.config(),
-            ..crate::delegation::Limits::default()
+            max_invocation_depth: args.max_invocation_depth,
         },
         observe: args.observe_config(),
     };

@@ -124,8 +124,13 @@ pub async fn invoke(state: &AppState, req: Request<Incoming>) -> Result<Response
     let ctx = context(state, token.as_deref())?;
     let body = read_json(req, &state.config).await?;
     let invoke = invoke_request(&body)?;
-    let invoked = blocking(move || Ok(ctx.svc.invoke(&ctx.snap, &ctx.caller, invoke, now())?)).await?;
-    Ok(json_response(StatusCode::CREATED, &invoked))
+    let invoked = blocking(move || Ok(ctx.svc.invoke(&ctx.snap, &ctx.caller, invoke, now())?)).await;
+    state.obs.metrics.invoked(match &invoked {
+        Ok(_) => "started",
+        Err(e) if e.status.is_client_error() => "rejected",
+        Err(_) => "error",
+    });
+    Ok(json_response(StatusCode::CREATED, &invoked?))
 }
 
 /// `POST /v1/invocations/{id}/accept`: the callee, with its own credential (or the admin),
@@ -133,6 +138,7 @@ pub async fn invoke(state: &AppState, req: Request<Incoming>) -> Result<Response
 pub async fn accept(state: &AppState, req: Request<Incoming>, id: String) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
     let accepted = blocking(move || Ok(ctx.svc.accept(&ctx.snap, &ctx.caller, &id, now())?)).await?;
+    state.obs.metrics.invoked("accepted");
     Ok(json_response(StatusCode::OK, &accepted))
 }
 

@@ -42,6 +42,7 @@ pub struct Metrics {
     /// decision path neither locks nor hashes a label set.
     decided: [([Counter; 3], Histogram); 2],
     delegations: Family<Labels1, Counter>,
+    invocations: Family<Labels1, Counter>,
     revocations: Family<Labels1, Counter>,
     permission_requests: Family<Labels1, Counter>,
     proofs: Family<Labels1, Counter>,
@@ -80,6 +81,12 @@ impl Metrics {
             "deputy_delegations",
             "Delegation (agent creation) requests by outcome (applied, pending, rejected, error)",
             delegations.clone(),
+        );
+        let invocations = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_invocations",
+            "Invocations by outcome (started, rejected, error) and sessions claimed (accepted)",
+            invocations.clone(),
         );
         let revocations = Family::<Labels1, Counter>::default();
         registry.register(
@@ -154,6 +161,7 @@ impl Metrics {
             registry,
             decided,
             delegations,
+            invocations,
             revocations,
             permission_requests,
             proofs,
@@ -186,6 +194,10 @@ impl Metrics {
 
     pub fn delegated(&self, outcome: &'static str) {
         self.delegations.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn invoked(&self, outcome: &'static str) {
+        self.invocations.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub fn revoked(&self, reason: &'static str, agents: usize) {

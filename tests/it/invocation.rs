@@ -189,6 +189,11 @@ fn a_confidential_caller_cannot_launder_through_a_public_agent() {
             .any(|e| e["event"] == "invocation_rejected" && e["details"]["code"] == "taint_above_ceiling"),
         "{rejected:?}"
     );
+    let metrics = s.get("/metrics").text();
+    for (outcome, n) in [("started", 1), ("rejected", 1), ("accepted", 1)] {
+        let line = format!("deputy_invocations_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
 }
 
 #[test]
@@ -239,6 +244,19 @@ fn the_invocation_chain_is_at_most_three_deep() {
     assert_eq!(d3.body["depth"], 3);
     assert_eq!(d3.body["chain"], json!(["publisher", "analyst", "reviewer", "sales"]));
     refused(&invoke(s, &d3.token, "outsider", 600), 403, "invocation_too_deep");
+}
+
+#[test]
+fn the_depth_limit_is_the_operators() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let mut opts = options(state.path());
+    opts.limits.max_invocation_depth = 1;
+    let s = &TestServer::start(bundle.path(), opts);
+    let d1 = started(s, &invoke(s, &token("publisher"), "analyst", 600));
+    let body = refused(&invoke(s, &d1.token, "reviewer", 600), 403, "invocation_too_deep");
+    assert!(body["message"].as_str().unwrap().contains("limit is 1"), "{body}");
 }
 
 #[test]

@@ -278,3 +278,21 @@ fn a_non_loopback_listener_needs_allow_remote() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
+
+/// `--max-invocation-depth` is checked before anything is served: 1 to 16.
+#[test]
+fn the_invocation_depth_flag_is_bounded() {
+    for bad in ["0", "17", "deep"] {
+        let out = Command::new(DEPUTY)
+            .args(["serve", "--no-watch", "--max-invocation-depth", bad, "--bundle"])
+            .arg(repo_root())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--max-invocation-depth"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
