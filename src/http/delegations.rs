@@ -142,6 +142,16 @@ pub async fn accept(state: &AppState, req: Request<Incoming>, id: String) -> Res
     Ok(json_response(StatusCode::OK, &accepted))
 }
 
+/// `/v1/invocations/{id}` names sessions only (other agents are `/v1/delegations/{id}`); the
+/// caller is authenticated first.
+pub fn session_only(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<(), ApiError> {
+    let ctx = context(state, bearer(req).as_deref())?;
+    match ctx.snap.agents.get(id) {
+        Some(a) if a.session.is_some() => Ok(()),
+        _ => Err(ApiError::new(ErrorCode::DelegationNotFound, format!("no session `{id}`"))),
+    }
+}
+
 /// `GET /v1/invocations`: the live sessions the caller started or serves (the admin: all), so
 /// a callee's runtime finds the sessions waiting for it.
 pub fn list_sessions(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {

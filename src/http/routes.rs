@@ -243,10 +243,19 @@ async fn route(
         (E::Capabilities, &Method::GET) => delegations::capabilities(state, &req, &id).await,
         (E::Invocations, &Method::POST) => delegations::invoke(state, req).await,
         (E::Invocations, &Method::GET) => delegations::list_sessions(state, &req),
-        (E::Invocation, &Method::GET) => delegations::show(state, &req, &id),
-        (E::Invocation, &Method::DELETE) => delegations::revoke(state, req, id, false).await,
+        (E::Invocation, &Method::GET) => {
+            delegations::session_only(state, &req, &id)?;
+            delegations::show(state, &req, &id)
+        }
+        (E::Invocation, &Method::DELETE) => {
+            delegations::session_only(state, &req, &id)?;
+            delegations::revoke(state, req, id, false).await
+        }
         (E::InvocationAccept, &Method::POST) => delegations::accept(state, req, id).await,
-        (E::InvocationComplete, &Method::POST) => delegations::revoke(state, req, id, true).await,
+        (E::InvocationComplete, &Method::POST) => {
+            delegations::session_only(state, &req, &id)?;
+            delegations::revoke(state, req, id, true).await
+        }
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }

@@ -496,6 +496,13 @@ fn only_the_callee_claims_its_session_and_only_once() {
         200
     );
     refused(&accept(s, &cancelled, &token("analyst")), 404, "delegation_not_found");
+    // `/v1/invocations/{id}` names sessions only.
+    assert_eq!(get_as(s, ADMIN, "/v1/invocations/sales").status, 404);
+    assert_eq!(delete_as(s, ADMIN, "/v1/invocations/sales").status, 404);
+    assert_eq!(
+        get_as(s, &token("sales"), &format!("/v1/invocations/{cancelled}")).status,
+        200
+    );
 }
 
 #[test]
