@@ -18,21 +18,35 @@ use std::sync::Arc;
 
 use crate::agents::{LiveAgent, Registry};
 
-/// Raises, in memory, every agent joined by a live invocation link to an agent in `raised`
-/// (which were raised already) and returns those whose taint went up, as (agent id, level).
-pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(String, i64)> {
+/// Raises, in memory, every agent joined by live invocation links to an agent in `raised`
+/// (which were raised already) and returns those whose stored taint must go up, as (agent,
+/// level): every one whose *durable* taint is below the level, even when its in-memory taint is
+/// not (an earlier propagation whose write failed raised it in memory only). The whole joined
+/// component is walked, not only the agents that went up in memory now, for the same reason.
+pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
     let links = Links::of(agents, now);
     if links.is_empty() {
         return Vec::new();
     }
+    let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
+    for (id, level) in raised {
+        let l = reached.entry(Arc::from(id.as_str())).or_insert(*level);
+        *l = (*l).max(*level);
+    }
     let mut flowed = Vec::new();
-    let mut queue: VecDeque<(Arc<str>, i64)> = raised.iter().map(|(id, l)| (Arc::from(id.as_str()), *l)).collect();
+    let mut queue: VecDeque<(Arc<str>, i64)> = reached.iter().map(|(id, l)| (Arc::clone(id), *l)).collect();
     while let Some((id, level)) = queue.pop_front() {
         for next in links.neighbours(agents, &id) {
-            if next.raise_taint(level) {
-                flowed.push((next.row.id.clone(), level));
-                queue.push_back((Arc::from(next.row.id.as_str()), level));
+            let key: Arc<str> = Arc::from(next.row.id.as_str());
+            if reached.get(&key).is_some_and(|l| *l >= level) {
+                continue;
             }
+            reached.insert(Arc::clone(&key), level);
+            next.raise_taint(level);
+            if next.durable_taint() < level {
+                flowed.push((Arc::clone(next), level));
+            }
+            queue.push_back((key, level));
         }
     }
     flowed
