@@ -242,3 +242,54 @@ fn a_claim_racing_a_cancel_never_leaves_a_live_credential() {
         assert!(matches!(again.status, 404 | 409), "{}", again.text());
     }
 }
+
+/// Break: a session's read decided while the session is live, but whose taint is written after
+/// the session ended (cancelled by its caller, or completed by itself, committing first), was
+/// propagated along live links only — the ended session had none — so its caller stayed at
+/// taint 0 while the session's runtime got the data to hand back. Invariant: a read a session
+/// was answered reaches its caller, however the session ends meanwhile.
+#[test]
+fn a_read_racing_the_end_of_its_session_still_reaches_the_caller() {
+    let env = Env::start();
+    let s = &env.server;
+    let mut missed = Vec::new();
+    for round in 0..64 {
+        let (caller, caller_token) = managed_root(s);
+        let (session, session_token) = session_of(s, &caller_token, "reviewer");
+        let barrier = std::sync::Barrier::new(2);
+        let (read, ended) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                s.post(
+                    "/v1/authorize",
+                    &json!({"principal": {"type": "Agent", "id": session}, "action": {"type": "Action", "id": "read"},
+                            "resource": {"type": "Doc", "id": "deals"}}),
+                )
+            });
+            let e = sc.spawn(|| {
+                barrier.wait();
+                if round % 2 == 0 {
+                    delete_as(s, &caller_token, &format!("/v1/invocations/{session}"))
+                } else {
+                    post_as(
+                        s,
+                        &session_token,
+                        &format!("/v1/invocations/{session}/complete"),
+                        &json!({}),
+                    )
+                }
+            });
+            (r.join().unwrap(), e.join().unwrap())
+        });
+        assert_eq!(ended.status, 200, "{}", ended.text());
+        assert_eq!(read.status, 200, "{}", read.text());
+        if read.json()["decision"] == "Allow" && taint(s, &caller) != 2 {
+            missed.push(format!("round {round}: caller {caller} at taint {}", taint(s, &caller)));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "reads that never reached their caller:\n{}",
+        missed.join("\n")
+    );
+}
