@@ -7,6 +7,10 @@
 //! same taint, and a session never holds less than its callee. The callee itself is not raised
 //! by its sessions: one tainted caller does not taint every session of a shared agent.
 //!
+//! A session's own raise reaches its caller even when the session ended before the raise was
+//! written: the decision was made while it was live, and its answer may still reach the caller
+//! (a cancel or `complete` committing between a read's decision and its write).
+//!
 //! Every raise is propagated under the writer lock (`Delegation::persist_taints`), where the
 //! registry holds every session an invocation has written, and invocations compute their
 //! starting taint under the same lock: a session is either visible to a propagation or created
@@ -25,9 +29,6 @@ use crate::agents::{LiveAgent, Registry};
 /// component is walked, not only the agents that went up in memory now, for the same reason.
 pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
     let links = Links::of(agents, now);
-    if links.is_empty() {
-        return Vec::new();
-    }
     let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
     for (id, level) in raised {
         let l = reached.entry(Arc::from(id.as_str())).or_insert(*level);
@@ -54,7 +55,6 @@ pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -
 
 /// The live sessions by the agent that started them and by the agent they serve.
 struct Links {
-    now: i64,
     by_caller: HashMap<String, Vec<Arc<LiveAgent>>>,
     by_callee: HashMap<String, Vec<Arc<LiveAgent>>>,
 }
@@ -62,7 +62,6 @@ struct Links {
 impl Links {
     fn of(agents: &Registry, now: i64) -> Links {
         let mut links = Links {
-            now,
             by_caller: HashMap::new(),
             by_callee: HashMap::new(),
         };
@@ -75,19 +74,14 @@ impl Links {
         links
     }
 
-    fn is_empty(&self) -> bool {
-        self.by_caller.is_empty()
-    }
-
-    /// Whom a raise of `id` reaches: its caller (for a live session), the live sessions it
-    /// started, and (for an agent that is not a session) the live sessions that serve it.
+    /// Whom a raise of `id` reaches: its caller (for a session, live or not: a session is raised
+    /// only by a decision made while it was live, whose answer may reach its caller however the
+    /// session ended before the raise was written), the live sessions it started, and (for an
+    /// agent that is not a session) the live sessions that serve it.
     fn neighbours<'a>(&'a self, agents: &'a Registry, id: &str) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
         let agent = agents.get(id);
         let is_session = agent.is_some_and(|a| a.session.is_some());
-        let caller = agent
-            .filter(|a| a.is_live(self.now))
-            .and_then(|a| a.session.as_ref())
-            .and_then(|s| agents.get(&s.caller));
+        let caller = agent.and_then(|a| a.session.as_ref()).and_then(|s| agents.get(&s.caller));
         let started = self.by_caller.get(id).into_iter().flatten();
         let served = (!is_session).then(|| self.by_callee.get(id)).flatten().into_iter().flatten();
         caller.into_iter().chain(started).chain(served)
