@@ -293,3 +293,37 @@ fn a_read_racing_the_end_of_its_session_still_reaches_the_caller() {
         missed.join("\n")
     );
 }
+
+/// Held: a caller's read racing its invocation of a PUBLIC-ceiling agent either refuses the
+/// invocation (`taint_above_ceiling`) or reaches the new session before the read is answered:
+/// never a live session at taint 0 beside a caller that was answered a CONFIDENTIAL read.
+#[test]
+fn a_read_racing_an_invocation_never_leaves_a_clean_session_beside_a_tainted_caller() {
+    let env = Env::start();
+    let s = &env.server;
+    for _ in 0..16 {
+        let (caller, caller_token) = managed_root(s);
+        let barrier = std::sync::Barrier::new(2);
+        let (read, invoked) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                decide(s, &caller, "read", ("Doc", "deals"))
+            });
+            let i = sc.spawn(|| {
+                barrier.wait();
+                invoke(s, &caller_token, "publisher")
+            });
+            (r.join().unwrap(), i.join().unwrap())
+        });
+        assert_eq!(read["decision"], "Allow", "{read}");
+        match invoked.status {
+            201 => {
+                let session = invoked.json()["session_id"].as_str().unwrap().to_owned();
+                assert_eq!(taint(s, &session), 2, "a session left clean beside its tainted caller");
+                assert!(!allowed(s, &session, "send", ("Channel", "public")));
+            }
+            403 => assert_eq!(invoked.json()["code"], "taint_above_ceiling", "{}", invoked.text()),
+            other => panic!("invocation racing a read answered {other}: {}", invoked.text()),
+        }
+    }
+}
