@@ -114,6 +114,9 @@ pub fn is_agent_type(t: &EntityTypeName) -> bool {
 pub struct AgentState {
     revoked: AtomicBool,
     taint: AtomicI64,
+    /// The taint known to be stored (committed): never above `taint`. A decision that reads
+    /// above it is answered only once its level is durable (see `authorize`).
+    durable: AtomicI64,
 }
 
 /// One hop of a chain: an agent's grant (an ancestor's delegable view, or the acting agent's
@@ -177,6 +180,16 @@ impl LiveAgent {
     /// Raises the session taint; returns true when it went up.
     pub fn raise_taint(&self, level: i64) -> bool {
         self.state.taint.fetch_max(level, Ordering::AcqRel) < level
+    }
+
+    /// The taint known to be committed to the state store (never above `taint`).
+    pub fn durable_taint(&self) -> i64 {
+        self.state.durable.load(Ordering::Acquire)
+    }
+
+    /// Records that `level` is committed for this agent. Call only after the commit.
+    pub fn mark_durable(&self, level: i64) {
+        self.state.durable.fetch_max(level, Ordering::AcqRel);
     }
 
     pub fn is_expired(&self, now: i64) -> bool {
@@ -438,6 +451,8 @@ fn build(
         Arc::new(AgentState {
             revoked: AtomicBool::new(row.revoked_at.is_some()),
             taint: AtomicI64::new(row.taint),
+            // A row is served only once it is stored (a new agent: once its write committed).
+            durable: AtomicI64::new(row.taint),
         })
     });
     let parsed = Arc::new(parse_grant(&row.id, &row.grant)?);

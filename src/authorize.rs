@@ -41,7 +41,9 @@ pub struct Outcome {
     pub denied_by: Option<DeniedBy>,
     /// The managed agent that acted, if the principal is one.
     pub agent: Option<Arc<LiveAgent>>,
-    /// The agent's session taint after this decision, when it went up.
+    /// The level this decision read at, when it is above the agent's durable taint (raised in
+    /// memory now, or by an earlier decision not yet durable): to be made durable, with
+    /// everything it flows to, before the answer.
     pub taint_raised_to: Option<i64>,
     /// For a deny of a managed agent: the permission that would allow it.
     pub needed: Option<Needed>,
@@ -204,7 +206,11 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
     let mut taint_raised_to = None;
     if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
         if let Some(level) = guard.classification {
-            if agent.raise_taint(level) {
+            agent.raise_taint(level);
+            // INVARIANT: answered only once `level` is durable and propagated, whether this
+            // decision raised it in memory or an earlier one did whose write failed or is
+            // still waiting for the writer.
+            if level > agent.durable_taint() {
                 taint_raised_to = Some(level);
             }
         }
@@ -309,7 +315,11 @@ fn decide_session(
     let mut taint_raised_to = None;
     if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
         if let Some(level) = guard.classification {
-            if agent.raise_taint(level) {
+            agent.raise_taint(level);
+            // INVARIANT: answered only once `level` is durable and propagated, whether this
+            // decision raised it in memory or an earlier one did whose write failed or is
+            // still waiting for the writer.
+            if level > agent.durable_taint() {
                 taint_raised_to = Some(level);
             }
         }

@@ -356,7 +356,7 @@ impl Delegation {
             // invocation links join to it, hold at least the session's taint from now on (raised
             // in memory here; a failed commit leaves them over-tainted, never under).
             for (up, level) in super::taint::propagate(&next, &[(id.clone(), plan.taint)], now) {
-                tx.raise_taint(&up, level)?;
+                tx.raise_taint(&up.row.id, level)?;
             }
             tx.audit(
                 now,

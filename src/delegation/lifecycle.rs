@@ -168,12 +168,25 @@ impl Delegation {
             return Ok(());
         }
         let now = crate::clock::now();
-        self.commit(|w, tx| {
-            let flowed = super::taint::propagate(w.registry(), raises, now);
-            for (id, level) in raises.iter().chain(&flowed) {
+        let written = self.commit(|w, tx| {
+            let mut written: Vec<_> = raises
+                .iter()
+                .filter_map(|(id, level)| Some((std::sync::Arc::clone(w.registry().get(id)?), *level)))
+                .collect();
+            for (id, level) in raises {
                 tx.raise_taint(id, *level)?;
             }
-            Ok(((), None))
-        })
+            let flowed = super::taint::propagate(w.registry(), raises, now);
+            for (agent, level) in &flowed {
+                tx.raise_taint(&agent.row.id, *level)?;
+            }
+            written.extend(flowed);
+            Ok((written, None))
+        })?;
+        // Committed: later decisions at these levels need no write of their own.
+        for (agent, level) in written {
+            agent.mark_durable(level);
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,10 @@
 //! same taint, and a session never holds less than its callee. The callee itself is not raised
 //! by its sessions: one tainted caller does not taint every session of a shared agent.
 //!
+//! A session's own raise reaches its caller even when the session ended before the raise was
+//! written: the decision was made while it was live, and its answer may still reach the caller
+//! (a cancel or `complete` committing between a read's decision and its write).
+//!
 //! Every raise is propagated under the writer lock (`Delegation::persist_taints`), where the
 //! registry holds every session an invocation has written, and invocations compute their
 //! starting taint under the same lock: a session is either visible to a propagation or created
@@ -18,21 +22,32 @@ use std::sync::Arc;
 
 use crate::agents::{LiveAgent, Registry};
 
-/// Raises, in memory, every agent joined by a live invocation link to an agent in `raised`
-/// (which were raised already) and returns those whose taint went up, as (agent id, level).
-pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(String, i64)> {
+/// Raises, in memory, every agent joined by live invocation links to an agent in `raised`
+/// (which were raised already) and returns those whose stored taint must go up, as (agent,
+/// level): every one whose *durable* taint is below the level, even when its in-memory taint is
+/// not (an earlier propagation whose write failed raised it in memory only). The whole joined
+/// component is walked, not only the agents that went up in memory now, for the same reason.
+pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
     let links = Links::of(agents, now);
-    if links.is_empty() {
-        return Vec::new();
+    let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
+    for (id, level) in raised {
+        let l = reached.entry(Arc::from(id.as_str())).or_insert(*level);
+        *l = (*l).max(*level);
     }
     let mut flowed = Vec::new();
-    let mut queue: VecDeque<(Arc<str>, i64)> = raised.iter().map(|(id, l)| (Arc::from(id.as_str()), *l)).collect();
+    let mut queue: VecDeque<(Arc<str>, i64)> = reached.iter().map(|(id, l)| (Arc::clone(id), *l)).collect();
     while let Some((id, level)) = queue.pop_front() {
         for next in links.neighbours(agents, &id) {
-            if next.raise_taint(level) {
-                flowed.push((next.row.id.clone(), level));
-                queue.push_back((Arc::from(next.row.id.as_str()), level));
+            let key: Arc<str> = Arc::from(next.row.id.as_str());
+            if reached.get(&key).is_some_and(|l| *l >= level) {
+                continue;
             }
+            reached.insert(Arc::clone(&key), level);
+            next.raise_taint(level);
+            if next.durable_taint() < level {
+                flowed.push((Arc::clone(next), level));
+            }
+            queue.push_back((key, level));
         }
     }
     flowed
@@ -40,7 +55,6 @@ pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -
 
 /// The live sessions by the agent that started them and by the agent they serve.
 struct Links {
-    now: i64,
     by_caller: HashMap<String, Vec<Arc<LiveAgent>>>,
     by_callee: HashMap<String, Vec<Arc<LiveAgent>>>,
 }
@@ -48,7 +62,6 @@ struct Links {
 impl Links {
     fn of(agents: &Registry, now: i64) -> Links {
         let mut links = Links {
-            now,
             by_caller: HashMap::new(),
             by_callee: HashMap::new(),
         };
@@ -61,19 +74,14 @@ impl Links {
         links
     }
 
-    fn is_empty(&self) -> bool {
-        self.by_caller.is_empty()
-    }
-
-    /// Whom a raise of `id` reaches: its caller (for a live session), the live sessions it
-    /// started, and (for an agent that is not a session) the live sessions that serve it.
+    /// Whom a raise of `id` reaches: its caller (for a session, live or not: a session is raised
+    /// only by a decision made while it was live, whose answer may reach its caller however the
+    /// session ended before the raise was written), the live sessions it started, and (for an
+    /// agent that is not a session) the live sessions that serve it.
     fn neighbours<'a>(&'a self, agents: &'a Registry, id: &str) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
         let agent = agents.get(id);
         let is_session = agent.is_some_and(|a| a.session.is_some());
-        let caller = agent
-            .filter(|a| a.is_live(self.now))
-            .and_then(|a| a.session.as_ref())
-            .and_then(|s| agents.get(&s.caller));
+        let caller = agent.and_then(|a| a.session.as_ref()).and_then(|s| agents.get(&s.caller));
         let started = self.by_caller.get(id).into_iter().flatten();
         let served = (!is_session).then(|| self.by_callee.get(id)).flatten().into_iter().flatten();
         caller.into_iter().chain(started).chain(served)

@@ -6,6 +6,7 @@
 mod adversary;
 mod attack;
 mod attack_held;
+mod attack_invocation;
 mod authzen_conformance;
 mod bad_input;
 mod capabilities;

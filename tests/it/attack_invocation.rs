@@ -1,0 +1,329 @@
+//! Attacks on agent-to-agent invocation (claiming a session, taint joined along live invocation
+//! links) by an agent holding its own credential or a session's. Each runs over HTTP against a
+//! real server on `127.0.0.1:0` and a real SQLite state, on the invocation bundle
+//! (`tests/fixtures/invocation`). docs/SECURITY.md ("Laundering data through invocations") maps
+//! each to its invariant.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{decide, delete_as, get_as, post_as, Options, Resp, TestServer};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-credential-for-invocation-attacks";
+const AGENTS: [&str; 5] = ["sales", "analyst", "reviewer", "publisher", "outsider"];
+
+fn token(agent: &str) -> String {
+    format!("{agent}-credential-from-a-secret-0123")
+}
+
+fn options(state: &Path) -> Options {
+    Options {
+        state: Some(state.to_path_buf()),
+        admin_token: Some(ADMIN.to_owned()),
+        agent_tokens: AGENTS.iter().map(|a| ((*a).to_owned(), token(a))).collect(),
+        ..Options::default()
+    }
+}
+
+struct Env {
+    server: TestServer,
+    bundle: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Env {
+    fn start() -> Env {
+        let bundle = tempfile::tempdir().unwrap();
+        common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
+        let state = tempfile::tempdir().unwrap();
+        let server = TestServer::start(bundle.path(), options(state.path()));
+        Env { server, bundle, state }
+    }
+
+    fn restart(self) -> Env {
+        let Env { server, bundle, state } = self;
+        drop(server);
+        let server = TestServer::start(bundle.path(), options(state.path()));
+        Env { server, bundle, state }
+    }
+
+    /// Another process's connection to the state file.
+    fn state_db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.state.path().join("deputy.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(30)).unwrap();
+        c
+    }
+}
+
+/// A root agent the admin creates: reads everything under `root`, sends anywhere, ceiling 2.
+fn managed_root(s: &TestServer) -> (String, String) {
+    let r = post_as(
+        s,
+        ADMIN,
+        "/v1/delegations",
+        &json!({
+            "grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                      permit(principal == ?principal, action == Action::\"send\", resource);",
+            "ttl_seconds": 3600,
+            "ceiling": 2,
+            "task": "invoke others",
+        }),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let b = r.json();
+    (
+        b["delegation_id"].as_str().unwrap().to_owned(),
+        b["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn invoke(s: &TestServer, caller_token: &str, callee: &str) -> Resp {
+    post_as(
+        s,
+        caller_token,
+        "/v1/invocations",
+        &json!({"callee": {"type": "Agent", "id": callee}, "task": "help", "ttl_seconds": 600}),
+    )
+}
+
+fn accept(s: &TestServer, session: &str, with: &str) -> Resp {
+    post_as(s, with, &format!("/v1/invocations/{session}/accept"), &json!({}))
+}
+
+/// Invokes `callee` (one of `AGENTS`) and has it accept: (session id, session credential).
+fn session_of(s: &TestServer, caller_token: &str, callee: &str) -> (String, String) {
+    let r = invoke(s, caller_token, callee);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["session_id"].as_str().unwrap().to_owned();
+    let a = accept(s, &id, &token(callee));
+    assert_eq!(a.status, 200, "{}", a.text());
+    (id, a.json()["credential"].as_str().unwrap().to_owned())
+}
+
+fn allowed(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> bool {
+    decide(s, agent, action, resource)["decision"] == "Allow"
+}
+
+fn taint(s: &TestServer, id: &str) -> i64 {
+    let r = get_as(s, ADMIN, &format!("/v1/delegations/{id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["taint"].as_i64().unwrap()
+}
+
+/// Break: whether a decision made its taint durable (and propagated it along the invocation
+/// links) was decided by the in-memory raise alone. A session's read whose persistence fails
+/// (`503`, the state file locked past the busy timeout) leaves the session's in-memory taint
+/// raised; the same read sent again raises nothing in memory, so it was answered `Allow` at
+/// once — never made durable and never propagated: its caller stayed at taint 0 (free to send
+/// on a public channel what the session hands back) and after a restart the session itself
+/// had forgotten the read. The same holds for a read racing one still waiting for the writer
+/// lock. Invariant: a decision that reads at level L is answered only once L is durable for
+/// the reader and everyone joined to it.
+#[test]
+fn a_read_answered_after_a_failed_persist_still_taints_the_caller_durably() {
+    let env = Env::start();
+    let s = &env.server;
+    let (caller, caller_token) = managed_root(s);
+    let (session, _) = session_of(s, &caller_token, "reviewer");
+    assert!(allowed(s, &caller, "send", ("Channel", "public")));
+
+    // Another process holds the state's write lock past deputy's busy timeout.
+    let blocker = env.state_db();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let read_deals = json!({"principal": {"type": "Agent", "id": session}, "action": {"type": "Action", "id": "read"},
+                            "resource": {"type": "Doc", "id": "deals"}});
+    let failed = s.post("/v1/authorize", &read_deals);
+    assert_eq!(
+        failed.status,
+        503,
+        "an unpersistable read must fail closed: {}",
+        failed.text()
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    // The same read again (over AuthZEN): answered only with its taint durable and propagated.
+    let e = s.post(
+        "/access/v1/evaluation",
+        &json!({"subject": {"type": "Agent", "id": session}, "action": {"name": "read"},
+                "resource": {"type": "Doc", "id": "deals"}}),
+    );
+    assert_eq!(e.status, 200, "{}", e.text());
+    assert_eq!(e.json()["decision"], true, "{}", e.text());
+    assert_eq!(taint(s, &caller), 2, "the session's read never reached its caller");
+    assert!(
+        !allowed(s, &caller, "send", ("Channel", "public")),
+        "the caller launders what its session read onto a public channel"
+    );
+    let env = env.restart();
+    let s = &env.server;
+    assert_eq!(
+        taint(s, &session),
+        2,
+        "the session forgot, after a restart, a read it was answered"
+    );
+    assert_eq!(taint(s, &caller), 2);
+    assert!(!allowed(s, &caller, "send", ("Channel", "public")));
+}
+
+/// Held: a claim racing the caller's cancel never leaves a working session credential for a
+/// cancelled session, and nobody but the callee (not the caller, a stranger, the session
+/// itself or a sibling session) claims or sees the session.
+#[test]
+fn a_claim_racing_a_cancel_never_leaves_a_live_credential() {
+    let env = Env::start();
+    let s = &env.server;
+    let (_, caller_token) = managed_root(s);
+    let r = invoke(s, &caller_token, "reviewer");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["session_id"].as_str().unwrap().to_owned();
+    let (sibling, sibling_token) = session_of(s, &token("sales"), "reviewer");
+    for (who, with) in [
+        ("the caller", caller_token.as_str()),
+        ("a stranger", &token("outsider")),
+        ("a sibling session", &sibling_token),
+    ] {
+        assert_eq!(accept(s, &id, with).status, 403, "{who} claimed the session");
+        assert_eq!(
+            get_as(s, with, &format!("/v1/invocations/{id}")).status,
+            if who == "the caller" { 200 } else { 403 },
+            "{who}"
+        );
+        let listed = get_as(s, with, "/v1/invocations").json();
+        let sees = listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["session_id"] == json!(id));
+        assert_eq!(sees, who == "the caller", "{who}: {listed}");
+    }
+    // A session cannot claim itself or its sibling, nor see another session of its callee.
+    assert_eq!(accept(s, &sibling, &sibling_token).status, 403);
+    assert_eq!(get_as(s, &sibling_token, &format!("/v1/invocations/{id}")).status, 403);
+
+    for _ in 0..4 {
+        let r = invoke(s, &caller_token, "reviewer");
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["session_id"].as_str().unwrap().to_owned();
+        let barrier = std::sync::Barrier::new(2);
+        let (claimed, cancelled) = std::thread::scope(|sc| {
+            let c = sc.spawn(|| {
+                barrier.wait();
+                accept(s, &id, &token("reviewer"))
+            });
+            let d = sc.spawn(|| {
+                barrier.wait();
+                delete_as(s, &caller_token, &format!("/v1/invocations/{id}"))
+            });
+            (c.join().unwrap(), d.join().unwrap())
+        });
+        assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+        match claimed.status {
+            200 => {
+                let credential = claimed.json()["credential"].as_str().unwrap().to_owned();
+                let r = invoke(s, &credential, "outsider");
+                assert_eq!(
+                    r.status,
+                    401,
+                    "a cancelled session's credential still acts: {}",
+                    r.text()
+                );
+                let d: Value = decide(s, &id, "read", ("Doc", "press"));
+                assert_eq!(d["decision"], "Deny", "{d}");
+            }
+            404 => assert_eq!(claimed.json()["code"], "delegation_not_found"),
+            other => panic!("claim racing a cancel answered {other}: {}", claimed.text()),
+        }
+        let again = accept(s, &id, &token("reviewer"));
+        assert!(matches!(again.status, 404 | 409), "{}", again.text());
+    }
+}
+
+/// Break: a session's read decided while the session is live, but whose taint is written after
+/// the session ended (cancelled by its caller, or completed by itself, committing first), was
+/// propagated along live links only — the ended session had none — so its caller stayed at
+/// taint 0 while the session's runtime got the data to hand back. Invariant: a read a session
+/// was answered reaches its caller, however the session ends meanwhile.
+#[test]
+fn a_read_racing_the_end_of_its_session_still_reaches_the_caller() {
+    let env = Env::start();
+    let s = &env.server;
+    let mut missed = Vec::new();
+    for round in 0..64 {
+        let (caller, caller_token) = managed_root(s);
+        let (session, session_token) = session_of(s, &caller_token, "reviewer");
+        let barrier = std::sync::Barrier::new(2);
+        let (read, ended) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                s.post(
+                    "/v1/authorize",
+                    &json!({"principal": {"type": "Agent", "id": session}, "action": {"type": "Action", "id": "read"},
+                            "resource": {"type": "Doc", "id": "deals"}}),
+                )
+            });
+            let e = sc.spawn(|| {
+                barrier.wait();
+                if round % 2 == 0 {
+                    delete_as(s, &caller_token, &format!("/v1/invocations/{session}"))
+                } else {
+                    post_as(
+                        s,
+                        &session_token,
+                        &format!("/v1/invocations/{session}/complete"),
+                        &json!({}),
+                    )
+                }
+            });
+            (r.join().unwrap(), e.join().unwrap())
+        });
+        assert_eq!(ended.status, 200, "{}", ended.text());
+        assert_eq!(read.status, 200, "{}", read.text());
+        if read.json()["decision"] == "Allow" && taint(s, &caller) != 2 {
+            missed.push(format!("round {round}: caller {caller} at taint {}", taint(s, &caller)));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "reads that never reached their caller:\n{}",
+        missed.join("\n")
+    );
+}
+
+/// Held: a caller's read racing its invocation of a PUBLIC-ceiling agent either refuses the
+/// invocation (`taint_above_ceiling`) or reaches the new session before the read is answered:
+/// never a live session at taint 0 beside a caller that was answered a CONFIDENTIAL read.
+#[test]
+fn a_read_racing_an_invocation_never_leaves_a_clean_session_beside_a_tainted_caller() {
+    let env = Env::start();
+    let s = &env.server;
+    for _ in 0..16 {
+        let (caller, caller_token) = managed_root(s);
+        let barrier = std::sync::Barrier::new(2);
+        let (read, invoked) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                decide(s, &caller, "read", ("Doc", "deals"))
+            });
+            let i = sc.spawn(|| {
+                barrier.wait();
+                invoke(s, &caller_token, "publisher")
+            });
+            (r.join().unwrap(), i.join().unwrap())
+        });
+        assert_eq!(read["decision"], "Allow", "{read}");
+        match invoked.status {
+            201 => {
+                let session = invoked.json()["session_id"].as_str().unwrap().to_owned();
+                assert_eq!(taint(s, &session), 2, "a session left clean beside its tainted caller");
+                assert!(!allowed(s, &session, "send", ("Channel", "public")));
+            }
+            403 => assert_eq!(invoked.json()["code"], "taint_above_ceiling", "{}", invoked.text()),
+            other => panic!("invocation racing a read answered {other}: {}", invoked.text()),
+        }
+    }
+}
