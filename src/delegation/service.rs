@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -246,10 +246,16 @@ struct Groups {
 }
 
 /// Groups end in order: every group up to `upto` has ended; those in `failed` rolled back.
+///
+/// INVARIANT: a rolled-back group is remembered as long as a writer of it has not read its
+/// outcome (each registers, under the writer lock, before its group can end), and no longer:
+/// `failed` holds only groups in `waiting`, so it stays as small as the writers waiting.
 #[derive(Default)]
 struct Ended {
     upto: u64,
     failed: BTreeSet<u64>,
+    /// Writers that will read a group's outcome, by group.
+    waiting: BTreeMap<u64, usize>,
 }
 
 impl Groups {
@@ -258,14 +264,33 @@ impl Groups {
             e.upto = e.upto.max(group);
             if committed {
                 e.failed.remove(&group);
-            } else {
+            } else if e.waiting.contains_key(&group) {
                 e.failed.insert(group);
             }
-            // Only a waiter of a recent group can still ask.
-            let keep_from = e.upto.saturating_sub(4096);
-            e.failed.retain(|g| *g >= keep_from);
         }
         self.changed.notify_all();
+    }
+
+    /// Registers a writer that will wait for `group`'s outcome. Called holding the writer
+    /// lock, so before the group can end.
+    fn will_wait(&self, group: u64) -> Result<(), DelegationError> {
+        let mut e = self.ended.lock().map_err(|_| DelegationError::internal("poisoned"))?;
+        *e.waiting.entry(group).or_default() += 1;
+        Ok(())
+    }
+
+    /// A writer of `group` read its outcome.
+    fn done_waiting(&self, group: u64) {
+        if let Ok(mut e) = self.ended.lock() {
+            let left = e.waiting.get_mut(&group).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if left == Some(0) {
+                e.waiting.remove(&group);
+                e.failed.remove(&group);
+            }
+        }
     }
 }
 
@@ -382,9 +407,12 @@ impl Delegation {
                 Err(e)
             }
         };
-        if out.is_ok() && self.groups.queued.load(Ordering::SeqCst) > 0 {
+        // (Should registering fail, this write commits the group itself instead of waiting.)
+        if out.is_ok() && self.groups.queued.load(Ordering::SeqCst) > 0 && self.groups.will_wait(group).is_ok() {
             drop(w);
-            return self.wait_for(group).and(out);
+            let ended = self.wait_for(group);
+            self.groups.done_waiting(group);
+            return ended.and(out);
         }
         let flushed = self.flush(&mut w);
         drop(w);
