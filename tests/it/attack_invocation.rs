@@ -6,112 +6,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common;
+use crate::invocation::{accept, allowed, record, started, token, Env};
 
-use std::path::Path;
-use std::time::Duration;
-
-use common::{decide, delete_as, get_as, post_as, Options, Resp, TestServer};
+use common::{decide, delete_as, get_as, post_as, Resp, TestServer};
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin-credential-for-invocation-attacks";
-const AGENTS: [&str; 5] = ["sales", "analyst", "reviewer", "publisher", "outsider"];
-
-fn token(agent: &str) -> String {
-    format!("{agent}-credential-from-a-secret-0123")
-}
-
-fn options(state: &Path) -> Options {
-    Options {
-        state: Some(state.to_path_buf()),
-        admin_token: Some(ADMIN.to_owned()),
-        agent_tokens: AGENTS.iter().map(|a| ((*a).to_owned(), token(a))).collect(),
-        ..Options::default()
-    }
-}
-
-struct Env {
-    server: TestServer,
-    bundle: tempfile::TempDir,
-    state: tempfile::TempDir,
-}
-
-impl Env {
-    fn start() -> Env {
-        let bundle = tempfile::tempdir().unwrap();
-        common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
-        let state = tempfile::tempdir().unwrap();
-        let server = TestServer::start(bundle.path(), options(state.path()));
-        Env { server, bundle, state }
-    }
-
-    fn restart(self) -> Env {
-        let Env { server, bundle, state } = self;
-        drop(server);
-        let server = TestServer::start(bundle.path(), options(state.path()));
-        Env { server, bundle, state }
-    }
-
-    /// Another process's connection to the state file.
-    fn state_db(&self) -> rusqlite::Connection {
-        let c = rusqlite::Connection::open(self.state.path().join("deputy.sqlite3")).unwrap();
-        c.busy_timeout(Duration::from_secs(30)).unwrap();
-        c
-    }
+fn invoke(s: &TestServer, caller_token: &str, callee: &str) -> Resp {
+    crate::invocation::invoke(s, caller_token, callee, 600)
 }
 
 /// A root agent the admin creates: reads everything under `root`, sends anywhere, ceiling 2.
 fn managed_root(s: &TestServer) -> (String, String) {
-    let r = post_as(
-        s,
-        ADMIN,
-        "/v1/delegations",
-        &json!({
-            "grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
-                      permit(principal == ?principal, action == Action::\"send\", resource);",
-            "ttl_seconds": 3600,
-            "ceiling": 2,
-            "task": "invoke others",
-        }),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let b = r.json();
-    (
-        b["delegation_id"].as_str().unwrap().to_owned(),
-        b["credential"].as_str().unwrap().to_owned(),
-    )
+    crate::invocation::managed_root(s, 3600)
 }
 
-fn invoke(s: &TestServer, caller_token: &str, callee: &str) -> Resp {
-    post_as(
-        s,
-        caller_token,
-        "/v1/invocations",
-        &json!({"callee": {"type": "Agent", "id": callee}, "task": "help", "ttl_seconds": 600}),
-    )
-}
-
-fn accept(s: &TestServer, session: &str, with: &str) -> Resp {
-    post_as(s, with, &format!("/v1/invocations/{session}/accept"), &json!({}))
-}
-
-/// Invokes `callee` (one of `AGENTS`) and has it accept: (session id, session credential).
+/// Invokes `callee` (one of the bundle's agents) and has it accept: (session id, credential).
 fn session_of(s: &TestServer, caller_token: &str, callee: &str) -> (String, String) {
-    let r = invoke(s, caller_token, callee);
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["session_id"].as_str().unwrap().to_owned();
-    let a = accept(s, &id, &token(callee));
-    assert_eq!(a.status, 200, "{}", a.text());
-    (id, a.json()["credential"].as_str().unwrap().to_owned())
-}
-
-fn allowed(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> bool {
-    decide(s, agent, action, resource)["decision"] == "Allow"
+    let session = started(s, &invoke(s, caller_token, callee));
+    (session.id, session.token)
 }
 
 fn taint(s: &TestServer, id: &str) -> i64 {
-    let r = get_as(s, ADMIN, &format!("/v1/delegations/{id}"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["taint"].as_i64().unwrap()
+    record(s, id)["taint"].as_i64().unwrap()
 }
 
 /// Break: whether a decision made its taint durable (and propagated it along the invocation

@@ -10,11 +10,11 @@ use std::path::Path;
 use common::{decide, delete_as, get_as, post_as, Options, Resp, TestServer};
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin-credential-for-invocation-tests";
+pub(crate) const ADMIN: &str = "admin-credential-for-invocation-tests";
 
 const AGENTS: [&str; 5] = ["sales", "analyst", "reviewer", "publisher", "outsider"];
 
-fn token(agent: &str) -> String {
+pub(crate) fn token(agent: &str) -> String {
     format!("{agent}-credential-from-a-secret-0123")
 }
 
@@ -27,14 +27,14 @@ fn options(state: &Path) -> Options {
     }
 }
 
-struct Env {
-    server: TestServer,
+pub(crate) struct Env {
+    pub(crate) server: TestServer,
     bundle: tempfile::TempDir,
     state: tempfile::TempDir,
 }
 
 impl Env {
-    fn start() -> Env {
+    pub(crate) fn start() -> Env {
         let bundle = tempfile::tempdir().unwrap();
         common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
         let state = tempfile::tempdir().unwrap();
@@ -43,21 +43,28 @@ impl Env {
     }
 
     /// Stops the server and starts a new one on the same bundle and state.
-    fn restart(self) -> Env {
+    pub(crate) fn restart(self) -> Env {
         let Env { server, bundle, state } = self;
         drop(server);
         let server = TestServer::start(bundle.path(), options(state.path()));
         Env { server, bundle, state }
     }
+
+    /// Another process's connection to the state file.
+    pub(crate) fn state_db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.state.path().join("deputy.sqlite3")).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+        c
+    }
 }
 
-struct Session {
-    id: String,
-    token: String,
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) token: String,
     body: Value,
 }
 
-fn invoke(s: &TestServer, caller_token: &str, callee: &str, ttl: i64) -> Resp {
+pub(crate) fn invoke(s: &TestServer, caller_token: &str, callee: &str, ttl: i64) -> Resp {
     post_as(
         s,
         caller_token,
@@ -93,7 +100,7 @@ fn started_for(s: &TestServer, r: &Resp, callee_token: &str) -> Session {
 
 /// The session an invocation started, accepted with the callee's own credential (the admin's
 /// for an agent only the bundle declares, which has none).
-fn started(s: &TestServer, r: &Resp) -> Session {
+pub(crate) fn started(s: &TestServer, r: &Resp) -> Session {
     let callee = r.json()["callee"]["id"].as_str().map(str::to_owned).unwrap_or_default();
     let with = if AGENTS.contains(&callee.as_str()) {
         token(&callee)
@@ -103,7 +110,7 @@ fn started(s: &TestServer, r: &Resp) -> Session {
     started_for(s, r, &with)
 }
 
-fn accept(s: &TestServer, session: &str, with: &str) -> Resp {
+pub(crate) fn accept(s: &TestServer, session: &str, with: &str) -> Resp {
     post_as(s, with, &format!("/v1/invocations/{session}/accept"), &json!({}))
 }
 
@@ -114,12 +121,12 @@ fn refused(r: &Resp, status: u16, code: &str) -> Value {
     body
 }
 
-fn allowed(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> bool {
+pub(crate) fn allowed(s: &TestServer, agent: &str, action: &str, resource: (&str, &str)) -> bool {
     decide(s, agent, action, resource)["decision"] == "Allow"
 }
 
 /// An agent's record as the admin sees it.
-fn record(s: &TestServer, id: &str) -> Value {
+pub(crate) fn record(s: &TestServer, id: &str) -> Value {
     let r = get_as(s, ADMIN, &format!("/v1/delegations/{id}"));
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
@@ -289,7 +296,7 @@ fn concurrent_callers_get_separate_sessions_of_one_callee() {
 }
 
 /// A root agent the admin creates (deputy manages it): reads everything, sends anywhere.
-fn managed_root(s: &TestServer, ttl: i64) -> (String, String) {
+pub(crate) fn managed_root(s: &TestServer, ttl: i64) -> (String, String) {
     let r = post_as(
         s,
         ADMIN,
