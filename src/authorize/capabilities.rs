@@ -13,7 +13,7 @@ mod residual;
 
 use std::sync::Arc;
 
-use cedar_policy::{EntityTypeName, EntityUid};
+use cedar_policy::{EntityTypeName, EntityUid, PolicySet};
 use serde::Serialize;
 use serde_json::json;
 
@@ -280,9 +280,24 @@ fn for_action(
         .unwrap_or_default();
     types.sort_by_key(|t| t.to_string());
     let role = snap.bundle.taint_roles.get(env.action).copied();
+    // Each bound's policies that can apply to its principal and this action, partially
+    // evaluated per type instead of the whole set.
+    let scoped: Vec<Option<PolicySet>> = bounds
+        .iter()
+        .map(|b| residual::scoped(b.policies, b.principal, env.action, env.entities))
+        .collect();
+    let bounds: Vec<Bound<'_>> = bounds
+        .iter()
+        .zip(&scoped)
+        .map(|(b, scoped)| match scoped {
+            Some(policies) => Bound { policies, ..*b },
+            None => *b,
+        })
+        .collect();
+    let bounds = bounds.as_slice();
     let (mut allowed, mut conditional, mut other) = (Vec::new(), Vec::new(), Vec::new());
     for ty in types {
-        let levels = bounds
+        let mut levels = bounds
             .iter()
             .map(|b| residual::type_level(b, ty, env))
             .collect::<Result<Vec<_>, _>>()?;
@@ -317,7 +332,7 @@ fn for_action(
                 continue;
             }
             let mut answers = Vec::with_capacity(bounds.len());
-            for (bound, level) in bounds.iter().zip(&levels) {
+            for (bound, level) in bounds.iter().zip(levels.iter_mut()) {
                 let a = residual::at(bound, level, uid, env)?;
                 let deny = a == Answer::Deny;
                 answers.push((a, bound.reasons));
