@@ -13,7 +13,8 @@ mod residual;
 
 use std::sync::Arc;
 
-use cedar_policy::{EntityTypeName, EntityUid, PolicySet};
+use cedar_policy::{EntityTypeName, EntityUid, PartialEntities, PolicySet};
+use ref_cast::RefCast;
 use serde::Serialize;
 use serde_json::json;
 
@@ -180,7 +181,7 @@ fn compute(snap: &Snapshot, agent: &Subject<'_>, inactive: Option<DeniedBy>) -> 
         return caps;
     }
     let bundle = &snap.bundle;
-    let partial = match snap.memo.partial_entities(snap.entities(), &bundle.schema) {
+    let partial = match snap.memo.partial_entities(bundle, snap.combined()) {
         Ok(p) => p,
         Err(e) => {
             for action in agent_actions(snap) {
@@ -215,7 +216,7 @@ fn compute(snap: &Snapshot, agent: &Subject<'_>, inactive: Option<DeniedBy>) -> 
     for action in agent_actions(snap) {
         let env = Env {
             schema: &bundle.schema,
-            entities: &partial,
+            entities: PartialEntities::ref_cast(&partial),
             concrete: snap.entities(),
             action,
             taint: bundle.taint_in_context.contains(action).then_some(taint),

@@ -125,6 +125,7 @@ fn targets(e: &Expr) -> Option<Vec<EntityUID>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::str::FromStr;
 
     use super::{reads, Read};
