@@ -11,8 +11,10 @@ mod watch;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
+use cedar_policy_core::tpe::entities::PartialEntities;
 
 use crate::eval::{Indexed, PolicyIndex};
 
@@ -104,12 +106,27 @@ pub struct Bundle {
     pub files: Vec<String>,
     /// When it was loaded (RFC 3339).
     pub loaded_at: String,
+    /// `entities` as Cedar's partial evaluator takes them (discovery), converted on first use
+    /// and shared by every snapshot of this bundle.
+    #[doc(hidden)]
+    pub partial: OnceLock<Result<Arc<PartialEntities>, String>>,
 }
 
 impl Bundle {
     /// Loads and validates the bundle at `dir`. Blocking: run it off the async threads.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
         load::load(dir, opts)
+    }
+
+    /// `entities` for Cedar's partial evaluator, converted (one copy) on first use.
+    pub fn partial_entities(&self) -> Result<Arc<PartialEntities>, String> {
+        self.partial
+            .get_or_init(|| {
+                PartialEntities::from_concrete(self.entities.as_ref().clone(), self.schema.as_ref())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// The admin policies with their index, for deciding requests.

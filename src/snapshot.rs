@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use cedar_policy::{Entities, PartialEntities, Schema};
+use cedar_policy::Entities;
+use cedar_policy_core::entities::TCComputation;
+use cedar_policy_core::tpe::entities::{PartialEntities, PartialEntity};
 
 use crate::agents::Registry;
 use crate::bundle::Bundle;
@@ -50,13 +52,37 @@ pub struct Memo {
 const MEMO_CAPACITY: usize = 4096;
 
 impl Memo {
-    /// The snapshot's entities for partial evaluation, converted (one copy) on first use.
-    pub fn partial_entities(&self, entities: &Entities, schema: &Schema) -> Result<Arc<PartialEntities>, String> {
+    /// The snapshot's entities for partial evaluation, built on first use: the bundle's, as
+    /// converted once for every snapshot of it, plus the managed agents' when there are any
+    /// (`combined`).
+    ///
+    /// INVARIANT: `combined` is the bundle's store with entities added, none of them with
+    /// parents (`agents::agent_entity`), so no bundle entity's ancestors change: converting it
+    /// whole equals the bundle's conversion plus the added entities'.
+    pub fn partial_entities(&self, bundle: &Bundle, combined: Option<&Entities>) -> Result<Arc<PartialEntities>, String> {
         self.partial
             .get_or_init(|| {
-                PartialEntities::from_concrete(entities.clone(), schema)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                let base = bundle.partial_entities()?;
+                let Some(combined) = combined else {
+                    return Ok(base);
+                };
+                let mut added = Vec::new();
+                for e in combined.iter().filter(|e| bundle.entities.get(&e.uid()).is_none()) {
+                    let core: &cedar_policy_core::ast::Entity = e.as_ref();
+                    if core.ancestors().next().is_some() {
+                        // Not what the invariant expects: convert the whole store.
+                        return PartialEntities::from_concrete(combined.as_ref().clone(), bundle.schema.as_ref())
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string());
+                    }
+                    let partial = PartialEntity::try_from(core.clone()).map_err(|e| e.to_string())?;
+                    added.push((core.uid().clone(), partial));
+                }
+                let mut partial = (*base).clone();
+                partial
+                    .add_entities(added.into_iter(), bundle.schema.as_ref(), TCComputation::AssumeAlreadyComputed)
+                    .map_err(|e| e.to_string())?;
+                Ok(Arc::new(partial))
             })
             .clone()
     }
@@ -85,6 +111,11 @@ impl Memo {
 }
 
 impl Snapshot {
+    /// The joint store when deputy manages agents (`entities` is then this), else `None`.
+    pub fn combined(&self) -> Option<&Entities> {
+        self.combined.as_ref()
+    }
+
     pub fn entities(&self) -> &Entities {
         self.combined.as_ref().unwrap_or(&self.bundle.entities)
     }

@@ -130,6 +130,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                     .chain(&grant_files)
                     .map(|f| f.rel.clone())
                     .collect(),
+                partial: std::sync::OnceLock::new(),
             })
         }
         _ => Err(fail(problems)),

@@ -8,8 +8,13 @@
 //! as Cedar (`(p1) || (p2)` for the permits, `!((f1) || (f2))` for the forbids). The taint
 //! deputy supplies for its agents (`context.taint`) is put in before the per-resource step, so
 //! no condition asks the agent for what deputy decides.
+//!
+//! Resources the residuals cannot tell apart (the same residuals whose scope can match, the same
+//! values of what those read of the resource: `reads`) share one per-resource evaluation.
 
-use std::collections::BTreeSet;
+mod reads;
+
+use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{
     Decision as CedarDecision, EntityTypeName, EntityUid, PartialEntities, PartialEntityUid, PartialRequest, Policy,
@@ -20,6 +25,7 @@ use serde_json::Value;
 use crate::eval::PolicyIndex;
 
 /// One bound of the chain: a policy set asked about `principal`.
+#[derive(Clone, Copy)]
 pub struct Bound<'a> {
     pub policies: &'a PolicySet,
     /// The admin set's index: which policies' scopes can match a resource.
@@ -48,9 +54,19 @@ pub struct TypeLevel {
     true_permits: Vec<String>,
     /// The policies left to decide, the taint put in: what the per-resource step evaluates.
     residuals: Vec<Policy>,
+    /// Each residual's index in `residuals`, by id as Cedar prints it (as the index names it).
+    position: HashMap<String, usize>,
+    /// What each residual reads of the resource; `None`: more than deputy keys on (`reads`).
+    reads: Vec<Option<Vec<reads::Read>>>,
     /// No residual names `resource`: every resource of the type gets `answer`.
     resource_free: bool,
+    /// Per-resource answers by what decides them (`Shared`), for the resources that follow.
+    shared: HashMap<Shared, Answer>,
 }
+
+/// What decides a resource's answer: the residuals whose scope can match it (by index in
+/// `TypeLevel::residuals`, ascending) and the values of what they read of it, in that order.
+type Shared = (Vec<usize>, Vec<reads::Seen>);
 
 /// What the partial evaluator needs besides the bound.
 pub struct Env<'a> {
@@ -60,6 +76,62 @@ pub struct Env<'a> {
     pub action: &'a EntityUid,
     /// `context.taint` as deputy supplies it, when the action's context declares it.
     pub taint: Option<i64>,
+}
+
+/// The policies of `policies` whose principal and action scope can match `principal` and
+/// `action`, as a set: the others are false for every resource and context (a scope never errs,
+/// and the partial evaluator decides `principal in E` from the same ancestors read here), so
+/// leaving them out changes no answer and spares the partial evaluator typechecking them.
+/// `None` when that leaves every policy, or the set holds template-linked policies (a grant:
+/// a few policies, asked as they are).
+pub fn scoped(
+    policies: &PolicySet,
+    principal: &EntityUid,
+    action: &EntityUid,
+    entities: &PartialEntities,
+) -> Option<PolicySet> {
+    use cedar_policy_core::ast::{ActionConstraint, EntityReference, PrincipalOrResourceConstraint as C};
+    if policies.policies().any(|p| p.template_id().is_some()) {
+        return None;
+    }
+    let entities: &cedar_policy_core::tpe::entities::PartialEntities = entities.as_ref();
+    let (principal, action): (&cedar_policy_core::ast::EntityUID, &cedar_policy_core::ast::EntityUID) =
+        (principal.as_ref(), action.as_ref());
+    // `None`: not known here (a slot; an entity whose ancestors the store does not know).
+    let is_in = |uid: &cedar_policy_core::ast::EntityUID, target: &cedar_policy_core::ast::EntityUID| {
+        if uid == target {
+            return Some(true);
+        }
+        entities.get_ancestors(uid).map(|a| a.contains(target))
+    };
+    let entity = |r: &EntityReference| match r {
+        EntityReference::EUID(u) => Some(u.as_ref().clone()),
+        EntityReference::Slot(_) => None,
+    };
+    let may_match = |p: &Policy| {
+        let core: &cedar_policy_core::ast::Policy = p.as_ref();
+        let by_principal = match core.principal_constraint().as_inner() {
+            C::Any => Some(true),
+            C::Eq(u) => entity(u).map(|u| &u == principal),
+            C::In(u) => entity(u).and_then(|u| is_in(principal, &u)),
+            C::Is(t) => Some(principal.entity_type() == t.as_ref()),
+            C::IsIn(t, u) => match principal.entity_type() == t.as_ref() {
+                false => Some(false),
+                true => entity(u).and_then(|u| is_in(principal, &u)),
+            },
+        };
+        let by_action = match core.action_constraint() {
+            ActionConstraint::Any => Some(true),
+            ActionConstraint::Eq(a) => Some(a.as_ref() == action),
+            ActionConstraint::In(list) => list.iter().try_fold(false, |any, a| Some(any || is_in(action, a)?)),
+        };
+        by_principal != Some(false) && by_action != Some(false)
+    };
+    let kept: Vec<Policy> = policies.policies().filter(|p| may_match(p)).cloned().collect();
+    if kept.len() == policies.num_of_policies() {
+        return None;
+    }
+    PolicySet::from_policies(kept).ok()
 }
 
 /// Partially evaluates `bound` for a resource of type `ty`, context unknown.
@@ -95,43 +167,67 @@ pub fn type_level(bound: &Bound<'_>, ty: &EntityTypeName, env: &Env<'_>) -> Resu
             answer_of(&again, &true_permits)
         }
     };
-    // A text search: a condition naming `resource` always contains the word (a string literal
-    // that does only costs the per-resource step it could have saved).
-    let resource_free = residuals.iter().all(|p| !condition(p).contains("resource"));
+    let reads: Vec<Option<Vec<reads::Read>>> = residuals
+        .iter()
+        .map(|p| reads::reads(&AsRef::<cedar_policy_core::ast::Policy>::as_ref(p).condition()))
+        .collect();
+    let resource_free = reads.iter().all(|r| r.as_ref().is_some_and(Vec::is_empty));
+    let position = residuals
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id().to_string(), i))
+        .collect();
     Ok(TypeLevel {
         answer,
         true_permits,
         residuals,
+        position,
+        reads,
         resource_free,
+        shared: HashMap::new(),
     })
 }
 
 /// `bound`'s answer for `resource` (of the type `level` was computed for), context unknown.
-pub fn at(bound: &Bound<'_>, level: &TypeLevel, resource: &EntityUid, env: &Env<'_>) -> Result<Answer, String> {
+pub fn at(bound: &Bound<'_>, level: &mut TypeLevel, resource: &EntityUid, env: &Env<'_>) -> Result<Answer, String> {
     if !matches!(level.answer, Answer::When(_)) || level.resource_free {
         return Ok(level.answer.clone());
     }
     // The index names the policies whose scope can match this resource; the others are false.
-    let relevant: Option<BTreeSet<&str>> = bound.index.and_then(|index| {
-        Some(
-            index
-                .policy_names(env.concrete, bound.principal, env.action, resource)?
-                .collect(),
-        )
-    });
-    let residuals: Vec<Policy> = level
-        .residuals
-        .iter()
-        .filter(|p| relevant.as_ref().is_none_or(|r| r.contains(p.id().to_string().as_str())))
-        .cloned()
-        .collect();
-    if residuals.is_empty() {
+    let relevant: Vec<usize> = match bound
+        .index
+        .and_then(|index| index.policy_names(env.concrete, bound.principal, env.action, resource))
+    {
+        Some(names) => {
+            let mut found: Vec<usize> = names.filter_map(|n| level.position.get(n).copied()).collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+        }
+        None => (0..level.residuals.len()).collect(),
+    };
+    if relevant.is_empty() {
         return Ok(if level.true_permits.is_empty() {
             Answer::Deny
         } else {
             Answer::Allow(level.true_permits.clone())
         });
     }
+    // `Ok`: what decides the answer, shared with the resources that agree on it; `Err`: the
+    // relevant residuals, for this resource alone.
+    let key: Result<Shared, Vec<usize>> = match seen(level, &relevant, resource, env) {
+        Some(seen) => Ok((relevant, seen)),
+        None => Err(relevant),
+    };
+    if let Some(answer) = key.as_ref().ok().and_then(|k| level.shared.get(k)) {
+        return Ok(answer.clone());
+    }
+    let (Ok((relevant, _)) | Err(relevant)) = &key;
+    let residuals: Vec<Policy> = relevant
+        .iter()
+        .filter_map(|&i| level.residuals.get(i))
+        .cloned()
+        .collect();
     let request = PartialRequest::new(
         PartialEntityUid::from_concrete(bound.principal.clone()),
         env.action.clone(),
@@ -142,7 +238,24 @@ pub fn at(bound: &Bound<'_>, level: &TypeLevel, resource: &EntityUid, env: &Env<
     .map_err(|e| e.to_string())?;
     let set = PolicySet::from_policies(residuals).map_err(|e| e.to_string())?;
     let response = set.tpe(&request, env.entities, env.schema).map_err(|e| e.to_string())?;
-    Ok(answer_of(&response, &level.true_permits))
+    let answer = answer_of(&response, &level.true_permits);
+    if let Ok(key) = key {
+        level.shared.insert(key, answer.clone());
+    }
+    Ok(answer)
+}
+
+/// The values of what the `relevant` residuals read of `resource`, or `None` when one reads
+/// more of it than deputy keys on (then it is evaluated on its own).
+fn seen(level: &TypeLevel, relevant: &[usize], resource: &EntityUid, env: &Env<'_>) -> Option<Vec<reads::Seen>> {
+    let entities: &cedar_policy_core::tpe::entities::PartialEntities = env.entities.as_ref();
+    let mut seen = Vec::new();
+    for &i in relevant {
+        for read in level.reads.get(i)?.as_ref()? {
+            seen.push(reads::seen(read, resource.as_ref(), entities)?);
+        }
+    }
+    Some(seen)
 }
 
 /// A partial response as an answer, decided as Cedar's authorizer decides (a satisfied forbid
@@ -172,7 +285,7 @@ fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Answer {
         parts.push(any_of(&permits));
     }
     if !blocks.is_empty() {
-        parts.push(format!("!({})", any_of(&blocks)));
+        parts.push(not(&any_of(&blocks)));
     }
     if parts.is_empty() {
         Answer::Allow(satisfied)
@@ -215,6 +328,40 @@ fn all_of(parts: &[String]) -> String {
     join(parts, " && ")
 }
 
+/// `!(text)`, a double negation rendered away: `!(!(x))` is `x`. Exact: a residual's condition
+/// typechecks as a boolean, and `!` errs only where its operand errs.
+fn not(text: &str) -> String {
+    match negated(text) {
+        Some(inner) => inner.to_owned(),
+        None => format!("!({text})"),
+    }
+}
+
+/// `x` when `text` is `!(x)` as a whole: the parenthesis after `!` closes at the end (string
+/// literals, which may hold parentheses, skipped).
+fn negated(text: &str) -> Option<&str> {
+    let inner = text.strip_prefix("!(")?.strip_suffix(')')?;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for c in inner.chars() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+    }
+    (depth == 0 && !in_string).then_some(inner)
+}
+
 fn join(parts: &[String], op: &str) -> String {
     match parts {
         [one] => one.clone(),
@@ -235,7 +382,37 @@ fn condition(p: &Policy) -> String {
         .map(|i| &text[i + "when {".len()..])
         .and_then(|rest| rest.rfind('}').map(|j| &rest[..j]))
         .unwrap_or(&text);
-    body.split_whitespace().collect::<Vec<_>>().join(" ")
+    squeeze(body)
+}
+
+/// `text` on one line: each run of whitespace outside string literals made one space, none at
+/// either end (a string literal is kept as written: its spaces are its value).
+fn squeeze(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut space) = (false, false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        in_string = c == '"';
+        out.push(c);
+    }
+    out
 }
 
 /// `p` with `context.taint` replaced by deputy's value (and `context has taint` by `true`), by a
@@ -271,5 +448,29 @@ fn rewrite(v: &mut Value, taint: i64, changed: &mut bool) {
         Value::Object(m) => m.values_mut().for_each(|x| rewrite(x, taint, changed)),
         Value::Array(a) => a.iter_mut().for_each(|x| rewrite(x, taint, changed)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{not, squeeze};
+
+    #[test]
+    fn a_double_negation_is_rendered_away() {
+        assert_eq!(not("!(context.hour < 18)"), "context.hour < 18");
+        assert_eq!(not("context.hour < 18"), "!(context.hour < 18)");
+        // Not one negation of the whole: kept.
+        assert_eq!(not("!(a) || (b)"), "!(!(a) || (b))");
+        assert_eq!(not("(!(a)) || (!(b))"), "!((!(a)) || (!(b)))");
+        // Parentheses inside a string literal do not count.
+        assert_eq!(not(r#"!(context.s == ")(")"#), r#"context.s == ")(""#);
+        assert_eq!(not(r#"!(context.s == "(") || (context.t == ")")"#), r#"!(!(context.s == "(") || (context.t == ")"))"#);
+        assert_eq!(not(r#"!(context.s == "\")")"#), r#"context.s == "\")""#);
+    }
+
+    #[test]
+    fn whitespace_is_squeezed_outside_string_literals_only() {
+        assert_eq!(squeeze("  context.a\n   &&  context.s == \"x  y\"  "), "context.a && context.s == \"x  y\"");
+        assert_eq!(squeeze(r#"context.s == "a\"  b"  &&  true"#), r#"context.s == "a\"  b" && true"#);
     }
 }
