@@ -171,12 +171,32 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
     };
     let request = match taint_only_context(bundle, &parts, agent.taint()) {
         // Only the taint deputy supplies (an agent's usual request): built directly rather than
-        // through the JSON parser; `Request::new` checks it against the schema all the same.
+        // through the JSON parser. Its context was checked against the schema for this action
+        // at load: only the scope is checked here, as `Request::new` checks it (scope first).
+        Some(context) if bundle.taint_context_valid.contains(&parts.action.uid) => {
+            use cedar_policy_core::ast::{EntityUIDEntry, RequestSchema};
+            let core: &cedar_policy_core::validator::ValidatorSchema = bundle.schema.as_ref();
+            core.validate_scope_variables(
+                Some(parts.principal.uid.as_ref()),
+                Some(parts.action.uid.as_ref()),
+                Some(parts.resource.uid.as_ref()),
+            )
+            .map_err(|e| {
+                RequestError::from_validation(&e.into(), &parts.principal.field, &parts.action.field, &parts.resource.field)
+            })?;
+            Request::from(cedar_policy_core::ast::Request::new_unchecked(
+                EntityUIDEntry::known(parts.principal.uid.into(), None),
+                EntityUIDEntry::known(parts.action.uid.into(), None),
+                EntityUIDEntry::known(parts.resource.uid.into(), None),
+                Some(context),
+            ))
+        }
+        // Checked whole: `Request::new` gives Cedar's error.
         Some(context) => Request::new(
             parts.principal.uid,
             parts.action.uid,
             parts.resource.uid,
-            context,
+            context.into(),
             Some(&bundle.schema),
         )
         .map_err(|e| RequestError::from_validation(&e, &parts.principal.field, &parts.action.field, &parts.resource.field))?,
@@ -222,7 +242,7 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
 /// The context `{taint}` alone, when that is what [`with_taint`] would make of the request's
 /// (the action's context declares `taint` and the caller sent nothing else), built without a
 /// JSON map; `None` otherwise.
-fn taint_only_context(bundle: &Bundle, parts: &Parts, taint: i64) -> Option<cedar_policy::Context> {
+fn taint_only_context(bundle: &Bundle, parts: &Parts, taint: i64) -> Option<cedar_policy_core::ast::Context> {
     let nothing_else = match &parts.context {
         None | Some(serde_json::Value::Null) => true,
         Some(serde_json::Value::Object(m)) => m.keys().all(|k| k == TAINT_FIELD),
@@ -231,9 +251,7 @@ fn taint_only_context(bundle: &Bundle, parts: &Parts, taint: i64) -> Option<ceda
     if !nothing_else || !bundle.taint_in_context.contains(&parts.action.uid) {
         return None;
     }
-    let value = cedar_policy_core::ast::Value::from(taint);
-    let record = std::collections::BTreeMap::from([(smol_str::SmolStr::new_static(TAINT_FIELD), value)]);
-    Some(cedar_policy_core::ast::Context::Value(Arc::new(record)).into())
+    Some(crate::bundle::taint_context(taint))
 }
 
 /// The request's context with deputy's `taint` in place of whatever the caller sent (where the
