@@ -107,7 +107,7 @@ enum Req<'a> {
     },
 }
 
-impl Req<'_> {
+impl<'a> Req<'a> {
     fn get(&self) -> &Request {
         match self {
             Req::Given(r) => r,
@@ -125,9 +125,6 @@ impl Req<'_> {
         }
     }
 
-}
-
-impl<'a> Req<'a> {
     /// The request this one was made from by changing the principal (itself, if none).
     fn base(&self) -> &'a Request {
         match self {
