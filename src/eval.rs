@@ -96,6 +96,10 @@ pub struct Asked<'a> {
 
 /// The Cedar request an [`Asked`] stands for, needed only when Cedar's evaluator or authorizer
 /// runs.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per ask, on the stack; boxing the cell would allocate for every ancestor"
+)]
 enum Req<'a> {
     Given(&'a Request),
     /// `base` asked on behalf of `principal`: built on first use (an ancestor's admin check
