@@ -13,6 +13,10 @@ In one sitting, on the example bundle with a fresh state directory:
    resident memory per live agent (VmRSS difference over the agents added);
 4. a restart on that state: time from exec to `/readyz` answering 200 with every agent loaded.
 
+`--keep-state DIR` builds the state in DIR (new or empty) and keeps it; `--restart-only DIR`
+then only times restarts on it, `--repeat` times for each `--deputy` given (the option may be
+repeated: the binaries take turns, for a before/after in one sitting).
+
 Build first (the figures in docs/BENCHMARKS.md use the dist profile):
     cargo build --profile dist --locked --bin deputy
 """
@@ -113,15 +117,28 @@ def micros(s):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--deputy", default="target/dist/deputy")
+    ap.add_argument("--deputy", action="append", help="the binary (default target/dist/deputy)")
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--parents", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--port", type=int, default=18190)
+    ap.add_argument("--keep-state", metavar="DIR", help="build the state in DIR and keep it")
+    ap.add_argument("--restart-only", metavar="DIR", help="only time restarts on the state in DIR")
+    ap.add_argument("--repeat", type=int, default=3, help="restarts per binary with --restart-only")
     a = ap.parse_args()
+    a.deputy = a.deputy or ["target/dist/deputy"]
+    if a.restart_only:
+        return restarts(a)
+    if len(a.deputy) > 1:
+        raise SystemExit("several --deputy binaries only with --restart-only")
+    a.deputy = a.deputy[0]
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    state = tempfile.mkdtemp()
+    if a.keep_state:
+        os.makedirs(a.keep_state, exist_ok=True)
+        if os.listdir(a.keep_state):
+            raise SystemExit(f"--keep-state {a.keep_state}: not empty")
+    state = a.keep_state or tempfile.mkdtemp()
     p, _ = serve(a.deputy, state, a.port)
     try:
         root, root_token = spawn(a.port, ADMIN, READ_REPO, "root")
@@ -212,7 +229,26 @@ def main():
     finally:
         p.terminate()
         p.wait()
-        shutil.rmtree(state, ignore_errors=True)
+        if not a.keep_state:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def restarts(a):
+    """Restart to ready on a kept state, each binary in turn, `--repeat` rounds."""
+    times = {d: [] for d in a.deputy}
+    for _ in range(a.repeat):
+        for d in a.deputy:
+            p, ready = serve(d, a.restart_only, a.port)
+            try:
+                _, st = call(a.port, "GET", "/v1/status")
+                live = st.get("delegation", {}).get("live_agents", "?") if st else "?"
+            finally:
+                p.terminate()
+                p.wait()
+            times[d].append(ready)
+            print(f"{d}: restart to ready with {live} live agents: {ready * 1000:.0f} ms", flush=True)
+    for d, ts in times.items():
+        print(f"{d}: median {sorted(ts)[len(ts) // 2] * 1000:.0f} ms over {len(ts)}")
 
 
 if __name__ == "__main__":

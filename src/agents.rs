@@ -240,9 +240,12 @@ impl Registry {
         let mut sessions: HashMap<String, Arc<SessionRow>> =
             sessions.into_iter().map(|s| (s.id.clone(), Arc::new(s))).collect();
         let mut reg = Registry::default();
+        // Many agents hold the same grant text (a fleet spawned from one template): each text is
+        // parsed once and the parse shared (it is immutable; linking copies what it keeps).
+        let mut parsed = Parsed::default();
         for row in rows {
             let session = sessions.remove(&row.id);
-            let agent = build(&reg.agents, row, None, session)?;
+            let agent = build(&reg.agents, row, None, session, Some(&mut parsed))?;
             reg.agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         }
         Ok(reg)
@@ -255,7 +258,7 @@ impl Registry {
 
     /// A registry that also holds `row` (a new agent), a session when `session` is set.
     pub fn with_session(&self, row: AgentRow, session: Option<SessionRow>) -> Result<Registry, RegistryError> {
-        let agent = build(&self.agents, row, None, session.map(Arc::new))?;
+        let agent = build(&self.agents, row, None, session.map(Arc::new), None)?;
         let mut agents = self.agents.clone();
         agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
         Ok(Registry { agents })
@@ -279,7 +282,7 @@ impl Registry {
         let mut agents = self.agents.clone();
         for a in affected {
             let row = changed.remove(&a.row.id).unwrap_or_else(|| a.row.clone());
-            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)), a.session.clone())?;
+            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)), a.session.clone(), None)?;
             agents.insert(Arc::from(rebuilt.row.id.as_str()), Arc::new(rebuilt));
         }
         Ok(Registry { agents })
@@ -412,11 +415,15 @@ pub enum View {
     Delegable,
 }
 
+/// Grants already parsed, by their text.
+type Parsed = HashMap<String, Arc<PolicySet>>;
+
 fn build(
     agents: &HashMap<Arc<str>, Arc<LiveAgent>>,
     row: AgentRow,
     state: Option<Arc<AgentState>>,
     session: Option<Arc<SessionRow>>,
+    seen: Option<&mut Parsed>,
 ) -> Result<LiveAgent, RegistryError> {
     let uid = agent_uid(&row.id).map_err(|message| RegistryError::Entity {
         agent: row.id.clone(),
@@ -455,7 +462,19 @@ fn build(
             durable: AtomicI64::new(row.taint),
         })
     });
-    let parsed = Arc::new(parse_grant(&row.id, &row.grant)?);
+    // INVARIANT: parsing is a function of the text alone (policy ids are `policyN` in order),
+    // so an agent sharing another's parse holds what parsing its own text would give.
+    let parsed = match seen {
+        Some(seen) => match seen.get(&row.grant) {
+            Some(p) => Arc::clone(p),
+            None => {
+                let p = Arc::new(parse_grant(&row.id, &row.grant)?);
+                seen.insert(row.grant.clone(), Arc::clone(&p));
+                p
+            }
+        },
+        None => Arc::new(parse_grant(&row.id, &row.grant)?),
+    };
     let policies = link_parsed(&row.id, &parsed, &uid, View::Full)?;
     hops.push(Hop {
         agent: row.id.clone(),

@@ -167,40 +167,53 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
     if let Some(session) = agent.session.clone() {
         return decide_session(snap, parts, agent, &session, now, raise_taint);
     }
-    let mut parts = parts;
-    let context = with_taint(bundle, &mut parts, agent.taint())?;
-    let resource_uid = parts.resource.uid.clone();
-    let action_uid = parts.action.uid.clone();
-    let request = match context.get(TAINT_FIELD) {
-        // Only the taint deputy supplies: built directly rather than through the JSON parser
-        // (an agent's usual request); `Request::new` checks it against the schema all the same.
-        Some(taint) if context.len() == 1 => {
-            let taint = cedar_policy::RestrictedExpression::new_long(taint.as_i64().unwrap_or_default());
-            let context = cedar_policy::Context::from_pairs([(TAINT_FIELD.to_owned(), taint)])
-                .map_err(|e| RequestError::new(crate::error::ErrorCode::InvalidContext, e.to_string()))?;
-            cedar_policy::Request::new(
-                parts.principal.uid,
-                parts.action.uid,
-                parts.resource.uid,
-                context,
-                Some(&bundle.schema),
+    let guard = Guard {
+        role: bundle.taint_roles.get(&parts.action.uid).copied(),
+        classification: classification(snap.entities(), &parts.resource.uid),
+    };
+    let request = match taint_only_context(bundle, &parts, agent.taint()) {
+        // Only the taint deputy supplies (an agent's usual request): built directly rather than
+        // through the JSON parser. Its context was checked against the schema for this action
+        // at load: only the scope is checked here, as `Request::new` checks it (scope first).
+        Some(context) if bundle.taint_context_valid.contains(&parts.action.uid) => {
+            use cedar_policy_core::ast::{EntityUIDEntry, RequestSchema};
+            let core: &cedar_policy_core::validator::ValidatorSchema = bundle.schema.as_ref();
+            core.validate_scope_variables(
+                Some(parts.principal.uid.as_ref()),
+                Some(parts.action.uid.as_ref()),
+                Some(parts.resource.uid.as_ref()),
             )
             .map_err(|e| {
-                RequestError::from_validation(&e, &parts.principal.field, &parts.action.field, &parts.resource.field)
-            })?
+                RequestError::from_validation(&e.into(), &parts.principal.field, &parts.action.field, &parts.resource.field)
+            })?;
+            Request::from(cedar_policy_core::ast::Request::new_unchecked(
+                EntityUIDEntry::known(parts.principal.uid.into(), None),
+                EntityUIDEntry::known(parts.action.uid.into(), None),
+                EntityUIDEntry::known(parts.resource.uid.into(), None),
+                Some(context),
+            ))
         }
-        _ => build_request(
-            bundle,
-            parts.principal,
-            parts.action,
-            parts.resource,
-            Some(serde_json::Value::Object(context)),
-            &parts.context_field,
-        )?,
-    };
-    let guard = Guard {
-        role: bundle.taint_roles.get(&action_uid).copied(),
-        classification: classification(snap.entities(), &resource_uid),
+        // Checked whole: `Request::new` gives Cedar's error.
+        Some(context) => Request::new(
+            parts.principal.uid,
+            parts.action.uid,
+            parts.resource.uid,
+            context.into(),
+            Some(&bundle.schema),
+        )
+        .map_err(|e| RequestError::from_validation(&e, &parts.principal.field, &parts.action.field, &parts.resource.field))?,
+        None => {
+            let mut parts = parts;
+            let context = with_taint(bundle, &mut parts, agent.taint())?;
+            build_request(
+                bundle,
+                parts.principal,
+                parts.action,
+                parts.resource,
+                Some(serde_json::Value::Object(context)),
+                &parts.context_field,
+            )?
+        }
     };
     let chain = chain::decide(bundle.admin(), snap.entities(), &agent, &request, guard, now);
     let mut taint_raised_to = None;
@@ -215,8 +228,8 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
             }
         }
     }
-    let needed = match &chain.denied_by {
-        Some(DeniedBy::Admin { .. }) | Some(DeniedBy::Grant { .. }) => Some(Needed {
+    let needed = match (&chain.denied_by, request.action(), request.resource()) {
+        (Some(DeniedBy::Admin { .. } | DeniedBy::Grant { .. }), Some(action_uid), Some(resource_uid)) => Some(Needed {
             template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
             requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
             approver: agent.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned()),
@@ -230,6 +243,21 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         taint_raised_to,
         needed,
     })
+}
+
+/// The context `{taint}` alone, when that is what [`with_taint`] would make of the request's
+/// (the action's context declares `taint` and the caller sent nothing else), built without a
+/// JSON map; `None` otherwise.
+fn taint_only_context(bundle: &Bundle, parts: &Parts, taint: i64) -> Option<cedar_policy_core::ast::Context> {
+    let nothing_else = match &parts.context {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Object(m)) => m.keys().all(|k| k == TAINT_FIELD),
+        Some(_) => false,
+    };
+    if !nothing_else || !bundle.taint_in_context.contains(&parts.action.uid) {
+        return None;
+    }
+    Some(crate::bundle::taint_context(taint))
 }
 
 /// The request's context with deputy's `taint` in place of whatever the caller sent (where the

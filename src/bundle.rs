@@ -87,6 +87,10 @@ pub struct Bundle {
     /// Actions whose context type declares `taint` (deputy supplies it for its agents there).
     #[doc(hidden)]
     pub taint_in_context: std::collections::HashSet<EntityUid>,
+    /// Those of `taint_in_context` whose context type accepts `{taint}` alone, checked once at
+    /// load (see `taint_context`): a request with that context has only its scope checked.
+    #[doc(hidden)]
+    pub taint_context_valid: std::collections::HashSet<EntityUid>,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
     /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).
@@ -136,4 +140,17 @@ impl Bundle {
             index: &self.index,
         }
     }
+}
+
+/// The context `{taint: <taint>}`, as deputy supplies it to a managed agent's request.
+///
+/// INVARIANT: Cedar's schema check of this context for an action (`validate_context`) does not
+/// depend on `taint`: the record holds no entity uid, and a Long has type Long whatever its
+/// value. So the check is made once per action at load (`Bundle::taint_context_valid`).
+pub fn taint_context(taint: i64) -> cedar_policy_core::ast::Context {
+    let record = std::collections::BTreeMap::from([(
+        smol_str::SmolStr::new_static(TAINT_FIELD),
+        cedar_policy_core::ast::Value::from(taint),
+    )]);
+    cedar_policy_core::ast::Context::Value(std::sync::Arc::new(record))
 }

@@ -6,9 +6,10 @@
 mod fast;
 mod index;
 
+use std::cell::OnceCell;
 use std::sync::LazyLock;
 
-use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request};
+use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request};
 use serde::Serialize;
 
 pub use index::PolicyIndex;
@@ -61,13 +62,18 @@ impl<'a> Indexed<'a> {
     pub fn evaluate_asked(&self, asked: &Asked<'a>) -> Decision {
         asked.evaluate(self.policies, self.index)
     }
+
+    /// [`Indexed::evaluate_asked`], its reasons not yet rendered.
+    pub fn verdict(&self, asked: &Asked<'a>) -> Verdict<'a> {
+        asked.verdict(self.policies, self.index)
+    }
 }
 
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
     let all = policies.policies().map(|p| Candidate::Policy(p.as_ref()));
-    evaluate_candidates(all, None, entities, request)
-        .unwrap_or_else(|| authorizer_decision(policies, entities, request))
+    evaluate_candidates(all, None, entities, &Req::Given(request))
+        .map_or_else(|| authorizer_decision(policies, entities, request), Verdict::decision)
 }
 
 /// Decides `request` against the slices of `index` that can apply to it, combined as Cedar
@@ -85,7 +91,50 @@ pub fn evaluate_indexed(policies: &PolicySet, index: &PolicyIndex, entities: &En
 pub struct Asked<'a> {
     ctx: fast::Ctx<'a>,
     entities: &'a Entities,
-    request: &'a Request,
+    request: Req<'a>,
+}
+
+/// The Cedar request an [`Asked`] stands for, needed only when Cedar's evaluator or authorizer
+/// runs.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per ask, on the stack; boxing the cell would allocate for every ancestor"
+)]
+enum Req<'a> {
+    Given(&'a Request),
+    /// `base` asked on behalf of `principal`: built on first use (an ancestor's admin check
+    /// rarely needs it).
+    AsPrincipal {
+        base: &'a Request,
+        principal: &'a EntityUid,
+        built: OnceCell<Request>,
+    },
+}
+
+impl<'a> Req<'a> {
+    fn get(&self) -> &Request {
+        match self {
+            Req::Given(r) => r,
+            Req::AsPrincipal { base, principal, built } => built.get_or_init(|| {
+                // What `Request::new(principal, action, resource, context, None)` builds (it
+                // validates nothing without a schema), sharing the base's parts.
+                let base: &cedar_policy_core::ast::Request = base.as_ref();
+                Request::from(cedar_policy_core::ast::Request::new_unchecked(
+                    cedar_policy_core::ast::EntityUIDEntry::known(principal.as_ref().clone(), None),
+                    base.action().clone(),
+                    base.resource().clone(),
+                    base.context().cloned(),
+                ))
+            }),
+        }
+    }
+
+    /// The request this one was made from by changing the principal (itself, if none).
+    fn base(&self) -> &'a Request {
+        match self {
+            Req::Given(r) | Req::AsPrincipal { base: r, .. } => r,
+        }
+    }
 }
 
 impl<'a> Asked<'a> {
@@ -94,22 +143,78 @@ impl<'a> Asked<'a> {
         Asked {
             ctx: fast::Ctx::new(entities.as_ref(), core_request),
             entities,
-            request,
+            request: Req::Given(request),
         }
+    }
+
+    /// The same request (action, resource, context) on behalf of `principal`, looking up only
+    /// the principal; its Cedar request is built only if Cedar must evaluate something. `None`
+    /// when the request lacks an action, a resource or a context (a partial request; never one
+    /// built for a decision).
+    pub fn as_principal(&self, principal: &'a EntityUid) -> Option<Asked<'a>> {
+        let base = self.request.base();
+        base.action()?;
+        base.resource()?;
+        base.context()?;
+        Some(Asked {
+            ctx: self.ctx.with_principal(principal.as_ref()),
+            entities: self.entities,
+            request: Req::AsPrincipal {
+                base,
+                principal,
+                built: OnceCell::new(),
+            },
+        })
     }
 
     /// Decides the request exactly as [`evaluate`] over the whole of `policies` would, `index`
     /// having been built from `policies`.
     pub fn evaluate(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Decision {
+        self.verdict(policies, index).decision()
+    }
+
+    /// [`Asked::evaluate`], its reasons not yet rendered: for a caller that needs them only on a
+    /// deny (an ancestor's admin check).
+    pub fn verdict(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Verdict<'a> {
         // The remembered attribute reads are numbered per index: start afresh for this one.
         self.ctx.forget();
         let mut slices = Vec::new();
         if !index.slices_for(&self.ctx, &mut slices) {
-            return evaluate(policies, self.entities, self.request);
+            return Verdict::Decided(evaluate(policies, self.entities, self.request.get()));
         }
         let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
-        evaluate_candidates(ready, Some(&self.ctx), self.entities, self.request)
-            .unwrap_or_else(|| authorizer_decision(policies, self.entities, self.request))
+        evaluate_candidates(ready, Some(&self.ctx), self.entities, &self.request).unwrap_or_else(|| {
+            Verdict::Decided(authorizer_decision(policies, self.entities, self.request.get()))
+        })
+    }
+}
+
+/// A decision whose reasons are named but not yet rendered as strings.
+pub enum Verdict<'a> {
+    Named {
+        allow: bool,
+        reasons: Vec<Name<'a>>,
+        errors: Vec<PolicyError>,
+    },
+    Decided(Decision),
+}
+
+impl Verdict<'_> {
+    pub fn allow(&self) -> bool {
+        match self {
+            Verdict::Named { allow, .. } => *allow,
+            Verdict::Decided(d) => d.allow,
+        }
+    }
+
+    /// The decision, its reasons rendered and in order.
+    pub fn decision(self) -> Decision {
+        match self {
+            Verdict::Named { allow, reasons, errors } => {
+                Decision::sorted(allow, reasons.iter().map(Name::render).collect(), errors)
+            }
+            Verdict::Decided(d) => d,
+        }
     }
 }
 
@@ -132,15 +237,16 @@ fn evaluate_candidates<'a>(
     candidates: impl Iterator<Item = Candidate<'a>>,
     ctx: Option<&fast::Ctx<'_>>,
     entities: &Entities,
-    request: &Request,
-) -> Option<Decision> {
+    request: &Req<'_>,
+) -> Option<Verdict<'a>> {
     use cedar_policy_core::ast::Effect;
     use cedar_policy_core::evaluator::Evaluator;
-    let core_request: &cedar_policy_core::ast::Request = request.as_ref();
-    // Built on first use: most indexed decisions never need it.
-    let cedar = std::cell::OnceCell::new();
+    // Built on first use: most indexed decisions never need it (nor the request, when it is
+    // asked on behalf of another principal).
+    let cedar = OnceCell::new();
     let cedar = || {
         cedar.get_or_init(|| {
+            let core_request: &cedar_policy_core::ast::Request = request.get().as_ref();
             Evaluator::new(
                 core_request.clone(),
                 entities.as_ref(),
@@ -185,11 +291,7 @@ fn evaluate_candidates<'a>(
     }
     let allow = forbids.is_empty() && !permits.is_empty();
     let reasons = if allow { permits } else { forbids };
-    Some(Decision::sorted(
-        allow,
-        reasons.iter().map(Name::render).collect(),
-        errors,
-    ))
+    Some(Verdict::Named { allow, reasons, errors })
 }
 
 /// A condition's value as the authorizer reads it: `None` for anything but a boolean or an error
@@ -210,7 +312,7 @@ fn boolean(
 }
 
 /// A policy's id, already rendered (index slices) or not.
-enum Name<'a> {
+pub enum Name<'a> {
     Ready(&'a str),
     Id(&'a cedar_policy_core::ast::PolicyID),
 }

@@ -1,7 +1,7 @@
 //! Run-time authority of an agent: the admin policies AND every grant along its chain, each
 //! linked to the acting agent. A deny says which bound denied it.
 
-use cedar_policy::{Entities, EntityUid, Request};
+use cedar_policy::{Entities, Request};
 use serde::Serialize;
 
 use crate::agents::LiveAgent;
@@ -173,14 +173,17 @@ pub fn decide_bounded(
     }
     let ancestors = agent.hops.split_last().map_or(&[][..], |(_, rest)| rest);
     for hop in ancestors {
-        let Some(as_ancestor) = with_principal(request, &hop.uid) else {
+        // The request as the ancestor's: only its principal is looked up, and a Cedar request
+        // is built only if Cedar's evaluator must run; the reasons of an allow are not rendered.
+        let Some(as_ancestor) = asked.as_principal(&hop.uid) else {
             return denied(DeniedBy::Admin {
                 policies: Vec::new(),
                 agent: Some(hop.agent.clone()),
             });
         };
-        let d = admin.evaluate(entities, &as_ancestor);
-        if !d.allow {
+        let verdict = admin.verdict(&as_ancestor);
+        if !verdict.allow() {
+            let d = verdict.decision();
             return ChainDecision {
                 denied_by: Some(DeniedBy::Admin {
                     policies: d.reasons.clone(),
@@ -236,20 +239,6 @@ pub fn decide_admin_only(admin: Indexed<'_>, entities: &Entities, request: &Requ
         }),
         decision: d,
     }
-}
-
-/// `request` asked on behalf of `principal` (same action, resource and context). `None` when the
-/// request lacks a part (it never does once built for a decision): the caller denies.
-pub fn with_principal(request: &Request, principal: &EntityUid) -> Option<Request> {
-    let context = request.context()?.clone();
-    Request::new(
-        principal.clone(),
-        request.action()?.clone(),
-        request.resource()?.clone(),
-        context,
-        None,
-    )
-    .ok()
 }
 
 pub(crate) fn denied(by: DeniedBy) -> ChainDecision {

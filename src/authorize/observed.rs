@@ -33,7 +33,8 @@ pub fn decide_observed(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Res
             took,
             reasons: &o.decision.reasons,
             errors: &o.decision.errors,
-            chain: o.agent.as_ref().map(|agent| {
+            // Only the decision log shows the chain: not built per decision otherwise.
+            chain: o.agent.as_ref().filter(|_| pending.is_some()).map(|agent| {
                 // A session is decided as its callee: the log shows the callee's chain, then
                 // the session.
                 let served = agent

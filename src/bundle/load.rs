@@ -106,6 +106,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
             let entity_json: Vec<(&str, &serde_json::Value)> = entity_json.iter().map(|(f, v)| (*f, v)).collect();
             let agent_names = super::AgentNames::collect(&entity_json, &entities, &policies);
             let taint_in_context = taint_in_context(&schema);
+            let taint_context_valid = taint_context_valid(&schema, &taint_in_context);
             Ok(Bundle {
                 schema,
                 policies,
@@ -115,6 +116,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 type_names,
                 actions_by_name,
                 taint_in_context,
+                taint_context_valid,
                 taint_roles,
                 grants,
                 agent_names,
@@ -528,6 +530,23 @@ fn taint_in_context(schema: &Schema) -> std::collections::HashSet<EntityUid> {
             matches!(core.context_type(core_uid), Some(Type::Record { attrs, .. })
                 if attrs.get_attr(super::TAINT_FIELD).is_some())
         })
+        .cloned()
+        .collect()
+}
+
+/// The actions of `taint_in_context` whose context type accepts `{taint}` alone: Cedar's own
+/// context check, made once per action (see `super::taint_context`).
+fn taint_context_valid(
+    schema: &Schema,
+    actions: &std::collections::HashSet<EntityUid>,
+) -> std::collections::HashSet<EntityUid> {
+    use cedar_policy_core::ast::RequestSchema;
+    let core: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+    let context = super::taint_context(0);
+    let extensions = cedar_policy_core::extensions::Extensions::all_available();
+    actions
+        .iter()
+        .filter(|a| core.validate_context(&context, (*a).as_ref(), extensions).is_ok())
         .cloned()
         .collect()
 }

@@ -400,6 +400,20 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// This request asked on behalf of `principal` (same action, resource, context and store):
+    /// only the principal is looked up again. Nothing is remembered yet.
+    pub(crate) fn with_principal(&self, principal: &'a EntityUID) -> Ctx<'a> {
+        let [_, action, resource] = self.vars;
+        let [_, found_action, found_resource] = self.found;
+        Ctx {
+            entities: self.entities,
+            vars: [Some(principal), action, resource],
+            found: [Lookup::of(self.entities, principal), found_action, found_resource],
+            context: self.context,
+            memo: Default::default(),
+        }
+    }
+
     /// `attr` of `e`, the stored entity of one of the request's variables, read from the store
     /// once per request when `id` numbers it.
     fn read_attr(&self, e: &'a Entity, attr: &SmolStr, id: Option<u32>) -> Option<&'a PartialValue> {

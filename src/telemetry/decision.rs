@@ -151,7 +151,8 @@ pub struct DecisionEvent<'a, D: Serialize> {
     pub took: Duration,
     pub reasons: &'a [String],
     pub errors: &'a [PolicyError],
-    /// The acting agent's chain, for a managed agent.
+    /// The acting agent's chain, for a managed agent, when a decision log line may be written
+    /// (nothing else reads it).
     pub chain: Option<Vec<ChainHop<'a>>>,
     pub chain_depth: Option<i64>,
     /// The bound that denied (serialised as is) and its name.

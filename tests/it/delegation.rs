@@ -662,3 +662,39 @@ fn concurrent_spawns_are_served_and_durable_when_acknowledged() {
         assert_eq!(d["decision"], "Allow", "{id} lost in the restart: {d}");
     }
 }
+
+/// A managed agent's request with only deputy's taint as context has its scope checked as any
+/// request's is: the same error, word for word, as a principal deputy does not manage gets
+/// (whose request goes through Cedar's whole `Request::new` check).
+#[test]
+fn a_managed_agents_request_outside_the_schema_is_refused_as_cedar_refuses_it() {
+    let env = start();
+    let s = &env.server;
+    let root = root(s, true, 3600);
+    let ask = |agent: &str, resource: (&str, &str), context: Value| {
+        s.post(
+            "/v1/authorize",
+            &json!({
+                "principal": {"type": "Agent", "id": agent},
+                "action": {"type": "Action", "id": "read"},
+                "resource": {"type": resource.0, "id": resource.1},
+                "context": context,
+            }),
+        )
+    };
+    for resource in [("Tool", "pytest"), ("Robot", "r2")] {
+        let managed = ask(&root.id, resource, json!({}));
+        let unmanaged = ask("coder-1", resource, json!({}));
+        assert_eq!(managed.status, 400, "{}", managed.text());
+        assert_eq!(managed.json(), unmanaged.json(), "{resource:?}");
+    }
+    assert_eq!(
+        ask(&root.id, ("Tool", "pytest"), json!({})).json()["code"],
+        "action_not_applicable"
+    );
+    assert_eq!(
+        ask(&root.id, ("File", "repo/src/main.rs"), json!({"taint": 3})).json()["decision"],
+        "Allow",
+        "the caller's taint is deputy's to supply"
+    );
+}

@@ -420,6 +420,8 @@ proptest! {
         let (first, second) = specs.split_at(specs.len() / 2);
         let halves = [policy_set(first), policy_set(second)];
         let half_indexes = [PolicyIndex::build(&halves[0], &built_store), PolicyIndex::build(&halves[1], &Entities::empty())];
+        // Principals to ask on behalf of, as a chain asks the admin policies about each ancestor.
+        let others: Vec<(usize, EntityUid)> = requests.iter().map(|r| (r.principal, uid(&principal_uid(r.principal)))).collect();
         for spec in &requests {
             let request = cedar_request(spec);
             for store in [&built_store, &other_store] {
@@ -435,6 +437,16 @@ proptest! {
                     let want = cedar_decision(&halves[i], store, &request);
                     let got = asked.evaluate(&halves[i], &half_indexes[i]);
                     prop_assert_eq!(&got, &want, "half {} asked in turn; request {:?}\npolicies:\n{}", i, spec, halves[i]);
+                }
+                for (principal, other) in others.iter().take(3) {
+                    let as_other = RequestSpec { principal: *principal, ..spec.clone() };
+                    let want = cedar_decision(&set, store, &cedar_request(&as_other));
+                    let on_behalf = asked.as_principal(other);
+                    prop_assert!(on_behalf.is_some(), "a concrete request is always asked on behalf of another");
+                    let Some(on_behalf) = on_behalf else { continue };
+                    let got = on_behalf.evaluate(&set, &index);
+                    prop_assert_eq!(&got, &want, "on behalf of {}; request {:?}\npolicies:\n{}", other, spec, set);
+                    prop_assert_eq!(on_behalf.verdict(&set, &bare).decision(), want, "bare index, on behalf of {}", other);
                 }
             }
         }
