@@ -171,7 +171,42 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         role: bundle.taint_roles.get(&parts.action.uid).copied(),
         classification: classification(snap.entities(), &parts.resource.uid),
     };
-    let request = match taint_only_context(bundle, &parts, agent.taint()) {
+    let request = agent_request(bundle, parts, agent.taint())?;
+    let chain = chain::decide(bundle.admin(), snap.entities(), &agent, &request, guard, now);
+    let mut taint_raised_to = None;
+    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
+        if let Some(level) = guard.classification {
+            agent.raise_taint(level);
+            // INVARIANT: answered only once `level` is durable and propagated, whether this
+            // decision raised it in memory or an earlier one did whose write failed or is
+            // still waiting for the writer.
+            if level > agent.durable_taint() {
+                taint_raised_to = Some(level);
+            }
+        }
+    }
+    let needed = match (&chain.denied_by, request.action(), request.resource()) {
+        (Some(DeniedBy::Admin { .. } | DeniedBy::Grant { .. }), Some(action_uid), Some(resource_uid)) => Some(Needed {
+            template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
+            requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
+            approver: agent.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned()),
+        }),
+        _ => None,
+    };
+    Ok(Outcome {
+        decision: chain.decision,
+        denied_by: chain.denied_by,
+        agent: Some(agent),
+        taint_raised_to,
+        needed,
+    })
+}
+
+/// The Cedar request of a managed agent (or a session, whose principal is its callee) with
+/// deputy's `taint` in the context. When that taint is the whole context (an agent's usual
+/// request) it is built directly rather than through the JSON parser.
+fn agent_request(bundle: &Bundle, parts: Parts, taint: i64) -> Result<Request, RequestError> {
+    Ok(match taint_only_context(bundle, &parts, taint) {
         // Only the taint deputy supplies (an agent's usual request): built directly rather than
         // through the JSON parser. Its context was checked against the schema for this action
         // at load: only the scope is checked here, as `Request::new` checks it (scope first).
@@ -204,7 +239,7 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
         .map_err(|e| RequestError::from_validation(&e, &parts.principal.field, &parts.action.field, &parts.resource.field))?,
         None => {
             let mut parts = parts;
-            let context = with_taint(bundle, &mut parts, agent.taint())?;
+            let context = with_taint(bundle, &mut parts, taint)?;
             build_request(
                 bundle,
                 parts.principal,
@@ -214,34 +249,6 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
                 &parts.context_field,
             )?
         }
-    };
-    let chain = chain::decide(bundle.admin(), snap.entities(), &agent, &request, guard, now);
-    let mut taint_raised_to = None;
-    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
-        if let Some(level) = guard.classification {
-            agent.raise_taint(level);
-            // INVARIANT: answered only once `level` is durable and propagated, whether this
-            // decision raised it in memory or an earlier one did whose write failed or is
-            // still waiting for the writer.
-            if level > agent.durable_taint() {
-                taint_raised_to = Some(level);
-            }
-        }
-    }
-    let needed = match (&chain.denied_by, request.action(), request.resource()) {
-        (Some(DeniedBy::Admin { .. } | DeniedBy::Grant { .. }), Some(action_uid), Some(resource_uid)) => Some(Needed {
-            template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
-            requestable: matches!(chain.denied_by, Some(DeniedBy::Grant { .. })),
-            approver: agent.row.parent.clone().unwrap_or_else(|| ADMIN_APPROVER.to_owned()),
-        }),
-        _ => None,
-    };
-    Ok(Outcome {
-        decision: chain.decision,
-        denied_by: chain.denied_by,
-        agent: Some(agent),
-        taint_raised_to,
-        needed,
     })
 }
 
@@ -317,21 +324,10 @@ fn decide_session(
         inherited: Some((session.caller_taint, session.caller.clone())),
     };
     let mut parts = parts;
-    let context = with_taint(bundle, &mut parts, bounds.taint)?;
     let resource_uid = parts.resource.uid.clone();
     let action_uid = parts.action.uid.clone();
-    let principal = EntityRef {
-        uid: callee.uid().clone(),
-        field: parts.principal.field,
-    };
-    let request = build_request(
-        bundle,
-        principal,
-        parts.action,
-        parts.resource,
-        Some(serde_json::Value::Object(context)),
-        &parts.context_field,
-    )?;
+    parts.principal.uid = callee.uid().clone();
+    let request = agent_request(bundle, parts, bounds.taint)?;
     let guard = Guard {
         role: bundle.taint_roles.get(&action_uid).copied(),
         classification: classification(snap.entities(), &resource_uid),
