@@ -117,6 +117,9 @@ pub struct AgentState {
     /// The taint known to be stored (committed): never above `taint`. A decision that reads
     /// above it is answered only once its level is durable (see `authorize`).
     durable: AtomicI64,
+    /// The digest a session's credential was claimed with, once its claim committed (the
+    /// stored row says so after a restart; see `LiveAgent::credential_hash`).
+    claimed: std::sync::OnceLock<String>,
 }
 
 /// One hop of a chain: an agent's grant (an ancestor's delegable view, or the acting agent's
@@ -190,6 +193,21 @@ impl LiveAgent {
     /// Records that `level` is committed for this agent. Call only after the commit.
     pub fn mark_durable(&self, level: i64) {
         self.state.durable.fetch_max(level, Ordering::AcqRel);
+    }
+
+    /// The digest of the agent's credential: the stored row's, or the one its session was
+    /// claimed with since it was loaded. Empty: none (no token matches it).
+    pub fn credential_hash(&self) -> &str {
+        self.state
+            .claimed
+            .get()
+            .map_or(self.row.credential_hash.as_str(), String::as_str)
+    }
+
+    /// Records the digest a session's credential was claimed with. Call only after the claim
+    /// committed; false when one was recorded already.
+    pub fn set_claimed(&self, hash: String) -> bool {
+        self.state.claimed.set(hash).is_ok()
     }
 
     pub fn is_expired(&self, now: i64) -> bool {
@@ -460,6 +478,7 @@ fn build(
             taint: AtomicI64::new(row.taint),
             // A row is served only once it is stored (a new agent: once its write committed).
             durable: AtomicI64::new(row.taint),
+            claimed: std::sync::OnceLock::new(),
         })
     });
     // INVARIANT: parsing is a function of the text alone (policy ids are `policyN` in order),

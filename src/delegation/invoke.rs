@@ -416,7 +416,7 @@ impl Delegation {
                 ),
             ));
         }
-        if !target.row.credential_hash.is_empty() {
+        if !target.credential_hash().is_empty() {
             return Err(already_accepted(id));
         }
         if !target.is_live(now) || session_standing(snap, target, now).is_err() {
@@ -424,9 +424,9 @@ impl Delegation {
         }
         let issued = credential::issue(id)
             .map_err(|e| DelegationError::internal(format!("no randomness for a credential: {e}")))?;
-        self.commit(|w, tx| {
+        let (accepted, session_agent) = self.commit(|w, tx| {
             let latest = w.registry().get(id).ok_or_else(not_found)?;
-            if !latest.row.credential_hash.is_empty() {
+            if !latest.credential_hash().is_empty() {
                 return Err(already_accepted(id));
             }
             if !tx.claim_credential(id, &issued.hash, now)? {
@@ -448,9 +448,6 @@ impl Delegation {
                     }),
                 },
             )?;
-            let mut row = latest.row.clone();
-            row.credential_hash = issued.hash.clone();
-            let next = w.registry().with_rows(vec![row]).map_err(DelegationError::internal)?;
             let accepted = Accepted {
                 session_id: id.to_owned(),
                 session: json!({"type": AGENT_TYPE, "id": id}),
@@ -463,8 +460,14 @@ impl Delegation {
                 expires_at: latest.row.expires_at,
                 policy_version: snap.bundle.version.clone(),
             };
-            Ok((accepted, Some(next)))
-        })
+            // What is served does not change (no entity, no grant): the claim is recorded on the
+            // session's shared state once it committed, below.
+            Ok(((accepted, Arc::clone(latest)), None))
+        })?;
+        // Committed. Until this line the new credential authenticates nobody, and it has been
+        // shown to nobody yet; a claim racing this one finds the stored digest taken (409).
+        session_agent.set_claimed(issued.hash);
+        Ok(accepted)
     }
 
     /// Refuses an invocation that would give the caller more live sessions than

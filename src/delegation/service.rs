@@ -353,7 +353,7 @@ impl Delegation {
             None => {
                 let id = credential::claimed_agent(token).ok_or_else(bad)?;
                 let agent = snap.agents.get(id).ok_or_else(bad)?;
-                if agent.is_bundle_agent() || !credential::verify(token, &agent.row.credential_hash) {
+                if agent.is_bundle_agent() || !credential::verify(token, agent.credential_hash()) {
                     return Err(bad());
                 }
                 agent

@@ -172,7 +172,7 @@ pub fn list_sessions(state: &AppState, req: &Request<Incoming>) -> Result<Respon
                 json!({
                     "session_id": a.row.id, "caller": s.caller, "callee": s.callee, "chain": s.chain,
                     "depth": s.depth, "taint": a.taint(), "task": a.row.task, "created_at": a.row.created_at,
-                    "expires_at": a.row.expires_at, "accepted": !a.row.credential_hash.is_empty(),
+                    "expires_at": a.row.expires_at, "accepted": !a.credential_hash().is_empty(),
                 })
             })
         })
@@ -262,7 +262,7 @@ pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Respo
             "bundle_version": agent.row.bundle_version,
             "session": agent.session.as_ref().map(|s| json!({
                 "caller": s.caller, "callee": s.callee, "chain": s.chain, "depth": s.depth,
-                "caller_taint": s.caller_taint, "accepted": !agent.row.credential_hash.is_empty(),
+                "caller_taint": s.caller_taint, "accepted": !agent.credential_hash().is_empty(),
             })),
         }),
     ))
