@@ -13,7 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request};
-use common::{copy_bundle, get_as, repo_root, Options, Resp, TestServer};
+use common::{copy_bundle, get_as, post_as, repo_root, Options, TestServer};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -36,21 +36,10 @@ fn write_bundle(dir: &Path, admin_policies: &str) {
     std::fs::write(dir.join("policies/agents.cedar"), admin_policies).unwrap();
 }
 
-fn call(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
-    let auth = format!("Bearer {token}");
-    let bytes = serde_json::to_vec(body).unwrap();
-    s.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json"), ("Authorization", &auth)],
-        Some(&bytes),
-    )
-}
-
 /// Spawns a child of `token`'s holder; `None` when deputy refuses it (say, the prover could
 /// not show it within its parent).
 fn spawn(s: &TestServer, token: &str, grant: &str, ceiling: i64) -> Option<(String, String)> {
-    let r = call(
+    let r = post_as(
         s,
         token,
         "/v1/delegations",

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{repo_root, Options, Resp, TestServer};
+use common::{post_as, repo_root, Options, TestServer};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-discovery-tests";
@@ -18,20 +18,9 @@ fn start() -> (TestServer, tempfile::TempDir) {
     (s, state)
 }
 
-fn call(s: &TestServer, token: &str, path: &str, body: &Value) -> Resp {
-    let auth = format!("Bearer {token}");
-    let bytes = serde_json::to_vec(body).unwrap();
-    s.request(
-        "POST",
-        path,
-        &[("Content-Type", "application/json"), ("Authorization", &auth)],
-        Some(&bytes),
-    )
-}
-
 /// Creates a delegation; its (id, credential).
 fn create(s: &TestServer, token: &str, body: Value) -> (String, String) {
-    let r = call(s, token, "/v1/delegations", &body);
+    let r = post_as(s, token, "/v1/delegations", &body);
     assert_eq!(r.status, 201, "{}", r.text());
     let b = r.json();
     (
