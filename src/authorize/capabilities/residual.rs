@@ -341,25 +341,42 @@ fn not(text: &str) -> String {
 /// literals, which may hold parentheses, skipped).
 fn negated(text: &str) -> Option<&str> {
     let inner = text.strip_prefix("!(")?.strip_suffix(')')?;
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut depth, mut literal) = (0usize, Literal::default());
     for c in inner.chars() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
+        if literal.takes(c) {
             continue;
         }
         match c {
-            '"' => in_string = true,
             '(' => depth += 1,
             ')' => depth = depth.checked_sub(1)?,
             _ => {}
         }
     }
-    (depth == 0 && !in_string).then_some(inner)
+    (depth == 0 && !literal.open).then_some(inner)
+}
+
+/// Where a scan of Cedar text is relative to string literals (which may hold anything).
+#[derive(Default)]
+struct Literal {
+    open: bool,
+    escaped: bool,
+}
+
+impl Literal {
+    /// Feeds the next character; true when it belongs to a string literal, quotes included.
+    fn takes(&mut self, c: char) -> bool {
+        if !self.open {
+            self.open = c == '"';
+            return self.open;
+        }
+        match c {
+            _ if self.escaped => self.escaped = false,
+            '\\' => self.escaped = true,
+            '"' => self.open = false,
+            _ => {}
+        }
+        true
+    }
 }
 
 fn join(parts: &[String], op: &str) -> String {
@@ -389,16 +406,11 @@ fn condition(p: &Policy) -> String {
 /// either end (a string literal is kept as written: its spaces are its value).
 fn squeeze(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped, mut space) = (false, false, false);
+    let (mut literal, mut space) = (Literal::default(), false);
     for c in text.chars() {
-        if in_string {
+        let inside = literal.open;
+        if literal.takes(c) && inside {
             out.push(c);
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
             continue;
         }
         if c.is_whitespace() {
@@ -409,7 +421,6 @@ fn squeeze(text: &str) -> String {
             out.push(' ');
             space = false;
         }
-        in_string = c == '"';
         out.push(c);
     }
     out
