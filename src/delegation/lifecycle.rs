@@ -60,24 +60,13 @@ impl Delegation {
         } else {
             (AuditKind::Revoked, "revoked")
         };
-        // A session that completes hands its result to its caller: the caller has now read
-        // what the session read (no laundering back up the chain).
-        let flows_back = target
-            .session
-            .as_ref()
-            .filter(|_| completed && caller.agent_id() == Some(id))
-            .and_then(|s| Some((snap.agents.get(&s.caller)?, target.taint())));
+        // A session's result needs no hand-back here: its caller already holds every taint the
+        // session's reads raised, from the decision that raised it on (see `taint`).
         let ids = self.commit(|_, tx| {
             Self::check_live(tx, caller.agent().map(AsRef::as_ref), now)?;
             let ids = self.end_subtree(tx, id, now, event, reason, &caller.name())?;
-            if let Some((to, level)) = &flows_back {
-                tx.raise_taint(&to.row.id, *level)?;
-            }
             Ok((ids, None))
         })?;
-        if let Some((to, level)) = flows_back {
-            to.raise_taint(level);
-        }
         // Committed: now (before answering) no snapshot shows them live.
         self.live.mark_revoked(&ids);
         if let Some(m) = &self.metrics {

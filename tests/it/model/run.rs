@@ -698,13 +698,6 @@ impl World {
                     .iter()
                     .map(|v| v.as_str().unwrap().to_owned())
                     .collect();
-                // A session that completes hands its taint back to its caller.
-                if let (true, Some(c), Some(s)) = (complete, caller, self.agents[t].session.as_ref()) {
-                    if c == t {
-                        let (to, level) = (s.caller, self.agents[t].taint);
-                        self.agents[to].taint = self.agents[to].taint.max(level);
-                    }
-                }
                 for i in self.ended_with(t) {
                     let a = &self.agents[i];
                     if !a.revoked && self.d.now < a.expires_at {
