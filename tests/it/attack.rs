@@ -606,21 +606,24 @@ fn group_revoke_racing_many_spawns_leaves_no_live_child() {
     let s = &env.server;
     for round in 0..4 {
         let p = applied(&spawn(s, LEAD, group_body(None)));
+        // The revoke goes out once `round` spawns were answered: each round races a different
+        // part of the burst (an event, not a sleep).
+        let answered = std::sync::atomic::AtomicUsize::new(0);
         let outs: Vec<(u16, String)> = std::thread::scope(|sc| {
             let mut hs = Vec::new();
-            for i in 0..10 {
-                let tok = p.token.clone();
+            for _ in 0..10 {
+                let (tok, answered) = (p.token.clone(), &answered);
                 hs.push(sc.spawn(move || {
-                    if i == 5 {
-                        std::thread::sleep(Duration::from_millis(3));
-                    }
                     let r = spawn(s, &tok, group_body(None));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     (r.status, r.text())
                 }));
             }
-            let pid = p.id.clone();
+            let (pid, answered) = (p.id.clone(), &answered);
             let rev = sc.spawn(move || {
-                std::thread::sleep(Duration::from_millis(2 + round));
+                while answered.load(std::sync::atomic::Ordering::SeqCst) < round {
+                    std::thread::yield_now();
+                }
                 common::delete_as(s, LEAD, &format!("/v1/delegations/{pid}"))
             });
             let r = rev.join().unwrap();
@@ -710,7 +713,7 @@ fn group_duplicate_ids_fail_alone_and_acks_survive_restart() {
 fn group_revoke_racing_approvals_leaves_no_live_grandchild() {
     let env = start();
     let s = &env.server;
-    for round in 0..3u64 {
+    for round in 0..3usize {
         let c = applied(&spawn(s, LEAD, group_body(None)));
         let rids: Vec<String> = (0..6)
             .map(|_| {
@@ -719,11 +722,25 @@ fn group_revoke_racing_approvals_leaves_no_live_grandchild() {
                 r.json()["request_id"].as_str().unwrap().to_owned()
             })
             .collect();
+        // The revoke goes out once `round` approvals were answered (an event, not a sleep).
+        let answered = std::sync::atomic::AtomicUsize::new(0);
         let outs: Vec<Resp> = std::thread::scope(|sc| {
-            let hs: Vec<_> = rids.iter().map(|rid| sc.spawn(move || approve(s, LEAD, rid))).collect();
-            let cid = c.id.clone();
+            let hs: Vec<_> = rids
+                .iter()
+                .map(|rid| {
+                    let answered = &answered;
+                    sc.spawn(move || {
+                        let r = approve(s, LEAD, rid);
+                        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        r
+                    })
+                })
+                .collect();
+            let (cid, answered) = (c.id.clone(), &answered);
             let rev = sc.spawn(move || {
-                std::thread::sleep(Duration::from_millis(1 + round));
+                while answered.load(std::sync::atomic::Ordering::SeqCst) < round {
+                    std::thread::yield_now();
+                }
                 common::delete_as(s, LEAD, &format!("/v1/delegations/{cid}"))
             });
             let r = rev.join().unwrap();
