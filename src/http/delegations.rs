@@ -142,13 +142,21 @@ pub async fn accept(state: &AppState, req: Request<Incoming>, id: String) -> Res
     Ok(json_response(StatusCode::OK, &accepted))
 }
 
-/// `/v1/invocations/{id}` names sessions only (other agents are `/v1/delegations/{id}`); the
-/// caller is authenticated first.
-pub fn session_only(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<(), ApiError> {
-    let ctx = context(state, bearer(req).as_deref())?;
-    match ctx.snap.agents.get(id) {
-        Some(a) if a.session.is_some() => Ok(()),
-        _ => Err(ApiError::new(ErrorCode::DelegationNotFound, format!("no session `{id}`"))),
+/// Which agents a path names: `/v1/delegations/{id}` any, `/v1/invocations/{id}` sessions only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    Any,
+    Sessions,
+}
+
+impl Named {
+    /// Fails with `404` when `id` is not an agent this path names (after authentication).
+    fn check(self, snap: &Snapshot, id: &str) -> Result<(), ApiError> {
+        match snap.agents.get(id) {
+            Some(a) if self == Named::Any || a.session.is_some() => Ok(()),
+            _ if self == Named::Sessions => Err(ApiError::new(ErrorCode::DelegationNotFound, format!("no session `{id}`"))),
+            _ => Err(ApiError::new(ErrorCode::DelegationNotFound, format!("no delegation `{id}`"))),
+        }
     }
 }
 
@@ -223,8 +231,10 @@ pub async fn revoke(
     req: Request<Incoming>,
     id: String,
     completed: bool,
+    named: Named,
 ) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(&req).as_deref())?;
+    named.check(&ctx.snap, &id)?;
     let ids = blocking(move || Ok(ctx.svc.revoke(&ctx.snap, &ctx.caller, &id, completed, now())?)).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -233,8 +243,9 @@ pub async fn revoke(
 }
 
 /// `GET /v1/delegations/{id}`: the agent's record (its own credential, an ancestor's, or admin).
-pub fn show(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+pub fn show(state: &AppState, req: &Request<Incoming>, id: &str, named: Named) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(req).as_deref())?;
+    named.check(&ctx.snap, id)?;
     let agent = ctx
         .snap
         .agents

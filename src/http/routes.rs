@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::delegations::Named;
 use super::{delegations, ApiError, AppState, DelegationState};
 use crate::authorize::{self, Decision, Fields, Outcome, RequestError};
 use crate::authzen;
@@ -231,9 +232,9 @@ async fn route(
         (E::SearchResource, &Method::POST) => search(state, req, authzen::Kind::Resource).await,
         (E::SearchAction, &Method::POST) => search(state, req, authzen::Kind::Action).await,
         (E::Delegations, &Method::POST) => delegations::create(state, req).await,
-        (E::Delegation, &Method::GET) => delegations::show(state, &req, &id),
-        (E::Delegation, &Method::DELETE) => delegations::revoke(state, req, id, false).await,
-        (E::DelegationComplete, &Method::POST) => delegations::revoke(state, req, id, true).await,
+        (E::Delegation, &Method::GET) => delegations::show(state, &req, &id, Named::Any),
+        (E::Delegation, &Method::DELETE) => delegations::revoke(state, req, id, false, Named::Any).await,
+        (E::DelegationComplete, &Method::POST) => delegations::revoke(state, req, id, true, Named::Any).await,
         (E::Audit, &Method::GET) => delegations::audit(state, req).await,
         (E::PermissionRequests, &Method::POST) => delegations::request_permission(state, req).await,
         (E::PermissionRequests, &Method::GET) => delegations::list_requests(state, req).await,
@@ -243,19 +244,10 @@ async fn route(
         (E::Capabilities, &Method::GET) => delegations::capabilities(state, &req, &id).await,
         (E::Invocations, &Method::POST) => delegations::invoke(state, req).await,
         (E::Invocations, &Method::GET) => delegations::list_sessions(state, &req),
-        (E::Invocation, &Method::GET) => {
-            delegations::session_only(state, &req, &id)?;
-            delegations::show(state, &req, &id)
-        }
-        (E::Invocation, &Method::DELETE) => {
-            delegations::session_only(state, &req, &id)?;
-            delegations::revoke(state, req, id, false).await
-        }
+        (E::Invocation, &Method::GET) => delegations::show(state, &req, &id, Named::Sessions),
+        (E::Invocation, &Method::DELETE) => delegations::revoke(state, req, id, false, Named::Sessions).await,
         (E::InvocationAccept, &Method::POST) => delegations::accept(state, req, id).await,
-        (E::InvocationComplete, &Method::POST) => {
-            delegations::session_only(state, &req, &id)?;
-            delegations::revoke(state, req, id, true).await
-        }
+        (E::InvocationComplete, &Method::POST) => delegations::revoke(state, req, id, true, Named::Sessions).await,
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }
