@@ -165,27 +165,28 @@ impl Named {
 pub fn list_sessions(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let ctx = context(state, bearer(req).as_deref())?;
     let now = now();
-    let mut sessions: Vec<Value> = ctx
+    let mut visible: Vec<(&crate::delegation::LiveAgent, &crate::agents::SessionRow)> = ctx
         .snap
         .agents
         .iter()
         .filter(|a| a.is_live(now))
-        .filter_map(|a| {
-            let s = a.session.as_ref()?;
-            let visible = match &ctx.caller {
-                Caller::Admin => true,
-                Caller::Agent(me) => takes_part(me, s),
-            };
-            visible.then(|| {
-                json!({
-                    "session_id": a.row.id, "caller": s.caller, "callee": s.callee, "chain": s.chain,
-                    "depth": s.depth, "taint": a.taint(), "task": a.row.task, "created_at": a.row.created_at,
-                    "expires_at": a.row.expires_at, "accepted": !a.credential_hash().is_empty(),
-                })
+        .filter_map(|a| Some((a.as_ref(), a.session.as_deref()?)))
+        .filter(|(_, s)| match &ctx.caller {
+            Caller::Admin => true,
+            Caller::Agent(me) => takes_part(me, s),
+        })
+        .collect();
+    visible.sort_by(|(a, _), (b, _)| (a.row.created_at, &a.row.id).cmp(&(b.row.created_at, &b.row.id)));
+    let sessions: Vec<Value> = visible
+        .into_iter()
+        .map(|(a, s)| {
+            json!({
+                "session_id": a.row.id, "caller": s.caller, "callee": s.callee, "chain": s.chain,
+                "depth": s.depth, "taint": a.taint(), "task": a.row.task, "created_at": a.row.created_at,
+                "expires_at": a.row.expires_at, "accepted": !a.credential_hash().is_empty(),
             })
         })
         .collect();
-    sessions.sort_by(|a, b| a["created_at"].as_i64().cmp(&b["created_at"].as_i64()).then_with(|| a["session_id"].as_str().cmp(&b["session_id"].as_str())));
     Ok(json_response(StatusCode::OK, &json!({ "sessions": sessions })))
 }
 
