@@ -386,6 +386,7 @@ impl Delegation {
         &self,
         f: impl FnOnce(&WriteGuard<'_>, &Tx<'_>) -> Result<(T, Option<Registry>), DelegationError>,
     ) -> Result<T, DelegationError> {
+        let _writing = self.metrics.as_ref().map(|m| m.state_writing());
         self.groups.queued.fetch_add(1, Ordering::SeqCst);
         let w = self.live.write();
         self.groups.queued.fetch_sub(1, Ordering::SeqCst);

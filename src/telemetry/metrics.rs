@@ -52,6 +52,7 @@ pub struct Metrics {
     pub(super) log_errors: Counter,
     pub(super) log_queued: Gauge,
     proofs_running: Gauge,
+    state_writes: Gauge,
 }
 
 fn decision_histogram() -> Histogram {
@@ -137,6 +138,12 @@ impl Metrics {
             "Containment proofs running now",
             proofs_running.clone(),
         );
+        let state_writes = Gauge::default();
+        registry.register(
+            "deputy_state_writes",
+            "Writes to the delegation state waiting for the writer or being written now (a group commit included)",
+            state_writes.clone(),
+        );
         let log_queued = Gauge::default();
         registry.register(
             "deputy_decision_log_queued",
@@ -171,6 +178,7 @@ impl Metrics {
             log_errors,
             log_queued,
             proofs_running,
+            state_writes,
         }
     }
 
@@ -219,6 +227,13 @@ impl Metrics {
     pub fn long_poll_waiting(&self) -> Held {
         self.long_polls.inc();
         Held(self.long_polls.clone())
+    }
+
+    /// Counts a write to the state as in progress (waiting for the writer, written, or waiting
+    /// for its group to commit) until the guard is dropped.
+    pub fn state_writing(&self) -> Held {
+        self.state_writes.inc();
+        Held(self.state_writes.clone())
     }
 
     /// Counts a proof as running until the guard is dropped.

@@ -560,8 +560,18 @@ fn group_failed_begin_never_misanswers_later_writes() {
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let ids: Vec<String> = (0..12).map(|i| format!("g-{i}")).collect();
     let answered: Vec<(String, u16, String)> = std::thread::scope(|sc| {
+        // Each step waits on `deputy_state_writes` (writes waiting for or holding the writer).
+        let writes = || {
+            s.get("/metrics")
+                .text()
+                .lines()
+                .find_map(|l| l.strip_prefix("deputy_state_writes "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let blocked = sc.spawn(|| spawn(s, LEAD, group_body(Some("blocked"))));
-        std::thread::sleep(Duration::from_millis(1000));
+        // Nothing else writes: the one write in progress holds the writer, stuck in BEGIN.
+        assert!(common::wait_until(Duration::from_secs(30), || writes() >= 1));
         let hs: Vec<_> = ids
             .iter()
             .map(|id| {
@@ -571,10 +581,15 @@ fn group_failed_begin_never_misanswers_later_writes() {
                 })
             })
             .collect();
+        // The whole burst is queued behind it (unless its busy timeout ran out first).
+        let burst = 1 + ids.len() as u64;
+        assert!(common::wait_until(Duration::from_secs(30), || {
+            blocked.is_finished() || writes() == burst
+        }));
         let r = blocked.join().unwrap();
         assert_ne!(r.status, 201, "a spawn against a locked state must fail: {}", r.text());
-        // The next writer is now waiting in `BEGIN IMMEDIATE`: let it through.
-        std::thread::sleep(Duration::from_millis(300));
+        // The next writer now takes the writer and the failed group's number is behind it: let
+        // it (and the rest) through.
         blocker.execute_batch("ROLLBACK").unwrap();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
