@@ -120,3 +120,47 @@ fn taint_within_one_batch() {
     assert_eq!(v["responses"][1]["decision"], "Deny", "{v}");
     assert_eq!(v["responses"][1]["denied_by"]["bound"], "taint", "{v}");
 }
+
+/// A reload that gives the actions' context a required attribute besides `taint`: a managed
+/// agent's request carrying no context is refused from then on, as Cedar's whole request check
+/// refuses it (whether deputy's taint alone is a valid context is known per bundle, never
+/// carried over from the bundle the agent was served under first); reloaded back, it is allowed
+/// again.
+#[test]
+fn a_reload_requiring_more_context_refuses_the_taint_only_request() {
+    let bundle = common::copy_bundle(&common::repo_root());
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(bundle.path(), Options::with_state(state.path(), ADMIN));
+    let root = common::applied(&spawn(
+        &s,
+        ADMIN,
+        json!({"grant": r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+               "ttl_seconds": 600, "ceiling": 2, "can_delegate": false, "task": "t"}),
+    ));
+    let ask = |context: Option<Value>| {
+        let mut req = json!({"principal": {"type": "Agent", "id": root.id}, "action": {"type": "Action", "id": "read"},
+                             "resource": {"type": "File", "id": "repo/src/main.rs"}});
+        if let Some(c) = context {
+            req["context"] = c;
+        }
+        s.post("/v1/authorize", &req)
+    };
+    assert_eq!(ask(None).json()["decision"], "Allow");
+    let schema_path = bundle.path().join("schema/deputy.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path).unwrap();
+    let stricter = schema.replace(
+        "type ActionContext = {\n  taint?: Long,\n};",
+        "type ActionContext = {\n  taint?: Long,\n  hour: Long,\n};",
+    );
+    assert_ne!(stricter, schema, "the example schema changed");
+    std::fs::write(&schema_path, &stricter).unwrap();
+    s.reload().unwrap();
+    for context in [None, Some(json!({})), Some(json!({"taint": 0}))] {
+        let r = ask(context.clone());
+        assert_eq!(r.status, 400, "{context:?} after the reload: {}", r.text());
+    }
+    assert_eq!(ask(Some(json!({"hour": 9}))).json()["decision"], "Allow");
+    std::fs::write(&schema_path, &schema).unwrap();
+    s.reload().unwrap();
+    assert_eq!(ask(None).json()["decision"], "Allow");
+}

@@ -246,6 +246,35 @@ fn a_grandchild_on_a_bundle_whose_actions_all_need_context() {
     assert!(check_agent(&s, &grandchild) > 100);
 }
 
+/// Resources share one per-resource evaluation when the residuals read the same of them: here
+/// every read of the resource is in a `when` (the policy index cannot tell the resources apart),
+/// through ancestry (`in`, one target or a set), `==`, `is` and attributes whose value lands in
+/// the condition. No entry claims more than `/v1/authorize` allows, for the agent and a child.
+#[test]
+fn resources_read_only_in_conditions_never_share_an_answer_they_differ_on() {
+    let (s, _bundle, _state) = start(
+        r#"
+        permit (principal is Agent, action == Action::"read", resource)
+        when { context.hour >= 8 && (resource in Folder::"repo/src" || resource == File::"repo/README.md") };
+        permit (principal is Agent, action == Action::"read", resource)
+        when { context.hour < resource.classification * 6 + 1 && resource in [Folder::"repo/docs", Folder::"repo"] };
+        forbid (principal is Agent, action == Action::"read", resource)
+        when { context has flag && context.flag && !(resource in Folder::"repo/src") && resource is File };
+        permit (principal is Agent, action == Action::"write", resource)
+        when { context.hour == resource.classification * 7 + 5 && resource is File };
+        permit (principal is Agent, action == Action::"invoke", resource)
+        when { (context.hour > 12 && resource.writes) || (context.hour < 6 && !resource.writes) };
+        "#,
+    );
+    let grant = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");
+        permit(principal == ?principal, action == Action::"write", resource in Folder::"repo");
+        permit(principal == ?principal, action == Action::"invoke", resource is Tool);"#;
+    let (root, root_token) = spawn(&s, ADMIN, grant, 2).unwrap();
+    let (child, _) = spawn(&s, &root_token, grant, 2).unwrap();
+    assert!(check_agent(&s, &root) > 100);
+    assert!(check_agent(&s, &child) > 100);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The law on random bundles
 
