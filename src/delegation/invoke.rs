@@ -18,7 +18,7 @@
 //! callee's.
 //!
 //! INVARIANT (no laundering back): a live invocation is a channel both ways, so the caller (and
-//! everyone live invocation links join to it) is raised to the session's starting taint in the
+//! everyone live links join to it) is raised to the session's starting taint in the
 //! transaction that inserts it, and every later raise flows along the links (`taint`), durable
 //! before the decision that raised it is answered.
 //!
@@ -353,7 +353,7 @@ impl Delegation {
             tx.insert_agent(&row)?;
             tx.insert_session(&session)?;
             // The session joins its caller's taint (see `taint`): the caller, and everyone live
-            // invocation links join to it, hold at least the session's taint from now on (raised
+            // links join to it, hold at least the session's taint from now on (raised
             // in memory here; a failed commit leaves them over-tainted, never under).
             for (up, level) in super::taint::propagate(&next, &[(id.clone(), plan.taint)], now) {
                 tx.raise_taint(&up.row.id, level)?;

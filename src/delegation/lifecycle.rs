@@ -150,7 +150,8 @@ impl Delegation {
     }
 
     /// Makes raised taints durable (the in-memory taint already holds for every later
-    /// decision), with everything they flow to along live invocation links (see `taint`).
+    /// decision), with everything they flow to along live invocation and delegation links (see
+    /// `taint`).
     /// Called before the decision that raised them is answered.
     pub fn persist_taints(&self, raises: &[(String, i64)]) -> Result<(), DelegationError> {
         if raises.is_empty() {

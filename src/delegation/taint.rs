@@ -1,4 +1,13 @@
-//! Where a raised taint flows: along the live invocation links.
+//! Where a raised taint flows: along the live invocation and delegation links.
+//!
+//! INVARIANT (a delegation is a channel both ways): a child's results reach the parent that
+//! spawned it (through the runtime, where deputy cannot see them), and what the parent learns
+//! later may reach a child it spawned before. So a raise of a managed child raises its parent,
+//! and a raise of an agent raises its live children: an agent and the live children it spawned
+//! hold the same taint (a child never starts below its parent's, see `spawn`). Without this a
+//! parent could read nothing itself, have a child read a CONFIDENTIAL file and hand it back,
+//! and then write it to a PUBLIC sink. Agents the bundle declares are roots: no link joins them
+//! to each other, only to the children they spawn.
 //!
 //! INVARIANT (an invocation is a channel both ways): while a session is live, what its caller
 //! holds may reach it (a follow-up message) and what it holds may reach its caller (a result, a
@@ -22,7 +31,7 @@ use std::sync::Arc;
 
 use crate::agents::{LiveAgent, Registry};
 
-/// Raises, in memory, every agent joined by live invocation links to an agent in `raised`
+/// Raises, in memory, every agent joined by live invocation or delegation links to an agent in `raised`
 /// (which were raised already) and returns those whose stored taint must go up, as (agent,
 /// level): every one whose *durable* taint is below the level, even when its in-memory taint is
 /// not (an earlier propagation whose write failed raised it in memory only). The whole joined
@@ -53,10 +62,12 @@ pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -
     flowed
 }
 
-/// The live sessions by the agent that started them and by the agent they serve.
+/// The live sessions by the agent that started them and by the agent they serve, and the live
+/// children by the agent that spawned them.
 struct Links {
     by_caller: HashMap<String, Vec<Arc<LiveAgent>>>,
     by_callee: HashMap<String, Vec<Arc<LiveAgent>>>,
+    by_parent: HashMap<String, Vec<Arc<LiveAgent>>>,
 }
 
 impl Links {
@@ -64,26 +75,34 @@ impl Links {
         let mut links = Links {
             by_caller: HashMap::new(),
             by_callee: HashMap::new(),
+            by_parent: HashMap::new(),
         };
         for a in agents.iter().filter(|a| a.is_live(now)) {
             if let Some(s) = &a.session {
                 links.by_caller.entry(s.caller.clone()).or_default().push(Arc::clone(a));
                 links.by_callee.entry(s.callee.clone()).or_default().push(Arc::clone(a));
+            } else if let Some(parent) = &a.row.parent {
+                links.by_parent.entry(parent.clone()).or_default().push(Arc::clone(a));
             }
         }
         links
     }
 
-    /// Whom a raise of `id` reaches: its caller (for a session, live or not: a session is raised
-    /// only by a decision made while it was live, whose answer may reach its caller however the
-    /// session ended before the raise was written), the live sessions it started, and (for an
-    /// agent that is not a session) the live sessions that serve it.
+    /// Whom a raise of `id` reaches: upward, its caller (for a session) or its parent (for a
+    /// child deputy spawned), live or not — an agent is raised only by a decision made while it
+    /// was live, whose answer may reach its caller or parent however it ended before the raise
+    /// was written; downward, the live sessions it started, its live children, and (for an agent
+    /// that is not a session) the live sessions that serve it.
     fn neighbours<'a>(&'a self, agents: &'a Registry, id: &str) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
         let agent = agents.get(id);
         let is_session = agent.is_some_and(|a| a.session.is_some());
-        let caller = agent.and_then(|a| a.session.as_ref()).and_then(|s| agents.get(&s.caller));
+        let up = agent.and_then(|a| match &a.session {
+            Some(s) => agents.get(&s.caller),
+            None => a.row.parent.as_ref().and_then(|p| agents.get(p)),
+        });
         let started = self.by_caller.get(id).into_iter().flatten();
+        let children = self.by_parent.get(id).into_iter().flatten();
         let served = (!is_session).then(|| self.by_callee.get(id)).flatten().into_iter().flatten();
-        caller.into_iter().chain(started).chain(served)
+        up.into_iter().chain(started).chain(children).chain(served)
     }
 }

@@ -395,24 +395,26 @@ impl World {
                 .is_none_or(|s| self.live(s.caller) && s.callee.is_none_or(|c| self.live(c)))
     }
 
-    /// A raise of `from` to `level` flows along live invocation links: to a session's caller, to
-    /// the sessions an agent started, and to the sessions that serve an agent (never from a
-    /// session to its callee).
+    /// A raise of `from` to `level` flows along live invocation and delegation links: to a
+    /// session's caller and a child's parent, to the sessions an agent started and its children,
+    /// and to the sessions that serve an agent (never from a session to its callee).
     fn flow_taint(&mut self, from: usize, level: i64) {
         let mut queue = vec![from];
         while let Some(x) = queue.pop() {
             let mut next = Vec::new();
-            if let Some(s) = &self.agents[x].session {
-                if self.live(x) {
-                    next.push(s.caller);
-                }
+            match (&self.agents[x].session, self.agents[x].parent) {
+                (Some(s), _) if self.live(x) => next.push(s.caller),
+                (None, Some(p)) if self.live(x) => next.push(p),
+                _ => {}
             }
             let x_is_session = self.agents[x].session.is_some();
             for (j, a) in self.agents.iter().enumerate() {
-                if let Some(s) = &a.session {
-                    if self.live(j) && (s.caller == x || (!x_is_session && s.callee == Some(x))) {
-                        next.push(j);
-                    }
+                let joined = match &a.session {
+                    Some(s) => s.caller == x || (!x_is_session && s.callee == Some(x)),
+                    None => a.parent == Some(x),
+                };
+                if joined && self.live(j) {
+                    next.push(j);
                 }
             }
             for n in next {
