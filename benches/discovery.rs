@@ -5,7 +5,7 @@
 //! request through the same path, is measured in the same run.
 //!
 //! `cargo bench --bench discovery` (`DEPUTY_BENCH_ROUNDS=N` changes the rounds of the slow
-//! operations, 20 by default).
+//! operations, 20 by default; `DEPUTY_BENCH_DUMP=FILE` writes the capabilities answer there).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../examples/bundle_gen.rs"]
@@ -115,6 +115,10 @@ fn main() {
         caps.other_resources.len(),
         caps.not_enumerated.len()
     );
+    // The whole answer, to compare two builds' (`DEPUTY_BENCH_DUMP=FILE`).
+    if let Ok(path) = std::env::var("DEPUTY_BENCH_DUMP") {
+        std::fs::write(path, serde_json::to_string_pretty(&*caps).unwrap()).unwrap();
+    }
     let mut snapshots: Vec<Arc<Snapshot>> = (0..rounds).map(|_| fresh()).collect();
     report(
         "capabilities, cache miss (fresh snapshot)",
