@@ -164,7 +164,7 @@ pub fn type_level(bound: &Bound<'_>, ty: &EntityTypeName, env: &Env<'_>) -> Resu
         None => {
             let set = PolicySet::from_policies(residuals.iter().cloned()).map_err(|e| e.to_string())?;
             let again = set.tpe(&request, env.entities, env.schema).map_err(|e| e.to_string())?;
-            answer_of(&again, &true_permits)
+            answer_of(&again, &true_permits)?
         }
     };
     let reads: Vec<Option<Vec<reads::Read>>> = residuals
@@ -238,7 +238,7 @@ pub fn at(bound: &Bound<'_>, level: &mut TypeLevel, resource: &EntityUid, env: &
     .map_err(|e| e.to_string())?;
     let set = PolicySet::from_policies(residuals).map_err(|e| e.to_string())?;
     let response = set.tpe(&request, env.entities, env.schema).map_err(|e| e.to_string())?;
-    let answer = answer_of(&response, &level.true_permits);
+    let answer = answer_of(&response, &level.true_permits)?;
     if let Ok(key) = key {
         level.shared.insert(key, answer.clone());
     }
@@ -261,16 +261,16 @@ fn seen(level: &TypeLevel, relevant: &[usize], resource: &EntityUid, env: &Env<'
 /// A partial response as an answer, decided as Cedar's authorizer decides (a satisfied forbid
 /// denies; else a satisfied permit allows; erring policies are skipped); `true_permits` were
 /// satisfied before it (the response is over what was left).
-fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Answer {
+fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Result<Answer, String> {
     if response.true_forbids().next().is_some() {
-        return Answer::Deny;
+        return Ok(Answer::Deny);
     }
     let mut satisfied: Vec<String> = true_permits.to_vec();
     satisfied.extend(ids(response.true_permits()));
     let forbids: BTreeSet<String> = ids(response.residual_forbids()).into_iter().collect();
     let (mut permits, mut blocks) = (Vec::new(), Vec::new());
     for p in response.residual_policies() {
-        let text = condition(&p);
+        let text = condition(&p)?;
         if forbids.contains(&p.id().to_string()) {
             blocks.push(text);
         } else {
@@ -280,18 +280,18 @@ fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Answer {
     let mut parts = Vec::new();
     if satisfied.is_empty() {
         if permits.is_empty() {
-            return Answer::Deny;
+            return Ok(Answer::Deny);
         }
         parts.push(any_of(&permits));
     }
     if !blocks.is_empty() {
         parts.push(not(&any_of(&blocks)));
     }
-    if parts.is_empty() {
+    Ok(if parts.is_empty() {
         Answer::Allow(satisfied)
     } else {
         Answer::When(all_of(&parts))
-    }
+    })
 }
 
 /// The answers of every bound, combined: any deny denies; all allow allows (with the reasons of
@@ -390,16 +390,24 @@ fn join(parts: &[String], op: &str) -> String {
     }
 }
 
-/// A residual policy's condition as Cedar text. A residual's scope is unconstrained and its
-/// condition one `when` clause (Cedar's `TpeResponse::residual_policies`).
-fn condition(p: &Policy) -> String {
-    let text = p.to_string();
-    let body = text
-        .find("when {")
-        .map(|i| &text[i + "when {".len()..])
-        .and_then(|rest| rest.rfind('}').map(|j| &rest[..j]))
-        .unwrap_or(&text);
-    squeeze(body)
+/// A residual policy's condition as Cedar text: its one `when` clause, printed from Cedar's AST
+/// as Cedar prints the policy (through its JSON form), so no other part of the policy (an
+/// annotation, say) is read for it. A residual's scope is unconstrained (Cedar's
+/// `TpeResponse::residual_policies`); one that is not is refused (its condition alone would
+/// say more than the policy).
+fn condition(p: &Policy) -> Result<String, String> {
+    use cedar_policy_core::ast::{ActionConstraint, PrincipalOrResourceConstraint as C};
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    let unconstrained = matches!(core.principal_constraint().as_inner(), C::Any)
+        && matches!(core.action_constraint(), ActionConstraint::Any)
+        && matches!(core.resource_constraint().as_inner(), C::Any);
+    if !unconstrained {
+        return Err(format!("the residual of policy `{}` has a scope", p.id()));
+    }
+    Ok(match core.non_scope_constraints() {
+        Some(e) => squeeze(&e.clone().into_expr::<cedar_policy_core::est::Builder>().to_string()),
+        None => "true".to_owned(),
+    })
 }
 
 /// `text` on one line: each run of whitespace outside string literals made one space, none at
@@ -464,7 +472,27 @@ fn rewrite(v: &mut Value, taint: i64, changed: &mut bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::{not, squeeze};
+    #![allow(clippy::unwrap_used)]
+    use std::str::FromStr;
+
+    use super::{condition, not, squeeze};
+
+    #[test]
+    fn a_condition_is_the_when_clause_whatever_annotations_and_literals_hold() {
+        // As Cedar's partial evaluator returns a residual: scope unconstrained, annotations kept.
+        let p = cedar_policy::Policy::from_str(
+            r#"@note("when { context.x }")
+            @other("}")
+            permit(principal, action, resource) when { context.s == "when { y }" && context.n > 1 };"#,
+        )
+        .unwrap();
+        // (Cedar's AST has no `>`: it prints `!(n <= 1)`.)
+        assert_eq!(condition(&p).unwrap(), r#"(context.s == "when { y }") && (!(context.n <= 1))"#);
+        // A policy with a scope is not a residual: refused, not cut down to its condition.
+        let scoped =
+            cedar_policy::Policy::from_str(r#"permit(principal, action, resource in Folder::"f") when { true };"#).unwrap();
+        assert!(condition(&scoped).is_err());
+    }
 
     #[test]
     fn a_double_negation_is_rendered_away() {
