@@ -14,13 +14,15 @@
 
 mod reads;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cedar_policy::{
     Decision as CedarDecision, EntityTypeName, EntityUid, PartialEntities, PartialEntityUid, PartialRequest, Policy,
     PolicySet, Schema, TpeResponse,
 };
+use cedar_policy_core::ast::{EntityUID, Literal as CedarLiteral, ValueKind};
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::eval::PolicyIndex;
 
@@ -62,6 +64,120 @@ pub struct TypeLevel {
     resource_free: bool,
     /// Per-resource answers by what decides them (`Shared`), for the resources that follow.
     shared: HashMap<Shared, Answer>,
+}
+
+/// What tells the resources of one type apart for the residuals of several levels (every bound
+/// of one action that needs a per-resource step): a resource's [`Class`] decides the value of
+/// every read (`reads`) of every residual of those levels.
+///
+/// INVARIANT (exactness): two resources of the type with the same class get the same answer
+/// from each of those levels, so one evaluation serves the class. Each read's value is decided
+/// by the class: `in [E, ..]` is true when the resource is a target (then it is named, so its
+/// uid is in the class) or has one among its ancestors (the class holds the resource's ancestors
+/// among all targets); `== E` is true only for a named resource (its uid is in the class); `is`
+/// is the type's; an attribute's value or presence is in the class. Equal values for every read
+/// of every residual give the same response over every residual (`reads`), and the policy
+/// index only leaves out residuals whose scope is false for the resource, which the response
+/// drops anyway (a scope never errs): so the same answer whatever residuals the index kept.
+pub struct Classes {
+    /// The entity literals reads compare the resource with (`==`) or ask it to be in (`in`).
+    named: HashSet<EntityUID>,
+    /// The targets of `in` reads.
+    targets: HashSet<EntityUID>,
+    /// The attributes read, sorted, each with whether its value is read (`resource.a`) or only
+    /// its presence (`resource has a`).
+    attrs: Vec<(SmolStr, bool)>,
+}
+
+/// A resource as the residuals see it (`Classes`), borrowed from the resource and the store.
+#[derive(Hash, PartialEq, Eq)]
+pub struct Class<'a> {
+    /// The resource itself when a read names it.
+    uid: Option<&'a EntityUID>,
+    /// Its ancestors among the targets of `in` reads, sorted.
+    ancestors: Vec<&'a EntityUID>,
+    /// Per attribute of `Classes::attrs`, in that order.
+    attrs: Vec<AttrSeen<'a>>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum AttrSeen<'a> {
+    Absent,
+    /// Present, its value not read.
+    Present,
+    Value(&'a CedarLiteral),
+}
+
+impl Classes {
+    /// What the residuals of `levels` read of a resource; `None` when one of them reads more of
+    /// it than deputy keys on (`reads`): every resource is then evaluated on its own.
+    pub fn new<'l>(levels: impl IntoIterator<Item = &'l TypeLevel>) -> Option<Classes> {
+        let mut classes = Classes {
+            named: HashSet::new(),
+            targets: HashSet::new(),
+            attrs: Vec::new(),
+        };
+        for level in levels.into_iter().filter(|l| l.per_resource()) {
+            for read in &level.reads {
+                for read in read.as_ref()? {
+                    match read {
+                        reads::Read::In(targets) => {
+                            classes.named.extend(targets.iter().cloned());
+                            classes.targets.extend(targets.iter().cloned());
+                        }
+                        reads::Read::Eq(uid) => {
+                            classes.named.insert(uid.clone());
+                        }
+                        reads::Read::Is(_) => {}
+                        reads::Read::Attr(a) => classes.attrs.push((a.clone(), true)),
+                        reads::Read::Has(a) => classes.attrs.push((a.clone(), false)),
+                    }
+                }
+            }
+        }
+        // One entry per attribute: its value read if any read reads it.
+        classes.attrs.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        classes.attrs.dedup_by(|later, first| later.0 == first.0);
+        Some(classes)
+    }
+
+    /// `resource`'s class; `None` when the store does not know what a read needs of it, or an
+    /// attribute read has a value deputy does not key on (then it is evaluated on its own).
+    pub fn of<'a>(&self, resource: &'a EntityUID, entities: &'a PartialEntities) -> Option<Class<'a>> {
+        let entities: &'a cedar_policy_core::tpe::entities::PartialEntities = entities.as_ref();
+        let ancestors = if self.targets.is_empty() {
+            Vec::new()
+        } else {
+            let mut found: Vec<&EntityUID> = entities
+                .get_ancestors(resource)?
+                .iter()
+                .filter(|a| self.targets.contains(*a))
+                .collect();
+            found.sort_unstable();
+            found
+        };
+        let attrs = if self.attrs.is_empty() {
+            Vec::new()
+        } else {
+            let held = entities.get_attrs(resource)?;
+            self.attrs
+                .iter()
+                .map(|(name, value_read)| match held.get(name) {
+                    None => Some(AttrSeen::Absent),
+                    Some(_) if !value_read => Some(AttrSeen::Present),
+                    Some(v) => match v.value_kind() {
+                        ValueKind::Lit(l) => Some(AttrSeen::Value(l)),
+                        _ => None,
+                    },
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        Some(Class {
+            uid: self.named.contains(resource).then_some(resource),
+            ancestors,
+            attrs,
+        })
+    }
 }
 
 /// What decides a resource's answer: the residuals whose scope can match it (by index in
@@ -188,9 +304,16 @@ pub fn type_level(bound: &Bound<'_>, ty: &EntityTypeName, env: &Env<'_>) -> Resu
     })
 }
 
+impl TypeLevel {
+    /// Whether the answer depends on the resource (else `answer` holds for every resource).
+    pub fn per_resource(&self) -> bool {
+        matches!(self.answer, Answer::When(_)) && !self.resource_free
+    }
+}
+
 /// `bound`'s answer for `resource` (of the type `level` was computed for), context unknown.
 pub fn at(bound: &Bound<'_>, level: &mut TypeLevel, resource: &EntityUid, env: &Env<'_>) -> Result<Answer, String> {
-    if !matches!(level.answer, Answer::When(_)) || level.resource_free {
+    if !level.per_resource() {
         return Ok(level.answer.clone());
     }
     // The index names the policies whose scope can match this resource; the others are false.
