@@ -84,7 +84,7 @@ fn main() {
                permit(principal == ?principal, action == Action::"write", resource in Folder::"f0");"#,
         ),
     ];
-    let registry = Registry::from_rows_with_sessions(rows, Vec::new()).unwrap();
+    let registry = Registry::from_rows_with_sessions(rows.clone(), Vec::new()).unwrap();
     let live = Live::default();
     live.install_bundle(Arc::clone(&bundle)).unwrap();
     let fresh = || -> Arc<Snapshot> {
@@ -124,6 +124,30 @@ fn main() {
         "capabilities, cache miss (fresh snapshot)",
         time(rounds, || {
             let s = snapshots.pop().unwrap();
+            let a = Arc::clone(s.agents.get("a1").unwrap());
+            deputy::authorize::capabilities(&s, &a, now).allowed.len()
+        }),
+    );
+    // A miss after an agent change that changes the entity store (here: one more agent): the
+    // new store is converted for partial evaluation (a fresh snapshot of the same store keeps
+    // the previous one's conversion).
+    let mut changed: Vec<Arc<Snapshot>> = (0..rounds)
+        .map(|i| {
+            let mut more = rows.clone();
+            more.push(row(
+                &format!("extra{i}"),
+                None,
+                "permit(principal == ?principal, action, resource);",
+            ));
+            let registry = Registry::from_rows_with_sessions(more, Vec::new()).unwrap();
+            live.write().unwrap().publish(registry).unwrap();
+            live.current().unwrap()
+        })
+        .collect();
+    report(
+        "capabilities, cache miss (store changed)",
+        time(rounds, || {
+            let s = changed.pop().unwrap();
             let a = Arc::clone(s.agents.get("a1").unwrap());
             deputy::authorize::capabilities(&s, &a, now).allowed.len()
         }),

@@ -87,6 +87,20 @@ impl Memo {
             .clone()
     }
 
+    /// A memo that starts with `converted` as the store for partial evaluation (when given).
+    fn with_converted(converted: Option<Arc<PartialEntities>>) -> Memo {
+        let memo = Memo::default();
+        if let Some(c) = converted {
+            let _ = memo.partial.set(Ok(c));
+        }
+        memo
+    }
+
+    /// The store for partial evaluation, if converted already.
+    fn converted(&self) -> Option<Arc<PartialEntities>> {
+        self.partial.get().and_then(|r| r.as_ref().ok()).cloned()
+    }
+
     /// The answer kept under `key`, or `compute`'s, kept. Two callers that miss at once both
     /// compute; both answers are equal, the last is kept.
     pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
@@ -142,6 +156,12 @@ impl Snapshot {
         let extended = prev
             .filter(|p| Arc::ptr_eq(&p.bundle, &bundle))
             .and_then(|p| Some((p.combined.as_ref()?, agents.added_to(&p.agents)?)));
+        // Nothing added to `prev`'s store (no agent, or only bundle agents, which add no
+        // entity): the store is `prev`'s, and so is its conversion for discovery.
+        let kept = match (&extended, prev) {
+            (Some((_, added)), Some(p)) if added.iter().all(|a| a.is_bundle_agent()) => p.memo.converted(),
+            _ => None,
+        };
         let combined = if let Some((store, added)) = extended {
             Some(Registry::extend_entities(store, &added, &bundle.schema)?)
         } else if agents.iter().any(|a| !a.is_bundle_agent()) {
@@ -154,7 +174,7 @@ impl Snapshot {
             agents,
             combined,
             agents_unknown,
-            memo: Memo::default(),
+            memo: Memo::with_converted(kept),
         })
     }
 }
