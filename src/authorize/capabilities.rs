@@ -328,7 +328,7 @@ fn for_action(
         let resources = listed.get(ty).map_or(&[][..], Vec::as_slice);
         // Resources the residuals cannot tell apart share one answer (`residual::Classes`).
         let classes = residual::Classes::new(&levels);
-        let mut by_class: HashMap<residual::Class<'_>, Answer> = HashMap::new();
+        let mut by_class = residual::ByClass::default();
         for (uid, classification) in resources {
             if guard_denies(agent, role, *classification) {
                 continue;
@@ -385,11 +385,11 @@ fn per_resource(
 }
 
 /// The snapshot's resources by type, each sorted by id with its classification (deputy's
-/// guard reads it): listed in one pass over the store, once per snapshot.
+/// guard reads it): listed in one pass over the store, once per entity store.
 type Listed = HashMap<EntityTypeName, Vec<(EntityUid, Option<i64>)>>;
 
 fn listed(snap: &Snapshot) -> Arc<Listed> {
-    snap.memo.get_or_insert("capabilities resources", || {
+    snap.memo.get_or_insert_for_store("capabilities resources", || {
         let mut by_type: Listed = HashMap::new();
         for e in snap.entities().iter() {
             let uid = e.uid();
@@ -403,7 +403,8 @@ fn listed(snap: &Snapshot) -> Arc<Listed> {
                 .push((uid, classification));
         }
         for resources in by_type.values_mut() {
-            resources.sort_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
+            // Ids are unique within a type: an unstable sort gives the one order.
+            resources.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
         }
         by_type
     })

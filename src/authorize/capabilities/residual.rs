@@ -81,13 +81,19 @@ pub struct TypeLevel {
 /// drops anyway (a scope never errs): so the same answer whatever residuals the index kept.
 pub struct Classes {
     /// The entity literals reads compare the resource with (`==`) or ask it to be in (`in`).
-    named: HashSet<EntityUID>,
+    named: FastSet<EntityUID>,
     /// The targets of `in` reads.
-    targets: HashSet<EntityUID>,
+    targets: FastSet<EntityUID>,
     /// The attributes read, sorted, each with whether its value is read (`resource.a`) or only
     /// its presence (`resource has a`).
     attrs: Vec<(SmolStr, bool)>,
 }
+
+/// A set looked up once or more per resource: foldhash (seeded per process) rather than SipHash.
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// What resources of one class share (`Classes`), looked up once per resource.
+pub type ByClass<'a> = HashMap<Class<'a>, Answer, foldhash::fast::RandomState>;
 
 /// A resource as the residuals see it (`Classes`), borrowed from the resource and the store.
 #[derive(Hash, PartialEq, Eq)]
@@ -113,8 +119,8 @@ impl Classes {
     /// it than deputy keys on (`reads`): every resource is then evaluated on its own.
     pub fn new<'l>(levels: impl IntoIterator<Item = &'l TypeLevel>) -> Option<Classes> {
         let mut classes = Classes {
-            named: HashSet::new(),
-            targets: HashSet::new(),
+            named: FastSet::default(),
+            targets: FastSet::default(),
             attrs: Vec::new(),
         };
         for level in levels.into_iter().filter(|l| l.per_resource()) {
