@@ -9,8 +9,11 @@
 //! deputy supplies for its agents (`context.taint`) is put in before the per-resource step, so
 //! no condition asks the agent for what deputy decides.
 //!
-//! Resources the residuals cannot tell apart (the same residuals whose scope can match, the same
-//! values of what those read of the resource: `reads`) share one per-resource evaluation.
+//! Resources the residuals cannot tell apart share one answer: those of one class (`Classes`:
+//! the same values for every read of the resource, `reads`, by every residual of the bounds)
+//! share the answer of all the bounds, combined; and within a bound, those with the same
+//! residuals whose scope can match and the same values of what those read share one
+//! per-resource evaluation.
 
 mod reads;
 
