@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use cedar_policy::Entities;
-use cedar_policy_core::entities::TCComputation;
+use cedar_policy_core::entities::{Dereference, TCComputation};
 use cedar_policy_core::tpe::entities::{PartialEntities, PartialEntity};
 
 use crate::agents::Registry;
@@ -77,8 +77,10 @@ impl Memo {
                     return Ok(base);
                 };
                 let mut added = Vec::new();
-                for e in combined.iter().filter(|e| bundle.entities.get(&e.uid()).is_none()) {
-                    let core: &cedar_policy_core::ast::Entity = e.as_ref();
+                let (held, all): (&cedar_policy_core::entities::Entities, &cedar_policy_core::entities::Entities) =
+                    (bundle.entities.as_ref(), combined.as_ref());
+                // The entities the bundle's store does not hold (looked up without copying uids).
+                for core in all.iter().filter(|e| !matches!(held.entity(e.uid()), Dereference::Data(_))) {
                     if core.ancestors().next().is_some() {
                         // Not what the invariant expects: convert the whole store.
                         return PartialEntities::from_concrete(combined.as_ref().clone(), bundle.schema.as_ref())

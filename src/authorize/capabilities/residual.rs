@@ -567,8 +567,22 @@ fn squeeze(text: &str) -> String {
 }
 
 /// `p` with `context.taint` replaced by deputy's value (and `context has taint` by `true`), by a
-/// rewrite of Cedar's JSON form of the policy.
+/// rewrite of Cedar's JSON form of the policy; `p` itself when its conditions read neither
+/// (found in its AST, where the rewrite would change nothing).
 fn with_taint(p: &Policy, taint: i64) -> Result<Policy, String> {
+    use cedar_policy_core::ast::{ExprKind, Var};
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    let reads_taint = core.non_scope_constraints().is_some_and(|c| {
+        c.subexpressions().any(|e| match e.expr_kind() {
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr } => {
+                matches!(expr.expr_kind(), ExprKind::Var(Var::Context)) && attr.as_str() == crate::bundle::TAINT_FIELD
+            }
+            _ => false,
+        })
+    });
+    if !reads_taint {
+        return Ok(p.clone());
+    }
     let mut json = p.to_json().map_err(|e| format!("policy `{}`: {e}", p.id()))?;
     let mut changed = false;
     rewrite(&mut json, taint, &mut changed);
