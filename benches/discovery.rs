@@ -5,7 +5,7 @@
 //! request through the same path, is measured in the same run.
 //!
 //! `cargo bench --bench discovery` (`DEPUTY_BENCH_ROUNDS=N` changes the rounds of the slow
-//! operations, 20 by default).
+//! operations, 20 by default; `DEPUTY_BENCH_DUMP=FILE` writes the capabilities answer there).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../examples/bundle_gen.rs"]
@@ -84,7 +84,7 @@ fn main() {
                permit(principal == ?principal, action == Action::"write", resource in Folder::"f0");"#,
         ),
     ];
-    let registry = Registry::from_rows_with_sessions(rows, Vec::new()).unwrap();
+    let registry = Registry::from_rows_with_sessions(rows.clone(), Vec::new()).unwrap();
     let live = Live::default();
     live.install_bundle(Arc::clone(&bundle)).unwrap();
     let fresh = || -> Arc<Snapshot> {
@@ -115,11 +115,39 @@ fn main() {
         caps.other_resources.len(),
         caps.not_enumerated.len()
     );
+    // The whole answer, to compare two builds' (`DEPUTY_BENCH_DUMP=FILE`).
+    if let Ok(path) = std::env::var("DEPUTY_BENCH_DUMP") {
+        std::fs::write(path, serde_json::to_string_pretty(&*caps).unwrap()).unwrap();
+    }
     let mut snapshots: Vec<Arc<Snapshot>> = (0..rounds).map(|_| fresh()).collect();
     report(
         "capabilities, cache miss (fresh snapshot)",
         time(rounds, || {
             let s = snapshots.pop().unwrap();
+            let a = Arc::clone(s.agents.get("a1").unwrap());
+            deputy::authorize::capabilities(&s, &a, now).allowed.len()
+        }),
+    );
+    // A miss after an agent change that changes the entity store (here: one more agent): the
+    // new store is converted for partial evaluation (a fresh snapshot of the same store keeps
+    // the previous one's conversion).
+    let mut changed: Vec<Arc<Snapshot>> = (0..rounds)
+        .map(|i| {
+            let mut more = rows.clone();
+            more.push(row(
+                &format!("extra{i}"),
+                None,
+                "permit(principal == ?principal, action, resource);",
+            ));
+            let registry = Registry::from_rows_with_sessions(more, Vec::new()).unwrap();
+            live.write().unwrap().publish(registry).unwrap();
+            live.current().unwrap()
+        })
+        .collect();
+    report(
+        "capabilities, cache miss (store changed)",
+        time(rounds, || {
+            let s = changed.pop().unwrap();
             let a = Arc::clone(s.agents.get("a1").unwrap());
             deputy::authorize::capabilities(&s, &a, now).allowed.len()
         }),

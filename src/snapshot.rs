@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use cedar_policy::Entities;
-use cedar_policy_core::entities::TCComputation;
+use cedar_policy_core::entities::{Dereference, TCComputation};
 use cedar_policy_core::tpe::entities::{PartialEntities, PartialEntity};
 
 use crate::agents::Registry;
@@ -40,9 +40,18 @@ pub struct Snapshot {
 }
 
 /// What discovery computes once per snapshot: the entity store as Cedar's partial evaluator
-/// takes it, and answers keyed by the caller (an agent with its taint and liveness).
+/// takes it and what else depends on the store alone (`StoreMemo`), and answers keyed by the
+/// caller (an agent with its taint and liveness).
 #[derive(Default)]
 pub struct Memo {
+    /// Shared with the next snapshot when its entity store is this one's (`Snapshot::build`).
+    store: Arc<StoreMemo>,
+    answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+/// What depends on the bundle and the entity store alone, not on the agents' registry.
+#[derive(Default)]
+struct StoreMemo {
     partial: OnceLock<Result<Arc<PartialEntities>, String>>,
     answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
@@ -60,15 +69,18 @@ impl Memo {
     /// parents (`agents::agent_entity`), so no bundle entity's ancestors change: converting it
     /// whole equals the bundle's conversion plus the added entities'.
     pub fn partial_entities(&self, bundle: &Bundle, combined: Option<&Entities>) -> Result<Arc<PartialEntities>, String> {
-        self.partial
+        self.store
+            .partial
             .get_or_init(|| {
                 let base = bundle.partial_entities()?;
                 let Some(combined) = combined else {
                     return Ok(base);
                 };
                 let mut added = Vec::new();
-                for e in combined.iter().filter(|e| bundle.entities.get(&e.uid()).is_none()) {
-                    let core: &cedar_policy_core::ast::Entity = e.as_ref();
+                let (held, all): (&cedar_policy_core::entities::Entities, &cedar_policy_core::entities::Entities) =
+                    (bundle.entities.as_ref(), combined.as_ref());
+                // The entities the bundle's store does not hold (looked up without copying uids).
+                for core in all.iter().filter(|e| !matches!(held.entity(e.uid()), Dereference::Data(_))) {
                     if core.ancestors().next().is_some() {
                         // Not what the invariant expects: convert the whole store.
                         return PartialEntities::from_concrete(combined.as_ref().clone(), bundle.schema.as_ref())
@@ -87,27 +99,50 @@ impl Memo {
             .clone()
     }
 
+    /// A new snapshot's memo: nothing kept but, when its entity store is `same_store`'s, what
+    /// depends on the store alone.
+    fn after(same_store: Option<&Memo>) -> Memo {
+        Memo {
+            store: same_store.map(|m| Arc::clone(&m.store)).unwrap_or_default(),
+            answers: Mutex::default(),
+        }
+    }
+
     /// The answer kept under `key`, or `compute`'s, kept. Two callers that miss at once both
     /// compute; both answers are equal, the last is kept.
     pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
-        let found = self
-            .answers
-            .lock()
-            .ok()
-            .and_then(|m| m.get(key).cloned())
-            .and_then(|a| a.downcast::<T>().ok());
-        if let Some(hit) = found {
-            return hit;
-        }
-        let answer = Arc::new(compute());
-        if let Ok(mut m) = self.answers.lock() {
-            if m.len() >= MEMO_CAPACITY {
-                m.clear();
-            }
-            m.insert(key.to_owned(), Arc::clone(&answer) as Arc<dyn Any + Send + Sync>);
-        }
-        answer
+        get_or_insert(&self.answers, key, compute)
     }
+
+    /// As `get_or_insert`, for an answer that depends on the bundle and the entity store alone
+    /// (nothing about the agents but their entities): kept for the next snapshots with the same
+    /// store.
+    pub fn get_or_insert_for_store<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
+        get_or_insert(&self.store.answers, key, compute)
+    }
+}
+
+fn get_or_insert<T: Any + Send + Sync>(
+    answers: &Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    key: &str,
+    compute: impl FnOnce() -> T,
+) -> Arc<T> {
+    let found = answers
+        .lock()
+        .ok()
+        .and_then(|m| m.get(key).cloned())
+        .and_then(|a| a.downcast::<T>().ok());
+    if let Some(hit) = found {
+        return hit;
+    }
+    let answer = Arc::new(compute());
+    if let Ok(mut m) = answers.lock() {
+        if m.len() >= MEMO_CAPACITY {
+            m.clear();
+        }
+        m.insert(key.to_owned(), Arc::clone(&answer) as Arc<dyn Any + Send + Sync>);
+    }
+    answer
 }
 
 impl Snapshot {
@@ -142,6 +177,12 @@ impl Snapshot {
         let extended = prev
             .filter(|p| Arc::ptr_eq(&p.bundle, &bundle))
             .and_then(|p| Some((p.combined.as_ref()?, agents.added_to(&p.agents)?)));
+        // Nothing added to `prev`'s store (no agent, or only bundle agents, which add no
+        // entity): the store is `prev`'s, and so is what discovery computed from it alone.
+        let same_store = match (&extended, prev) {
+            (Some((_, added)), Some(p)) if added.iter().all(|a| a.is_bundle_agent()) => Some(&p.memo),
+            _ => None,
+        };
         let combined = if let Some((store, added)) = extended {
             Some(Registry::extend_entities(store, &added, &bundle.schema)?)
         } else if agents.iter().any(|a| !a.is_bundle_agent()) {
@@ -154,7 +195,7 @@ impl Snapshot {
             agents,
             combined,
             agents_unknown,
-            memo: Memo::default(),
+            memo: Memo::after(same_store),
         })
     }
 }
@@ -396,5 +437,35 @@ mod tests {
             .combined_entities(&bundle.entities, &bundle.schema)
             .unwrap();
         assert!(same(served.entities(), &rebuilt));
+    }
+
+    /// A snapshot whose store is the previous one's (nothing added) keeps what discovery
+    /// computed from the store alone, which is what it would compute itself; a spawn starts
+    /// afresh.
+    #[test]
+    fn a_snapshot_of_the_same_store_keeps_its_conversion_and_a_spawn_does_not() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(dir, &LoadOptions::default()).unwrap());
+        let live = Live::default();
+        live.install_bundle(Arc::clone(&bundle)).unwrap();
+        let publish = |next: &dyn Fn(&Registry) -> Registry| {
+            let mut w = live.write().unwrap();
+            let registry = next(w.registry());
+            w.publish(registry).unwrap();
+            live.current().unwrap()
+        };
+        let converted = |s: &Snapshot| s.memo.partial_entities(&s.bundle, s.combined()).unwrap();
+        let first = publish(&|r| r.with(row("agt-000000000001", None, 1, 3)).unwrap());
+        let listed = first.memo.get_or_insert_for_store("k", || 1);
+        let second = publish(&|r| r.clone());
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&converted(&first), &converted(&second)));
+        assert!(Arc::ptr_eq(&listed, &second.memo.get_or_insert_for_store("k", || 2)));
+        assert!(*converted(&second) == *Memo::default().partial_entities(&bundle, second.combined()).unwrap());
+        let third = publish(&|r| r.with(row("agt-000000000002", Some("agt-000000000001"), 2, 2)).unwrap());
+        assert!(!Arc::ptr_eq(&converted(&second), &converted(&third)));
+        assert_eq!(*third.memo.get_or_insert_for_store("k", || 3), 3);
+        let uid = &third.agents.get("agt-000000000002").unwrap().uid;
+        assert!(converted(&third).get(uid.as_ref()).is_some());
     }
 }

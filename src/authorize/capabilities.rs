@@ -11,6 +11,7 @@
 
 mod residual;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cedar_policy::{EntityTypeName, EntityUid, PartialEntities, PolicySet};
@@ -297,6 +298,7 @@ fn for_action(
         })
         .collect();
     let bounds = bounds.as_slice();
+    let listed = listed(snap);
     let (mut allowed, mut conditional, mut other) = (Vec::new(), Vec::new(), Vec::new());
     for ty in types {
         let mut levels = bounds
@@ -322,37 +324,36 @@ fn for_action(
                 condition: Some(c.clone()),
             }),
         }
-        let mut resources: Vec<EntityUid> = env
-            .concrete
-            .iter()
-            .map(cedar_policy::Entity::uid)
-            .filter(|uid| uid.type_name() == ty)
-            .collect();
-        resources.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
-        for uid in &resources {
-            if guard_denies(snap, agent, role, uid) {
+        let type_name = ty.to_string();
+        let resources = listed.get(ty).map_or(&[][..], Vec::as_slice);
+        // Resources the residuals cannot tell apart share one answer (`residual::Classes`).
+        let classes = residual::Classes::new(&levels);
+        let mut by_class = residual::ByClass::default();
+        for (uid, classification) in resources {
+            if guard_denies(agent, role, *classification) {
                 continue;
             }
-            let mut answers = Vec::with_capacity(bounds.len());
-            for (bound, level) in bounds.iter().zip(levels.iter_mut()) {
-                let a = residual::at(bound, level, uid, env)?;
-                let deny = a == Answer::Deny;
-                answers.push((a, bound.reasons));
-                if deny {
-                    break;
+            let class = classes.as_ref().and_then(|c| c.of(uid.as_ref(), env.entities));
+            let answer = match class.as_ref().and_then(|k| by_class.get(k)) {
+                Some(found) => found.clone(),
+                None => {
+                    let answer = per_resource(bounds, &mut levels, uid, env)?;
+                    if let Some(k) = class {
+                        by_class.insert(k, answer.clone());
+                    }
+                    answer
                 }
-            }
-            let resource = json!({"type": ty.to_string(), "id": uid.id().unescaped()});
-            match residual::combine(answers) {
+            };
+            match answer {
                 Answer::Deny => {}
                 Answer::Allow(reasons) => allowed.push(Capability {
                     action: name.clone(),
-                    resource,
+                    resource: json!({"type": type_name, "id": uid.id().unescaped()}),
                     reasons,
                 }),
                 Answer::When(condition) => conditional.push(Conditional {
                     action: name.clone(),
-                    resource,
+                    resource: json!({"type": type_name, "id": uid.id().unescaped()}),
                     condition,
                 }),
             }
@@ -364,10 +365,55 @@ fn for_action(
     Ok(())
 }
 
+/// Every bound's answer for `resource`, combined (a deny stops it).
+fn per_resource(
+    bounds: &[Bound<'_>],
+    levels: &mut [residual::TypeLevel],
+    resource: &EntityUid,
+    env: &Env<'_>,
+) -> Result<Answer, String> {
+    let mut answers = Vec::with_capacity(bounds.len());
+    for (bound, level) in bounds.iter().zip(levels.iter_mut()) {
+        let a = residual::at(bound, level, resource, env)?;
+        let deny = a == Answer::Deny;
+        answers.push((a, bound.reasons));
+        if deny {
+            break;
+        }
+    }
+    Ok(residual::combine(answers))
+}
+
+/// The snapshot's resources by type, each sorted by id with its classification (deputy's
+/// guard reads it): listed in one pass over the store, once per entity store.
+type Listed = HashMap<EntityTypeName, Vec<(EntityUid, Option<i64>)>>;
+
+fn listed(snap: &Snapshot) -> Arc<Listed> {
+    snap.memo.get_or_insert_for_store("capabilities resources", || {
+        let mut by_type: Listed = HashMap::new();
+        for e in snap.entities().iter() {
+            let uid = e.uid();
+            let classification = match e.attr(super::CLASSIFICATION_ATTR) {
+                Some(Ok(cedar_policy::EvalResult::Long(l))) => Some(l),
+                _ => None,
+            };
+            by_type
+                .entry(uid.type_name().clone())
+                .or_default()
+                .push((uid, classification));
+        }
+        for resources in by_type.values_mut() {
+            // Ids are unique within a type: an unstable sort gives the one order.
+            resources.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
+        }
+        by_type
+    })
+}
+
 /// deputy's own checks for a taint source or sink: the resource above the chain's ceiling, or
 /// a sink below the agent's taint (context-free, as `chain::decide` makes them).
-fn guard_denies(snap: &Snapshot, agent: &Subject<'_>, role: Option<TaintRole>, uid: &EntityUid) -> bool {
-    let (Some(role), Some(classification)) = (role, super::classification(snap.entities(), uid)) else {
+fn guard_denies(agent: &Subject<'_>, role: Option<TaintRole>, classification: Option<i64>) -> bool {
+    let (Some(role), Some(classification)) = (role, classification) else {
         return false;
     };
     classification > agent.ceiling || (role == TaintRole::Sink && classification < agent.taint)

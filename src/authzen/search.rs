@@ -189,13 +189,14 @@ impl Template {
 }
 
 /// The entities of type `ty` in the snapshot's store, as AuthZEN `{type, id}`, in id order;
-/// kept in the snapshot's memo for the types the schema declares (no other type has entities).
+/// kept in the snapshot's memo for the types the schema declares (no other type has entities),
+/// and for the next snapshots with the same entity store.
 fn entities_of(snap: &Snapshot, ty: &str) -> Arc<Vec<Value>> {
     if !snap.bundle.type_names.contains_key(ty) {
         return Arc::new(Vec::new());
     }
     snap.memo
-        .get_or_insert(&format!("search\u{0}{ty}"), || list_entities(snap, ty))
+        .get_or_insert_for_store(&format!("search\u{0}{ty}"), || list_entities(snap, ty))
 }
 
 fn list_entities(snap: &Snapshot, ty: &str) -> Vec<Value> {

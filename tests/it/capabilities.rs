@@ -275,6 +275,33 @@ fn resources_read_only_in_conditions_never_share_an_answer_they_differ_on() {
     assert!(check_agent(&s, &child) > 100);
 }
 
+/// A condition is the residual's `when` clause, not text found in it: an annotation that holds
+/// `when { .. }` (Cedar keeps a policy's annotations on its residual) is not read for it.
+#[test]
+fn an_annotation_holding_when_is_not_read_as_the_condition() {
+    let (s, _bundle, _state) = start(
+        r#"
+        @note("when { context.hour > 100 }")
+        permit (principal is Agent, action == Action::"read", resource in Folder::"repo")
+        when { context.hour >= 8 };
+        @note("} when { true")
+        forbid (principal is Agent, action == Action::"read", resource)
+        when { context has flag && context.flag };
+        "#,
+    );
+    let grant = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;
+    let (root, _) = spawn(&s, ADMIN, grant, 2).unwrap();
+    let caps = get_as(&s, ADMIN, &format!("/v1/agents/{root}/capabilities")).json();
+    let conditional = caps["conditional"].as_array().unwrap();
+    assert!(!conditional.is_empty(), "{caps}");
+    for c in conditional {
+        let cond = c["condition"].as_str().unwrap();
+        assert!(cond.contains("8") && cond.contains("flag"), "{cond}");
+        assert!(!cond.contains("100") && !cond.contains("note"), "{cond}");
+    }
+    assert!(check_agent(&s, &root) > 100);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The law on random bundles
 

@@ -9,18 +9,23 @@
 //! deputy supplies for its agents (`context.taint`) is put in before the per-resource step, so
 //! no condition asks the agent for what deputy decides.
 //!
-//! Resources the residuals cannot tell apart (the same residuals whose scope can match, the same
-//! values of what those read of the resource: `reads`) share one per-resource evaluation.
+//! Resources the residuals cannot tell apart share one answer: those of one class (`Classes`:
+//! the same values for every read of the resource, `reads`, by every residual of the bounds)
+//! share the answer of all the bounds, combined; and within a bound, those with the same
+//! residuals whose scope can match and the same values of what those read share one
+//! per-resource evaluation.
 
 mod reads;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cedar_policy::{
     Decision as CedarDecision, EntityTypeName, EntityUid, PartialEntities, PartialEntityUid, PartialRequest, Policy,
     PolicySet, Schema, TpeResponse,
 };
+use cedar_policy_core::ast::{EntityUID, Literal as CedarLiteral, ValueKind};
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::eval::PolicyIndex;
 
@@ -62,6 +67,126 @@ pub struct TypeLevel {
     resource_free: bool,
     /// Per-resource answers by what decides them (`Shared`), for the resources that follow.
     shared: HashMap<Shared, Answer>,
+}
+
+/// What tells the resources of one type apart for the residuals of several levels (every bound
+/// of one action that needs a per-resource step): a resource's [`Class`] decides the value of
+/// every read (`reads`) of every residual of those levels.
+///
+/// INVARIANT (exactness): two resources of the type with the same class get the same answer
+/// from each of those levels, so one evaluation serves the class. Each read's value is decided
+/// by the class: `in [E, ..]` is true when the resource is a target (then it is named, so its
+/// uid is in the class) or has one among its ancestors (the class holds the resource's ancestors
+/// among all targets); `== E` is true only for a named resource (its uid is in the class); `is`
+/// is the type's; an attribute's value or presence is in the class. Equal values for every read
+/// of every residual give the same response over every residual (`reads`), and the policy
+/// index only leaves out residuals whose scope is false for the resource, which the response
+/// drops anyway (a scope never errs): so the same answer whatever residuals the index kept.
+pub struct Classes {
+    /// The entity literals reads compare the resource with (`==`) or ask it to be in (`in`).
+    named: FastSet<EntityUID>,
+    /// The targets of `in` reads.
+    targets: FastSet<EntityUID>,
+    /// The attributes read, sorted, each with whether its value is read (`resource.a`) or only
+    /// its presence (`resource has a`).
+    attrs: Vec<(SmolStr, bool)>,
+}
+
+/// A set looked up once or more per resource: foldhash (seeded per process) rather than SipHash.
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// What resources of one class share (`Classes`), looked up once per resource.
+pub type ByClass<'a> = HashMap<Class<'a>, Answer, foldhash::fast::RandomState>;
+
+/// A resource as the residuals see it (`Classes`), borrowed from the resource and the store.
+#[derive(Hash, PartialEq, Eq)]
+pub struct Class<'a> {
+    /// The resource itself when a read names it.
+    uid: Option<&'a EntityUID>,
+    /// Its ancestors among the targets of `in` reads, sorted.
+    ancestors: Vec<&'a EntityUID>,
+    /// Per attribute of `Classes::attrs`, in that order.
+    attrs: Vec<AttrSeen<'a>>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum AttrSeen<'a> {
+    Absent,
+    /// Present, its value not read.
+    Present,
+    Value(&'a CedarLiteral),
+}
+
+impl Classes {
+    /// What the residuals of `levels` read of a resource; `None` when one of them reads more of
+    /// it than deputy keys on (`reads`): every resource is then evaluated on its own.
+    pub fn new<'l>(levels: impl IntoIterator<Item = &'l TypeLevel>) -> Option<Classes> {
+        let mut classes = Classes {
+            named: FastSet::default(),
+            targets: FastSet::default(),
+            attrs: Vec::new(),
+        };
+        for level in levels.into_iter().filter(|l| l.per_resource()) {
+            for read in &level.reads {
+                for read in read.as_ref()? {
+                    match read {
+                        reads::Read::In(targets) => {
+                            classes.named.extend(targets.iter().cloned());
+                            classes.targets.extend(targets.iter().cloned());
+                        }
+                        reads::Read::Eq(uid) => {
+                            classes.named.insert(uid.clone());
+                        }
+                        reads::Read::Is(_) => {}
+                        reads::Read::Attr(a) => classes.attrs.push((a.clone(), true)),
+                        reads::Read::Has(a) => classes.attrs.push((a.clone(), false)),
+                    }
+                }
+            }
+        }
+        // One entry per attribute: its value read if any read reads it.
+        classes.attrs.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        classes.attrs.dedup_by(|later, first| later.0 == first.0);
+        Some(classes)
+    }
+
+    /// `resource`'s class; `None` when the store does not know what a read needs of it, or an
+    /// attribute read has a value deputy does not key on (then it is evaluated on its own).
+    pub fn of<'a>(&self, resource: &'a EntityUID, entities: &'a PartialEntities) -> Option<Class<'a>> {
+        let entities: &'a cedar_policy_core::tpe::entities::PartialEntities = entities.as_ref();
+        let ancestors = if self.targets.is_empty() {
+            Vec::new()
+        } else {
+            let mut found: Vec<&EntityUID> = entities
+                .get_ancestors(resource)?
+                .iter()
+                .filter(|a| self.targets.contains(*a))
+                .collect();
+            found.sort_unstable();
+            found
+        };
+        let attrs = if self.attrs.is_empty() {
+            Vec::new()
+        } else {
+            let held = entities.get_attrs(resource)?;
+            self.attrs
+                .iter()
+                .map(|(name, value_read)| match held.get(name) {
+                    None => Some(AttrSeen::Absent),
+                    Some(_) if !value_read => Some(AttrSeen::Present),
+                    Some(v) => match v.value_kind() {
+                        ValueKind::Lit(l) => Some(AttrSeen::Value(l)),
+                        _ => None,
+                    },
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        Some(Class {
+            uid: self.named.contains(resource).then_some(resource),
+            ancestors,
+            attrs,
+        })
+    }
 }
 
 /// What decides a resource's answer: the residuals whose scope can match it (by index in
@@ -164,7 +289,7 @@ pub fn type_level(bound: &Bound<'_>, ty: &EntityTypeName, env: &Env<'_>) -> Resu
         None => {
             let set = PolicySet::from_policies(residuals.iter().cloned()).map_err(|e| e.to_string())?;
             let again = set.tpe(&request, env.entities, env.schema).map_err(|e| e.to_string())?;
-            answer_of(&again, &true_permits)
+            answer_of(&again, &true_permits)?
         }
     };
     let reads: Vec<Option<Vec<reads::Read>>> = residuals
@@ -188,9 +313,16 @@ pub fn type_level(bound: &Bound<'_>, ty: &EntityTypeName, env: &Env<'_>) -> Resu
     })
 }
 
+impl TypeLevel {
+    /// Whether the answer depends on the resource (else `answer` holds for every resource).
+    pub fn per_resource(&self) -> bool {
+        matches!(self.answer, Answer::When(_)) && !self.resource_free
+    }
+}
+
 /// `bound`'s answer for `resource` (of the type `level` was computed for), context unknown.
 pub fn at(bound: &Bound<'_>, level: &mut TypeLevel, resource: &EntityUid, env: &Env<'_>) -> Result<Answer, String> {
-    if !matches!(level.answer, Answer::When(_)) || level.resource_free {
+    if !level.per_resource() {
         return Ok(level.answer.clone());
     }
     // The index names the policies whose scope can match this resource; the others are false.
@@ -238,7 +370,7 @@ pub fn at(bound: &Bound<'_>, level: &mut TypeLevel, resource: &EntityUid, env: &
     .map_err(|e| e.to_string())?;
     let set = PolicySet::from_policies(residuals).map_err(|e| e.to_string())?;
     let response = set.tpe(&request, env.entities, env.schema).map_err(|e| e.to_string())?;
-    let answer = answer_of(&response, &level.true_permits);
+    let answer = answer_of(&response, &level.true_permits)?;
     if let Ok(key) = key {
         level.shared.insert(key, answer.clone());
     }
@@ -261,16 +393,16 @@ fn seen(level: &TypeLevel, relevant: &[usize], resource: &EntityUid, env: &Env<'
 /// A partial response as an answer, decided as Cedar's authorizer decides (a satisfied forbid
 /// denies; else a satisfied permit allows; erring policies are skipped); `true_permits` were
 /// satisfied before it (the response is over what was left).
-fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Answer {
+fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Result<Answer, String> {
     if response.true_forbids().next().is_some() {
-        return Answer::Deny;
+        return Ok(Answer::Deny);
     }
     let mut satisfied: Vec<String> = true_permits.to_vec();
     satisfied.extend(ids(response.true_permits()));
     let forbids: BTreeSet<String> = ids(response.residual_forbids()).into_iter().collect();
     let (mut permits, mut blocks) = (Vec::new(), Vec::new());
     for p in response.residual_policies() {
-        let text = condition(&p);
+        let text = condition(&p)?;
         if forbids.contains(&p.id().to_string()) {
             blocks.push(text);
         } else {
@@ -280,18 +412,18 @@ fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Answer {
     let mut parts = Vec::new();
     if satisfied.is_empty() {
         if permits.is_empty() {
-            return Answer::Deny;
+            return Ok(Answer::Deny);
         }
         parts.push(any_of(&permits));
     }
     if !blocks.is_empty() {
         parts.push(not(&any_of(&blocks)));
     }
-    if parts.is_empty() {
+    Ok(if parts.is_empty() {
         Answer::Allow(satisfied)
     } else {
         Answer::When(all_of(&parts))
-    }
+    })
 }
 
 /// The answers of every bound, combined: any deny denies; all allow allows (with the reasons of
@@ -390,16 +522,24 @@ fn join(parts: &[String], op: &str) -> String {
     }
 }
 
-/// A residual policy's condition as Cedar text. A residual's scope is unconstrained and its
-/// condition one `when` clause (Cedar's `TpeResponse::residual_policies`).
-fn condition(p: &Policy) -> String {
-    let text = p.to_string();
-    let body = text
-        .find("when {")
-        .map(|i| &text[i + "when {".len()..])
-        .and_then(|rest| rest.rfind('}').map(|j| &rest[..j]))
-        .unwrap_or(&text);
-    squeeze(body)
+/// A residual policy's condition as Cedar text: its one `when` clause, printed from Cedar's AST
+/// as Cedar prints the policy (through its JSON form), so no other part of the policy (an
+/// annotation, say) is read for it. A residual's scope is unconstrained (Cedar's
+/// `TpeResponse::residual_policies`); one that is not is refused (its condition alone would
+/// say more than the policy).
+fn condition(p: &Policy) -> Result<String, String> {
+    use cedar_policy_core::ast::{ActionConstraint, PrincipalOrResourceConstraint as C};
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    let unconstrained = matches!(core.principal_constraint().as_inner(), C::Any)
+        && matches!(core.action_constraint(), ActionConstraint::Any)
+        && matches!(core.resource_constraint().as_inner(), C::Any);
+    if !unconstrained {
+        return Err(format!("the residual of policy `{}` has a scope", p.id()));
+    }
+    Ok(match core.non_scope_constraints() {
+        Some(e) => squeeze(&e.clone().into_expr::<cedar_policy_core::est::Builder>().to_string()),
+        None => "true".to_owned(),
+    })
 }
 
 /// `text` on one line: each run of whitespace outside string literals made one space, none at
@@ -427,8 +567,22 @@ fn squeeze(text: &str) -> String {
 }
 
 /// `p` with `context.taint` replaced by deputy's value (and `context has taint` by `true`), by a
-/// rewrite of Cedar's JSON form of the policy.
+/// rewrite of Cedar's JSON form of the policy; `p` itself when its conditions read neither
+/// (found in its AST, where the rewrite would change nothing).
 fn with_taint(p: &Policy, taint: i64) -> Result<Policy, String> {
+    use cedar_policy_core::ast::{ExprKind, Var};
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    let reads_taint = core.non_scope_constraints().is_some_and(|c| {
+        c.subexpressions().any(|e| match e.expr_kind() {
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr } => {
+                matches!(expr.expr_kind(), ExprKind::Var(Var::Context)) && attr.as_str() == crate::bundle::TAINT_FIELD
+            }
+            _ => false,
+        })
+    });
+    if !reads_taint {
+        return Ok(p.clone());
+    }
     let mut json = p.to_json().map_err(|e| format!("policy `{}`: {e}", p.id()))?;
     let mut changed = false;
     rewrite(&mut json, taint, &mut changed);
@@ -464,7 +618,27 @@ fn rewrite(v: &mut Value, taint: i64, changed: &mut bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::{not, squeeze};
+    #![allow(clippy::unwrap_used)]
+    use std::str::FromStr;
+
+    use super::{condition, not, squeeze};
+
+    #[test]
+    fn a_condition_is_the_when_clause_whatever_annotations_and_literals_hold() {
+        // As Cedar's partial evaluator returns a residual: scope unconstrained, annotations kept.
+        let p = cedar_policy::Policy::from_str(
+            r#"@note("when { context.x }")
+            @other("}")
+            permit(principal, action, resource) when { context.s == "when { y }" && context.n > 1 };"#,
+        )
+        .unwrap();
+        // (Cedar's AST has no `>`: it prints `!(n <= 1)`.)
+        assert_eq!(condition(&p).unwrap(), r#"(context.s == "when { y }") && (!(context.n <= 1))"#);
+        // A policy with a scope is not a residual: refused, not cut down to its condition.
+        let scoped =
+            cedar_policy::Policy::from_str(r#"permit(principal, action, resource in Folder::"f") when { true };"#).unwrap();
+        assert!(condition(&scoped).is_err());
+    }
 
     #[test]
     fn a_double_negation_is_rendered_away() {
