@@ -414,7 +414,7 @@ impl Delegation {
                     };
                     let next = w
                         .registry()
-                        .with(row.clone())
+                        .with_parsed(row.clone(), child.grant.parsed_text())
                         .map_err(|e| DelegationError::new(ErrorCode::GrantInvalid, e.to_string()))?;
                     tx.insert_agent(&row)?;
                     tx.audit(
@@ -565,11 +565,8 @@ impl Delegation {
     }
 }
 
-/// The live children of `parent` (`None`: the admin's roots) in `agents`.
+/// The live children of `parent` (`None`: the admin's roots) in `agents`: through the
+/// registry's children index, so a spawn visits its parent's children, not every agent.
 fn live_children(agents: &super::Registry, parent: Option<&LiveAgent>, now: i64) -> usize {
-    let parent_id = parent.map(|p| p.row.id.clone());
-    agents
-        .iter()
-        .filter(|a| a.row.parent == parent_id && !a.is_bundle_agent() && a.session.is_none() && a.is_live(now))
-        .count()
+    agents.live_children(parent.map(|p| p.row.id.as_str()), now)
 }
