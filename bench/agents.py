@@ -85,6 +85,13 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time the process has used (less sensitive to other load than rates)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -270,7 +277,9 @@ def spawns_at_size(a):
                 before = st.get("delegation", {}).get("live_agents", "?") if st else "?"
                 tokens = [spawn(a.port, ADMIN, READ_REPO, f"parent {i}")[1] for i in range(a.parents)]
                 load = os.getloadavg()[0]
+                cpu0 = cpu_seconds(p.pid)
                 lat, took = spawn_burst(a.port, tokens, a.seconds)
+                cpu = cpu_seconds(p.pid) - cpu0
                 _, st = call(a.port, "GET", "/v1/status")
                 after = st.get("delegation", {}).get("live_agents", "?") if st else "?"
             finally:
@@ -280,7 +289,8 @@ def spawns_at_size(a):
             rates[d].append(len(lat) / took)
             print(f"{d}: spawns at {before} -> {after} live agents: {len(lat)} in {took:.1f}s with {a.parents} "
                   f"concurrent parents = {len(lat) / took:.0f}/s; latency p50 {pct(lat, 0.5) * 1000:.1f} ms, "
-                  f"p99 {pct(lat, 0.99) * 1000:.1f} ms; load {load:.2f}", flush=True)
+                  f"p99 {pct(lat, 0.99) * 1000:.1f} ms; deputy CPU {cpu * 1000 / max(1, len(lat)):.2f} ms per spawn; "
+                  f"load {load:.2f}", flush=True)
     for d, rs in rates.items():
         print(f"{d}: median {sorted(rs)[len(rs) // 2]:.0f} spawns/s over {len(rs)}")
 
