@@ -165,6 +165,10 @@ pub struct LiveAgent {
     state: Arc<AgentState>,
     /// The agent's grant as parsed, once: its descendants link their hops from it.
     parsed: Arc<PolicySet>,
+    /// The agent's grant as the prover takes it, parsed on first use (a spawn under this agent
+    /// proves against it) and kept: the text of one built agent never changes (a re-grant
+    /// builds a new one).
+    proof_grant: std::sync::OnceLock<Result<Arc<crate::prover::Grant>, String>>,
 }
 
 impl LiveAgent {
@@ -217,6 +221,18 @@ impl LiveAgent {
     /// Live: neither revoked nor expired.
     pub fn is_live(&self, now: i64) -> bool {
         !self.is_revoked() && !self.is_expired(now)
+    }
+
+    /// The agent's stored grant as [`crate::prover::Grant::parse`] gives it, parsed once per
+    /// built agent; an error when it no longer parses.
+    pub fn proof_grant(&self) -> Result<Arc<crate::prover::Grant>, String> {
+        self.proof_grant
+            .get_or_init(|| {
+                crate::prover::Grant::parse(&self.row.grant)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// Declared by the bundle (`grants/<id>.cedar`), not created through the API.
@@ -623,6 +639,7 @@ fn build(
         session,
         state,
         parsed,
+        proof_grant: std::sync::OnceLock::new(),
     })
 }
 

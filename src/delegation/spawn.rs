@@ -266,7 +266,8 @@ impl Delegation {
         };
 
         // 2. Is the child's grant within the parent's delegable view?
-        let parent_grant = Grant::parse(&parent.row.grant)
+        let parent_grant = parent
+            .proof_grant()
             .map_err(|e| DelegationError::internal(format!("the parent's stored grant no longer parses: {e}")))?;
         let opts = ProveOptions {
             child_principal: Some(child_uid),
