@@ -268,7 +268,8 @@ pub enum RegistryError {
 /// whose row names parent `p`, except bundle agents and sessions, which never count as children;
 /// no other id. Liveness is not indexed (revocation and expiry change it without a new
 /// registry): [`Registry::live_children`] checks it on each indexed child when asked, so its
-/// count equals a scan of every agent with the same filter.
+/// count equals a scan of every agent with the same filter. Likewise `sessions[c]` holds the id
+/// of every session whose caller is `c`, and nothing else ([`Registry::live_sessions`]).
 ///
 /// INVARIANT (additions log): within one `lineage`, registries differ only by agents appended
 /// to `added` (each a new `Arc`, under an id the registry did not hold); anything else (a
@@ -281,6 +282,8 @@ pub struct Registry {
     children: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
     /// Managed root agents (the admin's children).
     roots: imbl::HashSet<Arc<str>>,
+    /// Sessions by the caller that invoked them.
+    sessions: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
     /// Which line of additions this registry belongs to; 0 is the empty registry's.
     lineage: u64,
     /// The agents added in this lineage, in order.
@@ -358,6 +361,12 @@ impl Registry {
         if let Some(old) = &old {
             self.unindex(old, &id);
         }
+        if let Some(session) = &agent.session {
+            self.sessions
+                .entry(Arc::from(session.caller.as_str()))
+                .or_default()
+                .insert(Arc::clone(&id));
+        }
         if is_child(&agent) {
             match &agent.row.parent {
                 None => {
@@ -371,8 +380,16 @@ impl Registry {
         old
     }
 
-    /// Removes `old` (the agent formerly under `id`) from the children index.
+    /// Removes `old` (the agent formerly under `id`) from the children and sessions indexes.
     fn unindex(&mut self, old: &LiveAgent, id: &str) {
+        if let Some(session) = &old.session {
+            if let Some(set) = self.sessions.get_mut(session.caller.as_str()) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.sessions.remove(session.caller.as_str());
+                }
+            }
+        }
         match &old.row.parent {
             None => {
                 self.roots.remove(id);
@@ -400,6 +417,18 @@ impl Registry {
             .flatten()
             .filter_map(|id| self.agents.get(id.as_ref()))
             .filter(|a| a.row.parent.as_deref() == parent && is_child(a) && a.is_live(now))
+            .count()
+    }
+
+    /// How many live sessions `caller` has invoked: sessions whose caller it is, neither
+    /// revoked nor expired at `now`. Visits `caller`'s sessions only.
+    pub fn live_sessions(&self, caller: &str, now: i64) -> usize {
+        self.sessions
+            .get(caller)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.agents.get(id.as_ref()))
+            .filter(|a| a.session.as_ref().is_some_and(|s| s.caller == caller) && a.is_live(now))
             .count()
     }
 
@@ -748,7 +777,23 @@ mod tests {
             .count()
     }
 
+    /// What `check_sessions` counted before the index: every agent, filtered.
+    fn scan_sessions(reg: &Registry, caller: &str, now: i64) -> usize {
+        reg.iter()
+            .filter(|a| a.session.as_ref().is_some_and(|s| s.caller == caller) && a.is_live(now))
+            .count()
+    }
+
     fn same_counts(reg: &Registry, what: &str) {
+        for caller in ["r1", "c1", "s1", "nobody"] {
+            for now in [0, 50, 99, 100, 150, 200, 1000, 2000] {
+                assert_eq!(
+                    reg.live_sessions(caller, now),
+                    scan_sessions(reg, caller, now),
+                    "{what}: sessions of {caller:?} at {now}"
+                );
+            }
+        }
         for parent in [None, Some("r1"), Some("r2"), Some("c1"), Some("nobody")] {
             for now in [0, 50, 99, 100, 150, 200, 1000] {
                 assert_eq!(
@@ -796,6 +841,8 @@ mod tests {
         reg = reg.with_session(row("s1", Some("r1"), 1000), Some(session.clone())).unwrap();
         same_counts(&reg, "session");
         assert_eq!(reg.live_children(Some("r1"), 0), 4);
+        assert_eq!(reg.live_sessions("c1", 0), 1);
+        assert_eq!(reg.live_sessions("c1", 1000), 0, "expired");
 
         // Revocation is seen at once, by every registry sharing the agent.
         reg.mark_revoked(&["c0".to_owned()]);
