@@ -15,7 +15,9 @@ In one sitting, on the example bundle with a fresh state directory:
 
 `--keep-state DIR` builds the state in DIR (new or empty) and keeps it; `--restart-only DIR`
 then only times restarts on it, `--repeat` times for each `--deputy` given (the option may be
-repeated: the binaries take turns, for a before/after in one sitting).
+repeated: the binaries take turns, for a before/after in one sitting). `--spawns-only DIR`
+likewise measures spawns/s *at* the state's size: each run serves a fresh copy of DIR, so every
+binary starts from the same ~10,000 live agents.
 
 Build first (the figures in docs/BENCHMARKS.md use the dist profile):
     cargo build --profile dist --locked --bin deputy
@@ -83,6 +85,13 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time the process has used (less sensitive to other load than rates)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -115,6 +124,39 @@ def micros(s):
     return float(s)
 
 
+def spawn_burst(port, tokens, seconds):
+    """One thread per parent credential, each spawning children under it for `seconds` (a fresh
+    root every 200 children, below the default limit); the latency of every spawn, and the time
+    taken."""
+    lat, lock, stop = [], threading.Lock(), time.monotonic() + seconds
+    errors = []
+
+    def worker(token, i):
+        n = 0
+        try:
+            while time.monotonic() < stop:
+                if n and n % 200 == 0:
+                    _, token = spawn(port, ADMIN, READ_REPO, f"parent {i}/{n}")
+                t = time.monotonic()
+                spawn(port, token, READ_SRC, f"burst {i} #{n}")
+                with lock:
+                    lat.append(time.monotonic() - t)
+                n += 1
+        except BaseException as e:  # a thread's SystemExit would vanish silently
+            errors.append(e)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(tok, i)) for i, tok in enumerate(tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    if errors:
+        raise SystemExit(f"a spawn failed: {errors[0]}")
+    return lat, took
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--deputy", action="append", help="the binary (default target/dist/deputy)")
@@ -124,13 +166,18 @@ def main():
     ap.add_argument("--port", type=int, default=18190)
     ap.add_argument("--keep-state", metavar="DIR", help="build the state in DIR and keep it")
     ap.add_argument("--restart-only", metavar="DIR", help="only time restarts on the state in DIR")
-    ap.add_argument("--repeat", type=int, default=3, help="restarts per binary with --restart-only")
+    ap.add_argument("--spawns-only", metavar="DIR",
+                    help="only measure spawns on a copy of the state in DIR (spawn rate at its size)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds per binary with --restart-only or --spawns-only")
     a = ap.parse_args()
     a.deputy = a.deputy or ["target/dist/deputy"]
     if a.restart_only:
         return restarts(a)
+    if a.spawns_only:
+        return spawns_at_size(a)
     if len(a.deputy) > 1:
-        raise SystemExit("several --deputy binaries only with --restart-only")
+        raise SystemExit("several --deputy binaries only with --restart-only or --spawns-only")
     a.deputy = a.deputy[0]
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -147,33 +194,7 @@ def main():
         parents = [spawn(a.port, ADMIN, READ_REPO, f"parent {i}") for i in range(a.parents)]
 
         # 1. spawn throughput: one thread per parent, each for a fixed time.
-        lat, lock, stop = [], threading.Lock(), time.monotonic() + a.seconds
-
-        errors = []
-
-        def worker(token, i):
-            n = 0
-            try:
-                while time.monotonic() < stop:
-                    if n and n % 200 == 0:  # a fresh parent below the default limit of children
-                        _, token = spawn(a.port, ADMIN, READ_REPO, f"parent {i}/{n}")
-                    t = time.monotonic()
-                    spawn(a.port, token, READ_SRC, f"burst {i} #{n}")
-                    with lock:
-                        lat.append(time.monotonic() - t)
-                    n += 1
-            except BaseException as e:
-                errors.append(e)
-
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(tok, i)) for i, (_, tok) in enumerate(parents)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        took = time.monotonic() - t0
-        if errors:
-            raise SystemExit(f"a spawn failed: {errors[0]}")
+        lat, took = spawn_burst(a.port, [tok for _, tok in parents], a.seconds)
         print(f"spawns: {len(lat)} in {took:.1f}s with {a.parents} concurrent parents = {len(lat) / took:.0f}/s; "
               f"latency p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms")
         live = 3 + a.parents + len(lat) + len(lat) // 200
@@ -231,6 +252,47 @@ def main():
         p.wait()
         if not a.keep_state:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def spawns_at_size(a):
+    """Spawn throughput at the size of a kept state: each round, each binary in turn serves a
+    fresh copy of the state in DIR (so every run starts at the same number of live agents),
+    `--parents` new roots spawn children concurrently for `--seconds`."""
+    rates = {d: [] for d in a.deputy}
+    for _ in range(a.repeat):
+        for d in a.deputy:
+            state = tempfile.mkdtemp()
+            shutil.rmtree(state)
+            shutil.copytree(a.spawns_only, state)
+            p, _ = serve(d, state, a.port)
+            try:
+                # After a restart deputy re-proves every live grant in the background: measure
+                # once that is over, so the spawns do not share the cores with it.
+                t0, st = time.monotonic(), None
+                while time.monotonic() - t0 < 300:
+                    _, st = call(a.port, "GET", "/v1/status")
+                    if st and st.get("delegation", {}).get("reproved_version"):
+                        break
+                    time.sleep(0.1)
+                before = st.get("delegation", {}).get("live_agents", "?") if st else "?"
+                tokens = [spawn(a.port, ADMIN, READ_REPO, f"parent {i}")[1] for i in range(a.parents)]
+                load = os.getloadavg()[0]
+                cpu0 = cpu_seconds(p.pid)
+                lat, took = spawn_burst(a.port, tokens, a.seconds)
+                cpu = cpu_seconds(p.pid) - cpu0
+                _, st = call(a.port, "GET", "/v1/status")
+                after = st.get("delegation", {}).get("live_agents", "?") if st else "?"
+            finally:
+                p.terminate()
+                p.wait()
+                shutil.rmtree(state, ignore_errors=True)
+            rates[d].append(len(lat) / took)
+            print(f"{d}: spawns at {before} -> {after} live agents: {len(lat)} in {took:.1f}s with {a.parents} "
+                  f"concurrent parents = {len(lat) / took:.0f}/s; latency p50 {pct(lat, 0.5) * 1000:.1f} ms, "
+                  f"p99 {pct(lat, 0.99) * 1000:.1f} ms; deputy CPU {cpu * 1000 / max(1, len(lat)):.2f} ms per spawn; "
+                  f"load {load:.2f}", flush=True)
+    for d, rs in rates.items():
+        print(f"{d}: median {sorted(rs)[len(rs) // 2]:.0f} spawns/s over {len(rs)}")
 
 
 def restarts(a):

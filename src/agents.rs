@@ -165,6 +165,10 @@ pub struct LiveAgent {
     state: Arc<AgentState>,
     /// The agent's grant as parsed, once: its descendants link their hops from it.
     parsed: Arc<PolicySet>,
+    /// The agent's grant as the prover takes it, parsed on first use (a spawn under this agent
+    /// proves against it) and kept: the text of one built agent never changes (a re-grant
+    /// builds a new one).
+    proof_grant: std::sync::OnceLock<Result<Arc<crate::prover::Grant>, String>>,
 }
 
 impl LiveAgent {
@@ -219,6 +223,18 @@ impl LiveAgent {
         !self.is_revoked() && !self.is_expired(now)
     }
 
+    /// The agent's stored grant as [`crate::prover::Grant::parse`] gives it, parsed once per
+    /// built agent; an error when it no longer parses.
+    pub fn proof_grant(&self) -> Result<Arc<crate::prover::Grant>, String> {
+        self.proof_grant
+            .get_or_init(|| {
+                crate::prover::Grant::parse(&self.row.grant)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
     /// Declared by the bundle (`grants/<id>.cedar`), not created through the API.
     pub fn is_bundle_agent(&self) -> bool {
         self.row.created_by == BUNDLE_CREATOR
@@ -245,11 +261,40 @@ pub enum RegistryError {
     Entity { agent: String, message: String },
 }
 
-/// All agents by id. Cheap to extend: agents are shared `Arc`s.
+/// All agents by id, in persistent maps: a registry with one more agent shares all but a few
+/// nodes with the one it extends, so a spawn copies nothing proportional to the live agents.
+///
+/// INVARIANT (children index): `children[p]` (`roots` for `p` = none) holds the id of every agent
+/// whose row names parent `p`, except bundle agents and sessions, which never count as children;
+/// no other id. Liveness is not indexed (revocation and expiry change it without a new
+/// registry): [`Registry::live_children`] checks it on each indexed child when asked, so its
+/// count equals a scan of every agent with the same filter. Likewise `sessions[c]` holds the id
+/// of every session whose caller is `c`, and nothing else ([`Registry::live_sessions`]).
+///
+/// INVARIANT (additions log): within one `lineage`, registries differ only by agents appended
+/// to `added` (each a new `Arc`, under an id the registry did not hold); anything else (a
+/// rebuild, a replaced id, a restart) starts a new lineage. [`Registry::added_to`] relies on it.
 #[derive(Clone, Default)]
 pub struct Registry {
-    /// Keyed by shared ids, so that copying the registry for a new snapshot copies pointers.
-    agents: HashMap<Arc<str>, Arc<LiveAgent>>,
+    /// Keyed by shared ids, so that nodes copied for a new registry copy pointers.
+    agents: imbl::HashMap<Arc<str>, Arc<LiveAgent>>,
+    /// Managed children (not sessions) by parent id.
+    children: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
+    /// Managed root agents (the admin's children).
+    roots: imbl::HashSet<Arc<str>>,
+    /// Sessions by the caller that invoked them.
+    sessions: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
+    /// Which line of additions this registry belongs to; 0 is the empty registry's.
+    lineage: u64,
+    /// The agents added in this lineage, in order.
+    added: imbl::Vector<Arc<LiveAgent>>,
+}
+
+/// Lineages handed out so far (0 is the empty registry's).
+static LINEAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_lineage() -> u64 {
+    LINEAGES.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Registry {
@@ -257,14 +302,17 @@ impl Registry {
     pub fn from_rows_with_sessions(rows: Vec<AgentRow>, sessions: Vec<SessionRow>) -> Result<Registry, RegistryError> {
         let mut sessions: HashMap<String, Arc<SessionRow>> =
             sessions.into_iter().map(|s| (s.id.clone(), Arc::new(s))).collect();
-        let mut reg = Registry::default();
+        let mut reg = Registry {
+            lineage: new_lineage(),
+            ..Registry::default()
+        };
         // Many agents hold the same grant text (a fleet spawned from one template): each text is
         // parsed once and the parse shared (it is immutable; linking copies what it keeps).
         let mut parsed = Parsed::default();
         for row in rows {
             let session = sessions.remove(&row.id);
             let agent = build(&reg.agents, row, None, session, Some(&mut parsed))?;
-            reg.agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
+            reg.put(Arc::new(agent));
         }
         Ok(reg)
     }
@@ -276,10 +324,112 @@ impl Registry {
 
     /// A registry that also holds `row` (a new agent), a session when `session` is set.
     pub fn with_session(&self, row: AgentRow, session: Option<SessionRow>) -> Result<Registry, RegistryError> {
-        let agent = build(&self.agents, row, None, session.map(Arc::new), None)?;
-        let mut agents = self.agents.clone();
-        agents.insert(Arc::from(agent.row.id.as_str()), Arc::new(agent));
-        Ok(Registry { agents })
+        let agent = Arc::new(build(&self.agents, row, None, session.map(Arc::new), None)?);
+        Ok(self.added(agent))
+    }
+
+    /// [`Registry::with`], reusing `parsed` (`(text, PolicySet::from_str(text))`) as the parse
+    /// of the row's grant when `text` is the row's grant: a spawn already parsed it when it
+    /// accepted it, outside the writer lock.
+    pub fn with_parsed(&self, row: AgentRow, parsed: Option<(&str, &Arc<PolicySet>)>) -> Result<Registry, RegistryError> {
+        let mut seen = Parsed::default();
+        if let Some((text, set)) = parsed.filter(|(text, _)| *text == row.grant) {
+            seen.insert(text.to_owned(), Arc::clone(set));
+        }
+        let agent = Arc::new(build(&self.agents, row, None, None, Some(&mut seen))?);
+        Ok(self.added(agent))
+    }
+
+    /// This registry with `agent` added (or replacing the agent of its id).
+    fn added(&self, agent: Arc<LiveAgent>) -> Registry {
+        let mut next = self.clone();
+        if next.put(Arc::clone(&agent)).is_some() {
+            // An id replaced, not added: not an addition (see the additions log).
+            next.lineage = new_lineage();
+            next.added = imbl::Vector::new();
+        } else {
+            next.added.push_back(agent);
+        }
+        next
+    }
+
+    /// Inserts `agent` (replacing any agent of its id) and keeps the children index; returns
+    /// the agent replaced.
+    fn put(&mut self, agent: Arc<LiveAgent>) -> Option<Arc<LiveAgent>> {
+        let id: Arc<str> = Arc::from(agent.row.id.as_str());
+        let old = self.agents.insert(Arc::clone(&id), Arc::clone(&agent));
+        if let Some(old) = &old {
+            self.unindex(old, &id);
+        }
+        if let Some(session) = &agent.session {
+            self.sessions
+                .entry(Arc::from(session.caller.as_str()))
+                .or_default()
+                .insert(Arc::clone(&id));
+        }
+        if is_child(&agent) {
+            match &agent.row.parent {
+                None => {
+                    self.roots.insert(id);
+                }
+                Some(p) => {
+                    self.children.entry(Arc::from(p.as_str())).or_default().insert(id);
+                }
+            }
+        }
+        old
+    }
+
+    /// Removes `old` (the agent formerly under `id`) from the children and sessions indexes.
+    fn unindex(&mut self, old: &LiveAgent, id: &str) {
+        if let Some(session) = &old.session {
+            if let Some(set) = self.sessions.get_mut(session.caller.as_str()) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.sessions.remove(session.caller.as_str());
+                }
+            }
+        }
+        match &old.row.parent {
+            None => {
+                self.roots.remove(id);
+            }
+            Some(p) => {
+                if let Some(set) = self.children.get_mut(p.as_str()) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.children.remove(p.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many live children `parent` (`None`: the admin, whose children are the roots) has:
+    /// managed agents naming it as their parent, neither sessions nor bundle agents, neither
+    /// revoked nor expired at `now`. Visits `parent`'s children only.
+    pub fn live_children(&self, parent: Option<&str>, now: i64) -> usize {
+        let ids = match parent {
+            None => Some(&self.roots),
+            Some(p) => self.children.get(p),
+        };
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.agents.get(id.as_ref()))
+            .filter(|a| a.row.parent.as_deref() == parent && is_child(a) && a.is_live(now))
+            .count()
+    }
+
+    /// How many live sessions `caller` has invoked: sessions whose caller it is, neither
+    /// revoked nor expired at `now`. Visits `caller`'s sessions only.
+    pub fn live_sessions(&self, caller: &str, now: i64) -> usize {
+        self.sessions
+            .get(caller)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.agents.get(id.as_ref()))
+            .filter(|a| a.session.as_ref().is_some_and(|s| s.caller == caller) && a.is_live(now))
+            .count()
     }
 
     /// A registry in which the agents in `rows` have those rows (a new grant, new attributes):
@@ -297,13 +447,16 @@ impl Registry {
             .cloned()
             .collect();
         affected.sort_by_key(|a| a.chain.len());
-        let mut agents = self.agents.clone();
+        let mut next = self.clone();
+        // Agents replaced: not additions (see the additions log).
+        next.lineage = new_lineage();
+        next.added = imbl::Vector::new();
         for a in affected {
             let row = changed.remove(&a.row.id).unwrap_or_else(|| a.row.clone());
-            let rebuilt = build(&agents, row, Some(Arc::clone(&a.state)), a.session.clone(), None)?;
-            agents.insert(Arc::from(rebuilt.row.id.as_str()), Arc::new(rebuilt));
+            let rebuilt = build(&next.agents, row, Some(Arc::clone(&a.state)), a.session.clone(), None)?;
+            next.put(Arc::new(rebuilt));
         }
-        Ok(Registry { agents })
+        Ok(next)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<LiveAgent>> {
@@ -328,22 +481,19 @@ impl Registry {
     }
 
     /// The agents this registry holds beyond `base`, when it holds every agent of `base`
-    /// unchanged (the same shared `Arc`); `None` when any was changed or dropped.
+    /// unchanged (the same shared `Arc`); `None` when any was changed or dropped, or when that
+    /// cannot be told from the additions log. Proportional to the agents added, not to all.
     pub fn added_to(&self, base: &Registry) -> Option<Vec<Arc<LiveAgent>>> {
-        let unchanged = base
-            .agents
-            .iter()
-            .all(|(id, a)| self.agents.get(id.as_ref()).is_some_and(|b| Arc::ptr_eq(a, b)));
-        if !unchanged || self.agents.len() < base.agents.len() {
+        let n = base.added.len();
+        if self.lineage != base.lineage || self.added.len() < n {
             return None;
         }
-        Some(
-            self.agents
-                .iter()
-                .filter(|(id, _)| !base.agents.contains_key(id.as_ref()))
-                .map(|(_, a)| Arc::clone(a))
-                .collect(),
-        )
+        // Every addition is a new `Arc`: the same one at `base`'s last position means `self`
+        // was derived from `base` by additions (see the additions log).
+        if n > 0 && !Arc::ptr_eq(self.added.get(n - 1)?, base.added.get(n - 1)?) {
+            return None;
+        }
+        Some(self.added.iter().skip(n).cloned().collect())
     }
 
     /// `store` (a combined store built for this bundle) plus the entities of `added`, agents
@@ -436,8 +586,13 @@ pub enum View {
 /// Grants already parsed, by their text.
 type Parsed = HashMap<String, Arc<PolicySet>>;
 
+/// Counts toward its parent's children: managed by deputy and not a session.
+fn is_child(a: &LiveAgent) -> bool {
+    !a.is_bundle_agent() && a.session.is_none()
+}
+
 fn build(
-    agents: &HashMap<Arc<str>, Arc<LiveAgent>>,
+    agents: &imbl::HashMap<Arc<str>, Arc<LiveAgent>>,
     row: AgentRow,
     state: Option<Arc<AgentState>>,
     session: Option<Arc<SessionRow>>,
@@ -513,6 +668,7 @@ fn build(
         session,
         state,
         parsed,
+        proof_grant: std::sync::OnceLock::new(),
     })
 }
 
@@ -599,4 +755,174 @@ fn link_parsed(holder: &str, parsed: &PolicySet, principal: &EntityUid, view: Vi
             .map_err(|e| err(e.to_string()))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const GRANT: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;
+
+    fn row(id: &str, parent: Option<&str>, expires_at: i64) -> AgentRow {
+        let mut r = AgentRow::sketch(id, parent, parent.map_or(0, |_| 1), 2, GRANT);
+        r.expires_at = expires_at;
+        r
+    }
+
+    /// What `live_children` counted before the index: every agent, filtered.
+    fn scan(reg: &Registry, parent: Option<&str>, now: i64) -> usize {
+        reg.iter()
+            .filter(|a| a.row.parent.as_deref() == parent && !a.is_bundle_agent() && a.session.is_none() && a.is_live(now))
+            .count()
+    }
+
+    /// What `check_sessions` counted before the index: every agent, filtered.
+    fn scan_sessions(reg: &Registry, caller: &str, now: i64) -> usize {
+        reg.iter()
+            .filter(|a| a.session.as_ref().is_some_and(|s| s.caller == caller) && a.is_live(now))
+            .count()
+    }
+
+    fn same_counts(reg: &Registry, what: &str) {
+        for caller in ["r1", "c1", "s1", "nobody"] {
+            for now in [0, 50, 99, 100, 150, 200, 1000, 2000] {
+                assert_eq!(
+                    reg.live_sessions(caller, now),
+                    scan_sessions(reg, caller, now),
+                    "{what}: sessions of {caller:?} at {now}"
+                );
+            }
+        }
+        for parent in [None, Some("r1"), Some("r2"), Some("c1"), Some("nobody")] {
+            for now in [0, 50, 99, 100, 150, 200, 1000] {
+                assert_eq!(
+                    reg.live_children(parent, now),
+                    scan(reg, parent, now),
+                    "{what}: parent {parent:?} at {now}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn registry_children_index_counts_as_a_scan_does() {
+        let mut reg = Registry::default();
+        let mut rows = vec![row("r1", None, 1000), row("r2", None, 100)];
+        for (i, exp) in [1000, 1000, 100, 150].into_iter().enumerate() {
+            rows.push(row(&format!("c{i}"), Some("r1"), exp));
+        }
+        rows.push(row("g1", Some("c1"), 200));
+        rows.push(row("k2", Some("r2"), 100));
+        let mut bundle = row("b1", None, i64::MAX);
+        bundle.created_by = BUNDLE_CREATOR.to_owned();
+        rows.push(bundle);
+        let mut under_bundle = row("u1", Some("b1"), 1000);
+        under_bundle.depth = 1;
+        rows.push(under_bundle);
+        for r in rows.clone() {
+            reg = reg.with(r).unwrap();
+            same_counts(&reg, "spawned");
+        }
+        assert_eq!(reg.live_children(Some("r1"), 120), 3);
+        assert_eq!(reg.live_children(None, 50), 2, "the bundle agent is no root of the admin's");
+
+        // A session names its callee's... whatever parent its row has: never a child.
+        let session = SessionRow {
+            id: "s1".to_owned(),
+            caller: "c1".to_owned(),
+            callee: "r1".to_owned(),
+            depth: 1,
+            chain: vec!["c1".to_owned(), "r1".to_owned()],
+            caller_taint: 0,
+            created_at: 0,
+        };
+        let older = reg.clone();
+        reg = reg.with_session(row("s1", Some("r1"), 1000), Some(session.clone())).unwrap();
+        same_counts(&reg, "session");
+        assert_eq!(reg.live_children(Some("r1"), 0), 4);
+        assert_eq!(reg.live_sessions("c1", 0), 1);
+        assert_eq!(reg.live_sessions("c1", 1000), 0, "expired");
+
+        // Revocation is seen at once, by every registry sharing the agent.
+        reg.mark_revoked(&["c0".to_owned()]);
+        same_counts(&reg, "revoked");
+        same_counts(&older, "revoked, older registry");
+        assert_eq!(reg.live_children(Some("r1"), 0), 3);
+
+        // A re-grant (new rows, rebuilt descendants) keeps the index.
+        let mut regranted = row("c1", Some("r1"), 50);
+        regranted.grant = GRANT.to_owned();
+        reg = reg.with_rows(vec![regranted.clone(), row("r1", None, 900)]).unwrap();
+        same_counts(&reg, "re-granted");
+        assert_eq!(reg.live_children(Some("r1"), 60), 2);
+
+        // A restart builds the same index from the stored rows.
+        let mut stored = rows;
+        for r in stored.iter_mut() {
+            if r.id == "c0" {
+                r.revoked_at = Some(1);
+            }
+            if r.id == "c1" {
+                *r = regranted.clone();
+            }
+        }
+        stored.push(row("s1", Some("r1"), 1000));
+        let restarted = Registry::from_rows_with_sessions(stored, vec![session]).unwrap();
+        same_counts(&restarted, "restarted");
+        for parent in [None, Some("r1"), Some("r2"), Some("c1")] {
+            assert_eq!(restarted.live_children(parent, 60), reg.live_children(parent, 60), "{parent:?}");
+        }
+    }
+
+    /// A spawn links the grant it parsed when accepting it: the agent is the one parsing the
+    /// row's text again gives; a parse of another text is not used.
+    #[test]
+    fn an_agent_linked_from_the_accepted_parse_is_the_one_a_parse_gives() {
+        let base = Registry::default().with(row("r1", None, 1000)).unwrap();
+        let text = r#"@id("r") permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#;
+        let mut child = row("c", Some("r1"), 1000);
+        child.grant = text.to_owned();
+        let parsed = Arc::new(PolicySet::from_str(text).unwrap());
+        let other = Arc::new(PolicySet::from_str(GRANT).unwrap());
+        let hops = |reg: &Registry| {
+            let a = reg.get("c").unwrap();
+            let hops: Vec<String> = a.hops.iter().map(|h| format!("{}: {}", h.agent, h.policies)).collect();
+            (a.chain.clone(), a.chain_ceiling, hops)
+        };
+        let parsed_again = hops(&base.with(child.clone()).unwrap());
+        assert_eq!(hops(&base.with_parsed(child.clone(), Some((text, &parsed))).unwrap()), parsed_again);
+        assert_eq!(hops(&base.with_parsed(child.clone(), Some((GRANT, &other))).unwrap()), parsed_again);
+        assert_eq!(hops(&base.with_parsed(child, None).unwrap()), parsed_again);
+    }
+
+    #[test]
+    fn additions_are_told_apart_from_changes() {
+        let base = Registry::default().with(row("r1", None, 1000)).unwrap();
+        let one = base.with(row("a", Some("r1"), 1000)).unwrap();
+        let two = one.with(row("b", Some("r1"), 1000)).unwrap();
+        let ids = |v: Option<Vec<Arc<LiveAgent>>>| v.map(|v| v.iter().map(|a| a.row.id.clone()).collect::<Vec<_>>());
+        assert_eq!(ids(two.added_to(&base)), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(ids(two.added_to(&one)), Some(vec!["b".to_owned()]));
+        assert_eq!(ids(two.added_to(&two)), Some(vec![]));
+        assert_eq!(ids(one.added_to(&two)), None, "an agent dropped");
+        // A sibling line from the same base: not additions to each other.
+        let other = base.with(row("c", Some("r1"), 1000)).unwrap();
+        let other2 = other.with(row("d", Some("r1"), 1000)).unwrap();
+        assert_eq!(ids(other2.added_to(&one)), None);
+        assert_eq!(ids(other2.added_to(&base)), Some(vec!["c".to_owned(), "d".to_owned()]));
+        // A re-grant or a replaced id changes agents: never additions.
+        let regranted = two.with_rows(vec![row("a", Some("r1"), 500)]).unwrap();
+        assert_eq!(ids(regranted.added_to(&two)), None);
+        assert_eq!(ids(regranted.with(row("e", None, 9)).unwrap().added_to(&two)), None);
+        let replaced = two.with(row("a", None, 10)).unwrap();
+        assert_eq!(ids(replaced.added_to(&two)), None);
+        // ... and moves in the children index with its row.
+        assert_eq!(replaced.live_children(Some("r1"), 0), 1);
+        assert_eq!(replaced.live_children(None, 0), 2);
+        assert_eq!(two.live_children(Some("r1"), 0), 2, "the older registry keeps its own index");
+        // A restart starts a new line.
+        let loaded = Registry::from_rows_with_sessions(vec![row("r1", None, 1000)], vec![]).unwrap();
+        assert_eq!(ids(loaded.added_to(&base)), None);
+    }
 }

@@ -230,6 +230,9 @@ struct Staged {
 pub struct WriteGuard<'a> {
     live: &'a Live,
     w: MutexGuard<'a, Writer>,
+    /// Snapshots this guard replaced: dropped after `w` (fields drop in order), so freeing a
+    /// large entity store happens after the writer lock is released, not while writers queue.
+    retired: Vec<Arc<Snapshot>>,
 }
 
 impl Live {
@@ -243,7 +246,11 @@ impl Live {
             .writer
             .lock()
             .map_err(|_| "the writer lock is poisoned".to_owned())?;
-        Ok(WriteGuard { live: self, w })
+        Ok(WriteGuard {
+            live: self,
+            w,
+            retired: Vec::new(),
+        })
     }
 
     /// Marks the agent state as unavailable (it failed to load) and republishes.
@@ -364,7 +371,9 @@ impl WriteGuard<'_> {
     /// Serves what was prepared (after its write committed).
     pub fn install(&mut self, p: Prepared) {
         if let Some(snap) = p.snapshot {
-            self.live.current.store(Some(Arc::new(snap)));
+            if let Some(old) = self.live.current.swap(Some(Arc::new(snap))) {
+                self.retired.push(old);
+            }
         }
         self.w.registry = p.registry;
         if p.bundle.is_some() {

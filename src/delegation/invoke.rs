@@ -473,10 +473,7 @@ impl Delegation {
     /// Refuses an invocation that would give the caller more live sessions than
     /// `--max-children` (sessions count like children).
     fn check_sessions(&self, agents: &super::Registry, caller: &LiveAgent, now: i64) -> Result<(), DelegationError> {
-        let sessions = agents
-            .iter()
-            .filter(|a| a.session.as_ref().is_some_and(|s| s.caller == caller.row.id) && a.is_live(now))
-            .count();
+        let sessions = agents.live_sessions(&caller.row.id, now);
         if sessions < self.limits.max_children {
             return Ok(());
         }

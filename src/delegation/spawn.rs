@@ -266,7 +266,8 @@ impl Delegation {
         };
 
         // 2. Is the child's grant within the parent's delegable view?
-        let parent_grant = Grant::parse(&parent.row.grant)
+        let parent_grant = parent
+            .proof_grant()
             .map_err(|e| DelegationError::internal(format!("the parent's stored grant no longer parses: {e}")))?;
         let opts = ProveOptions {
             child_principal: Some(child_uid),
@@ -414,7 +415,7 @@ impl Delegation {
                     };
                     let next = w
                         .registry()
-                        .with(row.clone())
+                        .with_parsed(row.clone(), child.grant.parsed_text())
                         .map_err(|e| DelegationError::new(ErrorCode::GrantInvalid, e.to_string()))?;
                     tx.insert_agent(&row)?;
                     tx.audit(
@@ -565,11 +566,8 @@ impl Delegation {
     }
 }
 
-/// The live children of `parent` (`None`: the admin's roots) in `agents`.
+/// The live children of `parent` (`None`: the admin's roots) in `agents`: through the
+/// registry's children index, so a spawn visits its parent's children, not every agent.
 fn live_children(agents: &super::Registry, parent: Option<&LiveAgent>, now: i64) -> usize {
-    let parent_id = parent.map(|p| p.row.id.clone());
-    agents
-        .iter()
-        .filter(|a| a.row.parent == parent_id && !a.is_bundle_agent() && a.session.is_none() && a.is_live(now))
-        .count()
+    agents.live_children(parent.map(|p| p.row.id.as_str()), now)
 }

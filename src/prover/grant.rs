@@ -106,6 +106,8 @@ pub struct Grant {
     src: Arc<str>,
     policies: Vec<GrantPolicy>,
     digest: OnceLock<String>,
+    /// `src` as Cedar parsed it, when this grant is all of it (not a view).
+    parsed: Option<Arc<PolicySet>>,
 }
 
 impl Grant {
@@ -162,6 +164,7 @@ impl Grant {
             src,
             policies: out,
             digest: OnceLock::new(),
+            parsed: Some(Arc::new(set)),
         })
     }
 
@@ -227,7 +230,15 @@ impl Grant {
                 .cloned()
                 .collect(),
             digest: OnceLock::new(),
+            parsed: None,
         }
+    }
+
+    /// The grant's whole text as `PolicySet::from_str` parsed it, when this grant is the whole
+    /// text (`None` for a view): the registry links an accepted grant from it instead of
+    /// parsing the same text again under the writer lock.
+    pub fn parsed_text(&self) -> Option<(&str, &Arc<PolicySet>)> {
+        self.parsed.as_ref().map(|p| (&*self.src, p))
     }
 
     /// A stable hex SHA-256 digest of the grant's policies (in canonical Cedar form).

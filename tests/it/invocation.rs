@@ -739,3 +739,38 @@ fn a_session_ends_when_the_bundle_stops_declaring_its_callee() {
     assert!(allowed(s, "reviewer", "send", ("Channel", "internal")));
     assert!(!allowed(s, "reviewer", "send", ("Channel", "public")));
 }
+
+/// `--max-children` bounds a caller's live sessions (counted through the registry's sessions
+/// index): the session beyond the limit is refused, another caller's sessions do not count, and
+/// a completed session frees its place.
+#[test]
+fn live_sessions_per_caller_are_bounded_by_max_children() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let limits = deputy::delegation::Limits {
+        max_children: 2,
+        ..deputy::delegation::Limits::default()
+    };
+    let s = &TestServer::start(
+        bundle.path(),
+        Options {
+            limits,
+            ..options(state.path())
+        },
+    );
+    let first = started(s, &invoke(s, &token("sales"), "analyst", 600));
+    started(s, &invoke(s, &token("sales"), "analyst", 600));
+    refused(&invoke(s, &token("sales"), "analyst", 600), 429, "too_many_agents");
+    // Another caller's sessions are its own.
+    started(s, &invoke(s, &token("outsider"), "reviewer", 600));
+    let r = post_as(
+        s,
+        &first.token,
+        &format!("/v1/invocations/{}/complete", first.id),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    started(s, &invoke(s, &token("sales"), "analyst", 600));
+    refused(&invoke(s, &token("sales"), "analyst", 600), 429, "too_many_agents");
+}
