@@ -91,6 +91,10 @@ pub struct Bundle {
     /// load (see `taint_context`): a request with that context has only its scope checked.
     #[doc(hidden)]
     pub taint_context_valid: std::collections::HashSet<EntityUid>,
+    /// The actions whose context type accepts the empty record, checked once at load (the check
+    /// depends on the action alone): a request without a context has only its scope checked.
+    #[doc(hidden)]
+    pub empty_context_valid: std::collections::HashSet<EntityUid>,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
     /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).
