@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 pub use index::PolicyIndex;
 
@@ -178,7 +179,9 @@ impl<'a> Asked<'a> {
     pub fn verdict(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Verdict<'a> {
         // The remembered attribute reads are numbered per index: start afresh for this one.
         self.ctx.forget();
-        let mut slices = Vec::new();
+        // On the stack: a request visits a handful of slices per index, and a chain several
+        // indexes per request.
+        let mut slices: SmallVec<[&index::Slice; 8]> = SmallVec::new();
         if !index.slices_for(&self.ctx, &mut slices) {
             return Verdict::Decided(evaluate(policies, self.entities, self.request.get()));
         }
@@ -193,7 +196,7 @@ impl<'a> Asked<'a> {
 pub enum Verdict<'a> {
     Named {
         allow: bool,
-        reasons: Vec<Name<'a>>,
+        reasons: SmallVec<[Name<'a>; 2]>,
         errors: Vec<PolicyError>,
     },
     Decided(Decision),
@@ -254,7 +257,7 @@ fn evaluate_candidates<'a>(
             )
         })
     };
-    let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut permits, mut forbids, mut errors) = (SmallVec::new(), SmallVec::new(), Vec::new());
     for candidate in candidates {
         let (name, effect, satisfied) = match candidate {
             Candidate::Ready(p) => {

@@ -247,7 +247,7 @@ impl PolicyIndex {
     }
 
     /// `slices` for a request whose entities `ctx` has looked up.
-    pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut Vec<&'a Slice>) -> bool {
+    pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut impl Extend<&'a Slice>) -> bool {
         let (Some(principal), Some(action), Some(resource)) = (ctx.uid(0), ctx.uid(1), ctx.uid(2)) else {
             return false;
         };
@@ -269,7 +269,7 @@ impl PolicyIndex {
         principal: (&EntityUID, Option<&Entity>),
         action: (&EntityUID, Option<&Entity>),
         resource: (&EntityUID, Option<&Entity>),
-        out: &mut Vec<&'a Slice>,
+        out: &mut impl Extend<&'a Slice>,
     ) -> bool {
         let bucket = self.by_action.get(action.0);
         if !self.same_named_ancestry(action, bucket) {
@@ -291,8 +291,9 @@ impl PolicyIndex {
         let built: &[EntityUID] = bucket.map(|b| b.named.as_slice()).unwrap_or_default();
         // Cedar: an entity missing from the store is `in` only itself.
         let in_request = |x: &EntityUID| x == action || stored.is_some_and(|e| e.is_descendant_of(x));
-        // Every named action the request's action is `in` was in the bucket's ancestry...
-        let self_ok = !self.named_actions.contains(action) || built.contains(action);
+        // Every named action the request's action is `in` was in the bucket's ancestry (a named
+        // action's own bucket lists it: no hash of the action then)...
+        let self_ok = built.contains(action) || !self.named_actions.contains(action);
         let ancestors_ok = stored
             .into_iter()
             .flat_map(|e| e.ancestors())
@@ -468,7 +469,7 @@ impl Slices {
         &'a self,
         (principal, p_stored): (&EntityUID, Option<&Entity>),
         (resource, r_stored): (&EntityUID, Option<&Entity>),
-        out: &mut Vec<&'a Slice>,
+        out: &mut impl Extend<&'a Slice>,
     ) {
         out.extend(self.principal_eq.get(principal));
         out.extend(self.resource_eq.get(resource));
@@ -493,7 +494,7 @@ impl Slices {
         out.extend(self.principal_is.get(principal.entity_type()));
         out.extend(self.resource_is.get(resource.entity_type()));
         if !self.rest.is_empty() {
-            out.push(&self.rest);
+            out.extend([&self.rest]);
         }
     }
 
