@@ -468,12 +468,12 @@ fn scope_checked(
 ) -> Result<Request, RequestError> {
     use cedar_policy_core::ast::{EntityUIDEntry, RequestSchema};
     let core: &cedar_policy_core::validator::ValidatorSchema = bundle.schema.as_ref();
-    core.validate_scope_variables(
-        Some(principal.uid.as_ref()),
-        Some(action.uid.as_ref()),
-        Some(resource.uid.as_ref()),
-    )
-    .map_err(|e| RequestError::from_validation(&e.into(), &principal.field, &action.field, &resource.field))?;
+    let (p, a, r) = (principal.uid.as_ref(), action.uid.as_ref(), resource.uid.as_ref());
+    // Scopes of ordinary types the schema allows were checked at load (`ScopeTypes`).
+    if !bundle.scope_types.accepts(p, a, r) {
+        core.validate_scope_variables(Some(p), Some(a), Some(r))
+            .map_err(|e| RequestError::from_validation(&e.into(), &principal.field, &action.field, &resource.field))?;
+    }
     Ok(Request::from(cedar_policy_core::ast::Request::new_unchecked(
         EntityUIDEntry::known(principal.uid.into(), None),
         EntityUIDEntry::known(action.uid.into(), None),

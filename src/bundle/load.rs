@@ -108,6 +108,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
             let taint_in_context = taint_in_context(&schema);
             let taint_context_valid = taint_context_valid(&schema, &taint_in_context);
             let empty_context_valid = empty_context_valid(&schema);
+            let scope_types = super::ScopeTypes::of(&schema);
             Ok(Bundle {
                 schema,
                 policies,
@@ -119,6 +120,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 taint_in_context,
                 taint_context_valid,
                 empty_context_valid,
+                scope_types,
                 taint_roles,
                 grants,
                 agent_names,
