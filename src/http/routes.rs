@@ -335,11 +335,14 @@ async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result
     let limit = config.max_body_bytes;
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !is_json_media(essence) {
             return Err(RequestError::new(
                 ErrorCode::UnsupportedMediaType,
-                format!("`Content-Type` is `{essence}`; send `application/json`"),
+                format!(
+                    "`Content-Type` is `{}`; send `application/json`",
+                    essence.to_ascii_lowercase()
+                ),
             )
             .into());
         }
@@ -384,6 +387,17 @@ async fn read_body(req: Request<Incoming>, config: &super::HttpConfig) -> Result
         .into());
     }
     Ok(bytes)
+}
+
+/// `application/json` or `…+json`, in any case: compared without a lowercased copy (one
+/// allocation per request otherwise).
+fn is_json_media(essence: &str) -> bool {
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .len()
+            .checked_sub(5)
+            .and_then(|at| essence.as_bytes().get(at..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(b"+json"))
 }
 
 /// The offset at which `bytes` (as JSON) nests deeper than `max` arrays/objects, if it does.
@@ -644,6 +658,16 @@ mod tests {
         ];
         for (body, max, want) in cases {
             assert_eq!(too_deep(body, *max), *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn json_media_types_in_any_case() {
+        for yes in ["application/json", "Application/JSON", "application/merge-patch+json", "x+JSON", "+json"] {
+            assert!(is_json_media(yes), "{yes}");
+        }
+        for no in ["", "json", "text/plain", "application/jsonx", "application/json5", "é+jsoń", "+jso"] {
+            assert!(!is_json_media(no), "{no}");
         }
     }
 
