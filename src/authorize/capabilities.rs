@@ -81,6 +81,35 @@ pub struct Capabilities {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denied_by: Option<DeniedBy>,
     pub policy_version: String,
+    /// This answer as JSON, serialized on first use and kept with it (a cached answer is
+    /// served over HTTP as these bytes, not serialized per request).
+    #[serde(skip)]
+    body: Body,
+}
+
+/// A serialized answer, built once. A clone starts empty: a cloned answer may be changed, and
+/// must not keep its original's bytes.
+#[derive(Debug, Default)]
+struct Body(std::sync::OnceLock<Result<bytes::Bytes, String>>);
+
+impl Clone for Body {
+    fn clone(&self) -> Body {
+        Body::default()
+    }
+}
+
+impl Capabilities {
+    /// This answer as JSON (what `serde_json` writes for it), serialized once per answer.
+    pub fn json(&self) -> Result<bytes::Bytes, String> {
+        self.body
+            .0
+            .get_or_init(|| {
+                serde_json::to_vec(self)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
 }
 
 /// The agent's capabilities now, from the snapshot's cache when it holds them. A session's are
@@ -177,6 +206,7 @@ fn compute(snap: &Snapshot, agent: &Subject<'_>, inactive: Option<DeniedBy>) -> 
         taint,
         denied_by: inactive,
         policy_version: snap.bundle.version.clone(),
+        body: Body::default(),
     };
     if caps.denied_by.is_some() {
         return caps;
@@ -487,5 +517,28 @@ mod tests {
         assert_eq!(*listed(&snap), whole);
         let agents = whole.iter().find(|(ty, _)| is_agent_type(ty)).unwrap().1;
         assert!(agents.iter().any(|(uid, _)| uid.id().unescaped() == "m1"));
+    }
+
+    /// The JSON kept with an answer is what serializing it gives, built once; a clone does not
+    /// keep it (it may be changed).
+    #[test]
+    fn an_answer_is_serialized_once_and_a_clone_afresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(dir, &LoadOptions::default()).unwrap());
+        let live = Live::default();
+        live.install_bundle(Arc::clone(&bundle)).unwrap();
+        let registry = Registry::from_rows_with_sessions(vec![row("m0", None)], Vec::new()).unwrap();
+        live.write().unwrap().publish(registry).unwrap();
+        let snap = live.current().unwrap();
+        let agent = Arc::clone(snap.agents.get("m0").unwrap());
+        let caps = capabilities(&snap, &agent, 1);
+        let body = caps.json().unwrap();
+        assert_eq!(body, serde_json::to_vec(&*caps).unwrap());
+        let again = capabilities(&snap, &agent, 1).json().unwrap();
+        assert_eq!(body.as_ptr(), again.as_ptr(), "served from the cache, not serialized again");
+        let mut changed = (*caps).clone();
+        changed.allowed.clear();
+        changed.conditional.clear();
+        assert_eq!(changed.json().unwrap(), serde_json::to_vec(&changed).unwrap());
     }
 }
