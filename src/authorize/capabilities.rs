@@ -444,9 +444,9 @@ fn listed(snap: &Snapshot) -> Arc<Listed> {
         }
         let mut by_type = (*base).clone();
         let added = list(managed.iter());
-        for (ty, mut resources) in added {
+        for (ty, resources) in added {
             let into = Arc::make_mut(by_type.entry(ty).or_default());
-            into.extend(Arc::make_mut(&mut resources).drain(..));
+            into.extend(resources.iter().cloned());
             into.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
         }
         by_type
