@@ -53,6 +53,33 @@ fn report(name: &str, (p50, p99): (Duration, Duration)) {
     println!("{name:<44} p50 {:>12.3?}  p99 {:>12.3?}", p50, p99);
 }
 
+/// The CPU time this thread has run so far (`CLOCK_THREAD_CPUTIME_ID`). On a shared machine
+/// the wall time of a miss swings with the load; its CPU time much less.
+fn thread_cpu() -> Option<Duration> {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Some(Duration::new(
+        u64::try_from(t.tv_sec).ok()?,
+        u32::try_from(t.tv_nsec).ok()?,
+    ))
+}
+
+/// As `time`, reported with the CPU time's p50/p99 too (when it can be read).
+fn time_cpu<T>(name: &str, rounds: usize, mut f: impl FnMut() -> T) {
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (c0, started) = (thread_cpu(), Instant::now());
+        black_box(f());
+        wall.push(started.elapsed());
+        if let (Some(c0), Some(c1)) = (c0, thread_cpu()) {
+            cpu.push(c1.saturating_sub(c0));
+        }
+    }
+    report(name, percentiles(wall));
+    if cpu.len() == rounds {
+        report("  (CPU time, this thread)", percentiles(cpu));
+    }
+}
+
 fn main() {
     let rounds: usize = std::env::var("DEPUTY_BENCH_ROUNDS")
         .ok()
@@ -120,14 +147,11 @@ fn main() {
         std::fs::write(path, serde_json::to_string_pretty(&*caps).unwrap()).unwrap();
     }
     let mut snapshots: Vec<Arc<Snapshot>> = (0..rounds).map(|_| fresh()).collect();
-    report(
-        "capabilities, cache miss (fresh snapshot)",
-        time(rounds, || {
-            let s = snapshots.pop().unwrap();
-            let a = Arc::clone(s.agents.get("a1").unwrap());
-            deputy::authorize::capabilities(&s, &a, now).allowed.len()
-        }),
-    );
+    time_cpu("capabilities, cache miss (fresh snapshot)", rounds, || {
+        let s = snapshots.pop().unwrap();
+        let a = Arc::clone(s.agents.get("a1").unwrap());
+        deputy::authorize::capabilities(&s, &a, now).allowed.len()
+    });
     // A miss after an agent change that changes the entity store (here: one more agent): the
     // new store is converted for partial evaluation (a fresh snapshot of the same store keeps
     // the previous one's conversion).
@@ -144,19 +168,31 @@ fn main() {
             live.current().unwrap()
         })
         .collect();
-    report(
-        "capabilities, cache miss (store changed)",
-        time(rounds, || {
-            let s = changed.pop().unwrap();
-            let a = Arc::clone(s.agents.get("a1").unwrap());
-            deputy::authorize::capabilities(&s, &a, now).allowed.len()
-        }),
-    );
+    time_cpu("capabilities, cache miss (store changed)", rounds, || {
+        let s = changed.pop().unwrap();
+        let a = Arc::clone(s.agents.get("a1").unwrap());
+        deputy::authorize::capabilities(&s, &a, now).allowed.len()
+    });
     report(
         "capabilities, cache hit",
         time(rounds * 100, || {
             deputy::authorize::capabilities(&snap, &agent, now).allowed.len()
         }),
+    );
+    // What a hit costs the HTTP handler besides: the answer's JSON, kept with the cached answer,
+    // against serializing it per request (what the handler did before).
+    report(
+        "capabilities, cache hit, its JSON body (kept)",
+        time(rounds * 100, || {
+            deputy::authorize::capabilities(&snap, &agent, now)
+                .json()
+                .unwrap()
+                .len()
+        }),
+    );
+    report(
+        "the answer serialized afresh (per request before)",
+        time(rounds, || serde_json::to_vec(&*caps).unwrap().len()),
     );
 
     let searches = [

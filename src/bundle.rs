@@ -122,6 +122,9 @@ pub struct Bundle {
     /// and shared by every snapshot of this bundle.
     #[doc(hidden)]
     pub partial: OnceLock<Result<Arc<PartialEntities>, String>>,
+    /// What discovery computes from `entities` alone, shared by every snapshot of this bundle.
+    #[doc(hidden)]
+    pub memo: crate::snapshot::BundleMemo,
 }
 
 impl Bundle {

@@ -56,19 +56,46 @@ struct StoreMemo {
     answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
+/// What discovery computes from a bundle alone (its own entity store), shared by every
+/// snapshot of it: a snapshot's new store starts from it rather than from scratch.
+#[derive(Default)]
+pub struct BundleMemo {
+    answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for BundleMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BundleMemo")
+    }
+}
+
+impl BundleMemo {
+    /// The answer kept under `key`, or `compute`'s, kept (as `Memo::get_or_insert`).
+    pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
+        get_or_insert(&self.answers, key, compute)
+    }
+}
+
 /// Answers kept per snapshot at most; beyond, the memo starts over (a snapshot lives until the
 /// next change, and an answer costs one computation to rebuild).
 const MEMO_CAPACITY: usize = 4096;
 
 impl Memo {
     /// The snapshot's entities for partial evaluation, built on first use: the bundle's, as
-    /// converted once for every snapshot of it, plus the managed agents' when there are any
-    /// (`combined`).
+    /// converted once for every snapshot of it, plus the entities of the agents deputy manages
+    /// (`managed`) when there are any (`combined`).
     ///
-    /// INVARIANT: `combined` is the bundle's store with entities added, none of them with
-    /// parents (`agents::agent_entity`), so no bundle entity's ancestors change: converting it
-    /// whole equals the bundle's conversion plus the added entities'.
-    pub fn partial_entities(&self, bundle: &Bundle, combined: Option<&Entities>) -> Result<Arc<PartialEntities>, String> {
+    /// INVARIANT: `combined` is the bundle's store with exactly the managed agents' entities
+    /// added, none of them with parents (`agents::agent_entity`), so no bundle entity's ancestors
+    /// change: converting it whole equals the bundle's conversion plus the added entities'.
+    /// Anything else seen here (a count that differs, an added entity with parents or missing)
+    /// converts the whole store instead.
+    fn partial_entities<'a>(
+        &self,
+        bundle: &Bundle,
+        combined: Option<&Entities>,
+        managed: impl Iterator<Item = &'a cedar_policy::EntityUid>,
+    ) -> Result<Arc<PartialEntities>, String> {
         self.store
             .partial
             .get_or_init(|| {
@@ -76,19 +103,29 @@ impl Memo {
                 let Some(combined) = combined else {
                     return Ok(base);
                 };
-                let mut added = Vec::new();
+                let whole = || {
+                    PartialEntities::from_concrete(combined.as_ref().clone(), bundle.schema.as_ref())
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string())
+                };
                 let (held, all): (&cedar_policy_core::entities::Entities, &cedar_policy_core::entities::Entities) =
                     (bundle.entities.as_ref(), combined.as_ref());
-                // The entities the bundle's store does not hold (looked up without copying uids).
-                for core in all.iter().filter(|e| !matches!(held.entity(e.uid()), Dereference::Data(_))) {
+                // The added entities are the managed agents' (looked up by uid, not found by
+                // scanning the whole store).
+                let mut added = Vec::new();
+                for uid in managed {
+                    let core = match all.entity(uid.as_ref()) {
+                        Dereference::Data(core) if !matches!(held.entity(uid.as_ref()), Dereference::Data(_)) => core,
+                        _ => return whole(),
+                    };
                     if core.ancestors().next().is_some() {
-                        // Not what the invariant expects: convert the whole store.
-                        return PartialEntities::from_concrete(combined.as_ref().clone(), bundle.schema.as_ref())
-                            .map(Arc::new)
-                            .map_err(|e| e.to_string());
+                        return whole();
                     }
                     let partial = PartialEntity::try_from(core.clone()).map_err(|e| e.to_string())?;
                     added.push((core.uid().clone(), partial));
+                }
+                if held.len() + added.len() != all.len() {
+                    return whole();
                 }
                 let mut partial = (*base).clone();
                 partial
@@ -153,6 +190,13 @@ impl Snapshot {
 
     pub fn entities(&self) -> &Entities {
         self.combined.as_ref().unwrap_or(&self.bundle.entities)
+    }
+
+    /// The snapshot's entity store as Cedar's partial evaluator takes it, converted on first
+    /// use (`Memo::partial_entities`) and kept while the store is the same.
+    pub fn partial_entities(&self) -> Result<Arc<PartialEntities>, String> {
+        let managed = self.agents.iter().filter(|a| !a.is_bundle_agent()).map(|a| &a.uid);
+        self.memo.partial_entities(&self.bundle, self.combined(), managed)
     }
 
     /// A snapshot of `bundle` alone: no agents of deputy's own (an embedded decision path).
@@ -463,18 +507,22 @@ mod tests {
             w.publish(registry).unwrap();
             live.current().unwrap()
         };
-        let converted = |s: &Snapshot| s.memo.partial_entities(&s.bundle, s.combined()).unwrap();
+        let converted = |s: &Snapshot| s.partial_entities().unwrap();
         let first = publish(&|r| r.with(row("agt-000000000001", None, 1, 3)).unwrap());
         let listed = first.memo.get_or_insert_for_store("k", || 1);
         let second = publish(&|r| r.clone());
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(&converted(&first), &converted(&second)));
         assert!(Arc::ptr_eq(&listed, &second.memo.get_or_insert_for_store("k", || 2)));
-        assert!(*converted(&second) == *Memo::default().partial_entities(&bundle, second.combined()).unwrap());
+        let whole = |s: &Snapshot| {
+            PartialEntities::from_concrete(s.entities().as_ref().clone(), bundle.schema.as_ref()).unwrap()
+        };
+        assert!(*converted(&second) == whole(&second));
         let third = publish(&|r| r.with(row("agt-000000000002", Some("agt-000000000001"), 2, 2)).unwrap());
         assert!(!Arc::ptr_eq(&converted(&second), &converted(&third)));
         assert_eq!(*third.memo.get_or_insert_for_store("k", || 3), 3);
         let uid = &third.agents.get("agt-000000000002").unwrap().uid;
         assert!(converted(&third).get(uid.as_ref()).is_some());
+        assert!(*converted(&third) == whole(&third));
     }
 }

@@ -81,6 +81,35 @@ pub struct Capabilities {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denied_by: Option<DeniedBy>,
     pub policy_version: String,
+    /// This answer as JSON, serialized on first use and kept with it (a cached answer is
+    /// served over HTTP as these bytes, not serialized per request).
+    #[serde(skip)]
+    body: Body,
+}
+
+/// A serialized answer, built once. A clone starts empty: a cloned answer may be changed, and
+/// must not keep its original's bytes.
+#[derive(Debug, Default)]
+struct Body(std::sync::OnceLock<Result<bytes::Bytes, String>>);
+
+impl Clone for Body {
+    fn clone(&self) -> Body {
+        Body::default()
+    }
+}
+
+impl Capabilities {
+    /// This answer as JSON (what `serde_json` writes for it), serialized once per answer.
+    pub fn json(&self) -> Result<bytes::Bytes, String> {
+        self.body
+            .0
+            .get_or_init(|| {
+                serde_json::to_vec(self)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
 }
 
 /// The agent's capabilities now, from the snapshot's cache when it holds them. A session's are
@@ -177,12 +206,13 @@ fn compute(snap: &Snapshot, agent: &Subject<'_>, inactive: Option<DeniedBy>) -> 
         taint,
         denied_by: inactive,
         policy_version: snap.bundle.version.clone(),
+        body: Body::default(),
     };
     if caps.denied_by.is_some() {
         return caps;
     }
     let bundle = &snap.bundle;
-    let partial = match snap.memo.partial_entities(bundle, snap.combined()) {
+    let partial = match snap.partial_entities() {
         Ok(p) => p,
         Err(e) => {
             for action in agent_actions(snap) {
@@ -325,7 +355,7 @@ fn for_action(
             }),
         }
         let type_name = ty.to_string();
-        let resources = listed.get(ty).map_or(&[][..], Vec::as_slice);
+        let resources = listed.get(ty).map_or(&[][..], |r| r.as_slice());
         // Resources the residuals cannot tell apart share one answer (`residual::Classes`).
         let classes = residual::Classes::new(&levels);
         let mut by_class = residual::ByClass::default();
@@ -385,29 +415,66 @@ fn per_resource(
 }
 
 /// The snapshot's resources by type, each sorted by id with its classification (deputy's
-/// guard reads it): listed in one pass over the store, once per entity store.
-type Listed = HashMap<EntityTypeName, Vec<(EntityUid, Option<i64>)>>;
+/// guard reads it): listed once per entity store.
+type Listed = HashMap<EntityTypeName, Arc<Vec<(EntityUid, Option<i64>)>>>;
 
 fn listed(snap: &Snapshot) -> Arc<Listed> {
     snap.memo.get_or_insert_for_store("capabilities resources", || {
-        let mut by_type: Listed = HashMap::new();
-        for e in snap.entities().iter() {
-            let uid = e.uid();
-            let classification = match e.attr(super::CLASSIFICATION_ATTR) {
-                Some(Ok(cedar_policy::EvalResult::Long(l))) => Some(l),
-                _ => None,
-            };
-            by_type
-                .entry(uid.type_name().clone())
-                .or_default()
-                .push((uid, classification));
+        // The bundle's own store, listed once per bundle.
+        let bundle = &snap.bundle;
+        let base = bundle
+            .memo
+            .get_or_insert("capabilities resources", || list(bundle.entities.iter()));
+        let Some(combined) = snap.combined() else {
+            return (*base).clone();
+        };
+        // A combined store is the bundle's plus the managed agents' entities (none of which
+        // the bundle holds): theirs are merged into the bundle's lists. Any other store is
+        // listed whole.
+        let managed: Vec<cedar_policy::Entity> = snap
+            .agents
+            .iter()
+            .filter(|a| !a.is_bundle_agent())
+            .filter_map(|a| combined.get(&a.uid).cloned())
+            .collect();
+        if bundle.entities.len() + managed.len() != combined.len()
+            || managed.iter().any(|e| bundle.entities.get(&e.uid()).is_some())
+        {
+            return list(combined.iter());
         }
-        for resources in by_type.values_mut() {
-            // Ids are unique within a type: an unstable sort gives the one order.
-            resources.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
+        let mut by_type = (*base).clone();
+        let added = list(managed.iter());
+        for (ty, resources) in added {
+            let into = Arc::make_mut(by_type.entry(ty).or_default());
+            into.extend(resources.iter().cloned());
+            into.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
         }
         by_type
     })
+}
+
+/// `entities` by type, each sorted by id, with their classifications.
+fn list<'a>(entities: impl Iterator<Item = &'a cedar_policy::Entity>) -> Listed {
+    let mut by_type: HashMap<EntityTypeName, Vec<(EntityUid, Option<i64>)>> = HashMap::new();
+    for e in entities {
+        let uid = e.uid();
+        let classification = match e.attr(super::CLASSIFICATION_ATTR) {
+            Some(Ok(cedar_policy::EvalResult::Long(l))) => Some(l),
+            _ => None,
+        };
+        by_type
+            .entry(uid.type_name().clone())
+            .or_default()
+            .push((uid, classification));
+    }
+    by_type
+        .into_iter()
+        .map(|(ty, mut resources)| {
+            // Ids are unique within a type: an unstable sort gives the one order.
+            resources.sort_unstable_by(|(a, _), (b, _)| a.id().unescaped().cmp(b.id().unescaped()));
+            (ty, Arc::new(resources))
+        })
+        .collect()
 }
 
 /// deputy's own checks for a taint source or sink: the resource above the chain's ceiling, or
@@ -417,4 +484,61 @@ fn guard_denies(agent: &Subject<'_>, role: Option<TaintRole>, classification: Op
         return false;
     };
     classification > agent.ceiling || (role == TaintRole::Sink && classification < agent.taint)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::agents::{AgentRow, Registry};
+    use crate::bundle::{Bundle, LoadOptions};
+    use crate::snapshot::Live;
+
+    fn row(id: &str, parent: Option<&str>) -> AgentRow {
+        let grant = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#;
+        AgentRow::sketch(id, parent, i64::from(parent.is_some()), 2, grant)
+    }
+
+    /// A store with managed agents is listed as the bundle's lists with the agents merged in:
+    /// what listing the whole store gives.
+    #[test]
+    fn a_combined_store_lists_as_the_whole_store() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(dir, &LoadOptions::default()).unwrap());
+        let live = Live::default();
+        live.install_bundle(Arc::clone(&bundle)).unwrap();
+        let registry =
+            Registry::from_rows_with_sessions(vec![row("m0", None), row("m1", Some("m0"))], Vec::new()).unwrap();
+        live.write().unwrap().publish(registry).unwrap();
+        let snap = live.current().unwrap();
+        assert!(snap.combined().is_some());
+        let whole = list(snap.entities().iter());
+        assert_eq!(*listed(&snap), whole);
+        let agents = whole.iter().find(|(ty, _)| is_agent_type(ty)).unwrap().1;
+        assert!(agents.iter().any(|(uid, _)| uid.id().unescaped() == "m1"));
+    }
+
+    /// The JSON kept with an answer is what serializing it gives, built once; a clone does not
+    /// keep it (it may be changed).
+    #[test]
+    fn an_answer_is_serialized_once_and_a_clone_afresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(dir, &LoadOptions::default()).unwrap());
+        let live = Live::default();
+        live.install_bundle(Arc::clone(&bundle)).unwrap();
+        let registry = Registry::from_rows_with_sessions(vec![row("m0", None)], Vec::new()).unwrap();
+        live.write().unwrap().publish(registry).unwrap();
+        let snap = live.current().unwrap();
+        let agent = Arc::clone(snap.agents.get("m0").unwrap());
+        let caps = capabilities(&snap, &agent, 1);
+        let body = caps.json().unwrap();
+        assert_eq!(body, serde_json::to_vec(&*caps).unwrap());
+        let again = capabilities(&snap, &agent, 1).json().unwrap();
+        assert_eq!(body.as_ptr(), again.as_ptr(), "served from the cache, not serialized again");
+        let mut changed = (*caps).clone();
+        changed.allowed.clear();
+        changed.conditional.clear();
+        assert_eq!(changed.json().unwrap(), serde_json::to_vec(&changed).unwrap());
+    }
 }

@@ -137,6 +137,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                     .map(|f| f.rel.clone())
                     .collect(),
                 partial: std::sync::OnceLock::new(),
+                memo: Default::default(),
             })
         }
         _ => Err(fail(problems)),

@@ -11,7 +11,7 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::routes::{json_response, read_json};
+use super::routes::{json_bytes_response, json_response, read_json};
 use super::{ApiError, AppState, DelegationState};
 use crate::authorize::{Fields, RequestError};
 use crate::clock::now;
@@ -494,5 +494,7 @@ pub async fn capabilities(state: &AppState, req: &Request<Incoming>, id: &str) -
     // Partial evaluation over every resource: blocking work (a cache hit is not, but is cheap).
     let (snap, agent) = (Arc::clone(&ctx.snap), Arc::clone(agent));
     let caps = blocking(move || Ok(crate::authorize::capabilities(&snap, &agent, now()))).await?;
-    Ok(json_response(StatusCode::OK, &*caps))
+    // The cached answer's JSON, serialized once per answer.
+    let body = caps.json().map_err(ApiError::internal)?;
+    Ok(json_bytes_response(StatusCode::OK, body))
 }

@@ -613,7 +613,12 @@ pub(super) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Respo
     if let Err(e) = serde_json::to_writer(&mut bytes, body) {
         return error_response(&ApiError::internal(e));
     }
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes_response(status, Bytes::from(bytes))
+}
+
+/// A response of JSON already serialized (`body`).
+pub(super) fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
