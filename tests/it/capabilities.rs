@@ -254,6 +254,34 @@ fn a_grandchild_on_a_bundle_whose_actions_all_need_context() {
     assert!(check_agent(&s, bundle.path(), &grandchild) > 100);
 }
 
+/// A condition that can never hold is not a capability: Cedar's partial evaluator leaves
+/// `context.hour >= 8 && false` for a tool that does not write (its left side could err, so it is
+/// not cut to `false`), yet it is never true, so `pytest` is not listed; `git_push` is, under
+/// the hour alone.
+#[test]
+fn a_condition_that_can_never_hold_is_left_out() {
+    let (s, bundle, _state) = start(
+        r#"
+        permit (principal is Agent, action == Action::"invoke", resource is Tool)
+        when { context.hour >= 8 && resource.writes };
+        forbid (principal is Agent, action == Action::"invoke", resource is Tool)
+        when { context.hour >= 22 && resource.classification > 5 };
+        "#,
+    );
+    let tools = r#"permit(principal == ?principal, action == Action::"invoke", resource is Tool);"#;
+    let (root, _) = spawn(&s, ADMIN, tools, 2).unwrap();
+    let caps = get_as(&s, ADMIN, &format!("/v1/agents/{root}/capabilities")).json();
+    let conditional: Vec<(&str, &str)> = caps["conditional"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["resource"]["id"].as_str().unwrap(), c["condition"].as_str().unwrap()))
+        .collect();
+    assert_eq!(conditional, [("git_push", "!(context.hour < 8)")], "{caps}");
+    assert_eq!(caps["allowed"], json!([]), "{caps}");
+    assert!(check_agent(&s, bundle.path(), &root) > 10);
+}
+
 /// Resources share one per-resource evaluation when the residuals read the same of them: here
 /// every read of the resource is in a `when` (the policy index cannot tell the resources apart),
 /// through ancestry (`in`, one target or a set), `==`, `is` and attributes whose value lands in

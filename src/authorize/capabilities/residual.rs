@@ -402,6 +402,10 @@ fn answer_of(response: &TpeResponse<'_>, true_permits: &[String]) -> Result<Answ
     let forbids: BTreeSet<String> = ids(response.residual_forbids()).into_iter().collect();
     let (mut permits, mut blocks) = (Vec::new(), Vec::new());
     for p in response.residual_policies() {
+        if never_holds(&p) {
+            // Neither allows nor denies anything: a permit or forbid that never applies.
+            continue;
+        }
         let text = condition(&p)?;
         if forbids.contains(&p.id().to_string()) {
             blocks.push(text);
@@ -542,6 +546,27 @@ fn condition(p: &Policy) -> Result<String, String> {
     })
 }
 
+/// The residual policy's condition can never evaluate to `true`: it is `false`, or a `&&` with
+/// an operand that never holds, or a `||` both of whose operands never hold. Cedar's `&&` is
+/// true only when both operands evaluate to `true` (an error or `false` on either side makes it
+/// error or false), and its `||` only when one does; a policy whose condition never holds never
+/// applies, whether a permit or a forbid (an erring policy is skipped). Cedar's partial
+/// evaluator leaves such residuals when the left side is unknown (`context.hour >= 8 && false`:
+/// the unknown side could err, so Cedar keeps it).
+fn never_holds(p: &Policy) -> bool {
+    use cedar_policy_core::ast::{Expr, ExprKind, Literal};
+    fn never(e: &Expr) -> bool {
+        match e.expr_kind() {
+            ExprKind::Lit(Literal::Bool(false)) => true,
+            ExprKind::And { left, right } => never(left) || never(right),
+            ExprKind::Or { left, right } => never(left) && never(right),
+            _ => false,
+        }
+    }
+    let core: &cedar_policy_core::ast::Policy = p.as_ref();
+    core.non_scope_constraints().is_some_and(never)
+}
+
 /// `text` on one line: each run of whitespace outside string literals made one space, none at
 /// either end (a string literal is kept as written: its spaces are its value).
 fn squeeze(text: &str) -> String {
@@ -621,7 +646,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::str::FromStr;
 
-    use super::{condition, not, squeeze};
+    use super::{condition, never_holds, not, squeeze};
 
     #[test]
     fn a_condition_is_the_when_clause_whatever_annotations_and_literals_hold() {
@@ -638,6 +663,34 @@ mod tests {
         let scoped =
             cedar_policy::Policy::from_str(r#"permit(principal, action, resource in Folder::"f") when { true };"#).unwrap();
         assert!(condition(&scoped).is_err());
+    }
+
+    #[test]
+    fn a_condition_never_holds_only_when_no_evaluation_makes_it_true() {
+        let holds = |cond: &str| {
+            let p = cedar_policy::Policy::from_str(&format!("permit(principal, action, resource) when {{ {cond} }};"))
+                .unwrap();
+            !never_holds(&p)
+        };
+        for never in [
+            "false",
+            "context.x && false",
+            "false && context.x",
+            "(context.x && false) || (context.y && false)",
+            "context.a && (context.x && false)",
+        ] {
+            assert!(!holds(never), "`{never}` can never hold");
+        }
+        for may in [
+            "true",
+            "context.x",
+            "context.x || false",
+            "!(context.x && false)",
+            "if context.x then false else true",
+            "context.x == false",
+        ] {
+            assert!(holds(may), "`{may}` may hold");
+        }
     }
 
     #[test]
