@@ -243,3 +243,103 @@ fn a_read_racing_an_invocation_never_leaves_a_clean_session_beside_a_tainted_cal
         }
     }
 }
+
+/// Break: within one batch, a read raised only the reader's in-memory taint before the next
+/// item was decided; the agents joined to it (its parent and siblings along the delegation
+/// links, its caller along a live invocation link) were raised only after the whole batch,
+/// when it was made durable. So one batch answered a child's CONFIDENTIAL read *and* its
+/// parent's (or sibling's, or the session's caller's) send on a PUBLIC channel, which a
+/// batch for one agent never does (its own read denies its later send) and two requests in
+/// that order never do either. Invariant: a read reaches everyone joined to the reader
+/// before any later decision — including the next item of the same batch, on every batch
+/// endpoint.
+#[test]
+fn a_batch_never_answers_a_read_and_a_joined_agents_write_down_together() {
+    let env = Env::start();
+    let s = &env.server;
+    let read = |who: &str| {
+        json!({"principal": {"type": "Agent", "id": who}, "action": {"type": "Action", "id": "read"},
+               "resource": {"type": "Doc", "id": "deals"}})
+    };
+    let send = |who: &str| {
+        json!({"principal": {"type": "Agent", "id": who}, "action": {"type": "Action", "id": "send"},
+               "resource": {"type": "Channel", "id": "public"}})
+    };
+    let authzen = |r: &Value| {
+        json!({"subject": r["principal"], "action": {"name": r["action"]["id"]}, "resource": r["resource"]})
+    };
+    // Three families: a parent and two children, and a caller with a live session.
+    let family = || {
+        let r = post_as(
+            s,
+            crate::invocation::ADMIN,
+            "/v1/delegations",
+            &json!({"grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                              permit(principal == ?principal, action == Action::\"send\", resource);",
+                    "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+        );
+        let root = common::applied(&r);
+        let (parent, parent_token) = (root.id, root.token);
+        let child = |n: &str| {
+            common::applied(&common::spawn(
+                s,
+                &parent_token,
+                json!({"grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                                 permit(principal == ?principal, action == Action::\"send\", resource);",
+                       "ttl_seconds": 600, "ceiling": 2, "task": format!("child {n}")}),
+            ))
+            .id
+        };
+        let (a, b) = (child("a"), child("b"));
+        let (session, _) = session_of(s, &parent_token, "reviewer");
+        (parent, a, b, session)
+    };
+    let mut missed = Vec::new();
+    for endpoint in ["/v1/authorize/batch", "/access/v1/evaluations"] {
+        // (reader, writer): child -> parent, child -> sibling, parent -> child, session -> caller.
+        let (parent, a, _, _) = family();
+        let (_, a2, b2, _) = family();
+        let (p3, a3, _, _) = family();
+        let (p4, _, _, s4) = family();
+        let pairs = [
+            ("child, then parent", a, parent),
+            ("child, then sibling", a2, b2),
+            ("parent, then child", p3, a3),
+            ("session, then caller", s4, p4),
+        ];
+        for (kind, reader, writer) in pairs {
+            assert!(allowed(s, &writer, "send", ("Channel", "public")));
+            let items = [read(&reader), send(&writer)];
+            let (status, decisions) = if endpoint == "/v1/authorize/batch" {
+                let r = s.post(endpoint, &json!({"requests": items}));
+                let d: Vec<bool> = r.json()["responses"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["decision"] == "Allow")
+                    .collect();
+                (r.status, d)
+            } else {
+                let r = s.post(endpoint, &json!({"evaluations": items.iter().map(authzen).collect::<Vec<_>>()}));
+                let d: Vec<bool> = r.json()["evaluations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["decision"] == true)
+                    .collect();
+                (r.status, d)
+            };
+            assert_eq!(status, 200, "{endpoint}");
+            assert!(decisions[0], "{endpoint}: the read of {reader} was denied");
+            if decisions[1] {
+                missed.push(format!("{endpoint}: {kind}"));
+            }
+            assert_eq!(taint(s, &writer), 2, "{endpoint}");
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "one batch answered a CONFIDENTIAL read and a joined agent's PUBLIC send:\n{}",
+        missed.join("\n")
+    );
+}
