@@ -86,11 +86,16 @@ pub fn evaluate_batch(
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("evaluations[{i}]");
+        let before = raised.len();
         let eval = Fields::of(item, &path)
             .and_then(|f| Parts::from_fields(&f, Some(&defaults)))
             .and_then(|parts| to_cedar(&snap.bundle, &parts))
             .and_then(|parts| decide(snap, parts, now, raised))
             .unwrap_or_else(Evaluation::error);
+        // A read reaches everyone joined to the reader before the next item is decided.
+        if raised.len() > before && i + 1 < items.len() {
+            crate::delegation::join_in_memory(&snap.agents, &raised[before..], now);
+        }
         let stop = match semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !eval.decision,

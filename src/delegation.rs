@@ -30,3 +30,4 @@ pub use permission::Decision as PermissionDecision;
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};
 pub use store::{RequestStatus, Store};
+pub use taint::join_in_memory;

@@ -62,6 +62,18 @@ pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -
     flowed
 }
 
+/// Raises, in memory only, every agent joined to an agent in `raised` (already raised in
+/// memory) by live invocation or delegation links: what a batch does after an item that read
+/// something, so that its later items are decided on the joined taint (as two requests in a row
+/// would be). Making the raises durable is `Delegation::persist_taints`'s, before the answer;
+/// it walks the whole joined component against the durable taints, so raising here first
+/// leaves nothing unwritten.
+pub fn join_in_memory(agents: &Registry, raised: &[(String, i64)], now: i64) {
+    if !raised.is_empty() {
+        let _ = propagate(agents, raised, now);
+    }
+}
+
 /// The live sessions by the agent that started them and by the agent they serve, and the live
 /// children by the agent that spawned them.
 struct Links {
