@@ -211,22 +211,7 @@ fn agent_request(bundle: &Bundle, parts: Parts, taint: i64) -> Result<Request, R
         // through the JSON parser. Its context was checked against the schema for this action
         // at load: only the scope is checked here, as `Request::new` checks it (scope first).
         Some(context) if bundle.taint_context_valid.contains(&parts.action.uid) => {
-            use cedar_policy_core::ast::{EntityUIDEntry, RequestSchema};
-            let core: &cedar_policy_core::validator::ValidatorSchema = bundle.schema.as_ref();
-            core.validate_scope_variables(
-                Some(parts.principal.uid.as_ref()),
-                Some(parts.action.uid.as_ref()),
-                Some(parts.resource.uid.as_ref()),
-            )
-            .map_err(|e| {
-                RequestError::from_validation(&e.into(), &parts.principal.field, &parts.action.field, &parts.resource.field)
-            })?;
-            Request::from(cedar_policy_core::ast::Request::new_unchecked(
-                EntityUIDEntry::known(parts.principal.uid.into(), None),
-                EntityUIDEntry::known(parts.action.uid.into(), None),
-                EntityUIDEntry::known(parts.resource.uid.into(), None),
-                Some(context),
-            ))
+            scope_checked(bundle, parts.principal, parts.action, parts.resource, context)?
         }
         // Checked whole: `Request::new` gives Cedar's error.
         Some(context) => Request::new(
@@ -470,6 +455,33 @@ fn classification(entities: &Entities, uid: &cedar_policy::EntityUid) -> Option<
     }
 }
 
+/// The request `principal, action, resource, context` as `Request::new` with the bundle's schema
+/// builds it, for a `context` already known to pass the schema's check for `action` (checked at
+/// load: it depends on the action alone). Only the scope is checked here, as `Request::new`
+/// checks it (first, so its error is the one `Request::new` would give).
+fn scope_checked(
+    bundle: &Bundle,
+    principal: EntityRef,
+    action: EntityRef,
+    resource: EntityRef,
+    context: cedar_policy_core::ast::Context,
+) -> Result<Request, RequestError> {
+    use cedar_policy_core::ast::{EntityUIDEntry, RequestSchema};
+    let core: &cedar_policy_core::validator::ValidatorSchema = bundle.schema.as_ref();
+    let (p, a, r) = (principal.uid.as_ref(), action.uid.as_ref(), resource.uid.as_ref());
+    // Scopes of ordinary types the schema allows were checked at load (`ScopeTypes`).
+    if !bundle.scope_types.accepts(p, a, r) {
+        core.validate_scope_variables(Some(p), Some(a), Some(r))
+            .map_err(|e| RequestError::from_validation(&e.into(), &principal.field, &action.field, &resource.field))?;
+    }
+    Ok(Request::from(cedar_policy_core::ast::Request::new_unchecked(
+        EntityUIDEntry::known(principal.uid.into(), None),
+        EntityUIDEntry::known(action.uid.into(), None),
+        EntityUIDEntry::known(resource.uid.into(), None),
+        Some(context),
+    )))
+}
+
 /// Builds a Cedar request from its parts, checked against the bundle's schema.
 pub fn build_request(
     bundle: &Bundle,
@@ -479,6 +491,16 @@ pub fn build_request(
     context: Option<serde_json::Value>,
     context_field: &str,
 ) -> Result<Request, RequestError> {
+    // No context (what `parse_context` reads as the empty one), for an action whose context type
+    // accepts the empty record (checked at load): only the scope is checked.
+    let empty = match &context {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Object(m)) => m.is_empty(),
+        Some(_) => false,
+    };
+    if empty && bundle.empty_context_valid.contains(&action.uid) {
+        return scope_checked(bundle, principal, action, resource, cedar_policy_core::ast::Context::empty());
+    }
     let context = parse_context(bundle, &action.uid, context, context_field)?;
     Request::new(principal.uid, action.uid, resource.uid, context, Some(&bundle.schema))
         .map_err(|e| RequestError::from_validation(&e, &principal.field, &action.field, &resource.field))

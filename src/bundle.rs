@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
+use cedar_policy_core::ast::{EntityType, EntityUID};
 use cedar_policy_core::tpe::entities::PartialEntities;
 
 use crate::eval::{Indexed, PolicyIndex};
@@ -91,6 +92,13 @@ pub struct Bundle {
     /// load (see `taint_context`): a request with that context has only its scope checked.
     #[doc(hidden)]
     pub taint_context_valid: std::collections::HashSet<EntityUid>,
+    /// The actions whose context type accepts the empty record, checked once at load (the check
+    /// depends on the action alone): a request without a context has only its scope checked.
+    #[doc(hidden)]
+    pub empty_context_valid: std::collections::HashSet<EntityUid>,
+    /// The scopes Cedar's schema check accepts whatever the entity ids, found once at load.
+    #[doc(hidden)]
+    pub scope_types: ScopeTypes,
     /// Grants shipped for agents the bundle declares (`grants/<agent id>.cedar`), by agent id.
     pub grants: std::collections::BTreeMap<String, String>,
     /// The `Agent` ids the bundle owns (declared, referenced, or named as approvers).
@@ -153,4 +161,129 @@ pub fn taint_context(taint: i64) -> cedar_policy_core::ast::Context {
         cedar_policy_core::ast::Value::from(taint),
     )]);
     cedar_policy_core::ast::Context::Value(std::sync::Arc::new(record))
+}
+
+type FoldMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FoldSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// The (action, principal type, resource type) triples that Cedar's scope check
+/// (`validate_scope_variables`) accepts for any principal and resource of those types, found
+/// once at load by asking that check itself.
+///
+/// INVARIANT: for an action and two entity types declared as ordinary (not enumerated) entity
+/// types, the check reads only the types and the action: whether each type is declared, whether
+/// it is an enumeration (only then are ids checked), whether the action is defined and applies
+/// to the principal and resource types. So a triple accepted once, with any ids, is accepted
+/// with every id; enumerated types are left out (their ids matter), and the check runs whole
+/// for anything not listed.
+#[derive(Debug, Default)]
+pub struct ScopeTypes(FoldMap<EntityUID, FoldMap<EntityType, FoldSet<EntityType>>>);
+
+impl ScopeTypes {
+    pub fn of(schema: &cedar_policy::Schema) -> ScopeTypes {
+        use cedar_policy_core::ast::RequestSchema;
+        use cedar_policy_core::validator::{ValidatorEntityType, ValidatorEntityTypeKind};
+        let core: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+        let ordinary = |t: &EntityType| {
+            matches!(
+                core.get_entity_type(t),
+                Some(ValidatorEntityType {
+                    kind: ValidatorEntityTypeKind::Standard(_),
+                    ..
+                })
+            )
+        };
+        let mut out = ScopeTypes::default();
+        for action in schema.actions() {
+            let (Some(principals), Some(resources)) =
+                (schema.principals_for_action(action), schema.resources_for_action(action))
+            else {
+                continue;
+            };
+            let resources: Vec<&EntityType> = resources.map(AsRef::as_ref).filter(|t| ordinary(t)).collect();
+            for p in principals.map(AsRef::as_ref).filter(|t| ordinary(t)) {
+                for r in &resources {
+                    let any = |t: &EntityType| EntityUID::from_components(t.clone(), cedar_policy_core::ast::Eid::new(""), None);
+                    if core
+                        .validate_scope_variables(Some(&any(p)), Some(action.as_ref()), Some(&any(r)))
+                        .is_ok()
+                    {
+                        out.0
+                            .entry(action.as_ref().clone())
+                            .or_default()
+                            .entry(p.clone())
+                            .or_default()
+                            .insert((*r).clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Cedar's scope check accepts `principal, action, resource` (listed at load).
+    pub fn accepts(&self, principal: &EntityUID, action: &EntityUID, resource: &EntityUID) -> bool {
+        self.0
+            .get(action)
+            .and_then(|by_principal| by_principal.get(principal.entity_type()))
+            .is_some_and(|resources| resources.contains(resource.entity_type()))
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cedar_policy_core::ast::RequestSchema;
+    use std::str::FromStr;
+
+    /// `ScopeTypes::accepts` only where Cedar's own scope check accepts, over every declared
+    /// and some undeclared types, enumerated ones, and actions declared or not.
+    #[test]
+    fn scope_types_accept_only_what_cedar_accepts() {
+        let (schema, _) = Schema::from_cedarschema_str(
+            r#"
+            entity User, Group;
+            entity Doc in [Group];
+            entity Color enum ["red", "blue"];
+            action read appliesTo { principal: [User, Color], resource: [Doc, Color] };
+            action write appliesTo { principal: User, resource: [Doc] };
+            action admin;
+            "#,
+        )
+        .unwrap();
+        let types = ScopeTypes::of(&schema);
+        let core: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+        let uid = |s: &str| EntityUID::from_str(s).unwrap();
+        let entities = [
+            r#"User::"a""#,
+            r#"User::"""#,
+            r#"Group::"g""#,
+            r#"Doc::"d""#,
+            r#"Color::"red""#,
+            r#"Color::"green""#,
+            r#"Other::"x""#,
+        ];
+        let actions = [
+            r#"Action::"read""#,
+            r#"Action::"write""#,
+            r#"Action::"admin""#,
+            r#"Action::"nope""#,
+        ];
+        let mut accepted = 0;
+        for a in actions {
+            for p in entities {
+                for r in entities {
+                    let (p, a, r) = (uid(p), uid(a), uid(r));
+                    let cedar = core.validate_scope_variables(Some(&p), Some(&a), Some(&r)).is_ok();
+                    if types.accepts(&p, &a, &r) {
+                        assert!(cedar, "{p} {a} {r}");
+                        accepted += 1;
+                    }
+                }
+            }
+        }
+        // User×Doc for read and write (two ids of User each); enumerated Color never listed.
+        assert_eq!(accepted, 4);
+    }
 }

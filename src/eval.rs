@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use cedar_policy::{Authorizer, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 pub use index::PolicyIndex;
 
@@ -67,7 +68,23 @@ impl<'a> Indexed<'a> {
     pub fn verdict(&self, asked: &Asked<'a>) -> Verdict<'a> {
         asked.verdict(self.policies, self.index)
     }
+
+    /// What of `asked` depends on its action and resource alone, looked up in the index once
+    /// for asking it on behalf of several principals ([`Asked::as_principal`]).
+    pub fn prepare<'s>(&self, asked: &'s Asked<'a>) -> Prepared<'a, 's> {
+        Prepared(self.index.prepare(&asked.ctx))
+    }
+
+    /// [`Indexed::verdict`] of `asked` (`prepared`'s request, or one made from it by
+    /// [`Asked::as_principal`]) through `prepared`: the same verdict.
+    pub fn verdict_prepared(&self, asked: &Asked<'a>, prepared: &Prepared<'a, '_>) -> Verdict<'a> {
+        asked.verdict_with(self.policies, self.index, prepared.0.as_ref())
+    }
 }
+
+/// See [`Indexed::prepare`]. Used with another index or request, it is ignored (the index
+/// visits as usual); `None` inside when the index cannot answer for the request.
+pub struct Prepared<'a, 's>(Option<index::Prepared<'a, 's>>);
 
 /// Decides `request` against any policy set and entity store, evaluating every policy.
 pub fn evaluate(policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
@@ -176,10 +193,25 @@ impl<'a> Asked<'a> {
     /// [`Asked::evaluate`], its reasons not yet rendered: for a caller that needs them only on a
     /// deny (an ancestor's admin check).
     pub fn verdict(&self, policies: &'a PolicySet, index: &'a PolicyIndex) -> Verdict<'a> {
+        self.verdict_with(policies, index, None)
+    }
+
+    fn verdict_with(
+        &self,
+        policies: &'a PolicySet,
+        index: &'a PolicyIndex,
+        prepared: Option<&index::Prepared<'a, '_>>,
+    ) -> Verdict<'a> {
         // The remembered attribute reads are numbered per index: start afresh for this one.
         self.ctx.forget();
-        let mut slices = Vec::new();
-        if !index.slices_for(&self.ctx, &mut slices) {
+        // On the stack: a request visits a handful of slices per index, and a chain several
+        // indexes per request.
+        let mut slices: SmallVec<[&index::Slice; 8]> = SmallVec::new();
+        let found = match prepared {
+            Some(p) => index.slices_prepared(p, &self.ctx, &mut slices),
+            None => index.slices_for(&self.ctx, &mut slices),
+        };
+        if !found {
             return Verdict::Decided(evaluate(policies, self.entities, self.request.get()));
         }
         let ready = slices.iter().flat_map(|s| s.iter()).map(Candidate::Ready);
@@ -193,7 +225,7 @@ impl<'a> Asked<'a> {
 pub enum Verdict<'a> {
     Named {
         allow: bool,
-        reasons: Vec<Name<'a>>,
+        reasons: SmallVec<[Name<'a>; 2]>,
         errors: Vec<PolicyError>,
     },
     Decided(Decision),
@@ -254,7 +286,7 @@ fn evaluate_candidates<'a>(
             )
         })
     };
-    let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut permits, mut forbids, mut errors) = (SmallVec::new(), SmallVec::new(), Vec::new());
     for candidate in candidates {
         let (name, effect, satisfied) = match candidate {
             Candidate::Ready(p) => {

@@ -161,7 +161,10 @@ pub fn decide_bounded(
         return denied(by);
     }
     let asked = Asked::new(entities, request);
-    let admin_decision = admin.evaluate_asked(&asked);
+    // The action's and resource's side of the admin index, looked up once for the agent and
+    // every ancestor.
+    let prepared = admin.prepare(&asked);
+    let admin_decision = admin.verdict_prepared(&asked, &prepared).decision();
     if !admin_decision.allow {
         return ChainDecision {
             denied_by: Some(DeniedBy::Admin {
@@ -181,7 +184,7 @@ pub fn decide_bounded(
                 agent: Some(hop.agent.clone()),
             });
         };
-        let verdict = admin.verdict(&as_ancestor);
+        let verdict = admin.verdict_prepared(&as_ancestor, &prepared);
         if !verdict.allow() {
             let d = verdict.decision();
             return ChainDecision {

@@ -107,6 +107,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
             let agent_names = super::AgentNames::collect(&entity_json, &entities, &policies);
             let taint_in_context = taint_in_context(&schema);
             let taint_context_valid = taint_context_valid(&schema, &taint_in_context);
+            let empty_context_valid = empty_context_valid(&schema);
+            let scope_types = super::ScopeTypes::of(&schema);
             Ok(Bundle {
                 schema,
                 policies,
@@ -117,6 +119,8 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
                 actions_by_name,
                 taint_in_context,
                 taint_context_valid,
+                empty_context_valid,
+                scope_types,
                 taint_roles,
                 grants,
                 agent_names,
@@ -546,6 +550,21 @@ fn taint_context_valid(
     let extensions = cedar_policy_core::extensions::Extensions::all_available();
     actions
         .iter()
+        .filter(|a| core.validate_context(&context, (*a).as_ref(), extensions).is_ok())
+        .cloned()
+        .collect()
+}
+
+/// The schema's actions whose context type accepts the empty record: Cedar's own context
+/// check, made once per action. It depends on the action alone (the empty record holds nothing
+/// else to check).
+fn empty_context_valid(schema: &Schema) -> std::collections::HashSet<EntityUid> {
+    use cedar_policy_core::ast::RequestSchema;
+    let core: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
+    let context = cedar_policy_core::ast::Context::empty();
+    let extensions = cedar_policy_core::extensions::Extensions::all_available();
+    schema
+        .actions()
         .filter(|a| core.validate_context(&context, (*a).as_ref(), extensions).is_ok())
         .cloned()
         .collect()

@@ -447,6 +447,12 @@ impl<'a> Ctx<'a> {
         self.found.iter().any(|f| matches!(f, Lookup::Unknown))
     }
 
+    /// Whether the store could not say whether the principal (0), action (1) or resource (2)
+    /// exists.
+    pub(crate) fn unsure(&self, slot: usize) -> bool {
+        self.found.get(slot).is_none_or(|f| matches!(f, Lookup::Unknown))
+    }
+
     /// The request's principal (0), action (1) or resource (2), when known.
     pub(crate) fn uid(&self, slot: usize) -> Option<&'a EntityUID> {
         *self.vars.get(slot)?

@@ -38,12 +38,26 @@ use cedar_policy::{ActionConstraint, Entities, Policy, PolicySet};
 use cedar_policy_core::ast::{Entity, EntityReference, EntityType, EntityUID, PrincipalOrResourceConstraint};
 use cedar_policy_core::entities::Dereference;
 
+use smallvec::SmallVec;
+
 use super::fast::{AttrIds, Cond, Ctx, Implied};
 
 /// The index's maps: keys come from the bundle, lookups from requests; foldhash is seeded per
 /// process and several times faster than SipHash on entity uids.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// What [`PolicyIndex::prepare`] found for a request's action and resource in one index.
+pub(crate) struct Prepared<'a, 'c> {
+    index: &'a PolicyIndex,
+    /// The looked-up uids it was prepared for.
+    action: &'c EntityUID,
+    resource: &'c EntityUID,
+    /// The action's bucket (if any) and the any-action slices.
+    buckets: SmallVec<[&'a Slices; 2]>,
+    /// The resource's slices in those, and their remainders.
+    resource_side: SmallVec<[&'a Slice; 8]>,
+}
 
 /// A policy set cut into slices by scope. Built once per bundle load; immutable after.
 #[derive(Debug, Default)]
@@ -247,7 +261,7 @@ impl PolicyIndex {
     }
 
     /// `slices` for a request whose entities `ctx` has looked up.
-    pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut Vec<&'a Slice>) -> bool {
+    pub(crate) fn slices_for<'a>(&'a self, ctx: &Ctx<'_>, out: &mut impl Extend<&'a Slice>) -> bool {
         let (Some(principal), Some(action), Some(resource)) = (ctx.uid(0), ctx.uid(1), ctx.uid(2)) else {
             return false;
         };
@@ -263,13 +277,69 @@ impl PolicyIndex {
         )
     }
 
+    /// The action's and the resource's part of `slices_for`, for asking this index about
+    /// several principals with the same action, resource and store (an agent and each of its
+    /// ancestors): `None` when the index cannot answer (as `slices_for` declines).
+    pub(crate) fn prepare<'a, 'c>(&'a self, ctx: &Ctx<'c>) -> Option<Prepared<'a, 'c>> {
+        let (Some(action), Some(resource)) = (ctx.uid(1), ctx.uid(2)) else {
+            return None;
+        };
+        if ctx.unsure(1) || ctx.unsure(2) {
+            return None;
+        }
+        let bucket = self.by_action.get(action);
+        if !self.same_named_ancestry((action, ctx.entity_of(1)), bucket) {
+            return None;
+        }
+        let mut prepared = Prepared {
+            index: self,
+            action,
+            resource,
+            buckets: SmallVec::new(),
+            resource_side: SmallVec::new(),
+        };
+        for slices in bucket.map(|b| &b.slices).into_iter().chain([&self.any_action]) {
+            prepared.buckets.push(slices);
+            slices.visit_resource((resource, ctx.entity_of(2)), &mut prepared.resource_side);
+        }
+        Some(prepared)
+    }
+
+    /// `slices_for` through `prepared`, when it was prepared by this index for the same action
+    /// and resource (the same looked-up uids: `ctx` made from the preparing one by
+    /// `with_principal`); else `slices_for`. The same slices either way.
+    pub(crate) fn slices_prepared<'a>(
+        &'a self,
+        prepared: &Prepared<'a, '_>,
+        ctx: &Ctx<'_>,
+        out: &mut impl Extend<&'a Slice>,
+    ) -> bool {
+        let same = std::ptr::eq(prepared.index, self)
+            && ctx.uid(1).is_some_and(|a| std::ptr::eq(a, prepared.action))
+            && ctx.uid(2).is_some_and(|r| std::ptr::eq(r, prepared.resource));
+        if !same {
+            return self.slices_for(ctx, out);
+        }
+        let Some(principal) = ctx.uid(0) else {
+            return false;
+        };
+        if ctx.unsure(0) {
+            return false;
+        }
+        out.extend(prepared.resource_side.iter().copied());
+        for slices in &prepared.buckets {
+            slices.visit_principal((principal, ctx.entity_of(0)), out);
+        }
+        true
+    }
+
     /// Each of the request's entities comes with its stored entity, if any.
     fn visit<'a>(
         &'a self,
         principal: (&EntityUID, Option<&Entity>),
         action: (&EntityUID, Option<&Entity>),
         resource: (&EntityUID, Option<&Entity>),
-        out: &mut Vec<&'a Slice>,
+        out: &mut impl Extend<&'a Slice>,
     ) -> bool {
         let bucket = self.by_action.get(action.0);
         if !self.same_named_ancestry(action, bucket) {
@@ -291,8 +361,9 @@ impl PolicyIndex {
         let built: &[EntityUID] = bucket.map(|b| b.named.as_slice()).unwrap_or_default();
         // Cedar: an entity missing from the store is `in` only itself.
         let in_request = |x: &EntityUID| x == action || stored.is_some_and(|e| e.is_descendant_of(x));
-        // Every named action the request's action is `in` was in the bucket's ancestry...
-        let self_ok = !self.named_actions.contains(action) || built.contains(action);
+        // Every named action the request's action is `in` was in the bucket's ancestry (a named
+        // action's own bucket lists it: no hash of the action then)...
+        let self_ok = built.contains(action) || !self.named_actions.contains(action);
         let ancestors_ok = stored
             .into_iter()
             .flat_map(|e| e.ancestors())
@@ -466,12 +537,21 @@ impl Slices {
     /// no slice is visited twice. An entity missing from the store is `in` only itself.
     fn visit<'a>(
         &'a self,
+        principal: (&EntityUID, Option<&Entity>),
+        resource: (&EntityUID, Option<&Entity>),
+        out: &mut impl Extend<&'a Slice>,
+    ) {
+        self.visit_principal(principal, out);
+        self.visit_resource(resource, out);
+    }
+
+    /// The slices of `visit` keyed by the principal.
+    fn visit_principal<'a>(
+        &'a self,
         (principal, p_stored): (&EntityUID, Option<&Entity>),
-        (resource, r_stored): (&EntityUID, Option<&Entity>),
-        out: &mut Vec<&'a Slice>,
+        out: &mut impl Extend<&'a Slice>,
     ) {
         out.extend(self.principal_eq.get(principal));
-        out.extend(self.resource_eq.get(resource));
         if !self.principal_in.is_empty() {
             out.extend(self.principal_in.get(principal));
             out.extend(
@@ -481,6 +561,16 @@ impl Slices {
                     .filter_map(|u| self.principal_in.get(u)),
             );
         }
+        out.extend(self.principal_is.get(principal.entity_type()));
+    }
+
+    /// The slices of `visit` keyed by the resource, and the remainder.
+    fn visit_resource<'a>(
+        &'a self,
+        (resource, r_stored): (&EntityUID, Option<&Entity>),
+        out: &mut impl Extend<&'a Slice>,
+    ) {
+        out.extend(self.resource_eq.get(resource));
         if !self.resource_in.is_empty() {
             out.extend(self.resource_in.get(resource));
             out.extend(
@@ -490,10 +580,9 @@ impl Slices {
                     .filter_map(|u| self.resource_in.get(u)),
             );
         }
-        out.extend(self.principal_is.get(principal.entity_type()));
         out.extend(self.resource_is.get(resource.entity_type()));
         if !self.rest.is_empty() {
-            out.push(&self.rest);
+            out.extend([&self.rest]);
         }
     }
 

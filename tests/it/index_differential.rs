@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use cedar_policy::{Context, Entities, EntityUid, PolicyId, PolicySet, Request, SlotId};
-use deputy::eval::{evaluate, evaluate_indexed, Asked, Decision, PolicyError, PolicyIndex};
+use deputy::eval::{evaluate, evaluate_indexed, Asked, Decision, Indexed, PolicyError, PolicyIndex};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -438,6 +438,12 @@ proptest! {
                     let got = asked.evaluate(&halves[i], &half_indexes[i]);
                     prop_assert_eq!(&got, &want, "half {} asked in turn; request {:?}\npolicies:\n{}", i, spec, halves[i]);
                 }
+                // The action's and resource's side looked up once per index, as a chain asks the
+                // admin policies about the agent and each ancestor; and, ignored, with the wrong index.
+                let (with_index, with_bare) = (Indexed { policies: &set, index: &index }, Indexed { policies: &set, index: &bare });
+                let (prepared, prepared_bare) = (with_index.prepare(&asked), with_bare.prepare(&asked));
+                prop_assert_eq!(&with_index.verdict_prepared(&asked, &prepared).decision(), &cedar, "prepared; request {:?}\npolicies:\n{}", spec, set);
+                prop_assert_eq!(&with_bare.verdict_prepared(&asked, &prepared).decision(), &cedar, "prepared for another index");
                 for (principal, other) in others.iter().take(3) {
                     let as_other = RequestSpec { principal: *principal, ..spec.clone() };
                     let want = cedar_decision(&set, store, &cedar_request(&as_other));
@@ -446,7 +452,10 @@ proptest! {
                     let Some(on_behalf) = on_behalf else { continue };
                     let got = on_behalf.evaluate(&set, &index);
                     prop_assert_eq!(&got, &want, "on behalf of {}; request {:?}\npolicies:\n{}", other, spec, set);
-                    prop_assert_eq!(on_behalf.verdict(&set, &bare).decision(), want, "bare index, on behalf of {}", other);
+                    prop_assert_eq!(on_behalf.verdict(&set, &bare).decision(), want.clone(), "bare index, on behalf of {}", other);
+                    let got = with_index.verdict_prepared(&on_behalf, &prepared).decision();
+                    prop_assert_eq!(&got, &want, "prepared, on behalf of {}; request {:?}\npolicies:\n{}", other, spec, set);
+                    prop_assert_eq!(with_bare.verdict_prepared(&on_behalf, &prepared_bare).decision(), want, "bare index prepared, on behalf of {}", other);
                 }
             }
         }
