@@ -265,9 +265,7 @@ fn a_batch_never_answers_a_read_and_a_joined_agents_write_down_together() {
         json!({"principal": {"type": "Agent", "id": who}, "action": {"type": "Action", "id": "send"},
                "resource": {"type": "Channel", "id": "public"}})
     };
-    let authzen = |r: &Value| {
-        json!({"subject": r["principal"], "action": {"name": r["action"]["id"]}, "resource": r["resource"]})
-    };
+    let authzen = |r: &Value| json!({"subject": r["principal"], "action": {"name": r["action"]["id"]}, "resource": r["resource"]});
     // Three families: a parent and two children, and a caller with a live session.
     let family = || {
         let r = post_as(
@@ -320,7 +318,10 @@ fn a_batch_never_answers_a_read_and_a_joined_agents_write_down_together() {
                     .collect();
                 (r.status, d)
             } else {
-                let r = s.post(endpoint, &json!({"evaluations": items.iter().map(authzen).collect::<Vec<_>>()}));
+                let r = s.post(
+                    endpoint,
+                    &json!({"evaluations": items.iter().map(authzen).collect::<Vec<_>>()}),
+                );
                 let d: Vec<bool> = r.json()["evaluations"]
                     .as_array()
                     .unwrap()
