@@ -344,3 +344,87 @@ fn a_batch_never_answers_a_read_and_a_joined_agents_write_down_together() {
         missed.join("\n")
     );
 }
+
+/// A root the admin creates that may delegate, and one child of it: (root, root's credential,
+/// child, child's credential).
+fn root_and_child(s: &TestServer) -> (String, String, String, String) {
+    const GRANT: &str = "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                         permit(principal == ?principal, action == Action::\"send\", resource);";
+    let root = common::applied(&post_as(
+        s,
+        crate::invocation::ADMIN,
+        "/v1/delegations",
+        &json!({"grant": GRANT, "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+    ));
+    let child = common::applied(&common::spawn(
+        s,
+        &root.token,
+        json!({"grant": GRANT, "ttl_seconds": 600, "ceiling": 2, "task": "first child"}),
+    ));
+    (root.id, root.token, child.id, child.token)
+}
+
+/// Held: a child's CONFIDENTIAL read racing its parent's spawn of a second child, or its own
+/// revocation by its parent, never leaves the parent or a live sibling below the taint of a
+/// read that was answered `Allow` — neither at once nor after a restart (the taint joins along
+/// delegation links, durable before the answer; a spawn re-checks its parent's taint in the
+/// transaction that commits it).
+#[test]
+fn a_childs_read_racing_a_sibling_spawn_or_its_revocation_reaches_the_family() {
+    let env = Env::start();
+    let s = &env.server;
+    let mut families = Vec::new();
+    for round in 0..24 {
+        let (root, root_token, child, _) = root_and_child(s);
+        let barrier = std::sync::Barrier::new(2);
+        let (read, other) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                decide(s, &child, "read", ("Doc", "deals"))
+            });
+            let o = sc.spawn(|| {
+                barrier.wait();
+                if round % 2 == 0 {
+                    common::spawn(
+                        s,
+                        &root_token,
+                        json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                               "ttl_seconds": 600, "ceiling": 2, "task": "second child"}),
+                    )
+                } else {
+                    delete_as(s, &root_token, &format!("/v1/delegations/{child}"))
+                }
+            });
+            (r.join().unwrap(), o.join().unwrap())
+        });
+        let sibling = if round % 2 == 0 {
+            assert_eq!(other.status, 201, "{}", other.text());
+            Some(other.json()["delegation_id"].as_str().unwrap().to_owned())
+        } else {
+            assert_eq!(other.status, 200, "{}", other.text());
+            None
+        };
+        if read["decision"] == "Allow" {
+            families.push((round, root, sibling));
+        }
+    }
+    let check = |s: &TestServer, when: &str| {
+        let mut missed = Vec::new();
+        for (round, root, sibling) in &families {
+            for who in std::iter::once(root).chain(sibling) {
+                if taint(s, who) != 2 || allowed(s, who, "send", ("Channel", "public")) {
+                    missed.push(format!("round {round}: {who} at taint {}", taint(s, who)));
+                }
+            }
+        }
+        assert!(
+            missed.is_empty(),
+            "{when}: a child's answered read did not reach its family:\n{}",
+            missed.join("\n")
+        );
+    };
+    assert!(!families.is_empty(), "no read was answered Allow");
+    check(s, "at once");
+    let env = env.restart();
+    check(&env.server, "after a restart");
+}
