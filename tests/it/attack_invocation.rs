@@ -428,3 +428,97 @@ fn a_childs_read_racing_a_sibling_spawn_or_its_revocation_reaches_the_family() {
     let env = env.restart();
     check(&env.server, "after a restart");
 }
+
+/// Held: `--max-children` counted through the registry's children index stays exact: a parent's
+/// live sessions never count as its children, concurrent spawns past the limit are refused
+/// (exactly the limit applied, in one group commit or several), a revocation or completion frees
+/// a place at once, and a restart rebuilds the same count.
+#[test]
+fn the_children_limit_is_exact_under_races_revocation_completion_and_restart() {
+    const LIMIT: usize = 3;
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        TestServer::start(
+            bundle.path(),
+            common::Options {
+                state: Some(state.path().to_path_buf()),
+                admin_token: Some(crate::invocation::ADMIN.to_owned()),
+                agent_tokens: ["reviewer"].iter().map(|a| ((*a).to_owned(), token(a))).collect(),
+                limits: deputy::delegation::Limits {
+                    max_children: LIMIT,
+                    ..deputy::delegation::Limits::default()
+                },
+                ..common::Options::default()
+            },
+        )
+    };
+    let spawn_child = |s: &TestServer, parent_token: &str| {
+        common::spawn(
+            s,
+            parent_token,
+            json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                   "ttl_seconds": 600, "ceiling": 2, "task": "a child"}),
+        )
+    };
+    let too_many = |r: &Resp| {
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["code"], "too_many_agents", "{}", r.text());
+    };
+    let s = start();
+    let root = common::applied(&post_as(
+        &s,
+        crate::invocation::ADMIN,
+        "/v1/delegations",
+        &json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+    ));
+    // Sessions the parent started are not its children.
+    for _ in 0..LIMIT {
+        started(&s, &invoke(&s, &root.token, "reviewer"));
+    }
+    // Concurrent spawns: exactly the limit applied.
+    let answers: Vec<Resp> = std::thread::scope(|sc| {
+        let spawns: Vec<_> = (0..8).map(|_| sc.spawn(|| spawn_child(&s, &root.token))).collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let children: Vec<common::Agent> = answers
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(common::applied)
+        .collect();
+    assert_eq!(
+        children.len(),
+        LIMIT,
+        "{:?}",
+        answers.iter().map(Resp::text).collect::<Vec<_>>()
+    );
+    answers.iter().filter(|r| r.status != 201).for_each(too_many);
+    // A revocation frees a place at once; a completion too.
+    assert_eq!(
+        delete_as(&s, &root.token, &format!("/v1/delegations/{}", children[0].id)).status,
+        200
+    );
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+    let done = post_as(
+        &s,
+        &children[1].token,
+        &format!("/v1/delegations/{}/complete", children[1].id),
+        &json!({}),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+    // A restart counts the same.
+    drop(s);
+    let s = start();
+    too_many(&spawn_child(&s, &root.token));
+    assert_eq!(
+        delete_as(&s, &root.token, &format!("/v1/delegations/{}", children[2].id)).status,
+        200
+    );
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+}
