@@ -84,6 +84,8 @@ pub fn evaluate_batch(
     }
     let defaults = Parts::from_fields(&top, None)?;
     let mut out = Vec::with_capacity(items.len());
+    // The raises joined so far (in memory taints only rise: each is joined once).
+    let mut joined = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("evaluations[{i}]");
         let before = raised.len();
@@ -93,8 +95,10 @@ pub fn evaluate_batch(
             .and_then(|parts| decide(snap, parts, now, raised))
             .unwrap_or_else(Evaluation::error);
         // A read reaches everyone joined to the reader before the next item is decided.
-        if raised.len() > before && i + 1 < items.len() {
-            crate::delegation::join_in_memory(&snap.agents, &raised[before..], now);
+        if i + 1 < items.len() {
+            let fresh: Vec<(String, i64)> = raised[before..].iter().filter(|r| !joined.contains(*r)).cloned().collect();
+            crate::delegation::join_in_memory(&snap.agents, &fresh, now);
+            joined.extend(fresh);
         }
         let stop = match semantic {
             Semantic::ExecuteAll => false,

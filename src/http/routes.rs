@@ -497,13 +497,16 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
         .into());
     }
     let mut decisions = Vec::with_capacity(items.len());
+    // The raises joined so far (in memory taints only rise: each is joined once).
+    let mut joined = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("requests[{i}]");
         let decided = authorize_one(snap, item, &path);
         // A read reaches everyone joined to the reader before the next item is decided.
         if let Some(raise) = decided.as_ref().ok().and_then(Outcome::raise) {
-            if i + 1 < items.len() {
-                crate::delegation::join_in_memory(&snap.agents, &[raise], now());
+            if i + 1 < items.len() && !joined.contains(&raise) {
+                crate::delegation::join_in_memory(&snap.agents, std::slice::from_ref(&raise), now());
+                joined.insert(raise);
             }
         }
         decisions.push(decided);
