@@ -97,7 +97,7 @@ pub fn evaluate_batch(
         // A read reaches everyone joined to the reader before the next item is decided.
         if i + 1 < items.len() {
             let fresh: Vec<(String, i64)> = raised[before..].iter().filter(|r| !joined.contains(*r)).cloned().collect();
-            crate::delegation::join_in_memory(&snap.agents, &fresh, now);
+            crate::agents::taint::join_in_memory(&snap.agents, &fresh, now);
             joined.extend(fresh);
         }
         let stop = match semantic {

@@ -18,7 +18,6 @@ mod permission;
 mod service;
 mod spawn;
 mod store;
-mod taint;
 #[cfg(test)]
 mod tests;
 
@@ -30,4 +29,3 @@ pub use permission::Decision as PermissionDecision;
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};
 pub use spawn::{SpawnOutcome, SpawnRequest};
 pub use store::{RequestStatus, Store};
-pub use taint::join_in_memory;

@@ -505,7 +505,7 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
         // A read reaches everyone joined to the reader before the next item is decided.
         if let Some(raise) = decided.as_ref().ok().and_then(Outcome::raise) {
             if i + 1 < items.len() && !joined.contains(&raise) {
-                crate::delegation::join_in_memory(&snap.agents, std::slice::from_ref(&raise), now());
+                crate::agents::taint::join_in_memory(&snap.agents, std::slice::from_ref(&raise), now());
                 joined.insert(raise);
             }
         }

@@ -29,14 +29,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::agents::{LiveAgent, Registry};
+use super::{LiveAgent, Registry};
 
 /// Raises, in memory, every agent joined by live invocation or delegation links to an agent in `raised`
 /// (which were raised already) and returns those whose stored taint must go up, as (agent,
 /// level): every one whose *durable* taint is below the level, even when its in-memory taint is
 /// not (an earlier propagation whose write failed raised it in memory only). The whole joined
 /// component is walked, not only the agents that went up in memory now, for the same reason.
-pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
+pub fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
     let links = Links::of(agents, now);
     let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
     for (id, level) in raised {
