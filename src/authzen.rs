@@ -84,8 +84,7 @@ pub fn evaluate_batch(
     }
     let defaults = Parts::from_fields(&top, None)?;
     let mut out = Vec::with_capacity(items.len());
-    // The raises joined so far (in memory taints only rise: each is joined once).
-    let mut joined = std::collections::HashSet::new();
+    let mut join = crate::agents::taint::BatchJoin::new(&snap.agents, now);
     for (i, item) in items.iter().enumerate() {
         let path = format!("evaluations[{i}]");
         let before = raised.len();
@@ -96,9 +95,7 @@ pub fn evaluate_batch(
             .unwrap_or_else(Evaluation::error);
         // A read reaches everyone joined to the reader before the next item is decided.
         if i + 1 < items.len() {
-            let fresh: Vec<(String, i64)> = raised[before..].iter().filter(|r| !joined.contains(*r)).cloned().collect();
-            crate::agents::taint::join_in_memory(&snap.agents, &fresh, now);
-            joined.extend(fresh);
+            join.join(&raised[before..]);
         }
         let stop = match semantic {
             Semantic::ExecuteAll => false,

@@ -497,16 +497,14 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
         .into());
     }
     let mut decisions = Vec::with_capacity(items.len());
-    // The raises joined so far (in memory taints only rise: each is joined once).
-    let mut joined = std::collections::HashSet::new();
+    let mut join = crate::agents::taint::BatchJoin::new(&snap.agents, now());
     for (i, item) in items.iter().enumerate() {
         let path = format!("requests[{i}]");
         let decided = authorize_one(snap, item, &path);
         // A read reaches everyone joined to the reader before the next item is decided.
         if let Some(raise) = decided.as_ref().ok().and_then(Outcome::raise) {
-            if i + 1 < items.len() && !joined.contains(&raise) {
-                crate::agents::taint::join_in_memory(&snap.agents, std::slice::from_ref(&raise), now());
-                joined.insert(raise);
+            if i + 1 < items.len() {
+                join.join(&[raise]);
             }
         }
         decisions.push(decided);
