@@ -12,6 +12,8 @@
 //! `AgentState` shared by every rebuilt copy of the agent, so a raise or a revocation is never
 //! lost to a concurrent rebuild.
 
+pub mod taint;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -84,13 +84,19 @@ pub fn evaluate_batch(
     }
     let defaults = Parts::from_fields(&top, None)?;
     let mut out = Vec::with_capacity(items.len());
+    let mut join = crate::agents::taint::BatchJoin::new(&snap.agents, now);
     for (i, item) in items.iter().enumerate() {
         let path = format!("evaluations[{i}]");
+        let before = raised.len();
         let eval = Fields::of(item, &path)
             .and_then(|f| Parts::from_fields(&f, Some(&defaults)))
             .and_then(|parts| to_cedar(&snap.bundle, &parts))
             .and_then(|parts| decide(snap, parts, now, raised))
             .unwrap_or_else(Evaluation::error);
+        // A read reaches everyone joined to the reader before the next item is decided.
+        if i + 1 < items.len() {
+            join.join(&raised[before..]);
+        }
         let stop = match semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !eval.decision,

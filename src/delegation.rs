@@ -18,7 +18,6 @@ mod permission;
 mod service;
 mod spawn;
 mod store;
-mod taint;
 #[cfg(test)]
 mod tests;
 

@@ -355,7 +355,7 @@ impl Delegation {
             // The session joins its caller's taint (see `taint`): the caller, and everyone live
             // links join to it, hold at least the session's taint from now on (raised
             // in memory here; a failed commit leaves them over-tainted, never under).
-            for (up, level) in super::taint::propagate(&next, &[(id.clone(), plan.taint)], now) {
+            for (up, level) in crate::agents::taint::propagate(&next, &[(id.clone(), plan.taint)], now) {
                 tx.raise_taint(&up.row.id, level)?;
             }
             tx.audit(

@@ -166,7 +166,7 @@ impl Delegation {
             for (id, level) in raises {
                 tx.raise_taint(id, *level)?;
             }
-            let flowed = super::taint::propagate(w.registry(), raises, now);
+            let flowed = crate::agents::taint::propagate(w.registry(), raises, now);
             for (agent, level) in &flowed {
                 tx.raise_taint(&agent.row.id, *level)?;
             }

@@ -497,9 +497,17 @@ fn authorize_batch(snap: &Snapshot, body: &Value, max: usize) -> Result<(Respons
         .into());
     }
     let mut decisions = Vec::with_capacity(items.len());
+    let mut join = crate::agents::taint::BatchJoin::new(&snap.agents, now());
     for (i, item) in items.iter().enumerate() {
         let path = format!("requests[{i}]");
-        decisions.push(authorize_one(snap, item, &path));
+        let decided = authorize_one(snap, item, &path);
+        // A read reaches everyone joined to the reader before the next item is decided.
+        if let Some(raise) = decided.as_ref().ok().and_then(Outcome::raise) {
+            if i + 1 < items.len() {
+                join.join(&[raise]);
+            }
+        }
+        decisions.push(decided);
     }
     let raised: authzen::Raised = decisions.iter().flatten().filter_map(Outcome::raise).collect();
     let responses: Vec<Value> = decisions

@@ -164,3 +164,92 @@ fn a_reload_requiring_more_context_refuses_the_taint_only_request() {
     s.reload().unwrap();
     assert_eq!(ask(None).json()["decision"], "Allow");
 }
+
+/// Held: a request that carries no context (absent, `null` or `{}`) skips Cedar's context check
+/// only where the action's context type accepts the empty record in the bundle being served. A
+/// reload that makes the context require an attribute refuses such requests on every decision
+/// endpoint (single, batch, AuthZEN single and batch), for a human and an agent the bundle
+/// declares alike — never an allow decided on the old bundle's answer — and a reload back allows
+/// them again.
+#[test]
+fn a_reload_requiring_context_refuses_contextless_requests_on_every_endpoint() {
+    let bundle = common::copy_bundle(&common::repo_root());
+    let s = TestServer::start(bundle.path(), Options::default());
+    let principals = [("Human", "alice"), ("Agent", "coder-1")];
+    let request = |p: (&str, &str), context: Option<Value>| {
+        let mut req = json!({"principal": {"type": p.0, "id": p.1}, "action": {"type": "Action", "id": "read"},
+                             "resource": {"type": "File", "id": "repo/src/main.rs"}});
+        if let Some(c) = context {
+            req["context"] = c;
+        }
+        req
+    };
+    let authzen = |req: &Value| {
+        let mut e = json!({"subject": req["principal"], "action": {"name": "read"}, "resource": req["resource"]});
+        if let Some(c) = req.get("context") {
+            e["context"] = c.clone();
+        }
+        e
+    };
+    // Every endpoint's answers for one request: (allowed, refused) per endpoint.
+    let answers = |req: &Value| -> Vec<(String, bool, bool)> {
+        let single = s.post("/v1/authorize", req);
+        let batch = s.post("/v1/authorize/batch", &json!({"requests": [req]}));
+        let item = &batch.json()["responses"][0];
+        let eval = s.post("/access/v1/evaluation", &authzen(req));
+        let evals = s.post("/access/v1/evaluations", &json!({"evaluations": [authzen(req)]}));
+        let e = &evals.json()["evaluations"][0];
+        vec![
+            (
+                "authorize".into(),
+                single.status == 200 && single.json()["decision"] == "Allow",
+                single.status == 400,
+            ),
+            ("batch".into(), item["decision"] == "Allow", item.get("error").is_some()),
+            (
+                "evaluation".into(),
+                eval.status == 200 && eval.json()["decision"] == true,
+                eval.status == 400,
+            ),
+            (
+                "evaluations".into(),
+                e["decision"] == true,
+                e["context"].get("error").is_some(),
+            ),
+        ]
+    };
+    let contexts = [None, Some(Value::Null), Some(json!({}))];
+    for p in principals {
+        for c in &contexts {
+            for (endpoint, allowed, _) in answers(&request(p, c.clone())) {
+                assert!(allowed, "{p:?} {c:?} on {endpoint} before the reload");
+            }
+        }
+    }
+    let schema_path = bundle.path().join("schema/deputy.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path).unwrap();
+    let stricter = schema.replace(
+        "type ActionContext = {\n  taint?: Long,\n};",
+        "type ActionContext = {\n  taint?: Long,\n  hour: Long,\n};",
+    );
+    assert_ne!(stricter, schema, "the example schema changed");
+    std::fs::write(&schema_path, &stricter).unwrap();
+    s.reload().unwrap();
+    for p in principals {
+        for c in &contexts {
+            for (endpoint, allowed, refused) in answers(&request(p, c.clone())) {
+                assert!(!allowed && refused, "{p:?} {c:?} on {endpoint} after the reload");
+            }
+        }
+        for (endpoint, allowed, _) in answers(&request(p, Some(json!({"hour": 9})))) {
+            assert!(allowed, "{p:?} with the context now required, on {endpoint}");
+        }
+    }
+    std::fs::write(&schema_path, &schema).unwrap();
+    s.reload().unwrap();
+    for p in principals {
+        for (endpoint, allowed, _) in answers(&request(p, None)) {
+            assert!(allowed, "{p:?} without a context on {endpoint}, reloaded back");
+        }
+    }
+}

@@ -243,3 +243,282 @@ fn a_read_racing_an_invocation_never_leaves_a_clean_session_beside_a_tainted_cal
         }
     }
 }
+
+/// Break: within one batch, a read raised only the reader's in-memory taint before the next
+/// item was decided; the agents joined to it (its parent and siblings along the delegation
+/// links, its caller along a live invocation link) were raised only after the whole batch,
+/// when it was made durable. So one batch answered a child's CONFIDENTIAL read *and* its
+/// parent's (or sibling's, or the session's caller's) send on a PUBLIC channel, which a
+/// batch for one agent never does (its own read denies its later send) and two requests in
+/// that order never do either. Invariant: a read reaches everyone joined to the reader
+/// before any later decision — including the next item of the same batch, on every batch
+/// endpoint.
+#[test]
+fn a_batch_never_answers_a_read_and_a_joined_agents_write_down_together() {
+    let env = Env::start();
+    let s = &env.server;
+    let read = |who: &str| {
+        json!({"principal": {"type": "Agent", "id": who}, "action": {"type": "Action", "id": "read"},
+               "resource": {"type": "Doc", "id": "deals"}})
+    };
+    let send = |who: &str| {
+        json!({"principal": {"type": "Agent", "id": who}, "action": {"type": "Action", "id": "send"},
+               "resource": {"type": "Channel", "id": "public"}})
+    };
+    let authzen = |r: &Value| json!({"subject": r["principal"], "action": {"name": r["action"]["id"]}, "resource": r["resource"]});
+    // Three families: a parent and two children, and a caller with a live session.
+    let family = || {
+        let r = post_as(
+            s,
+            crate::invocation::ADMIN,
+            "/v1/delegations",
+            &json!({"grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                              permit(principal == ?principal, action == Action::\"send\", resource);",
+                    "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+        );
+        let root = common::applied(&r);
+        let (parent, parent_token) = (root.id, root.token);
+        let child = |n: &str| {
+            common::applied(&common::spawn(
+                s,
+                &parent_token,
+                json!({"grant": "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                                 permit(principal == ?principal, action == Action::\"send\", resource);",
+                       "ttl_seconds": 600, "ceiling": 2, "task": format!("child {n}")}),
+            ))
+            .id
+        };
+        let (a, b) = (child("a"), child("b"));
+        let (session, _) = session_of(s, &parent_token, "reviewer");
+        (parent, a, b, session)
+    };
+    let mut missed = Vec::new();
+    for endpoint in ["/v1/authorize/batch", "/access/v1/evaluations"] {
+        // (reader, writer): child -> parent, child -> sibling, parent -> child, session -> caller.
+        let (parent, a, _, _) = family();
+        let (_, a2, b2, _) = family();
+        let (p3, a3, _, _) = family();
+        let (p4, _, _, s4) = family();
+        let pairs = [
+            ("child, then parent", a, parent),
+            ("child, then sibling", a2, b2),
+            ("parent, then child", p3, a3),
+            ("session, then caller", s4, p4),
+        ];
+        for (kind, reader, writer) in pairs {
+            assert!(allowed(s, &writer, "send", ("Channel", "public")));
+            let items = [read(&reader), send(&writer)];
+            let (status, decisions) = if endpoint == "/v1/authorize/batch" {
+                let r = s.post(endpoint, &json!({"requests": items}));
+                let d: Vec<bool> = r.json()["responses"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["decision"] == "Allow")
+                    .collect();
+                (r.status, d)
+            } else {
+                let r = s.post(
+                    endpoint,
+                    &json!({"evaluations": items.iter().map(authzen).collect::<Vec<_>>()}),
+                );
+                let d: Vec<bool> = r.json()["evaluations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["decision"] == true)
+                    .collect();
+                (r.status, d)
+            };
+            assert_eq!(status, 200, "{endpoint}");
+            assert!(decisions[0], "{endpoint}: the read of {reader} was denied");
+            if decisions[1] {
+                missed.push(format!("{endpoint}: {kind}"));
+            }
+            assert_eq!(taint(s, &writer), 2, "{endpoint}");
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "one batch answered a CONFIDENTIAL read and a joined agent's PUBLIC send:\n{}",
+        missed.join("\n")
+    );
+}
+
+/// A root the admin creates that may delegate, and one child of it: (root, root's credential,
+/// child, child's credential).
+fn root_and_child(s: &TestServer) -> (String, String, String, String) {
+    const GRANT: &str = "permit(principal == ?principal, action == Action::\"read\", resource in Folder::\"root\");\n\
+                         permit(principal == ?principal, action == Action::\"send\", resource);";
+    let root = common::applied(&post_as(
+        s,
+        crate::invocation::ADMIN,
+        "/v1/delegations",
+        &json!({"grant": GRANT, "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+    ));
+    let child = common::applied(&common::spawn(
+        s,
+        &root.token,
+        json!({"grant": GRANT, "ttl_seconds": 600, "ceiling": 2, "task": "first child"}),
+    ));
+    (root.id, root.token, child.id, child.token)
+}
+
+/// Held: a child's CONFIDENTIAL read racing its parent's spawn of a second child, or its own
+/// revocation by its parent, never leaves the parent or a live sibling below the taint of a
+/// read that was answered `Allow` — neither at once nor after a restart (the taint joins along
+/// delegation links, durable before the answer; a spawn re-checks its parent's taint in the
+/// transaction that commits it).
+#[test]
+fn a_childs_read_racing_a_sibling_spawn_or_its_revocation_reaches_the_family() {
+    let env = Env::start();
+    let s = &env.server;
+    let mut families = Vec::new();
+    for round in 0..24 {
+        let (root, root_token, child, _) = root_and_child(s);
+        let barrier = std::sync::Barrier::new(2);
+        let (read, other) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                barrier.wait();
+                decide(s, &child, "read", ("Doc", "deals"))
+            });
+            let o = sc.spawn(|| {
+                barrier.wait();
+                if round % 2 == 0 {
+                    common::spawn(
+                        s,
+                        &root_token,
+                        json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                               "ttl_seconds": 600, "ceiling": 2, "task": "second child"}),
+                    )
+                } else {
+                    delete_as(s, &root_token, &format!("/v1/delegations/{child}"))
+                }
+            });
+            (r.join().unwrap(), o.join().unwrap())
+        });
+        let sibling = if round % 2 == 0 {
+            assert_eq!(other.status, 201, "{}", other.text());
+            Some(other.json()["delegation_id"].as_str().unwrap().to_owned())
+        } else {
+            assert_eq!(other.status, 200, "{}", other.text());
+            None
+        };
+        if read["decision"] == "Allow" {
+            families.push((round, root, sibling));
+        }
+    }
+    let check = |s: &TestServer, when: &str| {
+        let mut missed = Vec::new();
+        for (round, root, sibling) in &families {
+            for who in std::iter::once(root).chain(sibling) {
+                if taint(s, who) != 2 || allowed(s, who, "send", ("Channel", "public")) {
+                    missed.push(format!("round {round}: {who} at taint {}", taint(s, who)));
+                }
+            }
+        }
+        assert!(
+            missed.is_empty(),
+            "{when}: a child's answered read did not reach its family:\n{}",
+            missed.join("\n")
+        );
+    };
+    assert!(!families.is_empty(), "no read was answered Allow");
+    check(s, "at once");
+    let env = env.restart();
+    check(&env.server, "after a restart");
+}
+
+/// Held: `--max-children` counted through the registry's children index stays exact: a parent's
+/// live sessions never count as its children, concurrent spawns past the limit are refused
+/// (exactly the limit applied, in one group commit or several), a revocation or completion frees
+/// a place at once, and a restart rebuilds the same count.
+#[test]
+fn the_children_limit_is_exact_under_races_revocation_completion_and_restart() {
+    const LIMIT: usize = 3;
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/invocation"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        TestServer::start(
+            bundle.path(),
+            common::Options {
+                state: Some(state.path().to_path_buf()),
+                admin_token: Some(crate::invocation::ADMIN.to_owned()),
+                agent_tokens: ["reviewer"].iter().map(|a| ((*a).to_owned(), token(a))).collect(),
+                limits: deputy::delegation::Limits {
+                    max_children: LIMIT,
+                    ..deputy::delegation::Limits::default()
+                },
+                ..common::Options::default()
+            },
+        )
+    };
+    let spawn_child = |s: &TestServer, parent_token: &str| {
+        common::spawn(
+            s,
+            parent_token,
+            json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                   "ttl_seconds": 600, "ceiling": 2, "task": "a child"}),
+        )
+    };
+    let too_many = |r: &Resp| {
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["code"], "too_many_agents", "{}", r.text());
+    };
+    let s = start();
+    let root = common::applied(&post_as(
+        &s,
+        crate::invocation::ADMIN,
+        "/v1/delegations",
+        &json!({"grant": "permit(principal == ?principal, action == Action::\"send\", resource);",
+                "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+    ));
+    // Sessions the parent started are not its children.
+    for _ in 0..LIMIT {
+        started(&s, &invoke(&s, &root.token, "reviewer"));
+    }
+    // Concurrent spawns: exactly the limit applied.
+    let answers: Vec<Resp> = std::thread::scope(|sc| {
+        let spawns: Vec<_> = (0..8).map(|_| sc.spawn(|| spawn_child(&s, &root.token))).collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let children: Vec<common::Agent> = answers
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(common::applied)
+        .collect();
+    assert_eq!(
+        children.len(),
+        LIMIT,
+        "{:?}",
+        answers.iter().map(Resp::text).collect::<Vec<_>>()
+    );
+    answers.iter().filter(|r| r.status != 201).for_each(too_many);
+    // A revocation frees a place at once; a completion too.
+    assert_eq!(
+        delete_as(&s, &root.token, &format!("/v1/delegations/{}", children[0].id)).status,
+        200
+    );
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+    let done = post_as(
+        &s,
+        &children[1].token,
+        &format!("/v1/delegations/{}/complete", children[1].id),
+        &json!({}),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+    // A restart counts the same.
+    drop(s);
+    let s = start();
+    too_many(&spawn_child(&s, &root.token));
+    assert_eq!(
+        delete_as(&s, &root.token, &format!("/v1/delegations/{}", children[2].id)).status,
+        200
+    );
+    common::applied(&spawn_child(&s, &root.token));
+    too_many(&spawn_child(&s, &root.token));
+}

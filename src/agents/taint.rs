@@ -29,15 +29,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::agents::{LiveAgent, Registry};
+use super::{LiveAgent, Registry};
 
 /// Raises, in memory, every agent joined by live invocation or delegation links to an agent in `raised`
 /// (which were raised already) and returns those whose stored taint must go up, as (agent,
 /// level): every one whose *durable* taint is below the level, even when its in-memory taint is
 /// not (an earlier propagation whose write failed raised it in memory only). The whole joined
 /// component is walked, not only the agents that went up in memory now, for the same reason.
-pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
-    let links = Links::of(agents, now);
+pub fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
+    propagate_along(&Links::of(agents, now), agents, raised)
+}
+
+fn propagate_along(links: &Links, agents: &Registry, raised: &[(String, i64)]) -> Vec<(Arc<LiveAgent>, i64)> {
     let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
     for (id, level) in raised {
         let l = reached.entry(Arc::from(id.as_str())).or_insert(*level);
@@ -60,6 +63,42 @@ pub(super) fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -
         }
     }
     flowed
+}
+
+/// What a batch does after an item that read something: raises, in memory only, every agent
+/// joined to the reader (already raised in memory) by live invocation or delegation links, so
+/// that the batch's later items are decided on the joined taint (as two requests in a row would
+/// be). Making the raises durable is `Delegation::persist_taints`'s, before the answer; it walks
+/// the whole joined component against the durable taints, so raising here first leaves nothing
+/// unwritten. The links are found once per batch (on first use), each raise joined once
+/// (in-memory taints only rise).
+pub struct BatchJoin<'a> {
+    agents: &'a Registry,
+    now: i64,
+    links: Option<Links>,
+    joined: std::collections::HashSet<(String, i64)>,
+}
+
+impl<'a> BatchJoin<'a> {
+    pub fn new(agents: &'a Registry, now: i64) -> BatchJoin<'a> {
+        BatchJoin {
+            agents,
+            now,
+            links: None,
+            joined: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Joins `raised` (raises of the batch's items so far) along the links.
+    pub fn join(&mut self, raised: &[(String, i64)]) {
+        let fresh: Vec<(String, i64)> = raised.iter().filter(|r| !self.joined.contains(*r)).cloned().collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let links = self.links.get_or_insert_with(|| Links::of(self.agents, self.now));
+        let _ = propagate_along(links, self.agents, &fresh);
+        self.joined.extend(fresh);
+    }
 }
 
 /// The live sessions by the agent that started them and by the agent they serve, and the live
