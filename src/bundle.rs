@@ -5,6 +5,7 @@
 mod agents;
 mod files;
 mod load;
+pub(crate) mod memo;
 mod problem;
 mod store;
 mod watch;
@@ -124,7 +125,7 @@ pub struct Bundle {
     pub partial: OnceLock<Result<Arc<PartialEntities>, String>>,
     /// What discovery computes from `entities` alone, shared by every snapshot of this bundle.
     #[doc(hidden)]
-    pub memo: crate::snapshot::BundleMemo,
+    pub memo: memo::BundleMemo,
 }
 
 impl Bundle {

@@ -56,26 +56,6 @@ struct StoreMemo {
     answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
-/// What discovery computes from a bundle alone (its own entity store), shared by every
-/// snapshot of it: a snapshot's new store starts from it rather than from scratch.
-#[derive(Default)]
-pub struct BundleMemo {
-    answers: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
-}
-
-impl std::fmt::Debug for BundleMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BundleMemo")
-    }
-}
-
-impl BundleMemo {
-    /// The answer kept under `key`, or `compute`'s, kept (as `Memo::get_or_insert`).
-    pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
-        get_or_insert(&self.answers, key, compute)
-    }
-}
-
 /// Answers kept per snapshot at most; beyond, the memo starts over (a snapshot lives until the
 /// next change, and an answer costs one computation to rebuild).
 const MEMO_CAPACITY: usize = 4096;
@@ -148,38 +128,15 @@ impl Memo {
     /// The answer kept under `key`, or `compute`'s, kept. Two callers that miss at once both
     /// compute; both answers are equal, the last is kept.
     pub fn get_or_insert<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
-        get_or_insert(&self.answers, key, compute)
+        crate::bundle::memo::get_or_insert(&self.answers, key, compute, MEMO_CAPACITY)
     }
 
     /// As `get_or_insert`, for an answer that depends on the bundle and the entity store alone
     /// (nothing about the agents but their entities): kept for the next snapshots with the same
     /// store.
     pub fn get_or_insert_for_store<T: Any + Send + Sync>(&self, key: &str, compute: impl FnOnce() -> T) -> Arc<T> {
-        get_or_insert(&self.store.answers, key, compute)
+        crate::bundle::memo::get_or_insert(&self.store.answers, key, compute, MEMO_CAPACITY)
     }
-}
-
-fn get_or_insert<T: Any + Send + Sync>(
-    answers: &Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
-    key: &str,
-    compute: impl FnOnce() -> T,
-) -> Arc<T> {
-    let found = answers
-        .lock()
-        .ok()
-        .and_then(|m| m.get(key).cloned())
-        .and_then(|a| a.downcast::<T>().ok());
-    if let Some(hit) = found {
-        return hit;
-    }
-    let answer = Arc::new(compute());
-    if let Ok(mut m) = answers.lock() {
-        if m.len() >= MEMO_CAPACITY {
-            m.clear();
-        }
-        m.insert(key.to_owned(), Arc::clone(&answer) as Arc<dyn Any + Send + Sync>);
-    }
-    answer
 }
 
 impl Snapshot {
