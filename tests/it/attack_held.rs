@@ -29,6 +29,21 @@ fn start() -> (TestServer, tempfile::TempDir, tempfile::TempDir) {
 
 const READ_A: &str = r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"proj/a");"#;
 
+/// Reloads the bundle at `bundle` with a schema whose action context requires `hour`; returns
+/// the schema as it was.
+fn require_hour(s: &TestServer, bundle: &std::path::Path) -> String {
+    let schema_path = bundle.join("schema/deputy.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path).unwrap();
+    let stricter = schema.replace(
+        "type ActionContext = {\n  taint?: Long,\n};",
+        "type ActionContext = {\n  taint?: Long,\n  hour: Long,\n};",
+    );
+    assert_ne!(stricter, schema, "the example schema changed");
+    std::fs::write(&schema_path, &stricter).unwrap();
+    s.reload().unwrap();
+    schema
+}
+
 fn body(grant: &str) -> Value {
     json!({"grant": grant, "ttl_seconds": 600, "ceiling": 2, "can_delegate": true, "task": "subtask"})
 }
@@ -146,21 +161,13 @@ fn a_reload_requiring_more_context_refuses_the_taint_only_request() {
         s.post("/v1/authorize", &req)
     };
     assert_eq!(ask(None).json()["decision"], "Allow");
-    let schema_path = bundle.path().join("schema/deputy.cedarschema");
-    let schema = std::fs::read_to_string(&schema_path).unwrap();
-    let stricter = schema.replace(
-        "type ActionContext = {\n  taint?: Long,\n};",
-        "type ActionContext = {\n  taint?: Long,\n  hour: Long,\n};",
-    );
-    assert_ne!(stricter, schema, "the example schema changed");
-    std::fs::write(&schema_path, &stricter).unwrap();
-    s.reload().unwrap();
+    let schema = require_hour(&s, bundle.path());
     for context in [None, Some(json!({})), Some(json!({"taint": 0}))] {
         let r = ask(context.clone());
         assert_eq!(r.status, 400, "{context:?} after the reload: {}", r.text());
     }
     assert_eq!(ask(Some(json!({"hour": 9}))).json()["decision"], "Allow");
-    std::fs::write(&schema_path, &schema).unwrap();
+    std::fs::write(bundle.path().join("schema/deputy.cedarschema"), &schema).unwrap();
     s.reload().unwrap();
     assert_eq!(ask(None).json()["decision"], "Allow");
 }
@@ -226,15 +233,7 @@ fn a_reload_requiring_context_refuses_contextless_requests_on_every_endpoint() {
             }
         }
     }
-    let schema_path = bundle.path().join("schema/deputy.cedarschema");
-    let schema = std::fs::read_to_string(&schema_path).unwrap();
-    let stricter = schema.replace(
-        "type ActionContext = {\n  taint?: Long,\n};",
-        "type ActionContext = {\n  taint?: Long,\n  hour: Long,\n};",
-    );
-    assert_ne!(stricter, schema, "the example schema changed");
-    std::fs::write(&schema_path, &stricter).unwrap();
-    s.reload().unwrap();
+    let schema = require_hour(&s, bundle.path());
     for p in principals {
         for c in &contexts {
             for (endpoint, allowed, refused) in answers(&request(p, c.clone())) {
@@ -245,7 +244,7 @@ fn a_reload_requiring_context_refuses_contextless_requests_on_every_endpoint() {
             assert!(allowed, "{p:?} with the context now required, on {endpoint}");
         }
     }
-    std::fs::write(&schema_path, &schema).unwrap();
+    std::fs::write(bundle.path().join("schema/deputy.cedarschema"), &schema).unwrap();
     s.reload().unwrap();
     for p in principals {
         for (endpoint, allowed, _) in answers(&request(p, None)) {
