@@ -416,6 +416,22 @@ fn what_a_session_reads_reaches_its_caller_at_once() {
     }
 }
 
+/// What the callee reads while a session serves it may come back in the session's answers: it
+/// reaches the session and, through it, the caller, before the callee's read is answered.
+#[test]
+fn what_a_callee_reads_while_serving_reaches_its_callers() {
+    let env = Env::start();
+    let s = &env.server;
+    let (caller, caller_token) = managed_root(s, 3600);
+    let session = started(s, &invoke(s, &caller_token, "sales", 600));
+    assert_eq!(session.body["taint"], 0);
+    assert!(allowed(s, &caller, "send", ("Channel", "public")));
+    assert!(allowed(s, "sales", "read", ("Doc", "deals")));
+    assert_eq!(record(s, &session.id)["taint"], 2);
+    assert_eq!(record(s, &caller)["taint"], 2);
+    assert!(!allowed(s, &caller, "send", ("Channel", "public")));
+}
+
 #[test]
 fn only_the_callee_claims_its_session_and_only_once() {
     let env = Env::start();
