@@ -271,7 +271,8 @@ pub enum RegistryError {
 /// no other id. Liveness is not indexed (revocation and expiry change it without a new
 /// registry): [`Registry::live_children`] checks it on each indexed child when asked, so its
 /// count equals a scan of every agent with the same filter. Likewise `sessions[c]` holds the id
-/// of every session whose caller is `c`, and nothing else ([`Registry::live_sessions`]).
+/// of every session whose caller is `c`, and nothing else ([`Registry::live_sessions`]), and
+/// `served[c]` of every session whose callee is `c` (taint's walk along live links).
 ///
 /// INVARIANT (additions log): within one `lineage`, registries differ only by agents appended
 /// to `added` (each a new `Arc`, under an id the registry did not hold); anything else (a
@@ -286,6 +287,8 @@ pub struct Registry {
     roots: imbl::HashSet<Arc<str>>,
     /// Sessions by the caller that invoked them.
     sessions: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
+    /// Sessions by the agent they serve.
+    served: imbl::HashMap<Arc<str>, imbl::HashSet<Arc<str>>>,
     /// Which line of additions this registry belongs to; 0 is the empty registry's.
     lineage: u64,
     /// The agents added in this lineage, in order.
@@ -364,10 +367,9 @@ impl Registry {
             self.unindex(old, &id);
         }
         if let Some(session) = &agent.session {
-            self.sessions
-                .entry(Arc::from(session.caller.as_str()))
-                .or_default()
-                .insert(Arc::clone(&id));
+            for (index, key) in [(&mut self.sessions, &session.caller), (&mut self.served, &session.callee)] {
+                index.entry(Arc::from(key.as_str())).or_default().insert(Arc::clone(&id));
+            }
         }
         if is_child(&agent) {
             match &agent.row.parent {
@@ -385,10 +387,12 @@ impl Registry {
     /// Removes `old` (the agent formerly under `id`) from the children and sessions indexes.
     fn unindex(&mut self, old: &LiveAgent, id: &str) {
         if let Some(session) = &old.session {
-            if let Some(set) = self.sessions.get_mut(session.caller.as_str()) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.sessions.remove(session.caller.as_str());
+            for (index, key) in [(&mut self.sessions, &session.caller), (&mut self.served, &session.callee)] {
+                if let Some(set) = index.get_mut(key.as_str()) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        index.remove(key.as_str());
+                    }
                 }
             }
         }

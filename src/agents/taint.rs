@@ -37,10 +37,6 @@ use super::{LiveAgent, Registry};
 /// not (an earlier propagation whose write failed raised it in memory only). The whole joined
 /// component is walked, not only the agents that went up in memory now, for the same reason.
 pub fn propagate(agents: &Registry, raised: &[(String, i64)], now: i64) -> Vec<(Arc<LiveAgent>, i64)> {
-    propagate_along(&Links::of(agents, now), agents, raised)
-}
-
-fn propagate_along(links: &Links, agents: &Registry, raised: &[(String, i64)]) -> Vec<(Arc<LiveAgent>, i64)> {
     let mut reached: HashMap<Arc<str>, i64> = HashMap::new();
     for (id, level) in raised {
         let l = reached.entry(Arc::from(id.as_str())).or_insert(*level);
@@ -49,7 +45,7 @@ fn propagate_along(links: &Links, agents: &Registry, raised: &[(String, i64)]) -
     let mut flowed = Vec::new();
     let mut queue: VecDeque<(Arc<str>, i64)> = reached.iter().map(|(id, l)| (Arc::clone(id), *l)).collect();
     while let Some((id, level)) = queue.pop_front() {
-        for next in links.neighbours(agents, &id) {
+        for next in neighbours(agents, &id, now) {
             let key: Arc<str> = Arc::from(next.row.id.as_str());
             if reached.get(&key).is_some_and(|l| *l >= level) {
                 continue;
@@ -70,12 +66,10 @@ fn propagate_along(links: &Links, agents: &Registry, raised: &[(String, i64)]) -
 /// that the batch's later items are decided on the joined taint (as two requests in a row would
 /// be). Making the raises durable is `Delegation::persist_taints`'s, before the answer; it walks
 /// the whole joined component against the durable taints, so raising here first leaves nothing
-/// unwritten. The links are found once per batch (on first use), each raise joined once
-/// (in-memory taints only rise).
+/// unwritten. Each raise is joined once (in-memory taints only rise).
 pub struct BatchJoin<'a> {
     agents: &'a Registry,
     now: i64,
-    links: Option<Links>,
     joined: std::collections::HashSet<(String, i64)>,
 }
 
@@ -84,7 +78,6 @@ impl<'a> BatchJoin<'a> {
         BatchJoin {
             agents,
             now,
-            links: None,
             joined: std::collections::HashSet::new(),
         }
     }
@@ -95,53 +88,32 @@ impl<'a> BatchJoin<'a> {
         if fresh.is_empty() {
             return;
         }
-        let links = self.links.get_or_insert_with(|| Links::of(self.agents, self.now));
-        let _ = propagate_along(links, self.agents, &fresh);
+        let _ = propagate(self.agents, &fresh, self.now);
         self.joined.extend(fresh);
     }
 }
 
-/// The live sessions by the agent that started them and by the agent they serve, and the live
-/// children by the agent that spawned them.
-struct Links {
-    by_caller: HashMap<String, Vec<Arc<LiveAgent>>>,
-    by_callee: HashMap<String, Vec<Arc<LiveAgent>>>,
-    by_parent: HashMap<String, Vec<Arc<LiveAgent>>>,
-}
-
-impl Links {
-    fn of(agents: &Registry, now: i64) -> Links {
-        let mut links = Links {
-            by_caller: HashMap::new(),
-            by_callee: HashMap::new(),
-            by_parent: HashMap::new(),
-        };
-        for a in agents.iter().filter(|a| a.is_live(now)) {
-            if let Some(s) = &a.session {
-                links.by_caller.entry(s.caller.clone()).or_default().push(Arc::clone(a));
-                links.by_callee.entry(s.callee.clone()).or_default().push(Arc::clone(a));
-            } else if let Some(parent) = &a.row.parent {
-                links.by_parent.entry(parent.clone()).or_default().push(Arc::clone(a));
-            }
-        }
-        links
-    }
-
-    /// Whom a raise of `id` reaches: upward, its caller (for a session) or its parent (for a
-    /// child deputy spawned), live or not — an agent is raised only by a decision made while it
-    /// was live, whose answer may reach its caller or parent however it ended before the raise
-    /// was written; downward, the live sessions it started, its live children, and (for an agent
-    /// that is not a session) the live sessions that serve it.
-    fn neighbours<'a>(&'a self, agents: &'a Registry, id: &str) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
-        let agent = agents.get(id);
-        let is_session = agent.is_some_and(|a| a.session.is_some());
-        let up = agent.and_then(|a| match &a.session {
-            Some(s) => agents.get(&s.caller),
-            None => a.row.parent.as_ref().and_then(|p| agents.get(p)),
-        });
-        let started = self.by_caller.get(id).into_iter().flatten();
-        let children = self.by_parent.get(id).into_iter().flatten();
-        let served = (!is_session).then(|| self.by_callee.get(id)).flatten().into_iter().flatten();
-        up.into_iter().chain(started).chain(children).chain(served)
-    }
+/// Whom a raise of `id` reaches, read from the registry's indexes (no scan of every agent):
+/// upward, its caller (for a session) or its parent (for a child deputy spawned), live or not —
+/// an agent is raised only by a decision made while it was live, whose answer may reach its
+/// caller or parent however it ended before the raise was written; downward, the live sessions
+/// it started, its live children, and (for an agent that is not a session) the live sessions
+/// that serve it.
+fn neighbours<'a>(agents: &'a Registry, id: &str, now: i64) -> impl Iterator<Item = &'a Arc<LiveAgent>> + 'a {
+    let agent = agents.get(id);
+    let is_session = agent.is_some_and(|a| a.session.is_some());
+    let up = agent.and_then(|a| match &a.session {
+        Some(s) => agents.get(&s.caller),
+        None => a.row.parent.as_ref().and_then(|p| agents.get(p)),
+    });
+    let started = agents.sessions.get(id);
+    let children = agents.children.get(id);
+    let served = if is_session { None } else { agents.served.get(id) };
+    let down = [started, children, served]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|i| agents.get(i))
+        .filter(move |a| a.is_live(now));
+    up.into_iter().chain(down)
 }
