@@ -173,18 +173,7 @@ fn decide_inner(snap: &Snapshot, parts: Parts, now: i64, raise_taint: bool) -> R
     };
     let request = agent_request(bundle, parts, agent.taint())?;
     let chain = chain::decide(bundle.admin(), snap.entities(), &agent, &request, guard, now);
-    let mut taint_raised_to = None;
-    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
-        if let Some(level) = guard.classification {
-            agent.raise_taint(level);
-            // INVARIANT: answered only once `level` is durable and propagated, whether this
-            // decision raised it in memory or an earlier one did whose write failed or is
-            // still waiting for the writer.
-            if level > agent.durable_taint() {
-                taint_raised_to = Some(level);
-            }
-        }
-    }
+    let taint_raised_to = (raise_taint && chain.decision.allow).then(|| raise_on_read(&agent, guard)).flatten();
     let needed = match (&chain.denied_by, request.action(), request.resource()) {
         (Some(DeniedBy::Admin { .. } | DeniedBy::Grant { .. }), Some(action_uid), Some(resource_uid)) => Some(Needed {
             template: format!("permit(principal == ?principal, action == {action_uid}, resource == {resource_uid});"),
@@ -321,18 +310,7 @@ fn decide_session(
         Callee::Managed(c) => chain::decide_bounded(bundle.admin(), snap.entities(), c, &request, guard, now, &bounds),
         Callee::Declared { .. } => chain::decide_admin_only(bundle.admin(), snap.entities(), &request, guard, &bounds),
     };
-    let mut taint_raised_to = None;
-    if raise_taint && chain.decision.allow && guard.role == Some(TaintRole::Source) {
-        if let Some(level) = guard.classification {
-            agent.raise_taint(level);
-            // INVARIANT: answered only once `level` is durable and propagated, whether this
-            // decision raised it in memory or an earlier one did whose write failed or is
-            // still waiting for the writer.
-            if level > agent.durable_taint() {
-                taint_raised_to = Some(level);
-            }
-        }
-    }
+    let taint_raised_to = (raise_taint && chain.decision.allow).then(|| raise_on_read(&agent, guard)).flatten();
     Ok(Outcome {
         decision: chain.decision,
         denied_by: chain.denied_by,
@@ -504,4 +482,16 @@ pub fn build_request(
     let context = parse_context(bundle, &action.uid, context, context_field)?;
     Request::new(principal.uid, action.uid, resource.uid, context, Some(&bundle.schema))
         .map_err(|e| RequestError::from_validation(&e, &principal.field, &action.field, &resource.field))
+}
+
+/// An allowed read of a taint source raises `agent`'s taint (in memory) to the resource's
+/// classification; returns the level to make durable before the answer.
+///
+/// INVARIANT: answered only once that level is durable and propagated, whether this decision
+/// raised it in memory or an earlier one did whose write failed or is still waiting for the
+/// writer: any level above the durable one is returned.
+fn raise_on_read(agent: &LiveAgent, guard: Guard) -> Option<i64> {
+    let level = guard.classification.filter(|_| guard.role == Some(TaintRole::Source))?;
+    agent.raise_taint(level);
+    (level > agent.durable_taint()).then_some(level)
 }
