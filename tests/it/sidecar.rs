@@ -246,8 +246,23 @@ fn the_embedding_api_serves_and_decides_like_the_sidecar() {
     });
     assert_eq!(outcome.0.unwrap(), deputy::ReloadOutcome::Unchanged);
     rt.block_on(outcome.1.stop());
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "still listening after stop"
-    );
+    assert!(!still_serves_audit(addr), "still serving after stop");
+}
+
+/// Whether something on `addr` answers the embedded sidecar's audit call with 200. A refused
+/// connection alone is not the test: on a busy machine the freed port may be taken by another
+/// test's listener, or a connect may meet itself (a TCP self-connect on a port nobody holds),
+/// and neither of those knows the embedded admin token.
+fn still_serves_audit(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request = "GET /v1/audit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer embedded-admin-token-0123456789\r\nConnection: close\r\n\r\n";
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
