@@ -1,4 +1,4 @@
-//! The command line: `deputy serve`, `deputy validate`.
+//! The command line: `deputy serve`, `validate`, `audit verify`, `probe`, `prove`, `test`, `plan`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,48 @@ pub enum Command {
     /// Prove a child grant within a parent grant's delegable view, against a bundle.
     /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
     Prove(ProveArgs),
+    /// Run decision cases against a bundle (docs/GITOPS.md). Exit 0 all pass, 1 a case fails,
+    /// 64 bad input.
+    Test(TestArgs),
+    /// What changing one bundle into another does: policies, entities and grants changed,
+    /// authority widened or narrowed (proved), cases whose answer changes (docs/GITOPS.md).
+    /// Exit 0, 1 when a case fails (or, with --deny-widening, authority may widen), 64 bad input.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Case files, or directories searched for `*.json` (default: `<bundle>/policy-tests`).
+    pub cases: Vec<PathBuf>,
+    /// Print every case's outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The bundle as it is (e.g. a `git worktree` of the target branch).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The bundle as it would be.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Case files or directories run against both (default: the new bundle's `policy-tests/`).
+    pub cases: Vec<PathBuf>,
+    /// Exit 1 when the admin policies or a shipped grant may widen authority (a proved `no` is
+    /// needed to pass; `unknown` fails).
+    #[arg(long)]
+    pub deny_widening: bool,
+    /// Plain Cedar bundles: do not require the agent model.
+    #[arg(long)]
+    pub authorize_only: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub solver: SolverArgs,
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +311,34 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
+        Command::Test(args) => ExitCode::from(crate::gitops::run_test(
+            &args.bundle.bundle,
+            &args.bundle.load_options(),
+            &args.cases,
+            args.json,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
+        Command::Plan(args) => {
+            let opts = LoadOptions {
+                require_agent_model: !args.authorize_only,
+                ..LoadOptions::default()
+            };
+            let plan = crate::gitops::PlanArgs {
+                from: &args.from,
+                to: &args.to,
+                opts: &opts,
+                cases: &args.cases,
+                deny_widening: args.deny_widening,
+                solver: args.solver.config(),
+                json: args.json,
+            };
+            ExitCode::from(crate::gitops::run_plan(
+                &plan,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ))
+        }
         Command::Probe(args) => probe(&args),
         Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
     }

@@ -26,6 +26,11 @@ impl Decider {
         }
     }
 
+    /// A decider over a snapshot built elsewhere (`gitops` adds the bundle's shipped agents).
+    pub(crate) fn of_snapshot(snap: Arc<Snapshot>) -> Decider {
+        Decider { snap }
+    }
+
     /// The bundle decided against.
     pub fn bundle(&self) -> &Bundle {
         &self.snap.bundle

@@ -24,6 +24,7 @@ mod tests;
 pub use crate::agents::{LiveAgent, Registry, ADMIN_APPROVER, AGENT_TYPE};
 #[cfg(test)]
 use audit::AuditKind;
+pub use bundle_agents::shipped_agent;
 pub use invoke::InvokeRequest;
 pub use permission::Decision as PermissionDecision;
 pub use service::{Caller, Delegation, DelegationError, Limits, DELEGATE_ACTION, STATE_FILE};

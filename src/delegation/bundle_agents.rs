@@ -74,6 +74,32 @@ fn bundle_attributes(bundle: &Bundle, id: &str) -> (bool, i64, i64) {
     (can_delegate, long("ceiling"), long("depth"))
 }
 
+/// The agent the bundle declares with the grant it ships (`grants/<id>.cedar`), as it is first
+/// installed: a root, untainted, never expiring, its attributes from the bundle's entity.
+pub fn shipped_agent(bundle: &Bundle, id: &str, grant: &str, now: i64) -> AgentRow {
+    let (can_delegate, ceiling, depth) = bundle_attributes(bundle, id);
+    AgentRow {
+        id: id.to_owned(),
+        parent: None,
+        depth,
+        can_delegate,
+        ceiling,
+        taint: 0,
+        grant: grant.to_owned(),
+        grant_digest: Grant::parse(grant).map(|g| g.digest()).unwrap_or_default(),
+        credential_hash: String::new(),
+        task: "declared in the bundle".to_owned(),
+        reason: String::new(),
+        created_by: BUNDLE_CREATOR.to_owned(),
+        created_at: now,
+        expires_at: BUNDLE_AGENT_EXPIRY,
+        revoked_at: None,
+        revoked_reason: None,
+        bundle_version: bundle.version.clone(),
+        proof: json!({"verdict": "not_required", "reason": "shipped in the bundle by the admin"}),
+    }
+}
+
 impl Delegation {
     /// Installs a newly loaded bundle: checks it against the identities deputy manages, brings
     /// the bundle's own agents in line with it, and publishes the snapshot — in one transaction
@@ -157,26 +183,7 @@ impl Delegation {
                         }
                     }
                     None => {
-                        let row = AgentRow {
-                            id: id.clone(),
-                            parent: None,
-                            depth,
-                            can_delegate,
-                            ceiling,
-                            taint: 0,
-                            grant: grant.clone(),
-                            grant_digest: digest.clone(),
-                            credential_hash: String::new(),
-                            task: "declared in the bundle".to_owned(),
-                            reason: String::new(),
-                            created_by: BUNDLE_CREATOR.to_owned(),
-                            created_at: now,
-                            expires_at: BUNDLE_AGENT_EXPIRY,
-                            revoked_at: None,
-                            revoked_reason: None,
-                            bundle_version: bundle.version.clone(),
-                            proof: json!({"verdict": "not_required", "reason": "shipped in the bundle by the admin"}),
-                        };
+                        let row = shipped_agent(&bundle, id, grant, now);
                         tx.insert_agent(&row)?;
                         tx.audit(
                             now,

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "decider",
     "authzen",
     "delegation",
+    "gitops",
     "http",
     "probe",
     "server",

@@ -17,6 +17,7 @@ mod delegation;
 mod discovery;
 mod faults;
 mod fuzz_regressions;
+mod gitops;
 mod helm;
 mod image;
 mod index_differential;

@@ -1,0 +1,409 @@
+//! `deputy plan`: what changing one bundle into another does, before it ships.
+//!
+//! Authority is compared by deputy's prover, not by sampling: "widens" asks whether some
+//! request is allowed by the new admin policies and denied by the old ones (the new set proved
+//! within the old one, for any principal, under the new schema and entity store). A `yes` comes
+//! with that request, replayed through Cedar's own authorizer; a `no` is a proof; anything the
+//! prover cannot settle is `unknown`, never `no`. "narrows" is the same question the other way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use cedar_policy::{EntityUid, Policy};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::cases::{self, Answer, Located};
+use crate::bundle::Bundle;
+use crate::decider::Decider;
+use crate::prover::{self, Grant, ProveOptions, SolverConfig, Verdict};
+
+/// What changed in one part of the bundle, by name (policy id, entity uid, agent id).
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Changes {
+    /// Present only in the new bundle.
+    pub added: Vec<String>,
+    /// Present only in the old bundle.
+    pub removed: Vec<String>,
+    /// In both, different.
+    pub changed: Vec<String>,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    fn of<T: PartialEq>(old: &BTreeMap<String, T>, new: &BTreeMap<String, T>) -> Changes {
+        let mut c = Changes::default();
+        for (k, v) in new {
+            match old.get(k) {
+                None => c.added.push(k.clone()),
+                Some(o) if o != v => c.changed.push(k.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        c
+    }
+}
+
+/// The answer to "does the change widen (or narrow) authority?".
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Comparison {
+    /// Proved: no such request exists.
+    No,
+    /// Such a request, replayed through Cedar's authorizer.
+    Yes {
+        /// The request (and the policies that allowed and denied it).
+        request: Box<prover::Counterexample>,
+    },
+    /// Not settled either way (the prover's reason, or why the sets could not be compared).
+    Unknown {
+        /// Why.
+        why: String,
+    },
+}
+
+impl Comparison {
+    /// The answer when `moved` (the schema or the entities) changed too: unknown, saying what
+    /// the policies alone do over the new bundle's.
+    fn over(self, moved: Option<&str>) -> Comparison {
+        let Some(moved) = moved else { return self };
+        let alone = match &self {
+            Comparison::No => "they do not (proved)".to_owned(),
+            Comparison::Yes { request: r } => format!(
+                "they do ({} may {} {}, allowed by [{}])",
+                r.principal,
+                r.action,
+                r.resource,
+                r.allowed_by.join(", ")
+            ),
+            Comparison::Unknown { why } => format!("unknown ({why})"),
+        };
+        Comparison::Unknown {
+            why: format!(
+                "{moved} changed, and a proof holds over one schema and entity store; over the new bundle's, the policies alone: {alone}"
+            ),
+        }
+    }
+
+    /// Names each policy of a found request by its bundle file and line (the prover numbers the
+    /// lines of the text it was given): `allowing` holds the policies that allowed it,
+    /// `denying` those that denied it.
+    fn located(mut self, allowing: &Bundle, denying: &Bundle) -> Comparison {
+        if let Comparison::Yes { request } = &mut self {
+            for p in &mut request.allowed_by {
+                *p = locate(p, allowing);
+            }
+            for p in &mut request.denied_by {
+                *p = locate(p, denying);
+            }
+        }
+        self
+    }
+
+    fn of(result: Result<Verdict, String>) -> Comparison {
+        match result {
+            Ok(Verdict::Within(_)) => Comparison::No,
+            Ok(Verdict::Exceeds(cx)) => Comparison::Yes { request: cx },
+            Ok(Verdict::Inconclusive(i)) => Comparison::Unknown {
+                why: format!("{}: {}", i.code, i.message),
+            },
+            Err(why) => Comparison::Unknown { why },
+        }
+    }
+}
+
+/// The admin policies compared both ways.
+#[derive(Debug, Clone, Serialize)]
+pub struct Authority {
+    /// Does the new bundle allow a request the old one denies?
+    pub widens: Comparison,
+    /// Does the old bundle allow a request the new one denies?
+    pub narrows: Comparison,
+}
+
+/// A grant the bundle ships for one of its agents (`grants/<id>.cedar`), changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantChange {
+    /// The agent.
+    pub agent: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+    /// For a changed grant: does the new grant allow the agent something the old one did not?
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub widens: Option<Comparison>,
+}
+
+/// One case run against both bundles.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseChange {
+    /// `file#index (name)`.
+    pub case: String,
+    /// What the case expects.
+    pub expected: String,
+    /// The old bundle's answer.
+    pub before: Answer,
+    /// The new bundle's answer.
+    pub after: Answer,
+    /// Whether the new answer is what the case expects.
+    pub passes: bool,
+}
+
+/// Everything `deputy plan` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The old bundle's policy version.
+    pub from_version: String,
+    /// The new bundle's policy version.
+    pub to_version: String,
+    /// Whether any schema file's text changed.
+    pub schema_changed: bool,
+    /// Admin policies, by id (compared as Cedar parsed them: comments and layout do not count).
+    pub policies: Changes,
+    /// Entities, by uid (attributes and parents compared as values).
+    pub entities: Changes,
+    /// The grants the bundle ships for its agents.
+    pub grants: Vec<GrantChange>,
+    /// The admin policies' authority, compared both ways.
+    pub authority: Authority,
+    /// Cases run against both bundles.
+    pub cases_run: usize,
+    /// The cases whose answer changed, or that the new bundle fails.
+    pub cases: Vec<CaseChange>,
+}
+
+impl Plan {
+    /// Cases the new bundle fails.
+    pub fn failing(&self) -> usize {
+        self.cases.iter().filter(|c| !c.passes).count()
+    }
+}
+
+/// Compares `old` (loaded from `old_dir`) with `new` (from `new_dir`) and runs `cases` on both.
+pub fn plan(
+    (old_dir, old): (&Path, Bundle),
+    (new_dir, new): (&Path, Bundle),
+    cases: &[Located],
+    solver: Option<SolverConfig>,
+) -> Plan {
+    let opts = ProveOptions {
+        any_principal: true,
+        solver,
+        ..ProveOptions::default()
+    };
+    let (old_admin, new_admin) = (admin_grant(&old), admin_grant(&new));
+    let compare = |child: &Result<Grant, String>, parent: &Result<Grant, String>| {
+        Comparison::of(match (child, parent) {
+            (Ok(c), Ok(p)) => prover::prove(c, p, &new.schema, &new.entities, &opts).map_err(|e| e.to_string()),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        })
+    };
+    let (policies, entities) = (
+        Changes::of(&policy_map(&old), &policy_map(&new)),
+        Changes::of(&entity_map(&old), &entity_map(&new)),
+    );
+    let schema_changed = schema_texts(old_dir, &old) != schema_texts(new_dir, &new);
+    // A proof compares two policy sets over one schema and one entity store. When either
+    // changed, the same policy text can allow more (an action joins a group, an agent's
+    // ceiling rises): the answer is then unknown, with what the policies alone do.
+    let moved = match (schema_changed, entities.is_empty()) {
+        (false, true) => None,
+        (true, true) => Some("the schema"),
+        (false, false) => Some("the entities"),
+        (true, false) => Some("the schema and the entities"),
+    };
+    let authority = Authority {
+        widens: compare(&new_admin, &old_admin).located(&new, &old).over(moved),
+        narrows: compare(&old_admin, &new_admin).located(&old, &new).over(moved),
+    };
+    let grants = grant_changes(&old, &new, &opts)
+        .into_iter()
+        .map(|mut g| {
+            g.widens = g.widens.map(|w| w.over(moved));
+            g
+        })
+        .collect();
+    let (from_version, to_version) = (old.version.clone(), new.version.clone());
+    let (before, after) = (super::decider(old), super::decider(new));
+    let changed = cases
+        .iter()
+        .filter_map(|c| {
+            let ask = |d: &Result<Decider, String>| match d {
+                Ok(d) => cases::answer(d, &c.case),
+                Err(e) => Answer::Error {
+                    code: "bundle_agents".to_owned(),
+                    message: format!("cannot install the bundle's agents: {e}"),
+                },
+            };
+            let (b, a) = (ask(&before), ask(&after));
+            let passes = cases::passes(&c.case, &a);
+            (b != a || !passes).then(|| CaseChange {
+                case: c.label(),
+                expected: cases::expected(&c.case),
+                before: b,
+                after: a,
+                passes,
+            })
+        })
+        .collect();
+    Plan {
+        from_version,
+        to_version,
+        schema_changed,
+        policies,
+        entities,
+        grants,
+        authority,
+        cases_run: cases.len(),
+        cases: changed,
+    }
+}
+
+/// `` `id` (file:line) `` for a prover's `` role `id` (line n) ``, when the bundle has that policy.
+fn locate(named: &str, b: &Bundle) -> String {
+    let Some(id) = named.split('`').nth(1) else {
+        return named.to_owned();
+    };
+    match b.sources.get(&cedar_policy::PolicyId::new(id)) {
+        Some(s) => format!("`{id}` ({}:{})", s.file, s.line),
+        None => named.to_owned(),
+    }
+}
+
+/// The bundle's static admin policies as one grant for the prover, each under its bundle id.
+/// Annotations are dropped (an admin policy's `@ask` or a stray `@delegable` is not part of
+/// what it allows; the prover's delegable view would otherwise leave a permit out).
+fn admin_grant(b: &Bundle) -> Result<Grant, String> {
+    let mut text = String::new();
+    for p in b.policies.policies() {
+        let mut json = p
+            .to_json()
+            .map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
+        if let Some(o) = json.as_object_mut() {
+            o.remove("annotations");
+        }
+        let bare = Policy::from_json(None, json).map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
+        text.push_str(&format!("@id({:?})\n{bare}\n", p.id().to_string()));
+    }
+    Grant::parse(&text).map_err(|e| format!("the admin policies cannot be compared: {e}"))
+}
+
+fn grant_changes(old: &Bundle, new: &Bundle, opts: &ProveOptions) -> Vec<GrantChange> {
+    let changes = Changes::of(&old.grants, &new.grants);
+    let mut out = Vec::new();
+    for agent in changes.added {
+        out.push(GrantChange {
+            agent,
+            change: "added",
+            widens: None,
+        });
+    }
+    for agent in changes.removed {
+        out.push(GrantChange {
+            agent,
+            change: "removed",
+            widens: None,
+        });
+    }
+    for agent in changes.changed {
+        let widens = Comparison::of((|| {
+            let child = Grant::parse(&new.grants[&agent]).map_err(|e| e.to_string())?;
+            // The whole old grant is the bound, not its delegable view: annotations go.
+            let parent = Grant::parse(&without_annotations(&old.grants[&agent])?).map_err(|e| e.to_string())?;
+            let uid: EntityUid = format!("Agent::{:?}", agent)
+                .parse()
+                .map_err(|e| format!("agent `{agent}`: {e}"))?;
+            let opts = ProveOptions {
+                child_principal: Some(uid),
+                any_principal: false,
+                ..opts.clone()
+            };
+            prover::prove(&child, &parent, &new.schema, &new.entities, &opts).map_err(|e| e.to_string())
+        })());
+        out.push(GrantChange {
+            agent,
+            change: "changed",
+            widens: Some(widens),
+        });
+    }
+    out
+}
+
+/// A grant's text with every policy's annotations but `@id` dropped.
+fn without_annotations(grant: &str) -> Result<String, String> {
+    let set: cedar_policy::PolicySet = grant.parse().map_err(|e| format!("{e}"))?;
+    let mut text = String::new();
+    for t in set.templates() {
+        let mut json = t.to_json().map_err(|e| e.to_string())?;
+        let id = t.annotation("id").map(str::to_owned);
+        if let Some(o) = json.as_object_mut() {
+            o.remove("annotations");
+        }
+        let bare = cedar_policy::Template::from_json(None, json).map_err(|e| e.to_string())?;
+        push_with_id(&mut text, id.as_deref(), &bare.to_string());
+    }
+    for p in set.policies() {
+        let mut json = p.to_json().map_err(|e| e.to_string())?;
+        let id = p.annotation("id").map(str::to_owned);
+        if let Some(o) = json.as_object_mut() {
+            o.remove("annotations");
+        }
+        let bare = Policy::from_json(None, json).map_err(|e| e.to_string())?;
+        push_with_id(&mut text, id.as_deref(), &bare.to_string());
+    }
+    Ok(text)
+}
+
+fn push_with_id(text: &mut String, id: Option<&str>, policy: &str) {
+    if let Some(id) = id {
+        text.push_str(&format!("@id({id:?})\n"));
+    }
+    text.push_str(policy);
+    text.push('\n');
+}
+
+/// Admin policies by id, as Cedar's JSON form (layout and comments do not count).
+fn policy_map(b: &Bundle) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for p in b.policies.policies() {
+        out.insert(p.id().to_string(), p.to_json().unwrap_or(Value::Null));
+    }
+    for t in b.policies.templates() {
+        out.insert(t.id().to_string(), t.to_json().unwrap_or(Value::Null));
+    }
+    out
+}
+
+/// Entities by uid, as normalised JSON (sets sorted).
+fn entity_map(b: &Bundle) -> BTreeMap<String, Value> {
+    b.entities
+        .iter()
+        .map(|e| (e.uid().to_string(), normalise(e.to_json_value().unwrap_or(Value::Null))))
+        .collect()
+}
+
+/// Sorts every array (Cedar has sets, not lists, so the order carries nothing).
+fn normalise(v: Value) -> Value {
+    match v {
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.into_iter().map(normalise).collect();
+            items.sort_by_cached_key(Value::to_string);
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, normalise(v))).collect()),
+        other => other,
+    }
+}
+
+/// The schema files' texts, by path.
+fn schema_texts(dir: &Path, b: &Bundle) -> BTreeSet<(String, String)> {
+    b.files
+        .iter()
+        .filter(|f| f.starts_with("schema/"))
+        .map(|f| (f.clone(), std::fs::read_to_string(dir.join(f)).unwrap_or_default()))
+        .collect()
+}

@@ -1,0 +1,365 @@
+//! `deputy test` and `deputy plan` (docs/GITOPS.md), run as the binary a CI job would run, on
+//! copies of the example bundle changed the way a pull request would change them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
+use serde_json::{json, Value};
+
+use crate::common::{self, repo_root};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+fn deputy(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A copy of the example bundle (schema, policies, entities and its cases) under `dir/name`.
+fn bundle_copy(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    for sub in ["schema", "policies", "entities", "policy-tests"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for f in std::fs::read_dir(repo_root().join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    to
+}
+
+fn append(path: &Path, text: &str) {
+    let mut s = std::fs::read_to_string(path).unwrap();
+    s.push_str(text);
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn the_example_bundle_passes_its_own_cases() {
+    let r = deputy(&["test", "--bundle", s(&repo_root())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let cases = std::fs::read_to_string(repo_root().join("policy-tests/agents.json")).unwrap();
+    let n = serde_json::from_str::<Value>(&cases).unwrap()["cases"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(r.stdout.contains(&format!("{n} passed, 0 failed")), "{}", r.stdout);
+    let j = deputy(&["test", "--bundle", s(&repo_root()), "--json"]).json();
+    assert_eq!(j["passed"], n);
+    assert_eq!(
+        j["cases"][1]["answer"],
+        json!({"decision": "Deny", "reasons": ["ceiling"], "errors": []})
+    );
+}
+
+#[test]
+fn a_failing_case_names_its_file_index_and_both_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payroll.json");
+    let case = |expect: Value, reasons: Option<Value>| {
+        let mut c = json!({"name": "payroll", "principal": {"type": "Agent", "id": "coder-1"},
+            "action": {"type": "Action", "id": "read"}, "resource": {"type": "File", "id": "repo/src/payroll.rs"},
+            "expect": expect});
+        if let Some(r) = reasons {
+            c["reasons"] = r;
+        }
+        c
+    };
+    let write = |cases: Vec<Value>| std::fs::write(&file, json!({"cases": cases}).to_string()).unwrap();
+    write(vec![case(json!("Deny"), None), case(json!("Allow"), None)]);
+    let r = deputy(&["test", "--bundle", s(&repo_root()), s(&file)]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let line = format!(
+        "FAIL {}#1 (payroll): expected Allow, got Deny by [ceiling]",
+        file.display()
+    );
+    assert!(r.stdout.contains(&line), "{}", r.stdout);
+    assert!(r.stdout.contains("1 passed, 1 failed"), "{}", r.stdout);
+    // The right decision for the wrong reason fails too; reasons compare as a set.
+    write(vec![case(json!("Deny"), Some(json!(["agents-read-repo"])))]);
+    assert_eq!(deputy(&["test", "--bundle", s(&repo_root()), s(&file)]).code, 1);
+    write(vec![case(json!("Deny"), Some(json!(["ceiling", "ceiling"])))]);
+    assert_eq!(deputy(&["test", "--bundle", s(&repo_root()), s(&file)]).code, 0);
+    // An expected error is a code; a decision where an error was expected fails.
+    write(vec![case(json!({"error": "unknown_action"}), None)]);
+    let r = deputy(&["test", "--bundle", s(&repo_root()), s(&file)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("expected error `unknown_action`, got Deny"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn bad_case_files_and_bundles_are_bad_input_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.json");
+    // A misspelt `expect` must not make a case that checks nothing.
+    std::fs::write(
+        &file,
+        r#"{"cases": [{"principal": {"type": "Agent", "id": "coder-1"}, "action": {"type": "Action", "id": "read"},
+        "resource": {"type": "File", "id": "repo/src/main.rs"}, "expected": "Allow"}]}"#,
+    )
+    .unwrap();
+    let r = deputy(&["test", "--bundle", s(&repo_root()), s(&file)]);
+    assert_eq!(r.code, 64, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("typo.json") && r.stderr.contains("`expected`"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&file, r#"{"cases": [{"principal": 1, "#).unwrap();
+    let r = deputy(&["test", "--bundle", s(&repo_root()), s(&file)]);
+    assert_eq!(r.code, 64);
+    assert!(
+        r.stderr.contains("typo.json") && r.stderr.contains("line 1"),
+        "{}",
+        r.stderr
+    );
+    // No cases at all is an error, not a pass.
+    let empty = tempfile::tempdir().unwrap();
+    let r = deputy(&["test", "--bundle", s(&repo_root()), s(empty.path())]);
+    assert_eq!(r.code, 64, "{}", r.stdout);
+    // An invalid bundle: every problem with its file and line.
+    let b = bundle_copy(dir.path(), "broken");
+    append(
+        &b.join("policies/agents.cedar"),
+        "\npermit (principal, action == Action::\"fly\", resource);\n",
+    );
+    let r = deputy(&["test", "--bundle", s(&b)]);
+    assert_eq!(r.code, 64);
+    assert!(r.stderr.contains("policies/agents.cedar:"), "{}", r.stderr);
+}
+
+/// Decides `request` (a counterexample's principal, action, resource, context and added
+/// entities) with Cedar's own authorizer over `bundle`'s policies and entities.
+fn cedar_allows(bundle: &Path, cx: &Value) -> bool {
+    let b = deputy::Bundle::load(bundle, &deputy::LoadOptions::default()).unwrap();
+    let extra = Entities::from_json_value(cx["entities"].clone(), Some(&b.schema)).unwrap();
+    let entities: Entities =
+        Entities::from_entities(b.entities.iter().cloned().chain(extra.iter().cloned()), None).unwrap();
+    let uid = |f: &str| cx[f].as_str().unwrap().parse::<EntityUid>().unwrap();
+    let action = uid("action");
+    let context = Context::from_json_value(cx["context"].clone(), Some((&b.schema, &action))).unwrap();
+    let request = Request::new(uid("principal"), action, uid("resource"), context, Some(&b.schema)).unwrap();
+    let policies: PolicySet = b.policies.clone();
+    Authorizer::new()
+        .is_authorized(&request, &policies, &entities)
+        .decision()
+        == cedar_policy::Decision::Allow
+}
+
+#[test]
+fn a_plan_proves_what_a_change_widens_and_shows_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    let new = bundle_copy(dir.path(), "new");
+    append(
+        &new.join("policies/agents.cedar"),
+        "\n@id(\"agents-write-repo\")\npermit (principal is Agent, action == Action::\"write\", resource in Folder::\"repo\");\n",
+    );
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("policies: added [agents-write-repo]"), "{}", r.stdout);
+    assert!(r.stdout.contains("authority widens: YES"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("`agents-write-repo` (policies/agents.cedar:"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("authority narrows: no (proved)"), "{}", r.stdout);
+    // The request shown is real: Cedar allows it on the new bundle and denies it on the old.
+    let j = deputy(&["plan", "--from", s(&old), "--to", s(&new), "--json"]).json();
+    assert_eq!(j["authority"]["widens"]["answer"], "yes", "{j}");
+    let cx = &j["authority"]["widens"]["request"];
+    assert_eq!(cx["action"], "Action::\"write\"");
+    assert!(cedar_allows(&new, cx), "{cx}");
+    assert!(!cedar_allows(&old, cx), "{cx}");
+    // A CI gate fails on it, and passes the reverse change, which only narrows.
+    assert_eq!(
+        deputy(&["plan", "--from", s(&old), "--to", s(&new), "--deny-widening"]).code,
+        1
+    );
+    let back = deputy(&["plan", "--from", s(&new), "--to", s(&old), "--deny-widening", "--json"]);
+    assert_eq!(back.code, 0, "{}{}", back.stdout, back.stderr);
+    let j = back.json();
+    assert_eq!(j["authority"]["widens"]["answer"], "no");
+    assert_eq!(j["authority"]["narrows"]["answer"], "yes");
+    assert_eq!(j["policies"]["removed"], json!(["agents-write-repo"]));
+}
+
+#[test]
+fn a_rewritten_policy_that_allows_the_same_is_proved_not_to_widen() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    let new = bundle_copy(dir.path(), "new");
+    // The same authority in another shape: one permit split in two, and a comment.
+    let path = new.join("policies/agents.cedar");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "@id(\"agents-read-repo\")\npermit (principal is Agent, action == Action::\"read\", resource in Folder::\"repo\");",
+        "// split for review\n@id(\"agents-read-repo\")\npermit (principal is Agent, action == Action::\"read\", resource in Folder::\"repo\")\n  when { resource.classification <= 1 };\n@id(\"agents-read-repo-high\")\npermit (principal is Agent, action == Action::\"read\", resource in Folder::\"repo\")\n  when { resource.classification > 1 };",
+    );
+    std::fs::write(&path, text).unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), "--deny-widening", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["policies"]["changed"], json!(["agents-read-repo"]), "{j}");
+    assert_eq!(j["policies"]["added"], json!(["agents-read-repo-high"]), "{j}");
+    assert_eq!(j["authority"]["widens"]["answer"], "no", "{j}");
+    assert_eq!(j["authority"]["narrows"]["answer"], "no", "{j}");
+    assert_eq!(j["cases"], json!([]), "{j}");
+}
+
+#[test]
+fn when_the_entities_or_schema_change_a_plan_does_not_claim_a_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    let new = bundle_copy(dir.path(), "new");
+    // No policy changes, but an agent's ceiling rises: the same text now allows more.
+    let path = new.join("entities/agents.json");
+    let mut agents: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let coder = agents
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["uid"]["id"] == "coder-1")
+        .unwrap();
+    coder["attrs"]["ceiling"] = json!(3);
+    std::fs::write(&path, agents.to_string()).unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), "--json"]);
+    // The example's cases catch it: the ceiling case now answers Allow.
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["entities"]["changed"], json!(["Agent::\"coder-1\""]), "{j}");
+    assert_eq!(j["policies"], json!({"added": [], "removed": [], "changed": []}));
+    assert_eq!(j["authority"]["widens"]["answer"], "unknown", "{j}");
+    assert!(
+        j["authority"]["widens"]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("the entities changed"),
+        "{j}"
+    );
+    let flipped = j["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| !c["passes"].as_bool().unwrap())
+        .unwrap();
+    assert_eq!(flipped["before"]["decision"], "Deny");
+    assert_eq!(flipped["after"]["decision"], "Allow");
+    // A schema edit alone is not proved either (an action group could have grown).
+    let new2 = bundle_copy(dir.path(), "new2");
+    append(&new2.join("schema/deputy.cedarschema"), "\n// reviewed\n");
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new2), "--deny-widening", "--json"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["schema_changed"], true);
+    assert_eq!(r.json()["authority"]["widens"]["answer"], "unknown");
+}
+
+#[test]
+fn a_shipped_grant_that_grows_is_shown_per_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    let new = bundle_copy(dir.path(), "new");
+    let read = "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n";
+    let write = "permit (principal == ?principal, action == Action::\"write\", resource in Folder::\"repo/src\");\n";
+    for (b, text) in [(&old, read.to_owned()), (&new, format!("{read}{write}"))] {
+        // The example's cases are about coder-1 under the admin policies alone.
+        std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
+        std::fs::create_dir_all(b.join("grants")).unwrap();
+        std::fs::write(b.join("grants/coder-1.cedar"), text).unwrap();
+    }
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["authority"]["widens"]["answer"], "no", "{j}");
+    assert_eq!(j["grants"][0]["agent"], "coder-1", "{j}");
+    assert_eq!(j["grants"][0]["change"], "changed");
+    assert_eq!(j["grants"][0]["widens"]["answer"], "yes", "{j}");
+    assert_eq!(j["grants"][0]["widens"]["request"]["action"], "Action::\"write\"");
+    assert_eq!(
+        deputy(&["plan", "--from", s(&old), "--to", s(&new), "--deny-widening"]).code,
+        1
+    );
+    // The reverse only narrows the grant.
+    let r = deputy(&["plan", "--from", s(&new), "--to", s(&old), "--deny-widening", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["grants"][0]["widens"]["answer"], "no");
+}
+
+#[test]
+fn cases_decide_a_bundle_agent_under_its_shipped_grant_as_the_sidecar_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle_copy(dir.path(), "b");
+    std::fs::create_dir_all(b.join("grants")).unwrap();
+    std::fs::write(
+        b.join("grants/coder-1.cedar"),
+        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
+    )
+    .unwrap();
+    // The admin maximum lets every agent read the whole repo; coder-1's grant only its sources.
+    let requests = [
+        ("read", ("File", "repo/src/main.rs")),
+        ("read", ("File", "repo/README.md")),
+        ("write", ("File", "repo/src/main.rs")),
+    ];
+    let state = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start(
+        &b,
+        common::Options::with_state(state.path(), "gitops-admin-token-0123456789"),
+    );
+    let mut cases = Vec::new();
+    for (action, resource) in requests {
+        let served = common::decide(&server, "coder-1", action, resource);
+        cases.push(json!({
+            "principal": {"type": "Agent", "id": "coder-1"}, "action": {"type": "Action", "id": action},
+            "resource": {"type": resource.0, "id": resource.1}, "expect": served["decision"], "reasons": served["reasons"],
+        }));
+    }
+    let decisions: Vec<&Value> = cases.iter().map(|c| &c["expect"]).collect();
+    assert_eq!(
+        decisions,
+        [&json!("Allow"), &json!("Deny"), &json!("Deny")],
+        "{cases:?}"
+    );
+    let file = dir.path().join("served.json");
+    std::fs::write(&file, json!({"cases": cases}).to_string()).unwrap();
+    let r = deputy(&["test", "--bundle", s(&b), s(&file)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // Without the grant the same cases fail: the admin policies alone allow the README.
+    std::fs::remove_file(b.join("grants/coder-1.cedar")).unwrap();
+    let r = deputy(&["test", "--bundle", s(&b), s(&file)]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("#1: expected Deny by [], got Allow by [agents-read-repo]"),
+        "{}",
+        r.stdout
+    );
+}
