@@ -196,7 +196,11 @@ pub fn plan(
         ..ProveOptions::default()
     };
     let (old_admin, new_admin) = (admin_grant(&old), admin_grant(&new));
-    let compare = |child: &Result<Grant, String>, parent: &Result<Grant, String>| {
+    // Is every request `child` allows also allowed by `parent`?
+    let compare = |(child, child_set): (&Result<Grant, String>, &Bundle), (parent, parent_set): (&Result<Grant, String>, &Bundle)| {
+        if let Some(id) = dropped_forbid(&child_set.policies, &parent_set.policies) {
+            return Comparison::Unknown { why: dropped_forbid_why(&locate(&format!("`{id}`"), parent_set)) };
+        }
         Comparison::of(match (child, parent) {
             (Ok(c), Ok(p)) => prover::prove(c, p, &new.schema, &new.entities, &opts).map_err(|e| e.to_string()),
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
@@ -217,8 +221,8 @@ pub fn plan(
         (true, false) => Some("the schema and the entities"),
     };
     let authority = Authority {
-        widens: compare(&new_admin, &old_admin).located(&new, &old).over(moved),
-        narrows: compare(&old_admin, &new_admin).located(&old, &new).over(moved),
+        widens: compare((&new_admin, &new), (&old_admin, &old)).located(&new, &old).over(moved),
+        narrows: compare((&old_admin, &old), (&new_admin, &new)).located(&old, &new).over(moved),
     };
     let grants = grant_changes(&old, &new, &opts)
         .into_iter()
@@ -310,6 +314,19 @@ fn grant_changes(old: &Bundle, new: &Bundle, opts: &ProveOptions) -> Vec<GrantCh
         });
     }
     for agent in changes.changed {
+        let sets = (new.grants[&agent].parse(), old.grants[&agent].parse());
+        if let (Ok(child), Ok(parent)) = &sets {
+            if let Some(id) = dropped_forbid(child, parent) {
+                out.push(GrantChange {
+                    agent,
+                    change: "changed",
+                    widens: Some(Comparison::Unknown {
+                        why: dropped_forbid_why(&format!("`{id}`")),
+                    }),
+                });
+                continue;
+            }
+        }
         let widens = Comparison::of((|| {
             let child = Grant::parse(&new.grants[&agent]).map_err(|e| e.to_string())?;
             // The whole old grant is the bound, not its delegable view: annotations go.
@@ -331,6 +348,60 @@ fn grant_changes(old: &Bundle, new: &Bundle, opts: &ProveOptions) -> Vec<GrantCh
         });
     }
     out
+}
+
+/// The first forbid of `parent` that `child` does not hold word for word (annotations aside).
+///
+/// The prover answers a delegation's question: is every request the child allows, and the
+/// parent's forbids let through, allowed by the parent? A plan asks it without the parent's
+/// forbids (the new bundle replaces the old one). The two agree exactly when every forbid of the
+/// parent is also the child's: a request the child allows then passes every parent forbid. When
+/// one was removed or changed, the proof would miss what that forbid used to deny.
+///
+/// `@ask` counts: a forbid that gains `@ask("…")` turns a delegation's reject into "ask a human",
+/// so it is not the same forbid; one that loses it (a hard forbid where there was an ask) keeps
+/// everything the old one denied.
+fn dropped_forbid(child: &cedar_policy::PolicySet, parent: &cedar_policy::PolicySet) -> Option<String> {
+    let kept: BTreeSet<(String, Option<String>)> = forbids(child).map(|(_, bare, ask)| (bare, ask)).collect();
+    forbids(parent)
+        .find(|(_, bare, ask)| !kept.contains(&(bare.clone(), None)) && !kept.contains(&(bare.clone(), ask.clone())))
+        .map(|(id, _, _)| id)
+}
+
+/// Each forbid (policy or template) of `set`: its name, its JSON form without annotations, and
+/// its `@ask` approver.
+fn forbids(set: &cedar_policy::PolicySet) -> impl Iterator<Item = (String, String, Option<String>)> + '_ {
+    let bare = |json: Result<Value, _>| {
+        let mut json: Value = json.unwrap_or(Value::Null);
+        if let Some(o) = json.as_object_mut() {
+            o.remove("annotations");
+        }
+        json.to_string()
+    };
+    let ask = |a: Option<&str>| a.map(str::to_owned);
+    let name = |id: &cedar_policy::PolicyId, annotation: Option<&str>| annotation.map_or_else(|| id.to_string(), str::to_owned);
+    let policies = set
+        .policies()
+        .filter(|p| p.effect() == cedar_policy::Effect::Forbid && p.template_id().is_none())
+        .map(move |p| {
+            let a = ask(p.annotation(crate::bundle::ASK_ANNOTATION));
+            (name(p.id(), p.annotation("id")), bare(p.to_json().map_err(|_| ())), a)
+        });
+    let templates = set
+        .templates()
+        .filter(|t| t.effect() == cedar_policy::Effect::Forbid)
+        .map(move |t| {
+            let a = ask(t.annotation(crate::bundle::ASK_ANNOTATION));
+            (name(t.id(), t.annotation("id")), bare(t.to_json().map_err(|_| ())), a)
+        });
+    policies.chain(templates)
+}
+
+fn dropped_forbid_why(forbid: &str) -> String {
+    format!(
+        "the forbid {forbid} was removed or changed; a proof bounds one side by the other's forbids, so it \
+         cannot show what that forbid no longer denies (the cases are the check)"
+    )
 }
 
 /// A grant's text with every policy's annotations but `@id` dropped.

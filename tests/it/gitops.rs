@@ -363,3 +363,115 @@ fn cases_decide_a_bundle_agent_under_its_shipped_grant_as_the_sidecar_does() {
         r.stdout
     );
 }
+
+/// The prover bounds a child by its parent's forbids (a delegation's semantics); a plan compares
+/// bundles that replace each other. Dropping a forbid must never read as "proved not to widen".
+#[test]
+fn removing_or_changing_a_forbid_is_never_proved_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    let cut = |b: &Path, replace: &str| {
+        let path = b.join("policies/agents.cedar");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (from, to) = (
+            text.find("@id(\"ceiling\")").unwrap(),
+            text.find("// No data laundering").unwrap(),
+        );
+        std::fs::write(&path, format!("{}{replace}{}", &text[..from], &text[to..])).unwrap();
+    };
+    let removed = bundle_copy(dir.path(), "removed");
+    cut(&removed, "");
+    // A forbid that denies less: only RESTRICTED resources above the ceiling.
+    let weakened = bundle_copy(dir.path(), "weakened");
+    cut(
+        &weakened,
+        "@id(\"ceiling\")\nforbid (principal is Agent, action, resource is File)\n  when { resource.classification > principal.ceiling && resource.classification == 3 };\n\n",
+    );
+    for new in [&removed, &weakened] {
+        std::fs::remove_dir_all(new.join("policy-tests")).unwrap();
+        let r = deputy(&["plan", "--from", s(&old), "--to", s(new), "--deny-widening", "--json"]);
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let j = r.json();
+        assert_eq!(j["authority"]["widens"]["answer"], "unknown", "{j}");
+        let why = j["authority"]["widens"]["why"].as_str().unwrap();
+        assert!(why.contains("`ceiling` (policies/agents.cedar:"), "{why}");
+    }
+    // Adding the forbid back only narrows, and that direction is still proved.
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&removed),
+        "--to",
+        s(&old),
+        "--deny-widening",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["authority"]["widens"]["answer"], "no");
+    // The same holds for a shipped grant's forbid.
+    let g_old = bundle_copy(dir.path(), "g_old");
+    let g_new = bundle_copy(dir.path(), "g_new");
+    let permit = "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo\");\n";
+    let forbid =
+        "forbid (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/secrets\");\n";
+    for (b, text) in [(&g_old, format!("{permit}{forbid}")), (&g_new, permit.to_owned())] {
+        std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
+        std::fs::create_dir_all(b.join("grants")).unwrap();
+        std::fs::write(b.join("grants/coder-1.cedar"), text).unwrap();
+    }
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&g_old),
+        "--to",
+        s(&g_new),
+        "--deny-widening",
+        "--json",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["grants"][0]["widens"]["answer"], "unknown", "{}", r.stdout);
+}
+
+/// `@ask("…")` on a forbid is the difference between reject and "ask a human": adding it may
+/// widen what a delegation can reach; removing it only narrows.
+#[test]
+fn a_forbid_that_gains_an_ask_is_not_proved_harmless_and_one_that_loses_it_narrows() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = bundle_copy(dir.path(), "asked");
+    let hard = bundle_copy(dir.path(), "hard");
+    let path = hard.join("policies/delegation.cedar");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("@ask(\"human\")\n"));
+    std::fs::write(&path, text.replace("@ask(\"human\")\n", "")).unwrap();
+    // asked -> hard: the long-lived spawn that asked is now rejected. Only narrows.
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&asked),
+        "--to",
+        s(&hard),
+        "--deny-widening",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["policies"]["changed"], json!(["long-lived-needs-approval"]), "{j}");
+    assert_eq!(j["authority"]["widens"]["answer"], "no", "{j}");
+    assert_eq!(j["authority"]["narrows"]["answer"], "unknown", "{j}");
+    // hard -> asked: what was rejected may now be approved. Not proved harmless.
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&hard),
+        "--to",
+        s(&asked),
+        "--deny-widening",
+        "--json",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let why = r.json()["authority"]["widens"]["why"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("`long-lived-needs-approval` (policies/delegation.cedar:"),
+        "{why}"
+    );
+}
