@@ -215,9 +215,19 @@ fn where_(entities: &serde_json::Value) -> String {
         .into_iter()
         .flatten()
         .filter_map(|e| {
-            let parents = e["parents"].as_array().filter(|p| !p.is_empty())?;
-            let list: Vec<String> = parents.iter().map(uid).collect();
-            Some(format!("{} in [{}]", uid(&e["uid"]), list.join(", ")))
+            let parents = e["parents"].as_array().filter(|p| !p.is_empty());
+            let attrs = e["attrs"].as_object().filter(|a| !a.is_empty());
+            if parents.is_none() && attrs.is_none() {
+                return None;
+            }
+            let mut s = uid(&e["uid"]);
+            if let Some(p) = parents {
+                s.push_str(&format!(" in [{}]", p.iter().map(uid).collect::<Vec<_>>().join(", ")));
+            }
+            if let Some(a) = attrs {
+                s.push_str(&format!(" with {}", serde_json::Value::Object(a.clone())));
+            }
+            Some(s)
         })
         .collect();
     if parts.is_empty() {
@@ -250,15 +260,22 @@ fn changes(c: &plan::Changes) -> String {
 fn comparison(c: &plan::Comparison) -> String {
     match c {
         plan::Comparison::No => "no (proved)".to_owned(),
-        plan::Comparison::Yes { request: r } => format!(
-            "YES: {} may {} {}{} (context {}; allowed by [{}]; replayed through Cedar)",
-            r.principal,
-            r.action,
-            r.resource,
-            where_(&r.entities),
-            r.context,
-            r.allowed_by.join(", ")
-        ),
+        plan::Comparison::Yes { request: r } => {
+            let denied = if r.denied_by.is_empty() {
+                "no permit".to_owned()
+            } else {
+                r.denied_by.join(", ")
+            };
+            format!(
+                "YES: {} may {} {}{} (context {}; allowed by [{}], denied before by {denied}; replayed through Cedar)",
+                r.principal,
+                r.action,
+                r.resource,
+                where_(&r.entities),
+                r.context,
+                r.allowed_by.join(", ")
+            )
+        }
         plan::Comparison::Unknown { why } => format!("unknown ({why})"),
     }
 }

@@ -195,17 +195,6 @@ pub fn plan(
         solver,
         ..ProveOptions::default()
     };
-    let (old_admin, new_admin) = (admin_grant(&old), admin_grant(&new));
-    // Is every request `child` allows also allowed by `parent`?
-    let compare = |(child, child_set): (&Result<Grant, String>, &Bundle), (parent, parent_set): (&Result<Grant, String>, &Bundle)| {
-        if let Some(id) = dropped_forbid(&child_set.policies, &parent_set.policies) {
-            return Comparison::Unknown { why: dropped_forbid_why(&locate(&format!("`{id}`"), parent_set)) };
-        }
-        Comparison::of(match (child, parent) {
-            (Ok(c), Ok(p)) => prover::prove(c, p, &new.schema, &new.entities, &opts).map_err(|e| e.to_string()),
-            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
-        })
-    };
     let (policies, entities) = (
         Changes::of(&policy_map(&old), &policy_map(&new)),
         Changes::of(&entity_map(&old), &entity_map(&new)),
@@ -221,8 +210,8 @@ pub fn plan(
         (true, false) => Some("the schema and the entities"),
     };
     let authority = Authority {
-        widens: compare((&new_admin, &new), (&old_admin, &old)).located(&new, &old).over(moved),
-        narrows: compare((&old_admin, &old), (&new_admin, &new)).located(&old, &new).over(moved),
+        widens: admin_within(&new, &old, &new, &opts).located(&new, &old).over(moved),
+        narrows: admin_within(&old, &new, &new, &opts).located(&old, &new).over(moved),
     };
     let grants = grant_changes(&old, &new, &opts)
         .into_iter()
@@ -278,12 +267,112 @@ fn locate(named: &str, b: &Bundle) -> String {
     }
 }
 
-/// The bundle's static admin policies as one grant for the prover, each under its bundle id.
-/// Annotations are dropped (an admin policy's `@ask` or a stray `@delegable` is not part of
-/// what it allows; the prover's delegable view would otherwise leave a permit out).
-fn admin_grant(b: &Bundle) -> Result<Grant, String> {
+/// Does `child`'s admin policy set, replacing `parent`'s, allow only what `parent`'s allowed?
+/// Both are read over `world`'s schema and entities.
+///
+/// The prover answers a delegation's question, in which the parent's forbids bound the child
+/// too. Split the parent's forbids into those the child keeps (word for word) and those it
+/// dropped: a request the child allows passes every kept one, so the child exceeds the parent
+/// exactly when it allows (a) a request no parent permit allows, or (b) one a dropped forbid
+/// denied. (a) is the prover's question against the parent without the dropped forbids; (b) is,
+/// for each dropped forbid, the prover's question against `permit (principal, action, resource)
+/// unless { <the forbid's whole condition> }`. A request either finds is reported only after
+/// Cedar's authorizer, on the two real sets, allows it on the child's side and denies it on the
+/// parent's (a forbid whose condition errs denies nothing, which the rewritten permit gets
+/// wrong the other way: such a request is not reported, and the answer is unknown).
+fn admin_within(child: &Bundle, parent: &Bundle, world: &Bundle, opts: &ProveOptions) -> Comparison {
+    let (asked, dropped) = dropped_forbids(&child.policies, &parent.policies);
+    if let Some(id) = asked {
+        return Comparison::Unknown {
+            why: format!(
+                "the forbid {} is `@ask` on one side only: what the stricter side rejects, the other may approve",
+                locate(&format!("`{id}`"), parent)
+            ),
+        };
+    }
+    let whole = admin_grant(child, &BTreeSet::new(), None);
+    let mut questions = vec![(
+        "the old permits".to_owned(),
+        whole.clone(),
+        admin_grant(parent, &dropped.iter().cloned().collect(), None),
+    )];
+    for id in &dropped {
+        let question = format!("what the forbid {} denied", locate(&format!("`{id}`"), parent));
+        let within = forbid_condition(parent, id).and_then(|c| admin_grant(child, &BTreeSet::new(), Some(&c)));
+        questions.push((question, within, Grant::parse("").map_err(|e| e.to_string())));
+    }
+    let mut unknown = Vec::new();
+    for (i, (question, narrowed, bound)) in questions.into_iter().enumerate() {
+        let verdict = narrowed.and_then(|c| {
+            let b = bound?;
+            prover::prove(&c, &b, &world.schema, &world.entities, opts).map_err(|e| e.to_string())
+        });
+        match verdict {
+            Ok(Verdict::Within(_)) => {}
+            Ok(Verdict::Exceeds(mut cx)) => match replayed(&cx, child, parent, world) {
+                Ok(true) => {
+                    if let Some(id) = i.checked_sub(1).and_then(|d| dropped.get(d)) {
+                        // The forbid the request was searched under is what denied it.
+                        cx.denied_by = vec![locate(&format!("`{id}`"), parent)];
+                    }
+                    return Comparison::Yes { request: cx };
+                }
+                Ok(false) => unknown.push(format!(
+                    "{question}: the request found ({} may {} {}) is not denied by the real old set (a condition that errs)",
+                    cx.principal, cx.action, cx.resource
+                )),
+                Err(e) => unknown.push(format!("{question}: the request found cannot be replayed: {e}")),
+            },
+            Ok(Verdict::Inconclusive(i)) => unknown.push(format!("{question}: {}: {}", i.code, i.message)),
+            Err(e) => unknown.push(format!("{question}: {e}")),
+        }
+    }
+    if unknown.is_empty() {
+        Comparison::No
+    } else {
+        Comparison::Unknown { why: unknown.join("; ") }
+    }
+}
+
+/// The whole condition of the policy `id` of `b` (its scope constraints and its `when` and
+/// `unless` clauses as one expression), as Cedar text.
+fn forbid_condition(b: &Bundle, id: &str) -> Result<String, String> {
+    let policy = b
+        .policies
+        .policy(&cedar_policy::PolicyId::new(id))
+        .ok_or_else(|| format!("no policy `{id}`"))?;
+    let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+    Ok(core.condition().to_string())
+}
+
+/// Whether Cedar's authorizer, over `world`'s entities plus the request's own, allows `cx` with
+/// `child`'s admin policies and denies it with `parent`'s.
+fn replayed(cx: &prover::Counterexample, child: &Bundle, parent: &Bundle, world: &Bundle) -> Result<bool, String> {
+    use cedar_policy::{Authorizer, Context, Decision, Entities, Request};
+    let schema = &world.schema;
+    let added = Entities::from_json_value(cx.entities.clone(), Some(schema)).map_err(|e| e.to_string())?;
+    let entities = world
+        .entities
+        .clone()
+        .add_entities(added, Some(schema))
+        .map_err(|e| e.to_string())?;
+    let uid = |s: &str| s.parse::<EntityUid>().map_err(|e| e.to_string());
+    let action = uid(&cx.action)?;
+    let context = Context::from_json_value(cx.context.clone(), Some((schema, &action))).map_err(|e| e.to_string())?;
+    let request = Request::new(uid(&cx.principal)?, action, uid(&cx.resource)?, context, Some(schema)).map_err(|e| e.to_string())?;
+    let decide = |b: &Bundle| Authorizer::new().is_authorized(&request, &b.policies, &entities).decision();
+    Ok(decide(child) == Decision::Allow && decide(parent) == Decision::Deny)
+}
+
+/// The bundle's static admin policies but `skip` as one grant for the prover, each under its
+/// bundle id. Annotations are dropped (an admin policy's `@ask` or a stray `@delegable` is not
+/// part of what it allows; the prover's delegable view would otherwise leave a permit out).
+/// With `only_when`, every permit gets that condition as one more `when` clause: the grant then
+/// allows exactly what the bundle allows where the condition is true (where it errs, the
+/// permit errs and does not apply, as Cedar has it).
+fn admin_grant(b: &Bundle, skip: &BTreeSet<String>, only_when: Option<&str>) -> Result<Grant, String> {
     let mut text = String::new();
-    for p in b.policies.policies() {
+    for p in b.policies.policies().filter(|p| !skip.contains(&p.id().to_string())) {
         let mut json = p
             .to_json()
             .map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
@@ -291,7 +380,12 @@ fn admin_grant(b: &Bundle) -> Result<Grant, String> {
             o.remove("annotations");
         }
         let bare = Policy::from_json(None, json).map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
-        text.push_str(&format!("@id({:?})\n{bare}\n", p.id().to_string()));
+        let mut policy = bare.to_string();
+        if let (Some(condition), cedar_policy::Effect::Permit) = (only_when, p.effect()) {
+            let body = policy.trim_end().strip_suffix(';').unwrap_or(&policy).to_owned();
+            policy = format!("{body} when {{ {condition} }};");
+        }
+        text.push_str(&format!("@id({:?})\n{policy}\n", p.id().to_string()));
     }
     Grant::parse(&text).map_err(|e| format!("the admin policies cannot be compared: {e}"))
 }
@@ -362,10 +456,27 @@ fn grant_changes(old: &Bundle, new: &Bundle, opts: &ProveOptions) -> Vec<GrantCh
 /// so it is not the same forbid; one that loses it (a hard forbid where there was an ask) keeps
 /// everything the old one denied.
 fn dropped_forbid(child: &cedar_policy::PolicySet, parent: &cedar_policy::PolicySet) -> Option<String> {
+    let (asked, dropped) = dropped_forbids(child, parent);
+    asked.or_else(|| dropped.into_iter().next())
+}
+
+/// The forbids of `parent` that `child` does not keep: the first that is kept only with an
+/// `@ask` it did not have, and the others (removed or changed).
+fn dropped_forbids(child: &cedar_policy::PolicySet, parent: &cedar_policy::PolicySet) -> (Option<String>, Vec<String>) {
     let kept: BTreeSet<(String, Option<String>)> = forbids(child).map(|(_, bare, ask)| (bare, ask)).collect();
-    forbids(parent)
-        .find(|(_, bare, ask)| !kept.contains(&(bare.clone(), None)) && !kept.contains(&(bare.clone(), ask.clone())))
-        .map(|(id, _, _)| id)
+    let asked_for: BTreeSet<String> = kept.iter().filter(|(_, a)| a.is_some()).map(|(b, _)| b.clone()).collect();
+    let (mut asked, mut dropped) = (None, Vec::new());
+    for (id, bare, ask) in forbids(parent) {
+        if kept.contains(&(bare.clone(), None)) || kept.contains(&(bare.clone(), ask)) {
+            continue;
+        }
+        if asked_for.contains(&bare) {
+            asked.get_or_insert(id);
+        } else {
+            dropped.push(id);
+        }
+    }
+    (asked, dropped)
 }
 
 /// Each forbid (policy or template) of `set`: its name, its JSON form without annotations, and

@@ -365,12 +365,15 @@ fn cases_decide_a_bundle_agent_under_its_shipped_grant_as_the_sidecar_does() {
 }
 
 /// The prover bounds a child by its parent's forbids (a delegation's semantics); a plan compares
-/// bundles that replace each other. Dropping a forbid must never read as "proved not to widen".
+/// bundles that replace each other. A removed or weakened forbid must show the request it used to
+/// deny; a forbid rewritten to deny the same must be proved harmless.
 #[test]
-fn removing_or_changing_a_forbid_is_never_proved_harmless() {
+fn a_removed_or_weakened_forbid_shows_what_it_denied_and_a_rewritten_one_is_proved() {
     let dir = tempfile::tempdir().unwrap();
     let old = bundle_copy(dir.path(), "old");
-    let cut = |b: &Path, replace: &str| {
+    let cut = |name: &str, replace: &str| {
+        let b = bundle_copy(dir.path(), name);
+        std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
         let path = b.join("policies/agents.cedar");
         let text = std::fs::read_to_string(&path).unwrap();
         let (from, to) = (
@@ -378,42 +381,60 @@ fn removing_or_changing_a_forbid_is_never_proved_harmless() {
             text.find("// No data laundering").unwrap(),
         );
         std::fs::write(&path, format!("{}{replace}{}", &text[..from], &text[to..])).unwrap();
+        b
     };
-    let removed = bundle_copy(dir.path(), "removed");
-    cut(&removed, "");
-    // A forbid that denies less: only RESTRICTED resources above the ceiling.
-    let weakened = bundle_copy(dir.path(), "weakened");
-    cut(
-        &weakened,
-        "@id(\"ceiling\")\nforbid (principal is Agent, action, resource is File)\n  when { resource.classification > principal.ceiling && resource.classification == 3 };\n\n",
+    let removed = cut("removed", "");
+    // Denies less: only CONFIDENTIAL and above, above the ceiling.
+    let weakened = cut(
+        "weakened",
+        "@id(\"ceiling\")\nforbid (principal is Agent, action, resource is File)\n  when { resource.classification > principal.ceiling && resource.classification >= 2 };\n\n",
     );
     for new in [&removed, &weakened] {
-        std::fs::remove_dir_all(new.join("policy-tests")).unwrap();
         let r = deputy(&["plan", "--from", s(&old), "--to", s(new), "--deny-widening", "--json"]);
         assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
         let j = r.json();
-        assert_eq!(j["authority"]["widens"]["answer"], "unknown", "{j}");
-        let why = j["authority"]["widens"]["why"].as_str().unwrap();
-        assert!(why.contains("`ceiling` (policies/agents.cedar:"), "{why}");
+        assert_eq!(j["authority"]["widens"]["answer"], "yes", "{j}");
+        let cx = &j["authority"]["widens"]["request"];
+        assert!(
+            cx["denied_by"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("`ceiling` (policies/agents.cedar:"),
+            "{cx}"
+        );
+        assert!(cedar_allows(new, cx), "{cx}");
+        assert!(!cedar_allows(&old, cx), "{cx}");
+        // The other way it only narrows, and that is proved.
+        let r = deputy(&["plan", "--from", s(new), "--to", s(&old), "--deny-widening", "--json"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert_eq!(r.json()["authority"]["widens"]["answer"], "no", "{}", r.stdout);
+        assert_eq!(r.json()["authority"]["narrows"]["answer"], "yes", "{}", r.stdout);
     }
-    // Adding the forbid back only narrows, and that direction is still proved.
+    // The same forbid cut in two halves denies the same: proved both ways.
+    let split = cut(
+        "split",
+        "@id(\"ceiling-low\")\nforbid (principal is Agent, action in [Action::\"read\", Action::\"write\", Action::\"invoke\", Action::\"use_credential\", Action::\"send_message\"], resource)\n  when { resource.classification > principal.ceiling && resource.classification < 2 };\n\
+@id(\"ceiling-high\")\nforbid (principal is Agent, action in [Action::\"read\", Action::\"write\", Action::\"invoke\", Action::\"use_credential\", Action::\"send_message\"], resource)\n  when { resource.classification > principal.ceiling && resource.classification >= 2 };\n\n",
+    );
     let r = deputy(&[
         "plan",
         "--from",
-        s(&removed),
-        "--to",
         s(&old),
+        "--to",
+        s(&split),
         "--deny-widening",
         "--json",
     ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.json()["authority"]["widens"]["answer"], "no");
-    // The same holds for a shipped grant's forbid.
+    let j = r.json();
+    assert_eq!(j["policies"]["removed"], json!(["ceiling"]), "{j}");
+    assert_eq!(j["authority"]["widens"]["answer"], "no", "{j}");
+    assert_eq!(j["authority"]["narrows"]["answer"], "no", "{j}");
+    // A shipped grant's dropped forbid is not restated: unknown, naming it.
     let g_old = bundle_copy(dir.path(), "g_old");
     let g_new = bundle_copy(dir.path(), "g_new");
     let permit = "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo\");\n";
-    let forbid =
-        "forbid (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/secrets\");\n";
+    let forbid = "@id(\"no-secrets\")\nforbid (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/secrets\");\n";
     for (b, text) in [(&g_old, format!("{permit}{forbid}")), (&g_new, permit.to_owned())] {
         std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
         std::fs::create_dir_all(b.join("grants")).unwrap();
@@ -429,7 +450,9 @@ fn removing_or_changing_a_forbid_is_never_proved_harmless() {
         "--json",
     ]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.json()["grants"][0]["widens"]["answer"], "unknown", "{}", r.stdout);
+    let w = &r.json()["grants"][0]["widens"];
+    assert_eq!(w["answer"], "unknown", "{w}");
+    assert!(w["why"].as_str().unwrap().contains("`no-secrets`"), "{w}");
 }
 
 /// `@ask("…")` on a forbid is the difference between reject and "ask a human": adding it may
