@@ -5,6 +5,7 @@ mod capabilities;
 mod chain;
 mod observed;
 mod request;
+pub mod shadow;
 
 use cedar_policy::{Entities, Request};
 use serde::Serialize;
@@ -26,6 +27,7 @@ pub use request::{
 };
 
 /// The parts of one request, as read from the wire.
+#[derive(Clone)]
 pub struct Parts {
     pub principal: EntityRef,
     pub action: EntityRef,

@@ -22,7 +22,7 @@ use crate::eval::{Indexed, PolicyIndex};
 
 pub use agents::{AgentNames, ASK_ANNOTATION, CLASSIFICATION_ATTR, DELEGATE_ACTION, INVOKE_ACTION, TAINT_FIELD};
 pub use problem::{BundleError, Problem};
-pub use store::{BundleStore, ReloadOutcome};
+pub use store::{BundleStore, ReloadOutcome, ReloadStatus};
 pub use watch::{spawn_watcher, WatchOptions};
 
 /// How strictly a bundle is checked.

@@ -233,6 +233,11 @@ pub struct ServeArgs {
     /// agents can be created and the audit trail cannot be read over HTTP.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// A candidate bundle to decide every request against as well, off the request path, and
+    /// compare (`GET /v1/shadow`, `deputy_shadow_decisions`); it never changes an answer.
+    /// Watched and reloaded like `--bundle` (docs/GITOPS.md).
+    #[arg(long, env = ENV_SHADOW, value_name = "DIR")]
+    pub shadow: Option<PathBuf>,
     /// Write one JSON line per decision to FILE (appended to), or to stdout with `-`.
     #[arg(long, env = ENV_DECISION_LOG, value_name = "FILE")]
     pub decision_log: Option<String>,
@@ -516,6 +521,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_invocation_depth: args.max_invocation_depth,
         },
         observe: args.observe_config(),
+        shadow: args.shadow.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -537,7 +543,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         #[cfg(unix)]
         if let Some(hangup) = hangup {
-            tokio::spawn(reload_on_hangup(hangup, std::sync::Arc::clone(running.store())));
+            tokio::spawn(reload_on_hangup(hangup, running.stores()));
         }
         signal.await;
         tracing::info!("shutting down: draining connections");
@@ -546,13 +552,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// Reloads the bundle on every SIGHUP (as a file change would), off the async threads.
+/// Reloads the bundle (and the shadow bundle) on every SIGHUP (as a file change would), off
+/// the async threads.
 #[cfg(unix)]
-async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, store: std::sync::Arc<crate::bundle::BundleStore>) {
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    stores: Vec<std::sync::Arc<crate::bundle::BundleStore>>,
+) {
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the bundle");
-        let s = std::sync::Arc::clone(&store);
-        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        let s = stores.clone();
+        let _ = tokio::task::spawn_blocking(move || s.iter().for_each(|s| drop(s.reload()))).await;
     }
 }
 

@@ -35,6 +35,7 @@ pub const ENV_LISTEN: &str = "DEPUTY_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "DEPUTY_LOG_FORMAT";
 pub const ENV_LOG: &str = "DEPUTY_LOG";
 pub const ENV_DECISION_LOG: &str = "DEPUTY_DECISION_LOG";
+pub const ENV_SHADOW: &str = "DEPUTY_SHADOW_BUNDLE";
 
 #[cfg(test)]
 mod tests {

@@ -101,6 +101,8 @@ ErrorCode {
     DelegationNotFound = "delegation_not_found",
     /// Delegation is not enabled on this sidecar.
     DelegationDisabled = "delegation_disabled",
+    /// The sidecar compares no shadow bundle (`--shadow`).
+    ShadowOff = "shadow_off",
     /// The admin filed a permission request.
     NotAnAgent = "not_an_agent",
     /// The request waits on someone else.

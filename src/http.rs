@@ -43,6 +43,8 @@ pub struct AppState {
     pub config: HttpConfig,
     /// Metrics and the decision log.
     pub obs: Arc<crate::telemetry::Observability>,
+    /// The shadow bundle compared against the serving one (`--shadow`).
+    pub shadow: Option<Arc<crate::authorize::shadow::Shadow>>,
 }
 
 /// Whether this sidecar delegates.

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub agent_tokens: std::collections::HashMap<String, String>,
     /// Metrics and the decision log.
     pub observe: crate::telemetry::ObserveConfig,
+    /// A shadow bundle decided beside the serving one and compared (`--shadow`).
+    pub shadow: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -63,6 +65,7 @@ impl ServeConfig {
             listen_unix: None,
             agent_tokens: std::collections::HashMap::new(),
             observe: crate::telemetry::ObserveConfig::default(),
+            shadow: None,
         }
     }
 }
@@ -130,6 +133,13 @@ impl Sidecar {
         self
     }
 
+    /// Also decide every request against the bundle at `dir` and compare (see
+    /// `deputy serve --shadow`); it never changes an answer.
+    pub fn shadow(mut self, dir: impl Into<PathBuf>) -> Sidecar {
+        self.config.shadow = Some(dir.into());
+        self
+    }
+
     /// Do not watch the bundle directory (reload with [`Running::reload`] instead).
     pub fn no_watch(mut self) -> Sidecar {
         self.config.watch = None;
@@ -148,6 +158,8 @@ impl Sidecar {
 pub struct Running {
     addr: SocketAddr,
     store: Arc<BundleStore>,
+    /// The shadow bundle's loader, when one is compared.
+    shadow: Option<Arc<BundleStore>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -158,14 +170,21 @@ impl Running {
         self.addr
     }
 
-    /// Loads the bundle again now (what SIGHUP does). Blocking: call it from a blocking
-    /// thread. An invalid bundle is reported and the last good one keeps serving.
+    /// Loads the bundle (and the shadow bundle, if any) again now (what SIGHUP does).
+    /// Blocking: call it from a blocking thread. An invalid bundle is reported and the last
+    /// good one keeps serving; the result is the serving bundle's.
     pub fn reload(&self) -> Result<crate::bundle::ReloadOutcome, crate::bundle::BundleError> {
+        if let Some(shadow) = &self.shadow {
+            if let Err(e) = shadow.reload() {
+                tracing::error!(error = %e, "the shadow bundle is invalid; the last good one is still compared");
+            }
+        }
         self.store.reload()
     }
 
-    pub(crate) fn store(&self) -> &Arc<BundleStore> {
-        &self.store
+    /// The bundle stores a reload loads: the serving one, then the shadow's.
+    pub(crate) fn stores(&self) -> Vec<Arc<BundleStore>> {
+        std::iter::once(Arc::clone(&self.store)).chain(self.shadow.clone()).collect()
     }
 
     /// Stops accepting, drains open connections, and waits for the server to finish.
@@ -246,6 +265,14 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         tokio::spawn(sweep_expired(Arc::clone(d), Arc::clone(&live)));
     }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
+    let shadow = match &config.shadow {
+        Some(dir) => Some(start_shadow(dir, &config, &obs).await?),
+        None => None,
+    };
+    let shadow_watcher = shadow
+        .as_ref()
+        .zip(config.watch.clone())
+        .map(|(s, w)| spawn_watcher(Arc::clone(s.store()), w));
     let listener = http::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let unix = match &config.listen_unix {
@@ -265,17 +292,19 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         (None, Some(e)) => DelegationState::Unavailable(e),
         (None, None) => DelegationState::Off,
     };
+    let shadow_store = shadow.as_ref().map(|s| Arc::clone(s.store()));
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         live: Arc::clone(&live),
         delegation,
         config: config.http.clone(),
         obs,
+        shadow,
     });
     let (tx, rx) = oneshot::channel::<()>();
     let drain = config.drain;
     let task = tokio::spawn(async move {
-        let _watcher = watcher;
+        let _watchers = (watcher, shadow_watcher);
         let (stop_unix, unix_stopped) = tokio::sync::watch::channel(false);
         let unix_task = unix.map(|l| {
             let (state, mut stopped) = (Arc::clone(&state), unix_stopped.clone());
@@ -298,9 +327,29 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     Ok(Running {
         addr,
         store,
+        shadow: shadow_store,
         shutdown: Some(tx),
         task,
     })
+}
+
+/// Loads the shadow bundle (an invalid one is reported in `GET /v1/shadow` and compared once
+/// it is fixed) and hands the decision path its comparison.
+async fn start_shadow(
+    dir: &std::path::Path,
+    config: &ServeConfig,
+    obs: &Arc<Observability>,
+) -> std::io::Result<Arc<crate::authorize::shadow::Shadow>> {
+    let shadow = crate::authorize::shadow::Shadow::start(dir.to_path_buf(), config.load.clone(), Arc::clone(&obs.metrics))?;
+    let s = Arc::clone(shadow.store());
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the shadow bundle is invalid; nothing is compared until it is fixed"),
+        Err(e) => tracing::error!(error = %e, "shadow bundle load task failed"),
+    }
+    let sink: Arc<dyn crate::telemetry::ShadowSink> = shadow.clone();
+    let _ = obs.shadow.set(sink);
+    Ok(shadow)
 }
 
 /// Starts the thread that re-proves live grants after each bundle install. Installs that arrive

@@ -174,6 +174,12 @@ impl Snapshot {
     /// When `prev` served the same bundle and `agents` only adds agents to its registry (a
     /// spawn), the store is `prev`'s plus the new agents' entities: the cost of a spawn does not
     /// grow with the number of live agents' entities to rebuild.
+    /// The snapshot a shadow bundle decides with: `bundle` and the agents of a serving snapshot
+    /// (`prev`: the last one built for a shadow, extended when only agents were added).
+    pub fn for_shadow(bundle: Arc<Bundle>, agents: Registry, agents_unknown: bool, prev: Option<&Snapshot>) -> Result<Snapshot, String> {
+        Self::build(bundle, agents, agents_unknown, prev)
+    }
+
     fn build(bundle: Arc<Bundle>, agents: Registry, agents_unknown: bool, prev: Option<&Snapshot>) -> Result<Snapshot, String> {
         let extended = prev
             .filter(|p| Arc::ptr_eq(&p.bundle, &bundle))

@@ -22,7 +22,7 @@ use crate::config::ENV_LOG;
 
 pub use decision::{
     carry, decision_done, decision_span, delegation_done, delegation_span, log_pending, prove_observed, reload_done,
-    reload_span, request_id, scoped, Api, ChainHop, DecisionEvent,
+    reload_span, request_id, scoped, shadow_offer, shadowing, Api, ChainHop, DecisionEvent,
 };
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, ServingState, METRICS_CONTENT_TYPE};
@@ -73,10 +73,20 @@ pub struct ObserveConfig {
     pub decision_log: Option<DecisionLogConfig>,
 }
 
-/// The server's telemetry state: its metrics and, when configured, the decision log.
+/// The server's telemetry state: its metrics and, when configured, the decision log and the
+/// shadow bundle's comparison.
 pub struct Observability {
     pub metrics: Arc<Metrics>,
     pub decision_log: Option<DecisionLog>,
+    /// Where decisions go to be compared against a shadow bundle (`--shadow`), set once at start.
+    pub shadow: std::sync::OnceLock<Arc<dyn ShadowSink>>,
+}
+
+/// Takes decisions to compare against a shadow bundle. The job's type belongs to the decision
+/// path (a layer above this one); the sink downcasts it. Must not block: a full queue drops.
+pub trait ShadowSink: Send + Sync {
+    /// One decision, as the decision path packed it.
+    fn offer(&self, job: Box<dyn std::any::Any + Send>);
 }
 
 impl Observability {
@@ -88,6 +98,10 @@ impl Observability {
             .as_ref()
             .map(|c| DecisionLog::open(c, &metrics))
             .transpose()?;
-        Ok(Self { metrics, decision_log })
+        Ok(Self {
+            metrics,
+            decision_log,
+            shadow: std::sync::OnceLock::new(),
+        })
     }
 }

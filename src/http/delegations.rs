@@ -320,6 +320,28 @@ pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<
     Ok(json_response(StatusCode::OK, &json!({ "records": records })))
 }
 
+/// `GET /v1/shadow`: how the shadow bundle's decisions compare (docs/GITOPS.md). The requests
+/// it shows are other agents': the admin's only, unless the sidecar has no credentials at all
+/// (`--authorize-only`, where any local caller may already ask anything of anyone).
+pub fn shadow(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let Some(shadow) = &state.shadow else {
+        return Err(ApiError::new(
+            ErrorCode::ShadowOff,
+            "this sidecar compares no shadow bundle; start it with --shadow DIR",
+        ));
+    };
+    if !matches!(state.delegation, DelegationState::Off) {
+        let ctx = context(state, bearer(req).as_deref())?;
+        if !matches!(ctx.caller, Caller::Admin) {
+            return Err(ApiError::new(
+                ErrorCode::AdminOnly,
+                "the shadow report shows other agents' requests; it needs the admin credential",
+            ));
+        }
+    }
+    Ok(json_response(StatusCode::OK, &shadow.report()))
+}
+
 /// Longest long-poll wait.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 

@@ -41,6 +41,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::SessionRestricted => StatusCode::FORBIDDEN,
         C::DelegationNotFound
         | C::DelegationDisabled
+        | C::ShadowOff
         | C::PermissionRequestNotFound
         | C::AgentNotFound
         | C::NotFound => StatusCode::NOT_FOUND,

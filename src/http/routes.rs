@@ -79,6 +79,7 @@ enum Endpoint {
     Invocation,
     InvocationAccept,
     InvocationComplete,
+    Shadow,
 }
 
 impl Endpoint {
@@ -116,6 +117,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/invocations/{id}", Endpoint::Invocation),
     ("/v1/invocations/{id}/accept", Endpoint::InvocationAccept),
     ("/v1/invocations/{id}/complete", Endpoint::InvocationComplete),
+    ("/v1/shadow", Endpoint::Shadow),
 ];
 
 static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
@@ -185,6 +187,7 @@ async fn route_other(
         (E::Readyz, &Method::GET) => readyz(state),
         (E::Metrics, &Method::GET) => Ok(metrics(state)),
         (E::Status, &Method::GET) => Ok(status(state)),
+        (E::Shadow, &Method::GET) => delegations::shadow(state, &req),
         (E::AuthzenConfiguration, &Method::GET) => Ok(authzen_configuration(&req)),
         (E::Authorize, &Method::POST) => authorize(state, req).await,
         (E::AuthorizeBatch, &Method::POST) => {

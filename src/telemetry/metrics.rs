@@ -53,6 +53,7 @@ pub struct Metrics {
     pub(super) log_queued: Gauge,
     proofs_running: Gauge,
     state_writes: Gauge,
+    shadow: Family<Labels1, Counter>,
 }
 
 fn decision_histogram() -> Histogram {
@@ -150,6 +151,12 @@ impl Metrics {
             "Decision log lines queued and not yet written and flushed",
             log_queued.clone(),
         );
+        let shadow = Family::<Labels1, Counter>::default();
+        registry.register(
+            "deputy_shadow_decisions",
+            "Decisions also made against the shadow bundle (--shadow), by outcome (same, differs, error, dropped)",
+            shadow.clone(),
+        );
         if let Some(serving) = serving {
             registry.register_collector(Box::new(Serving(serving)));
         }
@@ -179,6 +186,7 @@ impl Metrics {
             log_queued,
             proofs_running,
             state_writes,
+            shadow,
         }
     }
 
@@ -198,6 +206,12 @@ impl Metrics {
             counters[i].inc();
         }
         seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts one decision compared against the shadow bundle: `same`, `differs`, `error` (the
+    /// shadow could not decide it) or `dropped` (its queue was full).
+    pub fn shadowed(&self, outcome: &'static str) {
+        self.shadow.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub fn delegated(&self, outcome: &'static str) {

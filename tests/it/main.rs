@@ -36,5 +36,6 @@ mod prover_symcc;
 mod quickstart;
 mod readme;
 mod reload;
+mod shadow;
 mod sidecar;
 mod state_upgrade;

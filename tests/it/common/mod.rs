@@ -42,6 +42,7 @@ pub struct Options {
     pub max_connections: usize,
     pub limits: deputy::delegation::Limits,
     pub decision_log: Option<deputy::telemetry::DecisionLogConfig>,
+    pub shadow: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -60,6 +61,7 @@ impl Default for Options {
             max_connections: 1024,
             limits: deputy::delegation::Limits::default(),
             decision_log: None,
+            shadow: None,
         }
     }
 }
@@ -122,6 +124,7 @@ impl TestServer {
             observe: deputy::telemetry::ObserveConfig {
                 decision_log: opts.decision_log.clone(),
             },
+            shadow: opts.shadow.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {

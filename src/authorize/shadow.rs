@@ -1,0 +1,290 @@
+//! The shadow bundle (`deputy serve --shadow DIR`, docs/GITOPS.md): a candidate bundle decided
+//! beside the serving one, for every decision, on a thread of its own after the answer is
+//! made. Its answers are only counted (`deputy_shadow_decisions`) and the differing ones kept
+//! for review (`GET /v1/shadow`): they never change an answer, never raise a taint and never
+//! write state.
+//!
+//! The shadow decides with the same live agents as the serving snapshot the request was decided
+//! against (its registry, shared, so revocations and taint are the same), against the shadow
+//! bundle's schema, policies and entities. The agents' grants are the ones deputy holds: a
+//! shadow bundle's `grants/` are not installed.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use super::{decide_with, Outcome, Parts, RequestError};
+use crate::agents::Registry;
+use crate::bundle::{Bundle, BundleStore, LoadOptions};
+use crate::snapshot::Snapshot;
+use crate::telemetry::{Metrics, ShadowSink};
+
+/// Decisions waiting to be compared; beyond this they are dropped (and counted).
+const QUEUE: usize = 4096;
+/// Differences kept for `GET /v1/shadow`, newest last.
+const RECENT: usize = 100;
+
+/// What one bundle answered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Answer {
+    /// `Allow` or `Deny`; absent when the request was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    /// The determining policies.
+    pub reasons: Vec<String>,
+    /// The error code, when the request was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// The bundle's version.
+    pub policy_version: String,
+}
+
+impl Answer {
+    fn of(result: &Result<Outcome, RequestError>, policy_version: &str) -> Answer {
+        match result {
+            Ok(o) => Answer {
+                decision: Some(if o.decision.allow { "Allow" } else { "Deny" }),
+                reasons: o.decision.reasons.clone(),
+                error: None,
+                policy_version: policy_version.to_owned(),
+            },
+            Err(e) => Answer {
+                decision: None,
+                reasons: Vec::new(),
+                error: Some(e.code.as_str()),
+                policy_version: policy_version.to_owned(),
+            },
+        }
+    }
+
+    /// Same decision, reasons and error (the versions differ by design).
+    fn agrees(&self, other: &Answer) -> bool {
+        (self.decision, &self.reasons, self.error) == (other.decision, &other.reasons, other.error)
+    }
+}
+
+/// A request the two bundles answered differently.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    /// When it was decided (Unix seconds).
+    pub at: i64,
+    /// The request's principal, action and resource (`Type::"id"`).
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// What the serving bundle answered (the answer the caller got).
+    pub served: Answer,
+    /// What the shadow bundle answers.
+    pub shadow: Answer,
+}
+
+/// A decision to compare, packed on the decision path.
+pub struct Job {
+    parts: Parts,
+    now: i64,
+    agents: Registry,
+    agents_unknown: bool,
+    served: Answer,
+}
+
+impl Job {
+    /// What the shadow needs of a decision made against `snap`.
+    pub fn new(snap: &Snapshot, parts: Parts, now: i64, result: &Result<Outcome, RequestError>) -> Job {
+        Job {
+            parts,
+            now,
+            agents: snap.agents.clone(),
+            agents_unknown: snap.agents_unknown,
+            served: Answer::of(result, &snap.bundle.version),
+        }
+    }
+}
+
+/// The shadow bundle: its loader and the thread that compares.
+pub struct Shadow {
+    store: Arc<BundleStore>,
+    bundle: Arc<ArcSwapOption<Bundle>>,
+    tx: SyncSender<Job>,
+    counts: Arc<Counts>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Counts {
+    same: AtomicU64,
+    differs: AtomicU64,
+    error: AtomicU64,
+    dropped: AtomicU64,
+    recent: Mutex<VecDeque<Difference>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// `GET /v1/shadow`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The shadow bundle's directory.
+    pub bundle: String,
+    /// The version being compared, when a valid shadow bundle is loaded.
+    pub policy_version: Option<String>,
+    /// The shadow bundle's last reload (its problems, when it is invalid).
+    pub last_reload: Option<crate::bundle::ReloadStatus>,
+    /// Decisions compared that agreed, differed, could not be decided, or were dropped.
+    pub same: u64,
+    pub differs: u64,
+    pub error: u64,
+    pub dropped: u64,
+    /// Why the last `error` happened.
+    pub last_error: Option<String>,
+    /// The last differences, newest last.
+    pub differences: Vec<Difference>,
+}
+
+impl Shadow {
+    /// Prepares the shadow bundle at `dir` (loaded by [`Shadow::reload`] and the watcher on
+    /// [`Shadow::store`]) and starts the comparing thread.
+    pub fn start(dir: PathBuf, opts: LoadOptions, metrics: Arc<Metrics>) -> std::io::Result<Arc<Shadow>> {
+        let store = Arc::new(BundleStore::new(dir, opts));
+        let bundle: Arc<ArcSwapOption<Bundle>> = Arc::new(ArcSwapOption::empty());
+        let slot = Arc::clone(&bundle);
+        store.set_publisher(move |b| {
+            slot.store(Some(b));
+            Ok(())
+        });
+        let (tx, rx) = sync_channel(QUEUE);
+        let counts = Arc::new(Counts::default());
+        let worker = Worker {
+            bundle: Arc::clone(&bundle),
+            counts: Arc::clone(&counts),
+            metrics: Arc::clone(&metrics),
+            cached: None,
+        };
+        std::thread::Builder::new()
+            .name("deputy-shadow".into())
+            .spawn(move || worker.run(rx))?;
+        Ok(Arc::new(Shadow {
+            store,
+            bundle,
+            tx,
+            counts,
+            metrics,
+        }))
+    }
+
+    /// The shadow bundle's loader (for the watcher).
+    pub fn store(&self) -> &Arc<BundleStore> {
+        &self.store
+    }
+
+    /// What has been compared so far.
+    pub fn report(&self) -> Report {
+        let c = &self.counts;
+        Report {
+            bundle: self.store.dir().display().to_string(),
+            policy_version: self.bundle.load().as_ref().map(|b| b.version.clone()),
+            last_reload: self.store.last_reload(),
+            same: c.same.load(Ordering::Relaxed),
+            differs: c.differs.load(Ordering::Relaxed),
+            error: c.error.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
+            differences: c.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+        }
+    }
+}
+
+impl ShadowSink for Shadow {
+    fn offer(&self, job: Box<dyn std::any::Any + Send>) {
+        let Ok(job) = job.downcast::<Job>() else {
+            return;
+        };
+        match self.tx.try_send(*job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.shadowed("dropped");
+            }
+        }
+    }
+}
+
+struct Worker {
+    bundle: Arc<ArcSwapOption<Bundle>>,
+    counts: Arc<Counts>,
+    metrics: Arc<Metrics>,
+    /// The last shadow snapshot built: reused while the shadow bundle and the agents are the
+    /// same, extended when agents were only added.
+    cached: Option<Snapshot>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            match self.compare(job) {
+                Ok(Some(d)) => {
+                    self.counts.differs.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shadowed("differs");
+                    tracing::info!(principal = %d.principal, action = %d.action, resource = %d.resource,
+                        served = ?d.served.decision, shadow = ?d.shadow.decision, shadow_version = %d.shadow.policy_version,
+                        "the shadow bundle decides differently");
+                    if let Ok(mut r) = self.counts.recent.lock() {
+                        if r.len() == RECENT {
+                            r.pop_front();
+                        }
+                        r.push_back(d);
+                    }
+                }
+                Ok(None) => {
+                    self.counts.same.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shadowed("same");
+                }
+                Err(e) => {
+                    self.counts.error.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shadowed("error");
+                    if let Ok(mut last) = self.counts.last_error.lock() {
+                        *last = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The difference, if the shadow answers `job` otherwise; an error when it cannot decide.
+    fn compare(&mut self, job: Job) -> Result<Option<Difference>, String> {
+        let bundle = self
+            .bundle
+            .load_full()
+            .ok_or("no valid shadow bundle is loaded (see `last_reload`)")?;
+        let reuse = self
+            .cached
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(&s.bundle, &bundle) && job.agents.added_to(&s.agents).is_some_and(|a| a.is_empty()));
+        if !reuse {
+            let built = Snapshot::for_shadow(bundle, job.agents, job.agents_unknown, self.cached.as_ref())
+                .map_err(|e| format!("the shadow bundle cannot hold the live agents: {e}"))?;
+            self.cached = Some(built);
+        }
+        let snap = self.cached.as_ref().ok_or("no shadow snapshot")?;
+        let (principal, action, resource) = (
+            job.parts.principal.uid.to_string(),
+            job.parts.action.uid.to_string(),
+            job.parts.resource.uid.to_string(),
+        );
+        let shadow = Answer::of(&decide_with(snap, job.parts, job.now, false), &snap.bundle.version);
+        if shadow.agrees(&job.served) {
+            return Ok(None);
+        }
+        Ok(Some(Difference {
+            at: job.now,
+            principal,
+            action,
+            resource,
+            served: job.served,
+            shadow,
+        }))
+    }
+}
