@@ -5,8 +5,10 @@
 
 mod adversary;
 mod attack;
+mod attack_discovery;
 mod attack_held;
 mod attack_invocation;
+mod attack_regrant;
 mod authzen_conformance;
 mod bad_input;
 mod capabilities;
