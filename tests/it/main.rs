@@ -7,6 +7,7 @@ mod adversary;
 mod attack;
 mod attack_discovery;
 mod attack_held;
+mod attack_input;
 mod attack_invocation;
 mod attack_regrant;
 mod authzen_conformance;
