@@ -100,6 +100,78 @@ fn entity_literals(t: &ast::Template) -> Vec<ast::EntityUID> {
     out
 }
 
+/// The deepest grant text nests expressions: parentheses, brackets, braces (a policy's `when {`
+/// included) and `if` (whose branches are expressions of their own).
+pub const MAX_GRANT_NESTING: usize = 32;
+
+/// How deeply `src` nests expressions, read from its tokens alone (strings and comments
+/// skipped): each `(`, `[` or `{` opens a level until its closing bracket, and each `if` opens
+/// one until the bracket around it closes (or its policy ends), since its `else` branch runs to
+/// there. Never less than the nesting Cedar's parser recurses through.
+///
+/// INVARIANT: no text reaches Cedar's parser with a nesting above [`MAX_GRANT_NESTING`]. Its
+/// conversion of the syntax tree recurses once per level (`cst_to_ast`), so a grant nested a few
+/// hundred deep — a few hundred bytes, well within the grant size limit — overflowed the stack
+/// of the thread parsing it, which aborts the whole process.
+pub fn nesting(src: &str) -> usize {
+    let bytes = src.as_bytes();
+    // Per open bracket: the `if`s opened inside it (the outermost entry is the policy's level).
+    let mut ifs: Vec<usize> = vec![0];
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                // A string: to its closing quote, escapes skipped.
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while bytes.get(i).is_some_and(|&c| c != b'\n') {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                ifs.push(0);
+            }
+            b')' | b']' | b'}' => {
+                if ifs.len() > 1 {
+                    let opened = ifs.pop().unwrap_or_default();
+                    depth = depth.saturating_sub(1 + opened);
+                }
+            }
+            b';' if ifs.len() == 1 => {
+                depth = depth.saturating_sub(ifs[0]);
+                ifs[0] = 0;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while bytes.get(i).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_') {
+                    i += 1;
+                }
+                if &bytes[start..i] == b"if" {
+                    depth += 1;
+                    if let Some(last) = ifs.last_mut() {
+                        *last += 1;
+                    }
+                }
+                deepest = deepest.max(depth);
+                continue;
+            }
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+        i += 1;
+    }
+    deepest
+}
+
 /// The authority of one agent: Cedar policy templates over `?principal`.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -115,6 +187,16 @@ impl Grant {
     ///
     /// Templates may use `?principal` only; static policies are accepted as they are.
     pub fn parse(src: &str) -> Result<Grant, GrantError> {
+        let nested = nesting(src);
+        if nested > MAX_GRANT_NESTING {
+            return Err(GrantError::Parse(ParseGrant {
+                role: GrantRole::Grant,
+                message: format!(
+                    "the grant nests expressions {nested} deep (parentheses, brackets, braces and \
+                     `if`, a policy's `when {{` included); at most {MAX_GRANT_NESTING} are accepted"
+                ),
+            }));
+        }
         let set = PolicySet::from_str(src).map_err(|e| {
             GrantError::Parse(ParseGrant {
                 role: GrantRole::Grant,
@@ -462,5 +544,47 @@ forbid(principal, action, resource) when { context.taint > 2 };
         assert_eq!(line_of("a\nb\nc", 0), 1);
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+
+    /// Nesting counts brackets and `if`s, not what strings, comments or identifiers hold; a
+    /// policy's end closes its `if`s; a grant nested past the limit is refused before Cedar
+    /// parses it, one at the limit is parsed.
+    #[test]
+    fn nesting_is_read_from_the_tokens_and_bounded() {
+        assert_eq!(nesting("permit(principal, action, resource);"), 1);
+        assert_eq!(nesting("permit(principal, action, resource) when { [(1)] == [] };"), 3);
+        assert_eq!(
+            nesting(r#"permit(principal, action, resource) when { context.s == "((((\"[[" };"#),
+            1
+        );
+        assert_eq!(nesting("// ((((((\npermit(principal, action, resource);"), 1);
+        assert_eq!(nesting("permit(principal, action, resource) when { diff && iffy };"), 1);
+        assert_eq!(
+            nesting("permit(principal, action, resource) when { if a then b else if c then d else e };"),
+            3
+        );
+        assert_eq!(
+            nesting("permit(p, a, r) when { (if a then b else c) && (if a then b else c) };"),
+            3
+        );
+        let cond = |n: usize| format!("{}true{}", "(".repeat(n), ")".repeat(n));
+        let at = |n: usize| {
+            format!(
+                "permit(principal == ?principal, action, resource) when {{ {} }};",
+                cond(n)
+            )
+        };
+        // `when {` is a level: `n` parentheses inside it are `n + 1`.
+        assert_eq!(nesting(&at(MAX_GRANT_NESTING - 1)), MAX_GRANT_NESTING);
+        assert!(Grant::parse(&at(MAX_GRANT_NESTING - 1)).is_ok());
+        let e = Grant::parse(&at(MAX_GRANT_NESTING)).unwrap_err();
+        assert_eq!(e.code(), "grant_parse_error");
+        assert!(e.to_string().contains("nests"), "{e}");
+        let ifs = format!(
+            "permit(principal == ?principal, action, resource) when {{ {}true{} }};",
+            "if true then ".repeat(500),
+            " else false".repeat(500)
+        );
+        assert!(Grant::parse(&ifs).is_err());
     }
 }
