@@ -1,6 +1,7 @@
-//! Hostile input that broke the sidecar: grant text nested deep enough to overflow the stack of
-//! Cedar's parser (`cst_to_ast` recurses once per level of parentheses, brackets, braces or
-//! `if`), sent by an agent in a spawn or a permission request. The overflow aborts the whole
+//! Hostile input that broke the sidecar: grant text nested deep enough to overflow a thread's
+//! stack — Cedar's parser (`cst_to_ast` recurses once per level of parentheses, brackets, braces
+//! or `if`), and deputy's prover and Cedar's printer on long arithmetic or attribute chains —
+//! sent by an agent in a spawn or a permission request. The overflow aborts the whole
 //! process — every decision for every agent of the pod — so it is run against the real binary:
 //! the process must still be serving after each attempt.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -100,7 +101,9 @@ fn grant(cond: &str) -> String {
     )
 }
 
-/// Conditions nested `n` deep in each of the ways Cedar's parser recurses.
+/// Conditions nested `n` deep in each of the ways Cedar's parser recurses (brackets, `if`), and
+/// chains `n` long that parse flat but make an expression tree `n` deep, which deputy's prover
+/// and Cedar's printer walk recursively (arithmetic, attribute access).
 fn nested(n: usize) -> Vec<(&'static str, String)> {
     vec![
         ("parentheses", format!("{}true{}", "(".repeat(n), ")".repeat(n))),
@@ -114,6 +117,9 @@ fn nested(n: usize) -> Vec<(&'static str, String)> {
             "calls",
             format!("{}context{}", "[".repeat(n), "].contains(1)".repeat(n)),
         ),
+        ("sums", format!("resource.classification{} > 0", " + 1".repeat(n))),
+        ("products", format!("resource.classification{} > 0", " * 1".repeat(n))),
+        ("attributes", format!("context{} == 1", ".a".repeat(n))),
     ]
 }
 
@@ -164,7 +170,7 @@ fn deeply_nested_grant_text_is_refused_and_never_crashes_the_sidecar() {
         .unwrap();
     assert_eq!(shallow.status, 201, "{}", shallow.text());
 
-    for depth in [300, 2000] {
+    for depth in [300, 7000] {
         for (how, cond) in nested(depth) {
             let text = grant(&cond);
             let attempts = [
