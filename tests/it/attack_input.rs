@@ -192,8 +192,13 @@ fn deeply_nested_grant_text_is_refused_and_never_crashes_the_sidecar() {
                     "{how} nested {depth} deep, sent to {path}, took the sidecar down"
                 );
                 let r = r.expect("the sidecar answered nothing");
-                assert_eq!(r.status, 400, "{how} {depth} {path}: {}", r.text());
-                assert_eq!(r.json()["code"], "grant_invalid", "{}", r.text());
+                // Refused: as too deep, or (the longest texts) as larger than a grant may be.
+                let code = r.json()["code"].clone();
+                assert!(
+                    (r.status == 400 && code == "grant_invalid") || (r.status == 413 && code == "grant_too_large"),
+                    "{how} {depth} {path}: {}",
+                    r.text()
+                );
             }
         }
     }
