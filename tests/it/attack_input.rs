@@ -32,19 +32,18 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     fn start(state: &std::path::Path) -> Sidecar {
+        Sidecar::start_on(state, &repo_root(), &["--no-watch"])
+    }
+
+    /// `deputy serve` on `bundle` with `args` added.
+    fn start_on(state: &std::path::Path, bundle: &std::path::Path, args: &[&str]) -> Sidecar {
         let mut child = Command::new(DEPUTY)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--no-watch",
-                "--state",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .arg("--state")
             .arg(state)
             .arg("--bundle")
-            .arg(repo_root())
+            .arg(bundle)
             .env("DEPUTY_ADMIN_TOKEN", ADMIN)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -224,4 +223,45 @@ fn deeply_nested_grant_text_is_refused_and_never_crashes_the_sidecar() {
         }),
         "{d}"
     );
+}
+
+/// A bundle policy nested a few hundred deep (a careless or generated bundle) is a failed
+/// reload like any other: the sidecar keeps serving the last good bundle, and says why.
+#[test]
+fn a_bundle_policy_nested_too_deep_fails_its_reload_and_the_last_good_bundle_serves() {
+    let state = tempfile::tempdir().unwrap();
+    let bundle = common::copy_bundle(&repo_root());
+    let mut s = Sidecar::start_on(state.path(), bundle.path(), &["--poll-interval-secs", "1"]);
+    let get = |addr: SocketAddr, path: &str| {
+        let path = path.to_owned();
+        std::thread::spawn(move || common::send(addr, "GET", &path, &[], None).json())
+            .join()
+            .ok()
+    };
+    let before = get(s.addr, "/v1/status").unwrap()["bundle"]["policy_version"].clone();
+    for (name, cond) in [
+        ("deep.cedar", format!("{}true{}", "(".repeat(300), ")".repeat(300))),
+        ("long.cedar", format!("1{} > 0", " + 1".repeat(30_000))),
+    ] {
+        std::fs::write(
+            bundle.path().join("policies").join(name),
+            format!("permit(principal is Human, action, resource) when {{ {cond} }};\n"),
+        )
+        .unwrap();
+        let mut status = None;
+        let failed = common::wait_until(Duration::from_secs(20), || {
+            if !s.alive() {
+                return true;
+            }
+            status = get(s.addr, "/v1/status");
+            status.as_ref().is_some_and(|v| {
+                v["last_reload"]["outcome"] == "failed" && v["last_reload"]["problems"].to_string().contains(name)
+            })
+        });
+        assert!(s.alive(), "reloading {name} took the sidecar down");
+        assert!(failed, "{name}: the reload did not fail: {status:?}");
+        let status = status.unwrap();
+        assert_eq!(status["bundle"]["policy_version"], before, "{status}");
+        std::fs::remove_file(bundle.path().join("policies").join(name)).unwrap();
+    }
 }
