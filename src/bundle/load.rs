@@ -274,6 +274,27 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
     let mut sources: HashMap<PolicyId, PolicySource> = HashMap::new();
     let mut counter = 0usize;
     for (file_index, file) in files.iter().enumerate() {
+        // INVARIANT: no policy file reaches Cedar's parser nested or chained deep enough to
+        // overflow the stack of the thread loading it (`prover::shape`): that aborted the whole
+        // sidecar on a reload, instead of failing the reload and keeping the last good bundle.
+        let shape = crate::prover::shape(&file.text);
+        if shape.nesting > crate::prover::MAX_GRANT_NESTING || shape.operators > crate::prover::MAX_GRANT_OPERATORS {
+            problems.push(
+                Problem::new(
+                    ProblemCode::PolicyParse,
+                    format!(
+                        "the file nests expressions {} deep and holds up to {} operators in one policy; \
+                         at most {} and {} are accepted (deeper text could overflow the parser's stack)",
+                        shape.nesting,
+                        shape.operators,
+                        crate::prover::MAX_GRANT_NESTING,
+                        crate::prover::MAX_GRANT_OPERATORS
+                    ),
+                )
+                .in_file(&file.rel),
+            );
+            continue;
+        }
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
             Err(e) => {
