@@ -225,8 +225,8 @@ fn deeply_nested_grant_text_is_refused_and_never_crashes_the_sidecar() {
     );
 }
 
-/// A bundle policy nested a few hundred deep (a careless or generated bundle) is a failed
-/// reload like any other: the sidecar keeps serving the last good bundle, and says why.
+/// A bundle policy or schema nested a few hundred deep (a careless or generated bundle) is a
+/// failed reload like any other: the sidecar keeps serving the last good bundle, and says why.
 #[test]
 fn a_bundle_policy_nested_too_deep_fails_its_reload_and_the_last_good_bundle_serves() {
     let state = tempfile::tempdir().unwrap();
@@ -239,15 +239,25 @@ fn a_bundle_policy_nested_too_deep_fails_its_reload_and_the_last_good_bundle_ser
             .ok()
     };
     let before = get(s.addr, "/v1/status").unwrap()["bundle"]["policy_version"].clone();
-    for (name, cond) in [
-        ("deep.cedar", format!("{}true{}", "(".repeat(300), ")".repeat(300))),
-        ("long.cedar", format!("1{} > 0", " + 1".repeat(30_000))),
+    let policy = |cond: String| format!("permit(principal is Human, action, resource) when {{ {cond} }};\n");
+    for (dir, name, text) in [
+        (
+            "policies",
+            "deep.cedar",
+            policy(format!("{}true{}", "(".repeat(300), ")".repeat(300))),
+        ),
+        (
+            "policies",
+            "long.cedar",
+            policy(format!("1{} > 0", " + 1".repeat(30_000))),
+        ),
+        (
+            "schema",
+            "deep.cedarschema",
+            format!("type Deep = {}Long{};\n", "{a: ".repeat(2000), "}".repeat(2000)),
+        ),
     ] {
-        std::fs::write(
-            bundle.path().join("policies").join(name),
-            format!("permit(principal is Human, action, resource) when {{ {cond} }};\n"),
-        )
-        .unwrap();
+        std::fs::write(bundle.path().join(dir).join(name), text).unwrap();
         let mut status = None;
         let failed = common::wait_until(Duration::from_secs(20), || {
             if !s.alive() {
@@ -262,6 +272,6 @@ fn a_bundle_policy_nested_too_deep_fails_its_reload_and_the_last_good_bundle_ser
         assert!(failed, "{name}: the reload did not fail: {status:?}");
         let status = status.unwrap();
         assert_eq!(status["bundle"]["policy_version"], before, "{status}");
-        std::fs::remove_file(bundle.path().join("policies").join(name)).unwrap();
+        std::fs::remove_file(bundle.path().join(dir).join(name)).unwrap();
     }
 }
