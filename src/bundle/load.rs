@@ -144,6 +144,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     }
 }
 
+/// The deepest a `.cedarschema` file may nest braces and brackets (a namespace, an entity, its
+/// record types, …), read from its tokens before Cedar parses it.
+const MAX_SCHEMA_NESTING: usize = 64;
+
 fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Schema, HashMap<EntityUid, TaintRole>)> {
     let mut fragments = Vec::new();
     let mut ok = true;
@@ -152,6 +156,17 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Sc
             SchemaFragment::from_json_str(&file.text).map_err(|e| {
                 Problem::from_diagnostic(ProblemCode::SchemaInvalid, &e, Some(&file.rel), Some(&file.text))
             })
+        } else if crate::prover::shape(&file.text).nesting > MAX_SCHEMA_NESTING {
+            // INVARIANT: no schema text reaches Cedar's parser nested deep enough to overflow the
+            // stack of the thread loading it (that aborted the sidecar on a reload).
+            Err(vec![Problem::new(
+                ProblemCode::SchemaInvalid,
+                format!(
+                    "the schema nests types more than {MAX_SCHEMA_NESTING} deep (deeper text could \
+                     overflow the parser's stack)"
+                ),
+            )
+            .in_file(&file.rel)])
         } else {
             SchemaFragment::from_cedarschema_str(&file.text)
                 .map(|(fragment, _warnings)| fragment)
