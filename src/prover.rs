@@ -35,7 +35,9 @@ pub use cli::{run_prove, run_prove_with};
 pub use error::{
     ForeignPrincipal, GrantError, GrantRole, InternalError, InvalidGrant, ParseGrant, ResourceSlot, ValidationIssue,
 };
-pub use grant::{foreign_principal, validate_grant, Grant, DELEGABLE_ANNOTATION};
+pub use grant::{
+    foreign_principal, shape, validate_grant, Grant, DELEGABLE_ANNOTATION, MAX_GRANT_NESTING, MAX_GRANT_OPERATORS,
+};
 pub use symcc::{
     second_opinion, SecondOpinion, SolverConfig, DEFAULT_SOLVER_QUERY_TIMEOUT_MS, DEFAULT_SOLVER_TOTAL_TIMEOUT_MS,
 };

@@ -144,6 +144,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Bundle, BundleError> {
     }
 }
 
+/// The deepest a `.cedarschema` file may nest braces and brackets (a namespace, an entity, its
+/// record types, …), read from its tokens before Cedar parses it.
+const MAX_SCHEMA_NESTING: usize = 64;
+
 fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Schema, HashMap<EntityUid, TaintRole>)> {
     let mut fragments = Vec::new();
     let mut ok = true;
@@ -152,6 +156,17 @@ fn parse_schema(files: &[SourceFile], problems: &mut Vec<Problem>) -> Option<(Sc
             SchemaFragment::from_json_str(&file.text).map_err(|e| {
                 Problem::from_diagnostic(ProblemCode::SchemaInvalid, &e, Some(&file.rel), Some(&file.text))
             })
+        } else if crate::prover::shape(&file.text).nesting > MAX_SCHEMA_NESTING {
+            // INVARIANT: no schema text reaches Cedar's parser nested deep enough to overflow the
+            // stack of the thread loading it (that aborted the sidecar on a reload).
+            Err(vec![Problem::new(
+                ProblemCode::SchemaInvalid,
+                format!(
+                    "the schema nests types more than {MAX_SCHEMA_NESTING} deep (deeper text could \
+                     overflow the parser's stack)"
+                ),
+            )
+            .in_file(&file.rel)])
         } else {
             SchemaFragment::from_cedarschema_str(&file.text)
                 .map(|(fragment, _warnings)| fragment)
@@ -274,6 +289,27 @@ fn parse_policies(files: &[SourceFile], problems: &mut Vec<Problem>) -> (PolicyS
     let mut sources: HashMap<PolicyId, PolicySource> = HashMap::new();
     let mut counter = 0usize;
     for (file_index, file) in files.iter().enumerate() {
+        // INVARIANT: no policy file reaches Cedar's parser nested or chained deep enough to
+        // overflow the stack of the thread loading it (`prover::shape`): that aborted the whole
+        // sidecar on a reload, instead of failing the reload and keeping the last good bundle.
+        let shape = crate::prover::shape(&file.text);
+        if shape.nesting > crate::prover::MAX_GRANT_NESTING || shape.operators > crate::prover::MAX_GRANT_OPERATORS {
+            problems.push(
+                Problem::new(
+                    ProblemCode::PolicyParse,
+                    format!(
+                        "the file nests expressions {} deep and holds up to {} operators in one policy; \
+                         at most {} and {} are accepted (deeper text could overflow the parser's stack)",
+                        shape.nesting,
+                        shape.operators,
+                        crate::prover::MAX_GRANT_NESTING,
+                        crate::prover::MAX_GRANT_OPERATORS
+                    ),
+                )
+                .in_file(&file.rel),
+            );
+            continue;
+        }
         let parsed = match PolicySet::from_str(&file.text) {
             Ok(parsed) => parsed,
             Err(e) => {

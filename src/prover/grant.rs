@@ -100,6 +100,171 @@ fn entity_literals(t: &ast::Template) -> Vec<ast::EntityUID> {
     out
 }
 
+/// The deepest grant text nests expressions: parentheses, brackets, braces (a policy's `when {`
+/// included) and `if` (whose branches are expressions of their own).
+pub const MAX_GRANT_NESTING: usize = 32;
+
+/// The most operators one grant policy may hold (`.`, `+`, `-`, `*`, `!`, comparisons, `&&`,
+/// `||`, `in`, `has`, `like`, `is`, `if`): each makes at most one node of the expression tree,
+/// so this bounds how deep a chain of them can make it.
+pub const MAX_GRANT_OPERATORS: usize = 1024;
+
+/// What the tokens of a grant's text say about the expression trees Cedar would build from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// How deeply the text nests expressions (see [`MAX_GRANT_NESTING`]).
+    pub nesting: usize,
+    /// The most operators in one policy (see [`MAX_GRANT_OPERATORS`]).
+    pub operators: usize,
+}
+
+/// The [`Shape`] of grant text `src`, read from its tokens alone (strings and comments skipped):
+/// each `(`, `[` or `{` opens a level until its closing bracket, and each `if` opens one until
+/// the bracket around it closes (or its policy ends), since its `else` branch runs to there.
+/// Never less than the nesting Cedar's parser recurses through, nor than the number of
+/// operator nodes of a policy's expression tree.
+///
+/// INVARIANT: no text reaches Cedar's parser with a nesting above [`MAX_GRANT_NESTING`] or a
+/// policy with more than [`MAX_GRANT_OPERATORS`] operators. Its conversion of the syntax tree
+/// recurses once per level (`cst_to_ast`), so a grant nested a few hundred deep — a few hundred
+/// bytes, well within the grant size limit — overflowed the stack of the thread parsing it,
+/// which aborts the whole process; and a chain `1+1+…` tens of thousands long parses flat into a
+/// tree as deep, which overflowed the stack when it was dropped.
+pub fn shape(src: &str) -> Shape {
+    let bytes = src.as_bytes();
+    // Per open bracket: the `if`s opened inside it (the outermost entry is the policy's level).
+    let mut ifs: Vec<usize> = vec![0];
+    let (mut depth, mut nesting, mut i) = (0usize, 0usize, 0usize);
+    let (mut operators, mut most) = (0usize, 0usize);
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                // A string: to its closing quote, escapes skipped.
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while bytes.get(i).is_some_and(|&c| c != b'\n') {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                ifs.push(0);
+            }
+            b')' | b']' | b'}' if ifs.len() > 1 => {
+                let opened = ifs.pop().unwrap_or_default();
+                depth = depth.saturating_sub(1 + opened);
+            }
+            b';' if ifs.len() == 1 => {
+                depth = depth.saturating_sub(ifs[0]);
+                ifs[0] = 0;
+                operators = 0;
+            }
+            b'.' | b'+' | b'-' | b'*' | b'!' | b'<' | b'>' | b'=' | b'&' | b'|' => {
+                // `&&`, `||`, `==`, `!=`, `<=`, `>=` are one operator each.
+                let pair = matches!(
+                    (b, bytes.get(i + 1)),
+                    (b'&', Some(b'&')) | (b'|', Some(b'|')) | (b'=' | b'!' | b'<' | b'>', Some(b'='))
+                );
+                if pair {
+                    i += 1;
+                }
+                operators += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while bytes.get(i).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_') {
+                    i += 1;
+                }
+                let word = &bytes[start..i];
+                if matches!(word, b"if" | b"in" | b"has" | b"like" | b"is") {
+                    operators += 1;
+                }
+                if word == b"if" {
+                    depth += 1;
+                    if let Some(last) = ifs.last_mut() {
+                        *last += 1;
+                    }
+                }
+                nesting = nesting.max(depth);
+                most = most.max(operators);
+                continue;
+            }
+            _ => {}
+        }
+        nesting = nesting.max(depth);
+        most = most.max(operators);
+        i += 1;
+    }
+    Shape {
+        nesting,
+        operators: most,
+    }
+}
+
+/// The deepest expression tree a grant policy may have (its condition: scope and clauses).
+/// Chains such as `a + b + c` or `context.a.b.c` parse flat but make a tree as deep as they are
+/// long, which deputy's prover and Cedar's printer walk recursively.
+pub const MAX_GRANT_DEPTH: usize = 128;
+
+/// How deep the expression tree `e` is (a leaf is 1), counted without recursion.
+///
+/// INVARIANT: no grant policy deeper than [`MAX_GRANT_DEPTH`] reaches the prover, the run-time
+/// link or discovery: a chain a few thousand long overflowed the stack of the thread proving it,
+/// which aborts the whole process.
+pub fn expr_depth(e: &ast::Expr) -> usize {
+    use ast::ExprKind as K;
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        let d = depth + 1;
+        match e.expr_kind() {
+            K::If {
+                test_expr,
+                then_expr,
+                else_expr,
+            } => stack.extend([(&**test_expr, d), (&**then_expr, d), (&**else_expr, d)]),
+            K::And { left, right } | K::Or { left, right } => stack.extend([(&**left, d), (&**right, d)]),
+            K::BinaryApp { arg1, arg2, .. } => stack.extend([(&**arg1, d), (&**arg2, d)]),
+            K::UnaryApp { arg: expr, .. }
+            | K::GetAttr { expr, .. }
+            | K::HasAttr { expr, .. }
+            | K::ExtHasAttr { expr, .. }
+            | K::Like { expr, .. }
+            | K::Is { expr, .. } => stack.push((&**expr, d)),
+            K::ExtensionFunctionApp { args, .. } | K::Set(args) => stack.extend(args.iter().map(|a| (a, d))),
+            K::Record(fields) => stack.extend(fields.values().map(|a| (a, d))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Refuses a policy of grant `src` whose expression tree is deeper than [`MAX_GRANT_DEPTH`].
+fn check_depth(src: &str, core: &ast::Template) -> Result<(), GrantError> {
+    let depth = expr_depth(&core.condition());
+    if depth <= MAX_GRANT_DEPTH {
+        return Ok(());
+    }
+    let line = line_of(src, core.loc().map_or(usize::MAX, |l| l.span.offset()));
+    Err(GrantError::Parse(ParseGrant {
+        role: GrantRole::Grant,
+        message: format!(
+            "line {line}: the policy's expression nests {depth} deep (a chain of `&&`, `||`, \
+             arithmetic or attribute access is as deep as it is long); at most {MAX_GRANT_DEPTH} \
+             are accepted"
+        ),
+    }))
+}
+
 /// The authority of one agent: Cedar policy templates over `?principal`.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -115,12 +280,39 @@ impl Grant {
     ///
     /// Templates may use `?principal` only; static policies are accepted as they are.
     pub fn parse(src: &str) -> Result<Grant, GrantError> {
+        let shape = shape(src);
+        let refuse = |message: String| {
+            Err(GrantError::Parse(ParseGrant {
+                role: GrantRole::Grant,
+                message,
+            }))
+        };
+        if shape.nesting > MAX_GRANT_NESTING {
+            return refuse(format!(
+                "the grant nests expressions {} deep (parentheses, brackets, braces and `if`, a \
+                 policy's `when {{` included); at most {MAX_GRANT_NESTING} are accepted",
+                shape.nesting
+            ));
+        }
+        if shape.operators > MAX_GRANT_OPERATORS {
+            return refuse(format!(
+                "a policy of the grant holds {} operators; at most {MAX_GRANT_OPERATORS} are accepted",
+                shape.operators
+            ));
+        }
         let set = PolicySet::from_str(src).map_err(|e| {
             GrantError::Parse(ParseGrant {
                 role: GrantRole::Grant,
                 message: render_parse_error(src, &e),
             })
         })?;
+        for template in set.templates() {
+            check_depth(src, template.as_ref())?;
+        }
+        for policy in set.policies() {
+            let core: &ast::Policy = policy.as_ref();
+            check_depth(src, core.template())?;
+        }
         let src: Arc<str> = Arc::from(src);
         let mut policies: Vec<(Template, Option<Policy>)> = Vec::new();
         for template in set.templates() {
@@ -462,5 +654,103 @@ forbid(principal, action, resource) when { context.taint > 2 };
         assert_eq!(line_of("a\nb\nc", 0), 1);
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+
+    /// Nesting counts brackets and `if`s, not what strings, comments or identifiers hold; a
+    /// policy's end closes its `if`s; a grant nested past the limit is refused before Cedar
+    /// parses it, one at the limit is parsed.
+    #[test]
+    fn nesting_is_read_from_the_tokens_and_bounded() {
+        let nest = |src: &str| shape(src).nesting;
+        assert_eq!(nest("permit(principal, action, resource);"), 1);
+        assert_eq!(nest("permit(principal, action, resource) when { [(1)] == [] };"), 3);
+        assert_eq!(
+            nest(r#"permit(principal, action, resource) when { context.s == "((((\"[[" };"#),
+            1
+        );
+        assert_eq!(nest("// ((((((\npermit(principal, action, resource);"), 1);
+        assert_eq!(nest("permit(principal, action, resource) when { diff && iffy };"), 1);
+        assert_eq!(
+            nest("permit(principal, action, resource) when { if a then b else if c then d else e };"),
+            3
+        );
+        assert_eq!(
+            nest("permit(p, a, r) when { (if a then b else c) && (if a then b else c) };"),
+            3
+        );
+        let cond = |n: usize| format!("{}true{}", "(".repeat(n), ")".repeat(n));
+        let at = |n: usize| {
+            format!(
+                "permit(principal == ?principal, action, resource) when {{ {} }};",
+                cond(n)
+            )
+        };
+        // `when {` is a level: `n` parentheses inside it are `n + 1`.
+        assert_eq!(nest(&at(MAX_GRANT_NESTING - 1)), MAX_GRANT_NESTING);
+        assert!(Grant::parse(&at(MAX_GRANT_NESTING - 1)).is_ok());
+        let e = Grant::parse(&at(MAX_GRANT_NESTING)).unwrap_err();
+        assert_eq!(e.code(), "grant_parse_error");
+        assert!(e.to_string().contains("nests"), "{e}");
+        let ifs = format!(
+            "permit(principal == ?principal, action, resource) when {{ {}true{} }};",
+            "if true then ".repeat(500),
+            " else false".repeat(500)
+        );
+        assert!(Grant::parse(&ifs).is_err());
+    }
+
+    /// Operators are counted per policy, a two-character one once; past the limit a policy is
+    /// refused before Cedar parses it.
+    #[test]
+    fn operators_are_counted_per_policy_and_bounded() {
+        let ops = |src: &str| shape(src).operators;
+        assert_eq!(
+            ops(r#"permit(principal == ?principal, action, resource in F::"a.b");"#),
+            2
+        );
+        assert_eq!(ops("permit(p, a, r) when { c.b + 1 >= 2 && !d || e has f };"), 7);
+        assert_eq!(ops("permit(p, a, r) when { c.b };\npermit(p, a, r) when { c.d.e };"), 2);
+        let chain = |n: usize| {
+            format!(
+                "permit(principal == ?principal, action, resource) when {{ 1{} > 0 }};",
+                "+1".repeat(n)
+            )
+        };
+        assert_eq!(ops(&chain(10)), 12);
+        let e = Grant::parse(&chain(MAX_GRANT_OPERATORS)).unwrap_err();
+        assert!(e.to_string().contains("operators"), "{e}");
+        let e = Grant::parse(&chain(30_000)).unwrap_err();
+        assert!(e.to_string().contains("operators"), "{e}");
+    }
+
+    /// An expression tree is as deep as its longest chain; a grant deeper than the limit is
+    /// refused after Cedar parses it, one at the limit is accepted.
+    #[test]
+    fn expression_depth_is_bounded() {
+        let at = |n: usize| {
+            format!(
+                "permit(principal == ?principal, action, resource) when {{ context.n{} > 0 }};",
+                " + 1".repeat(n)
+            )
+        };
+        let depth = |src: &str| {
+            let set = PolicySet::from_str(src).unwrap();
+            let t = set.templates().next().unwrap();
+            let core: &ast::Template = t.as_ref();
+            expr_depth(&core.condition())
+        };
+        let (short, long) = (depth(&at(10)), depth(&at(20)));
+        assert_eq!(long - short, 10, "each `+ 1` is one level");
+        let fits = MAX_GRANT_DEPTH - short + 10;
+        assert_eq!(depth(&at(fits)), MAX_GRANT_DEPTH);
+        assert!(Grant::parse(&at(fits)).is_ok());
+        let e = Grant::parse(&at(fits + 1)).unwrap_err();
+        assert_eq!(e.code(), "grant_parse_error");
+        assert!(e.to_string().contains("nests"), "{e}");
+        let attrs = format!(
+            "permit(principal == ?principal, action, resource) when {{ context{} == 1 }};",
+            ".a".repeat(5000)
+        );
+        assert!(Grant::parse(&attrs).is_err());
     }
 }

@@ -5,8 +5,11 @@
 
 mod adversary;
 mod attack;
+mod attack_discovery;
 mod attack_held;
+mod attack_input;
 mod attack_invocation;
+mod attack_regrant;
 mod authzen_conformance;
 mod bad_input;
 mod capabilities;
