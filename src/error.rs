@@ -216,3 +216,38 @@ mod tests {
         }
     }
 }
+
+/// The longest error message answered, in bytes. Messages quote the input at fault; a client
+/// that sends a megabyte-long type name gets its first part back, not the whole of it.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how much was cut.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!("… ({total} bytes in all)"));
+    message
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("short".to_owned()), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded_message(long.clone());
+        assert!(cut.len() < MAX_MESSAGE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("… ({} bytes in all)", long.len())));
+        assert!(long.starts_with(cut.split('…').next().unwrap()));
+    }
+}

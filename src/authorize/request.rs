@@ -29,7 +29,7 @@ impl RequestError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: crate::error::bounded_message(message.into()),
             help: None,
         }
     }

@@ -85,7 +85,7 @@ impl From<crate::delegation::DelegationError> for ApiError {
         Self {
             status: status(e.code),
             code: e.code,
-            message: e.message,
+            message: crate::error::bounded_message(e.message),
             help: e.help,
             details: e.details,
         }
@@ -97,7 +97,7 @@ impl ApiError {
         Self {
             status: status(code),
             code,
-            message: message.into(),
+            message: crate::error::bounded_message(message.into()),
             help: None,
             details: Box::default(),
         }

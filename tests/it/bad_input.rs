@@ -284,3 +284,33 @@ fn a_slow_client_cannot_pin_a_connection() {
     );
     assert_eq!(s.get("/healthz").status, 200);
 }
+
+/// A message quotes the input at fault, but not a megabyte of it: a huge type name, id or
+/// action is answered with a bounded message that still names the field.
+#[test]
+fn an_oversized_value_is_not_echoed_back_whole() {
+    let s = TestServer::start(&repo_root(), Options::default());
+    let huge = "T".repeat(200_000);
+    for (field, body) in [
+        (
+            "principal.type",
+            serde_json::json!({"principal": {"type": huge, "id": "x"}, "action": {"type": "Action", "id": "read"}, "resource": {"type": "File", "id": "x"}}),
+        ),
+        (
+            "action.id",
+            serde_json::json!({"principal": {"type": "Agent", "id": "x"}, "action": {"type": "Action", "id": huge}, "resource": {"type": "File", "id": "x"}}),
+        ),
+    ] {
+        let r = s.post("/v1/authorize", &body);
+        assert!((400..500).contains(&r.status), "{field}: {}", r.status);
+        let j = r.json();
+        let message = j["message"].as_str().unwrap();
+        assert!(message.len() < 1200, "{field}: a {} byte message", message.len());
+        assert!(
+            message.contains(field) || message.contains("principal") || message.contains("action"),
+            "{message}"
+        );
+        assert!(message.ends_with("bytes in all)"), "{message}");
+    }
+    assert_eq!(s.get("/healthz").status, 200);
+}
