@@ -10,8 +10,10 @@
 //! may be done, it does nothing.
 //!
 //! Pagination: `page.limit` caps the results of one answer; `page.token` resumes after the last
-//! candidate the previous page looked at. The token is opaque to callers: the position, the
-//! limit, and a fingerprint of the search and the policy version, so a token is refused
+//! candidate the previous page looked at. Candidates are sorted by id (or action name) and the
+//! token holds that key, not a position: agents spawned or revoked between two pages neither
+//! repeat nor skip a candidate that was there throughout. The token is opaque to callers: the
+//! key, the limit, and a fingerprint of the search and the policy version, so a token is refused
 //! (`invalid_page_token`) for another search or after a reload. A request without `page` is
 //! answered in full, without `page`.
 
@@ -69,7 +71,8 @@ impl Found {
 
 /// Where a page starts and how many results it holds at most.
 struct PageRequest {
-    offset: usize,
+    /// The key (id or action name) of the last candidate the previous page looked at.
+    after: Option<String>,
     limit: Option<usize>,
     asked: bool,
 }
@@ -120,7 +123,12 @@ pub fn search(snap: &Snapshot, kind: Kind, body: &Value, now: i64) -> Result<Fou
 
     let mut results = Vec::new();
     let mut next = None;
-    for (i, candidate) in candidates.iter().enumerate().skip(page.offset) {
+    // Candidates are sorted by key: resume at the first one after the previous page's last.
+    let start = page
+        .after
+        .as_deref()
+        .map_or(0, |after| candidates.partition_point(|c| key(c) <= after));
+    for (i, candidate) in candidates.iter().enumerate().skip(start) {
         if page.limit.is_some_and(|l| results.len() >= l) {
             next = Some(i);
             break;
@@ -139,7 +147,9 @@ pub fn search(snap: &Snapshot, kind: Kind, body: &Value, now: i64) -> Result<Fou
         }
     }
     let page = page.asked.then(|| Page {
-        next_token: next.map_or_else(String::new, |i| token(i, page.limit, &fingerprint)),
+        next_token: next
+            .and_then(|i| candidates.get(i.checked_sub(1)?))
+            .map_or_else(String::new, |last| token(key(last), page.limit, &fingerprint)),
         count: results.len(),
     });
     Ok(Found { results, page })
@@ -214,7 +224,7 @@ fn list_entities(snap: &Snapshot, ty: &str) -> Vec<Value> {
 fn read_page(top: &Fields<'_>, fingerprint: &str) -> Result<PageRequest, RequestError> {
     let Some(page) = top.object("page")? else {
         return Ok(PageRequest {
-            offset: 0,
+            after: None,
             limit: None,
             asked: false,
         });
@@ -229,24 +239,36 @@ fn read_page(top: &Fields<'_>, fingerprint: &str) -> Result<PageRequest, Request
             ))
         }
     };
-    let (offset, token_limit) = match page.string("token")? {
-        None | Some("") => (0, None),
-        Some(t) => parse_token(t, fingerprint)?,
+    let (after, token_limit) = match page.string("token")? {
+        None | Some("") => (None, None),
+        Some(t) => {
+            let (after, limit) = parse_token(t, fingerprint)?;
+            (Some(after), limit)
+        }
     };
     Ok(PageRequest {
-        offset,
+        after,
         limit: limit.or(token_limit),
         asked: true,
     })
 }
 
-/// A page token: where the next page starts, the limit it was asked with (0: none), and the
-/// search's fingerprint.
-fn token(offset: usize, limit: Option<usize>, fingerprint: &str) -> String {
-    format!("{offset}.{}.{fingerprint}", limit.unwrap_or(0))
+/// What candidates are sorted by: an entity's id, an action's name.
+fn key(candidate: &Value) -> &str {
+    candidate
+        .get("id")
+        .or_else(|| candidate.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
-fn parse_token(t: &str, fingerprint: &str) -> Result<(usize, Option<usize>), RequestError> {
+/// A page token: the key of the last candidate looked at (hex), the limit it was asked with
+/// (0: none), and the search's fingerprint.
+fn token(after: &str, limit: Option<usize>, fingerprint: &str) -> String {
+    format!("{}.{}.{fingerprint}", hex::encode(after), limit.unwrap_or(0))
+}
+
+fn parse_token(t: &str, fingerprint: &str) -> Result<(String, Option<usize>), RequestError> {
     let bad = |why: &str| {
         RequestError::new(
             ErrorCode::InvalidPageToken,
@@ -258,10 +280,11 @@ fn parse_token(t: &str, fingerprint: &str) -> Result<(usize, Option<usize>), Req
         )
     };
     let mut it = t.splitn(3, '.');
-    let (Some(offset), Some(limit), Some(fp)) = (it.next(), it.next(), it.next()) else {
+    let (Some(after), Some(limit), Some(fp)) = (it.next(), it.next(), it.next()) else {
         return Err(bad("is not a page token deputy issued"));
     };
-    let (Ok(offset), Ok(limit)) = (offset.parse::<usize>(), limit.parse::<usize>()) else {
+    let after = hex::decode(after).ok().and_then(|b| String::from_utf8(b).ok());
+    let (Some(after), Ok(limit)) = (after, limit.parse::<usize>()) else {
         return Err(bad("is not a page token deputy issued"));
     };
     if fp != fingerprint {
@@ -269,7 +292,7 @@ fn parse_token(t: &str, fingerprint: &str) -> Result<(usize, Option<usize>), Req
             "was issued for another search, or before the policies were reloaded",
         ));
     }
-    Ok((offset, (limit > 0).then_some(limit)))
+    Ok((after, (limit > 0).then_some(limit)))
 }
 
 /// What a page token is bound to: the kind of search, the request without its `page`, and the

@@ -279,3 +279,56 @@ fn pages_walk_to_the_whole_answer_and_foreign_tokens_are_refused() {
         r.text()
     );
 }
+
+/// A page token resumes after the last candidate by key, not by position: agents spawned
+/// between two pages (their minted ids sort anywhere) never make a page repeat a subject or
+/// skip one that was there throughout.
+#[test]
+fn pages_neither_repeat_nor_skip_when_agents_change_between_them() {
+    let (s, _state) = start();
+    let root_body = || {
+        json!({"grant": r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+               "ttl_seconds": 3600, "ceiling": 2, "can_delegate": false, "task": "read"})
+    };
+    for _ in 0..6 {
+        create(&s, ADMIN, root_body());
+    }
+    let body =
+        json!({"subject": {"type": "Agent"}, "action": {"name": "read"}, "resource": entity("File", "repo/README.md")});
+    let before = search(&s, "subject", &body);
+    assert!(before.len() >= 6, "{before:?}");
+    let mut walked: Vec<Value> = Vec::new();
+    let mut token = String::new();
+    for page in 0.. {
+        let mut b = body.clone();
+        b["page"] = if token.is_empty() {
+            json!({"limit": 1})
+        } else {
+            json!({"token": token})
+        };
+        let r = s.post("/access/v1/search/subject", &b);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = r.json();
+        walked.extend(r["results"].as_array().unwrap().iter().cloned());
+        token = r["page"]["next_token"].as_str().unwrap().to_owned();
+        if token.is_empty() {
+            break;
+        }
+        assert!(page < 100, "the walk does not end");
+        // Three new agents between each of the first pages: ids minted at random, sorting
+        // before and after the page's last.
+        if page < 5 {
+            for _ in 0..3 {
+                create(&s, ADMIN, root_body());
+            }
+        }
+    }
+    let ids: Vec<&str> = walked.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "a page repeated a subject or went back");
+    for v in &before {
+        assert!(walked.contains(v), "{v} was there throughout and was skipped");
+    }
+}
