@@ -1,4 +1,4 @@
-//! The command line: `deputy serve`, `deputy validate`.
+//! The command line: `deputy serve`, `deputy validate`, `deputy mcp schema`, ….
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,24 @@ pub enum Command {
     /// Prove a child grant within a parent grant's delegable view, against a bundle.
     /// Exit 0 within, 1 exceeds, 2 inconclusive, 64 bad input.
     Prove(ProveArgs),
+    /// MCP gateway tools (docs/MCP.md).
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Start an MCP server, read its tools and print them as a Cedar schema fragment to commit
+    /// to the bundle: `deputy mcp schema fs -- npx @modelcontextprotocol/server-filesystem /srv`.
+    /// Arguments with no Cedar type are listed on stderr (and in the fragment). Exit 0, or 1
+    /// when the server cannot be started or listed, 64 on a bad name.
+    Schema {
+        /// The server's name, as given to `deputy serve --mcp-server NAME=…`.
+        name: String,
+        /// The command that starts the server (program first), after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +219,10 @@ pub struct ServeArgs {
     /// Leave allowed decisions out of the decision log.
     #[arg(long, requires = "decision_log")]
     pub decision_log_drop_allows: bool,
+    /// `NAME=COMMAND ARG…`: serve the MCP server NAME, started as COMMAND (split on whitespace,
+    /// no shell; or `NAME=["COMMAND", "ARG", …]` as JSON), at `/mcp/NAME` (docs/MCP.md). Repeatable.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND")]
+    pub mcp_servers: Vec<String>,
     #[command(flatten)]
     pub solver: SolverArgs,
 }
@@ -269,8 +291,41 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Prove(args) => prove(&args),
+        Command::Mcp(command) => mcp(&command),
         Command::Probe(args) => probe(&args),
         Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn mcp(command: &McpCommand) -> ExitCode {
+    let McpCommand::Schema { name, command } = command;
+    let config = match crate::mcp::ServerConfig::new(name, command.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::mcp::list_tools_of(&config)) {
+        Ok(tools) => {
+            let fragment = crate::mcp::fragment(name, &tools);
+            for (tool, arg, why) in &fragment.excluded {
+                eprintln!("note: `{name}/{tool}`: `{arg}` left out ({why}); a call that passes it is refused");
+            }
+            print!("{}", fragment.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -417,6 +472,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let (mcp_servers, bad): (Vec<_>, Vec<_>) = args
+        .mcp_servers
+        .iter()
+        .map(|s| crate::mcp::ServerConfig::parse(s))
+        .partition(Result::is_ok);
+    if !bad.is_empty() {
+        for e in bad.into_iter().filter_map(Result::err) {
+            eprintln!("error: --mcp-server: {e}");
+        }
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let mcp_servers: Vec<crate::mcp::ServerConfig> = mcp_servers.into_iter().filter_map(Result::ok).collect();
     let config = ServeConfig {
         bundle: args.bundle.bundle.clone(),
         listen: args.listen,
@@ -446,6 +513,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_invocation_depth: args.max_invocation_depth,
         },
         observe: args.observe_config(),
+        mcp_servers,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -4,6 +4,7 @@
 
 mod delegations;
 mod error;
+mod mcp;
 mod routes;
 
 use std::future::Future;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub config: HttpConfig,
     /// Metrics and the decision log.
     pub obs: Arc<crate::telemetry::Observability>,
+    /// The MCP servers served at `/mcp/<server>`.
+    pub mcp: Arc<crate::mcp::Gateway>,
 }
 
 /// Whether this sidecar delegates.

@@ -79,6 +79,7 @@ enum Endpoint {
     Invocation,
     InvocationAccept,
     InvocationComplete,
+    Mcp,
 }
 
 impl Endpoint {
@@ -116,6 +117,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/invocations/{id}", Endpoint::Invocation),
     ("/v1/invocations/{id}/accept", Endpoint::InvocationAccept),
     ("/v1/invocations/{id}/complete", Endpoint::InvocationComplete),
+    ("/mcp/{id}", Endpoint::Mcp),
 ];
 
 static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
@@ -265,6 +267,8 @@ async fn route_other(
         (E::Invocation, &Method::DELETE) => delegations::revoke(state, req, id, false, Named::Sessions).await,
         (E::InvocationAccept, &Method::POST) => delegations::accept(state, req, id).await,
         (E::InvocationComplete, &Method::POST) => delegations::revoke(state, req, id, true, Named::Sessions).await,
+        (E::Mcp, &Method::POST) => super::mcp::serve(state, req, &id).await,
+        (E::Mcp, _) => Ok(super::mcp::not_post(&method, &path)),
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }
@@ -633,7 +637,7 @@ pub(super) fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<B
     r
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(super) fn error_response(e: &ApiError) -> Response<Body> {
     let bytes = serde_json::to_vec(e).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = e.status;

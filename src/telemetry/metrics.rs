@@ -40,7 +40,7 @@ pub struct Metrics {
     registry: Registry,
     /// The decision series, created up front and indexed by [`Api`] and outcome, so the
     /// decision path neither locks nor hashes a label set.
-    decided: [([Counter; 3], Histogram); 2],
+    decided: [([Counter; 3], Histogram); 3],
     delegations: Family<Labels1, Counter>,
     invocations: Family<Labels1, Counter>,
     revocations: Family<Labels1, Counter>,
@@ -153,7 +153,7 @@ impl Metrics {
         if let Some(serving) = serving {
             registry.register_collector(Box::new(Serving(serving)));
         }
-        let decided = [Api::Authorize, Api::AuthZen].map(|api| {
+        let decided = [Api::Authorize, Api::AuthZen, Api::Mcp].map(|api| {
             let counters = OUTCOMES.map(|outcome| {
                 decisions
                     .get_or_create(&[("api", api.as_str()), ("outcome", outcome)])
