@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "decider",
     "authzen",
     "delegation",
+    "mcp",
     "http",
     "probe",
     "server",

@@ -42,6 +42,8 @@ pub struct Options {
     pub max_connections: usize,
     pub limits: deputy::delegation::Limits,
     pub decision_log: Option<deputy::telemetry::DecisionLogConfig>,
+    /// Upstream MCP servers (`--mcp-server`).
+    pub mcp_servers: Vec<deputy::mcp::ServerConfig>,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
             max_connections: 1024,
             limits: deputy::delegation::Limits::default(),
             decision_log: None,
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -122,6 +125,7 @@ impl TestServer {
             observe: deputy::telemetry::ObserveConfig {
                 decision_log: opts.decision_log.clone(),
             },
+            mcp_servers: opts.mcp_servers.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {

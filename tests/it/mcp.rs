@@ -1,0 +1,648 @@
+//! The MCP gateway end to end: a real deputy on 127.0.0.1:0 in front of a real MCP server
+//! written by others (the reference filesystem server, `@modelcontextprotocol/server-filesystem`,
+//! installed by scripts/setup into tests/mcp-servers/), called by a real MCP client written by
+//! others (rmcp's streamable HTTP client), plus raw HTTP for what a client library would not
+//! send. Bundle: tests/fixtures/mcp (its `fs.cedarschema` is the schema generator's output).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{delete_as, get_as, post_as, Options, TestServer};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceError, ServiceExt};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-credential-for-the-mcp-tests";
+const LEAD: &str = "lead-credential-from-a-secret-0123";
+const INTERN: &str = "intern-credential-from-a-secret-0123";
+
+/// The reference filesystem server, as scripts/setup installs it.
+fn filesystem_server() -> PathBuf {
+    let bin = common::repo_root().join("tests/mcp-servers/node_modules/.bin/mcp-server-filesystem");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `scripts/setup` (it runs `npm ci` in tests/mcp-servers/)",
+        bin.display()
+    );
+    bin
+}
+
+struct Env {
+    server: TestServer,
+    bundle: tempfile::TempDir,
+    _state: tempfile::TempDir,
+    /// The directory the filesystem server may touch.
+    root: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    fn start() -> Env {
+        let bundle = tempfile::tempdir().unwrap();
+        common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+        let state = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        // The server resolves symlinks (macOS /tmp, …): name the root as it does.
+        std::fs::create_dir(root.path().join("drafts")).unwrap();
+        std::fs::write(root.path().join("notes.txt"), "hello from the notes").unwrap();
+        let root_arg = root.path().canonicalize().unwrap().display().to_string();
+        let options = Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            agent_tokens: [("lead", LEAD), ("intern", INTERN)]
+                .into_iter()
+                .map(|(a, t)| (a.to_owned(), t.to_owned()))
+                .collect(),
+            mcp_servers: vec![deputy::mcp::ServerConfig::new(
+                "fs",
+                vec![filesystem_server().display().to_string(), root_arg],
+            )
+            .unwrap()],
+            ..Options::default()
+        };
+        let server = TestServer::start(bundle.path(), options);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Env {
+            server,
+            bundle,
+            _state: state,
+            root,
+            rt,
+        }
+    }
+
+    /// A path under the server's root, as the server names it.
+    fn path(&self, rel: &str) -> String {
+        self.root.path().canonicalize().unwrap().join(rel).display().to_string()
+    }
+
+    /// An MCP client session with `/mcp/<server>` as the holder of `token`.
+    fn client(&self, server: &str, token: &str) -> Client<'_> {
+        let uri = format!("http://{}/mcp/{server}", self.server.addr);
+        let config = StreamableHttpClientTransportConfig::with_uri(uri).auth_header(token);
+        let service = self
+            .rt
+            .block_on(async { ().serve(StreamableHttpClientTransport::from_config(config)).await })
+            .unwrap_or_else(|e| panic!("the MCP client could not start a session with `{server}`: {e}"));
+        Client { env: self, service }
+    }
+
+    /// `POST /mcp/<server>` with raw bytes (what a client library would not send).
+    fn raw(&self, server: &str, token: Option<&str>, body: &[u8]) -> common::Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        self.server
+            .request("POST", &format!("/mcp/{server}"), &headers, Some(body))
+    }
+
+    /// A child of the lead with `grant`, spawned over the HTTP API.
+    fn spawn_child(&self, grant: &str) -> common::Agent {
+        common::applied(&common::spawn(
+            &self.server,
+            LEAD,
+            json!({"grant": grant, "ttl_seconds": 600, "task": "read what the lead points at"}),
+        ))
+    }
+
+    /// Rewrites the admin policies and reloads now.
+    fn reload_with_admin_policies(&self, text: &str) {
+        std::fs::write(self.bundle.path().join("policies/admin.cedar"), text).unwrap();
+        let reloaded = self.server.reload();
+        assert!(reloaded.is_ok(), "{reloaded:?}");
+    }
+}
+
+struct Client<'a> {
+    env: &'a Env,
+    service: RunningService<RoleClient, ()>,
+}
+
+impl Client<'_> {
+    fn tool_names(&self) -> Vec<String> {
+        let tools = self.env.rt.block_on(self.service.peer().list_all_tools()).unwrap();
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    fn call(&self, tool: &str, args: Value) -> Result<CallToolResult, ServiceError> {
+        let Value::Object(args) = args else {
+            panic!("arguments must be an object")
+        };
+        self.env.rt.block_on(
+            self.service
+                .peer()
+                .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args)),
+        )
+    }
+
+    /// A call that must answer a result (allowed or denied), not a protocol error.
+    fn result(&self, tool: &str, args: Value) -> CallToolResult {
+        self.call(tool, args.clone())
+            .unwrap_or_else(|e| panic!("`{tool}` {args} failed: {e:?}"))
+    }
+
+    /// A call that must fail with a JSON-RPC error: its `data`.
+    fn rpc_error(&self, tool: &str, args: Value) -> Value {
+        match self.call(tool, args.clone()) {
+            Err(ServiceError::McpError(e)) => e.data.unwrap_or(Value::Null),
+            other => panic!("`{tool}` {args}: expected a JSON-RPC error, got {other:?}"),
+        }
+    }
+}
+
+/// The text of a result's content.
+fn text(r: &CallToolResult) -> String {
+    serde_json::to_value(&r.content).unwrap().to_string()
+}
+
+/// The denial a denied call carries, or `None` for a call that reached the server.
+fn denial(r: &CallToolResult) -> Option<Value> {
+    let s = r.structured_content.clone()?;
+    (s["code"] == "mcp_denied").then_some(s)
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn tools_list_shows_what_each_agent_could_call() {
+    let env = Env::start();
+    // The lead's grant names move_file too, but an admin forbid denies it in every context;
+    // write_file is allowed only for some paths: shown.
+    assert_eq!(
+        env.client("fs", LEAD).tool_names(),
+        names(&["get_file_info", "list_directory", "read_text_file", "write_file"])
+    );
+    assert_eq!(env.client("fs", INTERN).tool_names(), names(&["list_directory"]));
+    // A managed child of the lead, with a narrower grant than the lead's.
+    let child = env.spawn_child(
+        r#"permit (principal == ?principal, action == Action::"fs/read_text_file", resource == McpServer::"fs");"#,
+    );
+    assert_eq!(env.client("fs", &child.token).tool_names(), names(&["read_text_file"]));
+    // What tools/list shows agrees with the capabilities endpoint the agent reads.
+    let caps = get_as(&env.server, LEAD, "/v1/agents/lead/capabilities").json();
+    let conditional: Vec<&str> = caps["conditional"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["action"].as_str())
+        .collect();
+    assert!(conditional.contains(&"fs/write_file"), "{caps}");
+}
+
+#[test]
+fn an_allowed_call_reaches_the_server_and_a_denied_one_does_not() {
+    let env = Env::start();
+    let lead = env.client("fs", LEAD);
+    // Allowed: the server answers with the file's content.
+    let read = lead.result("read_text_file", json!({"path": env.path("notes.txt")}));
+    assert!(denial(&read).is_none() && read.is_error != Some(true), "{read:?}");
+    assert!(text(&read).contains("hello from the notes"), "{read:?}");
+
+    // A condition on an argument: writing inside drafts/ is allowed and happens...
+    let drafted = env.path("drafts/plan.md");
+    let wrote = lead.result("write_file", json!({"path": drafted, "content": "step 1"}));
+    assert!(denial(&wrote).is_none() && wrote.is_error != Some(true), "{wrote:?}");
+    assert_eq!(std::fs::read_to_string(&drafted).unwrap(), "step 1");
+
+    // ...outside it, or climbing out of it, the call is denied and never reaches the server:
+    // no file appears.
+    for path in [env.path("secret.txt"), env.path("drafts/../secret.txt")] {
+        let denied = lead.result("write_file", json!({"path": path, "content": "leak"}));
+        assert_eq!(denied.is_error, Some(true), "{denied:?}");
+        let why = denial(&denied).unwrap_or_else(|| panic!("no denial in {denied:?}"));
+        assert_eq!(why["decision"], "Deny");
+        assert_eq!(why["denied_by"]["bound"], "admin", "{why}");
+        assert_eq!(why["policy_version"], env.server.version().unwrap().as_str());
+        assert!(text(&denied).contains("denied by deputy"), "{denied:?}");
+        assert!(
+            !env.root.path().join("secret.txt").exists(),
+            "a denied write reached the server"
+        );
+    }
+
+    // An admin forbid names its policy; the file is not moved.
+    let moved = lead.result(
+        "move_file",
+        json!({"source": env.path("notes.txt"), "destination": env.path("drafts/notes.txt")}),
+    );
+    let why = denial(&moved).unwrap_or_else(|| panic!("move_file was not denied: {moved:?}"));
+    assert_eq!(why["reasons"], json!(["fs-no-move"]), "{why}");
+    assert!(env.root.path().join("notes.txt").exists() && !env.root.path().join("drafts/notes.txt").exists());
+
+    // The intern's grant does not name write_file: denied by its grant, with what it would need.
+    let intern = env.client("fs", INTERN);
+    let denied = intern.result(
+        "write_file",
+        json!({"path": env.path("drafts/intern.md"), "content": "x"}),
+    );
+    let why = denial(&denied).unwrap();
+    assert_eq!(why["denied_by"]["bound"], "grant", "{why}");
+    assert_eq!(why["needed"]["requestable"], true, "{why}");
+    assert!(!env.root.path().join("drafts/intern.md").exists());
+}
+
+#[test]
+fn the_gateway_decides_exactly_as_v1_authorize() {
+    let env = Env::start();
+    let child = env.spawn_child(
+        r#"permit (principal == ?principal, action in [Action::"fs/read_text_file", Action::"fs/write_file"], resource == McpServer::"fs");"#,
+    );
+    let cases = [
+        ("read_text_file", json!({"path": env.path("notes.txt")})),
+        ("write_file", json!({"path": env.path("drafts/a.md"), "content": "a"})),
+        ("write_file", json!({"path": env.path("b.md"), "content": "b"})),
+        (
+            "write_file",
+            json!({"path": env.path("drafts/../c.md"), "content": "c"}),
+        ),
+        (
+            "move_file",
+            json!({"source": env.path("notes.txt"), "destination": env.path("n2.txt")}),
+        ),
+        ("list_directory", json!({"path": env.path("")})),
+    ];
+    let (mut allows, mut denies) = (0, 0);
+    for (agent, token) in [
+        ("lead", LEAD),
+        ("intern", INTERN),
+        (child.id.as_str(), child.token.as_str()),
+    ] {
+        let client = env.client("fs", token);
+        for (tool, args) in &cases {
+            let via_http = post_as(
+                &env.server,
+                token,
+                "/v1/authorize",
+                &json!({
+                    "principal": {"type": "Agent", "id": agent},
+                    "action": {"type": "Action", "id": format!("fs/{tool}")},
+                    "resource": {"type": "McpServer", "id": "fs"},
+                    "context": args,
+                }),
+            )
+            .json();
+            let got = client.result(tool, args.clone());
+            match denial(&got) {
+                None => {
+                    assert_eq!(
+                        via_http["decision"], "Allow",
+                        "{agent} {tool} {args}: the gateway allowed, /v1/authorize: {via_http}"
+                    );
+                    allows += 1;
+                }
+                Some(why) => {
+                    assert_eq!(via_http["decision"], "Deny", "{agent} {tool} {args}");
+                    for field in ["reasons", "errors", "denied_by", "needed", "policy_version"] {
+                        assert_eq!(why[field], via_http[field], "{agent} {tool} {args}: `{field}`");
+                    }
+                    denies += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        allows >= 5 && denies >= 5,
+        "{allows} allows, {denies} denies: the cases do not cover both"
+    );
+}
+
+#[test]
+fn identity_comes_only_from_the_credential() {
+    let env = Env::start();
+    let init = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+    }))
+    .unwrap();
+    for token in [None, Some("not-a-credential"), Some("dpt.lead.forged")] {
+        let r = env.raw("fs", token, &init);
+        assert_eq!(r.status, 401, "{token:?}: {}", r.text());
+        assert_eq!(r.json()["code"], "unauthenticated");
+    }
+    let r = env.raw("fs", Some(ADMIN), &init);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("not_an_agent")),
+        "{}",
+        r.text()
+    );
+    // An rmcp client without a credential cannot even start a session.
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("http://{}/mcp/fs", env.server.addr));
+    let started = env
+        .rt
+        .block_on(async { ().serve(StreamableHttpClientTransport::from_config(config)).await });
+    assert!(started.is_err(), "a session started without a credential");
+
+    // Nothing in a message names the principal: a `principal` or `_meta` naming the lead,
+    // sent with the intern's credential, is the intern's call (denied by its grant).
+    let call = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "principal": {"type": "Agent", "id": "lead"},
+        "params": {"name": "read_text_file", "arguments": {"path": env.path("notes.txt")},
+                   "_meta": {"principal": "lead", "agent": "lead"}},
+    }))
+    .unwrap();
+    let r = env.raw("fs", Some(INTERN), &call).json();
+    assert_eq!(r["result"]["structuredContent"]["denied_by"]["bound"], "grant", "{r}");
+
+    // A revoked child's credential stops working at once, for listing and calling.
+    let child = env.spawn_child(
+        r#"permit (principal == ?principal, action == Action::"fs/read_text_file", resource == McpServer::"fs");"#,
+    );
+    let client = env.client("fs", &child.token);
+    assert_eq!(client.tool_names(), names(&["read_text_file"]));
+    let revoked = delete_as(&env.server, LEAD, &format!("/v1/delegations/{}", child.id));
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let list = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).unwrap();
+    let r = env.raw("fs", Some(&child.token), &list);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (401, json!("unauthenticated")),
+        "{}",
+        r.text()
+    );
+    assert!(client
+        .call("read_text_file", json!({"path": env.path("notes.txt")}))
+        .is_err());
+}
+
+#[test]
+fn bad_calls_fail_closed_naming_what_is_wrong() {
+    let env = Env::start();
+    let lead = env.client("fs", LEAD);
+    // Tools the server does not have, including names that try to reach another server's or
+    // another tool's action.
+    for tool in [
+        "nope",
+        "write_file\"",
+        "../write_file",
+        "deputy/delegate",
+        "fs/write_file",
+        "WRITE_FILE",
+        "",
+    ] {
+        let data = lead.rpc_error(tool, json!({}));
+        assert_eq!(data["code"], "mcp_unknown_tool", "{tool}: {data}");
+    }
+    // An argument the tool's action does not declare: refused (Cedar's strict validation),
+    // never passed on unseen; the file is not written.
+    let path = env.path("drafts/extra.md");
+    let data = lead.rpc_error("write_file", json!({"path": path, "content": "x", "mode": "0777"}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+    assert!(data["message"].as_str().unwrap().contains("params.arguments"), "{data}");
+    // A mistyped or missing argument, likewise.
+    let data = lead.rpc_error("write_file", json!({"path": 7, "content": "x"}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+    let data = lead.rpc_error("write_file", json!({"content": "x"}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+    // `read_text_file`'s `head` is a JSON number, which has no Cedar type: left out of the
+    // schema, so a call that passes it is refused.
+    let data = lead.rpc_error("read_text_file", json!({"path": env.path("notes.txt"), "head": 1}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+    // deputy supplies `taint` itself: an argument of that name is refused.
+    let data = lead.rpc_error("write_file", json!({"path": path, "content": "x", "taint": 0}));
+    assert_eq!(data["code"], "mcp_reserved_argument", "{data}");
+    assert!(!Path::new(&path).exists());
+
+    // Server names are one path segment of known names.
+    for (path, status, code) in [
+        ("/mcp/FS", 404, "mcp_server_not_found"),
+        ("/mcp/fs%2F..%2Fdeputy", 404, "mcp_server_not_found"),
+        ("/mcp/nope", 404, "mcp_server_not_found"),
+        ("/mcp/fs/..", 404, "not_found"),
+        ("/mcp/", 404, "not_found"),
+    ] {
+        let r = post_as(
+            &env.server,
+            LEAD,
+            path,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+        );
+        assert_eq!((r.status, r.json()["code"].as_str().unwrap()), (status, code), "{path}");
+    }
+    // A body over the limit is refused before it is read whole; so is a foreign Origin.
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"write_file","arguments":{{"path":"{}","content":"{}"}}}}}}"#,
+        env.path("drafts/huge.md"),
+        "x".repeat(2 << 20)
+    );
+    let r = env.raw("fs", Some(LEAD), huge.as_bytes());
+    assert_eq!((r.status, r.json()["code"].clone()), (413, json!("body_too_large")));
+    assert!(!env.root.path().join("drafts/huge.md").exists());
+    let r = env.server.request(
+        "POST",
+        "/mcp/fs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {LEAD}")),
+            ("Origin", "http://evil.example"),
+        ],
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (403, json!("mcp_origin_forbidden"))
+    );
+    // Not JSON-RPC, a batch, an unknown method: JSON-RPC errors with deputy's code.
+    for (body, code) in [
+        (
+            json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]),
+            "mcp_invalid_message",
+        ),
+        (
+            json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}),
+            "mcp_invalid_message",
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
+            "mcp_method_not_found",
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {}}}),
+            "mcp_invalid_message",
+        ),
+    ] {
+        let r = env.raw("fs", Some(LEAD), &serde_json::to_vec(&body).unwrap());
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["data"]["code"], code, "{body}: {}", r.text());
+    }
+    // GET (a server stream) is not offered.
+    let r = get_as(&env.server, LEAD, "/mcp/fs");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+}
+
+#[test]
+fn a_reload_changes_what_tools_list_shows_on_the_next_call() {
+    let env = Env::start();
+    let lead = env.client("fs", LEAD);
+    assert!(lead.tool_names().contains(&"read_text_file".to_owned()));
+    let admin = std::fs::read_to_string(env.bundle.path().join("policies/admin.cedar")).unwrap();
+    env.reload_with_admin_policies(&format!(
+        "{admin}\n@id(\"no-reading-today\")\nforbid (principal, action == Action::\"fs/read_text_file\", resource);\n"
+    ));
+    // The same session, the next request: the tool is gone and a call of it is denied.
+    assert_eq!(
+        lead.tool_names(),
+        names(&["get_file_info", "list_directory", "write_file"])
+    );
+    let denied = lead.result("read_text_file", json!({"path": env.path("notes.txt")}));
+    assert_eq!(denial(&denied).unwrap()["reasons"], json!(["no-reading-today"]));
+    env.reload_with_admin_policies(&admin);
+    assert!(lead.tool_names().contains(&"read_text_file".to_owned()));
+}
+
+#[test]
+fn deputys_own_tools_hide_delegate_from_who_may_not_delegate() {
+    let env = Env::start();
+    let lead = env.client("deputy", LEAD);
+    assert_eq!(
+        lead.tool_names(),
+        names(&["capabilities", "delegate", "request_permission"])
+    );
+    let intern = env.client("deputy", INTERN);
+    assert_eq!(intern.tool_names(), names(&["capabilities", "request_permission"]));
+    // Hidden is not the only guard: the spawn itself refuses the intern.
+    let refused = intern.result(
+        "delegate",
+        json!({"grant": "permit (principal == ?principal, action == Action::\"fs/list_directory\", resource == McpServer::\"fs\");",
+               "ttl_seconds": 60, "task": "look"}),
+    );
+    assert_eq!(refused.is_error, Some(true));
+    assert_eq!(refused.structured_content.unwrap()["code"], "delegation_forbidden");
+
+    // The capabilities tool is the agent's own capabilities.
+    let caps = intern.result("capabilities", json!({})).structured_content.unwrap();
+    assert_eq!(caps["agent"], "intern");
+    assert_eq!(caps["can_delegate"], false);
+
+    // The lead delegates through the tool; the child's credential works on the gateway.
+    let spawned = lead
+        .result(
+            "delegate",
+            json!({"grant": "permit (principal == ?principal, action == Action::\"fs/list_directory\", resource == McpServer::\"fs\");",
+                   "ttl_seconds": 600, "task": "list the drafts"}),
+        )
+        .structured_content
+        .unwrap();
+    assert_eq!(spawned["outcome"], "applied", "{spawned}");
+    let token = spawned["credential"].as_str().unwrap();
+    assert_eq!(env.client("fs", token).tool_names(), names(&["list_directory"]));
+    // The child asks for more through request_permission; its grantor sees the request.
+    let child = env.client("deputy", token);
+    assert_eq!(child.tool_names(), names(&["capabilities", "request_permission"]));
+    let asked = child
+        .result(
+            "request_permission",
+            json!({"grant": "permit (principal == ?principal, action == Action::\"fs/read_text_file\", resource == McpServer::\"fs\");",
+                   "reason": "read the plan"}),
+        )
+        .structured_content
+        .unwrap();
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let pending = get_as(&env.server, LEAD, "/v1/permission-requests").json();
+    assert!(
+        pending["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == asked["id"]),
+        "{pending}"
+    );
+}
+
+#[test]
+fn an_upstream_crash_is_a_clean_error_and_the_server_is_started_again() {
+    let env = Env::start();
+    let lead = env.client("fs", LEAD);
+    let read = |c: &Client<'_>| c.call("read_text_file", json!({"path": env.path("notes.txt")}));
+    assert!(text(&read(&lead).unwrap()).contains("hello"));
+    let root = env.root.path().canonicalize().unwrap().display().to_string();
+    let pids = upstream_pids(&root);
+    assert_eq!(pids.len(), 1, "expected one filesystem server for {root}: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Every answer after the crash is either a clean upstream error or (once deputy saw the
+    // exit and started the server again) the file: never a hang, a dropped connection or a
+    // crashed sidecar.
+    let recovered = common::wait_until(Duration::from_secs(30), || match read(&lead) {
+        Ok(r) => text(&r).contains("hello"),
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.data.unwrap()["code"], "mcp_upstream_unavailable");
+            false
+        }
+        Err(e) => panic!("not a clean error: {e:?}"),
+    });
+    assert!(recovered, "the filesystem server was not started again");
+    let after = upstream_pids(&root);
+    assert!(after.len() == 1 && after[0] != pids[0], "{pids:?} -> {after:?}");
+    assert_eq!(env.server.get("/healthz").status, 200);
+}
+
+/// The processes whose command line names `root` (the filesystem server of one test).
+fn upstream_pids(root: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == root.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_committed_schema_fragment_is_what_the_generator_prints() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["mcp", "schema", "fs", "--"])
+        .arg(filesystem_server())
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let committed =
+        std::fs::read_to_string(common::repo_root().join("tests/fixtures/mcp/schema/fs.cedarschema")).unwrap();
+    assert_eq!(
+        printed, committed,
+        "tests/fixtures/mcp/schema/fs.cedarschema is not what `deputy mcp schema` prints now"
+    );
+    // The numbers it cannot type are named, on stderr and in the fragment.
+    assert!(stderr.contains("`fs/read_text_file`: `head` left out"), "{stderr}");
+    assert!(printed.contains("// Left out: `head`"), "{printed}");
+    // A bad name is refused before anything starts.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["mcp", "schema", "deputy", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+}
