@@ -45,6 +45,10 @@ pub async fn handle(gw: &Gateway, served: &Served, call: &Call, message: Value) 
         return error(None, RpcCode::INVALID_REQUEST, McpCode::InvalidMessage, "a message must be one JSON-RPC object (batches are not part of MCP since 2025-06-18)");
     };
     let id: Option<RequestId> = m.get("id").cloned().and_then(|v| serde_json::from_value(v).ok());
+    if id.is_none() && m.contains_key("id") {
+        // Not a notification (it has an `id`), but an id MCP does not allow (null, an object).
+        return error(None, RpcCode::INVALID_REQUEST, McpCode::InvalidMessage, "`id` must be a string or an integer");
+    }
     if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return error(id, RpcCode::INVALID_REQUEST, McpCode::InvalidMessage, "`jsonrpc` must be \"2.0\"");
     }

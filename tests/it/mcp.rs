@@ -485,6 +485,13 @@ fn bad_calls_fail_closed_naming_what_is_wrong() {
         assert_eq!(r.status, 200, "{body}: {}", r.text());
         assert_eq!(r.json()["error"]["data"]["code"], code, "{body}: {}", r.text());
     }
+    // A notification is accepted with no answer.
+    let r = env.raw(
+        "fs",
+        Some(LEAD),
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!((r.status, r.body.len()), (202, 0), "{}", r.text());
     // GET (a server stream) is not offered.
     let r = get_as(&env.server, LEAD, "/mcp/fs");
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
@@ -611,7 +618,7 @@ fn upstream_pids(root: &str) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == root.as_bytes()) {
+        if args.contains(&root.as_bytes()) {
             pids.push(pid);
         }
     }
@@ -645,4 +652,65 @@ fn the_committed_schema_fragment_is_what_the_generator_prints() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
+}
+
+#[test]
+fn the_python_sdk_client_sees_the_same_gateway() {
+    let env = Env::start();
+    let python = common::venv::tool("python3");
+    let script = common::repo_root().join("tests/fixtures/mcp_client.py");
+    let run = |token: &str, calls: &[(&str, Value)]| -> Value {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(&script)
+            .arg(format!("http://{}/mcp/fs", env.server.addr))
+            .arg(token);
+        for (tool, args) in calls {
+            cmd.arg(tool).arg(args.to_string());
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "the Python MCP client failed (is `mcp` installed? {}): {stderr}",
+            common::venv::SETUP_HINT
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let lead = run(
+        LEAD,
+        &[
+            ("read_text_file", json!({"path": env.path("notes.txt")})),
+            ("write_file", json!({"path": env.path("loose.txt"), "content": "x"})),
+            (
+                "write_file",
+                json!({"path": env.path("drafts/py.md"), "content": "from python"}),
+            ),
+            ("nope", json!({})),
+        ],
+    );
+    assert_eq!(lead["protocol"], "2025-11-25", "{lead}");
+    assert_eq!(
+        lead["tools"],
+        json!(["get_file_info", "list_directory", "read_text_file", "write_file"])
+    );
+    let calls = &lead["calls"];
+    assert_eq!(calls[0]["is_error"], false, "{lead}");
+    assert!(
+        calls[0]["text"].as_str().unwrap().contains("hello from the notes"),
+        "{lead}"
+    );
+    assert_eq!(
+        (calls[1]["is_error"].clone(), calls[1]["structured"]["code"].clone()),
+        (json!(true), json!("mcp_denied")),
+        "{lead}"
+    );
+    assert!(!env.root.path().join("loose.txt").exists());
+    assert_eq!(calls[2]["is_error"], false, "{lead}");
+    assert_eq!(
+        std::fs::read_to_string(env.root.path().join("drafts/py.md")).unwrap(),
+        "from python"
+    );
+    assert_eq!(calls[3]["error"]["data"]["code"], "mcp_unknown_tool", "{lead}");
+    let intern = run(INTERN, &[]);
+    assert_eq!(intern["tools"], json!(["list_directory"]));
 }
