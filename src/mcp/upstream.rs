@@ -14,8 +14,7 @@ use rmcp::{RoleClient, ServiceError, ServiceExt};
 
 use super::ServerConfig;
 
-/// How long starting a server and reading its tools may take.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::config::DEFAULT_MCP_START_TIMEOUT as START_TIMEOUT;
 
 /// A started server and the tools it listed when it started.
 pub struct Connection {

@@ -280,7 +280,7 @@ fn the_gateway_decides_exactly_as_v1_authorize() {
         ),
         ("list_directory", json!({"path": env.path("")})),
     ];
-    let (mut allows, mut denies) = (0, 0);
+    let (mut allows, mut denies) = (0u32, 0u32);
     for (agent, token) in [
         ("lead", LEAD),
         ("intern", INTERN),
