@@ -485,6 +485,19 @@ fn bad_calls_fail_closed_naming_what_is_wrong() {
         assert_eq!(r.status, 200, "{body}: {}", r.text());
         assert_eq!(r.json()["error"]["data"]["code"], code, "{body}: {}", r.text());
     }
+    // Duplicate keys: the server gets the arguments deputy decided on (re-sent as parsed), so
+    // no parser difference lets a checked path stand in for another.
+    let dup = |first: &str, last: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"write_file","arguments":{{"path":"{first}","content":"dup","path":"{last}"}}}}}}"#
+        )
+    };
+    let r = env.raw("fs", Some(LEAD), dup(&env.path("drafts/dup.md"), &env.path("dup.md")).as_bytes()).json();
+    assert_eq!(r["result"]["structuredContent"]["code"], "mcp_denied", "{r}");
+    assert!(!env.root.path().join("dup.md").exists() && !env.root.path().join("drafts/dup.md").exists());
+    let r = env.raw("fs", Some(LEAD), dup(&env.path("dup.md"), &env.path("drafts/dup.md")).as_bytes()).json();
+    assert!(r["result"]["content"].to_string().contains("Successfully wrote"), "{r}");
+    assert!(!env.root.path().join("dup.md").exists() && env.root.path().join("drafts/dup.md").exists());
     // A notification is accepted with no answer.
     let r = env.raw(
         "fs",
