@@ -492,10 +492,22 @@ fn bad_calls_fail_closed_naming_what_is_wrong() {
             r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"write_file","arguments":{{"path":"{first}","content":"dup","path":"{last}"}}}}}}"#
         )
     };
-    let r = env.raw("fs", Some(LEAD), dup(&env.path("drafts/dup.md"), &env.path("dup.md")).as_bytes()).json();
+    let r = env
+        .raw(
+            "fs",
+            Some(LEAD),
+            dup(&env.path("drafts/dup.md"), &env.path("dup.md")).as_bytes(),
+        )
+        .json();
     assert_eq!(r["result"]["structuredContent"]["code"], "mcp_denied", "{r}");
     assert!(!env.root.path().join("dup.md").exists() && !env.root.path().join("drafts/dup.md").exists());
-    let r = env.raw("fs", Some(LEAD), dup(&env.path("dup.md"), &env.path("drafts/dup.md")).as_bytes()).json();
+    let r = env
+        .raw(
+            "fs",
+            Some(LEAD),
+            dup(&env.path("dup.md"), &env.path("drafts/dup.md")).as_bytes(),
+        )
+        .json();
     assert!(r["result"]["content"].to_string().contains("Successfully wrote"), "{r}");
     assert!(!env.root.path().join("dup.md").exists() && env.root.path().join("drafts/dup.md").exists());
     // A notification is accepted with no answer.
@@ -726,4 +738,104 @@ fn the_python_sdk_client_sees_the_same_gateway() {
     assert_eq!(calls[3]["error"]["data"]["code"], "mcp_unknown_tool", "{lead}");
     let intern = run(INTERN, &[]);
     assert_eq!(intern["tools"], json!(["list_directory"]));
+}
+
+/// `deputy serve --mcp-server` end to end (the binary, its flag, a credential file), and the
+/// embedding builder's `mcp_server`; bad server specs are refused before anything is served,
+/// each named.
+#[test]
+fn the_serve_flag_and_the_embedding_builder_configure_servers() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let (state, root, secrets) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::fs::write(secrets.path().join("intern"), INTERN).unwrap();
+    let spec = format!(
+        "fs={}",
+        serde_json::to_string(&[
+            filesystem_server().display().to_string(),
+            root.path().display().to_string()
+        ])
+        .unwrap()
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--no-watch",
+            "--state",
+        ])
+        .arg(state.path())
+        .arg("--bundle")
+        .arg(bundle.path())
+        .arg("--agent-credential-file")
+        .arg(format!("intern={}", secrets.path().join("intern").display()))
+        .args(["--mcp-server", &spec])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = common::listening_addr(&mut child);
+    let list = common::send(
+        addr,
+        "POST",
+        "/mcp/fs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {INTERN}")),
+        ],
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    )
+    .json();
+    let _ = child.kill();
+    let _ = child.wait();
+    let tools: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tools, ["list_directory"], "{list}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args([
+            "serve",
+            "--no-watch",
+            "--mcp-server",
+            "FS=x",
+            "--mcp-server",
+            "deputy=x",
+            "--mcp-server",
+            "fs",
+            "--bundle",
+        ])
+        .arg(bundle.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for named in ["`FS`", "`deputy`", "`fs`"] {
+        assert!(stderr.contains(named), "{named} not named: {stderr}");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = rt.block_on(
+        deputy::Sidecar::new(bundle.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .state_dir(state.path())
+            .no_watch()
+            .mcp_server("fs", ["a"])
+            .mcp_server("fs", ["b"])
+            .start(),
+    );
+    assert!(started.is_err_and(|e| e.to_string().contains("configured twice")));
 }
