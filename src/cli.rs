@@ -55,6 +55,10 @@ pub enum McpCommand {
     Schema {
         /// The server's name, as given to `deputy serve --mcp-server NAME=…`.
         name: String,
+        /// Type JSON `number` arguments as `Long` (a call with a fractional value is refused)
+        /// instead of leaving them out (a call that passes one is refused).
+        #[arg(long)]
+        numbers_as_long: bool,
         /// The command that starts the server (program first), after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -298,7 +302,11 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn mcp(command: &McpCommand) -> ExitCode {
-    let McpCommand::Schema { name, command } = command;
+    let McpCommand::Schema {
+        name,
+        numbers_as_long,
+        command,
+    } = command;
     let config = match crate::mcp::ServerConfig::new(name, command.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -315,7 +323,10 @@ fn mcp(command: &McpCommand) -> ExitCode {
     };
     match runtime.block_on(crate::mcp::list_tools_of(&config)) {
         Ok(tools) => {
-            let fragment = crate::mcp::fragment(name, &tools);
+            let options = crate::mcp::SchemaOptions {
+                numbers_as_long: *numbers_as_long,
+            };
+            let fragment = crate::mcp::fragment(name, &tools, options);
             for (tool, arg, why) in &fragment.excluded {
                 eprintln!("note: `{name}/{tool}`: `{arg}` left out ({why}); a call that passes it is refused");
             }

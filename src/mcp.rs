@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use gateway::{handle, Call, Reply};
-pub use schema::fragment;
+pub use schema::{fragment, Options as SchemaOptions};
 pub use upstream::{list_tools_of, Upstream};
 
 /// The entity type of the resource of every tool call: one entity per server.

@@ -8,7 +8,8 @@
 //! `number`, which may be fractional; a union or `anyOf`; an object without `properties` or
 //! with `additionalProperties`; a `$ref`; an array of such) is left out of the context, and
 //! the fragment says so. Cedar validates a request's context strictly, so a call that passes a
-//! left-out argument is refused: policy sees every argument of every call it allows.
+//! left-out argument is refused: policy sees every argument of every call it allows. With
+//! `numbers_as_long`, a `number` is typed `Long` instead (a fractional value is then refused).
 //! `taint` is left out the same way (deputy supplies `context.taint` itself) and the gateway
 //! refuses a call that passes it.
 
@@ -31,8 +32,25 @@ pub struct Fragment {
     pub excluded: Vec<(String, String, String)>,
 }
 
+/// How the fragment is generated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Type a JSON `number` as `Long` (a call with a fractional value is then refused by the
+    /// context's validation) rather than leaving it out.
+    pub numbers_as_long: bool,
+}
+
+/// Walks one tool's input schema.
+struct Walk {
+    options: Options,
+    /// `(argument path, why)` for what is left out.
+    left_out: Vec<(String, String)>,
+    /// `(argument path, what)` for what is typed more narrowly than the JSON Schema says.
+    narrowed: Vec<(String, String)>,
+}
+
 /// The fragment for `server`'s `tools`, sorted by tool name.
-pub fn fragment(server: &str, tools: &[Tool]) -> Fragment {
+pub fn fragment(server: &str, tools: &[Tool], options: Options) -> Fragment {
     let mut tools: Vec<&Tool> = tools.iter().collect();
     tools.sort_by(|a, b| a.name.cmp(&b.name));
     let mut text = format!(
@@ -43,8 +61,13 @@ pub fn fragment(server: &str, tools: &[Tool]) -> Fragment {
     );
     let mut excluded = Vec::new();
     for tool in tools {
-        let mut left_out = Vec::new();
-        let context = record(&tool.input_schema, "", 1, &mut left_out);
+        let mut walk = Walk {
+            options,
+            left_out: Vec::new(),
+            narrowed: Vec::new(),
+        };
+        let context = walk.record(&tool.input_schema, "", 1);
+        let Walk { left_out, narrowed, .. } = walk;
         text.push('\n');
         if let Some(d) = tool.description.as_deref() {
             let first = d.lines().next().unwrap_or_default().trim();
@@ -58,6 +81,9 @@ pub fn fragment(server: &str, tools: &[Tool]) -> Fragment {
                 "// Left out: `{path}` ({why}); a call that passes it is refused."
             );
         }
+        for (path, what) in &narrowed {
+            let _ = writeln!(text, "// Narrowed: `{path}` ({what}).");
+        }
         let _ = writeln!(
             text,
             "action {} appliesTo {{\n  principal: [Agent],\n  resource: [{SERVER_TYPE}],\n  context: {},\n}};",
@@ -69,8 +95,9 @@ pub fn fragment(server: &str, tools: &[Tool]) -> Fragment {
     Fragment { text, excluded }
 }
 
+impl Walk {
 /// A record type for an object schema's `properties` (those with a Cedar type).
-fn record(schema: &Map<String, Value>, at: &str, depth: usize, left_out: &mut Vec<(String, String)>) -> String {
+fn record(&mut self, schema: &Map<String, Value>, at: &str, depth: usize) -> String {
     let required: Vec<&str> = schema
         .get("required")
         .and_then(Value::as_array)
@@ -86,15 +113,15 @@ fn record(schema: &Map<String, Value>, at: &str, depth: usize, left_out: &mut Ve
     for (name, prop) in names {
         let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
         if depth == 1 && name == RESERVED_ARGUMENT {
-            left_out.push((path, "deputy supplies `context.taint` itself".to_owned()));
+            self.left_out.push((path, "deputy supplies `context.taint` itself".to_owned()));
             continue;
         }
-        match cedar_type(prop, &path, depth, left_out) {
+        match self.cedar_type(prop, &path, depth) {
             Ok(ty) => {
                 let optional = if required.contains(&name.as_str()) { "" } else { "?" };
                 attrs.push(format!("{}{optional}: {}", quote(name), indent(&ty, 1)));
             }
-            Err(why) => left_out.push((path, why)),
+            Err(why) => self.left_out.push((path, why)),
         }
     }
     if attrs.is_empty() {
@@ -104,7 +131,7 @@ fn record(schema: &Map<String, Value>, at: &str, depth: usize, left_out: &mut Ve
 }
 
 /// The Cedar type of one JSON Schema, or why it has none.
-fn cedar_type(schema: &Value, path: &str, depth: usize, left_out: &mut Vec<(String, String)>) -> Result<String, String> {
+fn cedar_type(&mut self, schema: &Value, path: &str, depth: usize) -> Result<String, String> {
     let Some(s) = schema.as_object() else {
         return Err("its schema is not an object".to_owned());
     };
@@ -122,17 +149,28 @@ fn cedar_type(schema: &Value, path: &str, depth: usize, left_out: &mut Vec<(Stri
         "string" => Ok("String".to_owned()),
         "integer" => Ok("Long".to_owned()),
         "boolean" => Ok("Bool".to_owned()),
+        "number" if self.options.numbers_as_long => {
+            self.narrowed.push((
+                path.to_owned(),
+                "a JSON `number` typed `Long`: a call with a fractional value is refused".to_owned(),
+            ));
+            Ok("Long".to_owned())
+        }
         "number" => Err("a JSON `number` may be fractional; Cedar has no such type".to_owned()),
         "null" => Err("`null` has no Cedar type".to_owned()),
         "array" => {
             let items = s.get("items").ok_or("an array without `items`")?;
             // An array of things with no Cedar type is left out whole (the `Err` below), so
             // what the items leave out is not reported separately.
-            let mut inner = Vec::new();
-            let item = cedar_type(items, &format!("{path}[]"), depth, &mut inner)
-                .map_err(|why| format!("its items have no Cedar type: {why}"))?;
-            left_out.extend(inner);
-            Ok(format!("Set<{item}>"))
+            let before = (self.left_out.len(), self.narrowed.len());
+            match self.cedar_type(items, &format!("{path}[]"), depth) {
+                Ok(item) => Ok(format!("Set<{item}>")),
+                Err(why) => {
+                    self.left_out.truncate(before.0);
+                    self.narrowed.truncate(before.1);
+                    Err(format!("its items have no Cedar type: {why}"))
+                }
+            }
         }
         "object" => {
             if depth >= MAX_DEPTH {
@@ -145,10 +183,11 @@ fn cedar_type(schema: &Value, path: &str, depth: usize, left_out: &mut Vec<(Stri
             if !s.contains_key("properties") || free || s.contains_key("patternProperties") {
                 return Err("a free-form object has no Cedar type".to_owned());
             }
-            Ok(record(s, path, depth + 1, left_out))
+            Ok(self.record(s, path, depth + 1))
         }
         other => Err(format!("type `{other}` has no Cedar type")),
     }
+}
 }
 
 /// `text` with every line after the first indented by `levels` two-space steps.
@@ -219,7 +258,7 @@ mod tests {
             tool("we\"ird/name", json!({"type": "object", "properties": {"a-b c": {"type": "string"}}})),
             tool("none", json!({"type": "object"})),
         ];
-        let f = fragment("fs", &tools);
+        let f = fragment("fs", &tools, Options::default());
         let schema = parses(&f.text);
         let actions: Vec<String> = schema.actions().map(|a| a.id().unescaped().to_owned()).collect();
         assert!(actions.contains(&"fs/we\"ird/name".to_owned()), "{actions:?}");
@@ -231,6 +270,19 @@ mod tests {
         let left: Vec<&str> = f.excluded.iter().map(|(_, p, _)| p.as_str()).collect();
         assert_eq!(left, ["either", "head", "meta", "tags", "taint"]);
         assert!(!f.text.contains("\"taint\""), "{}", f.text);
+    }
+
+    #[test]
+    fn numbers_can_be_typed_long_instead() {
+        let tools = [tool(
+            "read",
+            json!({"type": "object", "properties": {"head": {"type": "number"}, "xs": {"type": "array", "items": {"type": "number"}}}}),
+        )];
+        let f = fragment("fs", &tools, Options { numbers_as_long: true });
+        parses(&f.text);
+        assert!(f.excluded.is_empty(), "{f:?}");
+        assert!(f.text.contains("\"head\"?: Long") && f.text.contains("\"xs\"?: Set<Long>"), "{}", f.text);
+        assert!(f.text.contains("// Narrowed: `head`"), "{}", f.text);
     }
 
     #[test]

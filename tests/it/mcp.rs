@@ -839,3 +839,31 @@ fn the_serve_flag_and_the_embedding_builder_configure_servers() {
     );
     assert!(started.is_err_and(|e| e.to_string().contains("configured twice")));
 }
+
+/// `deputy mcp schema --numbers-as-long`: the admin regenerates the fragment so that `head`
+/// (a JSON number) is a `Long`; after the reload an integral `head` reaches the server and a
+/// fractional one is refused before it.
+#[test]
+fn numbers_typed_long_pass_when_integral_and_are_refused_when_fractional() {
+    let env = Env::start();
+    std::fs::write(env.root.path().join("lines.txt"), "first\nsecond\nthird\n").unwrap();
+    let lead = env.client("fs", LEAD);
+    let data = lead.rpc_error("read_text_file", json!({"path": env.path("lines.txt"), "head": 1}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
+        .args(["mcp", "schema", "--numbers-as-long", "fs", "--"])
+        .arg(filesystem_server())
+        .arg(env.root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(env.bundle.path().join("schema/fs.cedarschema"), &out.stdout).unwrap();
+    let reloaded = env.server.reload();
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let read = lead.result("read_text_file", json!({"path": env.path("lines.txt"), "head": 1}));
+    assert!(denial(&read).is_none(), "{read:?}");
+    let got = text(&read);
+    assert!(got.contains("first") && !got.contains("second"), "{got}");
+    let data = lead.rpc_error("read_text_file", json!({"path": env.path("lines.txt"), "head": 1.5}));
+    assert_eq!(data["code"], "invalid_context", "{data}");
+}
