@@ -867,3 +867,45 @@ fn numbers_typed_long_pass_when_integral_and_are_refused_when_fractional() {
     let data = lead.rpc_error("read_text_file", json!({"path": env.path("lines.txt"), "head": 1.5}));
     assert_eq!(data["code"], "invalid_context", "{data}");
 }
+
+/// A server that cannot be started, or exits at once, answers a clean JSON-RPC error on every
+/// call; the sidecar keeps serving.
+#[test]
+fn a_server_that_cannot_start_is_a_clean_error() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    let server = |name: &str, command: &[&str]| {
+        deputy::mcp::ServerConfig::new(name, command.iter().map(|s| (*s).to_owned()).collect()).unwrap()
+    };
+    let s = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            agent_tokens: [("intern".to_owned(), INTERN.to_owned())].into(),
+            mcp_servers: vec![
+                server("missing", &["/nonexistent/mcp-server"]),
+                server("quits", &["false"]),
+            ],
+            ..Options::default()
+        },
+    );
+    for name in ["missing", "quits"] {
+        for method in ["tools/list", "tools/call"] {
+            let r = post_as(
+                &s,
+                INTERN,
+                &format!("/mcp/{name}"),
+                &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "x", "arguments": {}}}),
+            );
+            assert_eq!(r.status, 200, "{name} {method}: {}", r.text());
+            let body = r.json();
+            assert_eq!(
+                body["error"]["data"]["code"], "mcp_upstream_unavailable",
+                "{name} {method}: {body}"
+            );
+            assert!(body["error"]["message"].as_str().unwrap().contains(name), "{body}");
+        }
+    }
+    assert_eq!(s.get("/healthz").status, 200);
+}
