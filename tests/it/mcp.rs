@@ -311,6 +311,10 @@ fn the_gateway_decides_exactly_as_v1_authorize() {
                 }
                 Some(why) => {
                     assert_eq!(via_http["decision"], "Deny", "{agent} {tool} {args}");
+                    assert!(
+                        why["policy_version"].is_string() && why["denied_by"]["bound"].is_string(),
+                        "{why}"
+                    );
                     for field in ["reasons", "errors", "denied_by", "needed", "policy_version"] {
                         assert_eq!(why[field], via_http[field], "{agent} {tool} {args}: `{field}`");
                     }
@@ -590,13 +594,14 @@ fn deputys_own_tools_hide_delegate_from_who_may_not_delegate() {
         .structured_content
         .unwrap();
     assert_eq!(asked["status"], "pending", "{asked}");
+    assert!(asked["request_id"].is_string(), "{asked}");
     let pending = get_as(&env.server, LEAD, "/v1/permission-requests").json();
     assert!(
         pending["requests"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["id"] == asked["id"]),
+            .any(|r| r["request_id"] == asked["request_id"]),
         "{pending}"
     );
 }
@@ -908,4 +913,46 @@ fn a_server_that_cannot_start_is_a_clean_error() {
         }
     }
     assert_eq!(s.get("/healthz").status, 200);
+}
+
+/// DESIGN §2 through MCP alone on the agent's side: a child is denied a tool with what it would
+/// need, asks for exactly that with `request_permission`, its grantor approves over HTTP, and
+/// the child's next `tools/list` and call have it.
+#[test]
+fn a_denied_child_asks_for_what_it_needs_and_acts_once_approved() {
+    let env = Env::start();
+    let child = env.spawn_child(
+        r#"permit (principal == ?principal, action == Action::"fs/list_directory", resource == McpServer::"fs");"#,
+    );
+    let fs = env.client("fs", &child.token);
+    assert_eq!(fs.tool_names(), names(&["list_directory"]));
+    let args = json!({"path": env.path("notes.txt")});
+    let why = denial(&fs.result("read_text_file", args.clone())).unwrap();
+    assert_eq!(
+        (why["denied_by"]["bound"].clone(), why["needed"]["approver"].clone()),
+        (json!("grant"), json!("lead")),
+        "{why}"
+    );
+    let asked = env
+        .client("deputy", &child.token)
+        .result(
+            "request_permission",
+            json!({"grant": why["needed"]["template"], "reason": "read the notes"}),
+        )
+        .structured_content
+        .unwrap();
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let approved = post_as(
+        &env.server,
+        LEAD,
+        &format!("/v1/permission-requests/{}", asked["request_id"].as_str().unwrap()),
+        &json!({"decision": "approve", "reason": "fine"}),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    assert_eq!(fs.tool_names(), names(&["list_directory", "read_text_file"]));
+    let read = fs.result("read_text_file", args);
+    assert!(
+        denial(&read).is_none() && text(&read).contains("hello from the notes"),
+        "{read:?}"
+    );
 }
