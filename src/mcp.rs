@@ -112,11 +112,11 @@ pub enum Served {
 }
 
 impl Gateway {
-    /// The gateway for `servers` (names already checked; a repeated name is refused).
+    /// The gateway for `servers`: a bad name, an empty command or a repeated name is refused.
     pub fn new(servers: &[ServerConfig], call_timeout: std::time::Duration) -> Result<Gateway, String> {
         let mut upstreams = BTreeMap::new();
         for s in servers {
-            check_name(&s.name)?;
+            let s = &ServerConfig::new(&s.name, s.command.clone())?;
             if upstreams
                 .insert(s.name.clone(), Arc::new(Upstream::new(s.clone())))
                 .is_some()

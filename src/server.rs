@@ -199,9 +199,6 @@ impl Running {
 /// Loads the bundle (an invalid one is reported and the server starts not ready, waiting for a
 /// fix), binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
-    for s in &config.mcp_servers {
-        crate::mcp::ServerConfig::new(&s.name, s.command.clone()).map_err(std::io::Error::other)?;
-    }
     let mcp = Arc::new(
         crate::mcp::Gateway::new(&config.mcp_servers, crate::config::DEFAULT_MCP_CALL_TIMEOUT)
             .map_err(std::io::Error::other)?,
