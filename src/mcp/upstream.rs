@@ -20,6 +20,23 @@ use crate::config::DEFAULT_MCP_START_TIMEOUT as START_TIMEOUT;
 pub struct Connection {
     service: RunningService<RoleClient, ()>,
     pub tools: Vec<Tool>,
+    _group: Group,
+}
+
+/// The server's process group (it leads one): killed when deputy lets go of the server, whether
+/// it stops, restarts the server after it exited, or its runtime shuts down (rmcp kills the
+/// process it started from a task, which a runtime shutting down never runs; and only that
+/// process, not a wrapper's child or a helper).
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // ESRCH (every member already gone) is the usual answer after a crash.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 impl Connection {
@@ -135,10 +152,16 @@ async fn start(config: &ServerConfig) -> Result<Connection, UpstreamError> {
         .ok_or_else(|| UpstreamError::Unavailable(format!("the MCP server `{name}` has no command")))?;
     let mut command = tokio::process::Command::new(program);
     command.args(args).kill_on_drop(true);
+    // Its own process group: stopping the server (rmcp kills it when the connection is
+    // dropped) stops what it started too, a wrapper's child (`npx`, a shell) or a helper.
+    let mut command = process_wrap::tokio::CommandWrap::from(command);
+    #[cfg(unix)]
+    command.wrap(process_wrap::tokio::ProcessGroup::leader());
     let (transport, stderr) = TokioChildProcess::builder(command)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| UpstreamError::Unavailable(format!("cannot start the MCP server `{name}` (`{program}`): {e}")))?;
+    let group = Group(transport.id());
     if let Some(stderr) = stderr {
         tokio::spawn(log_stderr(name.clone(), stderr));
     }
@@ -152,7 +175,11 @@ async fn start(config: &ServerConfig) -> Result<Connection, UpstreamError> {
         .await
         .map_err(|e| UpstreamError::Unavailable(format!("the MCP server `{name}` did not list its tools: {e}")))?;
     tracing::info!(server = %name, tools = tools.len(), "MCP server started");
-    Ok(Connection { service, tools })
+    Ok(Connection {
+        service,
+        tools,
+        _group: group,
+    })
 }
 
 /// The server's stderr, line by line, as debug logs.

@@ -956,3 +956,50 @@ fn a_denied_child_asks_for_what_it_needs_and_acts_once_approved() {
         "{read:?}"
     );
 }
+
+/// A server started through a wrapper (a shell, `npx`) runs as a grandchild of deputy, and may
+/// start helpers of its own that do not read stdin; when deputy stops, its whole process group
+/// goes, not only the process deputy started.
+#[test]
+fn stopping_deputy_stops_the_servers_it_started_and_their_children() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let (state, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root_arg = root.path().canonicalize().unwrap().display().to_string();
+    let wrapped = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        // Not `exec`: the shell stays the server's parent; the helper ignores stdin.
+        "python3 -c 'import time; time.sleep(300)' \"$1\" & \"$0\" \"$1\"".to_owned(),
+        filesystem_server().display().to_string(),
+        root_arg.clone(),
+    ];
+    let s = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            agent_tokens: [("intern".to_owned(), INTERN.to_owned())].into(),
+            mcp_servers: vec![deputy::mcp::ServerConfig::new("fs", wrapped).unwrap()],
+            ..Options::default()
+        },
+    );
+    let r = post_as(
+        &s,
+        INTERN,
+        "/mcp/fs",
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .json();
+    assert_eq!(r["result"]["tools"][0]["name"], "list_directory", "{r}");
+    assert_eq!(
+        upstream_pids(&root_arg).len(),
+        3,
+        "the shell, the helper and the server"
+    );
+    drop(s);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || upstream_pids(&root_arg).is_empty()),
+        "left running after deputy stopped: {:?}",
+        upstream_pids(&root_arg)
+    );
+}
