@@ -1003,3 +1003,44 @@ fn stopping_deputy_stops_the_servers_it_started_and_their_children() {
         upstream_pids(&root_arg)
     );
 }
+
+/// An invocation session's credential is an identity of the gateway too: the session is the
+/// callee, never more (its tools and decisions are the callee's), and it ends with the session.
+#[test]
+fn an_invocation_session_calls_tools_as_its_callee() {
+    let env = Env::start();
+    let invoked = post_as(
+        &env.server,
+        LEAD,
+        "/v1/invocations",
+        &json!({"callee": {"type": "Agent", "id": "intern"}, "task": "list the drafts", "ttl_seconds": 600}),
+    );
+    assert_eq!(invoked.status, 201, "{}", invoked.text());
+    let id = invoked.json()["session_id"].as_str().unwrap().to_owned();
+    let accepted = post_as(&env.server, INTERN, &format!("/v1/invocations/{id}/accept"), &json!({}));
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let token = accepted.json()["credential"].as_str().unwrap().to_owned();
+
+    let session = env.client("fs", &token);
+    assert_eq!(session.tool_names(), names(&["list_directory"]));
+    let listed = session.result("list_directory", json!({"path": env.path("")}));
+    assert!(
+        denial(&listed).is_none() && text(&listed).contains("notes.txt"),
+        "{listed:?}"
+    );
+    let denied = session.result("write_file", json!({"path": env.path("drafts/s.md"), "content": "x"}));
+    assert_eq!(denial(&denied).unwrap()["denied_by"]["bound"], "grant");
+    assert!(!env.root.path().join("drafts/s.md").exists());
+    let own = env.client("deputy", &token);
+    assert_eq!(own.tool_names(), names(&["capabilities", "request_permission"]));
+
+    let ended = delete_as(&env.server, LEAD, &format!("/v1/invocations/{id}"));
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    let r = env.raw("fs", Some(&token), br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (401, json!("unauthenticated")),
+        "{}",
+        r.text()
+    );
+}
