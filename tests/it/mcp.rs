@@ -1044,3 +1044,41 @@ fn an_invocation_session_calls_tools_as_its_callee() {
         r.text()
     );
 }
+
+/// Calls made at once, the first calls included, share one upstream server (started once);
+/// each gets its own answer.
+#[test]
+fn concurrent_calls_each_get_their_own_answer() {
+    let env = Env::start();
+    for i in 0..16 {
+        std::fs::write(
+            env.root.path().join(format!("drafts/{i}.md")),
+            format!("file number {i}"),
+        )
+        .unwrap();
+    }
+    let answers: Vec<(usize, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let env = &env;
+                scope.spawn(move || {
+                    let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                        "params": {"name": "read_text_file", "arguments": {"path": env.path(&format!("drafts/{i}.md"))}}});
+                    (i, env.raw("fs", Some(LEAD), &serde_json::to_vec(&body).unwrap()).json())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, answer) in answers {
+        assert_eq!(answer["id"], i, "{answer}");
+        let got = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+        assert_eq!(got, format!("file number {i}"), "{answer}");
+    }
+    let root = env.root.path().canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        upstream_pids(&root).len(),
+        1,
+        "the first calls started more than one server"
+    );
+}
