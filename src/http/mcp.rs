@@ -9,7 +9,7 @@ use hyper::header::{HeaderValue, ALLOW, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::delegations::{bearer, service};
-use super::routes::{error_response, json_response, read_json};
+use super::routes::{error_response, json_response, read_json, POLICY_VERSION_HEADER};
 use super::{ApiError, AppState};
 use crate::clock::now;
 use crate::delegation::Caller;
@@ -45,14 +45,19 @@ pub async fn serve(state: &AppState, req: Request<Incoming>, server: &str) -> Re
         caller,
         svc,
     };
-    Ok(match crate::mcp::handle(&state.mcp, &served, &call, body).await {
+    let mut response = match crate::mcp::handle(&state.mcp, &served, &call, body).await {
         Reply::Message(m) => json_response(StatusCode::OK, &m),
         Reply::Accepted => {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::ACCEPTED;
             r
         }
-    })
+    };
+    // The bundle every decision of this message was made against, as decision answers carry it.
+    if let Ok(v) = HeaderValue::from_str(&call.snap.bundle.version) {
+        response.headers_mut().insert(POLICY_VERSION_HEADER, v);
+    }
+    Ok(response)
 }
 
 /// GET (a server-to-client stream) and DELETE (ending a session) are not offered: 405, as the

@@ -25,7 +25,7 @@ use crate::telemetry::{self, Api};
 const REQUEST_ID: &str = "x-request-id";
 /// Batches up to this many items are decided inline; larger ones on the blocking pool.
 const INLINE_BATCH: usize = 32;
-const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
+pub(super) const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 

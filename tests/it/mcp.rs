@@ -365,7 +365,9 @@ fn identity_comes_only_from_the_credential() {
                    "_meta": {"principal": "lead", "agent": "lead"}},
     }))
     .unwrap();
-    let r = env.raw("fs", Some(INTERN), &call).json();
+    let raw = env.raw("fs", Some(INTERN), &call);
+    assert_eq!(raw.header("x-deputy-policy-version"), env.server.version().as_deref());
+    let r = raw.json();
     assert_eq!(r["result"]["structuredContent"]["denied_by"]["bound"], "grant", "{r}");
 
     // A revoked child's credential stops working at once, for listing and calling.
