@@ -327,8 +327,15 @@ fn mcp(command: &McpCommand) -> ExitCode {
                 numbers_as_long: *numbers_as_long,
             };
             let fragment = crate::mcp::fragment(name, &tools, options);
-            for (tool, arg, why) in &fragment.excluded {
-                eprintln!("note: `{name}/{tool}`: `{arg}` left out ({why}); a call that passes it is refused");
+            for e in &fragment.excluded {
+                let (tool, arg, why) = (&e.tool, &e.path, &e.why);
+                if e.tool_dropped {
+                    eprintln!(
+                        "note: `{name}/{tool}`: not generated: it needs `{arg}` ({why}), so no call of it could pass"
+                    );
+                } else {
+                    eprintln!("note: `{name}/{tool}`: `{arg}` left out ({why}); a call that passes it is refused");
+                }
             }
             print!("{}", fragment.text);
             ExitCode::SUCCESS

@@ -11,7 +11,8 @@
 //! left-out argument is refused: policy sees every argument of every call it allows. With
 //! `numbers_as_long`, a `number` is typed `Long` instead (a fractional value is then refused).
 //! `taint` is left out the same way (deputy supplies `context.taint` itself) and the gateway
-//! refuses a call that passes it.
+//! refuses a call that passes it. A tool that needs a left-out argument (required all the way
+//! down) gets no action: no call of it could pass, so it is neither listed nor callable.
 
 use std::fmt::Write as _;
 
@@ -28,8 +29,19 @@ const MAX_DEPTH: usize = 8;
 pub struct Fragment {
     /// The `.cedarschema` text.
     pub text: String,
-    /// `(tool, argument path, why)` for every argument left out of a context.
-    pub excluded: Vec<(String, String, String)>,
+    /// Every argument left out of a context.
+    pub excluded: Vec<Excluded>,
+}
+
+/// An argument left out of a tool's context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    pub tool: String,
+    /// Its path in the arguments (`edits[].old`).
+    pub path: String,
+    pub why: String,
+    /// Every call passes it, so the tool has no action at all.
+    pub tool_dropped: bool,
 }
 
 /// How the fragment is generated.
@@ -43,10 +55,18 @@ pub struct Options {
 /// Walks one tool's input schema.
 struct Walk {
     options: Options,
-    /// `(argument path, why)` for what is left out.
-    left_out: Vec<(String, String)>,
+    left_out: Vec<LeftOut>,
     /// `(argument path, what)` for what is typed more narrowly than the JSON Schema says.
     narrowed: Vec<(String, String)>,
+}
+
+/// An argument left out of a context.
+struct LeftOut {
+    path: String,
+    why: String,
+    /// Every call passes it (it is required, and so is every record above it): no call of the
+    /// tool could pass validation.
+    fatal: bool,
 }
 
 /// The fragment for `server`'s `tools`, sorted by tool name.
@@ -66,8 +86,9 @@ pub fn fragment(server: &str, tools: &[Tool], options: Options) -> Fragment {
             left_out: Vec::new(),
             narrowed: Vec::new(),
         };
-        let context = walk.record(&tool.input_schema, "", 1);
+        let context = walk.record(&tool.input_schema, "", 1, true);
         let Walk { left_out, narrowed, .. } = walk;
+        let action = quote(&action_id(server, &tool.name));
         text.push('\n');
         if let Some(d) = tool.description.as_deref() {
             let first = d.lines().next().unwrap_or_default().trim();
@@ -75,119 +96,145 @@ pub fn fragment(server: &str, tools: &[Tool], options: Options) -> Fragment {
                 let _ = writeln!(text, "// {first}");
             }
         }
-        for (path, why) in &left_out {
+        if let Some(fatal) = left_out.iter().find(|l| l.fatal) {
+            // INVARIANT: no action for a tool no call of which could pass validation, so that
+            // no agent is shown it (tools/list) and every call of it is refused (no action).
             let _ = writeln!(
                 text,
-                "// Left out: `{path}` ({why}); a call that passes it is refused."
+                "// Not generated: {action} needs `{}` ({}), so no call of it could pass; type it by hand{}.",
+                fatal.path,
+                fatal.why,
+                if options.numbers_as_long { "" } else { " (or try --numbers-as-long)" }
+            );
+        } else {
+            for l in &left_out {
+                let _ = writeln!(
+                    text,
+                    "// Left out: `{}` ({}); a call that passes it is refused.",
+                    l.path, l.why
+                );
+            }
+            for (path, what) in &narrowed {
+                let _ = writeln!(text, "// Narrowed: `{path}` ({what}).");
+            }
+            let _ = writeln!(
+                text,
+                "action {action} appliesTo {{\n  principal: [Agent],\n  resource: [{SERVER_TYPE}],\n  context: {},\n}};",
+                indent(&context, 1)
             );
         }
-        for (path, what) in &narrowed {
-            let _ = writeln!(text, "// Narrowed: `{path}` ({what}).");
-        }
-        let _ = writeln!(
-            text,
-            "action {} appliesTo {{\n  principal: [Agent],\n  resource: [{SERVER_TYPE}],\n  context: {},\n}};",
-            quote(&action_id(server, &tool.name)),
-            indent(&context, 1)
-        );
-        excluded.extend(left_out.into_iter().map(|(p, w)| (tool.name.to_string(), p, w)));
+        excluded.extend(left_out.into_iter().map(|l| Excluded {
+            tool: tool.name.to_string(),
+            path: l.path,
+            why: l.why,
+            tool_dropped: l.fatal,
+        }));
     }
     Fragment { text, excluded }
 }
 
 impl Walk {
-/// A record type for an object schema's `properties` (those with a Cedar type).
-fn record(&mut self, schema: &Map<String, Value>, at: &str, depth: usize) -> String {
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut names: Vec<(&String, &Value)> = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
-    names.sort_by(|a, b| a.0.cmp(b.0));
-    let mut attrs = Vec::new();
-    for (name, prop) in names {
-        let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
-        if depth == 1 && name == RESERVED_ARGUMENT {
-            self.left_out.push((path, "deputy supplies `context.taint` itself".to_owned()));
-            continue;
-        }
-        match self.cedar_type(prop, &path, depth) {
-            Ok(ty) => {
-                let optional = if required.contains(&name.as_str()) { "" } else { "?" };
-                attrs.push(format!("{}{optional}: {}", quote(name), indent(&ty, 1)));
+    /// A record type for an object schema's `properties` (those with a Cedar type). `needed`:
+    /// whether every call passes this record (it and every record above it are required).
+    fn record(&mut self, schema: &Map<String, Value>, at: &str, depth: usize, needed: bool) -> String {
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut names: Vec<(&String, &Value)> = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        let mut attrs = Vec::new();
+        for (name, prop) in names {
+            let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
+            let is_required = required.contains(&name.as_str());
+            if depth == 1 && name == RESERVED_ARGUMENT {
+                let why = "deputy supplies `context.taint` itself".to_owned();
+                self.left_out.push(LeftOut { path, why, fatal: is_required });
+                continue;
             }
-            Err(why) => self.left_out.push((path, why)),
+            match self.cedar_type(prop, &path, depth, needed && is_required) {
+                Ok(ty) => {
+                    let optional = if is_required { "" } else { "?" };
+                    attrs.push(format!("{}{optional}: {}", quote(name), indent(&ty, 1)));
+                }
+                Err(why) => self.left_out.push(LeftOut {
+                    path,
+                    why,
+                    fatal: needed && is_required,
+                }),
+            }
         }
+        if attrs.is_empty() {
+            return "{}".to_owned();
+        }
+        format!("{{\n  {},\n}}", attrs.join(",\n  "))
     }
-    if attrs.is_empty() {
-        return "{}".to_owned();
-    }
-    format!("{{\n  {},\n}}", attrs.join(",\n  "))
-}
 
-/// The Cedar type of one JSON Schema, or why it has none.
-fn cedar_type(&mut self, schema: &Value, path: &str, depth: usize) -> Result<String, String> {
-    let Some(s) = schema.as_object() else {
-        return Err("its schema is not an object".to_owned());
-    };
-    for union in ["anyOf", "oneOf", "allOf", "not", "$ref", "if"] {
-        if s.contains_key(union) {
-            return Err(format!("`{union}` has no Cedar type"));
+    /// The Cedar type of one JSON Schema, or why it has none. `needed`: whether every call
+    /// passes a value of it.
+    fn cedar_type(&mut self, schema: &Value, path: &str, depth: usize, needed: bool) -> Result<String, String> {
+        let Some(s) = schema.as_object() else {
+            return Err("its schema is not an object".to_owned());
+        };
+        for union in ["anyOf", "oneOf", "allOf", "not", "$ref", "if"] {
+            if s.contains_key(union) {
+                return Err(format!("`{union}` has no Cedar type"));
+            }
         }
-    }
-    let ty = match s.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(Value::Array(_)) => return Err("a union of types has no Cedar type".to_owned()),
-        _ => return Err("no `type`".to_owned()),
-    };
-    match ty {
-        "string" => Ok("String".to_owned()),
-        "integer" => Ok("Long".to_owned()),
-        "boolean" => Ok("Bool".to_owned()),
-        "number" if self.options.numbers_as_long => {
-            self.narrowed.push((
-                path.to_owned(),
-                "a JSON `number` typed `Long`: a call with a fractional value is refused".to_owned(),
-            ));
-            Ok("Long".to_owned())
-        }
-        "number" => Err("a JSON `number` may be fractional; Cedar has no such type".to_owned()),
-        "null" => Err("`null` has no Cedar type".to_owned()),
-        "array" => {
-            let items = s.get("items").ok_or("an array without `items`")?;
-            // An array of things with no Cedar type is left out whole (the `Err` below), so
-            // what the items leave out is not reported separately.
-            let before = (self.left_out.len(), self.narrowed.len());
-            match self.cedar_type(items, &format!("{path}[]"), depth) {
-                Ok(item) => Ok(format!("Set<{item}>")),
-                Err(why) => {
-                    self.left_out.truncate(before.0);
-                    self.narrowed.truncate(before.1);
-                    Err(format!("its items have no Cedar type: {why}"))
+        let ty = match s.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(Value::Array(_)) => return Err("a union of types has no Cedar type".to_owned()),
+            _ => return Err("no `type`".to_owned()),
+        };
+        match ty {
+            "string" => Ok("String".to_owned()),
+            "integer" => Ok("Long".to_owned()),
+            "boolean" => Ok("Bool".to_owned()),
+            "number" if self.options.numbers_as_long => {
+                self.narrowed.push((
+                    path.to_owned(),
+                    "a JSON `number` typed `Long`: a call with a fractional value is refused".to_owned(),
+                ));
+                Ok("Long".to_owned())
+            }
+            "number" => Err("a JSON `number` may be fractional; Cedar has no such type".to_owned()),
+            "null" => Err("`null` has no Cedar type".to_owned()),
+            "array" => {
+                let items = s.get("items").ok_or("an array without `items`")?;
+                // An array of things with no Cedar type is left out whole (the `Err` below), so
+                // what its items left out is not reported separately; an empty array passes no
+                // item, so nothing an item leaves out is needed.
+                let before = (self.left_out.len(), self.narrowed.len());
+                match self.cedar_type(items, &format!("{path}[]"), depth, false) {
+                    Ok(item) => Ok(format!("Set<{item}>")),
+                    Err(why) => {
+                        self.left_out.truncate(before.0);
+                        self.narrowed.truncate(before.1);
+                        Err(format!("its items have no Cedar type: {why}"))
+                    }
                 }
             }
-        }
-        "object" => {
-            if depth >= MAX_DEPTH {
-                return Err(format!("nested deeper than {MAX_DEPTH} records"));
+            "object" => {
+                if depth >= MAX_DEPTH {
+                    return Err(format!("nested deeper than {MAX_DEPTH} records"));
+                }
+                let free = match s.get("additionalProperties") {
+                    None | Some(Value::Bool(false)) => false,
+                    Some(_) => true,
+                };
+                if !s.contains_key("properties") || free || s.contains_key("patternProperties") {
+                    return Err("a free-form object has no Cedar type".to_owned());
+                }
+                Ok(self.record(s, path, depth + 1, needed))
             }
-            let free = match s.get("additionalProperties") {
-                None | Some(Value::Bool(false)) => false,
-                Some(_) => true,
-            };
-            if !s.contains_key("properties") || free || s.contains_key("patternProperties") {
-                return Err("a free-form object has no Cedar type".to_owned());
-            }
-            Ok(self.record(s, path, depth + 1))
+            other => Err(format!("type `{other}` has no Cedar type")),
         }
-        other => Err(format!("type `{other}` has no Cedar type")),
     }
-}
 }
 
 /// `text` with every line after the first indented by `levels` two-space steps.
@@ -267,9 +314,47 @@ mod tests {
         assert!(f.text.contains("\"edits\": Set<{"), "{}", f.text);
         assert!(f.text.contains("\"old\": String"), "{}", f.text);
         assert!(f.text.contains("\"kind\"?: String"), "{}", f.text);
-        let left: Vec<&str> = f.excluded.iter().map(|(_, p, _)| p.as_str()).collect();
+        let left: Vec<&str> = f.excluded.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(left, ["either", "head", "meta", "tags", "taint"]);
         assert!(!f.text.contains("\"taint\""), "{}", f.text);
+    }
+
+    #[test]
+    fn a_tool_no_call_of_which_could_pass_gets_no_action() {
+        let tools = [
+            tool(
+                "sum",
+                json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "number"}}}),
+            ),
+            tool(
+                "deep",
+                json!({"type": "object", "required": ["o"], "properties": {"o": {"type": "object",
+                    "required": ["n"], "properties": {"n": {"type": "number"}}}}}),
+            ),
+            // Optional on the way down: calls without `o` pass.
+            tool(
+                "shallow",
+                json!({"type": "object", "properties": {"o": {"type": "object",
+                    "required": ["n"], "properties": {"n": {"type": "number"}, "s": {"type": "string"}}}}}),
+            ),
+            // An empty array passes no item.
+            tool(
+                "items",
+                json!({"type": "object", "required": ["xs"], "properties": {"xs": {"type": "array",
+                    "items": {"type": "object", "required": ["n"], "properties": {"n": {"type": "number"}}}}}}),
+            ),
+        ];
+        let f = fragment("m", &tools, Options::default());
+        let schema = parses(&f.text);
+        let mut actions: Vec<String> = schema.actions().map(|a| a.id().unescaped().to_owned()).collect();
+        actions.sort();
+        assert_eq!(actions, ["m/items", "m/shallow"], "{}", f.text);
+        assert!(f.text.contains("// Not generated: \"m/sum\" needs `a`"), "{}", f.text);
+        assert!(f.text.contains("// Not generated: \"m/deep\" needs `o.n`"), "{}", f.text);
+        let dropped: Vec<&str> = f.excluded.iter().filter(|e| e.tool_dropped).map(|e| e.tool.as_str()).collect();
+        assert_eq!(dropped, ["deep", "sum"]);
+        let with_longs = fragment("m", &tools, Options { numbers_as_long: true });
+        assert_eq!(parses(&with_longs.text).actions().count(), 4, "{}", with_longs.text);
     }
 
     #[test]

@@ -1084,3 +1084,120 @@ fn concurrent_calls_each_get_their_own_answer() {
         "the first calls started more than one server"
     );
 }
+
+/// The reference "everything" server, as scripts/setup installs it.
+fn everything_server() -> PathBuf {
+    let bin = common::repo_root().join("tests/mcp-servers/node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `scripts/setup` (it runs `npm ci` in tests/mcp-servers/)",
+        bin.display()
+    );
+    bin
+}
+
+/// A second server written by others, its fragment generated at test time: a tool whose
+/// required arguments have no Cedar type (`get-sum`'s numbers) gets no action, so it is not
+/// listed and a call of it is refused; generated with `--numbers-as-long` (and reloaded) it is
+/// listed and callable with integers only.
+#[test]
+fn a_second_server_with_untyped_required_arguments() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let generate = |numbers_as_long: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"));
+        cmd.args(["mcp", "schema"]);
+        if numbers_as_long {
+            cmd.arg("--numbers-as-long");
+        }
+        let out = cmd
+            .args(["everything", "--"])
+            .arg(everything_server())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(bundle.path().join("schema/everything.cedarschema"), &out.stdout).unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let notes = generate(false);
+    assert!(notes.contains("`everything/get-sum`: not generated"), "{notes}");
+    std::fs::write(
+        bundle.path().join("entities/everything.json"),
+        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        bundle.path().join("policies/everything.cedar"),
+        "permit (principal is Agent, action, resource == McpServer::\"everything\");\n",
+    )
+    .unwrap();
+    let grant = bundle.path().join("grants/lead.cedar");
+    let mut granted = std::fs::read_to_string(&grant).unwrap();
+    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
+    std::fs::write(&grant, granted).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
+            mcp_servers: vec![deputy::mcp::ServerConfig::new(
+                "everything",
+                vec![everything_server().display().to_string()],
+            )
+            .unwrap()],
+            ..Options::default()
+        },
+    );
+    assert!(
+        s.version().is_some(),
+        "the bundle did not load: {}",
+        s.get("/v1/status").text()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let uri = format!("http://{}/mcp/everything", s.addr);
+    let client = rt
+        .block_on(async {
+            ().serve(StreamableHttpClientTransport::from_config(
+                StreamableHttpClientTransportConfig::with_uri(uri).auth_header(LEAD),
+            ))
+            .await
+        })
+        .unwrap();
+    let tools = || -> Vec<String> {
+        let listed = rt.block_on(client.peer().list_all_tools()).unwrap();
+        listed.iter().map(|t| t.name.to_string()).collect()
+    };
+    let call = |tool: &str, args: Value| {
+        let Value::Object(args) = args else { panic!() };
+        rt.block_on(
+            client
+                .peer()
+                .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args)),
+        )
+    };
+    assert!(
+        tools().contains(&"echo".to_owned()) && !tools().contains(&"get-sum".to_owned()),
+        "{:?}",
+        tools()
+    );
+    let echoed = call("echo", json!({"message": "through deputy"})).unwrap();
+    assert!(text(&echoed).contains("through deputy"), "{echoed:?}");
+    match call("get-sum", json!({"a": 2, "b": 3})) {
+        Err(ServiceError::McpError(e)) => assert_eq!(e.data.unwrap()["code"], "unknown_action"),
+        other => panic!("get-sum without an action was not refused: {other:?}"),
+    }
+
+    generate(true);
+    assert!(s.reload().is_ok());
+    assert!(tools().contains(&"get-sum".to_owned()), "{:?}", tools());
+    let sum = call("get-sum", json!({"a": 2, "b": 3})).unwrap();
+    assert!(text(&sum).contains('5'), "{sum:?}");
+    match call("get-sum", json!({"a": 2.5, "b": 3})) {
+        Err(ServiceError::McpError(e)) => assert_eq!(e.data.unwrap()["code"], "invalid_context"),
+        other => panic!("a fractional argument was not refused: {other:?}"),
+    }
+}
