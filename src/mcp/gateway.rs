@@ -226,6 +226,8 @@ async fn upstream_call(
     let conn = upstream.connection().await.map_err(Failure::upstream)?;
     check_tool(&conn, server, &params)?;
     let outcome = decide(call, server, &params)?;
+    // INVARIANT: the server is called below this line only, after an allow, with `params` as
+    // decided on (the parsed arguments, re-serialized: never the bytes received).
     if !outcome.decision.allow {
         return Ok(denied(&call.snap, &outcome));
     }
