@@ -206,11 +206,10 @@ pub fn visible(caps: &authorize::Capabilities, server: &str, tool: &str) -> bool
 
 /// `tools/call`.
 async fn tool_call(gw: &Gateway, served: &Served, call: &Call, params: CallToolRequestParams) -> Result<Value, Failure> {
-    let result = match served {
+    let mut result = match served {
         Served::Own => own::call(call, &params).await?,
         Served::Upstream(u) => upstream_call(gw, u, call, params).await?,
     };
-    let mut result = result;
     result.result_type = None;
     serde_json::to_value(result).map_err(|e| internal(&e))
 }
@@ -226,8 +225,8 @@ async fn upstream_call(
     let conn = upstream.connection().await.map_err(Failure::upstream)?;
     check_tool(&conn, server, &params)?;
     let outcome = decide(call, server, &params)?;
-    // INVARIANT: the server is called below this line only, after an allow, with `params` as
-    // decided on (the parsed arguments, re-serialized: never the bytes received).
+    // INVARIANT: the server is called below this line only, after an allow, with the name and
+    // arguments as decided on (parsed, re-serialized: never the bytes received).
     if !outcome.decision.allow {
         return Ok(denied(&call.snap, &outcome));
     }
@@ -240,8 +239,14 @@ async fn upstream_call(
             .map_err(|e| internal(&e))?
             .map_err(|e| Failure::new(RpcCode::INTERNAL_ERROR, McpCode::StateUnavailable, e.message))?;
     }
+    // Only what was decided on goes on: the name and the arguments (not the client's `_meta`
+    // or later revisions' fields, which no policy saw).
+    let mut forwarded = CallToolRequestParams::new(params.name);
+    if let Some(arguments) = params.arguments {
+        forwarded = forwarded.with_arguments(arguments);
+    }
     upstream
-        .call(&conn, params, gw.call_timeout)
+        .call(&conn, forwarded, gw.call_timeout)
         .await
         .map_err(Failure::upstream)
 }
