@@ -67,7 +67,7 @@ impl Metrics {
         let decisions = Family::<Labels2, Counter>::default();
         registry.register(
             "deputy_decisions",
-            "Authorization decisions by API (authorize, authzen) and outcome (allow, deny, error)",
+            "Authorization decisions by API (authorize, authzen, mcp) and outcome (allow, deny, error)",
             decisions.clone(),
         );
         let decision_seconds: HistogramFamily = Family::new_with_constructor(decision_histogram);

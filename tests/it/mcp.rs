@@ -323,10 +323,74 @@ fn the_gateway_decides_exactly_as_v1_authorize() {
             }
         }
     }
+    // Paths built from pieces a condition on `context.path` could trip over: every one decided
+    // alike both ways.
+    let lead = env.client("fs", LEAD);
+    let pieces = [
+        "drafts",
+        "..",
+        "notes.txt",
+        "Drafts",
+        "drafts..",
+        "a b",
+        "é",
+        "*",
+        "",
+        "drafts/",
+    ];
+    for first in pieces {
+        for second in pieces {
+            let args = json!({"path": format!("{}/{first}/{second}", env.path("")), "content": "p"});
+            let via_http = post_as(
+                &env.server,
+                LEAD,
+                "/v1/authorize",
+                &json!({
+                    "principal": {"type": "Agent", "id": "lead"},
+                    "action": {"type": "Action", "id": "fs/write_file"},
+                    "resource": {"type": "McpServer", "id": "fs"},
+                    "context": args,
+                }),
+            )
+            .json();
+            let allowed = denial(&lead.result("write_file", args.clone())).is_none();
+            assert_eq!(allowed, via_http["decision"] == "Allow", "{args}: {via_http}");
+            if allowed {
+                allows += 1;
+            } else {
+                denies += 1;
+            }
+        }
+    }
     assert!(
         allows >= 5 && denies >= 5,
         "{allows} allows, {denies} denies: the cases do not cover both"
     );
+    // Observed as decisions of their own (`api="mcp"`), beside /v1/authorize's: one each per case.
+    let metrics = env.server.get("/metrics").text();
+    for (outcome, want) in [("allow", allows), ("deny", denies)] {
+        assert_eq!(
+            decisions(&metrics, "mcp", outcome),
+            f64::from(want),
+            "{outcome}\n{metrics}"
+        );
+        assert_eq!(
+            decisions(&metrics, "authorize", outcome),
+            f64::from(want),
+            "{outcome}\n{metrics}"
+        );
+    }
+}
+
+/// `deputy_decisions_total{api, outcome}` in a scrape.
+fn decisions(metrics: &str, api: &str, outcome: &str) -> f64 {
+    let (api, outcome) = (format!("api=\"{api}\""), format!("outcome=\"{outcome}\""));
+    metrics
+        .lines()
+        .find(|l| l.starts_with("deputy_decisions_total{") && l.contains(&api) && l.contains(&outcome))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no deputy_decisions_total{{{api},{outcome}}} in\n{metrics}"))
 }
 
 #[test]
