@@ -543,6 +543,14 @@ fn bad_calls_fail_closed_naming_what_is_wrong() {
             "mcp_invalid_message",
         ),
         (
+            json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"}),
+            "mcp_invalid_message",
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/list"}),
+            "mcp_invalid_message",
+        ),
+        (
             json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
             "mcp_method_not_found",
         ),
