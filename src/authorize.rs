@@ -19,7 +19,7 @@ use crate::bundle::TaintRole;
 use crate::snapshot::Snapshot;
 
 pub use crate::eval::{Decision, PolicyError};
-pub use capabilities::capabilities;
+pub use capabilities::{capabilities, Capabilities};
 pub use chain::{Bounds, DeniedBy, Guard};
 pub use observed::decide_observed;
 pub use request::{

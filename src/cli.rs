@@ -1,4 +1,5 @@
-//! The command line: `deputy serve`, `validate`, `audit verify`, `probe`, `prove`, `test`, `plan`.
+//! The command line: `deputy serve`, `validate`, `audit verify`, `probe`, `prove`, `test`, `plan`,
+//! `mcp schema`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,28 @@ pub enum Command {
     /// authority widened or narrowed (proved), cases whose answer changes (docs/GITOPS.md).
     /// Exit 0, 1 when a case fails (or, with --deny-widening, authority may widen), 64 bad input.
     Plan(PlanArgs),
+    /// MCP gateway tools (docs/MCP.md).
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Start an MCP server, read its tools and print them as a Cedar schema fragment to commit
+    /// to the bundle: `deputy mcp schema fs -- npx @modelcontextprotocol/server-filesystem /srv`.
+    /// Arguments with no Cedar type are listed on stderr (and in the fragment). Exit 0, or 1
+    /// when the server cannot be started or listed, 64 on a bad name.
+    Schema {
+        /// The server's name, as given to `deputy serve --mcp-server NAME=…`.
+        name: String,
+        /// Type JSON `number` arguments as `Long` (a call with a fractional value is refused)
+        /// instead of leaving them out (a call that passes one is refused).
+        #[arg(long)]
+        numbers_as_long: bool,
+        /// The command that starts the server (program first), after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +271,10 @@ pub struct ServeArgs {
     /// Leave allowed decisions out of the decision log.
     #[arg(long, requires = "decision_log")]
     pub decision_log_drop_allows: bool,
+    /// `NAME=COMMAND ARG…`: serve the MCP server NAME, started as COMMAND (split on whitespace,
+    /// no shell; or `NAME=["COMMAND", "ARG", …]` as JSON), at `/mcp/NAME` (docs/MCP.md). Repeatable.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND")]
+    pub mcp_servers: Vec<String>,
     #[command(flatten)]
     pub solver: SolverArgs,
 }
@@ -344,8 +371,55 @@ pub fn run(cli: Cli) -> ExitCode {
                 &mut std::io::stderr(),
             ))
         }
+        Command::Mcp(command) => mcp(&command),
         Command::Probe(args) => probe(&args),
         Command::Audit(AuditCommand::Verify { state }) => audit_verify(&state),
+    }
+}
+
+fn mcp(command: &McpCommand) -> ExitCode {
+    let McpCommand::Schema {
+        name,
+        numbers_as_long,
+        command,
+    } = command;
+    let config = match crate::mcp::ServerConfig::new(name, command.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::mcp::list_tools_of(&config)) {
+        Ok(tools) => {
+            let options = crate::mcp::SchemaOptions {
+                numbers_as_long: *numbers_as_long,
+            };
+            let fragment = crate::mcp::fragment(name, &tools, options);
+            for e in &fragment.excluded {
+                let (tool, arg, why) = (&e.tool, &e.path, &e.why);
+                if e.tool_dropped {
+                    eprintln!(
+                        "note: `{name}/{tool}`: not generated: it needs `{arg}` ({why}), so no call of it could pass"
+                    );
+                } else {
+                    eprintln!("note: `{name}/{tool}`: `{arg}` left out ({why}); a call that passes it is refused");
+                }
+            }
+            print!("{}", fragment.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -492,6 +566,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let (mcp_servers, bad): (Vec<_>, Vec<_>) = args
+        .mcp_servers
+        .iter()
+        .map(|s| crate::mcp::ServerConfig::parse(s))
+        .partition(Result::is_ok);
+    if !bad.is_empty() {
+        for e in bad.into_iter().filter_map(Result::err) {
+            eprintln!("error: --mcp-server: {e}");
+        }
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let mcp_servers: Vec<crate::mcp::ServerConfig> = mcp_servers.into_iter().filter_map(Result::ok).collect();
     let config = ServeConfig {
         bundle: args.bundle.bundle.clone(),
         listen: args.listen,
@@ -522,6 +608,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         observe: args.observe_config(),
         shadow: args.shadow.clone(),
+        mcp_servers,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -21,6 +21,11 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// How long open connections may finish after a shutdown signal.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 
+/// How long an upstream MCP server may take to answer one tool call.
+pub const DEFAULT_MCP_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upstream MCP server may take to start and list its tools.
+pub const DEFAULT_MCP_START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where delegation state lives unless told otherwise (relative to the working directory).
 pub const DEFAULT_STATE: &str = ".deputy-state";
 /// Shortest admin token accepted.

@@ -16,6 +16,8 @@ macro_rules! codes {
 
         impl $name {
             /// Every code, in the order docs/ERRORS.md lists them.
+            // Read by the docs test; `McpCode`'s by it alone.
+            #[allow(dead_code)]
             pub const ALL: &'static [$name] = &[ $( $name::$variant, )* ];
 
             /// The code as it appears in answers: snake_case, stable.
@@ -149,6 +151,10 @@ ErrorCode {
     SessionRestricted = "session_restricted",
     /// The state store failed.
     StateUnavailable = "state_unavailable",
+    /// `/mcp/<server>` names no MCP server this sidecar serves.
+    McpServerNotFound = "mcp_server_not_found",
+    /// An MCP request carried an `Origin` that is not a loopback one.
+    McpOriginForbidden = "mcp_origin_forbidden",
     /// No such route.
     NotFound = "not_found",
     /// The route exists with another method.
@@ -156,6 +162,31 @@ ErrorCode {
     /// No valid bundle has been loaded yet.
     NoBundle = "no_bundle",
     /// An unexpected failure.
+    Internal = "internal",
+}
+}
+
+codes! {
+/// A stable code in an MCP gateway answer: in a JSON-RPC error's `data.code`, or a denied tool
+/// call's `code` (docs/ERRORS.md, "MCP gateway").
+McpCode {
+    /// The message is not one JSON-RPC 2.0 request or notification, or its `params` do not fit.
+    InvalidMessage = "mcp_invalid_message",
+    /// The method is not one the gateway serves.
+    MethodNotFound = "mcp_method_not_found",
+    /// The server has no tool of that name.
+    UnknownTool = "mcp_unknown_tool",
+    /// The arguments carry `taint`, which deputy supplies itself.
+    ReservedArgument = "mcp_reserved_argument",
+    /// The call was denied by policy; it did not reach the server.
+    Denied = "mcp_denied",
+    /// The upstream server could not be started, exited, or broke its pipe.
+    UpstreamUnavailable = "mcp_upstream_unavailable",
+    /// The upstream server did not answer in time.
+    UpstreamTimeout = "mcp_upstream_timeout",
+    /// The taint the call raised could not be made durable; the call was not made.
+    StateUnavailable = "state_unavailable",
+    /// An unexpected failure; the call was not made.
     Internal = "internal",
 }
 }

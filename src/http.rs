@@ -4,6 +4,7 @@
 
 mod delegations;
 mod error;
+mod mcp;
 mod routes;
 
 use std::future::Future;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub obs: Arc<crate::telemetry::Observability>,
     /// The shadow bundle compared against the serving one (`--shadow`).
     pub shadow: Option<Arc<crate::authorize::shadow::Shadow>>,
+    /// The MCP servers served at `/mcp/<server>`.
+    pub mcp: Arc<crate::mcp::Gateway>,
 }
 
 /// Whether this sidecar delegates.

@@ -43,8 +43,8 @@ macro_rules! internal {
 }
 
 internal!(
-    agents, authorize, authzen, bundle, clock, config, decider, delegation, error, eval, gitops, http, probe, server,
-    snapshot, telemetry,
+    agents, authorize, authzen, bundle, clock, config, decider, delegation, error, eval, gitops, http, mcp, probe,
+    server, snapshot, telemetry,
 );
 /// The `deputy` command line (the binary's entry point; its flags are documented by `--help`).
 #[doc(hidden)]

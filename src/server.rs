@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub observe: crate::telemetry::ObserveConfig,
     /// A shadow bundle decided beside the serving one and compared (`--shadow`).
     pub shadow: Option<PathBuf>,
+    /// Upstream MCP servers, each served at `/mcp/<name>` (docs/MCP.md).
+    pub mcp_servers: Vec<crate::mcp::ServerConfig>,
 }
 
 impl ServeConfig {
@@ -66,6 +68,7 @@ impl ServeConfig {
             agent_tokens: std::collections::HashMap::new(),
             observe: crate::telemetry::ObserveConfig::default(),
             shadow: None,
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -140,6 +143,17 @@ impl Sidecar {
         self
     }
 
+    /// Serve the MCP server `name`, started as `command` (program first, no shell), at
+    /// `/mcp/<name>` (docs/MCP.md). A name that is not valid (lowercase letters, digits, `_`,
+    /// `-`; not `deputy`) or taken fails [`Sidecar::start`].
+    pub fn mcp_server<S: Into<String>>(mut self, name: impl Into<String>, command: impl IntoIterator<Item = S>) -> Sidecar {
+        self.config.mcp_servers.push(crate::mcp::ServerConfig {
+            name: name.into(),
+            command: command.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     /// Do not watch the bundle directory (reload with [`Running::reload`] instead).
     pub fn no_watch(mut self) -> Sidecar {
         self.config.watch = None;
@@ -204,6 +218,10 @@ impl Running {
 /// Loads the bundle (an invalid one is reported and the server starts not ready, waiting for a
 /// fix), binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
+    let mcp = Arc::new(
+        crate::mcp::Gateway::new(&config.mcp_servers, crate::config::DEFAULT_MCP_CALL_TIMEOUT)
+            .map_err(std::io::Error::other)?,
+    );
     let store = Arc::new(BundleStore::new(config.bundle.clone(), config.load.clone()));
     let live = Arc::new(Live::default());
     let serving = Arc::new(Serving {
@@ -300,6 +318,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         config: config.http.clone(),
         obs,
         shadow,
+        mcp: Arc::clone(&mcp),
     });
     let (tx, rx) = oneshot::channel::<()>();
     let drain = config.drain;
@@ -323,6 +342,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
         if let Some(t) = unix_task {
             let _ = t.await;
         }
+        mcp.stop().await;
     });
     Ok(Running {
         addr,

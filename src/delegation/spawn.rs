@@ -43,6 +43,27 @@ pub struct SpawnRequest {
     pub approved_request: Option<String>,
 }
 
+impl SpawnRequest {
+    /// Reads a spawn's JSON (`POST /v1/delegations`' body, the `delegate` MCP tool's arguments)
+    /// at `path`.
+    pub fn from_json(body: &Value, path: &str) -> Result<SpawnRequest, crate::authorize::RequestError> {
+        let f = crate::authorize::Fields::of(body, path)?;
+        let ttl_field = if path.is_empty() { "ttl_seconds".to_owned() } else { format!("{path}.ttl_seconds") };
+        Ok(SpawnRequest {
+            grant: f.require_string("grant")?.to_owned(),
+            ttl_seconds: f
+                .i64("ttl_seconds")?
+                .ok_or_else(|| crate::authorize::RequestError::missing(&ttl_field))?,
+            ceiling: f.i64("ceiling")?,
+            can_delegate: f.bool("can_delegate")?.unwrap_or(false),
+            task: f.require_string("task")?.to_owned(),
+            reason: f.string("reason")?.unwrap_or_default().to_owned(),
+            agent_id: f.string("agent_id")?.map(str::to_owned),
+            approved_request: f.string("approved_request")?.map(str::to_owned),
+        })
+    }
+}
+
 /// The outcome of a spawn that was not an error.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

@@ -25,7 +25,7 @@ type Body = Full<Bytes>;
 /// Most audit records one call returns.
 const AUDIT_PAGE: usize = 1000;
 
-fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
+pub(super) fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
     match &state.delegation {
         DelegationState::Open(d) => Ok(Arc::clone(d)),
         DelegationState::Unavailable(e) => Err(ApiError::new(
@@ -39,7 +39,7 @@ fn service(state: &AppState) -> Result<Arc<Delegation>, ApiError> {
     }
 }
 
-fn bearer(req: &Request<Incoming>) -> Option<String> {
+pub(super) fn bearer(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
@@ -92,7 +92,7 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
     let token = bearer(&req);
     let ctx = context(state, token.as_deref())?;
     let body = read_json(req, &state.config).await?;
-    let spawn = spawn_request(&body)?;
+    let spawn = SpawnRequest::from_json(&body, "")?;
     let span = crate::telemetry::delegation_span();
     let inner = span.clone();
     let outcome = blocking(move || {
@@ -207,22 +207,6 @@ fn invoke_request(body: &Value) -> Result<InvokeRequest, RequestError> {
         ttl_seconds: f
             .i64("ttl_seconds")?
             .ok_or_else(|| RequestError::missing("ttl_seconds"))?,
-    })
-}
-
-fn spawn_request(body: &Value) -> Result<SpawnRequest, RequestError> {
-    let f = Fields::of(body, "")?;
-    Ok(SpawnRequest {
-        grant: f.require_string("grant")?.to_owned(),
-        ttl_seconds: f
-            .i64("ttl_seconds")?
-            .ok_or_else(|| RequestError::missing("ttl_seconds"))?,
-        ceiling: f.i64("ceiling")?,
-        can_delegate: f.bool("can_delegate")?.unwrap_or(false),
-        task: f.require_string("task")?.to_owned(),
-        reason: f.string("reason")?.unwrap_or_default().to_owned(),
-        agent_id: f.string("agent_id")?.map(str::to_owned),
-        approved_request: f.string("approved_request")?.map(str::to_owned),
     })
 }
 

@@ -38,12 +38,14 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::InvocationNotConfigured
         | C::InvocationForbidden
         | C::InvocationTooDeep
+        | C::McpOriginForbidden
         | C::SessionRestricted => StatusCode::FORBIDDEN,
         C::DelegationNotFound
         | C::DelegationDisabled
         | C::ShadowOff
         | C::PermissionRequestNotFound
         | C::AgentNotFound
+        | C::McpServerNotFound
         | C::NotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -206,5 +208,11 @@ mod tests {
             sorted, emitted,
             "docs/ERRORS.md's bundle problems and ProblemCode disagree"
         );
+        let documented: Vec<String> = table(&doc, "## MCP gateway errors")
+            .into_iter()
+            .map(|row| row[0].trim_matches('`').to_owned())
+            .collect();
+        let emitted: Vec<String> = crate::error::McpCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+        assert_eq!(documented, emitted, "docs/ERRORS.md's MCP gateway errors and McpCode disagree");
     }
 }

@@ -25,7 +25,7 @@ use crate::telemetry::{self, Api};
 const REQUEST_ID: &str = "x-request-id";
 /// Batches up to this many items are decided inline; larger ones on the blocking pool.
 const INLINE_BATCH: usize = 32;
-const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
+pub(super) const POLICY_VERSION_HEADER: &str = "x-deputy-policy-version";
 /// How long a client may take to send its whole body once headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,6 +80,7 @@ enum Endpoint {
     InvocationAccept,
     InvocationComplete,
     Shadow,
+    Mcp,
 }
 
 impl Endpoint {
@@ -118,6 +119,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/v1/invocations/{id}/accept", Endpoint::InvocationAccept),
     ("/v1/invocations/{id}/complete", Endpoint::InvocationComplete),
     ("/v1/shadow", Endpoint::Shadow),
+    ("/mcp/{id}", Endpoint::Mcp),
 ];
 
 static ROUTER: std::sync::LazyLock<matchit::Router<Endpoint>> = std::sync::LazyLock::new(|| {
@@ -268,6 +270,8 @@ async fn route_other(
         (E::Invocation, &Method::DELETE) => delegations::revoke(state, req, id, false, Named::Sessions).await,
         (E::InvocationAccept, &Method::POST) => delegations::accept(state, req, id).await,
         (E::InvocationComplete, &Method::POST) => delegations::revoke(state, req, id, true, Named::Sessions).await,
+        (E::Mcp, &Method::POST) => super::mcp::serve(state, req, &id).await,
+        (E::Mcp, _) => Ok(super::mcp::not_post(&method, &path)),
         _ => Err(ApiError::method_not_allowed(&method, &path)),
     }
 }
@@ -636,7 +640,7 @@ pub(super) fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<B
     r
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(super) fn error_response(e: &ApiError) -> Response<Body> {
     let bytes = serde_json::to_vec(e).unwrap_or_else(|_| br#"{"code":"internal","message":"internal error"}"#.to_vec());
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = e.status;

@@ -25,6 +25,8 @@ pub enum Api {
     Authorize = 0,
     /// `/access/v1/evaluation(s)`.
     AuthZen = 1,
+    /// A `tools/call` through the MCP gateway (`/mcp/<server>`).
+    Mcp = 2,
 }
 
 impl Api {
@@ -32,6 +34,7 @@ impl Api {
         match self {
             Api::Authorize => "authorize",
             Api::AuthZen => "authzen",
+            Api::Mcp => "mcp",
         }
     }
 }

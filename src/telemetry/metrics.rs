@@ -40,7 +40,7 @@ pub struct Metrics {
     registry: Registry,
     /// The decision series, created up front and indexed by [`Api`] and outcome, so the
     /// decision path neither locks nor hashes a label set.
-    decided: [([Counter; 3], Histogram); 2],
+    decided: [([Counter; 3], Histogram); 3],
     delegations: Family<Labels1, Counter>,
     invocations: Family<Labels1, Counter>,
     revocations: Family<Labels1, Counter>,
@@ -68,7 +68,7 @@ impl Metrics {
         let decisions = Family::<Labels2, Counter>::default();
         registry.register(
             "deputy_decisions",
-            "Authorization decisions by API (authorize, authzen) and outcome (allow, deny, error)",
+            "Authorization decisions by API (authorize, authzen, mcp) and outcome (allow, deny, error)",
             decisions.clone(),
         );
         let decision_seconds: HistogramFamily = Family::new_with_constructor(decision_histogram);
@@ -160,7 +160,7 @@ impl Metrics {
         if let Some(serving) = serving {
             registry.register_collector(Box::new(Serving(serving)));
         }
-        let decided = [Api::Authorize, Api::AuthZen].map(|api| {
+        let decided = [Api::Authorize, Api::AuthZen, Api::Mcp].map(|api| {
             let counters = OUTCOMES.map(|outcome| {
                 decisions
                     .get_or_create(&[("api", api.as_str()), ("outcome", outcome)])

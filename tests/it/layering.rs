@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "authzen",
     "delegation",
     "gitops",
+    "mcp",
     "http",
     "probe",
     "server",

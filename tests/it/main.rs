@@ -26,6 +26,7 @@ mod image;
 mod index_differential;
 mod invocation;
 mod layering;
+mod mcp;
 mod metrics;
 mod model;
 mod otel;

@@ -62,7 +62,7 @@ fn metrics_count_decisions_delegations_proofs_and_reloads() {
     let before = scrape(&s);
     assert_eq!(value(&before, "deputy_bundle_ready", &[]), 1.0);
     assert_eq!(value(&before, "deputy_agents_live", &[]), 0.0);
-    for api in ["authorize", "authzen"] {
+    for api in ["authorize", "authzen", "mcp"] {
         for outcome in ["allow", "deny", "error"] {
             let labels = [("api", api), ("outcome", outcome)];
             assert_eq!(

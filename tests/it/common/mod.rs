@@ -43,6 +43,8 @@ pub struct Options {
     pub limits: deputy::delegation::Limits,
     pub decision_log: Option<deputy::telemetry::DecisionLogConfig>,
     pub shadow: Option<PathBuf>,
+    /// Upstream MCP servers (`--mcp-server`).
+    pub mcp_servers: Vec<deputy::mcp::ServerConfig>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             limits: deputy::delegation::Limits::default(),
             decision_log: None,
             shadow: None,
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl TestServer {
                 decision_log: opts.decision_log.clone(),
             },
             shadow: opts.shadow.clone(),
+            mcp_servers: opts.mcp_servers.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
         TestServer {
