@@ -498,3 +498,30 @@ fn a_forbid_that_gains_an_ask_is_not_proved_harmless_and_one_that_loses_it_narro
         "{why}"
     );
 }
+
+/// `serve --authorize-only` opens no delegation state, so it installs no bundle agents: a shipped
+/// grant does not bound its agent there, the admin policies alone decide. `deputy test
+/// --authorize-only` must decide the same way.
+#[test]
+fn cases_under_authorize_only_ignore_shipped_grants_as_the_sidecar_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle_copy(dir.path(), "b");
+    std::fs::create_dir_all(b.join("grants")).unwrap();
+    std::fs::write(
+        b.join("grants/coder-1.cedar"),
+        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
+    )
+    .unwrap();
+    let server = common::TestServer::start(&b, common::Options::authorize_only());
+    let served = common::decide(&server, "coder-1", "read", ("File", "repo/README.md"));
+    // The admin maximum lets every agent read the whole repo; the grant is not installed.
+    assert_eq!(served["decision"], "Allow", "{served}");
+    let case = json!({
+        "principal": {"type": "Agent", "id": "coder-1"}, "action": {"type": "Action", "id": "read"},
+        "resource": {"type": "File", "id": "repo/README.md"}, "expect": served["decision"], "reasons": served["reasons"],
+    });
+    let file = dir.path().join("served.json");
+    std::fs::write(&file, json!({"cases": [case]}).to_string()).unwrap();
+    let r = deputy(&["test", "--authorize-only", "--bundle", s(&b), s(&file)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
