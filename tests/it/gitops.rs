@@ -573,3 +573,31 @@ fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
     let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), s(&file), "--deny-widening", "--json"]);
     assert_eq!(r.code, 0, "the running sidecar answered {after}; the plan: {}{}", r.stdout, r.stderr);
 }
+
+/// The sidecar refuses a body nested deeper than `--max-json-depth` (32 by default) with
+/// `json_too_deep` before reading it; a case whose context nests that deep must get the same
+/// answer from `deputy test`.
+#[test]
+fn a_case_nested_deeper_than_the_sidecar_reads_is_refused_as_the_sidecar_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle_copy(dir.path(), "b");
+    let mut context = json!({"taint": 0});
+    for _ in 0..40 {
+        context = json!({"x": context});
+    }
+    let request = json!({
+        "principal": {"type": "Human", "id": "alice"}, "action": {"type": "Action", "id": "read"},
+        "resource": {"type": "File", "id": "repo/README.md"}, "context": context,
+    });
+    let server = common::TestServer::start(&b, common::Options::default());
+    let r = server.post("/v1/authorize", &request);
+    let body = r.json();
+    let code = body["code"].as_str().or(body["error"]["code"].as_str()).unwrap().to_owned();
+    assert_eq!(code, "json_too_deep", "{body}");
+    let mut case = request.clone();
+    case["expect"] = json!({"error": code});
+    let file = dir.path().join("served.json");
+    std::fs::write(&file, json!({"cases": [case]}).to_string()).unwrap();
+    let r = deputy(&["test", "--bundle", s(&b), s(&file)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
