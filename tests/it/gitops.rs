@@ -570,8 +570,21 @@ fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
     });
     let file = dir.path().join("served.json");
     std::fs::write(&file, json!({"cases": [case]}).to_string()).unwrap();
-    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), s(&file), "--deny-widening", "--json"]);
-    assert_eq!(r.code, 0, "the running sidecar answered {after}; the plan: {}{}", r.stdout, r.stderr);
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&old),
+        "--to",
+        s(&new),
+        s(&file),
+        "--deny-widening",
+        "--json",
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "the running sidecar answered {after}; the plan: {}{}",
+        r.stdout, r.stderr
+    );
 }
 
 /// The sidecar refuses a body nested deeper than `--max-json-depth` (32 by default) with
@@ -592,7 +605,11 @@ fn a_case_nested_deeper_than_the_sidecar_reads_is_refused_as_the_sidecar_refuses
     let server = common::TestServer::start(&b, common::Options::default());
     let r = server.post("/v1/authorize", &request);
     let body = r.json();
-    let code = body["code"].as_str().or(body["error"]["code"].as_str()).unwrap().to_owned();
+    let code = body["code"]
+        .as_str()
+        .or(body["error"]["code"].as_str())
+        .unwrap()
+        .to_owned();
     assert_eq!(code, "json_too_deep", "{body}");
     let mut case = request.clone();
     case["expect"] = json!({"error": code});
