@@ -745,3 +745,31 @@ fn a_proved_plan_agrees_with_cedar_on_an_enumerated_world() {
     }
     assert!(proved >= 20, "only {proved} proofs: the check is too weak");
 }
+
+/// The sidecar refuses a body larger than `--max-body-bytes` (1 MiB by default) with
+/// `body_too_large` before reading it; a case whose request is larger even written compactly
+/// must get the same answer from `deputy test`.
+#[test]
+fn a_case_larger_than_the_sidecar_reads_is_refused_as_the_sidecar_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle_copy(dir.path(), "b");
+    let request = json!({
+        "principal": {"type": "Human", "id": "alice"}, "action": {"type": "Action", "id": "read"},
+        "resource": {"type": "File", "id": "repo/README.md"}, "context": {"note": "x".repeat(2 * 1024 * 1024)},
+    });
+    let server = common::TestServer::start(&b, common::Options::default());
+    let r = server.post("/v1/authorize", &request);
+    let body = r.json();
+    let code = body["code"]
+        .as_str()
+        .or(body["error"]["code"].as_str())
+        .unwrap()
+        .to_owned();
+    assert_eq!(code, "body_too_large", "{body}");
+    let mut case = request.clone();
+    case["expect"] = json!({"error": code});
+    let file = dir.path().join("served.json");
+    std::fs::write(&file, json!({"cases": [case]}).to_string()).unwrap();
+    let r = deputy(&["test", "--bundle", s(&b), s(&file)]);
+    assert_eq!(r.code, 0, "{}{}", &r.stdout[..r.stdout.len().min(2000)], r.stderr);
+}
