@@ -200,7 +200,15 @@ pub fn answer(decider: &Decider, case: &Case) -> Answer {
     if let Some(c) = &case.context {
         request["context"] = c.clone();
     }
-    // The sidecar refuses a body that nests deeper than `--max-json-depth` before reading it.
+    // The sidecar refuses a body larger than `--max-body-bytes` (even sent compactly), then one
+    // that nests deeper than `--max-json-depth`, before reading it.
+    let limit = crate::config::DEFAULT_MAX_BODY_BYTES;
+    if serde_json::to_vec(&request).map_or(0, |b| b.len()) > limit {
+        return Answer::Error {
+            code: crate::error::ErrorCode::BodyTooLarge.as_str().to_owned(),
+            message: format!("request body exceeds the limit of {limit} bytes"),
+        };
+    }
     let max = crate::config::DEFAULT_MAX_JSON_DEPTH;
     if nesting(&request) > max {
         return Answer::Error {
