@@ -27,15 +27,21 @@ pub const EXIT_BAD_INPUT: u8 = 64;
 
 /// A decider over `bundle` as the sidecar serves it before any agent is spawned: the agents the
 /// bundle declares with a shipped grant (`grants/<id>.cedar`) are decided by the admin policies
-/// AND that grant, as `POST /v1/authorize` decides them.
+/// AND that grant, as `POST /v1/authorize` decides them. A bundle loaded without the agent model
+/// (`--authorize-only`) is served without delegation state, so no bundle agent is installed and
+/// the admin policies alone decide, shipped grants or not.
 pub fn decider(bundle: Bundle) -> Result<Decider, String> {
     let bundle = std::sync::Arc::new(bundle);
     let now = crate::clock::now();
-    let rows = bundle
-        .grants
-        .iter()
-        .map(|(id, grant)| crate::delegation::shipped_agent(&bundle, id, grant, now))
-        .collect();
+    let rows = if bundle.agent_model {
+        bundle
+            .grants
+            .iter()
+            .map(|(id, grant)| crate::delegation::shipped_agent(&bundle, id, grant, now))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let registry = crate::agents::Registry::from_rows_with_sessions(rows, Vec::new()).map_err(|e| e.to_string())?;
     let live = crate::snapshot::Live::default();
     live.install_bundle(std::sync::Arc::clone(&bundle))

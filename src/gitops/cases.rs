@@ -200,6 +200,22 @@ pub fn answer(decider: &Decider, case: &Case) -> Answer {
     if let Some(c) = &case.context {
         request["context"] = c.clone();
     }
+    // The sidecar refuses a body larger than `--max-body-bytes` (even sent compactly), then one
+    // that nests deeper than `--max-json-depth`, before reading it.
+    let limit = crate::config::DEFAULT_MAX_BODY_BYTES;
+    if serde_json::to_vec(&request).map_or(0, |b| b.len()) > limit {
+        return Answer::Error {
+            code: crate::error::ErrorCode::BodyTooLarge.as_str().to_owned(),
+            message: format!("request body exceeds the limit of {limit} bytes"),
+        };
+    }
+    let max = crate::config::DEFAULT_MAX_JSON_DEPTH;
+    if nesting(&request) > max {
+        return Answer::Error {
+            code: crate::error::ErrorCode::JsonTooDeep.as_str().to_owned(),
+            message: format!("the request body nests deeper than {max} levels"),
+        };
+    }
     match decider.decide(&request) {
         Ok(d) => Answer::Decision {
             decision: if d.allow { Verdict::Allow } else { Verdict::Deny },
@@ -210,6 +226,16 @@ pub fn answer(decider: &Decider, case: &Case) -> Answer {
             code: e.code.as_str().to_owned(),
             message: e.message,
         },
+    }
+}
+
+/// How deep `v` nests arrays and objects, counted as the sidecar counts a body's brackets (the
+/// body's own object is 1).
+fn nesting(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
