@@ -180,7 +180,7 @@ pub fn run_plan(args: &PlanArgs<'_>, out: &mut dyn Write, err: &mut dyn Write) -
         || plan
             .grants
             .iter()
-            .any(|g| g.change == "added" || g.widens.as_ref().is_some_and(|w| !matches!(w, plan::Comparison::No)));
+            .any(|g| g.change != "changed" || g.widens.as_ref().is_some_and(|w| !matches!(w, plan::Comparison::No)));
     if plan.failing() > 0 || (args.deny_widening && widening) {
         EXIT_FAILED
     } else {
@@ -194,7 +194,13 @@ fn render(p: &plan::Plan, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "policies: {}", changes(&p.policies))?;
     writeln!(out, "entities: {}", changes(&p.entities))?;
     for g in &p.grants {
-        let w = g.widens.as_ref().map(|w| format!(", widens: {}", comparison(w))).unwrap_or_default();
+        let w = match (g.change, &g.widens) {
+            (_, Some(w)) => format!(", widens: {}", comparison(w)),
+            ("removed", None) => ", may widen: a running sidecar revokes the agent, a fresh one decides it by \
+                                  the admin policies alone"
+                .to_owned(),
+            (_, None) => ", may widen: a new root authority".to_owned(),
+        };
         writeln!(out, "grant of `{}`: {}{w}", g.agent, g.change)?;
     }
     writeln!(out, "authority widens: {}", comparison(&p.authority.widens))?;

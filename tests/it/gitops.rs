@@ -532,15 +532,11 @@ fn cases_under_authorize_only_ignore_shipped_grants_as_the_sidecar_does() {
 }
 
 /// A bundle change that drops an agent's shipped grant revokes that agent in every sidecar that
-/// served the old bundle (docs: "an agent the bundle no longer declares is revoked with its
-/// subtree"), so after the change it is denied everything. `deputy plan` runs the new bundle's
-/// cases as a fresh sidecar would, where the agent is merely declared and the admin policies
-/// alone decide it: the plan's `after` answer is the admin maximum, not what the running
-/// sidecar answers, and `--deny-widening` passes the change although a fresh pod (empty state)
-/// widens the agent from its grant to the admin maximum.
+/// served the old bundle, while a fresh sidecar (a new pod, empty state) decides the agent by
+/// the admin policies alone: it may widen. `deputy plan` answers cases as a fresh sidecar, says
+/// both, and `--deny-widening` fails the change.
 #[test]
-#[ignore = "open: a removed shipped grant is answered as a fresh sidecar answers (admin maximum), while a sidecar that served the old bundle revokes the agent; which one `plan` must show is undecided"]
-fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
+fn a_removed_shipped_grant_may_widen_and_fails_the_gate() {
     let dir = tempfile::tempdir().unwrap();
     let old = bundle_copy(dir.path(), "old");
     let new = bundle_copy(dir.path(), "new");
@@ -553,7 +549,7 @@ fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
         "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
     )
     .unwrap();
-    // A sidecar serves the old bundle, then the change lands (the grant file goes).
+    // A sidecar serves the old bundle, then the change lands (the grant file goes): revoked.
     let served = bundle_copy(dir.path(), "served");
     std::fs::remove_dir_all(served.join("policy-tests")).unwrap();
     common::copy_dir(&old.join("grants"), &served.join("grants"));
@@ -562,19 +558,34 @@ fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
         &served,
         common::Options::with_state(state.path(), "gitops-admin-token-0123456789"),
     );
-    assert_eq!(
-        common::decide(&server, "coder-1", "read", ("File", "repo/README.md"))["decision"],
-        "Deny"
-    );
+    let readme = ("File", "repo/README.md");
+    assert_eq!(common::decide(&server, "coder-1", "read", readme)["decision"], "Deny");
     std::fs::remove_dir_all(served.join("grants")).unwrap();
     server.reload().unwrap();
-    let after = common::decide(&server, "coder-1", "read", ("File", "repo/README.md"));
+    let running = common::decide(&server, "coder-1", "read", readme);
+    assert_eq!(running["decision"], "Deny", "{running}");
+    // A fresh sidecar on the new bundle: the admin maximum.
+    let fresh_state = tempfile::tempdir().unwrap();
+    let fresh = common::TestServer::start(
+        &new,
+        common::Options::with_state(fresh_state.path(), "gitops-admin-token-0123456789"),
+    );
+    let fresh = common::decide(&fresh, "coder-1", "read", readme);
+    assert_eq!(fresh["decision"], "Allow", "{fresh}");
     let case = json!({
         "principal": {"type": "Agent", "id": "coder-1"}, "action": {"type": "Action", "id": "read"},
-        "resource": {"type": "File", "id": "repo/README.md"}, "expect": after["decision"], "reasons": after["reasons"],
+        "resource": {"type": "File", "id": "repo/README.md"}, "expect": fresh["decision"], "reasons": fresh["reasons"],
     });
-    let file = dir.path().join("served.json");
+    let file = dir.path().join("fresh.json");
     std::fs::write(&file, json!({"cases": [case]}).to_string()).unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), s(&file)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("grant of `coder-1`: removed, may widen: a running sidecar revokes the agent"),
+        "{}",
+        r.stdout
+    );
     let r = deputy(&[
         "plan",
         "--from",
@@ -585,11 +596,8 @@ fn a_removed_shipped_grant_is_planned_as_the_running_sidecar_answers() {
         "--deny-widening",
         "--json",
     ]);
-    assert_eq!(
-        r.code, 0,
-        "the running sidecar answered {after}; the plan: {}{}",
-        r.stdout, r.stderr
-    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["grants"][0]["change"], "removed");
 }
 
 /// The sidecar refuses a body nested deeper than `--max-json-depth` (32 by default) with
