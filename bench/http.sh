@@ -5,7 +5,11 @@
 # (apt-get install wrk). Builds with the `dist` profile (fat LTO, as the container image), so the
 # first run takes several minutes.
 #
-#   bench/http.sh [--policies N | --chain] [seconds] [connections] [threads]
+#   bench/http.sh [--policies N | --chain] [--shadow] [seconds] [connections] [threads]
+#
+# With --shadow, deputy also compares every decision against a shadow bundle (the same bundle,
+# `serve --shadow`, docs/GITOPS.md): run it and a run without in turn, in one sitting, for the
+# shadow's cost; the run ends by printing GET /v1/shadow's counts.
 #
 # With --chain, deputy also keeps delegation state (a temp dir): the admin creates a root agent,
 # the root a child, the child a grandchild (one-policy grants, each proved), and the run prints,
@@ -20,6 +24,8 @@ cd "$(dirname "$0")/.."
 generated=""; chain=""
 if [ "${1:-}" = "--policies" ]; then generated=$2; shift 2; fi
 if [ "${1:-}" = "--chain" ]; then chain=1; shift; fi
+shadow=""
+if [ "${1:-}" = "--shadow" ]; then shadow=1; shift; fi
 secs=${1:-10}; conns=${2:-64}; threads=${3:-2}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
 # BENCH_PROFILE=release (or dev) builds faster, for trying the script; figures come from dist.
@@ -48,6 +54,11 @@ if [ -n "$generated" ]; then
   ./$out_dir/examples/bundle_gen "$generated" "$bundle_dir" 2>/dev/null
   serve_args=(--bundle "$bundle_dir" --authorize-only)
   body='{"principal":{"type":"Agent","id":"a7"},"action":{"type":"Action","id":"read"},"resource":{"type":"File","id":"x7"},"context":{"n":1}}'
+fi
+
+if [ -n "$shadow" ]; then
+  serve_args+=(--shadow "${bundle_dir:-$PWD}")
+  export DEPUTY_ADMIN_TOKEN=${DEPUTY_ADMIN_TOKEN:-bench-admin-credential-0123456789}
 fi
 
 deputy_port=18180; floor_port=18181
@@ -122,3 +133,7 @@ rss_after=$(rss)
 floor2=$(run floor $floor_port /)
 awk -v d="$deputy" -v f1="$floor" -v f2="$floor2" 'BEGIN { f=(f1+f2)/2; printf "deputy / floor (mean of the two floor runs): %.1f%%\n", 100*d/f }'
 echo "deputy VmRSS: idle after start ${rss_idle}; after its wrk run ${rss_after}; peak (VmHWM) $(awk '/^VmHWM/ {print $2 " " $3}' "/proc/$deputy_pid/status")"
+if [ -n "$shadow" ]; then
+  curl -sf "http://127.0.0.1:$deputy_port/v1/shadow" -H "Authorization: Bearer $DEPUTY_ADMIN_TOKEN" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print("shadow: same %(same)d, differs %(differs)d, error %(error)d, dropped %(dropped)d" % r)'
+fi
