@@ -104,6 +104,10 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A pod's state directory (or a copy; it is only read): also say what installing the new
+    /// bundle does to its live agents (refused, revoked, drifted). Exit 1 when it is refused.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
     #[command(flatten)]
     pub solver: SolverArgs,
 }
@@ -364,6 +368,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 deny_widening: args.deny_widening,
                 solver: args.solver.config(),
                 json: args.json,
+                state: args.state.as_deref(),
             };
             ExitCode::from(crate::gitops::run_plan(
                 &plan,

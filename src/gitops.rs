@@ -147,6 +147,8 @@ pub struct PlanArgs<'a> {
     pub solver: Option<SolverConfig>,
     /// Print JSON.
     pub json: bool,
+    /// A pod's state directory (or a copy): what installing the new bundle does to its agents.
+    pub state: Option<&'a Path>,
 }
 
 /// `deputy plan`: compares two bundles; prints the plan and returns the exit code.
@@ -170,7 +172,20 @@ pub fn run_plan(args: &PlanArgs<'_>, out: &mut dyn Write, err: &mut dyn Write) -
             return EXIT_BAD_INPUT;
         }
     };
-    let plan = plan::plan((args.from, old), (args.to, new), &found, args.solver.clone());
+    let mut plan = plan::plan((args.from, old), (args.to, new), &found, args.solver.clone());
+    if let Some(state) = args.state {
+        // The plan took the new bundle; the install gets one of its own, loaded again.
+        let Some(new) = load_bundle(args.to, args.opts, err) else {
+            return EXIT_BAD_INPUT;
+        };
+        match plan::live_change(new, state, crate::clock::now()) {
+            Ok(live) => plan.live = Some(live),
+            Err(e) => {
+                let _ = writeln!(err, "error: --state `{}`: {e}", state.display());
+                return EXIT_BAD_INPUT;
+            }
+        }
+    }
     if args.json {
         let _ = writeln!(out, "{}", serde_json::to_string(&plan).unwrap_or_default());
     } else {
@@ -181,7 +196,8 @@ pub fn run_plan(args: &PlanArgs<'_>, out: &mut dyn Write, err: &mut dyn Write) -
             .grants
             .iter()
             .any(|g| g.change != "changed" || g.widens.as_ref().is_some_and(|w| !matches!(w, plan::Comparison::No)));
-    if plan.failing() > 0 || (args.deny_widening && widening) {
+    let refused = plan.live.as_ref().is_some_and(|l| !l.refused.is_empty());
+    if plan.failing() > 0 || refused || (args.deny_widening && widening) {
         EXIT_FAILED
     } else {
         EXIT_OK
@@ -215,6 +231,33 @@ fn render(p: &plan::Plan, out: &mut dyn Write) -> std::io::Result<()> {
     for c in &p.cases {
         let mark = if c.passes { "changed" } else { "FAIL" };
         writeln!(out, "  {mark} {}: {} -> {} (expected {})", c.case, c.before, c.after, c.expected)?;
+    }
+    if let Some(live) = &p.live {
+        writeln!(out, "live agents: {} in the state", live.live_agents)?;
+        if !live.refused.is_empty() {
+            writeln!(out, "  REFUSED: the sidecar keeps serving the old bundle:")?;
+            for problem in &live.refused {
+                writeln!(out, "    {problem}")?;
+            }
+        }
+        for e in &live.events {
+            writeln!(
+                out,
+                "  {} `{}` {}",
+                e["event"].as_str().unwrap_or("?"),
+                e["agent"].as_str().unwrap_or("?"),
+                e["details"]
+            )?;
+        }
+        for d in &live.drift {
+            writeln!(
+                out,
+                "  drift: `{}` no longer proves within `{}` ({})",
+                d["agent"].as_str().unwrap_or("?"),
+                d["parent"].as_str().unwrap_or("?"),
+                d["verdict"].as_str().unwrap_or("?")
+            )?;
+        }
     }
     Ok(())
 }

@@ -153,6 +153,94 @@ pub struct CaseChange {
     pub passes: bool,
 }
 
+/// What installing the new bundle does to a pod's live agents (`--state DIR`): a consistent copy
+/// of the pod's state (`VACUUM INTO`, the original is only read), opened by the sidecar's own
+/// code, with the new bundle installed on it as a reload would install it, then re-proved.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveChange {
+    /// Agents live in the state before the install.
+    pub live_agents: usize,
+    /// Why the sidecar would refuse the new bundle (keeping the old one serving); empty when it
+    /// installs.
+    pub refused: Vec<crate::bundle::Problem>,
+    /// What the install writes to the audit trail (grants and attributes of bundle agents
+    /// replaced, agents revoked because the bundle no longer ships their grant, with their
+    /// subtrees).
+    pub events: Vec<Value>,
+    /// Live grants that no longer prove within their parent's delegable view under the new
+    /// bundle (the run-time intersection still bounds them).
+    pub drift: Vec<Value>,
+}
+
+/// Installs `new` on a copy of the state in `state_dir`, as a sidecar's reload would.
+pub fn live_change(new: Bundle, state_dir: &Path, now: i64) -> Result<LiveChange, String> {
+    use crate::delegation::{Caller, Delegation, Limits, STATE_FILE};
+    let source = state_dir.join(STATE_FILE);
+    if !source.is_file() {
+        return Err(format!("no state database at `{}`", source.display()));
+    }
+    let copy = TempDir::new()?;
+    {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(&source, flags)
+            .map_err(|e| format!("cannot open `{}`: {e}", source.display()))?;
+        let target = copy.0.join(STATE_FILE);
+        conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])
+            .map_err(|e| format!("cannot copy `{}`: {e}", source.display()))?;
+    }
+    let live = std::sync::Arc::new(crate::snapshot::Live::default());
+    let d = Delegation::open(
+        &copy.0,
+        std::sync::Arc::clone(&live),
+        None,
+        &std::collections::HashMap::new(),
+        Limits::default(),
+    )?;
+    let live_agents = live.write()?.registry().iter().filter(|a| a.is_live(now)).count();
+    let trail = |d: &Delegation| d.audit(&Caller::Admin, None, None, usize::MAX).map_err(|e| e.message);
+    let before = trail(&d)?.len();
+    let refused = match d.install_bundle(std::sync::Arc::new(new), now) {
+        Ok(()) => Vec::new(),
+        Err(problems) => problems,
+    };
+    let (events, drift) = if refused.is_empty() {
+        d.reprove_all(now);
+        let events = trail(&d)?
+            .into_iter()
+            .skip(before)
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .filter(|r| r["event"] != "drift")
+            .collect();
+        let drift = d.drift().agents.iter().filter_map(|a| serde_json::to_value(a).ok()).collect();
+        (events, drift)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(LiveChange {
+        live_agents,
+        refused,
+        events,
+        drift,
+    })
+}
+
+/// A directory of its own under the system's temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, String> {
+        let dir = std::env::temp_dir().join(format!("deputy-plan-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Everything `deputy plan` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -174,6 +262,9 @@ pub struct Plan {
     pub cases_run: usize,
     /// The cases whose answer changed, or that the new bundle fails.
     pub cases: Vec<CaseChange>,
+    /// With `--state`: what installing the new bundle does to that pod's live agents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveChange>,
 }
 
 impl Plan {
@@ -253,6 +344,7 @@ pub fn plan(
         authority,
         cases_run: cases.len(),
         cases: changed,
+        live: None,
     }
 }
 

@@ -772,3 +772,129 @@ fn a_case_larger_than_the_sidecar_reads_is_refused_as_the_sidecar_refuses_it() {
     });
     refused_alike(dir.path(), &b, request, "body_too_large");
 }
+
+/// `plan --state DIR` installs the new bundle on a copy of a pod's state with the sidecar's own
+/// code: a live grant that no longer proves within its parent's is drift, an identity the new
+/// bundle takes from a managed agent refuses the install (exit 1), a removed shipped grant
+/// revokes its agent. The pod's state itself is only read, while its sidecar runs.
+#[test]
+fn a_plan_with_a_pods_state_shows_drift_refusals_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = bundle_copy(dir.path(), "old");
+    std::fs::remove_dir_all(old.join("policy-tests")).unwrap();
+    std::fs::create_dir_all(old.join("grants")).unwrap();
+    std::fs::write(
+        old.join("grants/coder-1.cedar"),
+        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    const ADMIN: &str = "gitops-admin-token-0123456789";
+    let server = common::TestServer::start(&old, common::Options::with_state(state.path(), ADMIN));
+    let root = common::applied(&common::spawn(
+        &server,
+        ADMIN,
+        json!({"grant": r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo");"#,
+               "ttl_seconds": 3600, "ceiling": 2, "can_delegate": true, "task": "orchestrate"}),
+    ));
+    let child = common::applied(&common::spawn(
+        &server,
+        &root.token,
+        json!({"grant": r#"permit(principal == ?principal, action == Action::"read", resource in Folder::"repo/src");"#,
+               "ttl_seconds": 600, "ceiling": 1, "can_delegate": false, "task": "read the sources"}),
+    ));
+    let audit = || {
+        common::get_as(&server, ADMIN, "/v1/audit").json()["records"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let audit_before = audit();
+
+    // 1. repo/src leaves repo: the child's grant no longer proves within its parent's.
+    let moved = bundle_copy(dir.path(), "moved");
+    std::fs::remove_dir_all(moved.join("policy-tests")).unwrap();
+    common::copy_dir(&old.join("grants"), &moved.join("grants"));
+    let path = moved.join("entities/resources.json");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        r#""id": "repo/src" }, "attrs": { "classification": 1 }, "parents": [{ "type": "Folder", "id": "repo" }]"#,
+        r#""id": "repo/src" }, "attrs": { "classification": 1 }, "parents": []"#,
+    );
+    std::fs::write(&path, text).unwrap();
+    let st = state.path().to_str().unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&moved), "--state", st, "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let live = &r.json()["live"];
+    assert_eq!(live["live_agents"], 3, "{live}");
+    assert_eq!(live["refused"], json!([]), "{live}");
+    assert_eq!(live["drift"][0]["agent"], child.id.as_str(), "{live}");
+    assert_eq!(live["drift"][0]["parent"], root.id.as_str(), "{live}");
+    assert_eq!(live["drift"][0]["verdict"], "exceeds", "{live}");
+    let text = deputy(&["plan", "--from", s(&old), "--to", s(&moved), "--state", st]).stdout;
+    assert!(
+        text.contains(&format!(
+            "drift: `{}` no longer proves within `{}` (exceeds)",
+            child.id, root.id
+        )),
+        "{text}"
+    );
+
+    // 2. The new bundle declares an agent with the root's id: the sidecar would refuse it.
+    let taken = bundle_copy(dir.path(), "taken");
+    std::fs::remove_dir_all(taken.join("policy-tests")).unwrap();
+    common::copy_dir(&old.join("grants"), &taken.join("grants"));
+    let path = taken.join("entities/agents.json");
+    let mut agents: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    agents.as_array_mut().unwrap().push(
+        json!({"uid": {"type": "Agent", "id": root.id}, "attrs": {"can_delegate": true, "ceiling": 3, "depth": 0}, "parents": []}),
+    );
+    std::fs::write(&path, agents.to_string()).unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&taken), "--state", st, "--json"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.json()["live"]["refused"][0]["code"],
+        "agent_id_conflict",
+        "{}",
+        r.stdout
+    );
+
+    // 3. The shipped grant goes: coder-1 is revoked.
+    let dropped = bundle_copy(dir.path(), "dropped");
+    std::fs::remove_dir_all(dropped.join("policy-tests")).unwrap();
+    let r = deputy(&["plan", "--from", s(&old), "--to", s(&dropped), "--state", st, "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let events = r.json()["live"]["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "revoked" && e["agent"] == "coder-1"),
+        "{events}"
+    );
+
+    // The pod's state was only read: nothing reached its audit trail (the plans revoked coder-1
+    // and replaced grants in their copies), and the running sidecar serves its agents as before.
+    assert_eq!(audit(), audit_before);
+    assert_eq!(
+        common::decide(&server, &child.id, "read", ("File", "repo/src/main.rs"))["decision"],
+        "Allow"
+    );
+    assert_eq!(
+        common::decide(&server, "coder-1", "read", ("File", "repo/src/main.rs"))["decision"],
+        "Allow"
+    );
+    // No state there: bad input.
+    let empty = tempfile::tempdir().unwrap();
+    let r = deputy(&[
+        "plan",
+        "--from",
+        s(&old),
+        "--to",
+        s(&old),
+        "--state",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 64, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("no state database"), "{}", r.stderr);
+}
