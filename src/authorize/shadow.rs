@@ -259,10 +259,9 @@ impl Worker {
             .bundle
             .load_full()
             .ok_or("no valid shadow bundle is loaded (see `last_reload`)")?;
-        let reuse = self
-            .cached
-            .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(&s.bundle, &bundle) && job.agents.added_to(&s.agents).is_some_and(|a| a.is_empty()));
+        let reuse = self.cached.as_ref().is_some_and(|s| {
+            Arc::ptr_eq(&s.bundle, &bundle) && job.agents.added_to(&s.agents).is_some_and(|a| a.is_empty())
+        });
         if !reuse {
             let built = Snapshot::for_shadow(bundle, job.agents, job.agents_unknown, self.cached.as_ref())
                 .map_err(|e| format!("the shadow bundle cannot hold the live agents: {e}"))?;
@@ -286,5 +285,61 @@ impl Worker {
             served: job.served,
             shadow,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::authorize::{EntityRef, RequestError};
+    use crate::error::ErrorCode;
+
+    /// Attack: exhaust the sidecar's memory through the shadow's queue. The shadow decides on
+    /// one thread, slower than the serving ones, and its queue was bounded by count alone (4,096
+    /// decisions): a flood of large requests (measured: 6 clients sending 1 MiB contexts to
+    /// `/v1/authorize`, which needs no credential, grew a debug sidecar by ~25 MiB/s, 3 GiB in
+    /// 110 s, 0 dropped) queued gigabytes. Here the comparing thread is held (on its error
+    /// slot), and 200 decisions of 1 MiB each are offered: the queue keeps at most
+    /// `QUEUE_BYTES` of them and drops (and counts) the rest.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_not_only_in_decisions() {
+        let empty = tempfile::tempdir().unwrap();
+        let shadow = Shadow::start(
+            empty.path().to_path_buf(),
+            LoadOptions::default(),
+            Arc::new(Metrics::new(None)),
+        )
+        .unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(root, &LoadOptions::default()).unwrap());
+        let snap = Snapshot::for_shadow(bundle, Registry::default(), false, None).unwrap();
+        let uid = |t: &str, id: &str| EntityRef {
+            uid: format!("{t}::\"{id}\"").parse().unwrap(),
+            field: "x".to_owned(),
+        };
+        let parts = Parts {
+            principal: uid("Human", "alice"),
+            action: uid("Action", "read"),
+            resource: uid("File", "x"),
+            context: Some(serde_json::json!({"junk": "x".repeat(1 << 20)})),
+            context_field: "context".to_owned(),
+        };
+        let refused: Result<Outcome, RequestError> = Err(RequestError::new(ErrorCode::InvalidContext, "x"));
+        // No shadow bundle is loaded, so every comparison is an error, recorded under this
+        // lock: held, the comparing thread stops at its first job.
+        let held = shadow.counts.last_error.lock().unwrap();
+        let offered = 200u64;
+        for _ in 0..offered {
+            shadow.offer(Box::new(Job::new(&snap, parts.clone(), 0, &refused)));
+        }
+        let dropped = shadow.counts.dropped.load(Ordering::Relaxed);
+        let kept = offered - dropped;
+        // One job in the thread's hands, the rest queued: about `QUEUE_BYTES` / 1 MiB of them.
+        assert!(
+            kept <= 80,
+            "{kept} decisions of 1 MiB each kept waiting ({dropped} dropped): the queue is not bounded in bytes"
+        );
+        drop(held);
     }
 }
