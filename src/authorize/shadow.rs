@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -26,6 +26,11 @@ use crate::telemetry::{Metrics, ShadowSink};
 
 /// Decisions waiting to be compared; beyond this they are dropped (and counted).
 const QUEUE: usize = 4096;
+/// What the decisions waiting to be compared may hold (their requests, roughly measured);
+/// beyond this one is dropped (and counted). The shadow decides on one thread, slower than the
+/// serving ones: without a bound in bytes, a flood of large requests (a 1 MiB context is tens
+/// of MiB parsed) grows the queue by gigabytes long before it holds `QUEUE` decisions.
+const QUEUE_BYTES: usize = 64 << 20;
 /// Differences kept for `GET /v1/shadow`, newest last.
 const RECENT: usize = 100;
 
@@ -85,6 +90,8 @@ pub struct Difference {
 
 /// A decision to compare, packed on the decision path.
 pub struct Job {
+    /// Roughly what the job holds in memory (see [`approx_size`]).
+    size: usize,
     parts: Parts,
     now: i64,
     agents: Registry,
@@ -95,7 +102,9 @@ pub struct Job {
 impl Job {
     /// What the shadow needs of a decision made against `snap`.
     pub fn new(snap: &Snapshot, parts: Parts, now: i64, result: &Result<Outcome, RequestError>) -> Job {
+        let size = approx_size(&parts);
         Job {
+            size,
             parts,
             now,
             agents: snap.agents.clone(),
@@ -120,6 +129,8 @@ struct Counts {
     differs: AtomicU64,
     error: AtomicU64,
     dropped: AtomicU64,
+    /// The bytes of the jobs queued (offered, not yet compared).
+    queued_bytes: AtomicUsize,
     recent: Mutex<VecDeque<Difference>>,
     last_error: Mutex<Option<String>>,
 }
@@ -202,12 +213,15 @@ impl ShadowSink for Shadow {
         let Ok(job) = job.downcast::<Job>() else {
             return;
         };
-        match self.tx.try_send(*job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-                self.metrics.shadowed("dropped");
-            }
+        let size = job.size;
+        // INVARIANT: the queue never holds more than `QUEUE_BYTES` of requests: a job that
+        // would pass it is dropped (and counted), never waited for.
+        let before = self.counts.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        let sent = before.saturating_add(size) <= QUEUE_BYTES && self.tx.try_send(*job).is_ok();
+        if !sent {
+            self.counts.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.shadowed("dropped");
         }
     }
 }
@@ -224,7 +238,10 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(job) = rx.recv() {
-            match self.compare(job) {
+            let size = job.size;
+            let compared = self.compare(job);
+            self.counts.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            match compared {
                 Ok(Some(d)) => {
                     self.counts.differs.fetch_add(1, Ordering::Relaxed);
                     self.metrics.shadowed("differs");
@@ -286,6 +303,25 @@ impl Worker {
             shadow,
         }))
     }
+}
+
+/// Roughly the bytes a job's request holds: each JSON value node, string and key of its
+/// context, and its entity ids. Linear in the context, as copying it for the shadow was.
+fn approx_size(parts: &Parts) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        const NODE: usize = std::mem::size_of::<serde_json::Value>();
+        NODE + match v {
+            serde_json::Value::String(s) => s.len(),
+            serde_json::Value::Array(a) => a.iter().map(value).sum(),
+            serde_json::Value::Object(o) => o.iter().map(|(k, v)| NODE + k.len() + value(v)).sum(),
+            _ => 0,
+        }
+    }
+    let ids: usize = [&parts.principal, &parts.action, &parts.resource]
+        .iter()
+        .map(|r| r.uid.to_string().len() + r.field.len())
+        .sum();
+    std::mem::size_of::<Job>() + ids + parts.context.as_ref().map_or(0, value)
 }
 
 #[cfg(test)]
