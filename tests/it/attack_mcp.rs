@@ -574,3 +574,80 @@ fn a_reload_acknowledged_while_a_calls_body_arrives_binds_that_call() {
         "{answer}"
     );
 }
+
+/// Attack: see tools one could never call, among deputy's own. A session may not file
+/// permission requests (`session_restricted`, as `POST /v1/permission-requests` refuses it),
+/// yet `/mcp/deputy` listed `request_permission` to it. A session is shown only what it may
+/// call; the call itself is refused all the same.
+#[test]
+fn a_session_is_not_shown_deputys_tools_it_may_not_call() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let state = tempfile::tempdir().unwrap();
+    const INTERN: &str = "intern-credential-from-a-secret-0123";
+    let server = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            admin_token: Some(ADMIN.to_owned()),
+            agent_tokens: [
+                ("lead".to_owned(), LEAD.to_owned()),
+                ("intern".to_owned(), INTERN.to_owned()),
+            ]
+            .into(),
+            ..Options::default()
+        },
+    );
+    let invoked = post_as(
+        &server,
+        LEAD,
+        "/v1/invocations",
+        &json!({"callee": {"type": "Agent", "id": "intern"}, "task": "look", "ttl_seconds": 600}),
+    );
+    assert_eq!(invoked.status, 201, "{}", invoked.text());
+    let id = invoked.json()["session_id"].as_str().unwrap().to_owned();
+    let accepted = post_as(&server, INTERN, &format!("/v1/invocations/{id}/accept"), &json!({}));
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let session = accepted.json()["credential"].as_str().unwrap().to_owned();
+
+    let grant =
+        "permit (principal == ?principal, action == Action::\"fs/read_text_file\", resource == McpServer::\"fs\");";
+    // Over HTTP, and as a tool, the request is refused.
+    let http = post_as(
+        &server,
+        &session,
+        "/v1/permission-requests",
+        &json!({"grant": grant, "reason": "r"}),
+    );
+    assert_eq!(http.json()["code"], "session_restricted", "{}", http.text());
+    let asked = call(
+        server.addr,
+        "deputy",
+        &session,
+        "request_permission",
+        json!({"grant": grant, "reason": "r"}),
+    );
+    assert_eq!(
+        asked["result"]["structuredContent"]["code"], "session_restricted",
+        "{asked}"
+    );
+    // So it is not listed.
+    let list = common::send(
+        server.addr,
+        "POST",
+        "/mcp/deputy",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {session}")),
+        ],
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    )
+    .json();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["capabilities"], "{list}");
+}
