@@ -162,7 +162,7 @@ fn initialize(served: &Served, params: &Value) -> Value {
 async fn list(served: &Served, call: &Call) -> Result<Value, Failure> {
     let caps = capabilities(call).await?;
     let tools: Vec<Tool> = match served {
-        Served::Own => own::tools(&caps),
+        Served::Own => own::tools(&caps, call.agent.session.is_some()),
         Served::Upstream(u) => {
             let conn = u.connection().await.map_err(Failure::upstream)?;
             conn.tools
