@@ -651,3 +651,119 @@ fn a_session_is_not_shown_deputys_tools_it_may_not_call() {
         .collect();
     assert_eq!(names, ["capabilities"], "{list}");
 }
+
+/// Attack: tie the gateway up with a call that never ends. A tool call the server does not
+/// answer is answered `mcp_upstream_timeout` after `DEFAULT_MCP_CALL_TIMEOUT`, and meanwhile
+/// and afterwards other calls to the same server are answered at once: one hanging call holds
+/// no lock and does not break the connection.
+#[test]
+fn a_call_the_server_never_answers_times_out_and_holds_up_no_other_call() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    std::fs::write(
+        bundle.path().join("schema/everything.cedarschema"),
+        "action \"everything/echo\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"message\": String },\n};\n\
+         action \"everything/trigger-long-running-operation\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"duration\"?: Long, \"steps\"?: Long },\n};\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bundle.path().join("entities/everything.json"),
+        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        bundle.path().join("policies/everything.cedar"),
+        "permit (principal is Agent, action, resource == McpServer::\"everything\");\n",
+    )
+    .unwrap();
+    let grant = bundle.path().join("grants/lead.cedar");
+    let mut granted = std::fs::read_to_string(&grant).unwrap();
+    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
+    std::fs::write(&grant, granted).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
+            mcp_servers: vec![deputy::mcp::ServerConfig::new(
+                "everything",
+                vec![server_bin("mcp-server-everything").display().to_string()],
+            )
+            .unwrap()],
+            ..Options::default()
+        },
+    );
+    let echo = |m: &str| call(server.addr, "everything", LEAD, "echo", json!({"message": m}));
+    assert!(echo("warm up").to_string().contains("warm up"));
+    let allowed = || -> f64 {
+        let metrics = server.get("/metrics").text();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("deputy_decisions_total{") && l.contains("api=\"mcp\"") && l.contains("outcome=\"allow\"")
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = allowed();
+    std::thread::scope(|scope| {
+        let hanging = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let answer = call_waiting(
+                server.addr,
+                "everything",
+                "trigger-long-running-operation",
+                json!({"duration": 3600, "steps": 1}),
+            );
+            (answer, started.elapsed())
+        });
+        // Once the hanging call was decided (and so is on its way to the server)...
+        assert!(common::wait_until(Duration::from_secs(20), || allowed() > before));
+        // ...other calls are answered while it hangs.
+        for i in 0..3 {
+            let started = std::time::Instant::now();
+            assert!(echo(&format!("meanwhile {i}"))
+                .to_string()
+                .contains(&format!("meanwhile {i}")));
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a call waited on the hanging one"
+            );
+        }
+        let (answer, took) = hanging.join().unwrap();
+        assert_eq!(answer["error"]["data"]["code"], "mcp_upstream_timeout", "{answer}");
+        assert!(
+            took >= deputy::config::DEFAULT_MCP_CALL_TIMEOUT && took < deputy::config::DEFAULT_MCP_CALL_TIMEOUT * 2,
+            "{took:?}"
+        );
+    });
+    // The connection survives the timeout.
+    assert!(echo("after").to_string().contains("after"));
+}
+
+/// `tools/call` as the lead, waiting for the answer longer than the gateway's call timeout
+/// (the common client gives up after 30 s).
+fn call_waiting(addr: std::net::SocketAddr, server: &str, tool: &str, arguments: Value) -> Value {
+    use std::io::{Read, Write};
+    let body = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                          "params": {"name": tool, "arguments": arguments}}))
+    .unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(deputy::config::DEFAULT_MCP_CALL_TIMEOUT * 3))
+        .unwrap();
+    write!(
+        stream,
+        "POST /mcp/{server} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAuthorization: Bearer {LEAD}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let response = String::from_utf8_lossy(&raw).into_owned();
+    let start = response.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0);
+    serde_json::from_str(&response[start..]).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
