@@ -378,4 +378,47 @@ mod tests {
         );
         drop(held);
     }
+
+    /// Attack: grow the differences kept for `GET /v1/shadow`. Entity ids are the caller's (up
+    /// to the body limit), and the report keeps 100 differences and copies them on every read:
+    /// 1 MiB ids made each difference megabytes. A difference keeps at most `MAX_REF` bytes of
+    /// each reference.
+    #[test]
+    fn a_difference_keeps_a_bounded_copy_of_the_callers_ids() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = Arc::new(Bundle::load(root, &LoadOptions::default()).unwrap());
+        let snap = Snapshot::for_shadow(Arc::clone(&bundle), Registry::default(), false, None).unwrap();
+        let mut worker = Worker {
+            bundle: Arc::new(ArcSwapOption::new(Some(bundle))),
+            counts: Arc::new(Counts::default()),
+            metrics: Arc::new(Metrics::new(None)),
+            cached: None,
+        };
+        let huge = "é".repeat(1 << 19);
+        let uid = |t: &str, id: &str| EntityRef {
+            uid: format!("{t}::\"{id}\"").parse().unwrap(),
+            field: "x".to_owned(),
+        };
+        let parts = Parts {
+            principal: uid("Human", &huge),
+            action: uid("Action", "read"),
+            resource: uid("File", &huge),
+            context: None,
+            context_field: "context".to_owned(),
+        };
+        // The serving side refused it; the shadow decides it: a difference.
+        let refused: Result<Outcome, RequestError> = Err(RequestError::new(ErrorCode::InvalidContext, "x"));
+        let d = worker
+            .compare(Job::new(&snap, parts, 0, &refused))
+            .unwrap()
+            .expect("a difference");
+        for shown in [&d.principal, &d.action, &d.resource] {
+            assert!(
+                shown.len() <= 300,
+                "a difference keeps {} bytes of a reference",
+                shown.len()
+            );
+        }
+        assert!(d.principal.starts_with("Human::"), "{}", &d.principal[..40]);
+    }
 }
