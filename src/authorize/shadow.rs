@@ -286,9 +286,9 @@ impl Worker {
         }
         let snap = self.cached.as_ref().ok_or("no shadow snapshot")?;
         let (principal, action, resource) = (
-            job.parts.principal.uid.to_string(),
-            job.parts.action.uid.to_string(),
-            job.parts.resource.uid.to_string(),
+            shown(&job.parts.principal),
+            shown(&job.parts.action),
+            shown(&job.parts.resource),
         );
         let shadow = Answer::of(&decide_with(snap, job.parts, job.now, false), &snap.bundle.version);
         if shadow.agrees(&job.served) {
@@ -303,6 +303,24 @@ impl Worker {
             shadow,
         }))
     }
+}
+
+/// Longest copy of an entity reference (`Type::"id"`) a difference keeps, in bytes: ids are
+/// the caller's, up to the body limit, and the report keeps `RECENT` differences.
+const MAX_REF: usize = 256;
+
+/// `r` as a difference shows it: `Type::"id"`, cut after `MAX_REF` bytes (marked `…`).
+fn shown(r: &super::EntityRef) -> String {
+    let mut s = r.uid.to_string();
+    if s.len() > MAX_REF {
+        let mut end = MAX_REF;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// Roughly the bytes a job's request holds: each JSON value node, string and key of its
