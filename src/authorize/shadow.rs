@@ -344,7 +344,7 @@ fn approx_size(parts: &Parts) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::authorize::{EntityRef, RequestError};
     use crate::error::ErrorCode;
