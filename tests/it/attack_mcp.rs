@@ -767,3 +767,75 @@ fn call_waiting(addr: std::net::SocketAddr, server: &str, tool: &str, arguments:
     let start = response.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0);
     serde_json::from_str(&response[start..]).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
+
+/// Attack: get a number past policy. Cedar's `Long` is exact to 2^63, but the reference servers
+/// (and most MCP servers) are JavaScript, whose numbers are doubles exact only to 2^53: an
+/// integer beyond that reaches the server as another number than the one policy decided on.
+/// With a forbid on `a == 9007199254740992` (2^53), a call with `a: 9007199254740993` was
+/// allowed and the server computed with 9007199254740992. An integer outside ±(2^53 − 1)
+/// (what I-JSON, RFC 7493, calls interoperable) is refused and never sent.
+#[test]
+fn an_integer_a_javascript_server_would_round_never_gets_past_policy() {
+    let bundle = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    std::fs::write(
+        bundle.path().join("schema/everything.cedarschema"),
+        "action \"everything/get-sum\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"a\": Long, \"b\": Long },\n};\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bundle.path().join("entities/everything.json"),
+        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        bundle.path().join("policies/everything.cedar"),
+        "permit (principal is Agent, action, resource == McpServer::\"everything\");\n\
+         @id(\"not-that-one\")\nforbid (principal, action == Action::\"everything/get-sum\", resource) when { context.a == 9007199254740992 };\n",
+    )
+    .unwrap();
+    let grant = bundle.path().join("grants/lead.cedar");
+    let mut granted = std::fs::read_to_string(&grant).unwrap();
+    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
+    std::fs::write(&grant, granted).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        bundle.path(),
+        Options {
+            state: Some(state.path().to_path_buf()),
+            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
+            mcp_servers: vec![deputy::mcp::ServerConfig::new(
+                "everything",
+                vec![server_bin("mcp-server-everything").display().to_string()],
+            )
+            .unwrap()],
+            ..Options::default()
+        },
+    );
+    let sum = |a: Value| call(server.addr, "everything", LEAD, "get-sum", json!({"a": a, "b": 0}));
+    // Exact integers pass and reach the server.
+    let r = sum(json!(41));
+    assert!(r.to_string().contains("41"), "{r}");
+    let r = sum(json!(9_007_199_254_740_991_i64));
+    assert!(r.to_string().contains("9007199254740991"), "{r}");
+    // The forbidden value is denied.
+    let r = sum(json!(9_007_199_254_740_992_i64));
+    assert!(denial(&r).is_some(), "{r}");
+    // Its neighbour, which a JavaScript server reads as the forbidden value, never reaches it.
+    for a in [
+        json!(9_007_199_254_740_993_i64),
+        json!(-9_007_199_254_740_993_i64),
+        json!(u64::MAX),
+    ] {
+        let r = sum(a.clone());
+        assert!(
+            !r.to_string().contains("9007199254740992"),
+            "{a}: the server computed with another number than policy decided on: {r}"
+        );
+        assert_eq!(r["error"]["data"]["code"], "invalid_context", "{a}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("params.arguments.a"),
+            "{r}"
+        );
+    }
+}
