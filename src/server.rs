@@ -187,13 +187,17 @@ impl Running {
     /// Loads the bundle (and the shadow bundle, if any) again now (what SIGHUP does).
     /// Blocking: call it from a blocking thread. An invalid bundle is reported and the last
     /// good one keeps serving; the result is the serving bundle's.
+    ///
+    /// INVARIANT: the serving bundle is loaded (and serves) before the shadow's, so a candidate,
+    /// however large, never holds back what serves.
     pub fn reload(&self) -> Result<crate::bundle::ReloadOutcome, crate::bundle::BundleError> {
+        let served = self.store.reload();
         if let Some(shadow) = &self.shadow {
             if let Err(e) = shadow.reload() {
                 tracing::error!(error = %e, "the shadow bundle is invalid; the last good one is still compared");
             }
         }
-        self.store.reload()
+        served
     }
 
     /// The bundle stores a reload loads: the serving one, then the shadow's.

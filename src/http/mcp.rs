@@ -28,17 +28,23 @@ pub async fn serve(state: &AppState, req: Request<Incoming>, server: &str) -> Re
         .with_help("servers are configured with `deputy serve --mcp-server NAME=COMMAND…`; deputy's own tools are at /mcp/deputy")
     })?;
     let svc = service(state)?;
+    let token = bearer(&req);
     let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     // INVARIANT: the principal is the agent the credential names, never anything the message says.
-    let caller = svc.authenticate(&snap, bearer(&req).as_deref(), now())?;
-    let Caller::Agent(agent) = &caller else {
-        return Err(ApiError::new(
-            ErrorCode::NotAnAgent,
-            "the admin credential names no agent; call MCP tools with an agent's credential",
-        ));
-    };
-    let agent = std::sync::Arc::clone(agent);
+    let caller = svc.authenticate(&snap, token.as_deref(), now())?;
+    not_admin(&caller)?;
     let body = read_json(req, &state.config).await?;
+    // INVARIANT: the message is answered against the snapshot serving once its body is in, as
+    // `/v1/authorize` decides: a reload or revocation acknowledged while the body was arriving
+    // binds this call (the caller authenticated against it again).
+    let current = state.live.current().ok_or_else(ApiError::no_bundle)?;
+    let (snap, caller) = if std::sync::Arc::ptr_eq(&current, &snap) {
+        (snap, caller)
+    } else {
+        let caller = svc.authenticate(&current, token.as_deref(), now())?;
+        (current, caller)
+    };
+    let agent = not_admin(&caller)?;
     let call = Call {
         snap,
         agent,
@@ -58,6 +64,17 @@ pub async fn serve(state: &AppState, req: Request<Incoming>, server: &str) -> Re
         response.headers_mut().insert(POLICY_VERSION_HEADER, v);
     }
     Ok(response)
+}
+
+/// The agent a caller is: the admin credential names none.
+fn not_admin(caller: &Caller) -> Result<std::sync::Arc<crate::delegation::LiveAgent>, ApiError> {
+    match caller {
+        Caller::Agent(agent) => Ok(std::sync::Arc::clone(agent)),
+        Caller::Admin => Err(ApiError::new(
+            ErrorCode::NotAnAgent,
+            "the admin credential names no agent; call MCP tools with an agent's credential",
+        )),
+    }
 }
 
 /// GET (a server-to-client stream) and DELETE (ending a session) are not offered: 405, as the

@@ -162,7 +162,7 @@ fn initialize(served: &Served, params: &Value) -> Value {
 async fn list(served: &Served, call: &Call) -> Result<Value, Failure> {
     let caps = capabilities(call).await?;
     let tools: Vec<Tool> = match served {
-        Served::Own => own::tools(&caps),
+        Served::Own => own::tools(&caps, call.agent.session.is_some()),
         Served::Upstream(u) => {
             let conn = u.connection().await.map_err(Failure::upstream)?;
             conn.tools
@@ -268,7 +268,49 @@ fn check_tool(conn: &Connection, server: &str, params: &CallToolRequestParams) -
             format!("`params.arguments.{RESERVED_ARGUMENT}` is reserved: deputy supplies `context.{RESERVED_ARGUMENT}` itself, so policy could not see the value sent"),
         ));
     }
+    if let Some(arguments) = &params.arguments {
+        for (name, value) in arguments {
+            exact_integers(value, &format!("params.arguments.{name}"))?;
+        }
+    }
     Ok(())
+}
+
+/// The largest integer every JSON reader holds exactly (2^53 − 1: a double's; I-JSON, RFC 7493).
+const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// INVARIANT: no integer argument is one the server may read as another number. Cedar's `Long`
+/// is exact to 2^63, but a JavaScript server (the reference servers, most MCP servers) reads
+/// numbers as doubles: beyond ±(2^53 − 1) the value it acts on is not the one policy decided on
+/// (`9007199254740993` is read as `9007199254740992`). Such an argument is refused
+/// (`invalid_context`, naming it), never sent.
+fn exact_integers(value: &Value, at: &str) -> Result<(), Failure> {
+    match value {
+        Value::Number(n) => {
+            let exact = n
+                .as_u64()
+                .map(|u| u <= MAX_EXACT_INTEGER)
+                .or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_EXACT_INTEGER))
+                .unwrap_or(true);
+            if exact {
+                return Ok(());
+            }
+            Err(Failure::request(&authorize::RequestError::new(
+                crate::error::ErrorCode::InvalidContext,
+                format!(
+                    "`{at}` is {n}, beyond ±{MAX_EXACT_INTEGER} (2^53 − 1): an MCP server may read it as another number than the one policy decides on"
+                ),
+            )))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| exact_integers(v, &format!("{at}[{i}]"))),
+        Value::Object(fields) => fields
+            .iter()
+            .try_for_each(|(k, v)| exact_integers(v, &format!("{at}.{k}"))),
+        _ => Ok(()),
+    }
 }
 
 /// The call's one decision, through the decision path `/v1/authorize` takes.

@@ -27,14 +27,18 @@ fn schema(v: Value) -> Map<String, Value> {
 }
 
 /// The tools the agent sees: `delegate` only when it may delegate at all (its `can_delegate`,
-/// and nothing above it revoked or expired).
-pub fn tools(caps: &Capabilities) -> Vec<Tool> {
-    let mut tools = vec![
-        Tool::new(
-            CAPABILITIES,
-            "What you may do: per action, the resources allowed, and those allowed under a condition on the context (Cedar).",
-            schema(json!({"type": "object", "properties": {}})),
-        ),
+/// and nothing above it revoked or expired); for a session (which may neither spawn nor file
+/// permission requests: `session_restricted`), `capabilities` alone.
+pub fn tools(caps: &Capabilities, session: bool) -> Vec<Tool> {
+    let mut tools = vec![Tool::new(
+        CAPABILITIES,
+        "What you may do: per action, the resources allowed, and those allowed under a condition on the context (Cedar).",
+        schema(json!({"type": "object", "properties": {}})),
+    )];
+    if session {
+        return tools;
+    }
+    tools.push(
         Tool::new(
             REQUEST_PERMISSION,
             "Ask your grantor (or a human) for more permission: `grant` is Cedar policy templates over ?principal. Answers with the request to poll.",
@@ -44,7 +48,7 @@ pub fn tools(caps: &Capabilities) -> Vec<Tool> {
                 "ttl_seconds": {"type": "integer"},
             }})),
         ),
-    ];
+    );
     if caps.can_delegate {
         tools.push(Tool::new(
             DELEGATE,

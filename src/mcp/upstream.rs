@@ -16,6 +16,10 @@ use super::ServerConfig;
 
 use crate::config::DEFAULT_MCP_START_TIMEOUT as START_TIMEOUT;
 
+/// deputy's own environment variables (`DEPUTY_ADMIN_TOKEN`, `DEPUTY_STATE`, …): not passed to
+/// an upstream server.
+const OWN_ENV_PREFIX: &str = "DEPUTY_";
+
 /// A started server and the tools it listed when it started.
 pub struct Connection {
     service: RunningService<RoleClient, ()>,
@@ -152,6 +156,14 @@ async fn start(config: &ServerConfig) -> Result<Connection, UpstreamError> {
         .ok_or_else(|| UpstreamError::Unavailable(format!("the MCP server `{name}` has no command")))?;
     let mut command = tokio::process::Command::new(program);
     command.args(args).kill_on_drop(true);
+    // INVARIANT: none of deputy's own configuration reaches the server, its admin credential
+    // (`DEPUTY_ADMIN_TOKEN`) above all: a tool that shows its environment (or runs a command)
+    // would hand it to every agent allowed that tool.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(OWN_ENV_PREFIX) {
+            command.env_remove(&key);
+        }
+    }
     // Its own process group: stopping the server (rmcp kills it when the connection is
     // dropped) stops what it started too, a wrapper's child (`npx`, a shell) or a helper.
     let mut command = process_wrap::tokio::CommandWrap::from(command);

@@ -9,6 +9,7 @@ mod attack_discovery;
 mod attack_held;
 mod attack_input;
 mod attack_invocation;
+mod attack_mcp;
 mod attack_regrant;
 mod authzen_conformance;
 mod bad_input;

@@ -1105,8 +1105,9 @@ fn an_invocation_session_calls_tools_as_its_callee() {
     let denied = session.result("write_file", json!({"path": env.path("drafts/s.md"), "content": "x"}));
     assert_eq!(denial(&denied).unwrap()["denied_by"]["bound"], "grant");
     assert!(!env.root.path().join("drafts/s.md").exists());
+    // A session may neither spawn nor file permission requests: it is shown `capabilities` only.
     let own = env.client("deputy", &token);
-    assert_eq!(own.tool_names(), names(&["capabilities", "request_permission"]));
+    assert_eq!(own.tool_names(), names(&["capabilities"]));
 
     let ended = delete_as(&env.server, LEAD, &format!("/v1/invocations/{id}"));
     assert_eq!(ended.status, 200, "{}", ended.text());

@@ -204,3 +204,51 @@ fn a_broken_shadow_is_reported_and_compared_once_fixed() {
     assert_eq!(decide_as(&s, "coder-1", "read", ("File", "repo/src/main.rs")), "Allow");
     assert_eq!(compared(&s, 2)["same"], 1);
 }
+
+/// Attack: slow the serving bundle's reload down with the candidate. A reload through the
+/// embedding API (`Running::reload`, "what SIGHUP does") loaded the shadow bundle first and the
+/// serving one after it: a large candidate (here 100,000 policies) held an emergency forbid in
+/// the serving bundle back for as long as the candidate took to load. The serving bundle is
+/// loaded first; the shadow's load happens after it serves.
+#[test]
+fn a_slow_shadow_never_holds_back_the_serving_reload() {
+    let serving = common::copy_bundle(&repo_root());
+    let shadow = common::copy_bundle(&repo_root());
+    let many: String = (0..100_000)
+        .map(|i| {
+            format!("@id(\"p{i}\")\npermit (principal == Human::\"h{i}\", action == Action::\"read\", resource);\n")
+        })
+        .collect();
+    std::fs::write(shadow.path().join("policies/many.cedar"), &many).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        serving.path(),
+        Options {
+            shadow: Some(shadow.path().to_path_buf()),
+            ..Options::with_state(state.path(), ADMIN)
+        },
+    );
+    let before = s.version().unwrap();
+    // Both change: the serving bundle gains an emergency forbid, the candidate one policy.
+    let admin = serving.path().join("policies/agents.cedar");
+    let mut text = std::fs::read_to_string(&admin).unwrap();
+    text.push_str("\n@id(\"stop\")\nforbid (principal, action, resource);\n");
+    std::fs::write(&admin, text).unwrap();
+    std::fs::write(
+        shadow.path().join("policies/many.cedar"),
+        format!("{many}@id(\"one-more\")\npermit (principal == Human::\"x\", action == Action::\"read\", resource);\n"),
+    )
+    .unwrap();
+    std::thread::scope(|scope| {
+        let reload = scope.spawn(|| s.reload());
+        let served = common::wait_until(Duration::from_secs(120), || s.version().is_some_and(|v| v != before));
+        assert!(served, "the serving bundle was not reloaded");
+        assert!(
+            !reload.is_finished(),
+            "the serving bundle served only once the candidate had loaded"
+        );
+        assert!(reload.join().unwrap().is_ok());
+    });
+    let r = report(&s);
+    assert!(r["policy_version"].is_string(), "{r}");
+}
