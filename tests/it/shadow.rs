@@ -196,13 +196,23 @@ fn a_broken_shadow_is_reported_and_compared_once_fixed() {
         r["last_error"].as_str().unwrap().contains("no valid shadow bundle"),
         "{r}"
     );
-    // Fixed: the watcher reloads it, and decisions are compared again.
-    std::fs::write(&policy, &good).unwrap();
-    assert!(common::wait_until(Duration::from_secs(20), || !report(&s)
-        ["policy_version"]
-        .is_null()));
+    // Fixed (written whole and renamed into place, as git-sync and ConfigMaps do: a watcher
+    // may otherwise load the file half-written): the watcher reloads it, and decisions are
+    // compared again. Both copies hold the same files, so the fixed shadow has the serving
+    // bundle's version.
+    let staged = shadow.path().join("policies/.agents.cedar.tmp");
+    std::fs::write(&staged, &good).unwrap();
+    std::fs::rename(&staged, &policy).unwrap();
+    let serving_version = s.version().unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || report(&s)["policy_version"]
+            == serving_version.as_str()),
+        "{}",
+        report(&s)
+    );
     assert_eq!(decide_as(&s, "coder-1", "read", ("File", "repo/src/main.rs")), "Allow");
-    assert_eq!(compared(&s, 2)["same"], 1);
+    let r = compared(&s, 2);
+    assert_eq!(r["same"], 1, "{r}");
 }
 
 /// Attack: slow the serving bundle's reload down with the candidate. A reload through the
