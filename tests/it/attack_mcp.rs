@@ -4,27 +4,15 @@
 //! would: raw JSON-RPC over HTTP with the agent's bearer credential.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::common::mcp::{self, LEAD};
 use crate::common::{self, applied, post_as, spawn, Options, TestServer};
 
 const ADMIN: &str = "admin-credential-for-the-mcp-attacks";
-const LEAD: &str = "lead-credential-from-a-secret-0123";
-
-fn server_bin(name: &str) -> PathBuf {
-    let bin = common::repo_root()
-        .join("tests/mcp-servers/node_modules/.bin")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `scripts/setup` (it runs `npm ci` in tests/mcp-servers/)",
-        bin.display()
-    );
-    bin
-}
 
 /// `tools/call` of `tool` with `arguments` on `/mcp/<server>` as the holder of `token`: the
 /// JSON-RPC answer.
@@ -54,30 +42,10 @@ fn denial(answer: &Value) -> Option<&Value> {
 /// The MCP tests' bundle plus the "everything" server's `get-env` tool (a tool that shows the
 /// server's environment), allowed to every agent and granted to the lead.
 fn bundle_with_get_env() -> tempfile::TempDir {
-    let bundle = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
-    std::fs::write(
-        bundle.path().join("schema/everything.cedarschema"),
+    mcp::everything_bundle(
         "action \"everything/get-env\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: {},\n};\n",
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("entities/everything.json"),
-        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("policies/everything.cedar"),
         "permit (principal is Agent, action == Action::\"everything/get-env\", resource == McpServer::\"everything\");\n",
     )
-    .unwrap();
-    let grant = bundle.path().join("grants/lead.cedar");
-    let mut granted = std::fs::read_to_string(&grant).unwrap();
-    granted.push_str(
-        "permit (principal == ?principal, action == Action::\"everything/get-env\", resource == McpServer::\"everything\");\n",
-    );
-    std::fs::write(&grant, granted).unwrap();
-    bundle
 }
 
 /// A `deputy serve` child process, killed when dropped.
@@ -105,7 +73,7 @@ fn an_upstream_server_never_inherits_deputys_admin_credential() {
     std::fs::write(secrets.path().join("lead"), LEAD).unwrap();
     let spec = format!(
         "everything={}",
-        serde_json::to_string(&[server_bin("mcp-server-everything").display().to_string()]).unwrap()
+        serde_json::to_string(&[mcp::server_bin("mcp-server-everything").display().to_string()]).unwrap()
     );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
         .args([
@@ -266,7 +234,7 @@ impl TaintEnv {
     }
 
     fn start(&self) -> TestServer {
-        let fs = server_bin("mcp-server-filesystem").display().to_string();
+        let fs = mcp::server_bin("mcp-server-filesystem").display().to_string();
         let canonical = |d: &Path| d.canonicalize().unwrap().display().to_string();
         let server = TestServer::start(
             self.bundle.path(),
@@ -416,7 +384,7 @@ fn a_permissive_shadow_changes_no_tool_call_and_raises_no_taint() {
         "@id(\"shadow-all\")\npermit (principal, action, resource);\n",
     )
     .unwrap();
-    let fs = server_bin("mcp-server-filesystem").display().to_string();
+    let fs = mcp::server_bin("mcp-server-filesystem").display().to_string();
     let canonical = |d: &Path| d.canonicalize().unwrap().display().to_string();
     let server = TestServer::start(
         env.bundle.path(),
@@ -513,7 +481,7 @@ fn a_reload_acknowledged_while_a_calls_body_arrives_binds_that_call() {
             mcp_servers: vec![deputy::mcp::ServerConfig::new(
                 "fs",
                 vec![
-                    server_bin("mcp-server-filesystem").display().to_string(),
+                    mcp::server_bin("mcp-server-filesystem").display().to_string(),
                     root.display().to_string(),
                 ],
             )
@@ -658,42 +626,12 @@ fn a_session_is_not_shown_deputys_tools_it_may_not_call() {
 /// no lock and does not break the connection.
 #[test]
 fn a_call_the_server_never_answers_times_out_and_holds_up_no_other_call() {
-    let bundle = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
-    std::fs::write(
-        bundle.path().join("schema/everything.cedarschema"),
+    let bundle = mcp::everything_bundle(
         "action \"everything/echo\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"message\": String },\n};\n\
          action \"everything/trigger-long-running-operation\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"duration\"?: Long, \"steps\"?: Long },\n};\n",
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("entities/everything.json"),
-        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("policies/everything.cedar"),
         "permit (principal is Agent, action, resource == McpServer::\"everything\");\n",
-    )
-    .unwrap();
-    let grant = bundle.path().join("grants/lead.cedar");
-    let mut granted = std::fs::read_to_string(&grant).unwrap();
-    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
-    std::fs::write(&grant, granted).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        bundle.path(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
-            mcp_servers: vec![deputy::mcp::ServerConfig::new(
-                "everything",
-                vec![server_bin("mcp-server-everything").display().to_string()],
-            )
-            .unwrap()],
-            ..Options::default()
-        },
     );
+    let (server, _state) = mcp::serve_everything(bundle.path());
     let echo = |m: &str| call(server.addr, "everything", LEAD, "echo", json!({"message": m}));
     assert!(echo("warm up").to_string().contains("warm up"));
     let allowed = || -> f64 {
@@ -776,42 +714,12 @@ fn call_waiting(addr: std::net::SocketAddr, server: &str, tool: &str, arguments:
 /// (what I-JSON, RFC 7493, calls interoperable) is refused and never sent.
 #[test]
 fn an_integer_a_javascript_server_would_round_never_gets_past_policy() {
-    let bundle = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
-    std::fs::write(
-        bundle.path().join("schema/everything.cedarschema"),
+    let bundle = mcp::everything_bundle(
         "action \"everything/get-sum\" appliesTo {\n  principal: [Agent],\n  resource: [McpServer],\n  context: { \"a\": Long, \"b\": Long },\n};\n",
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("entities/everything.json"),
-        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("policies/everything.cedar"),
         "permit (principal is Agent, action, resource == McpServer::\"everything\");\n\
          @id(\"not-that-one\")\nforbid (principal, action == Action::\"everything/get-sum\", resource) when { context.a == 9007199254740992 };\n",
-    )
-    .unwrap();
-    let grant = bundle.path().join("grants/lead.cedar");
-    let mut granted = std::fs::read_to_string(&grant).unwrap();
-    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
-    std::fs::write(&grant, granted).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let server = TestServer::start(
-        bundle.path(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
-            mcp_servers: vec![deputy::mcp::ServerConfig::new(
-                "everything",
-                vec![server_bin("mcp-server-everything").display().to_string()],
-            )
-            .unwrap()],
-            ..Options::default()
-        },
     );
+    let (server, _state) = mcp::serve_everything(bundle.path());
     let sum = |a: Value| call(server.addr, "everything", LEAD, "get-sum", json!({"a": a, "b": 0}));
     // Exact integers pass and reach the server.
     let r = sum(json!(41));

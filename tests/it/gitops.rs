@@ -52,6 +52,16 @@ fn bundle_copy(dir: &Path, name: &str) -> PathBuf {
     to
 }
 
+/// coder-1's grant in the cases below: reading its sources only.
+const READ_SRC: &str =
+    "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n";
+
+/// Ships `grant` for `agent` in bundle `b` (`grants/<agent>.cedar`).
+fn ship_grant(b: &Path, agent: &str, grant: &str) {
+    std::fs::create_dir_all(b.join("grants")).unwrap();
+    std::fs::write(b.join(format!("grants/{agent}.cedar")), grant).unwrap();
+}
+
 fn append(path: &Path, text: &str) {
     let mut s = std::fs::read_to_string(path).unwrap();
     s.push_str(text);
@@ -297,8 +307,7 @@ fn a_shipped_grant_that_grows_is_shown_per_agent() {
     for (b, text) in [(&old, read.to_owned()), (&new, format!("{read}{write}"))] {
         // The example's cases are about coder-1 under the admin policies alone.
         std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
-        std::fs::create_dir_all(b.join("grants")).unwrap();
-        std::fs::write(b.join("grants/coder-1.cedar"), text).unwrap();
+        ship_grant(b, "coder-1", &text);
     }
     let r = deputy(&["plan", "--from", s(&old), "--to", s(&new), "--json"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -322,12 +331,7 @@ fn a_shipped_grant_that_grows_is_shown_per_agent() {
 fn cases_decide_a_bundle_agent_under_its_shipped_grant_as_the_sidecar_does() {
     let dir = tempfile::tempdir().unwrap();
     let b = bundle_copy(dir.path(), "b");
-    std::fs::create_dir_all(b.join("grants")).unwrap();
-    std::fs::write(
-        b.join("grants/coder-1.cedar"),
-        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
-    )
-    .unwrap();
+    ship_grant(&b, "coder-1", READ_SRC);
     // The admin maximum lets every agent read the whole repo; coder-1's grant only its sources.
     let requests = [
         ("read", ("File", "repo/src/main.rs")),
@@ -442,8 +446,7 @@ fn a_removed_or_weakened_forbid_shows_what_it_denied_and_a_rewritten_one_is_prov
     let forbid = "@id(\"no-secrets\")\nforbid (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/secrets\");\n";
     for (b, text) in [(&g_old, format!("{permit}{forbid}")), (&g_new, permit.to_owned())] {
         std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
-        std::fs::create_dir_all(b.join("grants")).unwrap();
-        std::fs::write(b.join("grants/coder-1.cedar"), text).unwrap();
+        ship_grant(b, "coder-1", &text);
     }
     let r = deputy(&[
         "plan",
@@ -511,12 +514,7 @@ fn a_forbid_that_gains_an_ask_is_not_proved_harmless_and_one_that_loses_it_narro
 fn cases_under_authorize_only_ignore_shipped_grants_as_the_sidecar_does() {
     let dir = tempfile::tempdir().unwrap();
     let b = bundle_copy(dir.path(), "b");
-    std::fs::create_dir_all(b.join("grants")).unwrap();
-    std::fs::write(
-        b.join("grants/coder-1.cedar"),
-        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
-    )
-    .unwrap();
+    ship_grant(&b, "coder-1", READ_SRC);
     let server = common::TestServer::start(&b, common::Options::authorize_only());
     let served = common::decide(&server, "coder-1", "read", ("File", "repo/README.md"));
     // The admin maximum lets every agent read the whole repo; the grant is not installed.
@@ -543,12 +541,7 @@ fn a_removed_shipped_grant_may_widen_and_fails_the_gate() {
     for b in [&old, &new] {
         std::fs::remove_dir_all(b.join("policy-tests")).unwrap();
     }
-    std::fs::create_dir_all(old.join("grants")).unwrap();
-    std::fs::write(
-        old.join("grants/coder-1.cedar"),
-        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
-    )
-    .unwrap();
+    ship_grant(&old, "coder-1", READ_SRC);
     // A sidecar serves the old bundle, then the change lands (the grant file goes): revoked.
     let served = bundle_copy(dir.path(), "served");
     std::fs::remove_dir_all(served.join("policy-tests")).unwrap();
@@ -782,12 +775,7 @@ fn a_plan_with_a_pods_state_shows_drift_refusals_and_revocations() {
     let dir = tempfile::tempdir().unwrap();
     let old = bundle_copy(dir.path(), "old");
     std::fs::remove_dir_all(old.join("policy-tests")).unwrap();
-    std::fs::create_dir_all(old.join("grants")).unwrap();
-    std::fs::write(
-        old.join("grants/coder-1.cedar"),
-        "permit (principal == ?principal, action == Action::\"read\", resource in Folder::\"repo/src\");\n",
-    )
-    .unwrap();
+    ship_grant(&old, "coder-1", READ_SRC);
     let state = tempfile::tempdir().unwrap();
     const ADMIN: &str = "gitops-admin-token-0123456789";
     let server = common::TestServer::start(&old, common::Options::with_state(state.path(), ADMIN));

@@ -6,8 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common;
+use crate::common::mcp::{self, LEAD};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{delete_as, get_as, post_as, Options, TestServer};
@@ -19,19 +20,7 @@ use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-credential-for-the-mcp-tests";
-const LEAD: &str = "lead-credential-from-a-secret-0123";
 const INTERN: &str = "intern-credential-from-a-secret-0123";
-
-/// The reference filesystem server, as scripts/setup installs it.
-fn filesystem_server() -> PathBuf {
-    let bin = common::repo_root().join("tests/mcp-servers/node_modules/.bin/mcp-server-filesystem");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `scripts/setup` (it runs `npm ci` in tests/mcp-servers/)",
-        bin.display()
-    );
-    bin
-}
 
 struct Env {
     server: TestServer,
@@ -61,7 +50,7 @@ impl Env {
                 .collect(),
             mcp_servers: vec![deputy::mcp::ServerConfig::new(
                 "fs",
-                vec![filesystem_server().display().to_string(), root_arg],
+                vec![mcp::server_bin("mcp-server-filesystem").display().to_string(), root_arg],
             )
             .unwrap()],
             ..Options::default()
@@ -734,7 +723,7 @@ fn the_committed_schema_fragment_is_what_the_generator_prints() {
     let root = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
         .args(["mcp", "schema", "fs", "--"])
-        .arg(filesystem_server())
+        .arg(mcp::server_bin("mcp-server-filesystem"))
         .arg(root.path())
         .output()
         .unwrap();
@@ -835,7 +824,7 @@ fn the_serve_flag_and_the_embedding_builder_configure_servers() {
     let spec = format!(
         "fs={}",
         serde_json::to_string(&[
-            filesystem_server().display().to_string(),
+            mcp::server_bin("mcp-server-filesystem").display().to_string(),
             root.path().display().to_string()
         ])
         .unwrap()
@@ -931,7 +920,7 @@ fn numbers_typed_long_pass_when_integral_and_are_refused_when_fractional() {
     assert_eq!(data["code"], "invalid_context", "{data}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"))
         .args(["mcp", "schema", "--numbers-as-long", "fs", "--"])
-        .arg(filesystem_server())
+        .arg(mcp::server_bin("mcp-server-filesystem"))
         .arg(env.root.path())
         .output()
         .unwrap();
@@ -1045,7 +1034,7 @@ fn stopping_deputy_stops_the_servers_it_started_and_their_children() {
         "-c".to_owned(),
         // Not `exec`: the shell stays the server's parent; the helper ignores stdin.
         "python3 -c 'import time; time.sleep(300)' \"$1\" & \"$0\" \"$1\"".to_owned(),
-        filesystem_server().display().to_string(),
+        mcp::server_bin("mcp-server-filesystem").display().to_string(),
         root_arg.clone(),
     ];
     let s = TestServer::start(
@@ -1158,25 +1147,16 @@ fn concurrent_calls_each_get_their_own_answer() {
     );
 }
 
-/// The reference "everything" server, as scripts/setup installs it.
-fn everything_server() -> PathBuf {
-    let bin = common::repo_root().join("tests/mcp-servers/node_modules/.bin/mcp-server-everything");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `scripts/setup` (it runs `npm ci` in tests/mcp-servers/)",
-        bin.display()
-    );
-    bin
-}
-
 /// A second server written by others, its fragment generated at test time: a tool whose
 /// required arguments have no Cedar type (`get-sum`'s numbers) gets no action, so it is not
 /// listed and a call of it is refused; generated with `--numbers-as-long` (and reloaded) it is
 /// listed and callable with integers only.
 #[test]
 fn a_second_server_with_untyped_required_arguments() {
-    let bundle = tempfile::tempdir().unwrap();
-    common::copy_dir(&common::repo_root().join("tests/fixtures/mcp"), bundle.path());
+    let bundle = mcp::everything_bundle(
+        "",
+        "permit (principal is Agent, action, resource == McpServer::\"everything\");\n",
+    );
     let generate = |numbers_as_long: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deputy"));
         cmd.args(["mcp", "schema"]);
@@ -1185,7 +1165,7 @@ fn a_second_server_with_untyped_required_arguments() {
         }
         let out = cmd
             .args(["everything", "--"])
-            .arg(everything_server())
+            .arg(mcp::server_bin("mcp-server-everything"))
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1194,34 +1174,7 @@ fn a_second_server_with_untyped_required_arguments() {
     };
     let notes = generate(false);
     assert!(notes.contains("`everything/get-sum`: not generated"), "{notes}");
-    std::fs::write(
-        bundle.path().join("entities/everything.json"),
-        r#"[{"uid": {"type": "McpServer", "id": "everything"}, "attrs": {}, "parents": []}]"#,
-    )
-    .unwrap();
-    std::fs::write(
-        bundle.path().join("policies/everything.cedar"),
-        "permit (principal is Agent, action, resource == McpServer::\"everything\");\n",
-    )
-    .unwrap();
-    let grant = bundle.path().join("grants/lead.cedar");
-    let mut granted = std::fs::read_to_string(&grant).unwrap();
-    granted.push_str("permit (principal == ?principal, action, resource == McpServer::\"everything\");\n");
-    std::fs::write(&grant, granted).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let s = TestServer::start(
-        bundle.path(),
-        Options {
-            state: Some(state.path().to_path_buf()),
-            agent_tokens: [("lead".to_owned(), LEAD.to_owned())].into(),
-            mcp_servers: vec![deputy::mcp::ServerConfig::new(
-                "everything",
-                vec![everything_server().display().to_string()],
-            )
-            .unwrap()],
-            ..Options::default()
-        },
-    );
+    let (s, _state) = mcp::serve_everything(bundle.path());
     assert!(
         s.version().is_some(),
         "the bundle did not load: {}",

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+pub mod mcp;
 pub mod prover;
 pub mod prover_gen;
 pub mod venv;
