@@ -465,13 +465,10 @@ fn replayed(cx: &prover::Counterexample, child: &Bundle, parent: &Bundle, world:
 fn admin_grant(b: &Bundle, skip: &BTreeSet<String>, only_when: Option<&str>) -> Result<Grant, String> {
     let mut text = String::new();
     for p in b.policies.policies().filter(|p| !skip.contains(&p.id().to_string())) {
-        let mut json = p
+        let json = p
             .to_json()
             .map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
-        if let Some(o) = json.as_object_mut() {
-            o.remove("annotations");
-        }
-        let bare = Policy::from_json(None, json).map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
+        let bare = Policy::from_json(None, unannotated(json)).map_err(|e| format!("policy `{}` cannot be compared: {e}", p.id()))?;
         let mut policy = bare.to_string();
         if let (Some(condition), cedar_policy::Effect::Permit) = (only_when, p.effect()) {
             let body = policy.trim_end().strip_suffix(';').unwrap_or(&policy).to_owned();
@@ -574,13 +571,7 @@ fn dropped_forbids(child: &cedar_policy::PolicySet, parent: &cedar_policy::Polic
 /// Each forbid (policy or template) of `set`: its name, its JSON form without annotations, and
 /// its `@ask` approver.
 fn forbids(set: &cedar_policy::PolicySet) -> impl Iterator<Item = (String, String, Option<String>)> + '_ {
-    let bare = |json: Result<Value, _>| {
-        let mut json: Value = json.unwrap_or(Value::Null);
-        if let Some(o) = json.as_object_mut() {
-            o.remove("annotations");
-        }
-        json.to_string()
-    };
+    let bare = |json: Result<Value, _>| unannotated(json.unwrap_or(Value::Null)).to_string();
     let ask = |a: Option<&str>| a.map(str::to_owned);
     let name = |id: &cedar_policy::PolicyId, annotation: Option<&str>| annotation.map_or_else(|| id.to_string(), str::to_owned);
     let policies = set
@@ -612,24 +603,26 @@ fn without_annotations(grant: &str) -> Result<String, String> {
     let set: cedar_policy::PolicySet = grant.parse().map_err(|e| format!("{e}"))?;
     let mut text = String::new();
     for t in set.templates() {
-        let mut json = t.to_json().map_err(|e| e.to_string())?;
+        let json = t.to_json().map_err(|e| e.to_string())?;
         let id = t.annotation("id").map(str::to_owned);
-        if let Some(o) = json.as_object_mut() {
-            o.remove("annotations");
-        }
-        let bare = cedar_policy::Template::from_json(None, json).map_err(|e| e.to_string())?;
+        let bare = cedar_policy::Template::from_json(None, unannotated(json)).map_err(|e| e.to_string())?;
         push_with_id(&mut text, id.as_deref(), &bare.to_string());
     }
     for p in set.policies() {
-        let mut json = p.to_json().map_err(|e| e.to_string())?;
+        let json = p.to_json().map_err(|e| e.to_string())?;
         let id = p.annotation("id").map(str::to_owned);
-        if let Some(o) = json.as_object_mut() {
-            o.remove("annotations");
-        }
-        let bare = Policy::from_json(None, json).map_err(|e| e.to_string())?;
+        let bare = Policy::from_json(None, unannotated(json)).map_err(|e| e.to_string())?;
         push_with_id(&mut text, id.as_deref(), &bare.to_string());
     }
     Ok(text)
+}
+
+/// A policy's Cedar JSON without its annotations.
+fn unannotated(mut json: Value) -> Value {
+    if let Some(o) = json.as_object_mut() {
+        o.remove("annotations");
+    }
+    json
 }
 
 fn push_with_id(text: &mut String, id: Option<&str>, policy: &str) {
