@@ -411,8 +411,9 @@ fn is_json_media(essence: &str) -> bool {
 /// Checked before parsing, so a hostile body costs one linear scan.
 fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
     // Nesting never exceeds the number of opening brackets (in strings or not): a body with no
-    // more than `max` of them (every decision body) needs no scan of its strings.
-    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+    // more than `max` of them (every decision body) needs no scan of its strings. The count
+    // stops at the first bracket beyond `max`.
+    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').nth(max).is_none() {
         return None;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
