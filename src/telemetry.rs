@@ -22,7 +22,7 @@ use crate::config::ENV_LOG;
 
 pub use decision::{
     carry, decision_done, decision_span, delegation_done, delegation_span, log_pending, prove_observed, reload_done,
-    reload_span, request_id, scoped, shadow_offer, shadowing, Api, ChainHop, DecisionEvent,
+    reload_span, request_id, scoped, shadow_sink, Api, ChainHop, DecisionEvent,
 };
 pub use decision_log::{DecisionLog, DecisionLogConfig, DecisionLogTarget};
 pub use metrics::{Metrics, ServingState, METRICS_CONTENT_TYPE};
@@ -85,6 +85,10 @@ pub struct Observability {
 /// Takes decisions to compare against a shadow bundle. The job's type belongs to the decision
 /// path (a layer above this one); the sink downcasts it. Must not block: a full queue drops.
 pub trait ShadowSink: Send + Sync {
+    /// Whether the queue has room for one more decision; when it has not, the decision is
+    /// counted as dropped and `offer` is not called for it.
+    fn admit(&self) -> bool;
+
     /// One decision, as the decision path packed it.
     fn offer(&self, job: Box<dyn std::any::Any + Send>);
 }

@@ -24,12 +24,12 @@ pub fn decide_observed(snap: &Snapshot, parts: Parts, now: i64, api: Api) -> Res
         parts.context.as_ref(),
     );
     // Copied only when a shadow bundle is compared (`--shadow`).
-    let shadow = telemetry::shadowing().then(|| parts.clone());
+    let shadow = telemetry::shadow_sink().map(|sink| (sink, parts.clone()));
     let started = Instant::now();
     let result = decide(snap, parts, now);
     let took = started.elapsed();
-    if let Some(parts) = shadow {
-        telemetry::shadow_offer(|| Box::new(super::shadow::Job::new(snap, parts, now, &result)));
+    if let Some((sink, parts)) = shadow {
+        sink.offer(Box::new(super::shadow::Job::new(snap, parts, now, &result)));
     }
     let event = match &result {
         Ok(o) => DecisionEvent {

@@ -208,9 +208,27 @@ impl Shadow {
     }
 }
 
+impl Shadow {
+    fn dropped(&self) {
+        self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.shadowed("dropped");
+    }
+}
+
 impl ShadowSink for Shadow {
+    /// A full queue is known before the decision path copies the request for it.
+    fn admit(&self) -> bool {
+        let room = self.counts.queued_bytes.load(Ordering::Acquire) < QUEUE_BYTES;
+        if !room {
+            self.dropped();
+        }
+        room
+    }
+
     fn offer(&self, job: Box<dyn std::any::Any + Send>) {
         let Ok(job) = job.downcast::<Job>() else {
+            // Only the decision path offers, and it packs a `Job`.
+            self.dropped();
             return;
         };
         let size = job.size;
@@ -220,8 +238,7 @@ impl ShadowSink for Shadow {
         let sent = before.saturating_add(size) <= QUEUE_BYTES && self.tx.try_send(*job).is_ok();
         if !sent {
             self.counts.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics.shadowed("dropped");
+            self.dropped();
         }
     }
 }

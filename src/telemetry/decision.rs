@@ -85,17 +85,15 @@ pub fn carry<T>(f: impl FnOnce() -> T + Send) -> impl FnOnce() -> T + Send {
     }
 }
 
-/// Whether this request's server compares decisions against a shadow bundle.
-pub fn shadowing() -> bool {
-    REQUEST.try_with(|s| s.obs.shadow.get().is_some()).unwrap_or(false)
-}
-
-/// Hands a decision to the shadow bundle's comparison, when this request's server has one.
-pub fn shadow_offer(job: impl FnOnce() -> Box<dyn std::any::Any + Send>) {
-    let sink = REQUEST.try_with(|s| s.obs.shadow.get().cloned()).ok().flatten();
-    if let Some(sink) = sink {
-        sink.offer(job());
-    }
+/// The shadow bundle's comparison of this request's server, when it has one and its queue has
+/// room for this decision (a decision it has no room for is counted as dropped, and costs the
+/// decision path nothing more).
+pub fn shadow_sink() -> Option<Arc<dyn crate::telemetry::ShadowSink>> {
+    REQUEST
+        .try_with(|s| s.obs.shadow.get().cloned())
+        .ok()
+        .flatten()
+        .filter(|sink| sink.admit())
 }
 
 /// The span of one decision (trace-only: created only when traces are exported, so its fields
