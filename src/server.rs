@@ -200,6 +200,12 @@ impl Running {
         served
     }
 
+    /// Whether the shadow bundle's first load attempt is done (`true` without a shadow).
+    #[doc(hidden)]
+    pub fn shadow_attempted(&self) -> bool {
+        self.shadow.as_ref().is_none_or(|s| s.last_reload().is_some())
+    }
+
     /// The bundle stores a reload loads: the serving one, then the shadow's.
     pub(crate) fn stores(&self) -> Vec<Arc<BundleStore>> {
         std::iter::once(Arc::clone(&self.store)).chain(self.shadow.clone()).collect()
@@ -288,7 +294,7 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
     }
     let watcher = config.watch.clone().map(|w| spawn_watcher(Arc::clone(&store), w));
     let shadow = match &config.shadow {
-        Some(dir) => Some(start_shadow(dir, &config, &obs).await?),
+        Some(dir) => Some(start_shadow(dir, &config, &obs)?),
         None => None,
     };
     let shadow_watcher = shadow
@@ -359,18 +365,20 @@ pub async fn start(config: ServeConfig) -> std::io::Result<Running> {
 
 /// Loads the shadow bundle (an invalid one is reported in `GET /v1/shadow` and compared once
 /// it is fixed) and hands the decision path its comparison.
-async fn start_shadow(
+fn start_shadow(
     dir: &std::path::Path,
     config: &ServeConfig,
     obs: &Arc<Observability>,
 ) -> std::io::Result<Arc<crate::authorize::shadow::Shadow>> {
     let shadow = crate::authorize::shadow::Shadow::start(dir.to_path_buf(), config.load.clone(), Arc::clone(&obs.metrics))?;
+    // Loaded beside the start, not before it: a candidate, however large, never holds back
+    // what serves (until it is loaded, a comparison counts `error`: no valid shadow bundle).
     let s = Arc::clone(shadow.store());
-    match tokio::task::spawn_blocking(move || s.reload()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "the shadow bundle is invalid; nothing is compared until it is fixed"),
-        Err(e) => tracing::error!(error = %e, "shadow bundle load task failed"),
-    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = s.reload() {
+            tracing::error!(error = %e, "the shadow bundle is invalid; nothing is compared until it is fixed");
+        }
+    });
     let sink: Arc<dyn crate::telemetry::ShadowSink> = shadow.clone();
     let _ = obs.shadow.set(sink);
     Ok(shadow)

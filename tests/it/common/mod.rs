@@ -132,6 +132,11 @@ impl TestServer {
             mcp_servers: opts.mcp_servers.clone(),
         };
         let running = rt.block_on(server::start(config)).unwrap();
+        // A shadow bundle loads beside the start; tests compare against it once it has.
+        assert!(
+            wait_until(Duration::from_secs(60), || running.shadow_attempted()),
+            "the shadow bundle's first load never finished"
+        );
         TestServer {
             addr: running.addr(),
             running: Some(running),
