@@ -52,13 +52,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
         .map_err(ApiError::internal)?
 }
 
-struct Ctx {
-    svc: Arc<Delegation>,
-    snap: Arc<Snapshot>,
-    caller: Caller,
+/// The caller of a request, authenticated against the snapshot serving, with the service.
+pub(super) struct Ctx {
+    pub(super) svc: Arc<Delegation>,
+    pub(super) snap: Arc<Snapshot>,
+    pub(super) caller: Caller,
 }
 
-fn context(state: &AppState, token: Option<&str>) -> Result<Ctx, ApiError> {
+pub(super) fn context(state: &AppState, token: Option<&str>) -> Result<Ctx, ApiError> {
     let svc = service(state)?;
     let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     let caller = svc.authenticate(&snap, token, now())?;
@@ -302,28 +303,6 @@ pub async fn audit(state: &AppState, req: Request<Incoming>) -> Result<Response<
     }
     let records = blocking(move || Ok(ctx.svc.audit(&ctx.caller, agent.as_deref(), since, limit)?)).await?;
     Ok(json_response(StatusCode::OK, &json!({ "records": records })))
-}
-
-/// `GET /v1/shadow`: how the shadow bundle's decisions compare (docs/GITOPS.md). The requests
-/// it shows are other agents': the admin's only, unless the sidecar has no credentials at all
-/// (`--authorize-only`, where any local caller may already ask anything of anyone).
-pub fn shadow(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some(shadow) = &state.shadow else {
-        return Err(ApiError::new(
-            ErrorCode::ShadowOff,
-            "this sidecar compares no shadow bundle; start it with --shadow DIR",
-        ));
-    };
-    if !matches!(state.delegation, DelegationState::Off) {
-        let ctx = context(state, bearer(req).as_deref())?;
-        if !matches!(ctx.caller, Caller::Admin) {
-            return Err(ApiError::new(
-                ErrorCode::AdminOnly,
-                "the shadow report shows other agents' requests; it needs the admin credential",
-            ));
-        }
-    }
-    Ok(json_response(StatusCode::OK, &shadow.report()))
 }
 
 /// Longest long-poll wait.

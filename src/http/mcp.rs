@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::delegations::{bearer, service};
+use super::delegations::{bearer, context, Ctx};
 use super::routes::{error_response, json_response, read_json, POLICY_VERSION_HEADER};
 use super::{ApiError, AppState};
 use crate::clock::now;
@@ -27,11 +27,9 @@ pub async fn serve(state: &AppState, req: Request<Incoming>, server: &str) -> Re
         )
         .with_help("servers are configured with `deputy serve --mcp-server NAME=COMMAND…`; deputy's own tools are at /mcp/deputy")
     })?;
-    let svc = service(state)?;
     let token = bearer(&req);
-    let snap = state.live.current().ok_or_else(ApiError::no_bundle)?;
     // INVARIANT: the principal is the agent the credential names, never anything the message says.
-    let caller = svc.authenticate(&snap, token.as_deref(), now())?;
+    let Ctx { svc, snap, caller } = context(state, token.as_deref())?;
     not_admin(&caller)?;
     let body = read_json(req, &state.config).await?;
     // INVARIANT: the message is answered against the snapshot serving once its body is in, as

@@ -189,7 +189,7 @@ async fn route_other(
         (E::Readyz, &Method::GET) => readyz(state),
         (E::Metrics, &Method::GET) => Ok(metrics(state)),
         (E::Status, &Method::GET) => Ok(status(state)),
-        (E::Shadow, &Method::GET) => delegations::shadow(state, &req),
+        (E::Shadow, &Method::GET) => shadow(state, &req),
         (E::AuthzenConfiguration, &Method::GET) => Ok(authzen_configuration(&req)),
         (E::Authorize, &Method::POST) => authorize(state, req).await,
         (E::AuthorizeBatch, &Method::POST) => {
@@ -413,9 +413,7 @@ fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
     // Nesting never exceeds the number of opening brackets (in strings or not): a body with no
     // more than `max` of them (every decision body) needs no scan of its strings. The count
     // stops at the first bracket beyond `max`.
-    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').nth(max).is_none() {
-        return None;
-    }
+    bytes.iter().filter(|&&b| b == b'[' || b == b'{').nth(max)?;
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {
@@ -553,6 +551,28 @@ fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
         )),
         None => Err(ApiError::no_bundle()),
     }
+}
+
+/// `GET /v1/shadow`: how the shadow bundle's decisions compare (docs/GITOPS.md). The requests
+/// it shows are other agents': the admin's only, unless the sidecar has no credentials at all
+/// (`--authorize-only`, where any local caller may already ask anything of anyone).
+fn shadow(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let Some(shadow) = &state.shadow else {
+        return Err(ApiError::new(
+            ErrorCode::ShadowOff,
+            "this sidecar compares no shadow bundle; start it with --shadow DIR",
+        ));
+    };
+    if !matches!(state.delegation, DelegationState::Off) {
+        let ctx = delegations::context(state, delegations::bearer(req).as_deref())?;
+        if !matches!(ctx.caller, crate::delegation::Caller::Admin) {
+            return Err(ApiError::new(
+                ErrorCode::AdminOnly,
+                "the shadow report shows other agents' requests; it needs the admin credential",
+            ));
+        }
+    }
+    Ok(json_response(StatusCode::OK, &shadow.report()))
 }
 
 fn status(state: &AppState) -> Response<Body> {
