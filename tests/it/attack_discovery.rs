@@ -463,3 +463,60 @@ fn clear(dir: &std::path::Path) {
         }
     }
 }
+
+/// A page token is not signed: its first part is the hex of the key to resume after, and an
+/// agent may rewrite it (and the limit) while keeping the fingerprint of its own search. Any
+/// such token either is refused (`invalid_page_token`) or answers a page of candidates that the
+/// whole search (what evaluation allows) holds, each after the chosen key — never a candidate
+/// the search would not answer, never a 5xx.
+#[test]
+fn a_rewritten_page_token_answers_nothing_the_search_would_not() {
+    let state = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
+    let agent = root(&s, 3600);
+    let body = json!({"subject": {"type": "Agent", "id": agent.id}, "action": {"name": "read"}, "resource": {"type": "File"}});
+    let whole: Vec<Value> = post(&s, "/access/v1/search/resource", &body)["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut b = body.clone();
+    b["page"] = json!({"limit": 1});
+    let t = post(&s, "/access/v1/search/resource", &b)["page"]["next_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fp = t.splitn(3, '.').nth(2).unwrap().to_owned();
+    let hex = |s: &[u8]| s.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let long = "a".repeat(20_000);
+    let keys: Vec<Vec<u8>> = vec![
+        vec![],
+        b"repo/src/payroll.rs".to_vec(),
+        b"repo/src/main.rs".to_vec(),
+        b"repo/README.md".to_vec(),
+        b"\0".to_vec(),
+        b"\xff\xfe".to_vec(),
+        "\u{10ffff}".as_bytes().to_vec(),
+        long.into_bytes(),
+    ];
+    for key in &keys {
+        for limit in ["0", "1", "2", "18446744073709551615", "18446744073709551616", "-1", ""] {
+            for token in [format!("{}.{limit}.{fp}", hex(key)), format!("{}.{limit}.{fp}.x", hex(key))] {
+                let mut b = body.clone();
+                b["page"] = json!({"token": token});
+                let r = s.post("/access/v1/search/resource", &b);
+                match r.status {
+                    200 => {
+                        let got = r.json();
+                        for e in got["results"].as_array().unwrap() {
+                            assert!(whole.contains(e), "token {token} answered {e}, not in {whole:?}");
+                            let id = e["id"].as_str().unwrap().as_bytes();
+                            assert!(id > key.as_slice(), "token {token} answered {e}, not after its key");
+                        }
+                    }
+                    400 => assert_eq!(r.json()["code"], "invalid_page_token", "{}", r.text()),
+                    other => panic!("token {token}: {other} {}", r.text()),
+                }
+            }
+        }
+    }
+}
