@@ -474,7 +474,8 @@ fn a_rewritten_page_token_answers_nothing_the_search_would_not() {
     let state = tempfile::tempdir().unwrap();
     let s = TestServer::start(&repo_root(), Options::with_state(state.path(), ADMIN));
     let agent = root(&s, 3600);
-    let body = json!({"subject": {"type": "Agent", "id": agent.id}, "action": {"name": "read"}, "resource": {"type": "File"}});
+    let body =
+        json!({"subject": {"type": "Agent", "id": agent.id}, "action": {"name": "read"}, "resource": {"type": "File"}});
     let whole: Vec<Value> = post(&s, "/access/v1/search/resource", &body)["results"]
         .as_array()
         .unwrap()
@@ -500,7 +501,10 @@ fn a_rewritten_page_token_answers_nothing_the_search_would_not() {
     ];
     for key in &keys {
         for limit in ["0", "1", "2", "18446744073709551615", "18446744073709551616", "-1", ""] {
-            for token in [format!("{}.{limit}.{fp}", hex(key)), format!("{}.{limit}.{fp}.x", hex(key))] {
+            for token in [
+                format!("{}.{limit}.{fp}", hex(key)),
+                format!("{}.{limit}.{fp}.x", hex(key)),
+            ] {
                 let mut b = body.clone();
                 b["page"] = json!({"token": token});
                 let r = s.post("/access/v1/search/resource", &b);
